@@ -1,0 +1,448 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* The bpfnet datapath: TC programs that do what Docker's bridge networking
+ * asks of iptables (published ports, masquerade, hairpin) with connection
+ * tracking in BPF maps, and count traffic per container.
+ *
+ * Hooks, named from the container's side:
+ *   from_netdev     uplink ingress: DNAT of published ports, reverse SNAT
+ *   to_netdev       uplink egress: masquerade (SNAT), reverse DNAT
+ *   from_container  host veth ingress, which is container egress: hairpin,
+ *                   transmit counters, fast path out
+ *   to_container    host veth egress, which is container ingress: reverse
+ *                   hairpin, receive counters
+ *
+ * Every translation happens at the hook in front of the packet's
+ * destination, so the stack never sees a host address arrive from a
+ * bridge. With CONFIG.fast_path, translated packets skip the bridge,
+ * routing and netfilter: bpf_redirect_peer into the container's namespace,
+ * bpf_redirect_neigh out of the uplink (whose egress hook still runs). */
+
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/packet.h"
+#include "lib/conntrack.h"
+#include "lib/icmp.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+static __always_inline int drop(__u32 reason)
+{
+	count_drop(reason);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int is_loopback(__be32 a)
+{
+	return (a & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000);
+}
+
+static __always_inline struct net_info *container_net(__be32 a)
+{
+	struct net_key k = {.prefixlen = 32, .addr = a};
+
+	return bpf_map_lookup_elem(&nets, &k);
+}
+
+/* published_lookup finds the mapping of a packet to a host address: the
+ * binding to that exact address first, then the one to every address. */
+static __always_inline struct port_target *published_lookup(struct port_key *k)
+{
+	struct port_target *t;
+
+	if (!bpf_map_lookup_elem(&host_addrs, &k->addr))
+		return 0;
+	t = bpf_map_lookup_elem(&published, k);
+	if (t)
+		return t;
+	k->addr = 0;
+	return bpf_map_lookup_elem(&published, k);
+}
+
+static __always_inline void count_port_conn(const struct port_key *k)
+{
+	__u64 *v = bpf_map_lookup_elem(&port_conns, k);
+
+	if (v) {
+		*v += 1;
+	} else {
+		__u64 one = 1;
+
+		bpf_map_update_elem(&port_conns, k, &one, BPF_NOEXIST);
+	}
+}
+
+static __always_inline int apply(struct __sk_buff *ctx, struct pkt *p, const struct ct_entry *e)
+{
+	return rewrite(ctx, p, e->nsaddr, e->ndaddr, e->nsport, e->ndport);
+}
+
+/* to_container_xlate applies what the container's ingress hook applies:
+ * the reverse of a hairpin. */
+static __always_inline int to_container_xlate(struct __sk_buff *ctx, struct pkt *p, __u64 now)
+{
+	struct ct_key k = p->t;
+	struct ct_entry *e;
+
+	if (p->icmp == ICMP_K_ERROR)
+		return icmp_error_xlate(ctx, p, CT_AT_TO_CONTAINER, now) < 0 ? -1 : 0;
+	e = ct_lookup(&k, CT_AT_TO_CONTAINER, now);
+	if (!e)
+		return 0;
+	ct_touch(&k, e, p, now);
+	return apply(ctx, p, e);
+}
+
+/* deliver hands a packet to a container: straight into its namespace
+ * with the fast path (or always, for a packet that must turn around on its
+ * own veth), through the stack otherwise. */
+static __always_inline int deliver(struct __sk_buff *ctx, struct pkt *p, const struct endpoint *ep, int routed,
+				   int xlate, int must_redirect, __u64 now)
+{
+	if (!CONFIG.fast_path && !must_redirect)
+		return TC_ACT_OK;
+	if (xlate && to_container_xlate(ctx, p, now) < 0)
+		return drop(DROP_REWRITE);
+	if (routed) {
+		if (ttl_dec(ctx, p) < 0)
+			return TC_ACT_OK;
+		if (bpf_skb_store_bytes(ctx, 0, ep->mac, ETH_ALEN, 0) < 0 ||
+		    bpf_skb_store_bytes(ctx, ETH_ALEN, ep->gw_mac, ETH_ALEN, 0) < 0)
+			return drop(DROP_REWRITE);
+	}
+	if (!CONFIG.fast_path) {
+		/* Egress of the host veth: to_container runs there and counts. */
+		return bpf_redirect(ep->ifindex, 0);
+	}
+	count_if(ep->ifindex, p->len, 1);
+	count_event(EV_REDIRECT_PEER);
+	return bpf_redirect_peer(ep->ifindex, 0);
+}
+
+/* forward_out sends a packet from a container that leaves through an
+ * uplink straight to it; to_netdev still runs there and masquerades. */
+static __always_inline int forward_out(struct __sk_buff *ctx, struct pkt *p, __u32 in_ifindex)
+{
+	struct bpf_fib_lookup fib = {};
+	__u32 mtu = 0;
+	long r;
+
+	fib.family = AF_INET;
+	fib.l4_protocol = p->t.proto;
+	fib.sport = p->t.sport;
+	fib.dport = p->t.dport;
+	fib.tot_len = p->len - L3_OFF;
+	fib.ipv4_src = p->t.saddr;
+	fib.ipv4_dst = p->t.daddr;
+	fib.ifindex = in_ifindex;
+
+	r = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (r != BPF_FIB_LKUP_RET_SUCCESS && r != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return TC_ACT_OK;
+	if (!bpf_map_lookup_elem(&uplinks, &fib.ifindex))
+		return TC_ACT_OK;
+	/* Too big for the uplink: the stack sends fragmentation-needed. */
+	if (bpf_check_mtu(ctx, fib.ifindex, &mtu, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
+		return TC_ACT_OK;
+	if (ttl_dec(ctx, p) < 0)
+		return TC_ACT_OK;
+	count_event(EV_REDIRECT_NEIGH);
+	return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
+}
+
+/* from_netdev: packets arriving from the outside on an uplink. */
+SEC("tc")
+int from_netdev(struct __sk_buff *ctx)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct pkt p = {};
+	struct ct_key orig;
+	struct ct_entry *e;
+	struct endpoint *ep;
+	int r = parse(ctx, &p);
+
+	if (r == PARSE_PASS)
+		return TC_ACT_OK;
+	if (r == PARSE_MALFORMED)
+		return drop(DROP_MALFORMED);
+	orig = p.t;
+
+	if (p.icmp == ICMP_K_ERROR) {
+		r = icmp_error_xlate(ctx, &p, CT_AT_FROM_NETDEV, now);
+		if (r < 0)
+			return drop(DROP_REWRITE);
+		if (r == 0)
+			goto unknown;
+		goto out;
+	}
+	if (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport)
+		goto unknown;
+
+	e = ct_lookup(&p.t, CT_AT_FROM_NETDEV, now);
+	if (e && ct_reopened(e, &p)) {
+		ct_delete_pair(&p.t, e);
+		e = 0;
+	}
+	if (e) {
+		ct_touch(&p.t, e, &p, now);
+		if (apply(ctx, &p, e) < 0)
+			return drop(DROP_REWRITE);
+	} else {
+		struct port_key pk = {.addr = p.t.daddr, .port = p.t.dport, .proto = p.t.proto};
+		struct port_target *t;
+		struct ct_entry ne = {};
+
+		if (is_loopback(p.t.daddr))
+			return drop(DROP_NOT_PUBLISHED);
+		if (!has_ports(p.t.proto) || p.frag == FRAG_LATER || !(t = published_lookup(&pk)))
+			goto unknown;
+
+		ne.nsaddr = p.t.saddr;
+		ne.ndaddr = t->addr;
+		ne.nsport = p.t.sport;
+		ne.ndport = t->port;
+		ne.flags = CT_AT_FROM_NETDEV;
+		ne.peer_flags = CT_AT_TO_NETDEV | CT_REPLY;
+		ne.kind = CT_DNAT;
+		ep = bpf_map_lookup_elem(&endpoints, &t->addr);
+		if (ep)
+			ne.ifindex = ep->ifindex;
+		if (ct_create(&p.t, &ne, now) < 0)
+			return drop(DROP_CT_FULL);
+		e = bpf_map_lookup_elem(&ct4, &p.t);
+		if (e)
+			ct_touch(&p.t, e, &p, now);
+		count_event(p.t.proto == IPPROTO_TCP && !(p.tcp_flags & TCPF_SYN) ? EV_CT_RECREATED : EV_CT_NEW_DNAT);
+		count_port_conn(&pk);
+		if (apply(ctx, &p, &ne) < 0)
+			return drop(DROP_REWRITE);
+	}
+	frag_record(&p, &orig);
+out:
+	ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
+	if (ep)
+		return deliver(ctx, &p, ep, 1, 0, 0, now);
+	return TC_ACT_OK;
+
+unknown:
+	/* Not a translated flow. Straight to a container from the outside is
+	 * what Docker's FORWARD rules stop; anything else is the host's. */
+	if (container_net(p.t.daddr))
+		return drop(DROP_NOT_PUBLISHED);
+	return TC_ACT_OK;
+}
+
+/* to_netdev: packets leaving through an uplink. */
+SEC("tc")
+int to_netdev(struct __sk_buff *ctx)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct pkt p = {};
+	struct ct_key orig;
+	struct ct_entry *e;
+	struct net_info *net;
+	struct uplink *up;
+	int r = parse(ctx, &p);
+
+	if (r == PARSE_PASS)
+		return TC_ACT_OK;
+	if (r == PARSE_MALFORMED)
+		return drop(DROP_MALFORMED);
+	orig = p.t;
+
+	if (p.icmp == ICMP_K_ERROR) {
+		if (icmp_error_xlate(ctx, &p, CT_AT_TO_NETDEV, now) < 0)
+			return drop(DROP_REWRITE);
+		return TC_ACT_OK;
+	}
+	if (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport)
+		return TC_ACT_OK;
+
+	e = ct_lookup(&p.t, CT_AT_TO_NETDEV, now);
+	if (e && ct_reopened(e, &p)) {
+		ct_delete_pair(&p.t, e);
+		e = 0;
+	}
+	if (e) {
+		ct_touch(&p.t, e, &p, now);
+		if (apply(ctx, &p, e) < 0)
+			return drop(DROP_REWRITE);
+		frag_record(&p, &orig);
+		return TC_ACT_OK;
+	}
+
+	/* Masquerade: a new flow from a container network. */
+	net = container_net(p.t.saddr);
+	if (!net || !(net->flags & NET_F_MASQ) || p.frag == FRAG_LATER)
+		return TC_ACT_OK;
+	if (!has_ports(p.t.proto) && p.icmp != ICMP_K_ECHO_REQ)
+		return TC_ACT_OK;
+	{
+		__u32 ifindex = ctx->ifindex;
+
+		up = bpf_map_lookup_elem(&uplinks, &ifindex);
+	}
+	if (!up || !up->addr)
+		return TC_ACT_OK;
+	{
+		struct ct_key rk = {.saddr = p.t.daddr, .daddr = up->addr, .sport = p.t.dport, .proto = p.t.proto};
+		struct ct_entry re = {}, oe = {};
+		struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
+
+		re.nsaddr = p.t.daddr;
+		re.ndaddr = p.t.saddr;
+		re.nsport = p.t.dport;
+		re.ndport = p.t.sport;
+		re.flags = CT_AT_FROM_NETDEV | CT_REPLY;
+		re.peer_flags = CT_AT_TO_NETDEV;
+		re.kind = CT_SNAT;
+		if (ep)
+			re.ifindex = ep->ifindex;
+		if (nat_alloc(&rk, &re, p.t.sport, now) < 0)
+			return drop(DROP_NAT_EXHAUSTED);
+
+		oe.nsaddr = up->addr;
+		oe.ndaddr = p.t.daddr;
+		oe.nsport = rk.dport;
+		oe.ndport = p.t.dport;
+		oe.flags = re.peer_flags;
+		oe.peer_flags = re.flags;
+		oe.kind = CT_SNAT;
+		oe.ifindex = re.ifindex;
+		oe.expires = re.expires;
+		if (bpf_map_update_elem(&ct4, &p.t, &oe, BPF_ANY) < 0) {
+			bpf_map_delete_elem(&ct4, &rk);
+			return drop(DROP_CT_FULL);
+		}
+		e = bpf_map_lookup_elem(&ct4, &p.t);
+		if (e)
+			ct_touch(&p.t, e, &p, now);
+		count_event(EV_CT_NEW_SNAT);
+		if (apply(ctx, &p, &oe) < 0)
+			return drop(DROP_REWRITE);
+	}
+	frag_record(&p, &orig);
+	return TC_ACT_OK;
+}
+
+/* from_container: the host end's ingress, i.e. what the container sends. */
+SEC("tc")
+int from_container(struct __sk_buff *ctx)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct pkt p = {};
+	struct ct_key orig;
+	struct ct_entry *e;
+	struct endpoint *src, *dst;
+	int r;
+
+	count_if(ctx->ifindex, ctx->len, 0);
+	r = parse(ctx, &p);
+	if (r == PARSE_PASS)
+		return TC_ACT_OK;
+	if (r == PARSE_MALFORMED)
+		return drop(DROP_MALFORMED);
+	orig = p.t;
+	if (p.icmp == ICMP_K_ERROR || (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport))
+		goto plain;
+
+	src = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
+	e = ct_lookup(&p.t, CT_AT_FROM_CONTAINER, now);
+	if (e && ct_reopened(e, &p)) {
+		ct_delete_pair(&p.t, e);
+		e = 0;
+	}
+	if (!e) {
+		/* Hairpin: a container to a published port of the host. */
+		struct port_key pk = {.addr = p.t.daddr, .port = p.t.dport, .proto = p.t.proto};
+		struct port_target *t;
+		struct ct_entry ne = {};
+
+		if (!has_ports(p.t.proto) || p.frag == FRAG_LATER || !src || !(t = published_lookup(&pk)))
+			goto plain;
+		ne.nsaddr = p.t.saddr;
+		ne.ndaddr = t->addr;
+		ne.nsport = p.t.sport;
+		ne.ndport = t->port;
+		ne.flags = CT_AT_FROM_CONTAINER;
+		ne.peer_flags = CT_AT_TO_CONTAINER | CT_REPLY;
+		ne.kind = CT_HAIRPIN;
+		ne.ifindex = src->ifindex;
+		if (t->addr == p.t.saddr) {
+			/* To itself: the packet must not come back from its own
+			 * address, so it comes from the gateway, as Docker's
+			 * MASQUERADE of hairpin traffic does. */
+			struct ct_key rk = {.saddr = t->addr, .daddr = src->gw_addr, .sport = t->port,
+					    .proto = p.t.proto};
+			struct ct_entry re = {};
+
+			re.nsaddr = p.t.daddr;
+			re.ndaddr = p.t.saddr;
+			re.nsport = p.t.dport;
+			re.ndport = p.t.sport;
+			re.flags = ne.peer_flags;
+			re.peer_flags = ne.flags;
+			re.kind = CT_HAIRPIN;
+			re.ifindex = src->ifindex;
+			if (nat_alloc(&rk, &re, p.t.sport, now) < 0)
+				return drop(DROP_NAT_EXHAUSTED);
+			ne.nsaddr = src->gw_addr;
+			ne.nsport = rk.dport;
+			ne.expires = re.expires;
+			if (bpf_map_update_elem(&ct4, &p.t, &ne, BPF_ANY) < 0) {
+				bpf_map_delete_elem(&ct4, &rk);
+				return drop(DROP_CT_FULL);
+			}
+		} else if (ct_create(&p.t, &ne, now) < 0) {
+			return drop(DROP_CT_FULL);
+		}
+		count_event(EV_CT_NEW_HAIRPIN);
+		count_port_conn(&pk);
+		e = bpf_map_lookup_elem(&ct4, &p.t);
+		if (!e)
+			return drop(DROP_CT_FULL);
+	}
+	ct_touch(&orig, e, &p, now);
+	if (apply(ctx, &p, e) < 0)
+		return drop(DROP_REWRITE);
+	frag_record(&p, &orig);
+	dst = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
+	if (!dst)
+		return TC_ACT_OK;
+	return deliver(ctx, &p, dst, 1, 1, dst->ifindex == ctx->ifindex, now);
+
+plain:
+	if (!CONFIG.fast_path)
+		return TC_ACT_OK;
+	dst = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
+	if (dst) {
+		if (dst->ifindex == ctx->ifindex)
+			return TC_ACT_OK;
+		src = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
+		return deliver(ctx, &p, dst, !src || src->bridge_ifindex != dst->bridge_ifindex, 1, 0, now);
+	}
+	if (bpf_map_lookup_elem(&host_addrs, &p.t.daddr) || p.frag != FRAG_NONE)
+		return TC_ACT_OK;
+	src = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
+	if (!src)
+		return TC_ACT_OK;
+	return forward_out(ctx, &p, src->bridge_ifindex);
+}
+
+/* to_container: the host end's egress, i.e. what the container receives. */
+SEC("tc")
+int to_container(struct __sk_buff *ctx)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct pkt p = {};
+	int r;
+
+	count_if(ctx->ifindex, ctx->len, 1);
+	r = parse(ctx, &p);
+	if (r == PARSE_PASS)
+		return TC_ACT_OK;
+	if (r == PARSE_MALFORMED)
+		return drop(DROP_MALFORMED);
+	if (to_container_xlate(ctx, &p, now) < 0)
+		return drop(DROP_REWRITE);
+	return TC_ACT_OK;
+}

@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Shared definitions of the bpfnet datapath: headers, runtime settings,
+ * verdict helpers. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+/* linux/icmp.h pulls in libc's socket headers, which a BPF target does not
+ * have: the few ICMP definitions the datapath needs, as in that header. */
+#define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
+#define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+
+struct icmphdr {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	union {
+		struct {
+			__be16 id;
+			__be16 sequence;
+		} echo;
+		__be32 gateway;
+	} un;
+};
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+
+/* Runtime settings, set by the loader through CollectionSpec.Variables
+ * before the programs are loaded. Keep in sync with datapath.Config. */
+struct config {
+	/* 1: translated packets are redirected to their target interface
+	 * (bpf_redirect_peer / bpf_redirect_neigh); 0: they go through the stack. */
+	__u32 fast_path;
+	/* Range of translated source ports (and ICMP ids) used by masquerade
+	 * when a flow's own source port is taken. */
+	__u16 nat_port_min;
+	__u16 nat_port_max;
+	/* Connection-tracking lifetimes in nanoseconds. */
+	__u64 tcp_syn_timeout;   /* SYN seen, no answer yet */
+	__u64 tcp_est_timeout;   /* established */
+	__u64 tcp_close_timeout; /* FIN or RST seen */
+	__u64 udp_timeout;
+	__u64 icmp_timeout;
+};
+
+volatile const struct config CONFIG = {
+	.fast_path = 1,
+	.nat_port_min = 32768,
+	.nat_port_max = 65535,
+	.tcp_syn_timeout = 60ULL * 1000000000ULL,
+	.tcp_est_timeout = 21600ULL * 1000000000ULL,
+	.tcp_close_timeout = 10ULL * 1000000000ULL,
+	.udp_timeout = 60ULL * 1000000000ULL,
+	.icmp_timeout = 30ULL * 1000000000ULL,
+};
+
+/* Why a packet was dropped: index of the drops map. Keep in sync with
+ * datapath.DropReason. */
+enum drop_reason {
+	DROP_MALFORMED = 0,      /* truncated or invalid headers */
+	DROP_NOT_PUBLISHED = 1,  /* from outside straight to a container or loopback address */
+	DROP_CT_FULL = 2,        /* connection-tracking insert failed */
+	DROP_NAT_EXHAUSTED = 3,  /* no free translated port */
+	DROP_FRAG_UNKNOWN = 4,   /* later fragment of a datagram whose first fragment was not seen */
+	DROP_REDIRECT = 5,       /* redirect helper failed */
+	DROP_REWRITE = 6,        /* a rewrite helper failed */
+	DROP_MAX = 8,
+};
+
+/* Things worth counting that are not drops: index of the events map. Keep
+ * in sync with datapath.Event. */
+enum event {
+	EV_CT_NEW_DNAT = 0,      /* new published-port flow */
+	EV_CT_NEW_SNAT = 1,      /* new masqueraded flow */
+	EV_CT_NEW_HAIRPIN = 2,   /* new hairpin flow */
+	EV_CT_RECREATED = 3,     /* mid-stream packet without an entry (evicted or expired): entries made again */
+	EV_CT_PEER_RESTORED = 4, /* one half of a flow was evicted and was restored from the other */
+	EV_REDIRECT_PEER = 5,
+	EV_REDIRECT_NEIGH = 6,
+	EV_FRAG_TRACKED = 7,
+	EV_MAX = 16,
+};

@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Connection tracking of translated flows. A flow has two entries in ct4,
+ * one per direction, each keyed by the tuple a packet has when it reaches
+ * the hook that translates it, and each holding the tuple to write. The
+ * entries know each other: the peer's key is the reverse of an entry's
+ * rewritten tuple. Expired entries are ignored here and deleted by the Go
+ * garbage collector; a full table evicts the least recently used entries,
+ * and a flow that lost one half gets it back from the other. */
+#pragma once
+
+#include "common.h"
+#include "maps.h"
+#include "packet.h"
+
+static __always_inline __u64 ct_lifetime(__u8 proto, __u8 seen)
+{
+	if (proto == IPPROTO_TCP) {
+		if (seen & (TCPF_RST | TCPF_FIN))
+			return CONFIG.tcp_close_timeout;
+		if ((seen & TCPF_SYN) && !(seen & TCPF_ACK))
+			return CONFIG.tcp_syn_timeout;
+		return CONFIG.tcp_est_timeout;
+	}
+	if (proto == IPPROTO_ICMP)
+		return CONFIG.icmp_timeout;
+	return CONFIG.udp_timeout;
+}
+
+static __always_inline void ct_peer_key(const struct ct_entry *e, __u8 proto, struct ct_key *k)
+{
+	k->saddr = e->ndaddr;
+	k->daddr = e->nsaddr;
+	k->sport = e->ndport;
+	k->dport = e->nsport;
+	k->proto = proto;
+	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+}
+
+/* ct_peer_entry builds the entry of the other direction of the flow whose
+ * entry e sits at key k. */
+static __always_inline void ct_peer_entry(const struct ct_key *k, const struct ct_entry *e, struct ct_entry *pe,
+					  __u64 now)
+{
+	__builtin_memset(pe, 0, sizeof(*pe));
+	pe->nsaddr = k->daddr;
+	pe->ndaddr = k->saddr;
+	pe->nsport = k->dport;
+	pe->ndport = k->sport;
+	pe->flags = e->peer_flags;
+	pe->peer_flags = e->flags;
+	pe->kind = e->kind;
+	pe->ifindex = e->ifindex;
+	pe->expires = now + ct_lifetime(k->proto, 0);
+}
+
+/* ct_lookup returns the live entry for k that hook `at` applies. */
+static __always_inline struct ct_entry *ct_lookup(const struct ct_key *k, __u8 at, __u64 now)
+{
+	struct ct_entry *e = bpf_map_lookup_elem(&ct4, k);
+
+	if (!e || !(e->flags & at) || e->expires < now)
+		return 0;
+	return e;
+}
+
+static __always_inline void ct_delete_pair(const struct ct_key *k, const struct ct_entry *e)
+{
+	struct ct_key pk;
+
+	ct_peer_key(e, k->proto, &pk);
+	bpf_map_delete_elem(&ct4, &pk);
+	bpf_map_delete_elem(&ct4, k);
+}
+
+/* ct_reopened tells whether a TCP SYN opens a new connection on the tuple
+ * of a closed one: the old entries must go. */
+static __always_inline int ct_reopened(const struct ct_entry *e, const struct pkt *p)
+{
+	return p->t.proto == IPPROTO_TCP && (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN &&
+	       (e->tcp_seen & (TCPF_FIN | TCPF_RST));
+}
+
+/* ct_touch accounts a packet to its entry and extends the entry's life.
+ * Every 16th packet it checks that the other half of the flow is still
+ * there and restores it if the LRU evicted it. */
+static __always_inline void ct_touch(const struct ct_key *k, struct ct_entry *e, const struct pkt *p, __u64 now)
+{
+	__u64 n = __sync_fetch_and_add(&e->packets, 1) + 1;
+
+	__sync_fetch_and_add(&e->bytes, p->len);
+	if (p->t.proto == IPPROTO_TCP)
+		e->tcp_seen |= p->tcp_flags;
+	e->expires = now + ct_lifetime(p->t.proto, e->tcp_seen);
+
+	if ((n & 15) == 0) {
+		struct ct_key pk;
+		struct ct_entry pe;
+
+		ct_peer_key(e, k->proto, &pk);
+		if (!bpf_map_lookup_elem(&ct4, &pk)) {
+			ct_peer_entry(k, e, &pe, now);
+			if (bpf_map_update_elem(&ct4, &pk, &pe, BPF_NOEXIST) == 0)
+				count_event(EV_CT_PEER_RESTORED);
+		}
+	}
+}
+
+/* ct_create installs both halves of a flow: e at k and its peer. */
+static __always_inline int ct_create(const struct ct_key *k, struct ct_entry *e, __u64 now)
+{
+	struct ct_key pk;
+	struct ct_entry pe;
+
+	e->expires = now + ct_lifetime(k->proto, 0);
+	ct_peer_key(e, k->proto, &pk);
+	ct_peer_entry(k, e, &pe, now);
+	if (bpf_map_update_elem(&ct4, &pk, &pe, BPF_ANY) < 0)
+		return -1;
+	if (bpf_map_update_elem(&ct4, k, e, BPF_ANY) < 0) {
+		bpf_map_delete_elem(&ct4, &pk);
+		return -1;
+	}
+	return 0;
+}
+
+/* ct_claim reserves the reply-direction key rk for a new translated flow,
+ * unless a live flow holds it. */
+static __always_inline int ct_claim(const struct ct_key *rk, const struct ct_entry *re, __u64 now)
+{
+	struct ct_entry *old = bpf_map_lookup_elem(&ct4, rk);
+
+	if (old) {
+		if (old->expires >= now)
+			return -1;
+		return bpf_map_update_elem(&ct4, rk, re, BPF_EXIST);
+	}
+	return bpf_map_update_elem(&ct4, rk, re, BPF_NOEXIST);
+}
+
+#define NAT_TRIES 32
+
+/* nat_alloc picks the translated port for a flow whose reply key is rk
+ * (rk->dport is the port to choose) and claims rk with entry re. The
+ * flow's own port is kept when free; otherwise ports are tried from the
+ * configured range, starting at a random place. */
+static __always_inline int nat_alloc(struct ct_key *rk, struct ct_entry *re, __be16 own, __u64 now)
+{
+	__u32 min = CONFIG.nat_port_min, max = CONFIG.nat_port_max;
+	__u32 range, start;
+
+	re->expires = now + ct_lifetime(rk->proto, 0);
+	rk->dport = own;
+	if (own && ct_claim(rk, re, now) == 0)
+		return 0;
+	if (max < min)
+		return -1;
+	range = max - min + 1;
+	start = bpf_get_prandom_u32();
+	for (int i = 0; i < NAT_TRIES; i++) {
+		__u32 port = min + (start + i) % range;
+
+		rk->dport = bpf_htons((__u16)port);
+		if (ct_claim(rk, re, now) == 0)
+			return 0;
+	}
+	return -1;
+}

@@ -1,0 +1,246 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Maps of the bpfnet datapath. Every map that is state is pinned by name
+ * (the loader points the pin path at <pin-path>/globals) so a restarted
+ * daemon adopts it and established flows survive. */
+#pragma once
+
+#include "common.h"
+
+/* A flow as seen at one hook, before any translation. For ICMP echo the
+ * identifier is the source "port" of a request and the destination "port"
+ * of a reply, so a reply's tuple is the reverse of its request's. */
+struct ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* Which hook applies a conntrack entry. */
+#define CT_AT_FROM_NETDEV 0x01   /* uplink ingress */
+#define CT_AT_TO_NETDEV 0x02     /* uplink egress */
+#define CT_AT_FROM_CONTAINER 0x04 /* host veth ingress: container egress */
+#define CT_AT_TO_CONTAINER 0x08  /* host veth egress (or redirect into the container) */
+#define CT_REPLY 0x10            /* entry of the reply direction */
+
+enum ct_kind {
+	CT_DNAT = 1,    /* published port */
+	CT_SNAT = 2,    /* masquerade */
+	CT_HAIRPIN = 3, /* container to a published port of the host */
+};
+
+/* One direction of a translated flow: a packet whose tuple is the key is
+ * rewritten to the tuple in the entry. The entry of the other direction is
+ * found by reversing the rewritten tuple. */
+struct ct_entry {
+	__be32 nsaddr;
+	__be32 ndaddr;
+	__be16 nsport;
+	__be16 ndport;
+	__u8 flags;    /* CT_AT_* | CT_REPLY */
+	__u8 kind;     /* enum ct_kind */
+	__u8 tcp_seen; /* TCP flags seen in this direction */
+	__u8 peer_flags; /* flags of the entry of the other direction */
+	__u32 ifindex; /* host veth of the container end, 0 if unknown */
+	__u64 expires; /* bpf_ktime_get_ns() deadline */
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ct4 SEC(".maps");
+
+/* A published port: host address (0 for every host address), port and
+ * protocol, as `docker run -p [ip:]port:cport/proto` gives it. */
+struct port_key {
+	__be32 addr;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct port_target {
+	__be32 addr;   /* container address */
+	__be16 port;   /* container port */
+	__u16 pad;
+	__u32 id;      /* mapping id, for counters and for dropping its flows */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct port_key);
+	__type(value, struct port_target);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} published SEC(".maps");
+
+/* A container's end of a veth, by container address. */
+struct endpoint {
+	__u32 ifindex;        /* host end of the veth */
+	__u32 bridge_ifindex; /* bridge the host end is enslaved to */
+	__be32 gw_addr;       /* bridge gateway address */
+	__u8 mac[6];          /* container eth0 */
+	__u8 gw_mac[6];       /* bridge */
+	__u32 net_id;
+	__u32 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, struct endpoint);
+	__uint(max_entries, 16384);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} endpoints SEC(".maps");
+
+/* Addresses of the host (every interface but loopback): a wildcard
+ * published port matches a packet only when its destination is one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, __u32);
+	__uint(max_entries, 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} host_addrs SEC(".maps");
+
+/* An uplink (interface towards the outside) and the address masqueraded
+ * traffic leaves it with. */
+struct uplink {
+	__be32 addr;
+	__u32 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct uplink);
+	__uint(max_entries, 64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} uplinks SEC(".maps");
+
+/* Container networks (bridge subnets). */
+struct net_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+#define NET_F_MASQ 0x1 /* traffic from it to the outside is masqueraded */
+
+struct net_info {
+	__u32 flags;
+	__u32 net_id;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct net_key);
+	__type(value, struct net_info);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nets SEC(".maps");
+
+/* Ports of an IPv4 datagram's first fragment, so later fragments (which
+ * carry no L4 header) find their flow. */
+struct frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct frag_ports {
+	__be16 sport;
+	__be16 dport;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_key);
+	__type(value, struct frag_ports);
+	__uint(max_entries, 8192);
+} frags4 SEC(".maps");
+
+/* Traffic per container veth (key: host-side ifindex), from the
+ * container's point of view. */
+struct traffic {
+	__u64 rx_packets;
+	__u64 rx_bytes;
+	__u64 tx_packets;
+	__u64 tx_bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, __u32);
+	__type(value, struct traffic);
+	__uint(max_entries, 16384);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} if_stats SEC(".maps");
+
+/* New connections per published port. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, struct port_key);
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} port_conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, DROP_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} drops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, EV_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events SEC(".maps");
+
+static __always_inline void count_drop(__u32 reason)
+{
+	__u64 *v = bpf_map_lookup_elem(&drops, &reason);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void count_event(__u32 ev)
+{
+	__u64 *v = bpf_map_lookup_elem(&events, &ev);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void count_if(__u32 ifindex, __u32 len, int rx)
+{
+	struct traffic *s = bpf_map_lookup_elem(&if_stats, &ifindex);
+	if (!s) {
+		struct traffic zero = {};
+		bpf_map_update_elem(&if_stats, &ifindex, &zero, BPF_NOEXIST);
+		s = bpf_map_lookup_elem(&if_stats, &ifindex);
+		if (!s)
+			return;
+	}
+	if (rx) {
+		s->rx_packets += 1;
+		s->rx_bytes += len;
+	} else {
+		s->tx_packets += 1;
+		s->tx_bytes += len;
+	}
+}

@@ -1,0 +1,185 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// Hooks that apply a connection-tracking entry; keep in sync with CT_AT_*
+// in bpf/lib/maps.h.
+const (
+	ctAtFromNetdev    = 0x01
+	ctAtToNetdev      = 0x02
+	ctAtFromContainer = 0x04
+	ctAtToContainer   = 0x08
+	ctReply           = 0x10
+)
+
+// FlowKind says which translation a flow has; keep in sync with enum
+// ct_kind.
+type FlowKind uint8
+
+const (
+	KindDNAT    FlowKind = 1
+	KindSNAT    FlowKind = 2
+	KindHairpin FlowKind = 3
+)
+
+func (k FlowKind) String() string {
+	switch k {
+	case KindDNAT:
+		return "dnat"
+	case KindSNAT:
+		return "snat"
+	case KindHairpin:
+		return "hairpin"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// Tuple is one direction of a flow.
+type Tuple struct {
+	Proto uint8
+	Src   netip.AddrPort
+	Dst   netip.AddrPort
+}
+
+func (t Tuple) String() string { return fmt.Sprintf("%s -> %s", t.Src, t.Dst) }
+
+// CTEntry is one direction of a tracked flow: a packet with tuple Key is
+// rewritten to Translated.
+type CTEntry struct {
+	Kind       FlowKind
+	Reply      bool
+	Key        Tuple
+	Translated Tuple
+	TCPFlags   uint8
+	Ifindex    uint32
+	Packets    uint64
+	Bytes      uint64
+	// Expires is how long the entry has to live; negative when expired
+	// and waiting for the garbage collector.
+	Expires time.Duration
+}
+
+func monotonicNow() (uint64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0, err
+	}
+	return uint64(ts.Nano()), nil
+}
+
+func tupleOf(proto uint8, saddr, daddr uint32, sport, dport uint16) Tuple {
+	return Tuple{
+		Proto: proto,
+		Src:   netip.AddrPortFrom(addrFrom(saddr), port16(sport)),
+		Dst:   netip.AddrPortFrom(addrFrom(daddr), port16(dport)),
+	}
+}
+
+// Conntrack lists every entry of the connection-tracking table.
+func (d *EBPF) Conntrack() ([]CTEntry, error) {
+	return readConntrack(d.objs.Ct4)
+}
+
+func readConntrack(m *ebpf.Map) ([]CTEntry, error) {
+	now, err := monotonicNow()
+	if err != nil {
+		return nil, err
+	}
+	var out []CTEntry
+	var k bpfCtKey
+	var v bpfCtEntry
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, CTEntry{
+			Kind:       FlowKind(v.Kind),
+			Reply:      v.Flags&ctReply != 0,
+			Key:        tupleOf(k.Proto, k.Saddr, k.Daddr, k.Sport, k.Dport),
+			Translated: tupleOf(k.Proto, v.Nsaddr, v.Ndaddr, v.Nsport, v.Ndport),
+			TCPFlags:   v.TcpSeen,
+			Ifindex:    v.Ifindex,
+			Packets:    v.Packets,
+			Bytes:      v.Bytes,
+			Expires:    time.Duration(int64(v.Expires) - int64(now)),
+		})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading conntrack: %w", err)
+	}
+	return out, nil
+}
+
+// GC deletes expired entries and returns how many it deleted.
+func (d *EBPF) GC() (int, error) {
+	now, err := monotonicNow()
+	if err != nil {
+		return 0, err
+	}
+	return d.deleteCT(func(k bpfCtKey, v bpfCtEntry) bool { return v.Expires < now })
+}
+
+// CTUsage returns the number of entries and the capacity of the table.
+func (d *EBPF) CTUsage() (entries, capacity int, err error) {
+	var k bpfCtKey
+	var v bpfCtEntry
+	it := d.objs.Ct4.Iterate()
+	for it.Next(&k, &v) {
+		entries++
+	}
+	return entries, int(d.objs.Ct4.MaxEntries()), it.Err()
+}
+
+// flushBackends drops the flows translated to any of the given container
+// addresses and ports, both directions.
+func (d *EBPF) flushBackends(gone []bpfPortTarget) (int, error) {
+	type be struct {
+		addr uint32
+		port uint16
+	}
+	set := map[be]bool{}
+	for _, g := range gone {
+		set[be{g.Addr, g.Port}] = true
+	}
+	return d.deleteCT(func(k bpfCtKey, v bpfCtEntry) bool {
+		if v.Kind != uint8(KindDNAT) && v.Kind != uint8(KindHairpin) {
+			return false
+		}
+		if v.Flags&ctReply != 0 {
+			return set[be{k.Saddr, k.Sport}]
+		}
+		return set[be{v.Ndaddr, v.Ndport}]
+	})
+}
+
+// deleteCT deletes the entries that match, and the other half of each.
+func (d *EBPF) deleteCT(match func(bpfCtKey, bpfCtEntry) bool) (int, error) {
+	var k bpfCtKey
+	var v bpfCtEntry
+	var doomed []bpfCtKey
+	it := d.objs.Ct4.Iterate()
+	for it.Next(&k, &v) {
+		if match(k, v) {
+			doomed = append(doomed, k, bpfCtKey{Saddr: v.Ndaddr, Daddr: v.Nsaddr, Sport: v.Ndport, Dport: v.Nsport, Proto: k.Proto})
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("reading conntrack: %w", err)
+	}
+	n := 0
+	for _, k := range doomed {
+		err := d.objs.Ct4.Delete(k)
+		if err == nil {
+			n++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("deleting conntrack entry: %w", err)
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,28 @@
+package datapath
+
+import (
+	"encoding/binary"
+	"math/bits"
+	"net/netip"
+)
+
+// The maps hold addresses and ports in network byte order; bpf2go's Go
+// mirrors read them as native integers.
+
+func be32(a netip.Addr) uint32 {
+	if !a.IsValid() {
+		return 0
+	}
+	b := a.Unmap().As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+func addrFrom(v uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+func be16(p uint16) uint16 { return bits.ReverseBytes16(p) }
+
+func port16(v uint16) uint16 { return bits.ReverseBytes16(v) }

@@ -1,0 +1,407 @@
+package datapath
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+
+	"github.com/bpfnet/bpfnet/loader"
+)
+
+// Program names, as the loader pins and lists them.
+const (
+	ProgFromNetdev    = "from_netdev"
+	ProgToNetdev      = "to_netdev"
+	ProgFromContainer = "from_container"
+	ProgToContainer   = "to_container"
+)
+
+// Options are the settings of the eBPF datapath, fixed at load time.
+type Options struct {
+	// PinPath is the bpffs folder of this datapath's state; "" keeps
+	// nothing pinned (packet tests).
+	PinPath string
+	// FastPath redirects translated packets around the bridge, routing
+	// and netfilter.
+	FastPath bool
+	// NATPortMin and NATPortMax bound the masquerade source ports
+	// (default 32768-65535).
+	NATPortMin, NATPortMax uint16
+	// CTSize is the capacity of the connection-tracking table (default
+	// 262144 entries, two per flow).
+	CTSize uint32
+	// Timeouts of connection-tracking entries; zero values take defaults.
+	TCPSynTimeout, TCPEstablishedTimeout, TCPCloseTimeout, UDPTimeout, ICMPTimeout time.Duration
+	// AttachMode chooses tcx or the legacy clsact path.
+	AttachMode loader.Mode
+}
+
+func (o *Options) config() bpfConfig {
+	d := func(v, def time.Duration) uint64 {
+		if v <= 0 {
+			v = def
+		}
+		return uint64(v.Nanoseconds())
+	}
+	c := bpfConfig{
+		NatPortMin:      o.NATPortMin,
+		NatPortMax:      o.NATPortMax,
+		TcpSynTimeout:   d(o.TCPSynTimeout, time.Minute),
+		TcpEstTimeout:   d(o.TCPEstablishedTimeout, 6*time.Hour),
+		TcpCloseTimeout: d(o.TCPCloseTimeout, 10*time.Second),
+		UdpTimeout:      d(o.UDPTimeout, time.Minute),
+		IcmpTimeout:     d(o.ICMPTimeout, 30*time.Second),
+	}
+	if o.FastPath {
+		c.FastPath = 1
+	}
+	if c.NatPortMin == 0 {
+		c.NatPortMin = 32768
+	}
+	if c.NatPortMax == 0 {
+		c.NatPortMax = 65535
+	}
+	return c
+}
+
+// VerifierError is returned when the kernel rejects a program. Its message
+// ends with the last lines of the verifier log; Log has all of it.
+type VerifierError struct {
+	Program string
+	Err     *ebpf.VerifierError
+}
+
+func (e *VerifierError) Error() string {
+	return fmt.Sprintf("verifier rejected %s: %-20v", e.Program, e.Err)
+}
+
+func (e *VerifierError) Unwrap() error { return e.Err }
+
+// Log is the whole verifier log.
+func (e *VerifierError) Log() []string { return e.Err.Log }
+
+// EBPF is the eBPF implementation of Datapath.
+type EBPF struct {
+	opts Options
+	objs bpfObjects
+	// attached holds the interfaces this datapath put programs on, by name.
+	attached map[string]attachedDev
+}
+
+type attachedDev struct {
+	ifindex int
+	uplink  bool
+}
+
+var _ Datapath = (*EBPF)(nil)
+
+// Spec returns the datapath's collection with the settings of opts, not
+// loaded.
+func Spec(opts Options) (*ebpf.CollectionSpec, error) {
+	spec, err := loadBpf()
+	if err != nil {
+		return nil, fmt.Errorf("reading the datapath object: %w", err)
+	}
+	if err := spec.Variables["CONFIG"].Set(opts.config()); err != nil {
+		return nil, fmt.Errorf("setting the datapath configuration: %w", err)
+	}
+	if opts.CTSize != 0 {
+		spec.Maps["ct4"].MaxEntries = opts.CTSize
+	}
+	if opts.PinPath == "" {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinNone
+		}
+	}
+	return spec, nil
+}
+
+// NewEBPF loads the programs and opens (or creates and pins) the state
+// maps. Nothing is attached until Apply.
+func NewEBPF(opts Options) (*EBPF, error) {
+	if c := opts.config(); c.NatPortMax < c.NatPortMin {
+		return nil, fmt.Errorf("NAT port range %d-%d is reversed", c.NatPortMin, c.NatPortMax)
+	}
+	spec, err := Spec(opts)
+	if err != nil {
+		return nil, err
+	}
+	var co ebpf.CollectionOptions
+	if opts.PinPath != "" {
+		dir := loader.GlobalsDir(opts.PinPath)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("creating pin folder: %w", err)
+		}
+		co.Maps.PinPath = dir
+	}
+	d := &EBPF{opts: opts, attached: map[string]attachedDev{}}
+	if err := spec.LoadAndAssign(&d.objs, &co); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, &VerifierError{Program: "datapath", Err: ve}
+		}
+		return nil, fmt.Errorf("loading the datapath: %w", err)
+	}
+	return d, nil
+}
+
+func (d *EBPF) Name() string { return "ebpf" }
+
+// Programs gives the loaded programs by name, for tests and the loader.
+func (d *EBPF) Programs() map[string]*ebpf.Program {
+	return map[string]*ebpf.Program{
+		ProgFromNetdev:    d.objs.FromNetdev,
+		ProgToNetdev:      d.objs.ToNetdev,
+		ProgFromContainer: d.objs.FromContainer,
+		ProgToContainer:   d.objs.ToContainer,
+	}
+}
+
+// Close releases the file descriptors; pinned maps and links stay and keep
+// forwarding.
+func (d *EBPF) Close() error { return d.objs.Close() }
+
+// Remove detaches every program and removes the pins.
+func (d *EBPF) Remove() error {
+	var errs []error
+	if d.opts.PinPath != "" {
+		if err := loader.DetachAll(d.opts.PinPath); err != nil {
+			errs = append(errs, err)
+		}
+		if err := os.RemoveAll(d.opts.PinPath); err != nil {
+			errs = append(errs, fmt.Errorf("removing %s: %w", d.opts.PinPath, err))
+		}
+	}
+	errs = append(errs, d.objs.Close())
+	return errors.Join(errs...)
+}
+
+type progAt struct {
+	name string
+	dir  loader.Direction
+}
+
+func progsFor(uplink bool) []progAt {
+	if uplink {
+		return []progAt{{ProgFromNetdev, loader.Ingress}, {ProgToNetdev, loader.Egress}}
+	}
+	return []progAt{{ProgFromContainer, loader.Ingress}, {ProgToContainer, loader.Egress}}
+}
+
+// resolved is a State with every name looked up in the kernel.
+type resolved struct {
+	ports     map[bpfPortKey]bpfPortTarget
+	endpoints map[uint32]bpfEndpoint
+	hostAddrs map[uint32]uint32
+	uplinks   map[uint32]bpfUplink
+	nets      map[bpfNetKey]bpfNetInfo
+	devs      map[string]attachedDev
+}
+
+func (d *EBPF) resolve(s State) (*resolved, error) {
+	r := &resolved{
+		ports:     map[bpfPortKey]bpfPortTarget{},
+		endpoints: map[uint32]bpfEndpoint{},
+		hostAddrs: map[uint32]uint32{},
+		uplinks:   map[uint32]bpfUplink{},
+		nets:      map[bpfNetKey]bpfNetInfo{},
+		devs:      map[string]attachedDev{},
+	}
+	type bridge struct {
+		ifindex int
+		mac     net.HardwareAddr
+		net     Network
+		id      uint32
+	}
+	bridges := map[string]bridge{}
+	for i, n := range s.Networks {
+		l, err := netlink.LinkByName(n.Bridge)
+		if err != nil {
+			return nil, fmt.Errorf("network %s: bridge %s: %w", n.Name, n.Bridge, err)
+		}
+		b := bridge{ifindex: l.Attrs().Index, mac: l.Attrs().HardwareAddr, net: n, id: uint32(i + 1)}
+		bridges[n.Name] = b
+		info := bpfNetInfo{NetId: b.id}
+		if n.Masquerade {
+			info.Flags |= 1
+		}
+		r.nets[bpfNetKey{Prefixlen: uint32(n.Subnet.Bits()), Addr: be32(n.Subnet.Masked().Addr())}] = info
+	}
+	for _, e := range s.Endpoints {
+		b := bridges[e.Network]
+		l, err := netlink.LinkByName(e.HostVeth)
+		if err != nil {
+			return nil, fmt.Errorf("endpoint %s: host veth %s: %w", e.Container, e.HostVeth, err)
+		}
+		ep := bpfEndpoint{
+			Ifindex:       uint32(l.Attrs().Index),
+			BridgeIfindex: uint32(b.ifindex),
+			GwAddr:        be32(b.net.Gateway),
+			NetId:         b.id,
+		}
+		copy(ep.Mac[:], e.MAC)
+		copy(ep.GwMac[:], b.mac)
+		r.endpoints[be32(e.Addr)] = ep
+		r.devs[e.HostVeth] = attachedDev{ifindex: l.Attrs().Index}
+	}
+	for _, u := range s.Uplinks {
+		l, err := netlink.LinkByName(u.Name)
+		if err != nil {
+			return nil, fmt.Errorf("uplink %s: %w", u.Name, err)
+		}
+		addr := u.Addr
+		if !addr.IsValid() {
+			addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+			if err != nil {
+				return nil, fmt.Errorf("uplink %s: listing addresses: %w", u.Name, err)
+			}
+			if len(addrs) == 0 {
+				return nil, fmt.Errorf("uplink %s has no IPv4 address to masquerade with", u.Name)
+			}
+			addr, _ = netip.AddrFromSlice(addrs[0].IP.To4())
+		}
+		r.uplinks[uint32(l.Attrs().Index)] = bpfUplink{Addr: be32(addr)}
+		r.devs[u.Name] = attachedDev{ifindex: l.Attrs().Index, uplink: true}
+	}
+	hostAddrs := s.HostAddrs
+	if hostAddrs == nil {
+		addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+		if err != nil {
+			return nil, fmt.Errorf("listing host addresses: %w", err)
+		}
+		for _, a := range addrs {
+			ip, ok := netip.AddrFromSlice(a.IP.To4())
+			if ok && !ip.IsLoopback() {
+				hostAddrs = append(hostAddrs, ip)
+			}
+		}
+	}
+	for _, a := range hostAddrs {
+		r.hostAddrs[be32(a)] = 1
+	}
+	for i, m := range s.Ports {
+		k := bpfPortKey{Port: be16(m.HostPort), Proto: uint8(m.Proto)}
+		if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
+			k.Addr = be32(m.HostIP)
+		}
+		r.ports[k] = bpfPortTarget{Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Id: uint32(i + 1)}
+	}
+	return r, nil
+}
+
+// Apply makes the maps and attachments match s. An invalid s, or one that
+// names an interface that does not exist, changes nothing.
+func (d *EBPF) Apply(ctx context.Context, s State) error {
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	r, err := d.resolve(s)
+	if err != nil {
+		return err
+	}
+	// Flows of mappings whose container moved or went away are dropped,
+	// so the next packet of such a flow finds the new mapping at once.
+	var gone []bpfPortTarget
+	var k bpfPortKey
+	var v bpfPortTarget
+	it := d.objs.Published.Iterate()
+	for it.Next(&k, &v) {
+		if nv, ok := r.ports[k]; !ok || nv.Addr != v.Addr || nv.Port != v.Port {
+			gone = append(gone, v)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading published ports: %w", err)
+	}
+
+	if err := syncMap(d.objs.Nets, r.nets); err != nil {
+		return fmt.Errorf("programming networks: %w", err)
+	}
+	if err := syncMap(d.objs.Endpoints, r.endpoints); err != nil {
+		return fmt.Errorf("programming endpoints: %w", err)
+	}
+	if err := syncMap(d.objs.Uplinks, r.uplinks); err != nil {
+		return fmt.Errorf("programming uplinks: %w", err)
+	}
+	if err := syncMap(d.objs.HostAddrs, r.hostAddrs); err != nil {
+		return fmt.Errorf("programming host addresses: %w", err)
+	}
+	if err := syncMap(d.objs.Published, r.ports); err != nil {
+		return fmt.Errorf("programming published ports: %w", err)
+	}
+	if len(gone) > 0 {
+		if _, err := d.flushBackends(gone); err != nil {
+			return err
+		}
+	}
+	return d.attach(r.devs)
+}
+
+func (d *EBPF) attach(devs map[string]attachedDev) error {
+	if d.opts.PinPath == "" {
+		if len(devs) > 0 {
+			return errors.New("attaching needs a pin path")
+		}
+		return nil
+	}
+	progs := d.Programs()
+	for name, dev := range devs {
+		for _, p := range progsFor(dev.uplink) {
+			if _, err := loader.Attach(d.opts.PinPath, progs[p.name], p.name, name, dev.ifindex, p.dir, d.opts.AttachMode); err != nil {
+				return err
+			}
+		}
+		d.attached[name] = dev
+	}
+	for name, dev := range d.attached {
+		if _, ok := devs[name]; ok {
+			continue
+		}
+		for _, p := range progsFor(dev.uplink) {
+			if err := loader.Detach(d.opts.PinPath, name, p.dir, p.name); err != nil {
+				return err
+			}
+		}
+		delete(d.attached, name)
+	}
+	return nil
+}
+
+// syncMap writes want into m and deletes the keys of m that want lacks.
+func syncMap[K comparable, V comparable](m *ebpf.Map, want map[K]V) error {
+	var k K
+	var v V
+	var stale []K
+	have := map[K]V{}
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if _, ok := want[k]; !ok {
+			stale = append(stale, k)
+		}
+		have[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	for k, v := range want {
+		if old, ok := have[k]; ok && old == v {
+			continue
+		}
+		if err := m.Put(k, v); err != nil {
+			return err
+		}
+	}
+	for _, k := range stale {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,268 @@
+package datapath
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Proto is an IP protocol number of a published port.
+type Proto uint8
+
+const (
+	TCP Proto = 6
+	UDP Proto = 17
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return strconv.Itoa(int(p))
+}
+
+// ParseProto parses "tcp" or "udp".
+func ParseProto(s string) (Proto, error) {
+	switch strings.ToLower(s) {
+	case "tcp", "":
+		return TCP, nil
+	case "udp":
+		return UDP, nil
+	}
+	return 0, fmt.Errorf("unknown protocol %q (want tcp or udp)", s)
+}
+
+// PortMapping is one published port, as `docker run -p` makes it.
+type PortMapping struct {
+	Proto Proto
+	// HostIP is the host address the port is bound to; the zero Addr or
+	// 0.0.0.0 means every host address.
+	HostIP        netip.Addr
+	HostPort      uint16
+	ContainerIP   netip.Addr
+	ContainerPort uint16
+	// Container names the container, for display and metrics.
+	Container string
+}
+
+func (m PortMapping) String() string {
+	host := ""
+	if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
+		host = m.HostIP.String() + ":"
+	}
+	return fmt.Sprintf("%s%d->%s:%d/%s", host, m.HostPort, m.ContainerIP, m.ContainerPort, m.Proto)
+}
+
+// Network is a bridge network whose containers the datapath serves.
+type Network struct {
+	Name    string
+	Bridge  string // the bridge device
+	Subnet  netip.Prefix
+	Gateway netip.Addr // the bridge's address in Subnet
+	// Masquerade translates traffic from Subnet leaving through an uplink.
+	Masquerade bool
+}
+
+// Endpoint is a container's interface on a network.
+type Endpoint struct {
+	Container string // name, for display and metrics
+	Network   string // Network.Name
+	Addr      netip.Addr
+	MAC       net.HardwareAddr // the container's eth0
+	HostVeth  string           // the host end of its veth pair
+}
+
+// Uplink is an interface towards the outside.
+type Uplink struct {
+	Name string
+	// Addr is the address masqueraded traffic leaves with; the zero Addr
+	// means the interface's first IPv4 address.
+	Addr netip.Addr
+}
+
+// State is what the datapath is asked to do.
+type State struct {
+	Networks  []Network
+	Endpoints []Endpoint
+	Uplinks   []Uplink
+	Ports     []PortMapping
+	// HostAddrs are the addresses that wildcard ports answer on and that
+	// hairpin traffic recognises as the host; nil means every non-loopback
+	// IPv4 address of the namespace.
+	HostAddrs []netip.Addr
+}
+
+// Validate checks the state for contradictions before anything is applied.
+func (s *State) Validate() error {
+	nets := map[string]Network{}
+	for _, n := range s.Networks {
+		if n.Name == "" || n.Bridge == "" {
+			return fmt.Errorf("network %q: name and bridge are required", n.Name)
+		}
+		if !n.Subnet.IsValid() || !n.Subnet.Addr().Is4() {
+			return fmt.Errorf("network %s: subnet %s is not an IPv4 prefix", n.Name, n.Subnet)
+		}
+		if _, dup := nets[n.Name]; dup {
+			return fmt.Errorf("network %s: defined twice", n.Name)
+		}
+		nets[n.Name] = n
+	}
+	addrs := map[netip.Addr]bool{}
+	for _, e := range s.Endpoints {
+		n, ok := nets[e.Network]
+		if !ok {
+			return fmt.Errorf("endpoint %s: unknown network %q", e.Container, e.Network)
+		}
+		if !n.Subnet.Contains(e.Addr) {
+			return fmt.Errorf("endpoint %s: address %s is outside %s", e.Container, e.Addr, n.Subnet)
+		}
+		if addrs[e.Addr] {
+			return fmt.Errorf("endpoint %s: address %s used twice", e.Container, e.Addr)
+		}
+		addrs[e.Addr] = true
+		if e.HostVeth == "" {
+			return fmt.Errorf("endpoint %s: host veth is required", e.Container)
+		}
+	}
+	type bind struct {
+		p    Proto
+		ip   netip.Addr
+		port uint16
+	}
+	seen := map[bind]PortMapping{}
+	for _, m := range s.Ports {
+		if m.Proto != TCP && m.Proto != UDP {
+			return fmt.Errorf("port %s: protocol must be tcp or udp", m)
+		}
+		if m.HostPort == 0 || m.ContainerPort == 0 {
+			return fmt.Errorf("port %s: port 0 cannot be published", m)
+		}
+		if !m.ContainerIP.Is4() {
+			return fmt.Errorf("port %s: container address must be IPv4", m)
+		}
+		hip := m.HostIP
+		if !hip.IsValid() {
+			hip = netip.IPv4Unspecified()
+		}
+		if !hip.Is4() {
+			return fmt.Errorf("port %s: host address must be IPv4", m)
+		}
+		b := bind{m.Proto, hip, m.HostPort}
+		if o, dup := seen[b]; dup {
+			return fmt.Errorf("port %s: host port already published by %s", m, o)
+		}
+		seen[b] = m
+	}
+	for _, u := range s.Uplinks {
+		if u.Name == "" {
+			return fmt.Errorf("uplink without a name")
+		}
+	}
+	return nil
+}
+
+// Datapath makes the kernel do what a State asks. The ebpf and iptables
+// implementations are driven the same way by the daemon, the benchmark,
+// the demo and the tests.
+type Datapath interface {
+	// Name is "ebpf" or "iptables".
+	Name() string
+	// Apply makes the datapath match s. It validates s first and changes
+	// nothing when s is invalid.
+	Apply(ctx context.Context, s State) error
+	// Close releases the process's handles and leaves the datapath working.
+	Close() error
+	// Remove tears the whole datapath down.
+	Remove() error
+}
+
+// ParsePublish parses a published port the way `bpfnet run --publish`
+// takes it: Docker's -p syntax with the container's address,
+// [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp].
+// A range gives one mapping per port; both ranges must have one length,
+// or the container side a single port.
+func ParsePublish(spec string) ([]PortMapping, error) {
+	bad := func(format string, a ...any) ([]PortMapping, error) {
+		return nil, fmt.Errorf("invalid --publish %q: %s", spec, fmt.Sprintf(format, a...))
+	}
+	rest, protoStr, _ := strings.Cut(spec, "/")
+	proto, err := ParseProto(protoStr)
+	if err != nil {
+		return bad("%v", err)
+	}
+	parts := strings.Split(rest, ":")
+	var hostIP netip.Addr
+	switch len(parts) {
+	case 3:
+	case 4:
+		hostIP, err = netip.ParseAddr(parts[0])
+		if err != nil || !hostIP.Is4() {
+			return bad("host address %q is not IPv4", parts[0])
+		}
+		parts = parts[1:]
+	default:
+		return bad("want [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/proto]")
+	}
+	hlo, hhi, err := parseRange(parts[0])
+	if err != nil {
+		return bad("host port: %v", err)
+	}
+	cip, err := netip.ParseAddr(parts[1])
+	if err != nil || !cip.Is4() {
+		return bad("container address %q is not IPv4", parts[1])
+	}
+	clo, chi, err := parseRange(parts[2])
+	if err != nil {
+		return bad("container port: %v", err)
+	}
+	if chi-clo != 0 && chi-clo != hhi-hlo {
+		return bad("host range %d-%d and container range %d-%d differ in length", hlo, hhi, clo, chi)
+	}
+	var out []PortMapping
+	for p := hlo; ; p++ {
+		cp := clo
+		if chi != clo {
+			cp = clo + (p - hlo)
+		}
+		out = append(out, PortMapping{Proto: proto, HostIP: hostIP, HostPort: p, ContainerIP: cip, ContainerPort: cp})
+		if p == hhi {
+			break
+		}
+	}
+	return out, nil
+}
+
+func parseRange(s string) (lo, hi uint16, err error) {
+	a, b, isRange := strings.Cut(s, "-")
+	l, err := strconv.ParseUint(a, 10, 16)
+	if err != nil || l == 0 {
+		return 0, 0, fmt.Errorf("%q is not a port (1-65535)", a)
+	}
+	h := l
+	if isRange {
+		h, err = strconv.ParseUint(b, 10, 16)
+		if err != nil || h == 0 {
+			return 0, 0, fmt.Errorf("%q is not a port (1-65535)", b)
+		}
+		if h < l {
+			return 0, 0, fmt.Errorf("range %s is reversed", s)
+		}
+	}
+	return uint16(l), uint16(h), nil
+}
+
+// networkOf returns the network an address belongs to.
+func networkOf(nets []Network, a netip.Addr) (Network, bool) {
+	i := slices.IndexFunc(nets, func(n Network) bool { return n.Subnet.Contains(a) })
+	if i < 0 {
+		return Network{}, false
+	}
+	return nets[i], true
+}

@@ -1,0 +1,177 @@
+package datapath
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+)
+
+// DropReason says why the datapath dropped a packet; keep in sync with
+// enum drop_reason in bpf/lib/common.h.
+type DropReason uint32
+
+const (
+	DropMalformed DropReason = iota
+	DropNotPublished
+	DropCTFull
+	DropNATExhausted
+	DropFragUnknown
+	DropRedirect
+	DropRewrite
+	dropMax = 8
+)
+
+var dropNames = map[DropReason]string{
+	DropMalformed:    "malformed",
+	DropNotPublished: "not_published",
+	DropCTFull:       "ct_full",
+	DropNATExhausted: "nat_ports_exhausted",
+	DropFragUnknown:  "fragment_unknown",
+	DropRedirect:     "redirect_failed",
+	DropRewrite:      "rewrite_failed",
+}
+
+func (r DropReason) String() string {
+	if s, ok := dropNames[r]; ok {
+		return s
+	}
+	return fmt.Sprintf("reason_%d", uint32(r))
+}
+
+// DropReasons lists every reason the datapath knows.
+func DropReasons() []DropReason {
+	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropFragUnknown, DropRedirect, DropRewrite}
+}
+
+// Event is a counted datapath event; keep in sync with enum event.
+type Event uint32
+
+const (
+	EventCTNewDNAT Event = iota
+	EventCTNewSNAT
+	EventCTNewHairpin
+	EventCTRecreated
+	EventCTPeerRestored
+	EventRedirectPeer
+	EventRedirectNeigh
+	EventFragTracked
+	eventMax = 16
+)
+
+var eventNames = map[Event]string{
+	EventCTNewDNAT:      "ct_new_dnat",
+	EventCTNewSNAT:      "ct_new_snat",
+	EventCTNewHairpin:   "ct_new_hairpin",
+	EventCTRecreated:    "ct_recreated",
+	EventCTPeerRestored: "ct_peer_restored",
+	EventRedirectPeer:   "redirect_peer",
+	EventRedirectNeigh:  "redirect_neigh",
+	EventFragTracked:    "fragment_tracked",
+}
+
+func (e Event) String() string {
+	if s, ok := eventNames[e]; ok {
+		return s
+	}
+	return fmt.Sprintf("event_%d", uint32(e))
+}
+
+// Events lists every event the datapath counts.
+func Events() []Event {
+	return []Event{EventCTNewDNAT, EventCTNewSNAT, EventCTNewHairpin, EventCTRecreated, EventCTPeerRestored, EventRedirectPeer, EventRedirectNeigh, EventFragTracked}
+}
+
+// Traffic is what a container sent and received, summed over CPUs.
+type Traffic struct {
+	RxPackets, RxBytes, TxPackets, TxBytes uint64
+}
+
+func sumArray(m *ebpf.Map, n int) ([]uint64, error) {
+	out := make([]uint64, n)
+	var vals []uint64
+	for i := 0; i < n; i++ {
+		if err := m.Lookup(uint32(i), &vals); err != nil {
+			return nil, err
+		}
+		for _, v := range vals {
+			out[i] += v
+		}
+	}
+	return out, nil
+}
+
+// Drops returns the drop counters by reason.
+func (d *EBPF) Drops() (map[DropReason]uint64, error) {
+	v, err := sumArray(d.objs.Drops, dropMax)
+	if err != nil {
+		return nil, fmt.Errorf("reading drops: %w", err)
+	}
+	out := map[DropReason]uint64{}
+	for i, n := range v {
+		out[DropReason(i)] = n
+	}
+	return out, nil
+}
+
+// Events returns the event counters.
+func (d *EBPF) Events() (map[Event]uint64, error) {
+	v, err := sumArray(d.objs.Events, eventMax)
+	if err != nil {
+		return nil, fmt.Errorf("reading events: %w", err)
+	}
+	out := map[Event]uint64{}
+	for i, n := range v {
+		out[Event(i)] = n
+	}
+	return out, nil
+}
+
+// Traffic returns the per-interface counters, by host-side ifindex.
+func (d *EBPF) Traffic() (map[uint32]Traffic, error) {
+	out := map[uint32]Traffic{}
+	var k uint32
+	var vals []bpfTraffic
+	it := d.objs.IfStats.Iterate()
+	for it.Next(&k, &vals) {
+		var t Traffic
+		for _, v := range vals {
+			t.RxPackets += v.RxPackets
+			t.RxBytes += v.RxBytes
+			t.TxPackets += v.TxPackets
+			t.TxBytes += v.TxBytes
+		}
+		out[k] = t
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading traffic counters: %w", err)
+	}
+	return out, nil
+}
+
+// PortConnections returns the new connections counted per published port
+// binding (host address, zero for every address, port and protocol).
+func (d *EBPF) PortConnections() (map[PortBinding]uint64, error) {
+	out := map[PortBinding]uint64{}
+	var k bpfPortKey
+	var vals []uint64
+	it := d.objs.PortConns.Iterate()
+	for it.Next(&k, &vals) {
+		var n uint64
+		for _, v := range vals {
+			n += v
+		}
+		out[PortBinding{Proto: Proto(k.Proto), HostIP: addrFrom(k.Addr), HostPort: port16(k.Port)}] = n
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading port counters: %w", err)
+	}
+	return out, nil
+}
+
+// PortBinding is the host side of a published port.
+type PortBinding struct {
+	Proto    Proto
+	HostIP   netip.Addr // 0.0.0.0 for every address
+	HostPort uint16
+}
