@@ -405,3 +405,38 @@ func syncMap[K comparable, V comparable](m *ebpf.Map, want map[K]V) error {
 	}
 	return nil
 }
+
+// ErrNotRunning is returned by OpenPinned when nothing is pinned at the
+// path.
+var ErrNotRunning = errors.New("no bpfnet datapath pinned there")
+
+// OpenPinned opens the state maps of a running datapath, for the operator
+// commands. Programs are not loaded; Apply and Remove are not available.
+func OpenPinned(pinPath string) (*EBPF, error) {
+	dir := loader.GlobalsDir(pinPath)
+	if _, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("%s: %w", pinPath, ErrNotRunning)
+	}
+	d := &EBPF{opts: Options{PinPath: pinPath}, attached: map[string]attachedDev{}}
+	spec, err := loadBpf()
+	if err != nil {
+		return nil, err
+	}
+	maps := map[string]**ebpf.Map{
+		"ct4": &d.objs.Ct4, "drops": &d.objs.Drops, "endpoints": &d.objs.Endpoints, "events": &d.objs.Events,
+		"host_addrs": &d.objs.HostAddrs, "if_stats": &d.objs.IfStats, "nets": &d.objs.Nets,
+		"port_conns": &d.objs.PortConns, "published": &d.objs.Published, "uplinks": &d.objs.Uplinks,
+	}
+	for name, dst := range maps {
+		if spec.Maps[name].Pinning != ebpf.PinByName {
+			continue
+		}
+		m, err := ebpf.LoadPinnedMap(dir+"/"+name, &ebpf.LoadPinOptions{ReadOnly: true})
+		if err != nil {
+			d.objs.Close()
+			return nil, fmt.Errorf("opening pinned map %s: %w", name, err)
+		}
+		*dst = m
+	}
+	return d, nil
+}

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bpfnet/bpfnet/datapath"
+)
+
+type ctJSON struct {
+	Kind       string `json:"kind"`
+	Reply      bool   `json:"reply"`
+	Proto      uint8  `json:"proto"`
+	Src        string `json:"src"`
+	Dst        string `json:"dst"`
+	NewSrc     string `json:"translated_src"`
+	NewDst     string `json:"translated_dst"`
+	Packets    uint64 `json:"packets"`
+	Bytes      uint64 `json:"bytes"`
+	ExpiresSec int64  `json:"expires_in_seconds"`
+}
+
+func protoName(p uint8) string {
+	switch p {
+	case 6:
+		return "tcp"
+	case 17:
+		return "udp"
+	case 1:
+		return "icmp"
+	}
+	return fmt.Sprint(p)
+}
+
+func newCTCmd() *cobra.Command {
+	var pinPath, proto, addr string
+	var port uint16
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "ct",
+		Short: "List connection-tracking entries (filter by --proto, --addr, --port)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var want netip.Addr
+			if addr != "" {
+				a, err := netip.ParseAddr(addr)
+				if err != nil {
+					return fmt.Errorf("invalid --addr %q: %w", addr, err)
+				}
+				want = a
+			}
+			if proto != "" && proto != "tcp" && proto != "udp" && proto != "icmp" {
+				return fmt.Errorf("invalid --proto %q: want tcp, udp or icmp", proto)
+			}
+			dp, err := datapath.OpenPinned(pinPath)
+			if err != nil {
+				return err
+			}
+			defer dp.Close()
+			entries, err := dp.Conntrack()
+			if err != nil {
+				return err
+			}
+			match := func(e datapath.CTEntry) bool {
+				if proto != "" && protoName(e.Key.Proto) != proto {
+					return false
+				}
+				ts := []netip.AddrPort{e.Key.Src, e.Key.Dst, e.Translated.Src, e.Translated.Dst}
+				if want.IsValid() {
+					found := false
+					for _, t := range ts {
+						found = found || t.Addr() == want
+					}
+					if !found {
+						return false
+					}
+				}
+				if port != 0 {
+					found := false
+					for _, t := range ts {
+						found = found || t.Port() == port
+					}
+					if !found {
+						return false
+					}
+				}
+				return true
+			}
+			var out []ctJSON
+			for _, e := range entries {
+				if !match(e) {
+					continue
+				}
+				out = append(out, ctJSON{
+					Kind: e.Kind.String(), Reply: e.Reply, Proto: e.Key.Proto,
+					Src: e.Key.Src.String(), Dst: e.Key.Dst.String(),
+					NewSrc: e.Translated.Src.String(), NewDst: e.Translated.Dst.String(),
+					Packets: e.Packets, Bytes: e.Bytes, ExpiresSec: int64(e.Expires / time.Second),
+				})
+			}
+			sort.Slice(out, func(i, j int) bool {
+				if out[i].Src != out[j].Src {
+					return out[i].Src < out[j].Src
+				}
+				return out[i].Dst < out[j].Dst
+			})
+			if asJSON {
+				if out == nil {
+					out = []ctJSON{}
+				}
+				return writeJSON(cmd.OutOrStdout(), out)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "KIND\tDIR\tPROTO\tTUPLE\tTRANSLATED\tPKTS\tBYTES\tEXPIRES")
+			for _, e := range out {
+				dir := "orig"
+				if e.Reply {
+					dir = "reply"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s -> %s\t%s -> %s\t%d\t%d\t%ds\n", e.Kind, dir, protoName(e.Proto), e.Src, e.Dst, e.NewSrc, e.NewDst, e.Packets, e.Bytes, e.ExpiresSec)
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&pinPath, "pin-path", defaultPinPath, "bpffs folder of the datapath's state")
+	cmd.Flags().StringVar(&proto, "proto", "", "only this protocol: tcp, udp or icmp")
+	cmd.Flags().StringVar(&addr, "addr", "", "only entries with this address on either side")
+	cmd.Flags().Uint16Var(&port, "port", 0, "only entries with this port on either side")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}

@@ -1,0 +1,34 @@
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bpfnet/bpfnet/loader"
+)
+
+func newDownCmd() *cobra.Command {
+	var pinPath string
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Detach the datapath everywhere and remove its pinned state",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := os.Stat(pinPath); os.IsNotExist(err) {
+				fmt.Fprintf(cmd.OutOrStdout(), "nothing pinned at %s\n", pinPath)
+				return nil
+			}
+			if err := loader.DetachAll(pinPath); err != nil {
+				return err
+			}
+			if err := os.RemoveAll(pinPath); err != nil {
+				return fmt.Errorf("removing %s: %w", pinPath, err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "detached and removed %s\n", pinPath)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&pinPath, "pin-path", defaultPinPath, "bpffs folder of the datapath's state")
+	return cmd
+}

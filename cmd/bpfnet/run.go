@@ -1,0 +1,213 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/loader"
+)
+
+const defaultPinPath = "/sys/fs/bpf/bpfnet"
+
+// runFlags are the settings of `bpfnet run`.
+type runFlags struct {
+	bridges    []string
+	uplinks    []string
+	masquerade []string
+	publish    []string
+	pinPath    string
+	fastPath   bool
+	natPorts   string
+	ctSize     uint32
+	attach     string
+	gcInterval time.Duration
+}
+
+func newRunCmd() *cobra.Command {
+	f := &runFlags{}
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Load the eBPF datapath, attach it and keep it in step with the bridges",
+		Long: `run loads the datapath, programs it with the bridges, uplinks and
+published ports given, attaches it, and follows veths joining and leaving
+the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
+'bpfnet down' removes it.`,
+		Example: `  bpfnet run --bridge docker0 --publish 8080:172.17.0.2:80 --publish 127.0.0.1:5353:172.17.0.3:53/udp`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runDaemon(ctx, f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringArrayVar(&f.bridges, "bridge", nil, "bridge whose containers to serve (repeatable)")
+	fl.StringArrayVar(&f.uplinks, "uplink", nil, "interface towards the outside (repeatable; default: those of the default routes)")
+	fl.StringArrayVar(&f.masquerade, "masquerade", nil, "masquerade traffic from this CIDR (repeatable; default: the bridges' subnets)")
+	fl.StringArrayVar(&f.publish, "publish", nil, "publish a port: [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp] (repeatable)")
+	fl.StringVar(&f.pinPath, "pin-path", defaultPinPath, "bpffs folder of the datapath's state")
+	fl.BoolVar(&f.fastPath, "fast-path", true, "redirect translated packets around the bridge, routing and netfilter")
+	fl.StringVar(&f.natPorts, "nat-ports", "32768-65535", "source ports masquerade may choose from")
+	fl.Uint32Var(&f.ctSize, "ct-size", 262144, "connection-tracking table capacity (entries; two per flow)")
+	fl.StringVar(&f.attach, "attach", "auto", "attach mechanism: auto (tcx, else clsact), tcx or legacy")
+	fl.DurationVar(&f.gcInterval, "gc-interval", 10*time.Second, "how often expired connection-tracking entries are collected")
+	return cmd
+}
+
+// options checks the flags that need no kernel and turns them into
+// datapath options and port mappings.
+func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
+	opts := datapath.Options{PinPath: f.pinPath, FastPath: f.fastPath, CTSize: f.ctSize}
+	if f.pinPath == "" {
+		return opts, nil, errors.New("--pin-path must not be empty")
+	}
+	lo, hi, ok := strings.Cut(f.natPorts, "-")
+	min, err1 := strconv.ParseUint(lo, 10, 16)
+	max, err2 := strconv.ParseUint(hi, 10, 16)
+	if !ok || err1 != nil || err2 != nil || min == 0 || max < min {
+		return opts, nil, fmt.Errorf("invalid --nat-ports %q: want MIN-MAX within 1-65535", f.natPorts)
+	}
+	opts.NATPortMin, opts.NATPortMax = uint16(min), uint16(max)
+	if f.ctSize < 1024 {
+		return opts, nil, fmt.Errorf("invalid --ct-size %d: at least 1024", f.ctSize)
+	}
+	switch f.attach {
+	case "auto":
+		opts.AttachMode = loader.ModeAuto
+	case "tcx":
+		opts.AttachMode = loader.ModeTCX
+	case "legacy":
+		opts.AttachMode = loader.ModeLegacy
+	default:
+		return opts, nil, fmt.Errorf("invalid --attach %q: want auto, tcx or legacy", f.attach)
+	}
+	var ports []datapath.PortMapping
+	for _, p := range f.publish {
+		m, err := datapath.ParsePublish(p)
+		if err != nil {
+			return opts, nil, err
+		}
+		ports = append(ports, m...)
+	}
+	for _, c := range f.masquerade {
+		if _, err := netip.ParsePrefix(c); err != nil {
+			return opts, nil, fmt.Errorf("invalid --masquerade %q: %w", c, err)
+		}
+	}
+	if len(f.bridges) == 0 {
+		return opts, nil, errors.New("at least one --bridge is required")
+	}
+	return opts, ports, nil
+}
+
+// standaloneState reads the kernel for what the flags name.
+func standaloneState(f *runFlags, ports []datapath.PortMapping) (datapath.State, error) {
+	var masq []netip.Prefix
+	for _, c := range f.masquerade {
+		p, _ := netip.ParsePrefix(c)
+		masq = append(masq, p)
+	}
+	s, err := datapath.Discover(f.bridges, f.uplinks, masq)
+	if err != nil {
+		return s, err
+	}
+	for i := range ports {
+		for _, e := range s.Endpoints {
+			if e.Addr == ports[i].ContainerIP {
+				ports[i].Container = e.Container
+			}
+		}
+	}
+	s.Ports = ports
+	return s, nil
+}
+
+func runDaemon(ctx context.Context, f *runFlags) error {
+	opts, ports, err := f.options()
+	if err != nil {
+		return err
+	}
+	state, err := standaloneState(f, ports)
+	if err != nil {
+		return err
+	}
+	if err := state.Validate(); err != nil {
+		return err
+	}
+	_, statErr := os.Stat(f.pinPath)
+	fresh := errors.Is(statErr, os.ErrNotExist)
+	dp, err := datapath.NewEBPF(opts)
+	if err != nil {
+		if fresh {
+			os.RemoveAll(f.pinPath)
+		}
+		return err
+	}
+	if err := dp.Apply(ctx, state); err != nil {
+		// A first start that fails leaves nothing behind; a restart keeps
+		// what was forwarding before.
+		if fresh {
+			dp.Remove()
+		} else {
+			dp.Close()
+		}
+		return fmt.Errorf("applying the datapath: %w", err)
+	}
+	defer dp.Close()
+	slog.Info("datapath attached", "bridges", f.bridges, "uplinks", len(state.Uplinks),
+		"endpoints", len(state.Endpoints), "ports", len(state.Ports), "pin_path", f.pinPath, "fast_path", f.fastPath)
+
+	changed := make(chan struct{}, 1)
+	poke := func(netlink.Link) {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
+	go func() {
+		for ctx.Err() == nil {
+			if err := loader.WatchLinks(ctx, netns.None(), f.bridges, poke, poke); err != nil {
+				slog.Warn("watching links", "error", err)
+				time.Sleep(time.Second)
+			}
+		}
+	}()
+	gc := time.NewTicker(f.gcInterval)
+	defer gc.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			slog.Info("stopping; the datapath stays attached (bpfnet down removes it)")
+			return nil
+		case <-gc.C:
+			if n, err := dp.GC(); err != nil {
+				slog.Warn("conntrack gc", "error", err)
+			} else if n > 0 {
+				slog.Debug("conntrack gc", "deleted", n)
+			}
+		case <-changed:
+			s, err := standaloneState(f, ports)
+			if err == nil {
+				err = dp.Apply(ctx, s)
+			}
+			if err != nil {
+				slog.Warn("resync", "error", err)
+				continue
+			}
+			slog.Info("resynced", "endpoints", len(s.Endpoints))
+		}
+	}
+}

@@ -1,0 +1,41 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Bad flags are refused before anything touches the kernel: no pin folder
+// appears.
+func TestRunRejectsBadInput(t *testing.T) {
+	pin := filepath.Join(t.TempDir(), "pins")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--publish", "8080:80"}, "invalid --publish"},
+		{[]string{"--bridge", "br0", "--publish", "8080:172.17.0.2:80/sctp"}, "unknown protocol"},
+		{[]string{"--bridge", "br0", "--nat-ports", "9-1"}, "invalid --nat-ports"},
+		{[]string{"--bridge", "br0", "--attach", "magic"}, "invalid --attach"},
+		{[]string{"--bridge", "br0", "--masquerade", "10.0.0.0/33"}, "invalid --masquerade"},
+		{[]string{"--bridge", "br0", "--ct-size", "10"}, "invalid --ct-size"},
+		{[]string{}, "at least one --bridge"},
+		{[]string{"--bridge", "bpfnet-no-such-bridge0"}, "bpfnet-no-such-bridge0"},
+	} {
+		root := newRootCmd()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetErr(&out)
+		root.SetArgs(append([]string{"run", "--pin-path", pin}, tc.args...))
+		err := root.Execute()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("run %v: error %v, want one containing %q", tc.args, err, tc.want)
+		}
+		if _, serr := os.Stat(pin); !os.IsNotExist(serr) {
+			t.Fatalf("run %v left %s behind", tc.args, pin)
+		}
+	}
+}

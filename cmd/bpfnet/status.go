@@ -1,0 +1,150 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/loader"
+)
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+type statusReport struct {
+	PinPath     string                 `json:"pin_path"`
+	Attachments []attachmentJSON       `json:"attachments"`
+	Endpoints   []endpointJSON         `json:"endpoints"`
+	Ports       int                    `json:"published_ports"`
+	CTEntries   int                    `json:"conntrack_entries"`
+	CTCapacity  int                    `json:"conntrack_capacity"`
+	Drops       map[string]uint64      `json:"drops"`
+	Events      map[string]uint64      `json:"events"`
+	Traffic     map[string]trafficJSON `json:"traffic"`
+}
+
+type attachmentJSON struct {
+	Interface string `json:"interface"`
+	Direction string `json:"direction"`
+	Program   string `json:"program"`
+	Mode      string `json:"mode"`
+	ProgramID uint32 `json:"program_id"`
+}
+
+type endpointJSON struct {
+	Addr    netip.Addr `json:"address"`
+	Ifindex uint32     `json:"ifindex"`
+	MAC     string     `json:"mac"`
+}
+
+type trafficJSON struct {
+	RxPackets uint64 `json:"rx_packets"`
+	RxBytes   uint64 `json:"rx_bytes"`
+	TxPackets uint64 `json:"tx_packets"`
+	TxBytes   uint64 `json:"tx_bytes"`
+}
+
+func newStatusCmd() *cobra.Command {
+	var pinPath string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show what is attached where, the endpoints and the table use",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dp, err := datapath.OpenPinned(pinPath)
+			if err != nil {
+				return err
+			}
+			defer dp.Close()
+			r := statusReport{PinPath: pinPath, Drops: map[string]uint64{}, Events: map[string]uint64{}, Traffic: map[string]trafficJSON{}}
+			atts, err := loader.List(pinPath)
+			if err != nil {
+				return err
+			}
+			for _, a := range atts {
+				r.Attachments = append(r.Attachments, attachmentJSON{a.Interface, a.Direction.String(), a.Program, a.Mode.String(), uint32(a.ProgramID)})
+			}
+			eps, err := dp.Endpoints()
+			if err != nil {
+				return err
+			}
+			for _, e := range eps {
+				r.Endpoints = append(r.Endpoints, endpointJSON{e.Addr, e.Ifindex, e.MAC.String()})
+			}
+			ports, err := dp.Published()
+			if err != nil {
+				return err
+			}
+			r.Ports = len(ports)
+			if r.CTEntries, r.CTCapacity, err = dp.CTUsage(); err != nil {
+				return err
+			}
+			drops, err := dp.Drops()
+			if err != nil {
+				return err
+			}
+			for k, v := range drops {
+				r.Drops[k.String()] = v
+			}
+			evs, err := dp.Events()
+			if err != nil {
+				return err
+			}
+			for k, v := range evs {
+				r.Events[k.String()] = v
+			}
+			tr, err := dp.Traffic()
+			if err != nil {
+				return err
+			}
+			for k, v := range tr {
+				r.Traffic[fmt.Sprint(k)] = trafficJSON(v)
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), r)
+			}
+			return printStatus(cmd.OutOrStdout(), r)
+		},
+	}
+	cmd.Flags().StringVar(&pinPath, "pin-path", defaultPinPath, "bpffs folder of the datapath's state")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func printStatus(out io.Writer, r statusReport) error {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "pin path\t%s\n", r.PinPath)
+	fmt.Fprintf(w, "published ports\t%d\n", r.Ports)
+	fmt.Fprintf(w, "conntrack\t%d / %d entries\n\n", r.CTEntries, r.CTCapacity)
+	fmt.Fprintln(w, "INTERFACE\tHOOK\tPROGRAM\tMODE\tID")
+	for _, a := range r.Attachments {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", a.Interface, a.Direction, a.Program, a.Mode, a.ProgramID)
+	}
+	fmt.Fprintln(w, "\nENDPOINT\tIFINDEX\tMAC\tRX PKTS\tRX BYTES\tTX PKTS\tTX BYTES")
+	for _, e := range r.Endpoints {
+		t := r.Traffic[fmt.Sprint(e.Ifindex)]
+		fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%d\t%d\t%d\n", e.Addr, e.Ifindex, e.MAC, t.RxPackets, t.RxBytes, t.TxPackets, t.TxBytes)
+	}
+	var drops []string
+	for k, v := range r.Drops {
+		if v > 0 {
+			drops = append(drops, fmt.Sprintf("%s=%d", k, v))
+		}
+	}
+	sort.Strings(drops)
+	if len(drops) == 0 {
+		drops = []string{"none"}
+	}
+	fmt.Fprintf(w, "\ndrops\t%s\n", strings.Join(drops, " "))
+	return w.Flush()
+}
