@@ -375,6 +375,10 @@ int from_container(struct __sk_buff *ctx)
 					    .proto = p.t.proto};
 			struct ct_entry re = {};
 
+			/* The answer goes to the gateway: it comes back through
+			 * this hook, not through to_container. */
+			ne.peer_flags = CT_AT_FROM_CONTAINER | CT_REPLY;
+
 			re.nsaddr = p.t.daddr;
 			re.ndaddr = p.t.saddr;
 			re.nsport = p.t.dport;
