@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os/exec"
 	"sync"
@@ -386,3 +387,101 @@ func readICMPError(fd int, icmpType uint8) net.IP {
 	}
 }
 
+// TestLabConntrackGC: expired entries are collected from Go, live ones are
+// kept.
+func TestLabConntrackGC(t *testing.T) {
+	l := startLabWith(t, twoContainers(), Options{FastPath: true, UDPTimeout: time.Second})
+	c0, ext := l.topo.Containers[0], l.topo.Externals[0]
+	echoUDP(t, &ext.Namespace, ext.Addr.String()+":9001")
+	echoTCP(t, &ext.Namespace, ext.Addr.String()+":9000")
+	udpExchange(t, &c0.Namespace, ext.Addr.String()+":9001", "x")
+	tcpExchange(t, &c0.Namespace, ext.Addr.String()+":9000", 10)
+	if n, err := l.dp.GC(); err != nil || n != 0 {
+		t.Fatalf("GC of live flows deleted %d (%v), want 0", n, err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	n, err := l.dp.GC()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		t.Errorf("GC deleted %d entries, want the 2 of the expired UDP flow", n)
+	}
+	entries, err := l.dp.Conntrack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Key.Proto != 6 {
+			t.Errorf("entry left after GC: %+v", e)
+		}
+	}
+	if len(entries) != 2 {
+		t.Errorf("%d entries left, want the TCP flow's 2 (closing, not yet expired)", len(entries))
+	}
+}
+
+// TestLabTableFull: with a table far smaller than the flows offered, the
+// LRU evicts, and an established TCP connection keeps working throughout:
+// an evicted half is recreated from the next packet.
+func TestLabTableFull(t *testing.T) {
+	l := startLabWith(t, twoContainers(), Options{FastPath: true, CTSize: 256})
+	c0, c1, ext := l.topo.Containers[0], l.topo.Containers[1], l.topo.Externals[0]
+	l.setPorts(t, publish(t, fmt.Sprintf("8080:%s:80", c0.Addr), fmt.Sprintf("5353:%s:53/udp", c1.Addr)))
+	echoTCP(t, &c0.Namespace, c0.Addr.String()+":80")
+	echoUDPNamed(t, &c1.Namespace, c1.Addr.String()+":53", "c1")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := ext.DialTCP(ctx, ext.HostAddr.String()+":8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	greet := make([]byte, 64)
+	if _, err := conn.Read(greet); err != nil {
+		t.Fatal(err)
+	}
+	roundTrip := func() {
+		t.Helper()
+		msg := []byte("still there?")
+		if _, err := conn.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(conn, got); err != nil || string(got) != string(msg) {
+			t.Fatalf("established connection broke after the table filled: %q %v", got, err)
+		}
+	}
+	roundTrip()
+	// 1000 UDP flows: 2000 entries into a table of 256.
+	err = ext.Do(func() error {
+		for i := 0; i < 1000; i++ {
+			u, err := net.DialUDP("udp", &net.UDPAddr{IP: ext.Addr, Port: 30000 + i}, &net.UDPAddr{IP: ext.HostAddr, Port: 5353})
+			if err != nil {
+				return err
+			}
+			u.Write([]byte("x"))
+			u.Close()
+			if i%100 == 0 {
+				roundTrip()
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip()
+	n, capacity, err := l.dp.CTUsage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n > capacity || capacity != 256 {
+		t.Errorf("table holds %d of %d", n, capacity)
+	}
+	ev, _ := l.dp.Events()
+	t.Logf("table %d/%d; new dnat flows %d, recreated %d, restored halves %d", n, capacity,
+		ev[EventCTNewDNAT], ev[EventCTRecreated], ev[EventCTPeerRestored])
+}

@@ -32,6 +32,11 @@ func addrOf(ip net.IP) netip.Addr {
 // (given as --publish specs) in its host namespace.
 func startLab(t *testing.T, cfg lab.Config, fast bool, publish ...string) *labDatapath {
 	t.Helper()
+	return startLabWith(t, cfg, Options{FastPath: fast}, publish...)
+}
+
+func startLabWith(t *testing.T, cfg lab.Config, opts Options, publish ...string) *labDatapath {
+	t.Helper()
 	requireRoot(t)
 	topo := lab.Setup(t, cfg)
 	pin, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-test-")
@@ -65,7 +70,8 @@ func startLab(t *testing.T, cfg lab.Config, fast bool, publish ...string) *labDa
 			return err
 		}
 		s.Ports = ports
-		dp, err := NewEBPF(Options{PinPath: pin, FastPath: fast})
+		opts.PinPath = pin
+		dp, err := NewEBPF(opts)
 		if err != nil {
 			return err
 		}
