@@ -1,0 +1,173 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bpfnet/bpfnet/lab"
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("this test needs root, and CI runs as root")
+	}
+	t.Skip("needs root")
+}
+
+// buildBinary builds bpfnet for tests that run it as a process.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "bpfnet")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestRunInLab runs `bpfnet run` as a daemon in a lab's host namespace:
+// the published port answers, stopping the daemon keeps the datapath and
+// an established connection, a new daemon adopts the pinned state, and
+// `bpfnet down` removes it all.
+func TestRunInLab(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t)
+	topo := lab.Setup(t, lab.Config{Containers: []lab.ContainerConfig{{}}})
+	c0, ext := topo.Containers[0], topo.Externals[0]
+	pin, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-run-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(pin) // bpfnet run creates it
+	t.Cleanup(func() {
+		topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).Run()
+		os.RemoveAll(pin)
+	})
+
+	ln, err := c0.ListenTCP(c0.Addr.String() + ":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP)
+				io.Copy(c, c)
+			}()
+		}
+	}()
+
+	start := func() *exec.Cmd {
+		cmd := topo.Host.Command(context.Background(), bin, "run", "--pin-path", pin,
+			"--bridge", topo.Bridges[0].Name, "--uplink", ext.Uplink,
+			"--publish", fmt.Sprintf("8080:%s:80", c0.Addr))
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitAttached(t, topo, bin, pin, 4)
+		return cmd
+	}
+	stop := func(cmd *exec.Cmd) {
+		cmd.Process.Signal(syscall.SIGTERM)
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("bpfnet run exited with %v after SIGTERM", err)
+		}
+	}
+	hostPort := ext.HostAddr.String() + ":8080"
+	dial := func() (net.Conn, *bufio.Reader) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		c, err := ext.DialTCP(ctx, hostPort)
+		if err != nil {
+			t.Fatalf("dial %s: %v", hostPort, err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		r := bufio.NewReader(c)
+		who, err := r.ReadString('\n')
+		if err != nil || strings.TrimSpace(who) != ext.Addr.String() {
+			t.Fatalf("greeting %q %v, want the client address %s", who, err, ext.Addr)
+		}
+		return c, r
+	}
+	echo := func(c net.Conn, r *bufio.Reader, msg string) {
+		t.Helper()
+		fmt.Fprint(c, msg)
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(r, got); err != nil || string(got) != msg {
+			t.Fatalf("echo %q: %q %v", msg, got, err)
+		}
+	}
+
+	daemon := start()
+	live, r := dial()
+	defer live.Close()
+	echo(live, r, "before restart")
+
+	stop(daemon)
+	echo(live, r, "daemon stopped, datapath still there")
+	c2, r2 := dial()
+	echo(c2, r2, "new connection while stopped")
+	c2.Close()
+
+	daemon = start()
+	echo(live, r, "adopted by a new daemon")
+	stop(daemon)
+
+	out, err := topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).CombinedOutput()
+	if err != nil {
+		t.Fatalf("bpfnet down: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(pin); !os.IsNotExist(err) {
+		t.Errorf("bpfnet down left %s", pin)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if c, err := ext.DialTCP(ctx, hostPort); err == nil {
+		c.Close()
+		t.Error("published port still answers after bpfnet down")
+	}
+}
+
+// waitAttached polls `bpfnet status --json` until n programs are attached.
+func waitAttached(t *testing.T, topo *lab.Topology, bin, pin string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	var last string
+	for time.Now().Before(deadline) {
+		out, err := topo.Host.Command(context.Background(), bin, "status", "--json", "--pin-path", pin).Output()
+		if err == nil {
+			var r statusReport
+			if json.Unmarshal(out, &r) == nil && len(r.Attachments) >= n && r.Ports > 0 {
+				return
+			}
+			last = string(out)
+		} else {
+			last = err.Error()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("bpfnet run did not attach %d programs: %s", n, last)
+}
