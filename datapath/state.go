@@ -72,11 +72,15 @@ type Network struct {
 
 // Endpoint is a container's interface on a network.
 type Endpoint struct {
-	Container string // name, for display and metrics
-	Network   string // Network.Name
-	Addr      netip.Addr
-	MAC       net.HardwareAddr // the container's eth0
-	HostVeth  string           // the host end of its veth pair
+	Container   string // name, for display and metrics
+	ContainerID string // the runtime's full id; "" without a runtime
+	Network     string // Network.Name
+	Addr        netip.Addr
+	MAC         net.HardwareAddr // the container's eth0
+	HostVeth    string           // the host end of its veth pair
+	// Labels are the runtime's labels of the container (Docker Compose's
+	// com.docker.compose.project and .service among them).
+	Labels map[string]string
 }
 
 // Uplink is an interface towards the outside.
