@@ -164,6 +164,10 @@ int from_netdev(struct __sk_buff *ctx)
 		return TC_ACT_OK;
 	if (r == PARSE_MALFORMED)
 		return drop(DROP_MALFORMED);
+	if (CONFIG.redirect_only) {
+		ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
+		return ep ? deliver(ctx, &p, ep, 1, 0, 0, now) : TC_ACT_OK;
+	}
 	orig = p.t;
 
 	if (p.icmp == ICMP_K_ERROR) {
@@ -241,8 +245,11 @@ int to_netdev(struct __sk_buff *ctx)
 	struct ct_entry *e;
 	struct net_info *net;
 	struct uplink *up;
-	int r = parse(ctx, &p);
+	int r;
 
+	if (CONFIG.redirect_only)
+		return TC_ACT_OK;
+	r = parse(ctx, &p);
 	if (r == PARSE_PASS)
 		return TC_ACT_OK;
 	if (r == PARSE_MALFORMED)
@@ -342,7 +349,7 @@ int from_container(struct __sk_buff *ctx)
 	if (r == PARSE_MALFORMED)
 		return drop(DROP_MALFORMED);
 	orig = p.t;
-	if (p.icmp == ICMP_K_ERROR || (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport))
+	if (CONFIG.redirect_only || p.icmp == ICMP_K_ERROR || (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport))
 		goto plain;
 
 	src = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
@@ -446,6 +453,8 @@ int to_container(struct __sk_buff *ctx)
 		return TC_ACT_OK;
 	if (r == PARSE_MALFORMED)
 		return drop(DROP_MALFORMED);
+	if (CONFIG.redirect_only)
+		return TC_ACT_OK;
 	if (to_container_xlate(ctx, &p, now) < 0)
 		return drop(DROP_REWRITE);
 	return TC_ACT_OK;

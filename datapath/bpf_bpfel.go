@@ -16,8 +16,10 @@ import (
 type bpfConfig struct {
 	_               structs.HostLayout
 	FastPath        uint32
+	RedirectOnly    uint32
 	NatPortMin      uint16
 	NatPortMax      uint16
+	_               [4]byte
 	TcpSynTimeout   uint64
 	TcpEstTimeout   uint64
 	TcpCloseTimeout uint64

@@ -31,6 +31,11 @@ type Options struct {
 	// FastPath redirects translated packets around the bridge, routing
 	// and netfilter.
 	FastPath bool
+	// RedirectOnly turns NAT and tracking off and keeps only the fast-path
+	// redirects and counters: the ceiling of the design, which the
+	// benchmark's ebpf-redirect mode measures with the external host
+	// addressing containers directly. Needs FastPath.
+	RedirectOnly bool
 	// NATPortMin and NATPortMax bound the masquerade source ports
 	// (default 32768-65535).
 	NATPortMin, NATPortMax uint16
@@ -61,6 +66,9 @@ func (o *Options) config() bpfConfig {
 	}
 	if o.FastPath {
 		c.FastPath = 1
+	}
+	if o.RedirectOnly {
+		c.RedirectOnly = 1
 	}
 	if c.NatPortMin == 0 {
 		c.NatPortMin = 32768

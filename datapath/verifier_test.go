@@ -11,8 +11,11 @@ import (
 // instruction counts, so a complexity regression shows in the test log.
 func TestVerifier(t *testing.T) {
 	requireRoot(t)
-	for _, fast := range []bool{false, true} {
-		opts := Options{FastPath: fast}
+	for fast, opts := range map[string]Options{
+		"stack":         {},
+		"fast_path":     {FastPath: true},
+		"redirect_only": {FastPath: true, RedirectOnly: true},
+	} {
 		spec, err := Spec(opts)
 		if err != nil {
 			t.Fatal(err)
@@ -20,10 +23,10 @@ func TestVerifier(t *testing.T) {
 		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{})
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
-			t.Fatalf("fast_path=%v: %-50v", fast, ve)
+			t.Fatalf("%s: %-50v", fast, ve)
 		}
 		if err != nil {
-			t.Fatalf("fast_path=%v: %v", fast, err)
+			t.Fatalf("%s: %v", fast, err)
 		}
 		for name, p := range coll.Programs {
 			info, err := p.Info()
@@ -35,7 +38,7 @@ func TestVerifier(t *testing.T) {
 				t.Fatal(err)
 			}
 			vi, _ := info.VerifiedInstructions()
-			t.Logf("fast_path=%v %-15s xlated=%d insns, verified=%d", fast, name, size/8, vi)
+			t.Logf("%s %-15s xlated=%d insns, verified=%d", fast, name, size/8, vi)
 			if size == 0 {
 				t.Errorf("%s: no translated instructions", name)
 			}

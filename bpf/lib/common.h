@@ -47,6 +47,9 @@ struct config {
 	/* 1: translated packets are redirected to their target interface
 	 * (bpf_redirect_peer / bpf_redirect_neigh); 0: they go through the stack. */
 	__u32 fast_path;
+	/* 1: no NAT and no tracking, only the fast-path redirects and the
+	 * counters: the ceiling of the design, for `bpfnet bench`. */
+	__u32 redirect_only;
 	/* Range of translated source ports (and ICMP ids) used by masquerade
 	 * when a flow's own source port is taken. */
 	__u16 nat_port_min;
@@ -61,6 +64,7 @@ struct config {
 
 volatile const struct config CONFIG = {
 	.fast_path = 1,
+	.redirect_only = 0,
 	.nat_port_min = 32768,
 	.nat_port_max = 65535,
 	.tcp_syn_timeout = 60ULL * 1000000000ULL,
