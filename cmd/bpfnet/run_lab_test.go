@@ -125,6 +125,7 @@ func TestRunInLab(t *testing.T) {
 	live, r := dial()
 	defer live.Close()
 	echo(live, r, "before restart")
+	checkOperatorCommands(t, topo, bin, pin, c0.Addr.String(), ext.Addr.String())
 
 	stop(daemon)
 	echo(live, r, "daemon stopped, datapath still there")
@@ -170,4 +171,54 @@ func waitAttached(t *testing.T, topo *lab.Topology, bin, pin string, n int) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("bpfnet run did not attach %d programs: %s", n, last)
+}
+
+// checkOperatorCommands reads the running datapath through the operator
+// commands, in JSON and in tables.
+func checkOperatorCommands(t *testing.T, topo *lab.Topology, bin, pin, container, client string) {
+	t.Helper()
+	run := func(args ...string) []byte {
+		t.Helper()
+		out, err := topo.Host.Command(context.Background(), bin, append(args, "--pin-path", pin)...).Output()
+		if err != nil {
+			t.Fatalf("bpfnet %v: %v", args, err)
+		}
+		return out
+	}
+	var ports []portJSON
+	if err := json.Unmarshal(run("ports", "--json"), &ports); err != nil {
+		t.Fatal(err)
+	}
+	if len(ports) != 1 || ports[0].HostPort != 8080 || ports[0].ContainerIP != container || ports[0].Connections < 1 {
+		t.Errorf("bpfnet ports --json = %+v, want 8080 -> %s with a connection", ports, container)
+	}
+	var flows []ctJSON
+	if err := json.Unmarshal(run("ct", "--json", "--proto", "tcp", "--addr", client), &flows); err != nil {
+		t.Fatal(err)
+	}
+	dnat := 0
+	for _, f := range flows {
+		if f.Kind == "dnat" && !f.Reply && strings.HasPrefix(f.NewDst, container+":") {
+			dnat++
+		}
+	}
+	if dnat != 1 {
+		t.Errorf("bpfnet ct --json: %d dnat flows of the client to %s, want 1: %+v", dnat, container, flows)
+	}
+	var none []ctJSON
+	if err := json.Unmarshal(run("ct", "--json", "--proto", "udp"), &none); err != nil || len(none) != 0 {
+		t.Errorf("bpfnet ct --proto udp: %v %+v, want no entries", err, none)
+	}
+	var st statusReport
+	if err := json.Unmarshal(run("status", "--json"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Endpoints) != 1 || st.Endpoints[0].Addr.String() != container || st.CTEntries < 2 || st.CTCapacity == 0 {
+		t.Errorf("bpfnet status --json: %+v", st)
+	}
+	for _, table := range [][]string{{"status"}, {"ports"}, {"ct"}} {
+		if out := run(table...); !strings.Contains(string(out), container) {
+			t.Errorf("bpfnet %s does not show %s:\n%s", table[0], container, out)
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"sort"
 	"strings"
@@ -147,4 +148,11 @@ func printStatus(out io.Writer, r statusReport) error {
 	}
 	fmt.Fprintf(w, "\ndrops\t%s\n", strings.Join(drops, " "))
 	return w.Flush()
+}
+
+func ifName(index int) string {
+	if ifi, err := net.InterfaceByIndex(index); err == nil {
+		return ifi.Name
+	}
+	return ""
 }

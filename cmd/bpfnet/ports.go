@@ -1,0 +1,81 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bpfnet/bpfnet/datapath"
+)
+
+type portJSON struct {
+	Proto         string `json:"protocol"`
+	HostIP        string `json:"host_ip"`
+	HostPort      uint16 `json:"host_port"`
+	ContainerIP   string `json:"container_ip"`
+	ContainerPort uint16 `json:"container_port"`
+	Container     string `json:"container,omitempty"`
+	Connections   uint64 `json:"connections"`
+}
+
+func newPortsCmd() *cobra.Command {
+	var pinPath string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "ports",
+		Short: "List the published ports with their containers and connection counts",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dp, err := datapath.OpenPinned(pinPath)
+			if err != nil {
+				return err
+			}
+			defer dp.Close()
+			ports, err := dp.Published()
+			if err != nil {
+				return err
+			}
+			conns, err := dp.PortConnections()
+			if err != nil {
+				return err
+			}
+			names := endpointNames(dp)
+			out := []portJSON{}
+			for _, p := range ports {
+				out = append(out, portJSON{
+					Proto: p.Binding.Proto.String(), HostIP: p.Binding.HostIP.String(), HostPort: p.Binding.HostPort,
+					ContainerIP: p.ContainerIP.String(), ContainerPort: p.ContainerPort,
+					Container: names[p.ContainerIP.String()], Connections: conns[p.Binding],
+				})
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), out)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "PROTO\tHOST\tCONTAINER\tNAME\tCONNECTIONS")
+			for _, p := range out {
+				fmt.Fprintf(w, "%s\t%s:%d\t%s:%d\t%s\t%d\n", p.Proto, p.HostIP, p.HostPort, p.ContainerIP, p.ContainerPort, p.Container, p.Connections)
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&pinPath, "pin-path", defaultPinPath, "bpffs folder of the datapath's state")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// endpointNames names container addresses by their host veth, the best a
+// reader of the pinned maps alone knows.
+func endpointNames(dp *datapath.EBPF) map[string]string {
+	out := map[string]string{}
+	eps, err := dp.Endpoints()
+	if err != nil {
+		return out
+	}
+	for _, e := range eps {
+		if name := ifName(int(e.Ifindex)); name != "" {
+			out[e.Addr.String()] = name
+		}
+	}
+	return out
+}
