@@ -46,6 +46,9 @@ type Options struct {
 	TCPSynTimeout, TCPEstablishedTimeout, TCPCloseTimeout, UDPTimeout, ICMPTimeout time.Duration
 	// AttachMode chooses tcx or the legacy clsact path.
 	AttachMode loader.Mode
+
+	// mutateSpec lets tests break or change the programs before loading.
+	mutateSpec func(*ebpf.CollectionSpec)
 }
 
 func (o *Options) config() bpfConfig {
@@ -122,6 +125,9 @@ func Spec(opts Options) (*ebpf.CollectionSpec, error) {
 	}
 	if opts.CTSize != 0 {
 		spec.Maps["ct4"].MaxEntries = opts.CTSize
+	}
+	if opts.mutateSpec != nil {
+		opts.mutateSpec(spec)
 	}
 	if opts.PinPath == "" {
 		for _, m := range spec.Maps {
