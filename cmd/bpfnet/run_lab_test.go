@@ -222,3 +222,122 @@ func checkOperatorCommands(t *testing.T, topo *lab.Topology, bin, pin, container
 		}
 	}
 }
+
+// TestRunFollowsLinks: a container that appears after the daemon started
+// gets the datapath on its veth within a fraction of a second, and a veth
+// that goes away is forgotten.
+func TestRunFollowsLinks(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t)
+	topo := lab.Setup(t, lab.Config{Containers: []lab.ContainerConfig{{}}})
+	ext := topo.Externals[0]
+	br := topo.Bridges[0]
+	pin, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-run-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(pin)
+	t.Cleanup(func() {
+		topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).Run()
+		os.RemoveAll(pin)
+	})
+	newAddr := br.Subnet.IP.To4()
+	newAddr = net.IPv4(newAddr[0], newAddr[1], newAddr[2], 99)
+	cmd := topo.Host.Command(context.Background(), bin, "run", "--pin-path", pin,
+		"--bridge", br.Name, "--uplink", ext.Uplink,
+		"--publish", fmt.Sprintf("8080:%s:80", newAddr))
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
+	waitAttached(t, topo, bin, pin, 4)
+
+	// A container joins the bridge as Docker joins one: veth pair, the
+	// far end moved into the container's namespace and renamed eth0.
+	ns, veth, peer := topo.Prefix+"-late", topo.Prefix+"v99", topo.Prefix+"p99"
+	sh := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	sh("ip", "netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	sh("ip", "-n", topo.Host.Name, "link", "add", peer, "type", "veth", "peer", "name", veth)
+	sh("ip", "-n", topo.Host.Name, "link", "set", peer, "netns", ns)
+	sh("ip", "-n", ns, "link", "set", peer, "name", "eth0")
+	sh("ip", "-n", ns, "addr", "add", newAddr.String()+"/24", "dev", "eth0")
+	sh("ip", "-n", ns, "link", "set", "eth0", "up")
+	sh("ip", "-n", ns, "link", "set", "lo", "up")
+	sh("ip", "-n", ns, "route", "add", "default", "via", br.Gateway.String())
+	late := lab.Namespace{Name: ns, Path: "/run/netns/" + ns}
+	ln, err := late.ListenTCP(newAddr.String() + ":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP)
+			c.Close()
+		}
+	}()
+
+	pinFile := filepath.Join(pin, "devices", veth, "links", "ingress_from_container")
+	began := time.Now()
+	sh("ip", "-n", topo.Host.Name, "link", "set", veth, "master", br.Name, "up")
+	for {
+		if _, err := os.Stat(pinFile); err == nil {
+			break
+		}
+		if time.Since(began) > 5*time.Second {
+			t.Fatalf("no program on %s 5 s after it joined the bridge", veth)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	took := time.Since(began)
+	t.Logf("attached %s %v after it joined the bridge", veth, took)
+	if took > time.Second {
+		t.Errorf("attaching a new veth took %v", took)
+	}
+	// The published port reaches the new container with the client's
+	// address (the endpoint was discovered from its namespace).
+	var got string
+	for i := 0; i < 50 && got != ext.Addr.String(); i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		c, err := ext.DialTCP(ctx, ext.HostAddr.String()+":8080")
+		cancel()
+		if err == nil {
+			c.SetDeadline(time.Now().Add(2 * time.Second))
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			got = strings.TrimSpace(line)
+			c.Close()
+		}
+		if got != ext.Addr.String() {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if got != ext.Addr.String() {
+		t.Fatalf("new container via the published port saw %q, want %s", got, ext.Addr)
+	}
+
+	sh("ip", "-n", topo.Host.Name, "link", "del", veth)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(pin, "devices", veth)); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pins of deleted %s still there", veth)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
