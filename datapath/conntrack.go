@@ -94,10 +94,7 @@ func readConntrack(m *ebpf.Map) ([]CTEntry, error) {
 		return nil, err
 	}
 	var out []CTEntry
-	var k bpfCtKey
-	var v bpfCtEntry
-	it := m.Iterate()
-	for it.Next(&k, &v) {
+	err = walkCT(m, func(k bpfCtKey, v bpfCtEntry) {
 		out = append(out, CTEntry{
 			Kind:       FlowKind(v.Kind),
 			Reply:      v.Flags&ctReply != 0,
@@ -109,11 +106,43 @@ func readConntrack(m *ebpf.Map) ([]CTEntry, error) {
 			Bytes:      v.Bytes,
 			Expires:    time.Duration(int64(v.Expires) - int64(now)),
 		})
+	})
+	return out, err
+}
+
+// walkCT calls fn for every entry of the table, reading it in batches
+// (several times faster than key-by-key iteration on a large table).
+func walkCT(m *ebpf.Map, fn func(bpfCtKey, bpfCtEntry)) error {
+	const chunk = 4096
+	keys := make([]bpfCtKey, chunk)
+	vals := make([]bpfCtEntry, chunk)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := 0; i < n; i++ {
+			fn(keys[i], vals[i])
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("reading conntrack: %w", err)
+		}
+	}
+	// Kernels without batch operations on this map type.
+	var k bpfCtKey
+	var v bpfCtEntry
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		fn(k, v)
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("reading conntrack: %w", err)
+		return fmt.Errorf("reading conntrack: %w", err)
 	}
-	return out, nil
+	return nil
 }
 
 // GC deletes expired entries and returns how many it deleted.
@@ -127,13 +156,8 @@ func (d *EBPF) GC() (int, error) {
 
 // CTUsage returns the number of entries and the capacity of the table.
 func (d *EBPF) CTUsage() (entries, capacity int, err error) {
-	var k bpfCtKey
-	var v bpfCtEntry
-	it := d.objs.Ct4.Iterate()
-	for it.Next(&k, &v) {
-		entries++
-	}
-	return entries, int(d.objs.Ct4.MaxEntries()), it.Err()
+	err = walkCT(d.objs.Ct4, func(bpfCtKey, bpfCtEntry) { entries++ })
+	return entries, int(d.objs.Ct4.MaxEntries()), err
 }
 
 // flushBackends drops the flows translated to any of the given container
@@ -160,17 +184,14 @@ func (d *EBPF) flushBackends(gone []bpfPortTarget) (int, error) {
 
 // deleteCT deletes the entries that match, and the other half of each.
 func (d *EBPF) deleteCT(match func(bpfCtKey, bpfCtEntry) bool) (int, error) {
-	var k bpfCtKey
-	var v bpfCtEntry
 	var doomed []bpfCtKey
-	it := d.objs.Ct4.Iterate()
-	for it.Next(&k, &v) {
+	err := walkCT(d.objs.Ct4, func(k bpfCtKey, v bpfCtEntry) {
 		if match(k, v) {
 			doomed = append(doomed, k, bpfCtKey{Saddr: v.Ndaddr, Daddr: v.Nsaddr, Sport: v.Ndport, Dport: v.Nsport, Proto: k.Proto})
 		}
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("reading conntrack: %w", err)
+	})
+	if err != nil {
+		return 0, err
 	}
 	n := 0
 	for _, k := range doomed {

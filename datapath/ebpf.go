@@ -355,7 +355,57 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 			return err
 		}
 	}
-	return d.attach(r.devs)
+	if err := d.attach(r.devs); err != nil {
+		return err
+	}
+	return d.dropStaleCounters(r)
+}
+
+// dropStaleCounters forgets the counters of veths and published ports that
+// are gone, so churn never fills the counter maps.
+func (d *EBPF) dropStaleCounters(r *resolved) error {
+	live := map[uint32]bool{}
+	for _, ep := range r.endpoints {
+		live[ep.Ifindex] = true
+	}
+	for _, dev := range r.devs {
+		live[uint32(dev.ifindex)] = true
+	}
+	var ifk uint32
+	var stale []uint32
+	it := d.objs.IfStats.Iterate()
+	var vals []bpfTraffic
+	for it.Next(&ifk, &vals) {
+		if !live[ifk] {
+			stale = append(stale, ifk)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading traffic counters: %w", err)
+	}
+	for _, k := range stale {
+		if err := d.objs.IfStats.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("dropping counters of ifindex %d: %w", k, err)
+		}
+	}
+	var pk bpfPortKey
+	var counts []uint64
+	var stalePorts []bpfPortKey
+	pit := d.objs.PortConns.Iterate()
+	for pit.Next(&pk, &counts) {
+		if _, ok := r.ports[pk]; !ok {
+			stalePorts = append(stalePorts, pk)
+		}
+	}
+	if err := pit.Err(); err != nil {
+		return fmt.Errorf("reading port counters: %w", err)
+	}
+	for _, k := range stalePorts {
+		if err := d.objs.PortConns.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("dropping port counters: %w", err)
+		}
+	}
+	return nil
 }
 
 func (d *EBPF) attach(devs map[string]attachedDev) error {

@@ -485,3 +485,43 @@ func TestLabTableFull(t *testing.T) {
 	t.Logf("table %d/%d; new dnat flows %d, recreated %d, restored halves %d", n, capacity,
 		ev[EventCTNewDNAT], ev[EventCTRecreated], ev[EventCTPeerRestored])
 }
+
+// TestLabCountersForgotten: the counters of a veth that went away and of a
+// port no longer published are dropped at the next Apply.
+func TestLabCountersForgotten(t *testing.T) {
+	l := startLab(t, twoContainers(), true)
+	c0, c1, ext := l.topo.Containers[0], l.topo.Containers[1], l.topo.Externals[0]
+	l.setPorts(t, publish(t, fmt.Sprintf("8080:%s:80", c1.Addr)))
+	echoTCP(t, &c1.Namespace, c1.Addr.String()+":80")
+	echoTCP(t, &ext.Namespace, ext.Addr.String()+":9000")
+	tcpExchange(t, &c0.Namespace, ext.Addr.String()+":9000", 100)
+	tcpExchange(t, &ext.Namespace, ext.HostAddr.String()+":8080", 100)
+	tr, err := l.dp.Traffic()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr[uint32(c1.HostVethIndex)].TxPackets == 0 || tr[uint32(c0.HostVethIndex)].TxPackets == 0 {
+		t.Fatalf("no traffic counted: %+v", tr)
+	}
+	if out, err := l.topo.Host.Command(context.Background(), "ip", "link", "del", c1.HostVeth).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	l.setPorts(t, nil)
+	tr, err = l.dp.Traffic()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := tr[uint32(c1.HostVethIndex)]; ok {
+		t.Errorf("counters of deleted %s kept", c1.HostVeth)
+	}
+	if _, ok := tr[uint32(c0.HostVethIndex)]; !ok {
+		t.Errorf("counters of live %s dropped", c0.HostVeth)
+	}
+	pc, err := l.dp.PortConnections()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pc) != 0 {
+		t.Errorf("port counters of unpublished ports kept: %v", pc)
+	}
+}

@@ -5,20 +5,25 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/bpfnet/bpfnet/datapath"
 	"github.com/bpfnet/bpfnet/loader"
+	"github.com/bpfnet/bpfnet/metrics"
 )
 
 const defaultPinPath = "/sys/fs/bpf/bpfnet"
@@ -35,6 +40,8 @@ type runFlags struct {
 	ctSize     uint32
 	attach     string
 	gcInterval time.Duration
+	metrics    string
+	containers []string
 }
 
 func newRunCmd() *cobra.Command {
@@ -64,6 +71,8 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 	fl.Uint32Var(&f.ctSize, "ct-size", 262144, "connection-tracking table capacity (entries; two per flow)")
 	fl.StringVar(&f.attach, "attach", "auto", "attach mechanism: auto (tcx, else clsact), tcx or legacy")
 	fl.DurationVar(&f.gcInterval, "gc-interval", 10*time.Second, "how often expired connection-tracking entries are collected")
+	fl.StringVar(&f.metrics, "metrics-addr", "127.0.0.1:9475", "address of the Prometheus /metrics endpoint (\"\" turns it off)")
+	fl.StringArrayVar(&f.containers, "container", nil, "name a container for metrics and status without a runtime: NAME=ADDRESS (repeatable)")
 	return cmd
 }
 
@@ -107,6 +116,12 @@ func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
 			return opts, nil, fmt.Errorf("invalid --masquerade %q: %w", c, err)
 		}
 	}
+	for _, c := range f.containers {
+		name, addr, ok := strings.Cut(c, "=")
+		if _, err := netip.ParseAddr(addr); !ok || name == "" || err != nil {
+			return opts, nil, fmt.Errorf("invalid --container %q: want NAME=ADDRESS", c)
+		}
+	}
 	if len(f.bridges) == 0 {
 		return opts, nil, errors.New("at least one --bridge is required")
 	}
@@ -123,6 +138,16 @@ func standaloneState(f *runFlags, ports []datapath.PortMapping) (datapath.State,
 	s, err := datapath.Discover(f.bridges, f.uplinks, masq)
 	if err != nil {
 		return s, err
+	}
+	names := map[netip.Addr]string{}
+	for _, c := range f.containers {
+		name, addr, _ := strings.Cut(c, "=")
+		names[netip.MustParseAddr(addr)] = name
+	}
+	for i := range s.Endpoints {
+		if n, ok := names[s.Endpoints[i].Addr]; ok {
+			s.Endpoints[i].Container = n
+		}
 	}
 	for i := range ports {
 		for _, e := range s.Endpoints {
@@ -147,6 +172,15 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 	if err := state.Validate(); err != nil {
 		return err
 	}
+	// Taken before anything is attached, so a busy port changes nothing.
+	var metricsLn net.Listener
+	if f.metrics != "" {
+		metricsLn, err = net.Listen("tcp", f.metrics)
+		if err != nil {
+			return fmt.Errorf("metrics endpoint: %w", err)
+		}
+		defer metricsLn.Close()
+	}
 	_, statErr := os.Stat(f.pinPath)
 	fresh := errors.Is(statErr, os.ErrNotExist)
 	dp, err := datapath.NewEBPF(opts)
@@ -167,6 +201,18 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 		return fmt.Errorf("applying the datapath: %w", err)
 	}
 	defer dp.Close()
+	var current atomic.Pointer[datapath.State]
+	current.Store(&state)
+	if metricsLn != nil {
+		coll := metrics.NewCollector(dp, func() datapath.State { return *current.Load() },
+			func() ([]loader.Attachment, error) { return loader.List(f.pinPath) },
+			metrics.BuildInfo{Version: version})
+		ln := metricsLn
+		srv := &http.Server{Handler: metricsMux(metrics.NewRegistry(coll)), ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
+		slog.Info("serving metrics", "addr", ln.Addr().String())
+	}
 	slog.Info("datapath attached", "bridges", f.bridges, "uplinks", len(state.Uplinks),
 		"endpoints", len(state.Endpoints), "ports", len(state.Ports), "pin_path", f.pinPath, "fast_path", f.fastPath)
 
@@ -207,7 +253,17 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 				slog.Warn("resync", "error", err)
 				continue
 			}
+			current.Store(&s)
 			slog.Info("resynced", "endpoints", len(s.Endpoints))
 		}
 	}
+}
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func metricsMux(reg *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", metrics.Handler(reg))
+	return mux
 }

@@ -81,7 +81,8 @@ func TestRunInLab(t *testing.T) {
 	start := func() *exec.Cmd {
 		cmd := topo.Host.Command(context.Background(), bin, "run", "--pin-path", pin,
 			"--bridge", topo.Bridges[0].Name, "--uplink", ext.Uplink,
-			"--publish", fmt.Sprintf("8080:%s:80", c0.Addr))
+			"--publish", fmt.Sprintf("8080:%s:80", c0.Addr),
+			"--container", "web="+c0.Addr.String(), "--metrics-addr", "127.0.0.1:19475")
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -126,6 +127,7 @@ func TestRunInLab(t *testing.T) {
 	defer live.Close()
 	echo(live, r, "before restart")
 	checkOperatorCommands(t, topo, bin, pin, c0.Addr.String(), ext.Addr.String())
+	checkMetrics(t, topo, c0.HostVeth)
 
 	stop(daemon)
 	echo(live, r, "daemon stopped, datapath still there")
@@ -339,5 +341,35 @@ func TestRunFollowsLinks(t *testing.T) {
 			t.Fatalf("pins of deleted %s still there", veth)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// checkMetrics scrapes the daemon's /metrics inside its namespace.
+func checkMetrics(t *testing.T, topo *lab.Topology, veth string) {
+	t.Helper()
+	var body string
+	err := topo.Host.Do(func() error {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:19475", 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprint(c, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+		b, err := io.ReadAll(c)
+		body = string(b)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("scraping the daemon: %v", err)
+	}
+	for _, want := range []string{
+		`bpfnet_container_receive_bytes_total{compose_project="",compose_service="",container="web",container_id="",interface="` + veth + `"`,
+		`bpfnet_published_port_connections_total{container="web",host_ip="0.0.0.0",host_port="8080",protocol="tcp"} 1`,
+		`bpfnet_conntrack_capacity{table="ct4"} 262144`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }
