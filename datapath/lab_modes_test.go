@@ -1,0 +1,211 @@
+package datapath
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bpfnet/bpfnet/lab"
+)
+
+// The datapaths the mode tests compare.
+const (
+	modeEBPFFast = "ebpf-fastpath"
+	modeEBPFSlow = "ebpf-slowpath"
+	modeIptables = "iptables"
+)
+
+var modes = []string{modeEBPFFast, modeEBPFSlow, modeIptables}
+
+// modeLab is a lab topology with one of the datapaths in its host
+// namespace.
+type modeLab struct {
+	topo *lab.Topology
+	dp   Datapath
+}
+
+// startMode builds a topology of cfg and starts the datapath of mode in its
+// host namespace, publishing ports (--publish specs). The datapath is
+// removed at the end of the test, and the real host's iptables rules must
+// not have changed.
+func startMode(t *testing.T, mode string, cfg lab.Config, ports ...string) *modeLab {
+	t.Helper()
+	requireRoot(t)
+	keepHostIptables(t)
+	switch mode {
+	case modeEBPFFast, modeEBPFSlow:
+		l := startLabWith(t, cfg, Options{FastPath: mode == modeEBPFFast}, ports...)
+		return &modeLab{topo: l.topo, dp: l.dp}
+	case modeIptables:
+	default:
+		t.Fatalf("unknown datapath mode %q", mode)
+	}
+	topo := lab.Setup(t, cfg)
+	dp, err := NewIptables(IptablesOptions{Netns: topo.Host.Path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &modeLab{topo: topo, dp: dp}
+	t.Cleanup(func() {
+		if err := dp.Remove(); err != nil {
+			t.Errorf("removing the iptables datapath: %v", err)
+		}
+		out, err := topo.Host.Run(context.Background(), "iptables-save")
+		if err != nil {
+			t.Error(err)
+		}
+		if strings.Contains(string(out), "BPFNET") || strings.Contains(string(out), "bpfnet") {
+			t.Errorf("rules left after Remove:\n%s", out)
+		}
+	})
+	if err := m.apply(publish(t, ports...)); err != nil {
+		t.Fatalf("starting the iptables datapath: %v", err)
+	}
+	return m
+}
+
+// apply gives the datapath the state of the host namespace with ports.
+func (m *modeLab) apply(ports []PortMapping) error {
+	return m.topo.Host.Do(func() error {
+		var bridges []string
+		for _, b := range m.topo.Bridges {
+			bridges = append(bridges, b.Name)
+		}
+		s, err := Discover(bridges, nil, nil)
+		if err != nil {
+			return err
+		}
+		s.Ports = ports
+		return m.dp.Apply(context.Background(), s)
+	})
+}
+
+// Addresses of modesConfig, which the published ports name.
+const (
+	modeC0   = "172.30.0.2"
+	modeC1   = "172.30.0.3"
+	modeHost = "10.231.0.1" // the host's uplink address
+)
+
+// modesConfig: one bridge with two containers, one external host.
+func modesConfig() lab.Config {
+	return lab.Config{
+		Bridges:    []lab.BridgeConfig{{Subnet: "172.30.0.0/24"}},
+		Containers: []lab.ContainerConfig{{Addr: modeC0}, {Addr: modeC1}},
+		Externals:  []lab.ExternalConfig{{Subnet: "10.231.0.0/24", HostAddr: modeHost}},
+	}
+}
+
+var modePorts = []string{
+	"8080:" + modeC0 + ":80",
+	modeHost + ":8081:" + modeC1 + ":80",
+	"9000-9002:" + modeC1 + ":7000-7002",
+	"5353:" + modeC0 + ":53/udp",
+}
+
+// modeScenarios are run against every datapath, on the lab of modesConfig
+// with modePorts and the servers of TestLabModes.
+var modeScenarios = []struct {
+	name string
+	run  func(t *testing.T, m *modeLab)
+}{
+	{"published_tcp", func(t *testing.T, m *modeLab) {
+		ext := m.topo.Externals[0]
+		if got := tcpExchange(t, &ext.Namespace, modeHost+":8080", 200000); got != ext.Addr.String() {
+			t.Errorf("container saw client %s, want the real client %s", got, ext.Addr)
+		}
+	}},
+	{"host_ip_binding", func(t *testing.T, m *modeLab) {
+		ext := m.topo.Externals[0]
+		if got := tcpExchange(t, &ext.Namespace, modeHost+":8081", 1000); got != ext.Addr.String() {
+			t.Errorf("container saw client %s, want %s", got, ext.Addr)
+		}
+		// Another host address does not answer for the binding.
+		gw := m.topo.Bridges[0].Gateway.String()
+		mustNotConnect(t, &ext.Namespace, gw+":8081", "a port bound to "+modeHost+" answered on "+gw)
+	}},
+	{"port_range", func(t *testing.T, m *modeLab) {
+		ext := m.topo.Externals[0]
+		for p := 9000; p <= 9002; p++ {
+			if got := tcpExchange(t, &ext.Namespace, fmt.Sprintf("%s:%d", modeHost, p), 100); got != ext.Addr.String() {
+				t.Errorf("port %d: container saw %s", p, got)
+			}
+		}
+	}},
+	{"published_udp", func(t *testing.T, m *modeLab) {
+		ext := m.topo.Externals[0]
+		if got := udpExchange(t, &ext.Namespace, modeHost+":5353", "hello"); got != ext.Addr.String() {
+			t.Errorf("container saw client %s, want %s", got, ext.Addr)
+		}
+	}},
+	{"masquerade_tcp", func(t *testing.T, m *modeLab) {
+		c0, ext := m.topo.Containers[0], m.topo.Externals[0]
+		if got := tcpExchange(t, &c0.Namespace, ext.Addr.String()+":9000", 300000); got != modeHost {
+			t.Errorf("external server saw %s, want the uplink address %s", got, modeHost)
+		}
+	}},
+	{"masquerade_udp", func(t *testing.T, m *modeLab) {
+		c0, ext := m.topo.Containers[0], m.topo.Externals[0]
+		if got := udpExchange(t, &c0.Namespace, ext.Addr.String()+":9001", "x"); got != modeHost {
+			t.Errorf("external server saw %s, want the uplink address %s", got, modeHost)
+		}
+	}},
+	{"hairpin_other_container", func(t *testing.T, m *modeLab) {
+		c1 := m.topo.Containers[1]
+		if got := tcpExchange(t, &c1.Namespace, modeHost+":8080", 100000); got != modeC1 {
+			t.Errorf("server saw %s, want the client container %s", got, modeC1)
+		}
+	}},
+	{"not_published", func(t *testing.T, m *modeLab) {
+		ext := m.topo.Externals[0]
+		// The external host has a route to the containers (added by
+		// TestLabModes); port 81 of c0 listens but is not published.
+		mustNotConnect(t, &ext.Namespace, modeC0+":81", "an external host reached an unpublished container port")
+		mustNotConnect(t, &ext.Namespace, modeHost+":8083", "an unpublished host port reached something")
+	}},
+}
+
+// mustNotConnect fails if a TCP connection from ns to addr succeeds within
+// a second and a half.
+func mustNotConnect(t *testing.T, ns *lab.Namespace, addr, msg string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	if c, err := ns.DialTCP(ctx, addr); err == nil {
+		c.Close()
+		t.Error(msg)
+	}
+}
+
+// TestLabModes runs the same scenarios against the eBPF datapath, with and
+// without its fast path, and against the iptables one.
+func TestLabModes(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			m := startMode(t, mode, modesConfig(), modePorts...)
+			c0, c1, ext := m.topo.Containers[0], m.topo.Containers[1], m.topo.Externals[0]
+			if c0.Addr.String() != modeC0 || c1.Addr.String() != modeC1 || ext.HostAddr.String() != modeHost {
+				t.Fatalf("lab addresses %s %s %s, want those of modesConfig", c0.Addr, c1.Addr, ext.HostAddr)
+			}
+			echoTCP(t, &c0.Namespace, modeC0+":80")
+			echoTCP(t, &c0.Namespace, modeC0+":81")
+			echoUDP(t, &c0.Namespace, modeC0+":53")
+			echoTCP(t, &c1.Namespace, modeC1+":80")
+			for p := 7000; p <= 7002; p++ {
+				echoTCP(t, &c1.Namespace, net.JoinHostPort(modeC1, fmt.Sprint(p)))
+			}
+			echoTCP(t, &ext.Namespace, ext.Addr.String()+":9000")
+			echoUDP(t, &ext.Namespace, ext.Addr.String()+":9001")
+			sub := m.topo.Bridges[0].Subnet.String()
+			if _, err := ext.Run(context.Background(), "ip", "route", "add", sub, "via", modeHost); err != nil {
+				t.Fatal(err)
+			}
+			for _, sc := range modeScenarios {
+				t.Run(sc.name, func(t *testing.T) { sc.run(t, m) })
+			}
+		})
+	}
+}
