@@ -46,6 +46,13 @@ type Options struct {
 	TCPSynTimeout, TCPEstablishedTimeout, TCPCloseTimeout, UDPTimeout, ICMPTimeout time.Duration
 	// AttachMode chooses tcx or the legacy clsact path.
 	AttachMode loader.Mode
+	// HostSockets serves published ports to the host's own processes
+	// (docker-proxy's job) with cgroup sock_addr programs, for the sockets
+	// of the namespace Apply runs in; it needs a pin path.
+	HostSockets bool
+	// CgroupPath is the cgroup v2 folder of those programs; "" is the
+	// root (DefaultCgroupPath).
+	CgroupPath string
 
 	// mutateSpec lets tests break or change the programs before loading.
 	mutateSpec func(*ebpf.CollectionSpec)
@@ -104,6 +111,8 @@ type EBPF struct {
 	objs bpfObjects
 	// attached holds the interfaces this datapath put programs on, by name.
 	attached map[string]attachedDev
+	// sock holds the host-socket programs, started by the first Apply.
+	sock *Sock
 }
 
 type attachedDev struct {
@@ -180,11 +189,13 @@ func (d *EBPF) Programs() map[string]*ebpf.Program {
 
 // Close releases the file descriptors; pinned maps and links stay and keep
 // forwarding.
-func (d *EBPF) Close() error { return d.objs.Close() }
+func (d *EBPF) Close() error { return errors.Join(d.sock.Close(), d.objs.Close()) }
 
 // Remove detaches every program and removes the pins.
 func (d *EBPF) Remove() error {
 	var errs []error
+	errs = append(errs, d.sock.Remove())
+	d.sock = nil
 	if d.opts.PinPath != "" {
 		if err := loader.DetachAll(d.opts.PinPath); err != nil {
 			errs = append(errs, err)
@@ -357,6 +368,16 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 	}
 	if err := d.attach(r.devs); err != nil {
 		return err
+	}
+	if d.opts.HostSockets && d.sock == nil {
+		if d.opts.PinPath == "" {
+			return errors.New("host sockets need a pin path")
+		}
+		sock, err := d.StartSock(SockOptions{CgroupPath: d.opts.CgroupPath})
+		if err != nil {
+			return fmt.Errorf("host sockets: %w", err)
+		}
+		d.sock = sock
 	}
 	return d.dropStaleCounters(r)
 }

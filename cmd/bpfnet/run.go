@@ -30,18 +30,20 @@ const defaultPinPath = "/sys/fs/bpf/bpfnet"
 
 // runFlags are the settings of `bpfnet run`.
 type runFlags struct {
-	bridges    []string
-	uplinks    []string
-	masquerade []string
-	publish    []string
-	pinPath    string
-	fastPath   bool
-	natPorts   string
-	ctSize     uint32
-	attach     string
-	gcInterval time.Duration
-	metrics    string
-	containers []string
+	bridges     []string
+	uplinks     []string
+	masquerade  []string
+	publish     []string
+	pinPath     string
+	fastPath    bool
+	natPorts    string
+	ctSize      uint32
+	attach      string
+	gcInterval  time.Duration
+	metrics     string
+	containers  []string
+	hostSockets bool
+	cgroupPath  string
 }
 
 func newRunCmd() *cobra.Command {
@@ -72,6 +74,8 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 	fl.StringVar(&f.attach, "attach", "auto", "attach mechanism: auto (tcx, else clsact), tcx or legacy")
 	fl.DurationVar(&f.gcInterval, "gc-interval", 10*time.Second, "how often expired connection-tracking entries are collected")
 	fl.StringVar(&f.metrics, "metrics-addr", "127.0.0.1:9475", "address of the Prometheus /metrics endpoint (\"\" turns it off)")
+	fl.BoolVar(&f.hostSockets, "host-sockets", true, "serve published ports to the host's own processes (docker-proxy's job) with cgroup programs")
+	fl.StringVar(&f.cgroupPath, "cgroup-path", "", "cgroup v2 folder of those programs (default: the root, /sys/fs/cgroup or /sys/fs/cgroup/unified)")
 	fl.StringArrayVar(&f.containers, "container", nil, "name a container for metrics and status without a runtime: NAME=ADDRESS (repeatable)")
 	return cmd
 }
@@ -79,7 +83,8 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 // options checks the flags that need no kernel and turns them into
 // datapath options and port mappings.
 func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
-	opts := datapath.Options{PinPath: f.pinPath, FastPath: f.fastPath, CTSize: f.ctSize}
+	opts := datapath.Options{PinPath: f.pinPath, FastPath: f.fastPath, CTSize: f.ctSize,
+		HostSockets: f.hostSockets, CgroupPath: f.cgroupPath}
 	if f.pinPath == "" {
 		return opts, nil, errors.New("--pin-path must not be empty")
 	}

@@ -126,6 +126,21 @@ func TestRunInLab(t *testing.T) {
 	live, r := dial()
 	defer live.Close()
 	echo(live, r, "before restart")
+	// The host's own processes reach the published port without a proxy.
+	var local net.Conn
+	if err := topo.Host.Do(func() error {
+		var err error
+		local, err = net.DialTimeout("tcp", "127.0.0.1:8080", 2*time.Second)
+		return err
+	}); err != nil {
+		t.Fatalf("curl localhost:8080 on the host: %v", err)
+	}
+	lr := bufio.NewReader(local)
+	if who, err := lr.ReadString('\n'); err != nil || strings.TrimSpace(who) != topo.Bridges[0].Gateway.String() {
+		t.Errorf("localhost:8080 from the host: container saw %q %v, want the bridge address", who, err)
+	}
+	echo(local, lr, "from the host itself")
+	local.Close()
 	checkOperatorCommands(t, topo, bin, pin, c0.Addr.String(), ext.Addr.String())
 	checkMetrics(t, topo, c0.HostVeth)
 
@@ -365,7 +380,7 @@ func checkMetrics(t *testing.T, topo *lab.Topology, veth string) {
 	}
 	for _, want := range []string{
 		`bpfnet_container_receive_bytes_total{compose_project="",compose_service="",container="web",container_id="",interface="` + veth + `"`,
-		`bpfnet_published_port_connections_total{container="web",host_ip="0.0.0.0",host_port="8080",protocol="tcp"} 1`,
+		`bpfnet_published_port_connections_total{container="web",host_ip="0.0.0.0",host_port="8080",protocol="tcp"} 2`, // the external client and the host itself
 		`bpfnet_conntrack_capacity{table="ct4"} 262144`,
 	} {
 		if !strings.Contains(body, want) {
