@@ -89,7 +89,12 @@ static __always_inline int to_container_xlate(struct __sk_buff *ctx, struct pkt 
 	if (!e)
 		return 0;
 	ct_touch(&k, e, p, now);
-	return apply(ctx, p, e);
+	if (apply(ctx, p, e) < 0)
+		return -1;
+	/* A first fragment: its later ones carry no ports, and find them
+	 * by the tuple it arrived with. */
+	frag_record(p, &k);
+	return 0;
 }
 
 /* deliver hands a packet to a container: straight into its namespace
@@ -283,6 +288,10 @@ int to_netdev(struct __sk_buff *ctx)
 		return TC_ACT_OK;
 	if (!has_ports(p.t.proto) && p.icmp != ICMP_K_ECHO_REQ)
 		return TC_ACT_OK;
+	/* A TCP segment of no known flow: an answer whose entry is gone (it
+	 * comes back with the client's next packet), not a new connection. */
+	if (p.t.proto == IPPROTO_TCP && (p.tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
+		return drop(DROP_CT_MISS);
 	{
 		__u32 ifindex = ctx->ifindex;
 
@@ -349,6 +358,20 @@ int from_container(struct __sk_buff *ctx)
 	if (r == PARSE_MALFORMED)
 		return drop(DROP_MALFORMED);
 	orig = p.t;
+	if (!CONFIG.redirect_only && p.icmp == ICMP_K_ERROR) {
+		/* An error about a flow this hook translates: a hairpin answer
+		 * the container got, or a packet that came to it through its
+		 * own published port (which it answers to the gateway). */
+		r = icmp_error_xlate(ctx, &p, CT_AT_FROM_CONTAINER, now);
+		if (r < 0)
+			return drop(DROP_REWRITE);
+		if (r > 0) {
+			dst = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
+			if (!dst)
+				return TC_ACT_OK;
+			return deliver(ctx, &p, dst, 1, 0, dst->ifindex == ctx->ifindex, now);
+		}
+	}
 	if (CONFIG.redirect_only || p.icmp == ICMP_K_ERROR || (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport))
 		goto plain;
 

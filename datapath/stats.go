@@ -19,6 +19,7 @@ const (
 	DropFragUnknown
 	DropRedirect
 	DropRewrite
+	DropCTMiss
 	dropMax = 8
 )
 
@@ -30,6 +31,7 @@ var dropNames = map[DropReason]string{
 	DropFragUnknown:  "fragment_unknown",
 	DropRedirect:     "redirect_failed",
 	DropRewrite:      "rewrite_failed",
+	DropCTMiss:       "ct_miss",
 }
 
 func (r DropReason) String() string {
@@ -41,7 +43,7 @@ func (r DropReason) String() string {
 
 // DropReasons lists every reason the datapath knows.
 func DropReasons() []DropReason {
-	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropFragUnknown, DropRedirect, DropRewrite}
+	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropFragUnknown, DropRedirect, DropRewrite, DropCTMiss}
 }
 
 // Event is a counted datapath event; keep in sync with enum event.

@@ -84,6 +84,7 @@ enum drop_reason {
 	DROP_FRAG_UNKNOWN = 4,   /* later fragment of a datagram whose first fragment was not seen */
 	DROP_REDIRECT = 5,       /* redirect helper failed */
 	DROP_REWRITE = 6,        /* a rewrite helper failed */
+	DROP_CT_MISS = 7,        /* TCP without SYN leaving with no flow: never masqueraded */
 	DROP_MAX = 8,
 };
 

@@ -81,28 +81,34 @@ static __always_inline int ct_reopened(const struct ct_entry *e, const struct pk
 }
 
 /* ct_touch accounts a packet to its entry and extends the entry's life.
- * Every 16th packet it checks that the other half of the flow is still
- * there and restores it if the LRU evicted it. */
+ * It also looks the other half of the flow up, which keeps both halves
+ * recently used in the LRU, and restores that half if it was evicted, or
+ * if another flow's entry took its key meanwhile (a container's answer
+ * that missed its entry and started a flow of its own). */
 static __always_inline void ct_touch(const struct ct_key *k, struct ct_entry *e, const struct pkt *p, __u64 now)
 {
-	__u64 n = __sync_fetch_and_add(&e->packets, 1) + 1;
+	struct ct_key pk, back;
+	struct ct_entry pe, *cur;
 
+	__sync_fetch_and_add(&e->packets, 1);
 	__sync_fetch_and_add(&e->bytes, p->len);
 	if (p->t.proto == IPPROTO_TCP)
 		e->tcp_seen |= p->tcp_flags;
 	e->expires = now + ct_lifetime(p->t.proto, e->tcp_seen);
 
-	if ((n & 15) == 0) {
-		struct ct_key pk;
-		struct ct_entry pe;
-
-		ct_peer_key(e, k->proto, &pk);
-		if (!bpf_map_lookup_elem(&ct4, &pk)) {
-			ct_peer_entry(k, e, &pe, now);
-			if (bpf_map_update_elem(&ct4, &pk, &pe, BPF_NOEXIST) == 0)
-				count_event(EV_CT_PEER_RESTORED);
-		}
+	ct_peer_key(e, k->proto, &pk);
+	cur = bpf_map_lookup_elem(&ct4, &pk);
+	if (cur) {
+		ct_peer_key(cur, k->proto, &back);
+		if (back.saddr == k->saddr && back.daddr == k->daddr && back.sport == k->sport &&
+		    back.dport == k->dport)
+			return;
+		/* A foreign entry: its own other half goes with it. */
+		bpf_map_delete_elem(&ct4, &back);
 	}
+	ct_peer_entry(k, e, &pe, now);
+	if (bpf_map_update_elem(&ct4, &pk, &pe, BPF_ANY) == 0)
+		count_event(EV_CT_PEER_RESTORED);
 }
 
 /* ct_create installs both halves of a flow: e at k and its peer. */
