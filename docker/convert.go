@@ -1,0 +1,300 @@
+package docker
+
+import (
+	"cmp"
+	"errors"
+	"log/slog"
+	"maps"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/network"
+
+	"github.com/bpfnet/bpfnet/datapath"
+)
+
+// bridgeNet is a network of the snapshot with what build needs of it.
+type bridgeNet struct {
+	Network
+	ifindex int
+}
+
+// build turns Docker's networks and inspected containers into a
+// Snapshot, asking k for the bridges and veths.
+func build(k kernel, log *slog.Logger, defaultMasq bool, nets []network.Summary, ctrs []container.InspectResponse) (Snapshot, error) {
+	var snap Snapshot
+	byID := map[string]*bridgeNet{}
+	byName := map[string]*bridgeNet{}
+	candidates, missing := 0, 0
+	slices.SortFunc(nets, func(a, b network.Summary) int { return cmp.Compare(a.Name, b.Name) })
+	for _, n := range nets {
+		bn, ok, err := convertNetwork(k, defaultMasq, n)
+		if !ok {
+			if err != nil {
+				log.Warn("docker network left out", "network", n.Name, "error", err)
+			}
+			continue
+		}
+		candidates++
+		if err != nil {
+			if errors.Is(err, errLinkNotFound) {
+				missing++
+			}
+			log.Warn("docker network left out", "network", n.Name, "error", err)
+			continue
+		}
+		byID[n.ID] = bn
+		byName[n.Name] = bn
+		snap.Networks = append(snap.Networks, bn.Network)
+	}
+	if candidates > 0 && missing == candidates {
+		return Snapshot{}, errNoBridge
+	}
+
+	slices.SortFunc(ctrs, func(a, b container.InspectResponse) int {
+		return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID))
+	})
+	usedAddr := map[netip.Addr]string{}
+	type bind struct {
+		proto datapath.Proto
+		ip    netip.Addr
+		port  uint16
+	}
+	usedPort := map[bind]datapath.PortMapping{}
+	for _, c := range ctrs {
+		eps, ports := convertContainer(k, log, byID, byName, c)
+		for _, e := range eps {
+			if other, dup := usedAddr[e.Addr]; dup {
+				log.Warn("docker endpoint left out: address already used", "container", e.Container, "network", e.Network, "addr", e.Addr, "by", other)
+				continue
+			}
+			usedAddr[e.Addr] = e.Container
+			snap.Endpoints = append(snap.Endpoints, e)
+		}
+		for _, m := range ports {
+			b := bind{m.Proto, m.HostIP, m.HostPort}
+			if other, dup := usedPort[b]; dup {
+				if other != m {
+					log.Warn("docker port left out: host port already published", "port", m.String(), "container", m.Container, "by", other.Container)
+				}
+				continue
+			}
+			usedPort[b] = m
+			snap.Ports = append(snap.Ports, m)
+		}
+	}
+	slices.SortFunc(snap.Ports, func(a, b datapath.PortMapping) int {
+		return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.HostPort, b.HostPort), a.HostIP.Compare(b.HostIP))
+	})
+	return snap, nil
+}
+
+// convertNetwork maps a Docker network. ok is false for networks bpfnet
+// does not serve (other drivers, no IPv4 subnet), err is set when a
+// network it should serve cannot be.
+func convertNetwork(k kernel, defaultMasq bool, n network.Summary) (_ *bridgeNet, ok bool, _ error) {
+	if n.Driver != "bridge" {
+		return nil, false, nil
+	}
+	var subnet netip.Prefix
+	var gw netip.Addr
+	for _, c := range n.IPAM.Config {
+		p, err := netip.ParsePrefix(c.Subnet)
+		if err != nil || !p.Addr().Is4() {
+			continue
+		}
+		subnet = p.Masked()
+		gw = parseAddr(c.Gateway)
+		break
+	}
+	if !subnet.IsValid() {
+		return nil, false, nil
+	}
+	bridge := n.Options[optBridgeName]
+	if bridge == "" {
+		if len(n.ID) < 12 {
+			return nil, false, errors.New("network id " + strconv.Quote(n.ID) + " too short to name its bridge")
+		}
+		bridge = "br-" + n.ID[:12]
+	}
+	idx, addrs, err := k.bridge(bridge)
+	if err != nil {
+		return nil, true, err
+	}
+	if !gw.IsValid() || !gw.Is4() {
+		// IPAM lists no gateway when a network is created with --subnet
+		// only; the bridge has it.
+		gw = netip.Addr{}
+		for _, a := range addrs {
+			if subnet.Contains(a.Addr()) {
+				gw = a.Addr()
+				break
+			}
+		}
+	}
+	if !gw.IsValid() || !subnet.Contains(gw) {
+		return nil, true, errors.New("no gateway in " + subnet.String() + " (none in IPAM, none on bridge " + bridge + ")")
+	}
+	def := n.Options[optDefaultBridge] == "true"
+	masq := n.Options[optMasquerade] != "false"
+	if def {
+		masq = defaultMasq
+	}
+	if n.Internal {
+		masq = false
+	}
+	return &bridgeNet{
+		Network: Network{
+			Network: datapath.Network{
+				Name:       n.Name,
+				Bridge:     bridge,
+				Subnet:     subnet,
+				Gateway:    gw,
+				Masquerade: masq,
+			},
+			ID:       n.ID,
+			Default:  def,
+			Internal: n.Internal,
+			ICC:      n.Options[optICC] != "false",
+		},
+		ifindex: idx,
+	}, true, nil
+}
+
+// convertContainer maps a running container's interfaces on the networks
+// served and its published ports.
+func convertContainer(k kernel, log *slog.Logger, byID, byName map[string]*bridgeNet, c container.InspectResponse) ([]datapath.Endpoint, []datapath.PortMapping) {
+	if c.ContainerJSONBase == nil || c.State == nil || !c.State.Running || c.State.Pid <= 0 || c.NetworkSettings == nil {
+		return nil, nil
+	}
+	name := strings.TrimPrefix(c.Name, "/")
+	var labels map[string]string
+	if c.Config != nil && len(c.Config.Labels) > 0 {
+		labels = maps.Clone(c.Config.Labels)
+	}
+	type attached struct {
+		net  *bridgeNet
+		es   *network.EndpointSettings
+		addr netip.Addr
+	}
+	var att []attached
+	for netName, es := range c.NetworkSettings.Networks {
+		if es == nil {
+			continue
+		}
+		n := byID[es.NetworkID]
+		if n == nil {
+			n = byName[netName]
+		}
+		if n == nil {
+			continue // not a network served, or left out
+		}
+		addr := parseAddr(es.IPAddress)
+		if !addr.Is4() || !n.Subnet.Contains(addr) {
+			if es.IPAddress != "" {
+				log.Warn("docker endpoint left out: address outside the network", "container", name, "network", n.Name, "addr", es.IPAddress, "subnet", n.Subnet)
+			}
+			continue
+		}
+		att = append(att, attached{n, es, addr})
+	}
+	// Docker's order of a container's endpoints: the one that gets the
+	// default gateway and the published ports comes first.
+	slices.SortFunc(att, func(a, b attached) int {
+		if a.es.GwPriority != b.es.GwPriority {
+			return cmp.Compare(b.es.GwPriority, a.es.GwPriority)
+		}
+		if a.net.Internal != b.net.Internal {
+			if a.net.Internal {
+				return 1
+			}
+			return -1
+		}
+		return cmp.Compare(a.net.Name, b.net.Name)
+	})
+
+	var eps []datapath.Endpoint
+	resolved := map[string]bool{}
+	for _, a := range att {
+		var mac net.HardwareAddr
+		if a.es.MacAddress != "" {
+			m, err := net.ParseMAC(a.es.MacAddress)
+			if err != nil {
+				log.Warn("docker endpoint left out: bad MAC", "container", name, "network", a.net.Name, "mac", a.es.MacAddress)
+				continue
+			}
+			mac = m
+		}
+		veth, master, err := k.hostVeth(c.State.Pid, mac)
+		if errors.Is(err, errGone) {
+			return nil, nil // it died since it was inspected
+		}
+		if err != nil {
+			log.Warn("docker endpoint left out", "container", name, "network", a.net.Name, "error", err)
+			continue
+		}
+		if master != a.net.ifindex {
+			log.Warn("docker endpoint left out: its veth is not on the network's bridge", "container", name, "network", a.net.Name, "veth", veth, "bridge", a.net.Bridge)
+			continue
+		}
+		eps = append(eps, datapath.Endpoint{
+			Container:   name,
+			ContainerID: c.ID,
+			Network:     a.net.Name,
+			Addr:        a.addr,
+			MAC:         mac,
+			HostVeth:    veth,
+			Labels:      labels,
+		})
+		resolved[a.net.Name] = true
+	}
+
+	if len(att) == 0 || att[0].net.Internal || !resolved[att[0].net.Name] {
+		// Docker publishes no ports on internal networks; ports to an
+		// endpoint left out would lead nowhere.
+		return eps, nil
+	}
+	target := att[0].addr
+	var ports []datapath.PortMapping
+	seen := map[datapath.PortMapping]bool{}
+	cports := slices.Sorted(maps.Keys(c.NetworkSettings.Ports))
+	for _, cp := range cports {
+		proto, err := datapath.ParseProto(cp.Proto())
+		if err != nil {
+			continue // sctp
+		}
+		cport := cp.Int()
+		if cport <= 0 || cport > 65535 {
+			continue
+		}
+		for _, b := range c.NetworkSettings.Ports[cp] {
+			var hip netip.Addr
+			if b.HostIP != "" {
+				hip, err = netip.ParseAddr(b.HostIP)
+				if err != nil || !hip.Is4() {
+					continue // IPv6 ("::"), which the datapath does not do
+				}
+				if hip.IsUnspecified() {
+					hip = netip.Addr{}
+				}
+			}
+			hport, err := strconv.ParseUint(b.HostPort, 10, 16)
+			if err != nil || hport == 0 {
+				continue
+			}
+			m := datapath.PortMapping{
+				Proto: proto, HostIP: hip, HostPort: uint16(hport),
+				ContainerIP: target, ContainerPort: uint16(cport), Container: name,
+			}
+			if !seen[m] {
+				seen[m] = true
+				ports = append(ports, m)
+			}
+		}
+	}
+	return eps, ports
+}

@@ -1,0 +1,35 @@
+// Package docker makes Docker the source of the datapath's state: the
+// bridge networks of a dockerd, the running containers attached to them
+// and the ports they publish, read through Docker's API and kept up to
+// date from its event stream.
+//
+// It is meant for a dockerd started with --iptables=false
+// --userland-proxy=false, whose NAT bpfnet does instead.
+//
+// # Namespaces
+//
+// The host end of a container's veth is found from the container's side:
+// the interface in the container's network namespace (/proc/<pid>/ns/net)
+// names its peer's ifindex, which is looked up in the calling thread's
+// network namespace. That namespace must be dockerd's: State and Watch
+// must be called from a thread in dockerd's network namespace (the whole
+// process, normally; lab.Namespace.Do in tests). Watch does all its
+// kernel work, and calls update, on the goroutine that called it.
+//
+// # What is read from Docker
+//
+//   - Networks: every network of the bridge driver with an IPv4 subnet.
+//     The bridge is the option com.docker.network.bridge.name, or
+//     br-<first 12 characters of the network id>; the gateway is IPAM's,
+//     else the bridge's address in the subnet. Networks masquerade unless
+//     com.docker.network.bridge.enable_ip_masquerade is "false" or the
+//     network is internal; Docker's default bridge network is the
+//     exception, see Source.DefaultBridgeMasquerade.
+//   - Endpoints: every running container's interface on such a network.
+//   - Ports: the container's published ports (NetworkSettings.Ports), to
+//     its address on its first non-internal bridge network by name (the
+//     one Docker gives the default gateway and the published ports to);
+//     IPv6 bindings are left out.
+//
+// Uplinks and host addresses are not Docker's business and stay empty.
+package docker
