@@ -48,31 +48,68 @@ func Discover(bridges, uplinks []string, masq []netip.Prefix) (State, error) {
 			})
 		}
 	}
+	if err := s.AddPendingVeths(); err != nil {
+		return s, err
+	}
 	for i, u := range used {
 		if !u {
 			return s, fmt.Errorf("masquerade %s covers none of the bridges' subnets", masq[i])
 		}
 	}
 	if len(uplinks) == 0 {
-		routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
-		if err != nil {
-			return s, fmt.Errorf("listing routes: %w", err)
-		}
-		seen := map[int]bool{}
-		for _, r := range routes {
-			if r.Dst == nil || r.Dst.IP.IsUnspecified() {
-				if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil && !seen[r.LinkIndex] {
-					seen[r.LinkIndex] = true
-					uplinks = append(uplinks, l.Attrs().Name)
-				}
-			}
-		}
-		if len(uplinks) == 0 {
-			return s, errors.New("no uplink given and no default route to find one")
+		var err error
+		if uplinks, err = DefaultUplinks(); err != nil {
+			return s, err
 		}
 	}
 	for _, u := range uplinks {
 		s.Uplinks = append(s.Uplinks, Uplink{Name: u})
 	}
 	return s, nil
+}
+
+// AddPendingVeths lists in PendingVeths the veth ports of the networks'
+// bridges that no endpoint names.
+func (s *State) AddPendingVeths() error {
+	known := map[string]bool{}
+	for _, e := range s.Endpoints {
+		known[e.HostVeth] = true
+	}
+	s.PendingVeths = s.PendingVeths[:0]
+	for _, n := range s.Networks {
+		ports, err := loader.BridgePorts(nil, n.Bridge)
+		if err != nil {
+			return err
+		}
+		for _, p := range ports {
+			if name := p.Attrs().Name; !known[name] {
+				s.PendingVeths = append(s.PendingVeths, name)
+				known[name] = true
+			}
+		}
+	}
+	return nil
+}
+
+// DefaultUplinks names the interfaces of the calling thread's namespace
+// that carry a default route.
+func DefaultUplinks() ([]string, error) {
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("listing routes: %w", err)
+	}
+	var out []string
+	seen := map[int]bool{}
+	for _, r := range routes {
+		if r.Dst == nil || r.Dst.IP.IsUnspecified() {
+			if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil && !seen[r.LinkIndex] {
+				seen[r.LinkIndex] = true
+				out = append(out, l.Attrs().Name)
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no uplink given and no default route to find one")
+	}
+	return out, nil
 }

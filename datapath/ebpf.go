@@ -276,6 +276,16 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		r.endpoints[be32(e.Addr)] = ep
 		r.devs[e.HostVeth] = attachedDev{ifindex: l.Attrs().Index}
 	}
+	for _, name := range s.PendingVeths {
+		if _, known := r.devs[name]; known {
+			continue
+		}
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			continue // gone already: the next Apply forgets it
+		}
+		r.devs[name] = attachedDev{ifindex: l.Attrs().Index}
+	}
 	for _, u := range s.Uplinks {
 		l, err := netlink.LinkByName(u.Name)
 		if err != nil {

@@ -101,6 +101,10 @@ type State struct {
 	// hairpin traffic recognises as the host; nil means every non-loopback
 	// IPv4 address of the namespace.
 	HostAddrs []netip.Addr
+	// PendingVeths are bridge ports whose container the source does not
+	// know yet (a veth appears before the runtime reports its container):
+	// they get the programs, and counters, at once.
+	PendingVeths []string
 }
 
 // Validate checks the state for contradictions before anything is applied.

@@ -159,6 +159,27 @@ func TestDockerE2E(t *testing.T) {
 		e.expectEcho(t, "udp", netip.AddrPortFrom(e.hostAddr, 5353), "web", time.Second)
 	})
 	t.Run("Masquerade", func(t *testing.T) { e.expectMasquerade(t, web) })
+	t.Run("Localhost", func(t *testing.T) {
+		// The host itself, without docker-proxy: dockerd only holds the
+		// port (a listener that never answers); the cgroup programs send
+		// the connection to the container.
+		for _, to := range []string{"127.0.0.1:8080", e.hostAddr.String() + ":8080"} {
+			var line string
+			err := e.topo.Host.Do(func() error {
+				c, err := net.DialTimeout("tcp", to, time.Second)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(2 * time.Second))
+				line, err = bufio.NewReader(c).ReadString('\n')
+				return err
+			})
+			if f := strings.Fields(line); err != nil || len(f) != 2 || f[1] != "web" {
+				t.Errorf("curl %s on the host: %q %v, want web's answer", to, line, err)
+			}
+		}
+	})
 
 	// From here on Watch drives the datapath.
 	e.startWatch()
@@ -349,7 +370,7 @@ func (e *e2e) startDatapath() {
 	})
 	err := e.topo.Host.Do(func() error {
 		var err error
-		e.dp, err = datapath.NewEBPF(datapath.Options{PinPath: pin, FastPath: true})
+		e.dp, err = datapath.NewEBPF(datapath.Options{PinPath: pin, FastPath: true, HostSockets: true})
 		return err
 	})
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/docker"
 	"github.com/bpfnet/bpfnet/loader"
 	"github.com/bpfnet/bpfnet/metrics"
 )
@@ -44,6 +45,7 @@ type runFlags struct {
 	containers  []string
 	hostSockets bool
 	cgroupPath  string
+	docker      string
 }
 
 func newRunCmd() *cobra.Command {
@@ -74,6 +76,8 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 	fl.StringVar(&f.attach, "attach", "auto", "attach mechanism: auto (tcx, else clsact), tcx or legacy")
 	fl.DurationVar(&f.gcInterval, "gc-interval", 10*time.Second, "how often expired connection-tracking entries are collected")
 	fl.StringVar(&f.metrics, "metrics-addr", "127.0.0.1:9475", "address of the Prometheus /metrics endpoint (\"\" turns it off)")
+	fl.StringVar(&f.docker, "docker", "", "follow Docker: containers, networks and port bindings from the Engine API (--docker alone: DOCKER_HOST or the default socket; or --docker=unix:///path)")
+	fl.Lookup("docker").NoOptDefVal = "default"
 	fl.BoolVar(&f.hostSockets, "host-sockets", true, "serve published ports to the host's own processes (docker-proxy's job) with cgroup programs")
 	fl.StringVar(&f.cgroupPath, "cgroup-path", "", "cgroup v2 folder of those programs (default: the root, /sys/fs/cgroup or /sys/fs/cgroup/unified)")
 	fl.StringArrayVar(&f.containers, "container", nil, "name a container for metrics and status without a runtime: NAME=ADDRESS (repeatable)")
@@ -127,8 +131,14 @@ func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
 			return opts, nil, fmt.Errorf("invalid --container %q: want NAME=ADDRESS", c)
 		}
 	}
+	if f.docker != "" {
+		if len(f.bridges) > 0 || len(f.publish) > 0 || len(f.masquerade) > 0 {
+			return opts, nil, errors.New("--bridge, --publish and --masquerade are for standalone mode: with --docker, Docker's networks and port bindings are used")
+		}
+		return opts, nil, nil
+	}
 	if len(f.bridges) == 0 {
-		return opts, nil, errors.New("at least one --bridge is required")
+		return opts, nil, errors.New("at least one --bridge is required (or --docker)")
 	}
 	return opts, ports, nil
 }
@@ -165,12 +175,63 @@ func standaloneState(f *runFlags, ports []datapath.PortMapping) (datapath.State,
 	return s, nil
 }
 
+// desired builds the state to apply: from the flags and the kernel in
+// standalone mode, from Docker's last word plus the uplinks and the veths
+// Docker has not reported yet in Docker mode.
+func desired(f *runFlags, ports []datapath.PortMapping, fromDocker *datapath.State) (datapath.State, error) {
+	if fromDocker == nil {
+		return standaloneState(f, ports)
+	}
+	s := *fromDocker
+	s.Uplinks = nil
+	uplinks := f.uplinks
+	if len(uplinks) == 0 {
+		var err error
+		if uplinks, err = datapath.DefaultUplinks(); err != nil {
+			return s, err
+		}
+	}
+	for _, u := range uplinks {
+		s.Uplinks = append(s.Uplinks, datapath.Uplink{Name: u})
+	}
+	s.PendingVeths = nil
+	if err := s.AddPendingVeths(); err != nil {
+		return s, err
+	}
+	return s, s.Validate()
+}
+
+func bridgesOf(s datapath.State) []string {
+	var out []string
+	for _, n := range s.Networks {
+		out = append(out, n.Bridge)
+	}
+	return out
+}
+
 func runDaemon(ctx context.Context, f *runFlags) error {
 	opts, ports, err := f.options()
 	if err != nil {
 		return err
 	}
-	state, err := standaloneState(f, ports)
+	var src *docker.Source
+	var fromDocker *datapath.State
+	if f.docker != "" {
+		host := f.docker
+		if host == "default" {
+			host = ""
+		}
+		if src, err = docker.New(host); err != nil {
+			return err
+		}
+		defer src.Close()
+		s, err := src.State(ctx)
+		if err != nil {
+			return err
+		}
+		fromDocker = &s
+	}
+	state, err := desired(f, ports, fromDocker)
 	if err != nil {
 		return err
 	}
@@ -212,15 +273,32 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 		coll := metrics.NewCollector(dp, func() datapath.State { return *current.Load() },
 			func() ([]loader.Attachment, error) { return loader.List(f.pinPath) },
 			metrics.BuildInfo{Version: version})
-		ln := metricsLn
 		srv := &http.Server{Handler: metricsMux(metrics.NewRegistry(coll)), ReadHeaderTimeout: 10 * time.Second}
-		go srv.Serve(ln)
+		go srv.Serve(metricsLn)
 		defer srv.Close()
-		slog.Info("serving metrics", "addr", ln.Addr().String())
+		slog.Info("serving metrics", "addr", metricsLn.Addr().String())
 	}
-	slog.Info("datapath attached", "bridges", f.bridges, "uplinks", len(state.Uplinks),
+	slog.Info("datapath attached", "bridges", bridgesOf(state), "uplinks", len(state.Uplinks),
 		"endpoints", len(state.Endpoints), "ports", len(state.Ports), "pin_path", f.pinPath, "fast_path", f.fastPath)
 
+	// Docker's updates: the newest replaces one not yet applied.
+	updates := make(chan datapath.State, 1)
+	if src != nil {
+		go func() {
+			err := src.Watch(ctx, func(s datapath.State) {
+				select {
+				case <-updates:
+				default:
+				}
+				updates <- s
+			})
+			if err != nil && ctx.Err() == nil {
+				slog.Error("following Docker", "error", err)
+			}
+		}()
+	}
+
+	// Link events: a veth joining a bridge gets the programs at once.
 	changed := make(chan struct{}, 1)
 	poke := func(netlink.Link) {
 		select {
@@ -228,14 +306,40 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 		default:
 		}
 	}
-	go func() {
-		for ctx.Err() == nil {
-			if err := loader.WatchLinks(ctx, netns.None(), f.bridges, poke, poke); err != nil {
-				slog.Warn("watching links", "error", err)
-				time.Sleep(time.Second)
-			}
+	var stopWatch context.CancelFunc = func() {}
+	watching := ""
+	watch := func(bridges []string) {
+		if key := strings.Join(bridges, ","); key != watching {
+			stopWatch()
+			watching = key
+			wctx, cancel := context.WithCancel(ctx)
+			stopWatch = cancel
+			go func() {
+				for wctx.Err() == nil {
+					if err := loader.WatchLinks(wctx, netns.None(), bridges, poke, poke); err != nil {
+						slog.Warn("watching links", "error", err)
+						time.Sleep(time.Second)
+					}
+				}
+			}()
 		}
-	}()
+	}
+	watch(bridgesOf(state))
+	defer func() { stopWatch() }()
+
+	apply := func(reason string) {
+		s, err := desired(f, ports, fromDocker)
+		if err == nil {
+			err = dp.Apply(ctx, s)
+		}
+		if err != nil {
+			slog.Warn("resync", "reason", reason, "error", err)
+			return
+		}
+		current.Store(&s)
+		watch(bridgesOf(s))
+		slog.Info("resynced", "reason", reason, "endpoints", len(s.Endpoints), "ports", len(s.Ports), "pending_veths", len(s.PendingVeths))
+	}
 	gc := time.NewTicker(f.gcInterval)
 	defer gc.Stop()
 	for {
@@ -249,17 +353,11 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 			} else if n > 0 {
 				slog.Debug("conntrack gc", "deleted", n)
 			}
+		case s := <-updates:
+			fromDocker = &s
+			apply("docker")
 		case <-changed:
-			s, err := standaloneState(f, ports)
-			if err == nil {
-				err = dp.Apply(ctx, s)
-			}
-			if err != nil {
-				slog.Warn("resync", "error", err)
-				continue
-			}
-			current.Store(&s)
-			slog.Info("resynced", "endpoints", len(s.Endpoints))
+			apply("links")
 		}
 	}
 }
