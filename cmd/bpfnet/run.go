@@ -125,6 +125,11 @@ func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
 			return opts, nil, fmt.Errorf("invalid --masquerade %q: %w", c, err)
 		}
 	}
+	if f.metrics != "" {
+		if _, _, err := net.SplitHostPort(f.metrics); err != nil {
+			return opts, nil, fmt.Errorf("invalid --metrics-addr %q: %w", f.metrics, err)
+		}
+	}
 	for _, c := range f.containers {
 		name, addr, ok := strings.Cut(c, "=")
 		if _, err := netip.ParseAddr(addr); !ok || name == "" || err != nil {

@@ -24,6 +24,9 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{[]string{"--bridge", "br0", "--ct-size", "10"}, "invalid --ct-size"},
 		{[]string{}, "at least one --bridge"},
 		{[]string{"--bridge", "bpfnet-no-such-bridge0"}, "bpfnet-no-such-bridge0"},
+		{[]string{"--docker", "--bridge", "br0"}, "for standalone mode"},
+		{[]string{"--bridge", "br0", "--container", "web"}, "invalid --container"},
+		{[]string{"--bridge", "br0", "--metrics-addr", "not-an-address"}, "invalid --metrics-addr"},
 	} {
 		root := newRootCmd()
 		var out bytes.Buffer
