@@ -17,7 +17,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRunCmd(), newDownCmd(), newStatusCmd(), newPortsCmd(), newCTCmd(), newDemoCmd(), newBenchCmd(), newPerfCmd())
+	root.AddCommand(newRunCmd(), newDownCmd(), newStatusCmd(), newPortsCmd(), newCTCmd(), newDemoCmd())
 	return root
 }
 
