@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/bpfnet/bpfnet/datapath"
 	"github.com/bpfnet/bpfnet/lab"
+	"github.com/bpfnet/bpfnet/loader"
+	"github.com/bpfnet/bpfnet/metrics"
 )
 
 func newDemoCmd() *cobra.Command {
@@ -192,6 +195,46 @@ func runDemo(ctx context.Context, out io.Writer) error {
 		nd += v
 	}
 	fmt.Fprintf(out, "drops: %d\n", nd)
+
+	step("What Prometheus scrapes from bpfnet run's /metrics (excerpt)")
+	state := datapath.State{}
+	for _, c := range []*lab.Container{c1, c2} {
+		state.Endpoints = append(state.Endpoints, datapath.Endpoint{
+			Container: strings.TrimPrefix(c.Name, topo.Prefix+"-"), Network: topo.Bridges[0].Name,
+			Addr: netip.MustParseAddr(c.Addr.String()), HostVeth: c.HostVeth,
+		})
+	}
+	for i, spec := range specs {
+		m, _ := datapath.ParsePublish(spec)
+		m[0].Container = state.Endpoints[i].Container
+		state.Ports = append(state.Ports, m...)
+	}
+	var atts []loader.Attachment
+	if err := topo.Host.Do(func() error { var err error; atts, err = loader.List(pin); return err }); err != nil {
+		return err
+	}
+	coll := metrics.NewCollector(dp, func() datapath.State { return state },
+		func() ([]loader.Attachment, error) { return atts, nil }, metrics.BuildInfo{Version: version})
+	mfs, err := metrics.NewRegistry(coll).Gather()
+	if err != nil {
+		return fmt.Errorf("scraping: %w", err)
+	}
+	for _, mf := range mfs {
+		name := mf.GetName()
+		if !strings.HasPrefix(name, "bpfnet_container_") && name != "bpfnet_published_port_connections_total" && name != "bpfnet_conntrack_entries" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				if l.GetValue() != "" && l.GetName() != "network" {
+					labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+				}
+			}
+			v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			fmt.Fprintf(out, "%s{%s} %g\n", name, strings.Join(labels, ","), v)
+		}
+	}
 
 	step("Cleaning up: datapath detached, namespaces %s-* removed", topo.Prefix)
 	return nil
