@@ -3,9 +3,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 )
@@ -23,7 +26,11 @@ func newRootCmd() *cobra.Command {
 
 func main() {
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
-	if err := newRootCmd().Execute(); err != nil {
+	// Signals are caught from the start, so a daemon stopped while it is
+	// still attaching finishes cleanly instead of dying half-way.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newRootCmd().ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "bpfnet:", err)
 		os.Exit(1)
 	}

@@ -9,11 +9,9 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -59,9 +57,7 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 'bpfnet down' removes it.`,
 		Example: `  bpfnet run --bridge docker0 --publish 8080:172.17.0.2:80 --publish 127.0.0.1:5353:172.17.0.3:53/udp`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			return runDaemon(ctx, f)
+			return runDaemon(cmd.Context(), f)
 		},
 	}
 	fl := cmd.Flags()

@@ -83,10 +83,11 @@ func TestRunInLab(t *testing.T) {
 			"--bridge", topo.Bridges[0].Name, "--uplink", ext.Uplink,
 			"--publish", fmt.Sprintf("8080:%s:80", c0.Addr),
 			"--container", "web="+c0.Addr.String(), "--metrics-addr", "127.0.0.1:19475")
-		cmd.Stderr = os.Stderr
+		ready := readyWatch(t, cmd)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		ready()
 		waitAttached(t, topo, bin, pin, 4)
 		return cmd
 	}
@@ -385,6 +386,36 @@ func checkMetrics(t *testing.T, topo *lab.Topology, veth string) {
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
+
+// readyWatch passes the daemon's log through and returns a function that
+// waits until the daemon says it attached the datapath: a restarted daemon
+// finds the previous one's pins, so they prove nothing.
+func readyWatch(t *testing.T, cmd *exec.Cmd) func() {
+	t.Helper()
+	pr, pw := io.Pipe()
+	cmd.Stderr = pw
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pr)
+		once := false
+		for sc.Scan() {
+			fmt.Fprintln(os.Stderr, sc.Text())
+			if !once && strings.Contains(sc.Text(), "datapath attached") {
+				once = true
+				close(ready)
+			}
+		}
+	}()
+	t.Cleanup(func() { pw.Close() })
+	return func() {
+		t.Helper()
+		select {
+		case <-ready:
+		case <-time.After(15 * time.Second):
+			t.Fatal("bpfnet run did not report the datapath attached")
 		}
 	}
 }
