@@ -538,8 +538,10 @@ func TestSockCgroupPath(t *testing.T) {
 	// The test process is not in the child cgroup: not translated.
 	wantRefused(t, l.topo.Host, "127.0.0.1:8080", nil, "process outside the cgroup")
 	// A process in it is.
-	out, err := exec.Command("sh", "-c", `echo $$ > "$1/cgroup.procs" && exec nsenter --net="$2" -- busybox nc -w 2 127.0.0.1 8080 </dev/null`,
-		"sh", child, l.topo.Host.Path).CombinedOutput()
+	nc := exec.Command("sh", "-c", `echo $$ > "$1/cgroup.procs" && exec nsenter --net="$2" -- busybox nc -w 2 127.0.0.1 8080 </dev/null`,
+		"sh", child, l.topo.Host.Path)
+	nc.Dir = "/"
+	out, err := nc.Output()
 	if line, _, _ := strings.Cut(string(out), "\n"); line != gw {
 		t.Errorf("process in the cgroup: got %q (%v), want the greeting %s", out, err, gw)
 	}
