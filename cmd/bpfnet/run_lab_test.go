@@ -419,3 +419,111 @@ func readyWatch(t *testing.T, cmd *exec.Cmd) func() {
 		}
 	}
 }
+
+// TestTwoDaemons: two daemons in two namespaces with two pin paths share
+// nothing: each forwards its own ports, answers localhost in its own
+// namespace only, reports only its own state, and one going down leaves
+// the other working.
+func TestTwoDaemons(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t)
+	type side struct {
+		topo *lab.Topology
+		pin  string
+		name string
+	}
+	var sides []side
+	for _, name := range []string{"alpha", "beta"} {
+		topo := lab.Setup(t, lab.Config{Containers: []lab.ContainerConfig{{}}})
+		pin, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-two-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.Remove(pin)
+		t.Cleanup(func() {
+			topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).Run()
+			os.RemoveAll(pin)
+		})
+		c0 := topo.Containers[0]
+		ln, err := c0.ListenTCP(c0.Addr.String() + ":80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(c, "%s\n", name)
+				c.Close()
+			}
+		}()
+		cmd := topo.Host.Command(context.Background(), bin, "run", "--pin-path", pin,
+			"--bridge", topo.Bridges[0].Name, "--uplink", topo.Externals[0].Uplink,
+			"--publish", fmt.Sprintf("8080:%s:80", c0.Addr), "--metrics-addr", "")
+		ready := readyWatch(t, cmd)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+		})
+		ready()
+		sides = append(sides, side{topo, pin, name})
+	}
+	ask := func(ns *lab.Namespace, addr string) string {
+		var line string
+		ns.Do(func() error {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err != nil {
+				line = err.Error()
+				return nil
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(2 * time.Second))
+			line, _ = bufio.NewReader(c).ReadString('\n')
+			return nil
+		})
+		return strings.TrimSpace(line)
+	}
+	for _, s := range sides {
+		ext := s.topo.Externals[0]
+		if got := ask(&ext.Namespace, ext.HostAddr.String()+":8080"); got != s.name {
+			t.Errorf("%s's external host got %q through 8080", s.name, got)
+		}
+		if got := ask(s.topo.Host, "127.0.0.1:8080"); got != s.name {
+			t.Errorf("localhost:8080 in %s's namespace reached %q", s.name, got)
+		}
+		out, err := s.topo.Host.Command(context.Background(), bin, "status", "--json", "--pin-path", s.pin).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st statusReport
+		if err := json.Unmarshal(out, &st); err != nil {
+			t.Fatal(err)
+		}
+		want := s.topo.Containers[0].Addr.String()
+		if len(st.Endpoints) != 1 || st.Endpoints[0].Addr.String() != want {
+			t.Errorf("%s's status shows endpoints %+v, want only %s", s.name, st.Endpoints, want)
+		}
+		for _, a := range st.Attachments {
+			if !strings.HasPrefix(a.Interface, s.topo.Prefix) {
+				t.Errorf("%s's status shows %s, which is not its own", s.name, a.Interface)
+			}
+		}
+	}
+	a, b := sides[0], sides[1]
+	if out, err := a.topo.Host.Command(context.Background(), bin, "down", "--pin-path", a.pin).CombinedOutput(); err != nil {
+		t.Fatalf("down %s: %v %s", a.name, err, out)
+	}
+	extB := b.topo.Externals[0]
+	if got := ask(&extB.Namespace, extB.HostAddr.String()+":8080"); got != b.name {
+		t.Errorf("after %s went down, %s's port answered %q", a.name, b.name, got)
+	}
+	if got := ask(b.topo.Host, "127.0.0.1:8080"); got != b.name {
+		t.Errorf("after %s went down, localhost in %s reached %q", a.name, b.name, got)
+	}
+}
