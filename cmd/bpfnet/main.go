@@ -20,7 +20,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRunCmd(), newDownCmd(), newStatusCmd(), newPortsCmd(), newCTCmd(), newDemoCmd())
+	root.AddCommand(newRunCmd(), newDownCmd(), newStatusCmd(), newPortsCmd(), newCTCmd(), newDemoCmd(), newBenchCmd(), newPerfCmd())
 	return root
 }
 

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bpfnet/bpfnet/bench"
+)
+
+// benchFlags are the settings of `bpfnet bench`.
+type benchFlags struct {
+	quick    bool
+	runs     int
+	duration time.Duration
+	jsonPath string
+	plotPath string
+	modes    []string
+}
+
+func newBenchCmd() *cobra.Command {
+	f := &benchFlags{}
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure routing, iptables NAT and the eBPF datapath side by side in namespace labs",
+		Long: `bench builds a namespace lab per mode and measures, through a published
+port from an external namespace: TCP bulk (iperf3, 1 and 4 streams) and its
+CPU cost, the UDP 64-byte packet rate, TCP_RR with p50/p99 latency, TCP_CRR,
+container egress through masquerade, RR and CRR with up to 10,000 other
+published ports, and the control plane (installing, publishing and removing
+ports; memory per port).
+
+Modes: routing (no datapath; the external host routes to the container's
+address: the ceiling), iptables (Docker's NAT rules, kernel only),
+ebpf (bpfnet with the fast path) and ebpf-redirect (bpfnet redirecting
+only, no NAT; the external host addresses the container). Each mode runs in
+a fresh lab, and the modes are interleaved run by run. Load generators and
+servers are pinned to different cores.
+
+The table goes to stdout (median [min-max] of the runs, and the ratios
+ebpf/iptables, ebpf/routing, ebpf/ebpf-redirect); progress to stderr.`,
+		Example: `  bpfnet bench --quick
+  bpfnet bench --json docs/bench.json --plot docs/benchmarks.svg`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			opts, err := f.options(cmd)
+			if err != nil {
+				return err
+			}
+			opts.Command = "bpfnet " + strings.Join(os.Args[1:], " ")
+			opts.Progress = cmd.ErrOrStderr()
+			rep, runErr := bench.Run(ctx, opts)
+			if rep == nil {
+				return runErr
+			}
+			if err := rep.WriteTable(cmd.OutOrStdout()); err != nil {
+				return err
+			}
+			if f.jsonPath != "" {
+				if err := writeFile(f.jsonPath, rep.WriteJSON); err != nil {
+					return err
+				}
+			}
+			if f.plotPath != "" {
+				if err := writeFile(f.plotPath, rep.WriteSVG); err != nil {
+					return err
+				}
+			}
+			return runErr
+		},
+	}
+	fl := cmd.Flags()
+	fl.BoolVar(&f.quick, "quick", false, "3 runs of short measurements (CI)")
+	fl.IntVar(&f.runs, "runs", 0, "runs of every mode (default 5, 3 with --quick)")
+	fl.DurationVar(&f.duration, "duration", 0, "length of each RR, CRR and UDP measurement; iperf3 runs take it in whole seconds (default 5s, 500ms with --quick)")
+	fl.StringVar(&f.jsonPath, "json", "", "write every run's figures and the summary as JSON to this file")
+	fl.StringVar(&f.plotPath, "plot", "", "write an SVG bar chart of the ratios to this file")
+	fl.StringSliceVar(&f.modes, "mode", nil, "measure only these modes (routing, iptables, ebpf, ebpf-redirect)")
+	return cmd
+}
+
+func (f *benchFlags) options(cmd *cobra.Command) (bench.Options, error) {
+	opts := bench.Options{Quick: f.quick, Runs: 5, Duration: 5 * time.Second}
+	if f.quick {
+		opts.Runs = 3
+		opts.Duration = 500 * time.Millisecond
+		opts.ScaleDuration = 250 * time.Millisecond
+		opts.PublishOneRepeats = 1
+	}
+	if cmd.Flags().Changed("runs") {
+		if f.runs < 1 {
+			return opts, fmt.Errorf("invalid --runs %d: at least 1", f.runs)
+		}
+		opts.Runs = f.runs
+	}
+	if cmd.Flags().Changed("duration") {
+		if f.duration < 100*time.Millisecond {
+			return opts, fmt.Errorf("invalid --duration %s: at least 100ms", f.duration)
+		}
+		opts.Duration = f.duration
+		opts.ScaleDuration = 0
+	}
+	for _, m := range f.modes {
+		opts.Modes = append(opts.Modes, bench.Mode(m))
+	}
+	return opts, nil
+}
+
+// writeFile creates path and fills it with write.
+func writeFile(path string, write func(w io.Writer) error) error {
+	fh, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("creating %s: %w", path, err)
+	}
+	if err := write(fh); err != nil {
+		fh.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := fh.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
