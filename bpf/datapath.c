@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* The bpfnet datapath: TC programs that do what Docker's bridge networking
- * asks of iptables (published ports, masquerade, hairpin) with connection
- * tracking in BPF maps, and count traffic per container.
+ * asks of iptables (published ports, masquerade, hairpin, the isolation of
+ * networks) with connection tracking in BPF maps, and count traffic per
+ * container.
  *
  * Hooks, named from the container's side:
  *   from_netdev     uplink ingress: DNAT of published ports, reverse SNAT
  *   to_netdev       uplink egress: masquerade (SNAT), reverse DNAT
  *   from_container  host veth ingress, which is container egress: hairpin,
- *                   transmit counters, fast path out
+ *                   isolation (lib/isolation.h), transmit counters, fast
+ *                   path out
  *   to_container    host veth egress, which is container ingress: reverse
  *                   hairpin, receive counters
  *
@@ -22,6 +24,7 @@
 #include "lib/packet.h"
 #include "lib/conntrack.h"
 #include "lib/icmp.h"
+#include "lib/isolation.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -34,13 +37,6 @@ static __always_inline int drop(__u32 reason)
 static __always_inline int is_loopback(__be32 a)
 {
 	return (a & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000);
-}
-
-static __always_inline struct net_info *container_net(__be32 a)
-{
-	struct net_key k = {.prefixlen = 32, .addr = a};
-
-	return bpf_map_lookup_elem(&nets, &k);
 }
 
 /* published_lookup finds the mapping of a packet to a host address: the
@@ -154,6 +150,34 @@ static __always_inline int forward_out(struct __sk_buff *ctx, struct pkt *p, __u
 	return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
 }
 
+/* track_routed lets a flow from a network without masquerade leave with
+ * its own address, and tracks it so that its answers get back in (the
+ * outside reaches a container directly only on such a flow's answers, as
+ * Docker's conntrack rule allows). A flow that lost its entries gets them
+ * back from any packet: there is no translation to lose. */
+static __always_inline int track_routed(struct pkt *p, __u64 now)
+{
+	struct ct_entry ne = {};
+	struct ct_entry *e;
+	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &p->t.saddr);
+
+	ne.nsaddr = p->t.saddr;
+	ne.ndaddr = p->t.daddr;
+	ne.nsport = p->t.sport;
+	ne.ndport = p->t.dport;
+	ne.flags = CT_AT_TO_NETDEV;
+	ne.peer_flags = CT_AT_FROM_NETDEV | CT_REPLY;
+	ne.kind = CT_ROUTED;
+	if (ep)
+		ne.ifindex = ep->ifindex;
+	if (ct_create(&p->t, &ne, now) < 0)
+		return drop(DROP_CT_FULL);
+	e = bpf_map_lookup_elem(&ct4, &p->t);
+	if (e)
+		ct_touch(&p->t, e, p, now);
+	return TC_ACT_OK;
+}
+
 /* from_netdev: packets arriving from the outside on an uplink. */
 SEC("tc")
 int from_netdev(struct __sk_buff *ctx)
@@ -235,8 +259,12 @@ out:
 unknown:
 	/* Not a translated flow. Straight to a container from the outside is
 	 * what Docker's FORWARD rules stop; anything else is the host's. */
-	if (container_net(p.t.daddr))
-		return drop(DROP_NOT_PUBLISHED);
+	{
+		struct net_info *net = container_net(p.t.daddr);
+
+		if (net)
+			return drop((net->flags & NET_F_INTERNAL) ? DROP_INTERNAL : DROP_NOT_PUBLISHED);
+	}
 	return TC_ACT_OK;
 }
 
@@ -284,10 +312,15 @@ int to_netdev(struct __sk_buff *ctx)
 
 	/* Masquerade: a new flow from a container network. */
 	net = container_net(p.t.saddr);
-	if (!net || !(net->flags & NET_F_MASQ) || p.frag == FRAG_LATER)
+	if (!net || p.frag == FRAG_LATER)
 		return TC_ACT_OK;
 	if (!has_ports(p.t.proto) && p.icmp != ICMP_K_ECHO_REQ)
 		return TC_ACT_OK;
+	if (!(net->flags & NET_F_MASQ)) {
+		if (net->flags & NET_F_INTERNAL)
+			return TC_ACT_OK;
+		return track_routed(&p, now);
+	}
 	/* A TCP segment of no known flow: an answer whose entry is gone (it
 	 * comes back with the client's next packet), not a new connection. */
 	if (p.t.proto == IPPROTO_TCP && (p.tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
@@ -349,7 +382,7 @@ int from_container(struct __sk_buff *ctx)
 	struct ct_key orig;
 	struct ct_entry *e;
 	struct endpoint *src, *dst;
-	int r;
+	int r, to_host;
 
 	count_if(ctx->ifindex, ctx->len, 0);
 	r = parse(ctx, &p);
@@ -389,6 +422,9 @@ int from_container(struct __sk_buff *ctx)
 
 		if (!has_ports(p.t.proto) || p.frag == FRAG_LATER || !src || !(t = published_lookup(&pk)))
 			goto plain;
+		r = iso_hairpin(src, t->addr);
+		if (r)
+			return drop(r);
 		ne.nsaddr = p.t.saddr;
 		ne.ndaddr = t->addr;
 		ne.nsport = p.t.sport;
@@ -445,18 +481,24 @@ int from_container(struct __sk_buff *ctx)
 	return deliver(ctx, &p, dst, 1, 1, dst->ifindex == ctx->ifindex, now);
 
 plain:
+	/* Untranslated: Docker's isolation rules, then the fast path. */
+	src = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
+	dst = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
+	to_host = bpf_map_lookup_elem(&host_addrs, &p.t.daddr) != 0;
+	r = iso_verdict(ctx, &p, src, dst, to_host, now);
+	if (r)
+		return drop(r);
 	if (!CONFIG.fast_path)
 		return TC_ACT_OK;
-	dst = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
 	if (dst) {
 		if (dst->ifindex == ctx->ifindex)
 			return TC_ACT_OK;
-		src = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
 		return deliver(ctx, &p, dst, !src || src->bridge_ifindex != dst->bridge_ifindex, 1, 0, now);
 	}
-	if (bpf_map_lookup_elem(&host_addrs, &p.t.daddr) || p.frag != FRAG_NONE)
+	/* The host's, a fragment, or multicast and broadcast, which the bridge
+	 * floods: the stack's. */
+	if (to_host || p.frag != FRAG_NONE || iso_link_local(p.t.daddr))
 		return TC_ACT_OK;
-	src = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
 	if (!src)
 		return TC_ACT_OK;
 	return forward_out(ctx, &p, src->bridge_ifindex);

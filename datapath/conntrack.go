@@ -28,6 +28,9 @@ const (
 	KindDNAT    FlowKind = 1
 	KindSNAT    FlowKind = 2
 	KindHairpin FlowKind = 3
+	// KindRouted is an untranslated flow from a network without
+	// masquerade, tracked so that its answers get in.
+	KindRouted FlowKind = 4
 )
 
 func (k FlowKind) String() string {
@@ -38,6 +41,8 @@ func (k FlowKind) String() string {
 		return "snat"
 	case KindHairpin:
 		return "hairpin"
+	case KindRouted:
+		return "routed"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }

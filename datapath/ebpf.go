@@ -113,6 +113,8 @@ type EBPF struct {
 	attached map[string]attachedDev
 	// sock holds the host-socket programs, started by the first Apply.
 	sock *Sock
+	// cg holds the cgroup skb programs (cgroup.go), loaded when needed.
+	cg cgroupSkb
 }
 
 type attachedDev struct {
@@ -189,11 +191,12 @@ func (d *EBPF) Programs() map[string]*ebpf.Program {
 
 // Close releases the file descriptors; pinned maps and links stay and keep
 // forwarding.
-func (d *EBPF) Close() error { return errors.Join(d.sock.Close(), d.objs.Close()) }
+func (d *EBPF) Close() error { return errors.Join(d.sock.Close(), d.cg.close(), d.objs.Close()) }
 
 // Remove detaches every program and removes the pins.
 func (d *EBPF) Remove() error {
 	var errs []error
+	errs = append(errs, d.cg.remove(d.opts.PinPath))
 	errs = append(errs, d.sock.Remove())
 	d.sock = nil
 	if d.opts.PinPath != "" {
@@ -218,6 +221,28 @@ func progsFor(uplink bool) []progAt {
 		return []progAt{{ProgFromNetdev, loader.Ingress}, {ProgToNetdev, loader.Egress}}
 	}
 	return []progAt{{ProgFromContainer, loader.Ingress}, {ProgToContainer, loader.Egress}}
+}
+
+// Flags of a network in the nets and endpoints maps; keep in sync with
+// NET_F_* in bpf/lib/maps.h.
+const (
+	netFMasq     = 0x1
+	netFNoICC    = 0x2
+	netFInternal = 0x4
+)
+
+func netFlags(n Network) uint32 {
+	var f uint32
+	if n.Masquerade && !n.Internal {
+		f |= netFMasq
+	}
+	if n.NoICC {
+		f |= netFNoICC
+	}
+	if n.Internal {
+		f |= netFInternal
+	}
+	return f
 }
 
 // resolved is a State with every name looked up in the kernel.
@@ -246,17 +271,18 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		id      uint32
 	}
 	bridges := map[string]bridge{}
-	for i, n := range s.Networks {
+	for _, n := range s.Networks {
 		l, err := netlink.LinkByName(n.Bridge)
 		if err != nil {
 			return nil, fmt.Errorf("network %s: bridge %s: %w", n.Name, n.Bridge, err)
 		}
-		b := bridge{ifindex: l.Attrs().Index, mac: l.Attrs().HardwareAddr, net: n, id: uint32(i + 1)}
+		// A network's id is its bridge's ifindex: it stays the same from
+		// one Apply to the next, which programs nets and endpoints one
+		// entry at a time, so the isolation of networks never sees the
+		// ids of two states mixed. (Docker isolates by bridge too.)
+		b := bridge{ifindex: l.Attrs().Index, mac: l.Attrs().HardwareAddr, net: n, id: uint32(l.Attrs().Index)}
 		bridges[n.Name] = b
-		info := bpfNetInfo{NetId: b.id}
-		if n.Masquerade {
-			info.Flags |= 1
-		}
+		info := bpfNetInfo{NetId: b.id, Flags: netFlags(n)}
 		r.nets[bpfNetKey{Prefixlen: uint32(n.Subnet.Bits()), Addr: be32(n.Subnet.Masked().Addr())}] = info
 	}
 	for _, e := range s.Endpoints {
@@ -270,6 +296,7 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 			BridgeIfindex: uint32(b.ifindex),
 			GwAddr:        be32(b.net.Gateway),
 			NetId:         b.id,
+			Flags:         netFlags(b.net),
 		}
 		copy(ep.Mac[:], e.MAC)
 		copy(ep.GwMac[:], b.mac)
@@ -377,6 +404,9 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 		}
 	}
 	if err := d.attach(r.devs); err != nil {
+		return err
+	}
+	if err := d.applyCgroups(s); err != nil {
 		return err
 	}
 	if d.opts.HostSockets && d.sock == nil {

@@ -66,8 +66,19 @@ type Network struct {
 	Bridge  string // the bridge device
 	Subnet  netip.Prefix
 	Gateway netip.Addr // the bridge's address in Subnet
-	// Masquerade translates traffic from Subnet leaving through an uplink.
+	// Masquerade translates traffic from Subnet leaving through an uplink;
+	// without it, that traffic leaves with the containers' addresses (and
+	// their answers are let back in).
 	Masquerade bool
+	// NoICC keeps the network's containers from reaching each other, as
+	// Docker's com.docker.network.bridge.enable_icc=false does; they still
+	// reach the gateway, the host and, masqueraded, the outside.
+	NoICC bool
+	// Internal cuts the network off: nothing leaves Subnet (but for the
+	// host's own addresses) and nothing from outside it enters, as with
+	// docker network create --internal. An internal network is not
+	// masqueraded and has no published ports.
+	Internal bool
 }
 
 // Endpoint is a container's interface on a network.
@@ -105,6 +116,15 @@ type State struct {
 	// know yet (a veth appears before the runtime reports its container):
 	// they get the programs, and counters, at once.
 	PendingVeths []string
+	// CgroupEndpoints are containers' interfaces that no veth of their own
+	// carries (--network host, macvlan, ipvlan): their traffic is counted
+	// by cgroup skb programs on the container's cgroup (cgroup.go).
+	CgroupEndpoints []CgroupEndpoint
+	// Shared are containers in another container's network namespace
+	// (--network container:<owner>): their traffic is the owner's.
+	Shared []SharedNetns
+	// NoNetwork are containers without a network (--network none).
+	NoNetwork []NoNetwork
 }
 
 // Validate checks the state for contradictions before anything is applied.
@@ -119,6 +139,9 @@ func (s *State) Validate() error {
 		}
 		if _, dup := nets[n.Name]; dup {
 			return fmt.Errorf("network %s: defined twice", n.Name)
+		}
+		if n.Internal && n.Masquerade {
+			return fmt.Errorf("network %s: an internal network cannot be masqueraded", n.Name)
 		}
 		nets[n.Name] = n
 	}
@@ -155,6 +178,9 @@ func (s *State) Validate() error {
 		if !m.ContainerIP.Is4() {
 			return fmt.Errorf("port %s: container address must be IPv4", m)
 		}
+		if n, ok := networkOf(s.Networks, m.ContainerIP); ok && n.Internal {
+			return fmt.Errorf("port %s: network %s is internal and cannot publish ports", m, n.Name)
+		}
 		hip := m.HostIP
 		if !hip.IsValid() {
 			hip = netip.IPv4Unspecified()
@@ -173,7 +199,7 @@ func (s *State) Validate() error {
 			return fmt.Errorf("uplink without a name")
 		}
 	}
-	return nil
+	return s.validateModes()
 }
 
 // Datapath makes the kernel do what a State asks. The ebpf and iptables

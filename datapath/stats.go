@@ -20,7 +20,15 @@ const (
 	DropRedirect
 	DropRewrite
 	DropCTMiss
-	dropMax = 8
+	// DropIsolation: between containers of two networks (Docker's
+	// DOCKER-ISOLATION chains).
+	DropIsolation
+	// DropICC: between containers of a network created with
+	// com.docker.network.bridge.enable_icc=false.
+	DropICC
+	// DropInternal: leaving or entering an internal network.
+	DropInternal
+	dropMax = 16
 )
 
 var dropNames = map[DropReason]string{
@@ -32,6 +40,9 @@ var dropNames = map[DropReason]string{
 	DropRedirect:     "redirect_failed",
 	DropRewrite:      "rewrite_failed",
 	DropCTMiss:       "ct_miss",
+	DropIsolation:    "isolation",
+	DropICC:          "icc_disabled",
+	DropInternal:     "internal",
 }
 
 func (r DropReason) String() string {
@@ -43,7 +54,7 @@ func (r DropReason) String() string {
 
 // DropReasons lists every reason the datapath knows.
 func DropReasons() []DropReason {
-	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropFragUnknown, DropRedirect, DropRewrite, DropCTMiss}
+	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropFragUnknown, DropRedirect, DropRewrite, DropCTMiss, DropIsolation, DropICC, DropInternal}
 }
 
 // Event is a counted datapath event; keep in sync with enum event.

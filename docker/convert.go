@@ -87,6 +87,7 @@ func build(k kernel, log *slog.Logger, defaultMasq bool, nets []network.Summary,
 			snap.Ports = append(snap.Ports, m)
 		}
 	}
+	snap.Modes = convertModes(k, log, byID, byName, ctrs)
 	slices.SortFunc(snap.Ports, func(a, b datapath.PortMapping) int {
 		return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.HostPort, b.HostPort), a.HostIP.Compare(b.HostIP))
 	})
@@ -147,6 +148,7 @@ func convertNetwork(k kernel, defaultMasq bool, n network.Summary) (_ *bridgeNet
 	if n.Internal {
 		masq = false
 	}
+	icc := n.Options[optICC] != "false"
 	return &bridgeNet{
 		Network: Network{
 			Network: datapath.Network{
@@ -155,11 +157,15 @@ func convertNetwork(k kernel, defaultMasq bool, n network.Summary) (_ *bridgeNet
 				Subnet:     subnet,
 				Gateway:    gw,
 				Masquerade: masq,
+				// Docker's isolation settings, which the datapath
+				// enforces.
+				NoICC:    !icc,
+				Internal: n.Internal,
 			},
 			ID:       n.ID,
 			Default:  def,
 			Internal: n.Internal,
-			ICC:      n.Options[optICC] != "false",
+			ICC:      icc,
 		},
 		ifindex: idx,
 	}, true, nil

@@ -30,6 +30,13 @@
 //     its address on its first non-internal bridge network by name (the
 //     one Docker gives the default gateway and the published ports to);
 //     IPv6 bindings are left out.
+//   - Containers without a veth on such a network (modes.go): in host mode
+//     or on macvlan and ipvlan networks, their cgroup v2 folder (from
+//     /proc/<pid>/cgroup) and, for macvlan and ipvlan, their device in
+//     their own namespace, for the cgroup skb counters
+//     (State.CgroupEndpoints); those sharing another container's network
+//     namespace, with the owner (State.Shared); those without a network
+//     (State.NoNetwork).
 //
 // Uplinks and host addresses are not Docker's business and stay empty.
 package docker

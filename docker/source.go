@@ -120,7 +120,8 @@ const (
 )
 
 // Network is a Docker bridge network: what the datapath is given, and
-// Docker's isolation settings, which the datapath does not enforce (yet).
+// Docker's isolation settings (also in datapath.Network, which enforces
+// them: NoICC, Internal).
 type Network struct {
 	datapath.Network
 	ID string
@@ -140,6 +141,9 @@ type Snapshot struct {
 	Networks  []Network
 	Endpoints []datapath.Endpoint
 	Ports     []datapath.PortMapping
+	// Modes are the containers without a veth on these networks: host
+	// mode, macvlan, ipvlan, sharing a namespace, none (modes.go).
+	Modes
 }
 
 // State is the datapath's part of the snapshot; Uplinks and HostAddrs
@@ -151,6 +155,7 @@ func (s Snapshot) State() datapath.State {
 	}
 	st.Endpoints = s.Endpoints
 	st.Ports = s.Ports
+	st.CgroupEndpoints, st.Shared, st.NoNetwork = s.CgroupEndpoints, s.Shared, s.NoNetwork
 	return st
 }
 

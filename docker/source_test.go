@@ -163,8 +163,8 @@ func TestBuild(t *testing.T) {
 		{Network: datapath.Network{Name: "aaa", Bridge: "br-04ababababab", Subnet: pfx("172.20.0.0/16"), Gateway: ip("172.20.0.1"), Masquerade: true}, ID: netID(4), ICC: true},
 		{Network: datapath.Network{Name: "appnet", Bridge: "br-02ababababab", Subnet: pfx("172.18.0.0/16"), Gateway: ip("172.18.0.1"), Masquerade: true}, ID: netID(2), ICC: true},
 		{Network: datapath.Network{Name: "bridge", Bridge: "docker0", Subnet: pfx("172.17.0.0/16"), Gateway: ip("172.17.0.1"), Masquerade: true}, ID: netID(1), Default: true, ICC: true},
-		{Network: datapath.Network{Name: "internal", Bridge: "br-05ababababab", Subnet: pfx("172.21.0.0/16"), Gateway: ip("172.21.0.1"), Masquerade: false}, ID: netID(5), Internal: true, ICC: true},
-		{Network: datapath.Network{Name: "nomasq", Bridge: "br-03ababababab", Subnet: pfx("172.19.0.0/16"), Gateway: ip("172.19.0.1"), Masquerade: false}, ID: netID(3), ICC: false},
+		{Network: datapath.Network{Name: "internal", Bridge: "br-05ababababab", Subnet: pfx("172.21.0.0/16"), Gateway: ip("172.21.0.1"), Masquerade: false, Internal: true}, ID: netID(5), Internal: true, ICC: true},
+		{Network: datapath.Network{Name: "nomasq", Bridge: "br-03ababababab", Subnet: pfx("172.19.0.0/16"), Gateway: ip("172.19.0.1"), Masquerade: false, NoICC: true}, ID: netID(3), ICC: false},
 	}
 	if !reflect.DeepEqual(snap.Networks, wantNets) {
 		t.Errorf("networks:\n got %+v\nwant %+v", snap.Networks, wantNets)

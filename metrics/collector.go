@@ -86,16 +86,16 @@ func NewCollector(r Reader, state func() datapath.State, attachments func() ([]l
 		attachments: attachments,
 		build:       build,
 		rxBytes: prometheus.NewDesc(name("container_receive_bytes_total"),
-			"Bytes received by the container (sent into it), Ethernet header included, counted by the TC programs on its host veth.",
+			"Bytes received by the container (sent into it), Ethernet header included, counted by the TC programs on its host veth (in host mode and on macvlan or ipvlan networks: by cgroup skb programs at its sockets).",
 			containerLabels, nil),
 		txBytes: prometheus.NewDesc(name("container_transmit_bytes_total"),
-			"Bytes transmitted by the container (sent out of it), Ethernet header included, counted by the TC programs on its host veth.",
+			"Bytes transmitted by the container (sent out of it), Ethernet header included, counted by the TC programs on its host veth (in host mode and on macvlan or ipvlan networks: by cgroup skb programs at its sockets).",
 			containerLabels, nil),
 		rxPackets: prometheus.NewDesc(name("container_receive_packets_total"),
-			"Packets received by the container (sent into it), counted by the TC programs on its host veth; a GSO/GRO packet counts once.",
+			"Packets received by the container (sent into it), counted by the TC programs on its host veth (in host mode and on macvlan or ipvlan networks: by cgroup skb programs at its sockets); a GSO/GRO packet counts once.",
 			containerLabels, nil),
 		txPackets: prometheus.NewDesc(name("container_transmit_packets_total"),
-			"Packets transmitted by the container (sent out of it), counted by the TC programs on its host veth; a GSO/GRO packet counts once.",
+			"Packets transmitted by the container (sent out of it), counted by the TC programs on its host veth (in host mode and on macvlan or ipvlan networks: by cgroup skb programs at its sockets); a GSO/GRO packet counts once.",
 			containerLabels, nil),
 		portConns: prometheus.NewDesc(name("published_port_connections_total"),
 			"New connections (TCP) or flows (UDP) translated to a published port's container. host_ip is 0.0.0.0 for a port published on every host address.",
@@ -131,7 +131,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.rxBytes, c.txBytes, c.rxPackets, c.txPackets, c.portConns,
 		c.ctEntries, c.ctCapacity, c.ctEvictions, c.ctNew, c.drops,
-		c.attached, c.buildInfo,
+		c.attached, c.buildInfo, networkModeDesc,
 	} {
 		ch <- d
 	}
@@ -151,7 +151,14 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ms, err := c.traffic(st, atts)
+	if err == nil {
+		// Containers without a veth of their own (cgroup.go).
+		var cms []prometheus.Metric
+		cms, err = c.cgroupTraffic(st)
+		ms = append(ms, cms...)
+	}
 	emit(ch, ms, err, c.rxBytes, c.txBytes, c.rxPackets, c.txPackets)
+	emit(ch, c.networkModes(st), nil, networkModeDesc)
 	ms, err = c.ports(st)
 	emit(ch, ms, err, c.portConns)
 	ms, err = c.conntrack()

@@ -160,13 +160,13 @@ func (f *fixture) collector() *Collector {
 }
 
 const (
-	helpTraffic = `# HELP bpfnet_container_receive_bytes_total Bytes received by the container (sent into it), Ethernet header included, counted by the TC programs on its host veth.
+	helpTraffic = `# HELP bpfnet_container_receive_bytes_total Bytes received by the container (sent into it), Ethernet header included, counted by the TC programs on its host veth (in host mode and on macvlan or ipvlan networks: by cgroup skb programs at its sockets).
 # TYPE bpfnet_container_receive_bytes_total counter
-# HELP bpfnet_container_receive_packets_total Packets received by the container (sent into it), counted by the TC programs on its host veth; a GSO/GRO packet counts once.
+# HELP bpfnet_container_receive_packets_total Packets received by the container (sent into it), counted by the TC programs on its host veth (in host mode and on macvlan or ipvlan networks: by cgroup skb programs at its sockets); a GSO/GRO packet counts once.
 # TYPE bpfnet_container_receive_packets_total counter
-# HELP bpfnet_container_transmit_bytes_total Bytes transmitted by the container (sent out of it), Ethernet header included, counted by the TC programs on its host veth.
+# HELP bpfnet_container_transmit_bytes_total Bytes transmitted by the container (sent out of it), Ethernet header included, counted by the TC programs on its host veth (in host mode and on macvlan or ipvlan networks: by cgroup skb programs at its sockets).
 # TYPE bpfnet_container_transmit_bytes_total counter
-# HELP bpfnet_container_transmit_packets_total Packets transmitted by the container (sent out of it), counted by the TC programs on its host veth; a GSO/GRO packet counts once.
+# HELP bpfnet_container_transmit_packets_total Packets transmitted by the container (sent out of it), counted by the TC programs on its host veth (in host mode and on macvlan or ipvlan networks: by cgroup skb programs at its sockets); a GSO/GRO packet counts once.
 # TYPE bpfnet_container_transmit_packets_total counter
 `
 	// Labels in the order the comparison prints them: sorted by name.
@@ -211,6 +211,9 @@ bpfnet_drops_total{reason="fragment_unknown"} 0
 bpfnet_drops_total{reason="redirect_failed"} 0
 bpfnet_drops_total{reason="rewrite_failed"} 0
 bpfnet_drops_total{reason="ct_miss"} 0
+bpfnet_drops_total{reason="isolation"} 0
+bpfnet_drops_total{reason="icc_disabled"} 0
+bpfnet_drops_total{reason="internal"} 0
 # HELP bpfnet_attached A program bpfnet attached: 1 when the kernel runs it, 0 when it is recorded but the kernel no longer runs it (its interface went away).
 # TYPE bpfnet_attached gauge
 bpfnet_attached{hook="ingress",interface="veth1a2b3c",mode="tcx",program="from_container"} 1

@@ -28,9 +28,23 @@
 //	drops_total                        counter  reason
 //	attached                           gauge    interface, hook, program, mode
 //	build_info                         gauge    version, go_version
+//	container_network_mode             gauge    container, container_id, mode, owner,
+//	                                              compose_project, compose_service
 //
 // [NewRegistry] adds the standard Go runtime and process collectors.
 // "Receive" is from the container's point of view: bytes into the
 // container. Byte counts are the packets' lengths at the TC hook, Ethernet
 // header included.
+//
+// Containers without a veth of their own (cgroup.go): those in host mode
+// and those on macvlan or ipvlan networks have the same container_*
+// series, with network="host" and interface="" (every interface but
+// loopback), or the network's name and the container's device; their
+// packets are counted by cgroup skb programs at the container's sockets
+// (IP length plus 14 bytes, so that the figures compare with the TC ones),
+// when the [Reader] is a [CgroupReader]. A container sharing another's
+// network namespace (--network container:X) has no series: its traffic is
+// in X's. container_network_mode lists these containers, and those
+// without a network, with their mode: host, macvlan, ipvlan, container
+// (owner is X) or none.
 package metrics

@@ -85,7 +85,10 @@ enum drop_reason {
 	DROP_REDIRECT = 5,       /* redirect helper failed */
 	DROP_REWRITE = 6,        /* a rewrite helper failed */
 	DROP_CT_MISS = 7,        /* TCP without SYN leaving with no flow: never masqueraded */
-	DROP_MAX = 8,
+	DROP_ISOLATION = 8,      /* between two container networks (Docker's DOCKER-ISOLATION) */
+	DROP_ICC = 9,            /* between containers of a network without inter-container communication */
+	DROP_INTERNAL = 10,      /* leaving or entering an internal network */
+	DROP_MAX = 16,
 };
 
 /* Things worth counting that are not drops: index of the events map. Keep

@@ -24,6 +24,37 @@ static __always_inline __u16 csum_update(__u16 check, const void *from, const vo
 	return csum_fold(d);
 }
 
+/* icmp_quote_key reads the datagram an ICMP error quotes into q and sets
+ * k to the tuple of the error's direction of the quoted flow (the reverse
+ * of the quoted packet's). Returns -1 when the quote is not one the
+ * datapath tracks. */
+static __always_inline int icmp_quote_key(struct __sk_buff *ctx, const struct pkt *p, struct icmp_quote *q,
+					  struct ct_key *k)
+{
+	if (p->frag != FRAG_NONE)
+		return -1;
+	if (bpf_skb_load_bytes(ctx, p->l4_off + sizeof(struct icmphdr), q, sizeof(*q)) < 0)
+		return -1;
+	if (q->ip.version != 4 || q->ip.ihl != 5)
+		return -1;
+
+	/* The quoted packet went the other way: its reverse is the tuple of
+	 * the error's direction. */
+	__builtin_memset(k, 0, sizeof(*k));
+	k->saddr = q->ip.daddr;
+	k->daddr = q->ip.saddr;
+	k->proto = q->ip.protocol;
+	if (has_ports(q->ip.protocol)) {
+		__builtin_memcpy(&k->sport, &q->l4[2], 2);
+		__builtin_memcpy(&k->dport, &q->l4[0], 2);
+	} else if (q->ip.protocol == IPPROTO_ICMP && q->l4[0] == ICMP_ECHO) {
+		__builtin_memcpy(&k->dport, &q->l4[4], 2);
+	} else {
+		return -1;
+	}
+	return 0;
+}
+
 /* icmp_error_xlate rewrites an ICMP error whose quoted flow has an entry
  * that hook `at` applies. Returns 1 when translated, 0 when not ours, <0
  * on failure. */
@@ -31,30 +62,12 @@ static __always_inline int icmp_error_xlate(struct __sk_buff *ctx, struct pkt *p
 {
 	__u32 qoff = p->l4_off + sizeof(struct icmphdr);
 	struct icmp_quote q, nq;
-	struct ct_key k = {};
+	struct ct_key k;
 	struct ct_entry *e;
 	__be32 osaddr, odaddr;
 
-	if (p->frag != FRAG_NONE)
+	if (icmp_quote_key(ctx, p, &q, &k) < 0)
 		return 0;
-	if (bpf_skb_load_bytes(ctx, qoff, &q, sizeof(q)) < 0)
-		return 0;
-	if (q.ip.version != 4 || q.ip.ihl != 5)
-		return 0;
-
-	/* The quoted packet went the other way: its reverse is the tuple of
-	 * the error's direction. */
-	k.saddr = q.ip.daddr;
-	k.daddr = q.ip.saddr;
-	k.proto = q.ip.protocol;
-	if (has_ports(q.ip.protocol)) {
-		__builtin_memcpy(&k.sport, &q.l4[2], 2);
-		__builtin_memcpy(&k.dport, &q.l4[0], 2);
-	} else if (q.ip.protocol == IPPROTO_ICMP && q.l4[0] == ICMP_ECHO) {
-		__builtin_memcpy(&k.dport, &q.l4[4], 2);
-	} else {
-		return 0;
-	}
 	e = ct_lookup(&k, at, now);
 	if (!e)
 		return 0;

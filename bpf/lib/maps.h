@@ -29,6 +29,7 @@ enum ct_kind {
 	CT_DNAT = 1,    /* published port */
 	CT_SNAT = 2,    /* masquerade */
 	CT_HAIRPIN = 3, /* container to a published port of the host */
+	CT_ROUTED = 4,  /* untranslated: from a network without masquerade, tracked so its answers get in */
 };
 
 /* One direction of a translated flow: a packet whose tuple is the key is
@@ -89,8 +90,8 @@ struct endpoint {
 	__be32 gw_addr;       /* bridge gateway address */
 	__u8 mac[6];          /* container eth0 */
 	__u8 gw_mac[6];       /* bridge */
-	__u32 net_id;
-	__u32 flags;
+	__u32 net_id;         /* net_info.net_id of its network */
+	__u32 flags;          /* NET_F_* of its network */
 };
 
 struct {
@@ -132,7 +133,9 @@ struct net_key {
 	__be32 addr;
 };
 
-#define NET_F_MASQ 0x1 /* traffic from it to the outside is masqueraded */
+#define NET_F_MASQ 0x1     /* traffic from it to the outside is masqueraded */
+#define NET_F_NO_ICC 0x2   /* its containers may not reach each other (enable_icc=false) */
+#define NET_F_INTERNAL 0x4 /* no traffic leaves it or enters it (docker network create --internal) */
 
 struct net_info {
 	__u32 flags;

@@ -280,7 +280,8 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 		slog.Info("serving metrics", "addr", metricsLn.Addr().String())
 	}
 	slog.Info("datapath attached", "bridges", bridgesOf(state), "uplinks", len(state.Uplinks),
-		"endpoints", len(state.Endpoints), "ports", len(state.Ports), "pin_path", f.pinPath, "fast_path", f.fastPath)
+		"endpoints", len(state.Endpoints), "ports", len(state.Ports), "pin_path", f.pinPath, "fast_path", f.fastPath,
+		"cgroup_endpoints", len(state.CgroupEndpoints), "shared_netns", len(state.Shared), "no_network", len(state.NoNetwork))
 
 	// Docker's updates: the newest replaces one not yet applied.
 	updates := make(chan datapath.State, 1)
@@ -339,7 +340,8 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 		}
 		current.Store(&s)
 		watch(bridgesOf(s))
-		slog.Info("resynced", "reason", reason, "endpoints", len(s.Endpoints), "ports", len(s.Ports), "pending_veths", len(s.PendingVeths))
+		slog.Info("resynced", "reason", reason, "endpoints", len(s.Endpoints), "ports", len(s.Ports), "pending_veths", len(s.PendingVeths),
+			"cgroup_endpoints", len(s.CgroupEndpoints), "shared_netns", len(s.Shared), "no_network", len(s.NoNetwork))
 	}
 	gc := time.NewTicker(f.gcInterval)
 	defer gc.Stop()

@@ -32,6 +32,8 @@ type statusReport struct {
 	Drops       map[string]uint64      `json:"drops"`
 	Events      map[string]uint64      `json:"events"`
 	Traffic     map[string]trafficJSON `json:"traffic"`
+	// Containers without a veth of their own (status_modes.go).
+	Containers []containerJSON `json:"containers"`
 }
 
 type attachmentJSON struct {
@@ -111,6 +113,9 @@ func newStatusCmd() *cobra.Command {
 			for k, v := range tr {
 				r.Traffic[fmt.Sprint(k)] = trafficJSON(v)
 			}
+			if r.Containers, err = readContainers(pinPath); err != nil {
+				return err
+			}
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), r)
 			}
@@ -136,6 +141,7 @@ func printStatus(out io.Writer, r statusReport) error {
 		t := r.Traffic[fmt.Sprint(e.Ifindex)]
 		fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%d\t%d\t%d\n", e.Addr, e.Ifindex, e.MAC, t.RxPackets, t.RxBytes, t.TxPackets, t.TxBytes)
 	}
+	printContainers(w, r.Containers)
 	var drops []string
 	for k, v := range r.Drops {
 		if v > 0 {
