@@ -455,8 +455,34 @@ func (e *env) controlPlane(ctx context.Context, set func(string, float64), fail 
 		set(KeyMapMarginal, float64(memFull.bytes-memBase.bytes)/ControlPorts)
 	}
 
-	one := e.ports(append(slices.Clone(rng), datapath.PortMapping{Proto: datapath.TCP, HostPort: controlBase - 1, ContainerIP: c, ContainerPort: controlBase - 1, Container: "c0"}))
+	extra := datapath.PortMapping{Proto: datapath.TCP, HostPort: controlBase - 1, ContainerIP: c, ContainerPort: controlBase - 1, Container: "c0"}
+	one := e.ports(append(slices.Clone(rng), extra))
 	var pub, rem []float64
+	if pp, ok := e.dp.(datapath.PortPublisher); ok {
+		// What the daemon does on a Docker event: the one port, not the
+		// whole state.
+		timed := func(f func(...datapath.PortMapping) error) (float64, error) {
+			start := time.Now()
+			err := f(extra)
+			return float64(time.Since(start).Nanoseconds()) / 1e6, err
+		}
+		for range e.opts.PublishOneRepeats {
+			p, err := timed(pp.PublishPorts)
+			if err != nil {
+				fail(fmt.Errorf("publishing one port: %w", err), KeyPublishOne, KeyRemoveOne)
+				return
+			}
+			r, err := timed(pp.UnpublishPorts)
+			if err != nil {
+				fail(fmt.Errorf("removing one port: %w", err), KeyPublishOne, KeyRemoveOne)
+				return
+			}
+			pub, rem = append(pub, p), append(rem, r)
+		}
+		set(KeyPublishOne, Summarize(pub).Median)
+		set(KeyRemoveOne, Summarize(rem).Median)
+		return
+	}
 	for range e.opts.PublishOneRepeats {
 		p, err := e.timedApply(ctx, one)
 		if err != nil {

@@ -377,7 +377,13 @@ func (d *EBPF) applyCgroups(s State) error {
 	}
 	if c.loaded {
 		// Accounts first, so the first packets after attaching count.
-		if err := syncMap(c.objs.CgroupAccounts, accounts); err != nil {
+		have, err := readMap[uint64, uint64](c.objs.CgroupAccounts)
+		if err != nil {
+			return fmt.Errorf("reading cgroup accounts: %w", err)
+		}
+		var undo undoLog
+		if err := syncMap(&undo, c.objs.CgroupAccounts, have, accounts); err != nil {
+			undo.run()
 			return fmt.Errorf("programming cgroup accounts: %w", err)
 		}
 	}

@@ -113,6 +113,9 @@ type EBPF struct {
 	attached map[string]attachedDev
 	// sock holds the host-socket programs, started by the first Apply.
 	sock *Sock
+	// applied is what the last successful Apply wrote, so the next one
+	// writes only the difference.
+	applied *resolved
 	// cg holds the cgroup skb programs (cgroup.go), loaded when needed.
 	cg cgroupSkb
 }
@@ -359,7 +362,10 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 }
 
 // Apply makes the maps and attachments match s. An invalid s, or one that
-// names an interface that does not exist, changes nothing.
+// names an interface that does not exist, changes nothing; a failure while
+// writing the maps puts back what was written, so the datapath is either
+// the old state or the new one. Only what changed since the last Apply is
+// written: publishing one port is one map update however many there are.
 func (d *EBPF) Apply(ctx context.Context, s State) error {
 	if err := s.Validate(); err != nil {
 		return err
@@ -368,43 +374,47 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 	if err != nil {
 		return err
 	}
+	prev := d.applied
+	first := prev == nil
+	if first {
+		// A new process on pinned maps: what is there is the old state.
+		if prev, err = d.readApplied(); err != nil {
+			return err
+		}
+	}
 	// Flows of mappings whose container moved or went away are dropped,
 	// so the next packet of such a flow finds the new mapping at once.
 	var gone []bpfPortTarget
-	var k bpfPortKey
-	var v bpfPortTarget
-	it := d.objs.Published.Iterate()
-	for it.Next(&k, &v) {
+	for k, v := range prev.ports {
 		if nv, ok := r.ports[k]; !ok || nv.Addr != v.Addr || nv.Port != v.Port {
 			gone = append(gone, v)
 		}
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("reading published ports: %w", err)
-	}
 
-	if err := syncMap(d.objs.Nets, r.nets); err != nil {
-		return fmt.Errorf("programming networks: %w", err)
+	var undo undoLog
+	steps := []struct {
+		what string
+		fn   func() error
+	}{
+		{"networks", func() error { return syncMap(&undo, d.objs.Nets, prev.nets, r.nets) }},
+		{"endpoints", func() error { return syncMap(&undo, d.objs.Endpoints, prev.endpoints, r.endpoints) }},
+		{"uplinks", func() error { return syncMap(&undo, d.objs.Uplinks, prev.uplinks, r.uplinks) }},
+		{"host addresses", func() error { return syncMap(&undo, d.objs.HostAddrs, prev.hostAddrs, r.hostAddrs) }},
+		{"published ports", func() error { return syncMap(&undo, d.objs.Published, prev.ports, r.ports) }},
 	}
-	if err := syncMap(d.objs.Endpoints, r.endpoints); err != nil {
-		return fmt.Errorf("programming endpoints: %w", err)
+	for _, st := range steps {
+		if err := st.fn(); err != nil {
+			return errors.Join(fmt.Errorf("programming %s: %w", st.what, err), undo.run())
+		}
 	}
-	if err := syncMap(d.objs.Uplinks, r.uplinks); err != nil {
-		return fmt.Errorf("programming uplinks: %w", err)
+	if err := d.attach(r.devs, first); err != nil {
+		return errors.Join(err, undo.run())
 	}
-	if err := syncMap(d.objs.HostAddrs, r.hostAddrs); err != nil {
-		return fmt.Errorf("programming host addresses: %w", err)
-	}
-	if err := syncMap(d.objs.Published, r.ports); err != nil {
-		return fmt.Errorf("programming published ports: %w", err)
-	}
+	d.applied = r
 	if len(gone) > 0 {
 		if _, err := d.flushBackends(gone); err != nil {
 			return err
 		}
-	}
-	if err := d.attach(r.devs); err != nil {
-		return err
 	}
 	if err := d.applyCgroups(s); err != nil {
 		return err
@@ -419,12 +429,98 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 		}
 		d.sock = sock
 	}
-	return d.dropStaleCounters(r)
+	return d.dropStaleCounters(prev, r, first)
+}
+
+// readApplied reads the maps a previous process programmed.
+func (d *EBPF) readApplied() (*resolved, error) {
+	r := &resolved{}
+	var err error
+	if r.ports, err = readMap[bpfPortKey, bpfPortTarget](d.objs.Published); err != nil {
+		return nil, fmt.Errorf("reading published ports: %w", err)
+	}
+	if r.endpoints, err = readMap[uint32, bpfEndpoint](d.objs.Endpoints); err != nil {
+		return nil, fmt.Errorf("reading endpoints: %w", err)
+	}
+	if r.hostAddrs, err = readMap[uint32, uint32](d.objs.HostAddrs); err != nil {
+		return nil, fmt.Errorf("reading host addresses: %w", err)
+	}
+	if r.uplinks, err = readMap[uint32, bpfUplink](d.objs.Uplinks); err != nil {
+		return nil, fmt.Errorf("reading uplinks: %w", err)
+	}
+	if r.nets, err = readMap[bpfNetKey, bpfNetInfo](d.objs.Nets); err != nil {
+		return nil, fmt.Errorf("reading networks: %w", err)
+	}
+	return r, nil
+}
+
+func readMap[K comparable, V any](m *ebpf.Map) (map[K]V, error) {
+	out := map[K]V{}
+	var k K
+	var v V
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v
+	}
+	return out, it.Err()
+}
+
+// undoLog holds the inverse of every map write of an Apply.
+type undoLog []func() error
+
+func (u *undoLog) run() error {
+	var errs []error
+	for i := len(*u) - 1; i >= 0; i-- {
+		if err := (*u)[i](); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	*u = nil
+	if len(errs) > 0 {
+		return fmt.Errorf("putting the previous state back: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// syncMap turns m from have into want, logging how to undo each write.
+func syncMap[K comparable, V comparable](undo *undoLog, m *ebpf.Map, have, want map[K]V) error {
+	for k, v := range want {
+		old, existed := have[k]
+		if existed && old == v {
+			continue
+		}
+		if err := m.Put(k, v); err != nil {
+			return err
+		}
+		if existed {
+			*undo = append(*undo, func() error { return m.Put(k, old) })
+		} else {
+			*undo = append(*undo, func() error { return ignoreMissing(m.Delete(k)) })
+		}
+	}
+	for k, old := range have {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		if err := ignoreMissing(m.Delete(k)); err != nil {
+			return err
+		}
+		*undo = append(*undo, func() error { return m.Put(k, old) })
+	}
+	return nil
+}
+
+func ignoreMissing(err error) error {
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	return err
 }
 
 // dropStaleCounters forgets the counters of veths and published ports that
-// are gone, so churn never fills the counter maps.
-func (d *EBPF) dropStaleCounters(r *resolved) error {
+// are gone, so churn never fills the counter maps. The first Apply of a
+// process scans the maps; later ones drop only what they removed.
+func (d *EBPF) dropStaleCounters(prev, r *resolved, first bool) error {
 	live := map[uint32]bool{}
 	for _, ep := range r.endpoints {
 		live[ep.Ifindex] = true
@@ -432,52 +528,88 @@ func (d *EBPF) dropStaleCounters(r *resolved) error {
 	for _, dev := range r.devs {
 		live[uint32(dev.ifindex)] = true
 	}
-	var ifk uint32
-	var stale []uint32
-	it := d.objs.IfStats.Iterate()
-	var vals []bpfTraffic
-	for it.Next(&ifk, &vals) {
-		if !live[ifk] {
-			stale = append(stale, ifk)
+	var staleIfs []uint32
+	var stalePorts []bpfPortKey
+	if first {
+		var ifk uint32
+		var vals []bpfTraffic
+		it := d.objs.IfStats.Iterate()
+		for it.Next(&ifk, &vals) {
+			if !live[ifk] {
+				staleIfs = append(staleIfs, ifk)
+			}
+		}
+		if err := it.Err(); err != nil {
+			return fmt.Errorf("reading traffic counters: %w", err)
+		}
+		var pk bpfPortKey
+		var counts []uint64
+		pit := d.objs.PortConns.Iterate()
+		for pit.Next(&pk, &counts) {
+			if _, ok := r.ports[pk]; !ok {
+				stalePorts = append(stalePorts, pk)
+			}
+		}
+		if err := pit.Err(); err != nil {
+			return fmt.Errorf("reading port counters: %w", err)
+		}
+	} else {
+		for _, dev := range prev.devs {
+			if !live[uint32(dev.ifindex)] {
+				staleIfs = append(staleIfs, uint32(dev.ifindex))
+			}
+		}
+		for _, ep := range prev.endpoints {
+			if !live[ep.Ifindex] {
+				staleIfs = append(staleIfs, ep.Ifindex)
+			}
+		}
+		for k := range prev.ports {
+			if _, ok := r.ports[k]; !ok {
+				stalePorts = append(stalePorts, k)
+			}
 		}
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("reading traffic counters: %w", err)
-	}
-	for _, k := range stale {
-		if err := d.objs.IfStats.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	for _, k := range staleIfs {
+		if err := ignoreMissing(d.objs.IfStats.Delete(k)); err != nil {
 			return fmt.Errorf("dropping counters of ifindex %d: %w", k, err)
 		}
 	}
-	var pk bpfPortKey
-	var counts []uint64
-	var stalePorts []bpfPortKey
-	pit := d.objs.PortConns.Iterate()
-	for pit.Next(&pk, &counts) {
-		if _, ok := r.ports[pk]; !ok {
-			stalePorts = append(stalePorts, pk)
-		}
-	}
-	if err := pit.Err(); err != nil {
-		return fmt.Errorf("reading port counters: %w", err)
-	}
 	for _, k := range stalePorts {
-		if err := d.objs.PortConns.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := ignoreMissing(d.objs.PortConns.Delete(k)); err != nil {
 			return fmt.Errorf("dropping port counters: %w", err)
 		}
 	}
 	return nil
 }
 
-func (d *EBPF) attach(devs map[string]attachedDev) error {
+// attach puts the programs on new interfaces and takes them off those that
+// left. The first Apply of a process attaches everywhere: that replaces a
+// previous process's programs with this one's, in place.
+func (d *EBPF) attach(devs map[string]attachedDev, all bool) error {
 	if d.opts.PinPath == "" {
 		if len(devs) > 0 {
 			return errors.New("attaching needs a pin path")
 		}
 		return nil
 	}
+	if all {
+		// What a previous process attached, so what is gone gets detached.
+		atts, err := loader.List(d.opts.PinPath)
+		if err != nil {
+			return err
+		}
+		for _, a := range atts {
+			if _, ok := d.attached[a.Interface]; !ok {
+				d.attached[a.Interface] = attachedDev{ifindex: a.Ifindex, uplink: a.Program == ProgFromNetdev || a.Program == ProgToNetdev}
+			}
+		}
+	}
 	progs := d.Programs()
 	for name, dev := range devs {
+		if old, ok := d.attached[name]; ok && !all && old == dev {
+			continue
+		}
 		for _, p := range progsFor(dev.uplink) {
 			if _, err := loader.Attach(d.opts.PinPath, progs[p.name], p.name, name, dev.ifindex, p.dir, d.opts.AttachMode); err != nil {
 				return err
@@ -495,38 +627,6 @@ func (d *EBPF) attach(devs map[string]attachedDev) error {
 			}
 		}
 		delete(d.attached, name)
-	}
-	return nil
-}
-
-// syncMap writes want into m and deletes the keys of m that want lacks.
-func syncMap[K comparable, V comparable](m *ebpf.Map, want map[K]V) error {
-	var k K
-	var v V
-	var stale []K
-	have := map[K]V{}
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		if _, ok := want[k]; !ok {
-			stale = append(stale, k)
-		}
-		have[k] = v
-	}
-	if err := it.Err(); err != nil {
-		return err
-	}
-	for k, v := range want {
-		if old, ok := have[k]; ok && old == v {
-			continue
-		}
-		if err := m.Put(k, v); err != nil {
-			return err
-		}
-	}
-	for _, k := range stale {
-		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return err
-		}
 	}
 	return nil
 }

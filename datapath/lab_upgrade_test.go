@@ -215,3 +215,123 @@ func TestLabLegacyAttach(t *testing.T) {
 		t.Errorf("%d attachments, want 6 (uplink and two veths, both directions)", len(atts))
 	}
 }
+
+// TestLabApplyAllOrNothing: an Apply that fails while writing the maps
+// (more ports than the map holds) leaves the previous state in place, and
+// the datapath keeps serving it.
+func TestLabApplyAllOrNothing(t *testing.T) {
+	l := startLabWith(t, twoContainers(), Options{FastPath: true})
+	c0, ext := l.topo.Containers[0], l.topo.Externals[0]
+	small := publish(t, fmt.Sprintf("8080:%s:80", c0.Addr), fmt.Sprintf("5353:%s:53/udp", c0.Addr))
+	l.setPorts(t, small)
+	echoTCP(t, &c0.Namespace, c0.Addr.String()+":80")
+	before, err := l.dp.Published()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 65,535 TCP and 5,000 UDP ports: more than the 65,536 the map holds.
+	huge := publish(t, fmt.Sprintf("1-65535:%s:80", c0.Addr), fmt.Sprintf("1-5000:%s:53/udp", c0.Addr))
+	err = l.topo.Host.Do(func() error {
+		s, err := Discover([]string{l.topo.Bridges[0].Name}, nil, nil)
+		if err != nil {
+			return err
+		}
+		s.Ports = huge
+		return l.dp.Apply(context.Background(), s)
+	})
+	if err == nil || !strings.Contains(err.Error(), "programming published ports") {
+		t.Fatalf("Apply of %d ports: %v, want a map error", len(huge), err)
+	}
+	after, err := l.dp.Published()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("published ports after a failed Apply: %d entries, want the %d of before", len(after), len(before))
+	}
+	if got := tcpExchange(t, &ext.Namespace, ext.HostAddr.String()+":8080", 100); got != ext.Addr.String() {
+		t.Errorf("after the failed Apply: saw %s", got)
+	}
+	// And the next Apply starts from the state really in the maps.
+	l.setPorts(t, small[:1])
+	if after, _ := l.dp.Published(); len(after) != 1 {
+		t.Errorf("%d ports after publishing one, want 1", len(after))
+	}
+}
+
+// TestLabPublishPorts publishes and unpublishes ports one at a time next to
+// an applied state.
+func TestLabPublishPorts(t *testing.T) {
+	requireRoot(t)
+	unapplied, err := NewEBPF(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unapplied.PublishPorts(publish(t, "8080:172.30.0.2:80")...); !errors.Is(err, ErrNotApplied) {
+		t.Errorf("PublishPorts before Apply: %v, want ErrNotApplied", err)
+	}
+	unapplied.Close()
+
+	l := startLabWith(t, twoContainers(), Options{FastPath: true})
+	c0, c1, ext := l.topo.Containers[0], l.topo.Containers[1], l.topo.Externals[0]
+	l.setPorts(t, publish(t, fmt.Sprintf("9000-9099:%s:80", c1.Addr)))
+	echoUDPNamed(t, &c0.Namespace, c0.Addr.String()+":53", "c0")
+	echoUDPNamed(t, &c1.Namespace, c1.Addr.String()+":53", "c1")
+	if err := l.dp.PublishPorts(publish(t, fmt.Sprintf("5353:%s:53/udp", c0.Addr))...); err != nil {
+		t.Fatal(err)
+	}
+	var conn *net.UDPConn
+	if err := ext.Do(func() error {
+		var err error
+		conn, err = net.DialUDP("udp", &net.UDPAddr{IP: ext.Addr, Port: 40001}, &net.UDPAddr{IP: ext.HostAddr, Port: 5353})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ask := func() string {
+		buf := make([]byte, 16)
+		for i := 0; i < 3; i++ {
+			conn.Write([]byte("?"))
+			conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			if n, err := conn.Read(buf); err == nil {
+				return string(buf[:n])
+			}
+		}
+		return "nothing"
+	}
+	if got := ask(); got != "c0" {
+		t.Fatalf("published one port: answer %q, want c0", got)
+	}
+	// Replacing the binding moves the flow at once.
+	if err := l.dp.PublishPorts(publish(t, fmt.Sprintf("5353:%s:53/udp", c1.Addr))...); err != nil {
+		t.Fatal(err)
+	}
+	if got := ask(); got != "c1" {
+		t.Errorf("after the binding moved: answer %q, want c1", got)
+	}
+	if n := len(mustPublished(t, l.dp)); n != 101 {
+		t.Errorf("%d ports published, want the range's 100 and one", n)
+	}
+	if err := l.dp.UnpublishPorts(publish(t, fmt.Sprintf("5353:%s:53/udp", c1.Addr))...); err != nil {
+		t.Fatal(err)
+	}
+	if got := ask(); got != "nothing" {
+		t.Errorf("after unpublishing: answer %q", got)
+	}
+	if n := len(mustPublished(t, l.dp)); n != 100 {
+		t.Errorf("%d ports published after unpublishing, want 100", n)
+	}
+	if err := l.dp.PublishPorts(PortMapping{Proto: TCP, HostPort: 0, ContainerIP: addrOf(c0.Addr), ContainerPort: 80}); err == nil {
+		t.Error("PublishPorts accepted port 0")
+	}
+}
+
+func mustPublished(t *testing.T, d *EBPF) []PublishedPort {
+	t.Helper()
+	p, err := d.Published()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

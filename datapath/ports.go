@@ -1,0 +1,144 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+)
+
+// PortPublisher is a Datapath that can publish and unpublish ports one at
+// a time, without being handed the whole state: the cost is that of the
+// ports given, whatever is published already. Docker publishes a
+// container's ports this way on each event.
+type PortPublisher interface {
+	PublishPorts(ms ...PortMapping) error
+	UnpublishPorts(ms ...PortMapping) error
+}
+
+var _ PortPublisher = (*EBPF)(nil)
+
+// ErrNotApplied is returned by PublishPorts and UnpublishPorts before the
+// first Apply: they change a state, so there must be one.
+var ErrNotApplied = errors.New("the datapath has no state yet: Apply first")
+
+func (d *EBPF) portKey(m PortMapping) bpfPortKey {
+	k := bpfPortKey{Port: be16(m.HostPort), Proto: uint8(m.Proto)}
+	if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
+		k.Addr = be32(m.HostIP)
+	}
+	return k
+}
+
+func checkMapping(m PortMapping) error {
+	if m.Proto != TCP && m.Proto != UDP {
+		return fmt.Errorf("port %s: protocol must be tcp or udp", m)
+	}
+	if m.HostPort == 0 || m.ContainerPort == 0 {
+		return fmt.Errorf("port %s: port 0 cannot be published", m)
+	}
+	if !m.ContainerIP.Is4() || (m.HostIP.IsValid() && !m.HostIP.Is4()) {
+		return fmt.Errorf("port %s: addresses must be IPv4", m)
+	}
+	return nil
+}
+
+// PublishPorts publishes ms next to what is published; a mapping of a host
+// port that is published already replaces it, and the flows of the
+// replaced container are dropped. All of ms or none is written.
+func (d *EBPF) PublishPorts(ms ...PortMapping) error {
+	if d.applied == nil {
+		return ErrNotApplied
+	}
+	want := map[bpfPortKey]bpfPortTarget{}
+	for _, m := range ms {
+		if err := checkMapping(m); err != nil {
+			return err
+		}
+		k := d.portKey(m)
+		if _, dup := want[k]; dup {
+			return fmt.Errorf("port %s: given twice", m)
+		}
+		want[k] = bpfPortTarget{Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort)}
+	}
+	have := map[bpfPortKey]bpfPortTarget{}
+	var gone []bpfPortTarget
+	for k, v := range want {
+		if old, ok := d.applied.ports[k]; ok {
+			have[k] = old
+			if old.Addr != v.Addr || old.Port != v.Port {
+				gone = append(gone, old)
+			}
+		}
+	}
+	var undo undoLog
+	if err := syncMapPart(&undo, d.objs.Published, have, want); err != nil {
+		return errors.Join(fmt.Errorf("publishing ports: %w", err), undo.run())
+	}
+	for k, v := range want {
+		d.applied.ports[k] = v
+	}
+	if len(gone) > 0 {
+		if _, err := d.flushBackends(gone); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// UnpublishPorts removes the host bindings of ms (their container side is
+// not looked at) and drops their flows. Unknown bindings are ignored.
+func (d *EBPF) UnpublishPorts(ms ...PortMapping) error {
+	if d.applied == nil {
+		return ErrNotApplied
+	}
+	var undo undoLog
+	var gone []bpfPortTarget
+	var keys []bpfPortKey
+	for _, m := range ms {
+		k := d.portKey(m)
+		old, ok := d.applied.ports[k]
+		if !ok {
+			continue
+		}
+		if err := ignoreMissing(d.objs.Published.Delete(k)); err != nil {
+			return errors.Join(fmt.Errorf("unpublishing %s: %w", m, err), undo.run())
+		}
+		undo = append(undo, func() error { return d.objs.Published.Put(k, old) })
+		gone = append(gone, old)
+		keys = append(keys, k)
+	}
+	for _, k := range keys {
+		delete(d.applied.ports, k)
+		if err := ignoreMissing(d.objs.PortConns.Delete(k)); err != nil {
+			return fmt.Errorf("dropping port counters: %w", err)
+		}
+	}
+	if len(gone) > 0 {
+		if _, err := d.flushBackends(gone); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// syncMapPart writes want over the keys of have (a part of the map), with
+// undo entries; keys of have missing from want are left alone.
+func syncMapPart[K comparable, V comparable](undo *undoLog, m interface {
+	Put(key, value any) error
+	Delete(key any) error
+}, have, want map[K]V) error {
+	for k, v := range want {
+		old, existed := have[k]
+		if existed && old == v {
+			continue
+		}
+		if err := m.Put(k, v); err != nil {
+			return err
+		}
+		if existed {
+			*undo = append(*undo, func() error { return m.Put(k, old) })
+		} else {
+			*undo = append(*undo, func() error { return ignoreMissing(m.Delete(k)) })
+		}
+	}
+	return nil
+}
