@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -168,6 +170,9 @@ func NewEBPF(opts Options) (*EBPF, error) {
 			return nil, fmt.Errorf("creating pin folder: %w", err)
 		}
 		co.Maps.PinPath = dir
+		if err := migratePins(spec, dir); err != nil {
+			return nil, err
+		}
 	}
 	d := &EBPF{opts: opts, attached: map[string]attachedDev{}}
 	if err := spec.LoadAndAssign(&d.objs, &co); err != nil {
@@ -664,4 +669,40 @@ func OpenPinned(pinPath string) (*EBPF, error) {
 		*dst = m
 	}
 	return d, nil
+}
+
+// counterMaps only count: when a new version changes their layout, the
+// pinned ones are dropped and the counts start again. Every other pinned
+// map is state that would be lost, so a layout change there is an error.
+var counterMaps = map[string]bool{"drops": true, "events": true, "if_stats": true, "port_conns": true}
+
+// migratePins checks the pinned maps in dir against spec before loading.
+func migratePins(spec *ebpf.CollectionSpec, dir string) error {
+	for name, ms := range spec.Maps {
+		if ms.Pinning != ebpf.PinByName {
+			continue
+		}
+		path := filepath.Join(dir, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("opening pinned map %s: %w", path, err)
+		}
+		incompatible := ms.Compatible(m)
+		m.Close()
+		if incompatible == nil {
+			continue
+		}
+		if !counterMaps[name] {
+			return fmt.Errorf("pinned map %s has another layout than this version's (%v): its state cannot be kept; "+
+				"run `bpfnet down` or use another --pin-path to start afresh", path, incompatible)
+		}
+		slog.Warn("counter map changed layout; its counts start again", "map", name, "reason", incompatible.Error())
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("replacing pinned map %s: %w", path, err)
+		}
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -334,4 +335,36 @@ func mustPublished(t *testing.T, d *EBPF) []PublishedPort {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestPinMigration: a new version whose counter map has another size
+// starts its counts again; one whose state map changed refuses to start
+// rather than lose the flows.
+func TestPinMigration(t *testing.T) {
+	requireRoot(t)
+	pin, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-migrate-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(pin)
+	old, err := NewEBPF(Options{PinPath: pin, mutateSpec: func(s *ebpf.CollectionSpec) {
+		s.Maps["drops"].MaxEntries = 8 // an older version's size
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	d, err := NewEBPF(Options{PinPath: pin})
+	if err != nil {
+		t.Fatalf("loading over an older counter map: %v", err)
+	}
+	if n := d.objs.Drops.MaxEntries(); n != uint32(dropMax) {
+		t.Errorf("drops map holds %d entries, want %d", n, dropMax)
+	}
+	d.Close()
+
+	_, err = NewEBPF(Options{PinPath: pin, CTSize: 1024})
+	if err == nil || !strings.Contains(err.Error(), "bpfnet down") {
+		t.Errorf("loading over a conntrack table of another size: %v, want a refusal that says what to do", err)
+	}
 }

@@ -3,6 +3,8 @@ package datapath
 import (
 	"errors"
 	"fmt"
+
+	"github.com/cilium/ebpf"
 )
 
 // PortPublisher is a Datapath that can publish and unpublish ports one at
@@ -64,7 +66,7 @@ func (d *EBPF) PublishPorts(ms ...PortMapping) error {
 	for k, v := range want {
 		if old, ok := d.applied.ports[k]; ok {
 			have[k] = old
-			if old.Addr != v.Addr || old.Port != v.Port {
+			if (old.Addr != v.Addr || old.Port != v.Port) && d.hadConnections(k) {
 				gone = append(gone, old)
 			}
 		}
@@ -103,7 +105,9 @@ func (d *EBPF) UnpublishPorts(ms ...PortMapping) error {
 			return errors.Join(fmt.Errorf("unpublishing %s: %w", m, err), undo.run())
 		}
 		undo = append(undo, func() error { return d.objs.Published.Put(k, old) })
-		gone = append(gone, old)
+		if d.hadConnections(k) {
+			gone = append(gone, old)
+		}
 		keys = append(keys, k)
 	}
 	for _, k := range keys {
@@ -141,4 +145,20 @@ func syncMapPart[K comparable, V comparable](undo *undoLog, m interface {
 		}
 	}
 	return nil
+}
+
+// hadConnections tells whether a published binding ever translated a flow:
+// a binding that never did has no flows to drop, which spares a walk of
+// the conntrack table. When in doubt, it says yes.
+func (d *EBPF) hadConnections(k bpfPortKey) bool {
+	var counts []uint64
+	if err := d.objs.PortConns.Lookup(k, &counts); err != nil {
+		return !errors.Is(err, ebpf.ErrKeyNotExist)
+	}
+	for _, n := range counts {
+		if n > 0 {
+			return true
+		}
+	}
+	return false
 }

@@ -89,10 +89,7 @@ ebpf/iptables, ebpf/routing, ebpf/ebpf-redirect); progress to stderr.`,
 func (f *benchFlags) options(cmd *cobra.Command) (bench.Options, error) {
 	opts := bench.Options{Quick: f.quick, Runs: 5, Duration: 5 * time.Second}
 	if f.quick {
-		opts.Runs = 3
-		opts.Duration = 500 * time.Millisecond
-		opts.ScaleDuration = 250 * time.Millisecond
-		opts.PublishOneRepeats = 1
+		opts = quickBenchOptions()
 	}
 	if cmd.Flags().Changed("runs") {
 		if f.runs < 1 {
@@ -127,4 +124,16 @@ func writeFile(path string, write func(w io.Writer) error) error {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil
+}
+
+// quickBenchOptions are the settings of `bpfnet bench --quick`, which the
+// demo uses too.
+func quickBenchOptions() bench.Options {
+	return bench.Options{
+		Quick:             true,
+		Runs:              3,
+		Duration:          500 * time.Millisecond,
+		ScaleDuration:     250 * time.Millisecond,
+		PublishOneRepeats: 1,
+	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/bpfnet/bpfnet/bench"
 	"github.com/bpfnet/bpfnet/datapath"
 	"github.com/bpfnet/bpfnet/lab"
 	"github.com/bpfnet/bpfnet/loader"
@@ -21,7 +22,8 @@ import (
 )
 
 func newDemoCmd() *cobra.Command {
-	return &cobra.Command{
+	var compare bool
+	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Build a namespace lab, run the eBPF datapath in it and show what it does",
 		Long: `demo builds a Docker-like lab in network namespaces (a host with a bridge,
@@ -29,9 +31,33 @@ two containers serving HTTP, an external client), publishes the containers'
 ports with the eBPF datapath, and shows requests, masquerade, conntrack
 and counters. It touches nothing outside its namespaces and removes them.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDemo(cmd.Context(), cmd.OutOrStdout())
+			if err := runDemo(cmd.Context(), cmd.OutOrStdout()); err != nil {
+				return err
+			}
+			if !compare {
+				return nil
+			}
+			return demoCompare(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
+	cmd.Flags().BoolVar(&compare, "compare", true, "end with a quick side-by-side measurement of iptables and eBPF (about a minute)")
+	return cmd
+}
+
+// demoCompare runs the quick benchmark for Docker's iptables rules and
+// bpfnet's eBPF datapath and prints the table.
+func demoCompare(ctx context.Context, out, progress io.Writer) error {
+	fmt.Fprintf(out, "\n== Side by side with Docker's iptables rules: bpfnet bench --quick --mode iptables --mode ebpf\n")
+	fmt.Fprintln(out, "(each mode in a fresh lab; medians of 3 short runs on this machine; `sudo make bench` runs the full comparison)")
+	opts := quickBenchOptions()
+	opts.Modes = []bench.Mode{bench.ModeIptables, bench.ModeEBPF}
+	opts.Progress = progress
+	opts.Command = "bpfnet demo"
+	rep, err := bench.Run(ctx, opts)
+	if err != nil {
+		return fmt.Errorf("comparing with iptables: %w", err)
+	}
+	return rep.WriteTable(out)
 }
 
 // serveHTTP answers in ns with who the server is and who it saw.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -15,9 +16,15 @@ import (
 // left behind.
 func TestDemo(t *testing.T) {
 	requireRoot(t)
+	// The real command, as make demo runs it: the comparison's load
+	// generators are subcommands of the binary.
+	bin := buildBinary(t)
 	var out bytes.Buffer
-	if err := runDemo(context.Background(), &out); err != nil {
-		t.Fatalf("demo: %v\n%s", err, out.String())
+	cmd := exec.CommandContext(context.Background(), bin, "demo")
+	cmd.Stdout = &out
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("bpfnet demo: %v\n%s", err, out.String())
 	}
 	text := out.String()
 	for _, want := range []*regexp.Regexp{
@@ -29,6 +36,8 @@ func TestDemo(t *testing.T) {
 		regexp.MustCompile(`bpfnet_container_receive_bytes_total\{container="web1",interface="\w+"\} [1-9]\d*`),
 		regexp.MustCompile(`bpfnet_published_port_connections_total\{container="web2",host_ip="0\.0\.0\.0",host_port="8081",protocol="tcp"\} 1`),
 		regexp.MustCompile(`drops: 0`),
+		regexp.MustCompile(`Side by side with Docker's iptables rules`),
+		regexp.MustCompile(`(?m)^TCP_CRR.*\d`),
 	} {
 		if !want.MatchString(text) {
 			t.Errorf("demo output lacks %s", want)
