@@ -9,20 +9,12 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/bpfnet/bpfnet/lab"
 )
 
-// requireRoot skips a test that needs root, except in CI, where skipping
-// would hide untested work: there it fails.
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root, and CI runs as root")
-	}
-	t.Skip("needs root")
-}
+// requireRoot: see lab.RequireRoot.
+var requireRoot = lab.RequireRoot
 
 // TestQuickBench builds bpfnet and runs `bpfnet bench --quick` as CI does,
 // then checks the JSON for shape: every run of every mode has a non-zero

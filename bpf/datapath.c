@@ -54,19 +54,6 @@ static __always_inline struct port_target *published_lookup(struct port_key *k)
 	return bpf_map_lookup_elem(&published, k);
 }
 
-static __always_inline void count_port_conn(const struct port_key *k)
-{
-	__u64 *v = bpf_map_lookup_elem(&port_conns, k);
-
-	if (v) {
-		*v += 1;
-	} else {
-		__u64 one = 1;
-
-		bpf_map_update_elem(&port_conns, k, &one, BPF_NOEXIST);
-	}
-}
-
 static __always_inline int apply(struct __sk_buff *ctx, struct pkt *p, const struct ct_entry *e)
 {
 	return rewrite(ctx, p, e->nsaddr, e->ndaddr, e->nsport, e->ndport);
@@ -210,11 +197,7 @@ int from_netdev(struct __sk_buff *ctx)
 	if (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport)
 		goto unknown;
 
-	e = ct_lookup(&p.t, CT_AT_FROM_NETDEV, now);
-	if (e && ct_reopened(e, &p)) {
-		ct_delete_pair(&p.t, e);
-		e = 0;
-	}
+	e = ct_lookup_flow(&p, CT_AT_FROM_NETDEV, now);
 	if (e) {
 		ct_touch(&p.t, e, &p, now);
 		if (apply(ctx, &p, e) < 0)
@@ -297,11 +280,7 @@ int to_netdev(struct __sk_buff *ctx)
 	if (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport)
 		return TC_ACT_OK;
 
-	e = ct_lookup(&p.t, CT_AT_TO_NETDEV, now);
-	if (e && ct_reopened(e, &p)) {
-		ct_delete_pair(&p.t, e);
-		e = 0;
-	}
+	e = ct_lookup_flow(&p, CT_AT_TO_NETDEV, now);
 	if (e) {
 		ct_touch(&p.t, e, &p, now);
 		if (apply(ctx, &p, e) < 0)
@@ -409,11 +388,7 @@ int from_container(struct __sk_buff *ctx)
 		goto plain;
 
 	src = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
-	e = ct_lookup(&p.t, CT_AT_FROM_CONTAINER, now);
-	if (e && ct_reopened(e, &p)) {
-		ct_delete_pair(&p.t, e);
-		e = 0;
-	}
+	e = ct_lookup_flow(&p, CT_AT_FROM_CONTAINER, now);
 	if (!e) {
 		/* Hairpin: a container to a published port of the host. */
 		struct port_key pk = {.addr = p.t.daddr, .port = p.t.dport, .proto = p.t.proto};

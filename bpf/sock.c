@@ -122,19 +122,6 @@ static __always_inline struct port_target *sock_lookup(struct port_key *k)
 	return bpf_map_lookup_elem(&published, k);
 }
 
-static __always_inline void sock_count_conn(const struct port_key *k)
-{
-	__u64 *v = bpf_map_lookup_elem(&port_conns, k);
-
-	if (v) {
-		*v += 1;
-	} else {
-		__u64 one = 1;
-
-		bpf_map_update_elem(&port_conns, k, &one, BPF_NOEXIST);
-	}
-}
-
 /* sock_xlate translates a destination of a connect or sendmsg: when
  * (*daddr, *dport) is a published port it records the reverse translation,
  * replaces them with the container's address and port and returns 1. */
@@ -171,7 +158,7 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, __be32 *daddr, 
 	if (!old || old->addr != rv.addr || old->port != rv.port) {
 		/* A failed update only costs the reverse translation. */
 		bpf_map_update_elem(&sock_rev4, &rk, &rv, BPF_ANY);
-		sock_count_conn(&k);
+		count_port_conn(&k);
 	}
 	*daddr = t->addr;
 	*dport = t->port;

@@ -489,19 +489,8 @@ func (u *undoLog) run() error {
 
 // syncMap turns m from have into want, logging how to undo each write.
 func syncMap[K comparable, V comparable](undo *undoLog, m *ebpf.Map, have, want map[K]V) error {
-	for k, v := range want {
-		old, existed := have[k]
-		if existed && old == v {
-			continue
-		}
-		if err := m.Put(k, v); err != nil {
-			return err
-		}
-		if existed {
-			*undo = append(*undo, func() error { return m.Put(k, old) })
-		} else {
-			*undo = append(*undo, func() error { return ignoreMissing(m.Delete(k)) })
-		}
+	if err := syncMapPart(undo, m, have, want); err != nil {
+		return err
 	}
 	for k, old := range have {
 		if _, ok := want[k]; ok {

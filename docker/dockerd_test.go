@@ -29,18 +29,8 @@ import (
 	"github.com/bpfnet/bpfnet/loader"
 )
 
-// requireRoot skips a test that needs root, except in CI, where skipping
-// would hide untested work: there it fails.
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root, and CI runs as root")
-	}
-	t.Skip("needs root")
-}
+// requireRoot: see lab.RequireRoot.
+var requireRoot = lab.RequireRoot
 
 // requireTools fails (in CI) or skips the test when a program is missing.
 func requireTools(t testing.TB, names ...string) {

@@ -37,6 +37,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"os"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -488,4 +489,18 @@ func buildContainer(host, cns *nsHandle, cp containerPlan, br *Bridge, mtu int) 
 		MAC:           eth0.Attrs().HardwareAddr,
 		Index:         eth0.Attrs().Index,
 	}, nil
+}
+
+// RequireRoot skips a test that needs root, except in CI (CI=true), where
+// skipping would hide untested work: there it fails. Every package's root
+// tests use it.
+func RequireRoot(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		tb.Fatal("this test needs root, and CI runs as root: refusing to skip")
+	}
+	tb.Skip("needs root")
 }

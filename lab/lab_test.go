@@ -55,18 +55,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// requireRoot skips the test when not root, except in CI where the tests
-// must run: there it fails.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root and CI=true: refusing to skip")
-	}
-	t.Skip("this test needs root")
-}
+// requireRoot: see lab.RequireRoot.
+var requireRoot = RequireRoot
 
 // ---- Unit tests (no root) ----
 

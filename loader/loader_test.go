@@ -22,20 +22,12 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/bpfnet/bpfnet/lab"
 )
 
-// requireRoot skips the test when not root, except under CI where a skip
-// would hide that nothing was tested.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("these tests need root (CI=true: not skipping)")
-	}
-	t.Skip("needs root")
-}
+// requireRoot: see lab.RequireRoot.
+var requireRoot = lab.RequireRoot
 
 const (
 	testPort = 4242

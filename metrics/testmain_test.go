@@ -1,23 +1,14 @@
 package metrics
 
 import (
-	"os"
 	"os/exec"
 	"testing"
+
+	"github.com/bpfnet/bpfnet/lab"
 )
 
-// requireRoot skips a test that needs root, except in CI, where skipping
-// would hide untested work: there it fails.
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root, and CI runs as root")
-	}
-	t.Skip("needs root")
-}
+// requireRoot: see lab.RequireRoot.
+var requireRoot = lab.RequireRoot
 
 // requireTool fails the test when a program it runs is not installed.
 func requireTool(t testing.TB, name string) string {

@@ -80,6 +80,20 @@ static __always_inline int ct_reopened(const struct ct_entry *e, const struct pk
 	       (e->tcp_seen & (TCPF_FIN | TCPF_RST));
 }
 
+/* ct_lookup_flow returns the live entry of the packet's flow that hook
+ * `at` applies; a TCP SYN on a closed flow's tuple drops the old entries,
+ * so the connection starts afresh. */
+static __always_inline struct ct_entry *ct_lookup_flow(const struct pkt *p, __u8 at, __u64 now)
+{
+	struct ct_entry *e = ct_lookup(&p->t, at, now);
+
+	if (e && ct_reopened(e, p)) {
+		ct_delete_pair(&p->t, e);
+		return 0;
+	}
+	return e;
+}
+
 /* ct_touch accounts a packet to its entry and extends the entry's life.
  * It also looks the other half of the flow up, which keeps both halves
  * recently used in the LRU, and restores that half if it was evicted, or

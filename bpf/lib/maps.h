@@ -247,3 +247,17 @@ static __always_inline void count_if(__u32 ifindex, __u32 len, int rx)
 		s->tx_bytes += len;
 	}
 }
+
+/* count_port_conn counts a new flow of a published port. */
+static __always_inline void count_port_conn(const struct port_key *k)
+{
+	__u64 *v = bpf_map_lookup_elem(&port_conns, k);
+
+	if (v) {
+		*v += 1;
+	} else {
+		__u64 one = 1;
+
+		bpf_map_update_elem(&port_conns, k, &one, BPF_NOEXIST);
+	}
+}

@@ -18,16 +18,8 @@ import (
 	"github.com/bpfnet/bpfnet/lab"
 )
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root, and CI runs as root")
-	}
-	t.Skip("needs root")
-}
+// requireRoot: see lab.RequireRoot.
+var requireRoot = lab.RequireRoot
 
 // buildBinary builds bpfnet for tests that run it as a process.
 func buildBinary(t *testing.T) string {
