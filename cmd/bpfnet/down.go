@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/bpfnet/bpfnet/datapath"
 	"github.com/bpfnet/bpfnet/loader"
 )
 
@@ -18,6 +19,15 @@ func newDownCmd() *cobra.Command {
 			if _, err := os.Stat(pinPath); os.IsNotExist(err) {
 				fmt.Fprintf(cmd.OutOrStdout(), "nothing pinned at %s\n", pinPath)
 				return nil
+			}
+			if _, err := os.Stat(iptablesMarker(pinPath)); err == nil {
+				dp, err := datapath.NewIptables(datapath.IptablesOptions{})
+				if err == nil {
+					err = dp.Remove()
+				}
+				if err != nil {
+					return fmt.Errorf("removing the iptables rules: %w", err)
+				}
 			}
 			if err := loader.DetachAll(pinPath); err != nil {
 				return err

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -44,6 +45,7 @@ type runFlags struct {
 	hostSockets bool
 	cgroupPath  string
 	docker      string
+	datapath    string
 }
 
 func newRunCmd() *cobra.Command {
@@ -72,6 +74,7 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 	fl.StringVar(&f.attach, "attach", "auto", "attach mechanism: auto (tcx, else clsact), tcx or legacy")
 	fl.DurationVar(&f.gcInterval, "gc-interval", 10*time.Second, "how often expired connection-tracking entries are collected")
 	fl.StringVar(&f.metrics, "metrics-addr", "127.0.0.1:9475", "address of the Prometheus /metrics endpoint (\"\" turns it off)")
+	fl.StringVar(&f.datapath, "datapath", "ebpf", "datapath: ebpf, or iptables (rules shaped like Docker's, for comparison)")
 	fl.StringVar(&f.docker, "docker", "", "follow Docker: containers, networks and port bindings from the Engine API (--docker alone: DOCKER_HOST or the default socket; or --docker=unix:///path)")
 	fl.Lookup("docker").NoOptDefVal = "default"
 	fl.BoolVar(&f.hostSockets, "host-sockets", true, "serve published ports to the host's own processes (docker-proxy's job) with cgroup programs")
@@ -120,6 +123,9 @@ func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
 		if _, err := netip.ParsePrefix(c); err != nil {
 			return opts, nil, fmt.Errorf("invalid --masquerade %q: %w", c, err)
 		}
+	}
+	if f.datapath != "ebpf" && f.datapath != "iptables" {
+		return opts, nil, fmt.Errorf("invalid --datapath %q: want ebpf or iptables", f.datapath)
 	}
 	if f.metrics != "" {
 		if _, _, err := net.SplitHostPort(f.metrics); err != nil {
@@ -248,6 +254,13 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 		}
 		defer metricsLn.Close()
 	}
+	if f.datapath == "iptables" {
+		if metricsLn != nil {
+			metricsLn.Close()
+			slog.Warn("no metrics with the iptables datapath: its counters are iptables'")
+		}
+		return runIptables(ctx, f, ports, fromDocker, state)
+	}
 	_, statErr := os.Stat(f.pinPath)
 	fresh := errors.Is(statErr, os.ErrNotExist)
 	dp, err := datapath.NewEBPF(opts)
@@ -372,4 +385,56 @@ func metricsMux(reg *prometheus.Registry) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", metrics.Handler(reg))
 	return mux
+}
+
+// iptablesMarker marks, under the pin path, that the iptables datapath
+// holds rules, so that `bpfnet down` removes them (bpffs takes folders,
+// not files).
+func iptablesMarker(pinPath string) string { return filepath.Join(pinPath, "iptables") }
+
+// runIptables is the daemon with the iptables datapath: Docker-shaped rules
+// for the same state, kept in step the same way. Stopping it leaves the
+// rules; `bpfnet down` removes them.
+func runIptables(ctx context.Context, f *runFlags, ports []datapath.PortMapping, fromDocker *datapath.State, state datapath.State) error {
+	dp, err := datapath.NewIptables(datapath.IptablesOptions{})
+	if err != nil {
+		return err
+	}
+	if err := dp.Apply(ctx, state); err != nil {
+		return fmt.Errorf("applying the iptables datapath: %w", err)
+	}
+	if err := os.MkdirAll(iptablesMarker(f.pinPath), 0o700); err != nil {
+		return errors.Join(fmt.Errorf("marking the iptables datapath: %w", err), dp.Remove())
+	}
+	slog.Info("datapath attached", "datapath", "iptables", "bridges", bridgesOf(state), "ports", len(state.Ports))
+	changed := make(chan struct{}, 1)
+	poke := func(netlink.Link) {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
+	go func() {
+		for ctx.Err() == nil {
+			if err := loader.WatchLinks(ctx, netns.None(), bridgesOf(state), poke, poke); err != nil {
+				slog.Warn("watching links", "error", err)
+				time.Sleep(time.Second)
+			}
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			slog.Info("stopping; the rules stay (bpfnet down removes them)")
+			return nil
+		case <-changed:
+			s, err := desired(f, ports, fromDocker)
+			if err == nil {
+				err = dp.Apply(ctx, s)
+			}
+			if err != nil {
+				slog.Warn("resync", "error", err)
+			}
+		}
+	}
 }

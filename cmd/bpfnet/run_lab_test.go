@@ -519,3 +519,75 @@ func TestTwoDaemons(t *testing.T) {
 		t.Errorf("after %s went down, localhost in %s reached %q", a.name, b.name, got)
 	}
 }
+
+// TestRunIptables runs the daemon with the iptables datapath: the same
+// published port answers through Docker-shaped rules, and `bpfnet down`
+// removes exactly them.
+func TestRunIptables(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t)
+	topo := lab.Setup(t, lab.Config{Containers: []lab.ContainerConfig{{}}})
+	c0, ext := topo.Containers[0], topo.Externals[0]
+	pin, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-ipt-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(pin)
+	t.Cleanup(func() {
+		topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).Run()
+		os.RemoveAll(pin)
+	})
+	ln, err := c0.ListenTCP(c0.Addr.String() + ":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP)
+			c.Close()
+		}
+	}()
+	cmd := topo.Host.Command(context.Background(), bin, "run", "--datapath", "iptables", "--pin-path", pin,
+		"--bridge", topo.Bridges[0].Name, "--uplink", ext.Uplink, "--publish", fmt.Sprintf("8080:%s:80", c0.Addr))
+	ready := readyWatch(t, cmd)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	c, err := ext.DialTCP(ctx, ext.HostAddr.String()+":8080")
+	if err != nil {
+		t.Fatalf("published port through iptables: %v", err)
+	}
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	c.Close()
+	if strings.TrimSpace(line) != ext.Addr.String() {
+		t.Errorf("container saw %q, want the client %s", line, ext.Addr)
+	}
+	save := func() string {
+		out, err := topo.Host.Command(context.Background(), "iptables-save").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out)
+	}
+	if s := save(); !strings.Contains(s, "BPFNET-DOCKER") || !strings.Contains(s, "--dport 8080 -j DNAT") {
+		t.Errorf("iptables-save lacks the DNAT rule:\n%s", s)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("bpfnet run: %v", err)
+	}
+	if out, err := topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).CombinedOutput(); err != nil {
+		t.Fatalf("bpfnet down: %v %s", err, out)
+	}
+	if s := save(); strings.Contains(s, "BPFNET") || strings.Contains(s, "-A ") {
+		t.Errorf("rules left after bpfnet down:\n%s", s)
+	}
+}
