@@ -41,34 +41,9 @@ func TestRunInLab(t *testing.T) {
 	bin := buildBinary(t)
 	topo := lab.Setup(t, lab.Config{Containers: []lab.ContainerConfig{{}}})
 	c0, ext := topo.Containers[0], topo.Externals[0]
-	pin, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-run-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Remove(pin) // bpfnet run creates it
-	t.Cleanup(func() {
-		topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).Run()
-		os.RemoveAll(pin)
-	})
+	pin := pinPath(t, topo, bin, "bpfnet-run-test-")
 
-	ln, err := c0.ListenTCP(c0.Addr.String() + ":80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP)
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	greetServer(t, &c0.Namespace, c0.Addr.String()+":80", true)
 
 	start := func() *exec.Cmd {
 		cmd := topo.Host.Command(context.Background(), bin, "run", "--pin-path", pin,
@@ -242,15 +217,7 @@ func TestRunFollowsLinks(t *testing.T) {
 	topo := lab.Setup(t, lab.Config{Containers: []lab.ContainerConfig{{}}})
 	ext := topo.Externals[0]
 	br := topo.Bridges[0]
-	pin, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-run-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Remove(pin)
-	t.Cleanup(func() {
-		topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).Run()
-		os.RemoveAll(pin)
-	})
+	pin := pinPath(t, topo, bin, "bpfnet-run-test-")
 	newAddr := br.Subnet.IP.To4()
 	newAddr = net.IPv4(newAddr[0], newAddr[1], newAddr[2], 99)
 	cmd := topo.Host.Command(context.Background(), bin, "run", "--pin-path", pin,
@@ -285,21 +252,7 @@ func TestRunFollowsLinks(t *testing.T) {
 	sh("ip", "-n", ns, "link", "set", "lo", "up")
 	sh("ip", "-n", ns, "route", "add", "default", "via", br.Gateway.String())
 	late := lab.Namespace{Name: ns, Path: "/run/netns/" + ns}
-	ln, err := late.ListenTCP(newAddr.String() + ":80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP)
-			c.Close()
-		}
-	}()
+	greetServer(t, &late, newAddr.String()+":80", false)
 
 	pinFile := filepath.Join(pin, "devices", veth, "links", "ingress_from_container")
 	began := time.Now()
@@ -528,30 +481,8 @@ func TestRunIptables(t *testing.T) {
 	bin := buildBinary(t)
 	topo := lab.Setup(t, lab.Config{Containers: []lab.ContainerConfig{{}}})
 	c0, ext := topo.Containers[0], topo.Externals[0]
-	pin, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-ipt-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Remove(pin)
-	t.Cleanup(func() {
-		topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).Run()
-		os.RemoveAll(pin)
-	})
-	ln, err := c0.ListenTCP(c0.Addr.String() + ":80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP)
-			c.Close()
-		}
-	}()
+	pin := pinPath(t, topo, bin, "bpfnet-ipt-")
+	greetServer(t, &c0.Namespace, c0.Addr.String()+":80", false)
 	cmd := topo.Host.Command(context.Background(), bin, "run", "--datapath", "iptables", "--pin-path", pin,
 		"--bridge", topo.Bridges[0].Name, "--uplink", ext.Uplink, "--publish", fmt.Sprintf("8080:%s:80", c0.Addr))
 	ready := readyWatch(t, cmd)
@@ -590,4 +521,46 @@ func TestRunIptables(t *testing.T) {
 	if s := save(); strings.Contains(s, "BPFNET") || strings.Contains(s, "-A ") {
 		t.Errorf("rules left after bpfnet down:\n%s", s)
 	}
+}
+
+// pinPath names a pin folder that does not exist yet (bpfnet run creates
+// it) and has `bpfnet down` remove it after the test, whatever happened.
+func pinPath(t *testing.T, topo *lab.Topology, bin, pattern string) string {
+	t.Helper()
+	pin, err := os.MkdirTemp("/sys/fs/bpf", pattern)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(pin)
+	t.Cleanup(func() {
+		topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).Run()
+		os.RemoveAll(pin)
+	})
+	return pin
+}
+
+// greetServer serves TCP in ns on addr: each connection gets the client's
+// address as the server saw it, then (with echo) the echo of what it sends.
+func greetServer(t *testing.T, ns *lab.Namespace, addr string, echo bool) {
+	t.Helper()
+	ln, err := ns.ListenTCP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP)
+				if echo {
+					io.Copy(c, c)
+				}
+			}()
+		}
+	}()
 }
