@@ -457,7 +457,8 @@ func (e *env) controlPlane(ctx context.Context, set func(string, float64), fail 
 
 	extra := datapath.PortMapping{Proto: datapath.TCP, HostPort: controlBase - 1, ContainerIP: c, ContainerPort: controlBase - 1, Container: "c0"}
 	one := e.ports(append(slices.Clone(rng), extra))
-	var pub, rem []float64
+	publishOne := func() (float64, error) { return e.timedApply(ctx, one) }
+	removeOne := func() (float64, error) { return e.timedApply(ctx, full) }
 	if pp, ok := e.dp.(datapath.PortPublisher); ok {
 		// What the daemon does on a Docker event: the one port, not the
 		// whole state.
@@ -466,30 +467,17 @@ func (e *env) controlPlane(ctx context.Context, set func(string, float64), fail 
 			err := f(extra)
 			return float64(time.Since(start).Nanoseconds()) / 1e6, err
 		}
-		for range e.opts.PublishOneRepeats {
-			p, err := timed(pp.PublishPorts)
-			if err != nil {
-				fail(fmt.Errorf("publishing one port: %w", err), KeyPublishOne, KeyRemoveOne)
-				return
-			}
-			r, err := timed(pp.UnpublishPorts)
-			if err != nil {
-				fail(fmt.Errorf("removing one port: %w", err), KeyPublishOne, KeyRemoveOne)
-				return
-			}
-			pub, rem = append(pub, p), append(rem, r)
-		}
-		set(KeyPublishOne, Summarize(pub).Median)
-		set(KeyRemoveOne, Summarize(rem).Median)
-		return
+		publishOne = func() (float64, error) { return timed(pp.PublishPorts) }
+		removeOne = func() (float64, error) { return timed(pp.UnpublishPorts) }
 	}
+	var pub, rem []float64
 	for range e.opts.PublishOneRepeats {
-		p, err := e.timedApply(ctx, one)
+		p, err := publishOne()
 		if err != nil {
 			fail(fmt.Errorf("publishing one port: %w", err), KeyPublishOne, KeyRemoveOne)
 			return
 		}
-		r, err := e.timedApply(ctx, full)
+		r, err := removeOne()
 		if err != nil {
 			fail(fmt.Errorf("removing one port: %w", err), KeyPublishOne, KeyRemoveOne)
 			return

@@ -673,10 +673,7 @@ func readCgroupTraffic(m *ebpf.Map) (map[CgroupCounterKey]Traffic, error) {
 	for it.Next(&k, &vals) {
 		var t Traffic
 		for _, v := range vals {
-			t.RxPackets += v.RxPackets
-			t.RxBytes += v.RxBytes
-			t.TxPackets += v.TxPackets
-			t.TxBytes += v.TxBytes
+			t.add(bpfTraffic(v))
 		}
 		out[CgroupCounterKey{Account: k.Account, Ifindex: k.Ifindex}] = t
 	}
@@ -705,20 +702,7 @@ func writeContainerRecord(pinPath string, r ContainerRecord) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("creating %s: %w", dir, err)
 	}
-	p := filepath.Join(dir, "info")
-	if old, err := os.Readlink(p); err == nil && old == string(data) {
-		return nil
-	}
-	tmp := filepath.Join(dir, "tmp-info")
-	os.Remove(tmp)
-	if err := os.Symlink(string(data), tmp); err != nil {
-		return fmt.Errorf("writing record %s: %w", p, err)
-	}
-	if err := os.Rename(tmp, p); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("writing record %s: %w", p, err)
-	}
-	return nil
+	return loader.WriteRecord(filepath.Join(dir, "info"), data)
 }
 
 // ReadContainerRecords lists the containers without a veth of their own

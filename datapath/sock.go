@@ -344,18 +344,14 @@ func ReadSockStats(pinPath string) (map[SockStat]uint64, error) {
 }
 
 func readSockStats(m *ebpf.Map) (map[SockStat]uint64, error) {
+	sums, err := sumArray(m, sockStatMax)
+	if err != nil {
+		return nil, fmt.Errorf("reading sock counters: %w", err)
+	}
 	out := map[SockStat]uint64{}
-	for i := SockStat(0); i < sockStatMax; i++ {
-		var per []uint64
-		if err := m.Lookup(uint32(i), &per); err != nil {
-			return nil, fmt.Errorf("reading sock counter %s: %w", i, err)
-		}
-		var sum uint64
-		for _, v := range per {
-			sum += v
-		}
-		if _, named := sockStatNames[i]; named || sum > 0 {
-			out[i] = sum
+	for i, sum := range sums {
+		if _, named := sockStatNames[SockStat(i)]; named || sum > 0 {
+			out[SockStat(i)] = sum
 		}
 	}
 	return out, nil

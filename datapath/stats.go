@@ -100,6 +100,15 @@ type Traffic struct {
 	RxPackets, RxBytes, TxPackets, TxBytes uint64
 }
 
+// add sums one CPU's counters in (the TC and cgroup programs' counters
+// have one layout).
+func (t *Traffic) add(v bpfTraffic) {
+	t.RxPackets += v.RxPackets
+	t.RxBytes += v.RxBytes
+	t.TxPackets += v.TxPackets
+	t.TxBytes += v.TxBytes
+}
+
 func sumArray(m *ebpf.Map, n int) ([]uint64, error) {
 	out := make([]uint64, n)
 	var vals []uint64
@@ -149,10 +158,7 @@ func (d *EBPF) Traffic() (map[uint32]Traffic, error) {
 	for it.Next(&k, &vals) {
 		var t Traffic
 		for _, v := range vals {
-			t.RxPackets += v.RxPackets
-			t.RxBytes += v.RxBytes
-			t.TxPackets += v.TxPackets
-			t.TxBytes += v.TxBytes
+			t.add(v)
 		}
 		out[k] = t
 	}

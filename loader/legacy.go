@@ -66,6 +66,17 @@ func writeRecord(path string, rec legacyRecord) error {
 	if err != nil {
 		return err
 	}
+	return WriteRecord(path, data)
+}
+
+// WriteRecord stores data at path in bpffs, which takes folders, pins and
+// symbolic links but no regular files: as the target of a symbolic link,
+// replaced atomically (a temporary link renamed over it), and not at all
+// when it holds data already.
+func WriteRecord(path string, data []byte) error {
+	if old, err := os.Readlink(path); err == nil && old == string(data) {
+		return nil
+	}
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("creating %s: %w", dir, err)

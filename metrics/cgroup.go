@@ -57,12 +57,7 @@ func (c *Collector) cgroupTraffic(st datapath.State) ([]prometheus.Metric, error
 			label(containerName(e.Container)), label(shortID(e.ContainerID)), label(e.Network), label(e.Interface),
 			label(e.Labels[LabelComposeProject]), label(e.Labels[LabelComposeService]),
 		}
-		out = append(out,
-			prometheus.MustNewConstMetric(c.rxBytes, prometheus.CounterValue, float64(t.RxBytes), lv...),
-			prometheus.MustNewConstMetric(c.txBytes, prometheus.CounterValue, float64(t.TxBytes), lv...),
-			prometheus.MustNewConstMetric(c.rxPackets, prometheus.CounterValue, float64(t.RxPackets), lv...),
-			prometheus.MustNewConstMetric(c.txPackets, prometheus.CounterValue, float64(t.TxPackets), lv...),
-		)
+		out = append(out, c.trafficSeries(t, lv)...)
 	}
 	return out, nil
 }

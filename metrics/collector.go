@@ -244,12 +244,7 @@ func (c *Collector) traffic(st datapath.State, atts []loader.Attachment) ([]prom
 			label(containerName(e.Container)), label(shortID(e.ContainerID)), label(e.Network), label(e.HostVeth),
 			label(e.Labels[LabelComposeProject]), label(e.Labels[LabelComposeService]),
 		}
-		out = append(out,
-			prometheus.MustNewConstMetric(c.rxBytes, prometheus.CounterValue, float64(t.RxBytes), lv...),
-			prometheus.MustNewConstMetric(c.txBytes, prometheus.CounterValue, float64(t.TxBytes), lv...),
-			prometheus.MustNewConstMetric(c.rxPackets, prometheus.CounterValue, float64(t.RxPackets), lv...),
-			prometheus.MustNewConstMetric(c.txPackets, prometheus.CounterValue, float64(t.TxPackets), lv...),
-		)
+		out = append(out, c.trafficSeries(t, lv)...)
 	}
 	return out, nil
 }
@@ -368,4 +363,15 @@ func (c *Collector) attachedGauges(atts []loader.Attachment, err error) ([]prome
 			label(a.Interface), a.Direction.String(), label(a.Program), a.Mode.String()))
 	}
 	return out, nil
+}
+
+// trafficSeries are the four traffic counters of one container, with its
+// label values lv.
+func (c *Collector) trafficSeries(t datapath.Traffic, lv []string) []prometheus.Metric {
+	return []prometheus.Metric{
+		prometheus.MustNewConstMetric(c.rxBytes, prometheus.CounterValue, float64(t.RxBytes), lv...),
+		prometheus.MustNewConstMetric(c.txBytes, prometheus.CounterValue, float64(t.TxBytes), lv...),
+		prometheus.MustNewConstMetric(c.rxPackets, prometheus.CounterValue, float64(t.RxPackets), lv...),
+		prometheus.MustNewConstMetric(c.txPackets, prometheus.CounterValue, float64(t.TxPackets), lv...),
+	}
 }
