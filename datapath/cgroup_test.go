@@ -239,25 +239,11 @@ func (l *cgroupLab) apply(t *testing.T, extra State) {
 // answers `out` bytes and closes.
 func sinkServer(t *testing.T, ns *lab.Namespace, addr string, in, out int) string {
 	t.Helper()
-	ln, err := ns.ListenTCP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				io.CopyN(io.Discard, c, int64(in))
-				c.Write(bytes.Repeat([]byte{'x'}, out))
-			}()
-		}
-	}()
+	ln := ns.ServeTCP(t, addr, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.CopyN(io.Discard, c, int64(in))
+		c.Write(bytes.Repeat([]byte{'x'}, out))
+	})
 	return ln.Addr().String()
 }
 

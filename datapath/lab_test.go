@@ -88,24 +88,10 @@ func startLabWith(t *testing.T, cfg lab.Config, opts Options, publish ...string)
 // address as the server saw it, then the echo of what it sends.
 func echoTCP(t *testing.T, ns *lab.Namespace, addr string) {
 	t.Helper()
-	ln, err := ns.ListenTCP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP)
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	ns.ServeTCP(t, addr, func(c net.Conn) {
+		fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP)
+		io.Copy(c, c)
+	})
 }
 
 // echoUDP answers every datagram with the sender's address.

@@ -396,26 +396,12 @@ type extSinkConn struct {
 
 func (m *modesLab) sink() *extSink {
 	m.t.Helper()
-	ln, err := m.ext.ListenTCP(net.JoinHostPort(m.ext.Addr.String(), "0"))
-	if err != nil {
-		m.t.Fatal(err)
-	}
-	m.t.Cleanup(func() { ln.Close() })
-	s := &extSink{ln: ln, seen: make(chan extSinkConn, 16)}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				n, _ := io.Copy(io.Discard, c)
-				s.seen <- extSinkConn{netip.MustParseAddrPort(c.RemoteAddr().String()), n}
-			}()
-		}
-	}()
+	s := &extSink{seen: make(chan extSinkConn, 16)}
+	s.ln = m.ext.ServeTCP(m.t, net.JoinHostPort(m.ext.Addr.String(), "0"), func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		n, _ := io.Copy(io.Discard, c)
+		s.seen <- extSinkConn{netip.MustParseAddrPort(c.RemoteAddr().String()), n}
+	})
 	return s
 }
 

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+	"testing"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -120,6 +121,32 @@ func (n *Namespace) ListenTCP(addr string) (*net.TCPListener, error) {
 		return nil, fmt.Errorf("listening on tcp %s in namespace %s: %w", addr, n.Name, err)
 	}
 	return l.(*net.TCPListener), nil
+}
+
+// ServeTCP listens inside the namespace on addr (for tests and demos) and
+// runs handle for every connection, each in its own goroutine, closing the
+// connection after. The listener is closed when tb ends; a listen error
+// fails tb.
+func (n *Namespace) ServeTCP(tb testing.TB, addr string, handle func(net.Conn)) *net.TCPListener {
+	tb.Helper()
+	ln, err := n.ListenTCP(addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln
 }
 
 // DialTCP connects from inside the namespace to addr ("ip:port").

@@ -126,30 +126,16 @@ func (l *labDatapath) registry() *prometheus.Registry {
 func (l *labDatapath) sinkServer(t *testing.T) {
 	t.Helper()
 	c0 := l.topo.Containers[0]
-	ln, err := c0.ListenTCP(net.JoinHostPort(c0.Addr.String(), "80"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				n, err := io.Copy(io.Discard, c)
-				if err != nil {
-					return
-				}
-				c.Write(make([]byte, n))
-				c.(*net.TCPConn).CloseWrite()
-				io.Copy(io.Discard, c) // until the client closes: all sent is acked
-				l.serverRetrans.Store(retransmitted(c.(*net.TCPConn)))
-			}()
+	c0.ServeTCP(t, net.JoinHostPort(c0.Addr.String(), "80"), func(c net.Conn) {
+		n, err := io.Copy(io.Discard, c)
+		if err != nil {
+			return
 		}
-	}()
+		c.Write(make([]byte, n))
+		c.(*net.TCPConn).CloseWrite()
+		io.Copy(io.Discard, c) // until the client closes: all sent is acked
+		l.serverRetrans.Store(retransmitted(c.(*net.TCPConn)))
+	})
 }
 
 // dialPublished connects from the external namespace to the published

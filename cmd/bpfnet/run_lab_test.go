@@ -380,31 +380,9 @@ func TestTwoDaemons(t *testing.T) {
 	var sides []side
 	for _, name := range []string{"alpha", "beta"} {
 		topo := lab.Setup(t, lab.Config{Containers: []lab.ContainerConfig{{}}})
-		pin, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-two-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.Remove(pin)
-		t.Cleanup(func() {
-			topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).Run()
-			os.RemoveAll(pin)
-		})
+		pin := pinPath(t, topo, bin, "bpfnet-two-")
 		c0 := topo.Containers[0]
-		ln, err := c0.ListenTCP(c0.Addr.String() + ":80")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				fmt.Fprintf(c, "%s\n", name)
-				c.Close()
-			}
-		}()
+		c0.ServeTCP(t, c0.Addr.String()+":80", func(c net.Conn) { fmt.Fprintf(c, "%s\n", name) })
 		cmd := topo.Host.Command(context.Background(), bin, "run", "--pin-path", pin,
 			"--bridge", topo.Bridges[0].Name, "--uplink", topo.Externals[0].Uplink,
 			"--publish", fmt.Sprintf("8080:%s:80", c0.Addr), "--metrics-addr", "")
@@ -543,24 +521,10 @@ func pinPath(t *testing.T, topo *lab.Topology, bin, pattern string) string {
 // address as the server saw it, then (with echo) the echo of what it sends.
 func greetServer(t *testing.T, ns *lab.Namespace, addr string, echo bool) {
 	t.Helper()
-	ln, err := ns.ListenTCP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP)
-				if echo {
-					io.Copy(c, c)
-				}
-			}()
+	ns.ServeTCP(t, addr, func(c net.Conn) {
+		fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP)
+		if echo {
+			io.Copy(c, c)
 		}
-	}()
+	})
 }
