@@ -113,21 +113,7 @@ func isoDial(ns *lab.Namespace, addr string) (string, error) {
 // address and name, as the echo server does.
 func isoServe(t *testing.T, ns *lab.Namespace, addr, name string) {
 	t.Helper()
-	l, err := ns.ListenTCP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintf(c, "%s %s\n", c.RemoteAddr(), name)
-			c.Close()
-		}
-	}()
+	ns.ServeTCP(t, addr, func(c net.Conn) { fmt.Fprintf(c, "%s %s\n", c.RemoteAddr(), name) })
 }
 
 // isoNetsMap reads the datapath's pinned nets map: NET_F_* flags by
