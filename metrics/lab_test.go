@@ -39,7 +39,9 @@ type labDatapath struct {
 	pin   string
 	state datapath.State
 	// Bytes the last exchange's client and server sent again.
-	clientRetrans, serverRetrans atomic.Uint64
+	clientRetrans, serverRetrans uint64
+	// exch pairs the sink server with the exchange under way.
+	exch atomic.Pointer[exchangeSync]
 }
 
 const (
@@ -133,9 +135,24 @@ func (l *labDatapath) sinkServer(t *testing.T) {
 		}
 		c.Write(make([]byte, n))
 		c.(*net.TCPConn).CloseWrite()
-		io.Copy(io.Discard, c) // until the client closes: all sent is acked
-		l.serverRetrans.Store(retransmitted(c.(*net.TCPConn)))
+		x := l.exch.Load()
+		if x == nil {
+			return // plain traffic, not an exchange
+		}
+		// The client has read everything: what was resent is final.
+		select {
+		case <-x.read:
+		case <-time.After(20 * time.Second):
+		}
+		x.retrans <- retransmitted(c.(*net.TCPConn))
 	})
+}
+
+// exchangeSync tells the sink server that the client read the whole reply,
+// and the client how many bytes the server sent again.
+type exchangeSync struct {
+	read    chan struct{}
+	retrans chan uint64
 }
 
 // dialPublished connects from the external namespace to the published
@@ -151,6 +168,8 @@ func (l *labDatapath) exchange(t *testing.T, n int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	x := &exchangeSync{read: make(chan struct{}), retrans: make(chan uint64, 1)}
+	l.exch.Store(x)
 	c, err := l.dialPublished(ctx)
 	if err != nil {
 		t.Fatalf("dial published port: %v", err)
@@ -171,11 +190,12 @@ func (l *labDatapath) exchange(t *testing.T, n int) {
 	if err != nil || got != int64(n) {
 		t.Fatalf("reply: %d bytes, %v; want %d bytes", got, err, n)
 	}
-	l.clientRetrans.Store(retransmitted(c))
-	l.serverRetrans.Store(^uint64(0))
-	c.Close()
-	for deadline := time.Now().Add(5 * time.Second); l.serverRetrans.Load() == ^uint64(0) && time.Now().Before(deadline); {
-		time.Sleep(5 * time.Millisecond)
+	l.clientRetrans = retransmitted(c)
+	close(x.read)
+	select {
+	case l.serverRetrans = <-x.retrans:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the sink server never finished its side of the exchange")
 	}
 }
 
@@ -268,9 +288,9 @@ func TestLabTrafficCounters(t *testing.T) {
 					t.Errorf("%s: bytes rose by %d, more than the payload plus %d bytes for each of %d packets and %d retransmitted (%d)", dir, bytes, headerAllowance, pkts, retrans, limit)
 				}
 			}
-			retrans = l.clientRetrans.Load()
+			retrans = l.clientRetrans
 			check("receive", before.RxBytes, after.RxBytes, before.RxPackets, after.RxPackets)
-			retrans = l.serverRetrans.Load()
+			retrans = l.serverRetrans
 			check("transmit", before.TxBytes, after.TxBytes, before.TxPackets, after.TxPackets)
 
 			srv := httptest.NewServer(Handler(reg))
