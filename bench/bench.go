@@ -68,6 +68,13 @@ type Options struct {
 	// ClientCPU and ServerCPU are the cores load generators and servers
 	// are pinned to (default 0 and 1; both 0 on a single core).
 	ClientCPU, ServerCPU int
+	// Congestion is the TCP congestion control of the lab's endpoints
+	// (default CongestionAuto; see pickCongestion).
+	Congestion string
+	// AllowIdle lets idle CPUs enter their idle states during the run.
+	// By default Run holds /dev/cpu_dma_latency at 0 (see holdCPULatency)
+	// so that wake-ups cost the same small amount in every mode.
+	AllowIdle bool
 	// Progress receives a line per step (default io.Discard).
 	Progress io.Writer
 	// Command is recorded in the report.
@@ -120,6 +127,9 @@ func (o *Options) defaults() error {
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
+	if o.Congestion == "" {
+		o.Congestion = CongestionAuto
+	}
 	return nil
 }
 
@@ -143,6 +153,12 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if err := checkTools(); err != nil {
 		return nil, err
 	}
+	cc, err := pickCongestion(opts.Congestion)
+	if err != nil {
+		return nil, err
+	}
+	opts.Congestion = cc
+	fmt.Fprintf(opts.Progress, "TCP congestion control of the lab's endpoints: %s\n", cc)
 	rep := &Report{
 		Command: opts.Command,
 		Started: time.Now().UTC(),
@@ -153,12 +169,20 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 			Runs: opts.Runs, Quick: opts.Quick, DurationSec: opts.Duration.Seconds(),
 			ScaleDuration: opts.ScaleDuration.Seconds(), BulkSeconds: opts.BulkSeconds,
 			ClientCPU: opts.ClientCPU, ServerCPU: opts.ServerCPU, UDPSize: udpSize,
+			IdlePolling: !opts.AllowIdle, Congestion: cc,
 		},
 		Notes:     reportNotes,
 		Scenarios: Scenarios(),
 	}
 	if err := lab.Sweep(); err != nil {
 		return nil, fmt.Errorf("removing leftover labs: %w", err)
+	}
+	if !opts.AllowIdle {
+		release, err := holdCPULatency()
+		if err != nil {
+			return nil, fmt.Errorf("keeping idle CPUs polling (or allow idle states): %w", err)
+		}
+		defer release()
 	}
 	failed := 0
 	for run := 1; run <= opts.Runs; run++ {
@@ -538,6 +562,9 @@ func newEnv(ctx context.Context, opts *Options, m Mode) (*env, error) {
 	// pick from a wide range, as a load generator must.
 	for _, ns := range []*lab.Namespace{&e.ext.Namespace, &e.c.Namespace} {
 		if err := ns.WriteSysctl("net/ipv4/tcp_tw_reuse", "1"); err != nil {
+			return e, err
+		}
+		if err := ns.WriteSysctl("net/ipv4/tcp_congestion_control", opts.Congestion); err != nil {
 			return e, err
 		}
 		if err := ns.WriteSysctl("net/ipv4/ip_local_port_range", "10000 65535"); err != nil {

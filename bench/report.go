@@ -37,6 +37,11 @@ type Settings struct {
 	ClientCPU     int     `json:"client_cpu"`
 	ServerCPU     int     `json:"server_cpu"`
 	UDPSize       int     `json:"udp_payload_bytes"`
+	// IdlePolling says idle CPUs polled during the run (a zero
+	// /dev/cpu_dma_latency request) instead of entering idle states.
+	IdlePolling bool `json:"idle_polling"`
+	// Congestion is the TCP congestion control of the lab's endpoints.
+	Congestion string `json:"congestion_control"`
 }
 
 // Notes on how the figures were taken, printed under the table and kept in

@@ -22,6 +22,8 @@ type benchFlags struct {
 	jsonPath string
 	plotPath string
 	modes    []string
+	idle     bool
+	cc       string
 }
 
 func newBenchCmd() *cobra.Command {
@@ -41,7 +43,18 @@ address: the ceiling), iptables (Docker's NAT rules, kernel only),
 ebpf (bpfnet with the fast path) and ebpf-redirect (bpfnet redirecting
 only, no NAT; the external host addresses the container). Each mode runs in
 a fresh lab, and the modes are interleaved run by run. Load generators and
-servers are pinned to different cores.
+servers are pinned to different cores. While it runs, bench holds
+/dev/cpu_dma_latency at 0 (as tuned's latency-performance profile does):
+idle CPUs poll instead of halting, so a cross-core wake-up costs little in
+every mode and request/response figures show the datapath, not the idle
+states (on a VM, waking a halted vCPU goes through the hypervisor).
+--allow-idle measures with the machine's idle states instead.
+
+The lab's TCP endpoints use one congestion control in every mode:
+--congestion-control auto (the default) takes cubic, the kernel's default,
+where namespaces may use it and reno otherwise, never a host default of
+bbr: without the fq qdisc bbr paces with a timer per burst, which on a VM
+caps every mode alike (see docs/benchmarks.md).
 
 The table goes to stdout (median [min-max] of the runs, and the ratios
 ebpf/iptables, ebpf/routing, ebpf/ebpf-redirect); progress to stderr.`,
@@ -82,6 +95,8 @@ ebpf/iptables, ebpf/routing, ebpf/ebpf-redirect); progress to stderr.`,
 	fl.DurationVar(&f.duration, "duration", 0, "length of each RR, CRR and UDP measurement; iperf3 runs take it in whole seconds (default 5s, 500ms with --quick)")
 	fl.StringVar(&f.jsonPath, "json", "", "write every run's figures and the summary as JSON to this file")
 	fl.StringVar(&f.plotPath, "plot", "", "write an SVG bar chart of the ratios to this file")
+	fl.BoolVar(&f.idle, "allow-idle", false, "let idle CPUs enter idle states instead of polling during the run")
+	fl.StringVar(&f.cc, "congestion-control", bench.CongestionAuto, "TCP congestion control of the lab's endpoints (auto: cubic, else reno; or one of net.ipv4.tcp_allowed_congestion_control)")
 	fl.StringSliceVar(&f.modes, "mode", nil, "measure only these modes (routing, iptables, ebpf, ebpf-redirect)")
 	return cmd
 }
@@ -104,6 +119,8 @@ func (f *benchFlags) options(cmd *cobra.Command) (bench.Options, error) {
 		opts.Duration = f.duration
 		opts.ScaleDuration = 0
 	}
+	opts.AllowIdle = f.idle
+	opts.Congestion = f.cc
 	for _, m := range f.modes {
 		opts.Modes = append(opts.Modes, bench.Mode(m))
 	}
