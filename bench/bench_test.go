@@ -325,3 +325,21 @@ func TestPercentile(t *testing.T) {
 		t.Errorf("p99 of nothing = %d", p)
 	}
 }
+
+func TestChooseCongestion(t *testing.T) {
+	for _, tc := range []struct {
+		allowed, want, got string
+		err                bool
+	}{
+		{allowed: "reno cubic bbr", want: CongestionAuto, got: "cubic"},
+		{allowed: "reno bbr", want: CongestionAuto, got: "reno"},
+		{allowed: "bbr", want: CongestionAuto, err: true},
+		{allowed: "reno bbr", want: "bbr", got: "bbr"},
+		{allowed: "reno bbr", want: "cubic", err: true},
+	} {
+		got, err := chooseCongestion(tc.allowed, tc.want)
+		if (err != nil) != tc.err || got != tc.got {
+			t.Errorf("chooseCongestion(%q, %q) = %q, %v; want %q, error %v", tc.allowed, tc.want, got, err, tc.got, tc.err)
+		}
+	}
+}
