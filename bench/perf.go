@@ -119,7 +119,7 @@ func dialTCP(sa *unix.SockaddrInet4, timeout time.Duration) (int, error) {
 		return -1, err
 	}
 	for {
-		err = unix.Connect(fd, sa)
+		err = rawConnect(fd, sa)
 		// A signal restarts connect; if the handshake finished in between,
 		// the restarted call reports EISCONN.
 		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EALREADY) {
@@ -142,12 +142,12 @@ func dialTCP(sa *unix.SockaddrInet4, timeout time.Duration) (int, error) {
 
 // exchange writes msg and reads as many bytes back.
 func exchange(fd int, msg, buf []byte) error {
-	if _, err := retryEINTR(func() (int, error) { return unix.Write(fd, msg) }); err != nil {
+	if _, err := retryEINTR(func() (int, error) { return rawWrite(fd, msg) }); err != nil {
 		return fmt.Errorf("writing: %w", err)
 	}
 	got := 0
 	for got < len(msg) {
-		n, err := retryEINTR(func() (int, error) { return unix.Read(fd, buf[got:len(msg)]) })
+		n, err := retryEINTR(func() (int, error) { return rawRead(fd, buf[got:len(msg)]) })
 		if err != nil {
 			return fmt.Errorf("reading: %w", err)
 		}
@@ -178,7 +178,7 @@ func RR(target netip.AddrPort, d time.Duration) (RRResult, error) {
 	if err := exchange(fd, msg, buf); err != nil {
 		return RRResult{}, fmt.Errorf("first transaction: %w", err)
 	}
-	lat := make([]int64, 0, 1<<16)
+	lat := make([]int64, 0, 1<<20)
 	start := time.Now()
 	end := start.Add(d)
 	now := start
@@ -382,6 +382,7 @@ type Server struct {
 	received   atomic.Uint64
 	mu         sync.Mutex // serialises UDP control connections
 	closed     atomic.Bool
+	failed     atomic.Bool // an acceptor or the UDP counter failed
 	closedOnce sync.Once
 }
 
@@ -448,26 +449,58 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// serverIdle is how long the server waits for the next message of a
+// connection before it drops it.
+const serverIdle = time.Minute
+
+// acceptors is how many threads accept and serve TCP connections, so that
+// a few connections (a UDP run's control connection and its data, tests
+// running side by side) can be open at once.
+const acceptors = 4
+
 // Serve answers until ctx ends or Close is called.
+//
+// Like netperf's netserver, a connection is served by the thread that
+// accepted it, with blocking system calls: no hand-off to another thread
+// or goroutine between accept and the first read, which would add a
+// scheduler wake-up (and on a CPU-pinned process, a wait for the Go
+// scheduler's P) to every TCP_CRR connection. Enough Ps are configured
+// that a thread coming back from a blocking call never waits for one.
 func (s *Server) Serve(ctx context.Context) error {
+	if runtime.GOMAXPROCS(0) < acceptors+2 {
+		runtime.GOMAXPROCS(acceptors + 2)
+	}
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer stop()
-	errc := make(chan error, 2)
-	go func() { errc <- s.countUDP() }()
-	go func() { errc <- s.accept() }()
-	err := <-errc
-	s.Close()
-	err2 := <-errc
+	errc := make(chan error, acceptors+1)
+	run := func(f func() error) {
+		err := f()
+		if err != nil {
+			s.failed.Store(true)
+		}
+		errc <- err
+	}
+	go run(s.countUDP)
+	for range acceptors {
+		go run(s.accept)
+	}
+	var errs []error
+	for range acceptors + 1 {
+		err := <-errc
+		errs = append(errs, err)
+		s.Close()
+	}
 	unix.Close(s.lfd)
 	unix.Close(s.ufd)
-	if s.closed.Load() {
+	if s.closed.Load() && !s.failed.Load() {
 		return nil
 	}
-	return errors.Join(err, err2)
+	return errors.Join(errs...)
 }
 
 func (s *Server) accept() error {
 	runtime.LockOSThread()
+	buf := make([]byte, 4096)
 	for {
 		nfd, _, err := unix.Accept4(s.lfd, unix.SOCK_CLOEXEC)
 		if s.closed.Load() {
@@ -482,20 +515,21 @@ func (s *Server) accept() error {
 			}
 			return fmt.Errorf("accepting: %w", err)
 		}
-		go s.handle(nfd)
+		s.handle(nfd, buf)
 	}
 }
 
 // handle serves one TCP connection; its first byte says what for.
-func (s *Server) handle(fd int) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
+func (s *Server) handle(fd int, buf []byte) {
 	defer unix.Close(fd)
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	buf := make([]byte, 4096)
+	// The echo loop blocks in raw calls (see rawsys.go): bound them.
+	if err := setTimeouts(fd, serverIdle); err != nil {
+		return
+	}
 	first := true
 	for {
-		n, err := retryEINTR(func() (int, error) { return unix.Read(fd, buf) })
+		n, err := retryEINTR(func() (int, error) { return rawRead(fd, buf) })
 		if err != nil || n == 0 {
 			return
 		}
@@ -504,7 +538,7 @@ func (s *Server) handle(fd int) {
 			return
 		}
 		first = false
-		if _, err := retryEINTR(func() (int, error) { return unix.Write(fd, buf[:n]) }); err != nil {
+		if _, err := retryEINTR(func() (int, error) { return rawWrite(fd, buf[:n]) }); err != nil {
 			return
 		}
 	}
