@@ -93,8 +93,11 @@ static __always_inline int deliver(struct __sk_buff *ctx, struct pkt *p, const s
 	if (routed) {
 		if (ttl_dec(ctx, p) < 0)
 			return TC_ACT_OK;
-		if (bpf_skb_store_bytes(ctx, 0, ep->mac, ETH_ALEN, 0) < 0 ||
-		    bpf_skb_store_bytes(ctx, ETH_ALEN, ep->gw_mac, ETH_ALEN, 0) < 0)
+		/* Destination and source MAC in one write: the endpoint keeps
+		 * them side by side, in frame order. */
+		_Static_assert(offsetof(struct endpoint, gw_mac) == offsetof(struct endpoint, mac) + ETH_ALEN,
+			       "endpoint MACs must be adjacent");
+		if (bpf_skb_store_bytes(ctx, 0, ep->mac, 2 * ETH_ALEN, 0) < 0)
 			return drop(DROP_REWRITE);
 	}
 	if (!CONFIG.fast_path) {
@@ -360,8 +363,8 @@ int from_container(struct __sk_buff *ctx)
 	struct pkt p = {};
 	struct ct_key orig;
 	struct ct_entry *e;
-	struct endpoint *src, *dst;
-	int r, to_host;
+	struct endpoint *src = 0, *dst;
+	int r, to_host, have_src = 0;
 
 	count_if(ctx->ifindex, ctx->len, 0);
 	r = parse(ctx, &p);
@@ -388,6 +391,7 @@ int from_container(struct __sk_buff *ctx)
 		goto plain;
 
 	src = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
+	have_src = 1;
 	e = ct_lookup_flow(&p, CT_AT_FROM_CONTAINER, now);
 	if (!e) {
 		/* Hairpin: a container to a published port of the host. */
@@ -457,7 +461,8 @@ int from_container(struct __sk_buff *ctx)
 
 plain:
 	/* Untranslated: Docker's isolation rules, then the fast path. */
-	src = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
+	if (!have_src)
+		src = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
 	dst = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
 	to_host = bpf_map_lookup_elem(&host_addrs, &p.t.daddr) != 0;
 	r = iso_verdict(ctx, &p, src, dst, to_host, now);
