@@ -392,7 +392,20 @@ int from_container(struct __sk_buff *ctx)
 
 	src = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
 	have_src = 1;
-	e = ct_lookup_flow(&p, CT_AT_FROM_CONTAINER, now);
+	e = ct_lookup_live(&p.t, now);
+	if (e && !(e->flags & CT_AT_FROM_CONTAINER)) {
+		/* A flow the uplink's egress translates: the answer of a
+		 * published port, or a masqueraded or routed connection. Its
+		 * destination is outside and it is tracked, so neither the
+		 * hairpin nor the isolation rules concern it (but for an
+		 * internal network's, which never leave): straight out. */
+		if ((e->flags & CT_AT_TO_NETDEV) && src && !(src->flags & NET_F_INTERNAL))
+			goto uplink;
+		e = 0;
+	} else if (e && ct_reopened(e, &p)) {
+		ct_delete_pair(&p.t, e);
+		e = 0;
+	}
 	if (!e) {
 		/* Hairpin: a container to a published port of the host. */
 		struct port_key pk = {.addr = p.t.daddr, .port = p.t.dport, .proto = p.t.proto};
@@ -480,6 +493,11 @@ plain:
 	if (to_host || p.frag != FRAG_NONE || iso_link_local(p.t.daddr))
 		return TC_ACT_OK;
 	if (!src)
+		return TC_ACT_OK;
+	return forward_out(ctx, &p, src->bridge_ifindex);
+
+uplink:
+	if (!CONFIG.fast_path || p.frag != FRAG_NONE)
 		return TC_ACT_OK;
 	return forward_out(ctx, &p, src->bridge_ifindex);
 }

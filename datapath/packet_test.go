@@ -1782,3 +1782,38 @@ func TestPacketForwardFastPath(t *testing.T) {
 	}
 	e.expectDrops(nil)
 }
+
+// TestPacketTrackedReplyOut: the answer of a published port leaves through
+// the fast path untranslated (the uplink's egress translates it) and is
+// not taken for a new flow of the container.
+func TestPacketTrackedReplyOut(t *testing.T) {
+	e := newPacketEnv(t, Options{FastPath: true})
+	e.publish(uint8(pTCP), netip.Addr{}, 8080, ctrA, 80, 7)
+	v, _ := e.fromNetdev(flowPacket(pTCP, remoteIP, 40001, hostIP, 8080).frame())
+	expectVerdict(t, v, TC_ACT_REDIRECT)
+	replyKey := ctKey(uint8(pTCP), ctrA, 80, remoteIP, 40001)
+	before, ok := e.ctLookup(replyKey)
+	if !ok {
+		t.Fatalf("no reply entry after the request")
+	}
+
+	evBefore := e.events()
+	in := replyPacket(pTCP, ctrA, 80, remoteIP, 40001).fromCtr(macA, gwMAC).frame()
+	v, out := e.fromContainer("vetha", in)
+	expectVerdict(t, v, TC_ACT_REDIRECT)
+	d := decode(t, out)
+	expectTuple(t, d, ctrA, 80, remoteIP, 40001)
+	expectTTL(t, d, 63)
+	checkFrame(t, out)
+	if n := e.events()[EventRedirectNeigh] - evBefore[EventRedirectNeigh]; n != 1 {
+		t.Errorf("redirect_neigh counted %d times, want 1", n)
+	}
+	after, _ := e.ctLookup(replyKey)
+	if after.Packets != before.Packets {
+		t.Errorf("reply entry counted %d packets at the container's hook, want %d (the uplink counts)", after.Packets, before.Packets)
+	}
+	if n := len(e.ct()); n != 2 {
+		t.Errorf("%d conntrack entries, want the flow's 2", n)
+	}
+	e.expectDrops(nil)
+}

@@ -53,12 +53,22 @@ static __always_inline void ct_peer_entry(const struct ct_key *k, const struct c
 	pe->expires = now + ct_lifetime(k->proto, 0);
 }
 
-/* ct_lookup returns the live entry for k that hook `at` applies. */
-static __always_inline struct ct_entry *ct_lookup(const struct ct_key *k, __u8 at, __u64 now)
+/* ct_lookup_live returns the live entry for k, whichever hook applies it. */
+static __always_inline struct ct_entry *ct_lookup_live(const struct ct_key *k, __u64 now)
 {
 	struct ct_entry *e = bpf_map_lookup_elem(&ct4, k);
 
-	if (!e || !(e->flags & at) || e->expires < now)
+	if (!e || e->expires < now)
+		return 0;
+	return e;
+}
+
+/* ct_lookup returns the live entry for k that hook `at` applies. */
+static __always_inline struct ct_entry *ct_lookup(const struct ct_key *k, __u8 at, __u64 now)
+{
+	struct ct_entry *e = ct_lookup_live(k, now);
+
+	if (!e || !(e->flags & at))
 		return 0;
 	return e;
 }
