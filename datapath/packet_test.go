@@ -1817,3 +1817,44 @@ func TestPacketTrackedReplyOut(t *testing.T) {
 	}
 	e.expectDrops(nil)
 }
+
+// TestPacketPeerCheckedPeriodically: past its first packets, an established
+// flow checks its other half every 64th packet, not on each one.
+func TestPacketPeerCheckedPeriodically(t *testing.T) {
+	e := newPacketEnv(t, Options{FastPath: true})
+	udp := uint8(pUDP)
+	e.publish(udp, netip.Addr{}, 5353, ctrA, 53, 1)
+	p := udpPacket(clientIP, 40001, hostIP, 5353)
+	origKey := ctKey(udp, clientIP, 40001, hostIP, 5353)
+	replyKey := ctKey(udp, ctrA, 53, clientIP, 40001)
+	send := func(n int) {
+		t.Helper()
+		for range n {
+			if v, _ := e.fromNetdev(p.frame()); v != TC_ACT_REDIRECT {
+				t.Fatalf("verdict %d, want a redirect", v)
+			}
+		}
+	}
+	send(10)
+	if err := e.objs.Ct4.Delete(replyKey); err != nil {
+		t.Fatal(err)
+	}
+	send(54) // the flow's 11th to 64th packets
+	if _, ok := e.ctLookup(replyKey); ok {
+		t.Fatalf("reply entry restored before the 65th packet")
+	}
+	if n := e.event(EventCTPeerRestored); n != 0 {
+		t.Errorf("ct_peer_restored = %d, want 0", n)
+	}
+	send(1)
+	if _, ok := e.ctLookup(replyKey); !ok {
+		t.Fatalf("reply entry not restored by the 65th packet")
+	}
+	if n := e.event(EventCTPeerRestored); n != 1 {
+		t.Errorf("ct_peer_restored = %d, want 1", n)
+	}
+	if orig, _ := e.ctLookup(origKey); orig.Packets != 65 {
+		t.Errorf("entry counted %d packets, want 65", orig.Packets)
+	}
+	e.expectDrops(nil)
+}

@@ -104,15 +104,27 @@ static __always_inline struct ct_entry *ct_lookup_flow(const struct pkt *p, __u8
 	return e;
 }
 
+/* A flow's other half is checked on its first CT_PEER_CHECK_FIRST packets in
+ * each direction, whenever the TCP flags it has seen change, and on every
+ * CT_PEER_CHECK_EVERY-th packet after: often enough that an evicted half of
+ * a busy flow comes back within a few packets, rarely enough that an
+ * established flow does not read, on every packet, the entry that the other
+ * direction writes on another CPU. */
+#define CT_PEER_CHECK_FIRST 8
+#define CT_PEER_CHECK_EVERY 64
+
 /* ct_touch accounts a packet to its entry and extends the entry's life.
- * It also looks the other half of the flow up, which keeps both halves
- * recently used in the LRU, and restores that half if it was evicted, or
- * if another flow's entry took its key meanwhile (a container's answer
- * that missed its entry and started a flow of its own). */
+ * It also looks the other half of the flow up (see CT_PEER_CHECK_FIRST),
+ * which keeps both halves recently used in the LRU, and restores that half
+ * if it was evicted, or if another flow's entry took its key meanwhile (a
+ * container's answer that missed its entry and started a flow of its
+ * own). */
 static __always_inline void ct_touch(const struct ct_key *k, struct ct_entry *e, const struct pkt *p, __u64 now)
 {
 	struct ct_key pk, back;
 	struct ct_entry pe, *cur;
+	__u64 seen = e->packets;
+	__u8 flags = e->tcp_seen;
 
 	__sync_fetch_and_add(&e->packets, 1);
 	__sync_fetch_and_add(&e->bytes, p->len);
@@ -120,6 +132,8 @@ static __always_inline void ct_touch(const struct ct_key *k, struct ct_entry *e,
 		e->tcp_seen |= p->tcp_flags;
 	e->expires = now + ct_lifetime(p->t.proto, e->tcp_seen);
 
+	if (seen >= CT_PEER_CHECK_FIRST && e->tcp_seen == flags && seen % CT_PEER_CHECK_EVERY)
+		return;
 	ct_peer_key(e, k->proto, &pk);
 	cur = bpf_map_lookup_elem(&ct4, &pk);
 	if (cur) {
