@@ -597,7 +597,10 @@ func newEnv(ctx context.Context, opts *Options, m Mode) (*env, error) {
 			}
 			e.dp = d
 		default:
-			if e.pin, err = os.MkdirTemp("/sys/fs/bpf", "bpfnet-bench-"); err != nil {
+			// Under the lab's prefix, so that a killed run's pins go with
+			// its lab at the next lab.Sweep.
+			e.pin = lab.PinDir(topo.Prefix, "bench")
+			if err = os.Mkdir(e.pin, 0o700); err != nil {
 				return e, fmt.Errorf("bpffs: %w (mount it: mount -t bpf bpf /sys/fs/bpf)", err)
 			}
 			d, err := datapath.NewEBPF(datapath.Options{PinPath: e.pin, FastPath: true, RedirectOnly: m == ModeRedirect})

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -793,6 +795,17 @@ func TestSweepRemovesDeadTopology(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// And pins of its own, as a benchmark's datapath has.
+		if err := os.Mkdir(PinDir(topo.Prefix, "pins"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Pin(filepath.Join(PinDir(topo.Prefix, "pins"), "m")); err != nil {
+			t.Fatal(err)
+		}
 		fmt.Printf("LAB_PREFIX=%s\n", topo.Prefix)
 		time.Sleep(time.Hour)
 		return
@@ -852,6 +865,10 @@ func TestSweepRemovesDeadTopology(t *testing.T) {
 	if len(prefixNamespaces(t, prefix)) != 3 || len(prefixNamespaces(t, live.Prefix)) != 2 {
 		t.Fatalf("Sweep removed live topologies: %v %v", prefixNamespaces(t, prefix), prefixNamespaces(t, live.Prefix))
 	}
+	pins := filepath.Join(PinDir(prefix, "pins"), "m")
+	if _, err := os.Stat(pins); err != nil {
+		t.Fatalf("the live child's pin: %v", err)
+	}
 
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -864,6 +881,9 @@ func TestSweepRemovesDeadTopology(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertGone(t, prefix)
+	if _, err := os.Stat(PinDir(prefix, "pins")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Sweep left the killed child's pins: %v", err)
+	}
 	if !live.Host.Exists() {
 		t.Error("Sweep removed the live topology of this process")
 	}

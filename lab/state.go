@@ -169,6 +169,9 @@ func Cleanup(prefix string) error {
 	if err := deleteOwnLinks(prefix); err != nil {
 		errs = append(errs, err)
 	}
+	if err := removePinDirs(prefix); err != nil {
+		errs = append(errs, err)
+	}
 	if err := os.Remove(recordPath(prefix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("removing state record: %w", err))
 	}
@@ -176,6 +179,37 @@ func Cleanup(prefix string) error {
 		return fmt.Errorf("cleaning up prefix %s: %w", prefix, err)
 	}
 	return nil
+}
+
+// BPFFS is the bpffs mount under which labs keep their pins (see PinDir).
+const BPFFS = "/sys/fs/bpf"
+
+// PinDir is a bpffs directory for the pins of what runs in the lab with
+// prefix (a datapath under test, a benchmark's). Cleanup, and so Sweep
+// after a killed run, removes it with everything pinned under it: pinned
+// maps live, and hold their memory, until their pins go.
+func PinDir(prefix, name string) string {
+	return filepath.Join(BPFFS, prefix+"-"+name)
+}
+
+// removePinDirs removes the PinDir directories of prefix.
+func removePinDirs(prefix string) error {
+	entries, err := os.ReadDir(BPFFS)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("listing %s: %w", BPFFS, err)
+	}
+	var errs []error
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), prefix+"-") {
+			if err := os.RemoveAll(filepath.Join(BPFFS, e.Name())); err != nil {
+				errs = append(errs, fmt.Errorf("removing pins: %w", err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // deleteOwnLinks deletes links named after the prefix in the process's
