@@ -110,12 +110,16 @@ static __always_inline int deliver(struct __sk_buff *ctx, struct pkt *p, const s
 }
 
 /* forward_out sends a packet from a container that leaves through an
- * uplink straight to it; to_netdev still runs there and masquerades. */
+ * uplink straight to it with the fast path; to_netdev still runs there and
+ * masquerades. Fragments are the stack's. */
 static __always_inline int forward_out(struct __sk_buff *ctx, struct pkt *p, __u32 in_ifindex)
 {
 	struct bpf_fib_lookup fib = {};
 	__u32 mtu = 0;
 	long r;
+
+	if (!CONFIG.fast_path || p->frag != FRAG_NONE)
+		return TC_ACT_OK;
 
 	fib.family = AF_INET;
 	fib.l4_protocol = p->t.proto;
@@ -363,8 +367,8 @@ int from_container(struct __sk_buff *ctx)
 	struct pkt p = {};
 	struct ct_key orig;
 	struct ct_entry *e;
-	struct endpoint *src = 0, *dst;
-	int r, to_host, have_src = 0;
+	struct endpoint *src, *dst;
+	int r, to_host;
 
 	count_if(ctx->ifindex, ctx->len, 0);
 	r = parse(ctx, &p);
@@ -387,11 +391,10 @@ int from_container(struct __sk_buff *ctx)
 			return deliver(ctx, &p, dst, 1, 0, dst->ifindex == ctx->ifindex, now);
 		}
 	}
+	src = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
 	if (CONFIG.redirect_only || p.icmp == ICMP_K_ERROR || (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport))
 		goto plain;
 
-	src = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
-	have_src = 1;
 	e = ct_lookup_live(&p.t, now);
 	if (e && !(e->flags & CT_AT_FROM_CONTAINER)) {
 		/* A flow the uplink's egress translates: the answer of a
@@ -400,12 +403,10 @@ int from_container(struct __sk_buff *ctx)
 		 * hairpin nor the isolation rules concern it (but for an
 		 * internal network's, which never leave): straight out. */
 		if ((e->flags & CT_AT_TO_NETDEV) && src && !(src->flags & NET_F_INTERNAL))
-			goto uplink;
-		e = 0;
-	} else if (e && ct_reopened(e, &p)) {
-		ct_delete_pair(&p.t, e);
+			return forward_out(ctx, &p, src->bridge_ifindex);
 		e = 0;
 	}
+	e = ct_unless_reopened(&p, e);
 	if (!e) {
 		/* Hairpin: a container to a published port of the host. */
 		struct port_key pk = {.addr = p.t.daddr, .port = p.t.dport, .proto = p.t.proto};
@@ -474,8 +475,6 @@ int from_container(struct __sk_buff *ctx)
 
 plain:
 	/* Untranslated: Docker's isolation rules, then the fast path. */
-	if (!have_src)
-		src = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
 	dst = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
 	to_host = bpf_map_lookup_elem(&host_addrs, &p.t.daddr) != 0;
 	r = iso_verdict(ctx, &p, src, dst, to_host, now);
@@ -488,16 +487,9 @@ plain:
 			return TC_ACT_OK;
 		return deliver(ctx, &p, dst, !src || src->bridge_ifindex != dst->bridge_ifindex, 1, 0, now);
 	}
-	/* The host's, a fragment, or multicast and broadcast, which the bridge
-	 * floods: the stack's. */
-	if (to_host || p.frag != FRAG_NONE || iso_link_local(p.t.daddr))
-		return TC_ACT_OK;
-	if (!src)
-		return TC_ACT_OK;
-	return forward_out(ctx, &p, src->bridge_ifindex);
-
-uplink:
-	if (!CONFIG.fast_path || p.frag != FRAG_NONE)
+	/* The host's, or multicast and broadcast, which the bridge floods:
+	 * the stack's. */
+	if (to_host || iso_link_local(p.t.daddr) || !src)
 		return TC_ACT_OK;
 	return forward_out(ctx, &p, src->bridge_ifindex);
 }

@@ -90,18 +90,23 @@ static __always_inline int ct_reopened(const struct ct_entry *e, const struct pk
 	       (e->tcp_seen & (TCPF_FIN | TCPF_RST));
 }
 
-/* ct_lookup_flow returns the live entry of the packet's flow that hook
- * `at` applies; a TCP SYN on a closed flow's tuple drops the old entries,
- * so the connection starts afresh. */
-static __always_inline struct ct_entry *ct_lookup_flow(const struct pkt *p, __u8 at, __u64 now)
+/* ct_unless_reopened returns e, the entry of the packet's flow, or 0 after
+ * dropping the flow's entries when a TCP SYN opens a new connection on the
+ * tuple of a closed one, so the connection starts afresh. */
+static __always_inline struct ct_entry *ct_unless_reopened(const struct pkt *p, struct ct_entry *e)
 {
-	struct ct_entry *e = ct_lookup(&p->t, at, now);
-
 	if (e && ct_reopened(e, p)) {
 		ct_delete_pair(&p->t, e);
 		return 0;
 	}
 	return e;
+}
+
+/* ct_lookup_flow returns the live entry of the packet's flow that hook
+ * `at` applies (see ct_unless_reopened). */
+static __always_inline struct ct_entry *ct_lookup_flow(const struct pkt *p, __u8 at, __u64 now)
+{
+	return ct_unless_reopened(p, ct_lookup(&p->t, at, now));
 }
 
 /* A flow's other half is checked on its first CT_PEER_CHECK_FIRST packets in
