@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"encoding/binary"
 	"fmt"
 	"os"
 )
@@ -23,9 +22,8 @@ func holdCPULatency() (release func() error, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", cpuLatencyPath, err)
 	}
-	var zero [4]byte
-	binary.NativeEndian.PutUint32(zero[:], 0)
-	if _, err := f.Write(zero[:]); err != nil {
+	// The request is a 32-bit latency in microseconds: zero.
+	if _, err := f.Write(make([]byte, 4)); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("writing %s: %w", cpuLatencyPath, err)
 	}

@@ -382,7 +382,6 @@ type Server struct {
 	received   atomic.Uint64
 	mu         sync.Mutex // serialises UDP control connections
 	closed     atomic.Bool
-	failed     atomic.Bool // an acceptor or the UDP counter failed
 	closedOnce sync.Once
 }
 
@@ -472,29 +471,20 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer stop()
+	// Each returns nil once the server is closed, and an error only when
+	// it failed: the first to return closes the server for the others.
 	errc := make(chan error, acceptors+1)
-	run := func(f func() error) {
-		err := f()
-		if err != nil {
-			s.failed.Store(true)
-		}
-		errc <- err
-	}
-	go run(s.countUDP)
+	go func() { errc <- s.countUDP() }()
 	for range acceptors {
-		go run(s.accept)
+		go func() { errc <- s.accept() }()
 	}
 	var errs []error
 	for range acceptors + 1 {
-		err := <-errc
-		errs = append(errs, err)
+		errs = append(errs, <-errc)
 		s.Close()
 	}
 	unix.Close(s.lfd)
 	unix.Close(s.ufd)
-	if s.closed.Load() && !s.failed.Load() {
-		return nil
-	}
 	return errors.Join(errs...)
 }
 
