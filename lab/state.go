@@ -155,21 +155,14 @@ func Cleanup(prefix string) error {
 		return fmt.Errorf("cleaning up prefix %q: refusing an invalid prefix (want %s)", prefix, prefixRe)
 	}
 	var errs []error
-	entries, err := os.ReadDir(NetnsDir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("listing %s: %w", NetnsDir, err))
-	}
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), prefix+"-") {
-			if err := deleteNamespace(filepath.Join(NetnsDir, e.Name())); err != nil {
-				errs = append(errs, err)
-			}
-		}
+	if err := removePrefixed(NetnsDir, prefix, deleteNamespace); err != nil {
+		errs = append(errs, err)
 	}
 	if err := deleteOwnLinks(prefix); err != nil {
 		errs = append(errs, err)
 	}
-	if err := removePinDirs(prefix); err != nil {
+	// Pinned maps live, and hold their memory, until their pins go.
+	if err := removePrefixed(BPFFS, prefix, removePins); err != nil {
 		errs = append(errs, err)
 	}
 	if err := os.Remove(recordPath(prefix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -186,26 +179,34 @@ const BPFFS = "/sys/fs/bpf"
 
 // PinDir is a bpffs directory for the pins of what runs in the lab with
 // prefix (a datapath under test, a benchmark's). Cleanup, and so Sweep
-// after a killed run, removes it with everything pinned under it: pinned
-// maps live, and hold their memory, until their pins go.
+// after a killed run, removes it with everything pinned under it.
 func PinDir(prefix, name string) string {
 	return filepath.Join(BPFFS, prefix+"-"+name)
 }
 
-// removePinDirs removes the PinDir directories of prefix.
-func removePinDirs(prefix string) error {
-	entries, err := os.ReadDir(BPFFS)
+// removePins removes a PinDir and its pins.
+func removePins(path string) error {
+	if err := os.RemoveAll(path); err != nil {
+		return fmt.Errorf("removing pins: %w", err)
+	}
+	return nil
+}
+
+// removePrefixed calls remove on every entry of dir named after prefix
+// ("<prefix>-..."). A missing dir has none.
+func removePrefixed(dir, prefix string, remove func(path string) error) error {
+	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("listing %s: %w", BPFFS, err)
+		return fmt.Errorf("listing %s: %w", dir, err)
 	}
 	var errs []error
 	for _, e := range entries {
-		if e.IsDir() && strings.HasPrefix(e.Name(), prefix+"-") {
-			if err := os.RemoveAll(filepath.Join(BPFFS, e.Name())); err != nil {
-				errs = append(errs, fmt.Errorf("removing pins: %w", err))
+		if strings.HasPrefix(e.Name(), prefix+"-") {
+			if err := remove(filepath.Join(dir, e.Name())); err != nil {
+				errs = append(errs, err)
 			}
 		}
 	}
