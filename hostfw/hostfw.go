@@ -30,12 +30,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 )
@@ -261,4 +263,50 @@ func nftChains(netnsPath string) ([]Chain, error) {
 		}
 	}
 	return chains, errors.Join(errs...)
+}
+
+// Status is the daemon's last check, as `bpfnet status` and the metrics
+// show it.
+type Status struct {
+	Report
+	// CheckedAt is when Detect ran.
+	CheckedAt time.Time `json:"checked_at"`
+	// FastPath: the daemon runs the eBPF datapath with its fast path, so
+	// translated packets do not pass these chains.
+	FastPath bool `json:"fast_path"`
+	// Bypassed: rules were found and the fast path takes packets around
+	// them.
+	Bypassed bool `json:"bypassed"`
+	// TotalRules is Report.Rules(), kept when Chains had to be cut to fit
+	// the record (see [Status.Record]).
+	TotalRules int `json:"total_rules"`
+}
+
+// NewStatus is the status of report, read at, for a daemon whose fast
+// path is on or off.
+func NewStatus(report Report, at time.Time, fastPath bool) Status {
+	return Status{Report: report, CheckedAt: at, FastPath: fastPath,
+		Bypassed: fastPath && report.Found(), TotalRules: report.Rules()}
+}
+
+// maxRecord keeps a record within a symbolic link's target (PATH_MAX).
+const maxRecord = 4000
+
+// Record is s as JSON of at most 4000 bytes, for a bpffs record: chains
+// and errors past that are left out (TotalRules still counts them).
+func (s Status) Record() ([]byte, error) {
+	for {
+		data, err := json.Marshal(s)
+		if err != nil || len(data) <= maxRecord {
+			return data, err
+		}
+		switch {
+		case len(s.Errors) > 0:
+			s.Errors = s.Errors[:len(s.Errors)-1]
+		case len(s.Chains) > 0:
+			s.Chains = s.Chains[:len(s.Chains)-1]
+		default:
+			return nil, fmt.Errorf("host firewall record of %d bytes", len(data))
+		}
+	}
 }

@@ -2,10 +2,13 @@ package hostfw
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -166,5 +169,34 @@ func TestDetectLab(t *testing.T) {
 
 	if _, err := Detect(ctx, path+"-missing"); err == nil {
 		t.Error("Detect of a namespace that does not exist did not fail")
+	}
+}
+
+// TestStatusRecord: a record too long for a symbolic link loses chains,
+// not its total.
+func TestStatusRecord(t *testing.T) {
+	var r Report
+	for i := range 200 {
+		r.Chains = append(r.Chains, Chain{Source: SourceNftables, Table: "inet t", Chain: fmt.Sprintf("c%d", i), Rules: 1})
+	}
+	s := NewStatus(r, time.Now(), true)
+	data, err := s.Record()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Status
+	if err := json.Unmarshal(data, &back); err != nil {
+		t.Fatal(err)
+	}
+	if len(data) > maxRecord || back.TotalRules != 200 || !back.Bypassed || len(back.Chains) == 0 || len(back.Chains) >= 200 {
+		t.Errorf("record of %d bytes: total %d, bypassed %v, %d chains kept", len(data), back.TotalRules, back.Bypassed, len(back.Chains))
+	}
+	small := NewStatus(Report{Chains: r.Chains[:2]}, time.Now(), false)
+	data, err = small.Record()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &back); err != nil || len(back.Chains) != 2 || back.TotalRules != 2 || back.Bypassed {
+		t.Errorf("small record: %+v %v", back, err)
 	}
 }

@@ -30,6 +30,12 @@
 //	build_info                         gauge    version, go_version
 //	container_network_mode             gauge    container, container_id, mode, owner,
 //	                                              compose_project, compose_service
+//	host_firewall_rules                gauge    source, table, chain
+//	host_firewall_bypassed             gauge
+//
+// The host_firewall_* pair comes from a [HostFirewallCollector], which the
+// daemon registers next to the [Collector]: the last check of package
+// hostfw, run on the daemon's timer.
 //
 // [NewRegistry] adds the standard Go runtime and process collectors.
 // "Receive" is from the container's point of view: bytes into the

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/hostfw"
 	"github.com/bpfnet/bpfnet/loader"
 )
 
@@ -34,6 +35,9 @@ type statusReport struct {
 	Traffic     map[string]trafficJSON `json:"traffic"`
 	// Containers without a veth of their own (status_modes.go).
 	Containers []containerJSON `json:"containers"`
+	// HostFirewall is the daemon's last check of the host firewall
+	// (hostfw.go); null when no daemon has checked.
+	HostFirewall *hostfw.Status `json:"host_firewall"`
 }
 
 type attachmentJSON struct {
@@ -116,6 +120,9 @@ func newStatusCmd() *cobra.Command {
 			if r.Containers, err = readContainers(pinPath); err != nil {
 				return err
 			}
+			if r.HostFirewall, err = readHostFirewall(pinPath); err != nil {
+				return err
+			}
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), r)
 			}
@@ -131,7 +138,9 @@ func printStatus(out io.Writer, r statusReport) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "pin path\t%s\n", r.PinPath)
 	fmt.Fprintf(w, "published ports\t%d\n", r.Ports)
-	fmt.Fprintf(w, "conntrack\t%d / %d entries\n\n", r.CTEntries, r.CTCapacity)
+	fmt.Fprintf(w, "conntrack\t%d / %d entries\n", r.CTEntries, r.CTCapacity)
+	printHostFirewall(w, r.HostFirewall)
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "INTERFACE\tHOOK\tPROGRAM\tMODE\tID")
 	for _, a := range r.Attachments {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", a.Interface, a.Direction, a.Program, a.Mode, a.ProgramID)
