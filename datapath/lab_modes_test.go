@@ -2,9 +2,12 @@ package datapath
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -125,7 +128,16 @@ var modeScenarios = []struct {
 		}
 		// Another host address does not answer for the binding.
 		gw := m.topo.Bridges[0].Gateway.String()
-		mustNotConnect(t, &ext.Namespace, gw+":8081", "a port bound to "+modeHost+" answered on "+gw)
+		if m.dp.Name() == "iptables" {
+			// Docker's rules give the SYN to the host, which has no
+			// socket there and answers with a RST.
+			mustBeRefused(t, &ext.Namespace, gw+":8081", "a port bound to "+modeHost+" on "+gw)
+		} else {
+			// The eBPF datapath drops what comes from outside to an
+			// address of a bridge's subnet that no published port
+			// names, the gateway's included.
+			mustBeDropped(t, m.dropped, &ext.Namespace, gw+":8081", DropNotPublished, "a port bound to "+modeHost+" on "+gw)
+		}
 	}},
 	{"port_range", func(t *testing.T, m *modeLab) {
 		ext := m.topo.Externals[0]
@@ -163,21 +175,116 @@ var modeScenarios = []struct {
 		ext := m.topo.Externals[0]
 		// The external host has a route to the containers (added by
 		// TestLabModes); port 81 of c0 listens but is not published.
-		mustNotConnect(t, &ext.Namespace, modeC0+":81", "an external host reached an unpublished container port")
-		mustNotConnect(t, &ext.Namespace, modeHost+":8083", "an unpublished host port reached something")
+		mustBeDropped(t, m.dropped, &ext.Namespace, modeC0+":81", DropNotPublished, "an unpublished container port")
+		mustBeRefused(t, &ext.Namespace, modeHost+":8083", "an unpublished host port")
+		// The same client reaches the same container, and the host's
+		// published port answers, where it is allowed.
+		if got := tcpExchange(t, &ext.Namespace, modeHost+":8080", 100); got != ext.Addr.String() {
+			t.Errorf("published port: container saw %s, want %s", got, ext.Addr)
+		}
 	}},
 }
 
-// mustNotConnect fails if a TCP connection from ns to addr succeeds within
-// a second and a half.
-func mustNotConnect(t *testing.T, ns *lab.Namespace, addr, msg string) {
+// mustBeRefused fails unless a TCP connection from ns to addr is refused
+// (ECONNREFUSED: a RST answered the SYN). A timeout, no route, a missing
+// namespace or a connection that succeeds all fail the test.
+func mustBeRefused(t *testing.T, ns *lab.Namespace, addr, msg string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 	defer cancel()
-	if c, err := ns.DialTCP(ctx, addr); err == nil {
+	c, err := ns.DialTCP(ctx, addr)
+	if err == nil {
 		c.Close()
-		t.Error(msg)
+		t.Errorf("%s: connected to %s, want ECONNREFUSED", msg, addr)
+		return
 	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("%s: dialing %s: %v, want ECONNREFUSED", msg, addr, err)
+	}
+}
+
+// mustBeDropped fails unless a TCP connection from ns to addr times out
+// and the counter of drops for reason rises during that probe (read by
+// dropped just before and after it): the SYN was dropped by the datapath
+// for that reason, not lost elsewhere. Any other error fails the test.
+func mustBeDropped(t *testing.T, dropped func(t *testing.T, reason DropReason) uint64, ns *lab.Namespace, addr string, reason DropReason, msg string) {
+	t.Helper()
+	before := dropped(t, reason)
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	c, err := ns.DialTCP(ctx, addr)
+	after := dropped(t, reason)
+	if err == nil {
+		c.Close()
+		t.Errorf("%s: connected to %s, want it dropped (%s)", msg, addr, reason)
+		return
+	}
+	if !isTimeout(err) {
+		t.Errorf("%s: dialing %s: %v, want a timeout with the SYN dropped (%s)", msg, addr, err, reason)
+		return
+	}
+	if after <= before {
+		t.Errorf("%s: dialing %s timed out but %s drops went %d -> %d: the SYN was lost elsewhere", msg, addr, reason, before, after)
+	}
+}
+
+// isTimeout reports whether err is a dial that ran out of time.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// dropped reads the counter that a packet dropped for reason raises in
+// m's datapath: the eBPF datapath's drop counter of that reason; for the
+// iptables datapath, the packets matched by the DROP rules that stand for
+// it (DOCKER's for not_published, ISOLATION-STAGE-2's for isolation).
+func (m *modeLab) dropped(t *testing.T, reason DropReason) uint64 {
+	t.Helper()
+	switch dp := m.dp.(type) {
+	case *EBPF:
+		d, err := dp.Drops()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d[reason]
+	case *Iptables:
+		chain := map[DropReason]string{DropNotPublished: chainDocker, DropIsolation: chainIso2}[reason]
+		if chain == "" {
+			t.Fatalf("no iptables rule stands for drop reason %s", reason)
+		}
+		return iptablesDrops(t, m.topo.Host, dp.opts.ChainPrefix+chain)
+	}
+	t.Fatalf("datapath %T has no drop counters", m.dp)
+	return 0
+}
+
+// iptablesDrops sums the packet counters of the DROP rules of a filter
+// chain in ns.
+func iptablesDrops(t *testing.T, ns *lab.Namespace, chain string) uint64 {
+	t.Helper()
+	out, err := ns.Run(context.Background(), "iptables-save", "-c", "-t", "filter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	rules := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		counters, rule, ok := strings.Cut(line, "] ")
+		if !ok || !strings.HasPrefix(rule, "-A "+chain+" ") || !strings.HasSuffix(rule, " -j DROP") {
+			continue
+		}
+		pkts, _, _ := strings.Cut(strings.TrimPrefix(counters, "["), ":")
+		v, err := strconv.ParseUint(pkts, 10, 64)
+		if err != nil {
+			t.Fatalf("counters of %q: %v", line, err)
+		}
+		n += v
+		rules++
+	}
+	if rules == 0 {
+		t.Fatalf("no DROP rule in chain %s:\n%s", chain, out)
+	}
+	return n
 }
 
 // TestLabModes runs the same scenarios against the eBPF datapath, with and
