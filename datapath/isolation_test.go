@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -84,11 +85,29 @@ func isoReach(ns *lab.Namespace, addr string) (string, bool) {
 	return strings.TrimSpace(string(buf[:n])), true
 }
 
-// isoPing tells whether ns gets an echo reply from addr.
-func isoPing(ns *lab.Namespace, addr string) bool {
+// isoPing tells whether ns gets an echo reply from addr, by busybox
+// ping's own verdict: exit status 0 for a reply, 1 with "1 packets
+// transmitted, 0 packets received" for none. Anything else (busybox or
+// nsenter missing, a send error such as no route, another status) fails
+// the test rather than counting as no reply.
+func isoPing(t *testing.T, ns *lab.Namespace, addr string) bool {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return ns.Command(ctx, "busybox", "ping", "-c", "1", "-W", "1", addr).Run() == nil
+	var stdout, stderr strings.Builder
+	cmd := ns.Command(ctx, "busybox", "ping", "-c", "1", "-W", "1", addr)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil && strings.Contains(stdout.String(), "1 packets received"):
+		return true
+	case errors.As(err, &exit) && exit.ExitCode() == 1 && stderr.Len() == 0 &&
+		strings.Contains(stdout.String(), "1 packets transmitted, 0 packets received"):
+		return false
+	}
+	t.Fatalf("busybox ping %s in %s did not run to a verdict: %v\nstdout: %s\nstderr: %s", addr, ns.Name, err, stdout.String(), stderr.String())
+	return false
 }
 
 func TestLabIsolation(t *testing.T) {
@@ -198,24 +217,31 @@ func TestLabIsolation(t *testing.T) {
 			{"the outside straight to a container without masquerade", -1, addr(7, 80), ""},
 		})
 
-		// ICMP.
+		// ICMP: an echo that must go unanswered is dropped for its
+		// reason during that ping.
 		for _, p := range []struct {
 			name     string
 			from     int
 			to       string
 			answered bool
+			reason   DropReason // when not answered
 		}{
-			{"same network", 0, c[1].Addr.String(), true},
-			{"inside an internal network", 5, c[6].Addr.String(), true},
-			{"no-ICC network to its gateway", 3, gw(isoNoICC), true},
-			{"no-ICC network out", 3, ext.Addr.String(), true},
-			{"without masquerade out", 7, ext.Addr.String(), true},
-			{"to another network", 0, c[2].Addr.String(), false},
-			{"inside a no-ICC network", 3, c[4].Addr.String(), false},
-			{"internal network out", 5, ext.Addr.String(), false},
+			{"same network", 0, c[1].Addr.String(), true, 0},
+			{"inside an internal network", 5, c[6].Addr.String(), true, 0},
+			{"no-ICC network to its gateway", 3, gw(isoNoICC), true, 0},
+			{"no-ICC network out", 3, ext.Addr.String(), true, 0},
+			{"without masquerade out", 7, ext.Addr.String(), true, 0},
+			{"to another network", 0, c[2].Addr.String(), false, DropIsolation},
+			{"inside a no-ICC network", 3, c[4].Addr.String(), false, DropICC},
+			{"internal network out", 5, ext.Addr.String(), false, DropInternal},
 		} {
-			if got := isoPing(&c[p.from].Namespace, p.to); got != p.answered {
+			before := l.drops(t)[p.reason]
+			got := isoPing(t, &c[p.from].Namespace, p.to)
+			after := l.drops(t)[p.reason]
+			if got != p.answered {
 				t.Errorf("ping %s (c%d to %s): answered %v, want %v", p.name, p.from, p.to, got, p.answered)
+			} else if !got && after <= before {
+				t.Errorf("ping %s (c%d to %s): no answer, but %s drops went %d -> %d: lost elsewhere", p.name, p.from, p.to, p.reason, before, after)
 			}
 		}
 	})
