@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -400,24 +401,29 @@ func TestDockerIsolationE2E(t *testing.T) {
 	})
 
 	t.Run("Ping", func(t *testing.T) {
+		// An echo that must go unanswered is dropped for its reason
+		// during that ping.
 		for _, p := range []struct {
 			from     *isoCtr
 			to       string
 			answered bool
+			reason   datapath.DropReason // when not answered
 		}{
-			{a2, a1.addr.String(), true},
-			{i2, i1.addr.String(), true},
-			{n1, isoNets[3].gateway().String(), true},
-			{n1, e.ext.Addr.String(), true},
-			{a1, b1.addr.String(), false},
-			{n1, n2.addr.String(), false},
-			{i1, e.ext.Addr.String(), false},
+			{a2, a1.addr.String(), true, 0},
+			{i2, i1.addr.String(), true, 0},
+			{n1, isoNets[3].gateway().String(), true, 0},
+			{n1, e.ext.Addr.String(), true, 0},
+			{a1, b1.addr.String(), false, datapath.DropIsolation},
+			{n1, n2.addr.String(), false, datapath.DropICC},
+			{i1, e.ext.Addr.String(), false, datapath.DropInternal},
 		} {
-			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err := p.from.ns.Command(ctx, "busybox", "ping", "-c", "1", "-W", "1", p.to).Run()
-			cancel()
-			if (err == nil) != p.answered {
-				t.Errorf("ping from %s to %s: answered %v, want %v", p.from.name, p.to, err == nil, p.answered)
+			before := isoDrops(t, e)[p.reason]
+			got := busyboxPing(t, ctx, p.from.ns, p.to)
+			after := isoDrops(t, e)[p.reason]
+			if got != p.answered {
+				t.Errorf("ping from %s to %s: answered %v, want %v", p.from.name, p.to, got, p.answered)
+			} else if !got && after <= before {
+				t.Errorf("ping from %s to %s: no answer, but %s drops went %d -> %d: lost elsewhere", p.from.name, p.to, p.reason, before, after)
 			}
 		}
 	})
@@ -488,6 +494,31 @@ func TestDockerIsolationE2E(t *testing.T) {
 	for _, err := range e.errs {
 		t.Errorf("applying a state from Watch: %v", err)
 	}
+}
+
+// busyboxPing tells whether ns gets an echo reply from addr, by busybox
+// ping's own verdict: exit status 0 for a reply, 1 with "1 packets
+// transmitted, 0 packets received" for none. Anything else (busybox or
+// nsenter missing, a send error such as no route, another status) fails
+// the test rather than counting as no reply.
+func busyboxPing(t *testing.T, ctx context.Context, ns *lab.Namespace, addr string) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var stdout, stderr strings.Builder
+	cmd := ns.Command(ctx, "busybox", "ping", "-c", "1", "-W", "1", addr)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil && strings.Contains(stdout.String(), "1 packets received"):
+		return true
+	case errors.As(err, &exit) && exit.ExitCode() == 1 && stderr.Len() == 0 &&
+		strings.Contains(stdout.String(), "1 packets transmitted, 0 packets received"):
+		return false
+	}
+	t.Fatalf("busybox ping %s in %s did not run to a verdict: %v\nstdout: %s\nstderr: %s", addr, ns.Name, err, stdout.String(), stderr.String())
+	return false
 }
 
 func isoDrops(t *testing.T, e *e2e) map[datapath.DropReason]uint64 {
