@@ -51,10 +51,16 @@ func (h *hostFirewall) watch(ctx context.Context, interval time.Duration) {
 	}
 }
 
+// checkTimeout bounds one check: a wedged iptables-save is reported, not
+// waited for.
+const checkTimeout = 10 * time.Second
+
 // check runs the detection, logs a change and records the result under
 // the pin path.
 func (h *hostFirewall) check(ctx context.Context) {
-	r, err := hostfw.Detect(ctx, "")
+	dctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	r, err := hostfw.Detect(dctx, "")
+	cancel()
 	if ctx.Err() != nil {
 		return // stopping: a check cut short says nothing
 	}

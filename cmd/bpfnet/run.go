@@ -46,9 +46,9 @@ type runFlags struct {
 	cgroupPath  string
 	docker      string
 	datapath    string
-	// hostFirewall is how often the host firewall is checked for rules
+	// hostFWInterval is how often the host firewall is checked for rules
 	// the fast path takes packets around; 0 checks once, at start.
-	hostFirewall time.Duration
+	hostFWInterval time.Duration
 }
 
 func newRunCmd() *cobra.Command {
@@ -82,7 +82,7 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 	fl.Lookup("docker").NoOptDefVal = "default"
 	fl.BoolVar(&f.hostSockets, "host-sockets", true, "serve published ports to the host's own processes (docker-proxy's job) with cgroup programs")
 	fl.StringVar(&f.cgroupPath, "cgroup-path", "", "cgroup v2 folder of those programs (default: the root, /sys/fs/cgroup or /sys/fs/cgroup/unified)")
-	fl.DurationVar(&f.hostFirewall, "host-firewall-interval", 30*time.Second, "how often the host firewall (DOCKER-USER, ufw, nftables forward chains) is checked for rules the fast path goes around (0: once, at start)")
+	fl.DurationVar(&f.hostFWInterval, "host-firewall-interval", 30*time.Second, "how often the host firewall (DOCKER-USER, ufw, nftables forward chains) is checked for rules the fast path goes around (0: once, at start)")
 	fl.StringArrayVar(&f.containers, "container", nil, "name a container for metrics and status without a runtime: NAME=ADDRESS (repeatable)")
 	return cmd
 }
@@ -102,8 +102,8 @@ func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
 		return opts, nil, fmt.Errorf("invalid --nat-ports %q: want MIN-MAX within 1-65535", f.natPorts)
 	}
 	opts.NATPortMin, opts.NATPortMax = uint16(min), uint16(max)
-	if f.hostFirewall < 0 {
-		return opts, nil, fmt.Errorf("invalid --host-firewall-interval %s: must not be negative", f.hostFirewall)
+	if f.hostFWInterval < 0 {
+		return opts, nil, fmt.Errorf("invalid --host-firewall-interval %s: must not be negative", f.hostFWInterval)
 	}
 	if f.ctSize < 1024 {
 		return opts, nil, fmt.Errorf("invalid --ct-size %d: at least 1024", f.ctSize)
@@ -292,8 +292,8 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 	current.Store(&state)
 	hostFW := &hostFirewall{pinPath: f.pinPath, fastPath: f.fastPath}
 	hostFW.check(ctx)
-	if f.hostFirewall > 0 {
-		go hostFW.watch(ctx, f.hostFirewall)
+	if f.hostFWInterval > 0 {
+		go hostFW.watch(ctx, f.hostFWInterval)
 	}
 	if metricsLn != nil {
 		coll := metrics.NewCollector(dp, func() datapath.State { return *current.Load() },
