@@ -65,24 +65,24 @@ func isoState(l *labDatapath, ports []PortMapping) (State, error) {
 	return s, nil
 }
 
-// isoReach tells whether a TCP connection from ns to addr gets the echo
-// server's greeting (the address it saw the client with) within a
-// timeout.
-func isoReach(ns *lab.Namespace, addr string) (string, bool) {
+// isoReach connects from ns to addr and returns the echo server's
+// greeting (the address it saw the client with); the error is the dial's
+// (a timeout when the SYN went unanswered) or the read's.
+func isoReach(ns *lab.Namespace, addr string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
 	defer cancel()
 	c, err := ns.DialTCP(ctx, addr)
 	if err != nil {
-		return err.Error(), false
+		return "", err
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(2 * time.Second))
 	buf := make([]byte, 64)
 	n, err := c.Read(buf)
 	if err != nil {
-		return err.Error(), false
+		return "", fmt.Errorf("reading the greeting: %w", err)
 	}
-	return strings.TrimSpace(string(buf[:n])), true
+	return strings.TrimSpace(string(buf[:n])), nil
 }
 
 // isoPing tells whether ns gets an echo reply from addr, by busybox
@@ -156,16 +156,17 @@ func TestLabIsolation(t *testing.T) {
 				if p.from >= 0 {
 					ns = &c[p.from].Namespace
 				}
-				got, ok := isoReach(ns, p.to)
-				if !ok {
-					t.Errorf("%s (%s): no answer: %s", p.name, p.to, got)
+				got, err := isoReach(ns, p.to)
+				if err != nil {
+					t.Errorf("%s (%s): no answer: %v", p.name, p.to, err)
 				} else if p.saw != "" && got != p.saw {
 					t.Errorf("%s (%s): the server saw %s, want %s", p.name, p.to, got, p.saw)
 				}
 			}
 		}
-		// blocked checks that none of the probes gets through and that
-		// drops of reason rose.
+		// blocked checks that each probe's connection times out (its SYN
+		// unanswered: a refusal or any other error fails) and that drops
+		// of reason rose by one each at least.
 		blocked := func(reason DropReason, probes []probe) {
 			t.Helper()
 			before := l.drops(t)[reason]
@@ -174,8 +175,10 @@ func TestLabIsolation(t *testing.T) {
 				if p.from >= 0 {
 					ns = &c[p.from].Namespace
 				}
-				if got, ok := isoReach(ns, p.to); ok {
+				if got, err := isoReach(ns, p.to); err == nil {
 					t.Errorf("%s (%s): answered (%s), want it blocked", p.name, p.to, got)
+				} else if !isTimeout(err) {
+					t.Errorf("%s (%s): %v, want a timeout", p.name, p.to, err)
 				}
 			}
 			if after := l.drops(t)[reason]; after < before+uint64(len(probes)) {

@@ -390,6 +390,8 @@ func TestDockerIsolationE2E(t *testing.T) {
 				}
 				if line, err := isoDial(ns, p.to); err == nil {
 					t.Errorf("%s: %s reached %s (%q), want it blocked", g.reason, from, p.to, line)
+				} else if !isTimeout(err) {
+					t.Errorf("%s: %s to %s: %v, want a timeout (the SYN dropped)", g.reason, from, p.to, err)
 				}
 			}
 			after := isoDrops(t, e)[g.reason]
@@ -494,6 +496,12 @@ func TestDockerIsolationE2E(t *testing.T) {
 	for _, err := range e.errs {
 		t.Errorf("applying a state from Watch: %v", err)
 	}
+}
+
+// isTimeout reports whether err is a dial that ran out of time.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // busyboxPing tells whether ns gets an echo reply from addr, by busybox
