@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,7 +24,9 @@ import (
 // pass FORWARD, so a DOCKER-USER rule dropping one client stops that
 // client's connections and no other's, and the connection works again
 // once the rule is gone. With the fast path on, the daemon reports the
-// same rule as bypassed, in `bpfnet status` and in its metrics, and stops
+// same rule as bypassed, in `bpfnet status`, in its metrics and with one
+// warning in the log over several checks, shows it bypassed indeed (the
+// client it names connects, the rule's counter stays), and stops
 // reporting it once it is removed.
 func TestRunHostFirewall(t *testing.T) {
 	requireRoot(t)
@@ -36,24 +40,64 @@ func TestRunHostFirewall(t *testing.T) {
 	greetServer(t, &c0.Namespace, c0.Addr.String()+":80", false)
 	ctx := context.Background()
 
-	start := func(fastPath bool) func() {
+	// start runs the daemon; logged counts its log lines containing a
+	// string so far.
+	start := func(fastPath bool) (stop func(), logged func(string) int) {
 		t.Helper()
 		cmd := topo.Host.Command(ctx, bin, "run", "--pin-path", pin,
 			"--bridge", topo.Bridges[0].Name, "--uplink", x0.Uplink, "--uplink", x1.Uplink,
 			"--publish", fmt.Sprintf("8080:%s:80", c0.Addr), "--fast-path="+strconv.FormatBool(fastPath),
 			"--host-firewall-interval", "100ms", "--metrics-addr", "127.0.0.1:19475")
-		ready := readyWatch(t, cmd)
+		pr, pw := io.Pipe()
+		cmd.Stderr = pw
+		var mu sync.Mutex
+		var lines []string
+		ready := make(chan struct{})
+		go func() {
+			sc := bufio.NewScanner(pr)
+			for sc.Scan() {
+				fmt.Fprintln(os.Stderr, sc.Text())
+				mu.Lock()
+				lines = append(lines, sc.Text())
+				mu.Unlock()
+				if strings.Contains(sc.Text(), "datapath attached") {
+					select {
+					case <-ready:
+					default:
+						close(ready)
+					}
+				}
+			}
+		}()
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		ready()
+		select {
+		case <-ready:
+		case <-time.After(15 * time.Second):
+			t.Fatal("bpfnet run did not report the datapath attached")
+		}
 		waitAttached(t, topo, bin, pin, 4)
-		return func() {
+		stop = func() {
 			cmd.Process.Signal(syscall.SIGTERM)
-			if err := cmd.Wait(); err != nil {
+			err := cmd.Wait()
+			pw.Close()
+			if err != nil {
 				t.Fatalf("bpfnet run exited with %v after SIGTERM", err)
 			}
 		}
+		logged = func(sub string) int {
+			mu.Lock()
+			defer mu.Unlock()
+			n := 0
+			for _, l := range lines {
+				if strings.Contains(l, sub) {
+					n++
+				}
+			}
+			return n
+		}
+		return stop, logged
 	}
 	iptables := func(args ...string) {
 		t.Helper()
@@ -149,7 +193,7 @@ func TestRunHostFirewall(t *testing.T) {
 	}
 
 	t.Run("fast_path_off", func(t *testing.T) {
-		stop := start(false)
+		stop, _ := start(false)
 		defer stop()
 		status(func(s *hostfw.Status) bool { return !s.Found() && !s.FastPath && !s.Bypassed }, "no rules")
 		mustConnect(x0, "without the rule")
@@ -169,11 +213,17 @@ func TestRunHostFirewall(t *testing.T) {
 	})
 
 	t.Run("fast_path_on", func(t *testing.T) {
-		stop := start(true)
+		stop, logged := start(true)
 		defer stop()
 		status(func(s *hostfw.Status) bool { return !s.Found() && s.FastPath && !s.Bypassed }, "no rules")
 		iptables(append([]string{"-I"}, dropRule...)...)
-		status(func(s *hostfw.Status) bool { return onlyDockerUser(s) && s.FastPath && s.Bypassed }, "the rule, bypassed")
+		first := status(func(s *hostfw.Status) bool { return onlyDockerUser(s) && s.FastPath && s.Bypassed }, "the rule, bypassed")
+		// Checks go on, the warning is not repeated.
+		status(func(s *hostfw.Status) bool { return s.CheckedAt.Sub(first.CheckedAt) >= 300*time.Millisecond }, "three checks more")
+		const warning = "host firewall rules do not see translated packets"
+		if n := logged(warning); n != 1 {
+			t.Errorf("the daemon logged %q %d times over several checks, want once", warning, n)
+		}
 		if text := statusText(t, topo, bin, pin); !strings.Contains(text, "BYPASSED by the fast path: 1 rules") {
 			t.Errorf("bpfnet status does not say the rule is bypassed:\n%s", text)
 		}
