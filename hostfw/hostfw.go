@@ -17,7 +17,9 @@
 //   - nftables through netlink (github.com/google/nftables, no nft binary
 //     needed): base chains hooked at forward, in the ip, ip6, inet and
 //     bridge families, that have rules or a drop policy, except the tables
-//     iptables-nft manages (already read above).
+//     iptables-nft manages (already read above) and Docker's own
+//     docker-bridges (its firewall-backend=nftables rules, which the
+//     datapath stands for as it does for Docker's iptables chains).
 //
 // What it needs: CAP_NET_ADMIN in the namespace, nsenter(1) for a
 // namespace other than the caller's. What it does not do: it does not
@@ -204,6 +206,10 @@ func ParseSave(source string, out []byte) []Chain {
 // built-in chains (FORWARD in upper case).
 var xtablesTables = []string{"filter", "mangle", "raw", "security", "nat"}
 
+// dockerTable is the ip and ip6 table of Docker's nftables firewall
+// backend (Docker 29+).
+const dockerTable = "docker-bridges"
+
 func familyName(f nftables.TableFamily) string {
 	switch f {
 	case nftables.TableFamilyIPv4:
@@ -246,7 +252,8 @@ func nftChains(netnsPath string) ([]Chain, error) {
 		if fam == "" || c.Hooknum == nil || *c.Hooknum != *nftables.ChainHookForward {
 			continue
 		}
-		if (fam == "ip" || fam == "ip6") && slices.Contains(xtablesTables, c.Table.Name) && c.Name == "FORWARD" {
+		if (fam == "ip" || fam == "ip6") && (c.Table.Name == dockerTable ||
+			slices.Contains(xtablesTables, c.Table.Name) && c.Name == "FORWARD") {
 			continue
 		}
 		rules, err := conn.GetRules(c.Table, c)

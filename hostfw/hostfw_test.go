@@ -157,12 +157,22 @@ func TestDetectLab(t *testing.T) {
 		return conn.Flush()
 	})
 	detect(ufw, dockerUser, nftFwd, Chain{Source: SourceNftables, Table: "ip strict", Chain: "forward", Policy: "drop"})
+	// Docker's own nftables table is Docker's, not the user's.
+	inDo(func() error {
+		d := conn.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: "docker-bridges"})
+		fc := conn.AddChain(&nftables.Chain{Name: "filter-FORWARD", Table: d, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &drop})
+		conn.AddRule(&nftables.Rule{Table: d, Chain: fc, Exprs: []expr.Any{&expr.Counter{}}})
+		return conn.Flush()
+	})
+	detect(ufw, dockerUser, nftFwd, Chain{Source: SourceNftables, Table: "ip strict", Chain: "forward", Policy: "drop"})
 
 	// Taking the rule away is seen as well.
 	run("iptables-nft", "-D", "DOCKER-USER", "-s", "10.231.0.9", "-j", "DROP")
 	inDo(func() error {
 		conn.DelTable(tbl)
 		conn.DelTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: "strict"})
+		conn.DelTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: "docker-bridges"})
 		return conn.Flush()
 	})
 	detect(ufw)
