@@ -449,3 +449,63 @@ func TestPacketMasqHostRemap(t *testing.T) {
 		})
 	}
 }
+
+// TestPacketMasqRunOfHostPorts: a run of 500 consecutive ports held by
+// host sockets, inside the translation range, and a container flow from
+// each of them: every one is translated, to a port outside the run and of
+// its own. (Ports in use come in runs; a search that walked the range from
+// a random place would fail whenever it started inside one.)
+func TestPacketMasqRunOfHostPorts(t *testing.T) {
+	const n, base = 500, 40000
+	for _, proto := range []layers.IPProtocol{pTCP, pUDP} {
+		t.Run(proto.String(), func(t *testing.T) {
+			e := newPacketEnv(t, Options{FastPath: true})
+			e.addRemoteServer()
+			remote := netip.AddrPortFrom(remoteIP, 443)
+			var ln net.Listener
+			if proto == pTCP {
+				e.inNetns("listening", func() error {
+					var err error
+					ln, err = net.Listen("tcp4", remote.String())
+					return err
+				})
+				defer ln.Close()
+			}
+			for i := range n {
+				local := netip.AddrPortFrom(hostIP, base+uint16(i))
+				if proto == pUDP {
+					e.hostListen("udp4", local)
+					continue
+				}
+				var c net.Conn
+				e.inNetns("host connection", func() error {
+					d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(local), Timeout: 5 * time.Second}
+					var err error
+					c, err = d.Dial("tcp4", remote.String())
+					return err
+				})
+				t.Cleanup(func() { c.Close() })
+				s, err := ln.Accept()
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { s.Close() })
+			}
+			used := map[uint16]bool{}
+			for i := range n {
+				p := e.masqPort(flowPacket(proto, ctrA, base+uint16(i), remoteIP, 443))
+				if p >= base && p < base+n {
+					t.Fatalf("flow from port %d translated to %d, a host socket's", base+i, p)
+				}
+				if used[p] {
+					t.Fatalf("flow from port %d translated to %d, another flow's", base+i, p)
+				}
+				used[p] = true
+			}
+			e.expectDrops(nil)
+			if h := e.event(EventNATHostSocket); h < n {
+				t.Errorf("nat_host_socket = %d, want at least %d", h, n)
+			}
+		})
+	}
+}

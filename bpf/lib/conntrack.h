@@ -253,9 +253,13 @@ static __always_inline int nat_try(struct __sk_buff *ctx, struct ct_key *rk, con
 /* nat_alloc picks the translated port for a flow whose reply key is rk
  * (rk->dport is the port to choose) and claims rk with entry re. The
  * flow's own port is kept when free (own 0: never); otherwise up to
- * NAT_TRIES ports are tried from the configured range, starting at a
- * random place. Returns -1 when none is free: the flow must be dropped,
- * never given a tuple in use. */
+ * NAT_TRIES ports of the configured range are tried. A range no bigger
+ * than that is scanned whole from a random place. In a bigger one each
+ * try draws its port at random: ports in use come in runs (the host's
+ * ephemeral ports, containers' own ports kept, blocks of published ports),
+ * and a scan that starts inside a run of NAT_TRIES ports fails although
+ * the range is nearly free. Returns -1 when no port was free: the flow
+ * must be dropped, never given a tuple in use. */
 static __always_inline int nat_alloc(struct __sk_buff *ctx, struct ct_key *rk, struct ct_entry *re, __be16 own,
 				     __u64 now)
 {
@@ -271,7 +275,8 @@ static __always_inline int nat_alloc(struct __sk_buff *ctx, struct ct_key *rk, s
 	range = max - min + 1;
 	start = bpf_get_prandom_u32();
 	for (__u32 i = 0; i < NAT_TRIES && i < range; i++) {
-		__u32 port = min + (start + i) % range;
+		__u32 off = range > NAT_TRIES ? bpf_get_prandom_u32() : start + i;
+		__u32 port = min + off % range;
 
 		rk->dport = bpf_htons((__u16)port);
 		if (nat_try(ctx, rk, re, now) == 0)
