@@ -199,9 +199,10 @@ static __always_inline int ct_claim(const struct ct_key *rk, const struct ct_ent
  * ICMP echo identifiers are not looked up: no helper finds the kernel's
  * ping sockets (nor raw sockets, which see every echo reply anyway). A
  * container's echo may so take the identifier of a host ping that started
- * first, whose replies then go to the container; the host ping's next
- * request finds the identifier held and gets one of its own (see
- * to_netdev), so it loses the answers of one request, not the flow. */
+ * first: the answer on its way to the host then goes to the container, but
+ * the host ping's next request finds the identifier held and gets one of
+ * its own (host_flow_collides in to_netdev), so the host loses an answer,
+ * not the flow. A host ping that starts after is always remapped. */
 static __always_inline int nat_host_socket(struct __sk_buff *ctx, const struct ct_key *rk)
 {
 	struct bpf_sock_tuple tup = {};
