@@ -9,16 +9,21 @@ package datapath
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/gopacket/layers"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // The fixed port of the host sockets and of the colliding container
@@ -128,12 +133,12 @@ func (e *packetEnv) hostUDPConn(local, remote netip.AddrPort) {
 	})
 }
 
-// tcpState is the state of the test namespace's TCP socket bound to
-// local port port, as /proc/net/tcp gives it ("01" established, "06"
-// time-wait), or "" if there is none.
-func (e *packetEnv) tcpState(port uint16) string {
+// tcpStates lists the states of the test namespace's TCP sockets bound
+// to local port port, as /proc/net/tcp gives them ("01" established, "03"
+// a request, "06" time-wait, "0A" listen).
+func (e *packetEnv) tcpStates(port uint16) []string {
 	e.t.Helper()
-	var state string
+	var states []string
 	e.inNetns("reading /proc/net/tcp", func() error {
 		// thread-self: the namespace of this thread, not of the process.
 		f, err := os.Open("/proc/thread-self/net/tcp")
@@ -145,12 +150,26 @@ func (e *packetEnv) tcpState(port uint16) string {
 		for sc.Scan() {
 			fs := strings.Fields(sc.Text())
 			if len(fs) > 3 && strings.HasSuffix(fs[1], fmt.Sprintf(":%04X", port)) {
-				state = fs[3]
+				states = append(states, fs[3])
 			}
 		}
 		return sc.Err()
 	})
-	return state
+	return states
+}
+
+// tcpState is the state of the only TCP socket on local port port, ""
+// if there is none.
+func (e *packetEnv) tcpState(port uint16) string {
+	e.t.Helper()
+	s := e.tcpStates(port)
+	if len(s) == 0 {
+		return ""
+	}
+	if len(s) > 1 {
+		e.t.Fatalf("%d TCP sockets on port %d, want one: %v", len(s), port, s)
+	}
+	return s[0]
 }
 
 // masqPort sends the first packet of a container flow through to_netdev,
@@ -249,6 +268,46 @@ func TestPacketMasqHostTCPSocket(t *testing.T) {
 		e.expectDrops(nil)
 	})
 
+	t.Run("request", func(t *testing.T) {
+		// A listener that accepts only once data comes keeps the
+		// connection of a client that sent none as a request socket.
+		e := newMasqEnv(t)
+		var ln net.Listener
+		e.inNetns("listening with TCP_DEFER_ACCEPT", func() error {
+			lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+				var serr error
+				err := c.Control(func(fd uintptr) {
+					serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, 30)
+				})
+				return errors.Join(err, serr)
+			}}
+			var err error
+			ln, err = lc.Listen(context.Background(), "tcp4", local.String())
+			return err
+		})
+		defer ln.Close()
+		// The client is the "remote" end: it connects from remote to
+		// the host's port.
+		e.inNetns("connecting to the listener", func() error {
+			d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(remote), Timeout: 5 * time.Second}
+			c, err := d.Dial("tcp4", local.String())
+			if err == nil {
+				t.Cleanup(func() { c.Close() })
+			}
+			return err
+		})
+		if s := e.tcpStates(hostPort); !slices.Contains(s, "03") {
+			t.Fatalf("sockets on port %d in states %v, want a 03 (request)", hostPort, s)
+		}
+		expectOtherPort(t, "container SYN onto a request's tuple", e.masqPort(syn(ctrA, masqRemoteTCP)))
+		if n := e.event(EventNATHostSocket); n != 1 {
+			t.Errorf("nat_host_socket = %d, want 1", n)
+		}
+		// The listener alone is no collision: another destination port.
+		expectPort(t, "container SYN to another port", e.masqPort(syn(ctrB, masqRemoteTCP+1)), hostPort)
+		e.expectDrops(nil)
+	})
+
 	t.Run("listener", func(t *testing.T) {
 		e := newMasqEnv(t)
 		e.hostListen("tcp4", netip.AddrPortFrom(netip.IPv4Unspecified(), hostPort))
@@ -332,6 +391,9 @@ func TestPacketMasqPublishedPort(t *testing.T) {
 			if n := len(e.ct()); n != 0 {
 				t.Errorf("%d conntrack entries, want none:\n%s", n, e.ctDump())
 			}
+			// Masquerade works in this setup: a flow from another port
+			// keeps it.
+			expectPort(t, "flow from another port", e.masqPort(flowPacket(c.flow, ctrA, 1234, remoteIP, 443)), 1234)
 			// The published port still takes its own connections.
 			dst := hostIP
 			v, out = e.fromNetdev(flowPacket(c.published, clientIP, 5555, dst, port).frame())
