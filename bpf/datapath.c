@@ -6,7 +6,9 @@
  *
  * Hooks, named from the container's side:
  *   from_netdev     uplink ingress: DNAT of published ports, reverse SNAT
- *   to_netdev       uplink egress: masquerade (SNAT), reverse DNAT
+ *   to_netdev       uplink egress: masquerade (SNAT), reverse DNAT, a
+ *                   port of its own for a host flow that clashes with a
+ *                   translation
  *   from_container  host veth ingress, which is container egress: hairpin,
  *                   isolation (lib/isolation.h), transmit counters, fast
  *                   path out
