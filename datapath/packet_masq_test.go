@@ -395,8 +395,7 @@ func TestPacketMasqPublishedPort(t *testing.T) {
 			// keeps it.
 			expectPort(t, "flow from another port", e.masqPort(flowPacket(c.flow, ctrA, 1234, remoteIP, 443)), 1234)
 			// The published port still takes its own connections.
-			dst := hostIP
-			v, out = e.fromNetdev(flowPacket(c.published, clientIP, 5555, dst, port).frame())
+			v, out = e.fromNetdev(flowPacket(c.published, clientIP, 5555, hostIP, port).frame())
 			expectVerdict(t, v, TC_ACT_REDIRECT)
 			checkFrame(t, out)
 			expectTuple(t, decode(t, out), clientIP, 5555, ctrC, 80)
