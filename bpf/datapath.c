@@ -6,7 +6,9 @@
  *
  * Hooks, named from the container's side:
  *   from_netdev     uplink ingress: DNAT of published ports, reverse SNAT
- *   to_netdev       uplink egress: masquerade (SNAT), reverse DNAT
+ *   to_netdev       uplink egress: masquerade (SNAT), reverse DNAT, a
+ *                   port of its own for a host flow that clashes with a
+ *                   translation
  *   from_container  host veth ingress, which is container egress: hairpin,
  *                   isolation (lib/isolation.h), transmit counters, fast
  *                   path out
@@ -258,6 +260,29 @@ unknown:
 	return TC_ACT_OK;
 }
 
+/* host_flow_collides tells whether a packet that leaves with no entry and
+ * not from a container network opens a flow of the host whose answers a
+ * translated flow would take: its reply tuple is held by a live entry (the
+ * host's connect() or bind() knows nothing of the translations). to_netdev
+ * then gives it a source port of its own, as Linux remaps the source port
+ * of a local connection that clashes with a NAT mapping. Any other host
+ * packet costs this one lookup and is left alone, without an entry. */
+static __always_inline int host_flow_collides(const struct pkt *p, __u64 now)
+{
+	struct ct_key rk = {.saddr = p->t.daddr, .daddr = p->t.saddr, .sport = p->t.dport, .dport = p->t.sport,
+			    .proto = p->t.proto};
+
+	if (p->frag == FRAG_LATER)
+		return 0;
+	if (p->t.proto == IPPROTO_TCP) {
+		if ((p->tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
+			return 0;
+	} else if (p->t.proto != IPPROTO_UDP && p->icmp != ICMP_K_ECHO_REQ) {
+		return 0;
+	}
+	return ct_lookup(&rk, CT_AT_FROM_NETDEV, now) != 0;
+}
+
 /* to_netdev: packets leaving through an uplink. */
 SEC("tc")
 int to_netdev(struct __sk_buff *ctx)
@@ -268,6 +293,7 @@ int to_netdev(struct __sk_buff *ctx)
 	struct ct_entry *e;
 	struct net_info *net;
 	struct uplink *up;
+	__be16 own;
 	int r;
 
 	if (CONFIG.redirect_only)
@@ -296,32 +322,41 @@ int to_netdev(struct __sk_buff *ctx)
 		return TC_ACT_OK;
 	}
 
-	/* Masquerade: a new flow from a container network. */
+	/* Masquerade: a new flow from a container network, or a host flow
+	 * that needs a port of its own. */
 	net = container_net(p.t.saddr);
-	if (!net || p.frag == FRAG_LATER)
-		return TC_ACT_OK;
-	if (!has_ports(p.t.proto) && p.icmp != ICMP_K_ECHO_REQ)
-		return TC_ACT_OK;
-	if (!(net->flags & NET_F_MASQ)) {
-		if (net->flags & NET_F_INTERNAL)
+	if (!net) {
+		if (!host_flow_collides(&p, now))
 			return TC_ACT_OK;
-		return track_routed(&p, now);
+		own = 0;
+	} else {
+		if (p.frag == FRAG_LATER)
+			return TC_ACT_OK;
+		if (!has_ports(p.t.proto) && p.icmp != ICMP_K_ECHO_REQ)
+			return TC_ACT_OK;
+		if (!(net->flags & NET_F_MASQ)) {
+			if (net->flags & NET_F_INTERNAL)
+				return TC_ACT_OK;
+			return track_routed(&p, now);
+		}
+		/* A TCP segment of no known flow: an answer whose entry is gone
+		 * (it comes back with the client's next packet), not a new
+		 * connection. */
+		if (p.t.proto == IPPROTO_TCP && (p.tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
+			return drop(DROP_CT_MISS);
+		own = p.t.sport;
 	}
-	/* A TCP segment of no known flow: an answer whose entry is gone (it
-	 * comes back with the client's next packet), not a new connection. */
-	if (p.t.proto == IPPROTO_TCP && (p.tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
-		return drop(DROP_CT_MISS);
 	{
 		__u32 ifindex = ctx->ifindex;
 
 		up = bpf_map_lookup_elem(&uplinks, &ifindex);
 	}
-	if (!up || !up->addr)
+	if (!up || !up->addr || (!net && up->addr != p.t.saddr))
 		return TC_ACT_OK;
 	{
 		struct ct_key rk = {.saddr = p.t.daddr, .daddr = up->addr, .sport = p.t.dport, .proto = p.t.proto};
 		struct ct_entry re = {}, oe = {};
-		struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
+		struct endpoint *ep = net ? bpf_map_lookup_elem(&endpoints, &p.t.saddr) : 0;
 
 		re.nsaddr = p.t.daddr;
 		re.ndaddr = p.t.saddr;
@@ -332,7 +367,7 @@ int to_netdev(struct __sk_buff *ctx)
 		re.kind = CT_SNAT;
 		if (ep)
 			re.ifindex = ep->ifindex;
-		if (nat_alloc(&rk, &re, p.t.sport, now) < 0)
+		if (nat_alloc(ctx, &rk, &re, own, now) < 0)
 			return drop(DROP_NAT_EXHAUSTED);
 
 		oe.nsaddr = up->addr;
@@ -351,7 +386,7 @@ int to_netdev(struct __sk_buff *ctx)
 		e = bpf_map_lookup_elem(&ct4, &p.t);
 		if (e)
 			ct_touch(&p.t, e, &p, now);
-		count_event(EV_CT_NEW_SNAT);
+		count_event(net ? EV_CT_NEW_SNAT : EV_NAT_HOST_REMAP);
 		if (apply(ctx, &p, &oe) < 0)
 			return drop(DROP_REWRITE);
 	}
@@ -446,7 +481,7 @@ int from_container(struct __sk_buff *ctx)
 			re.peer_flags = ne.flags;
 			re.kind = CT_HAIRPIN;
 			re.ifindex = src->ifindex;
-			if (nat_alloc(&rk, &re, p.t.sport, now) < 0)
+			if (nat_alloc(ctx, &rk, &re, p.t.sport, now) < 0)
 				return drop(DROP_NAT_EXHAUSTED);
 			ne.nsaddr = src->gw_addr;
 			ne.nsport = rk.dport;

@@ -69,6 +69,12 @@ const (
 	EventRedirectPeer
 	EventRedirectNeigh
 	EventFragTracked
+	// EventNATHostSocket: a masquerade candidate port was refused because
+	// a socket of the host uses its tuple.
+	EventNATHostSocket
+	// EventNATHostRemap: a flow of the host whose tuple a translated flow
+	// holds was given another source port.
+	EventNATHostRemap
 	eventMax = 16
 )
 
@@ -81,6 +87,8 @@ var eventNames = map[Event]string{
 	EventRedirectPeer:   "redirect_peer",
 	EventRedirectNeigh:  "redirect_neigh",
 	EventFragTracked:    "fragment_tracked",
+	EventNATHostSocket:  "nat_host_socket",
+	EventNATHostRemap:   "nat_host_remap",
 }
 
 func (e Event) String() string {
@@ -92,7 +100,7 @@ func (e Event) String() string {
 
 // Events lists every event the datapath counts.
 func Events() []Event {
-	return []Event{EventCTNewDNAT, EventCTNewSNAT, EventCTNewHairpin, EventCTRecreated, EventCTPeerRestored, EventRedirectPeer, EventRedirectNeigh, EventFragTracked}
+	return []Event{EventCTNewDNAT, EventCTNewSNAT, EventCTNewHairpin, EventCTRecreated, EventCTPeerRestored, EventRedirectPeer, EventRedirectNeigh, EventFragTracked, EventNATHostSocket, EventNATHostRemap}
 }
 
 // Traffic is what a container sent and received, summed over CPUs.

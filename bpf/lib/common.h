@@ -102,5 +102,7 @@ enum event {
 	EV_REDIRECT_PEER = 5,
 	EV_REDIRECT_NEIGH = 6,
 	EV_FRAG_TRACKED = 7,
+	EV_NAT_HOST_SOCKET = 8,  /* a masquerade candidate port refused: a host socket uses its tuple */
+	EV_NAT_HOST_REMAP = 9,   /* a host flow whose tuple a translation holds got another source port */
 	EV_MAX = 16,
 };

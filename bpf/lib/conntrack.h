@@ -188,28 +188,99 @@ static __always_inline int ct_claim(const struct ct_key *rk, const struct ct_ent
 
 #define NAT_TRIES 32
 
+/* nat_host_socket tells whether a socket of the host would receive the
+ * packets of reply tuple rk (rk->saddr:sport is the remote end,
+ * rk->daddr:dport the host's), looked up in the namespace of the device the
+ * packet is on. A TCP listener is no collision: it only takes new
+ * connections, and an answer to a translated flow is never one; an
+ * established, request or time-wait socket is. For UDP the socket that a
+ * datagram of rk would reach, connected or only bound, is one.
+ *
+ * ICMP echo identifiers are not looked up: no helper finds the kernel's
+ * ping sockets (nor raw sockets, which see every echo reply anyway). A
+ * container's echo may so take the identifier of a host ping that started
+ * first: the answer on its way to the host then goes to the container, but
+ * the host ping's next request finds the identifier held and gets one of
+ * its own (host_flow_collides in to_netdev), so the host loses an answer,
+ * not the flow. A host ping that starts after is always remapped. */
+static __always_inline int nat_host_socket(struct __sk_buff *ctx, const struct ct_key *rk)
+{
+	struct bpf_sock_tuple tup = {};
+	struct bpf_sock *sk;
+	int used = 1;
+
+	tup.ipv4.saddr = rk->saddr;
+	tup.ipv4.daddr = rk->daddr;
+	tup.ipv4.sport = rk->sport;
+	tup.ipv4.dport = rk->dport;
+	if (rk->proto == IPPROTO_TCP) {
+		sk = bpf_skc_lookup_tcp(ctx, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return 0;
+		used = sk->state != BPF_TCP_LISTEN;
+	} else if (rk->proto == IPPROTO_UDP) {
+		sk = bpf_sk_lookup_udp(ctx, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return 0;
+	} else {
+		return 0;
+	}
+	bpf_sk_release(sk);
+	return used;
+}
+
+/* nat_try claims reply key rk for a new translated flow (entry re) if its
+ * host port rk->dport is free: not a published port of the host address
+ * rk->daddr (or of every address), not a host socket's, not another live
+ * flow's. */
+static __always_inline int nat_try(struct __sk_buff *ctx, struct ct_key *rk, const struct ct_entry *re, __u64 now)
+{
+	if (has_ports(rk->proto)) {
+		struct port_key pk = {.addr = rk->daddr, .port = rk->dport, .proto = rk->proto};
+
+		if (bpf_map_lookup_elem(&published, &pk))
+			return -1;
+		pk.addr = 0;
+		if (bpf_map_lookup_elem(&published, &pk))
+			return -1;
+	}
+	if (nat_host_socket(ctx, rk)) {
+		count_event(EV_NAT_HOST_SOCKET);
+		return -1;
+	}
+	return ct_claim(rk, re, now);
+}
+
 /* nat_alloc picks the translated port for a flow whose reply key is rk
  * (rk->dport is the port to choose) and claims rk with entry re. The
- * flow's own port is kept when free; otherwise ports are tried from the
- * configured range, starting at a random place. */
-static __always_inline int nat_alloc(struct ct_key *rk, struct ct_entry *re, __be16 own, __u64 now)
+ * flow's own port is kept when free (own 0: never); otherwise up to
+ * NAT_TRIES ports of the configured range are tried. A range no bigger
+ * than that is scanned whole from a random place. In a bigger one each
+ * try draws its port at random: ports in use come in runs (the host's
+ * ephemeral ports, containers' own ports kept, blocks of published ports),
+ * and a scan that starts inside a run of NAT_TRIES ports fails although
+ * the range is nearly free. Returns -1 when no port was free: the flow
+ * must be dropped, never given a tuple in use. */
+static __always_inline int nat_alloc(struct __sk_buff *ctx, struct ct_key *rk, struct ct_entry *re, __be16 own,
+				     __u64 now)
 {
 	__u32 min = CONFIG.nat_port_min, max = CONFIG.nat_port_max;
 	__u32 range, start;
 
 	re->expires = now + ct_lifetime(rk->proto, 0);
 	rk->dport = own;
-	if (own && ct_claim(rk, re, now) == 0)
+	if (own && nat_try(ctx, rk, re, now) == 0)
 		return 0;
 	if (max < min)
 		return -1;
 	range = max - min + 1;
 	start = bpf_get_prandom_u32();
-	for (int i = 0; i < NAT_TRIES; i++) {
-		__u32 port = min + (start + i) % range;
+	for (__u32 i = 0; i < NAT_TRIES && i < range; i++) {
+		__u32 off = range > NAT_TRIES ? bpf_get_prandom_u32() : start + i;
+		__u32 port = min + off % range;
 
 		rk->dport = bpf_htons((__u16)port);
-		if (ct_claim(rk, re, now) == 0)
+		if (nat_try(ctx, rk, re, now) == 0)
 			return 0;
 	}
 	return -1;
