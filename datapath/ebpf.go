@@ -683,7 +683,6 @@ func OpenPinned(pinPath string) (*EBPF, error) {
 		"ct4": &d.objs.Ct4, "drops": &d.objs.Drops, "endpoints": &d.objs.Endpoints, "events": &d.objs.Events,
 		"host_addrs": &d.objs.HostAddrs, "if_stats": &d.objs.IfStats, "nets": &d.objs.Nets,
 		"port_conns": &d.objs.PortConns, "published": &d.objs.Published, "uplinks": &d.objs.Uplinks,
-		"veths": &d.objs.Veths,
 	}
 	for name, dst := range maps {
 		if spec.Maps[name].Pinning != ebpf.PinByName {

@@ -9,13 +9,11 @@ package datapath
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
 	"regexp"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -33,39 +31,30 @@ const spoofProbeCount = 20
 // of a raw socket of ns: the kernel takes the IP header as given, source
 // address included.
 func rawSend(ns *lab.Namespace, src, dst netip.Addr, dport uint16, n int) error {
-	return ns.Do(func() error {
-		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_RAW)
-		if err != nil {
-			return fmt.Errorf("raw socket: %w", err)
-		}
-		defer syscall.Close(fd)
-		to := &syscall.SockaddrInet4{Addr: dst.As4()}
-		for i := range n {
-			for _, proto := range []layers.IPProtocol{layers.IPProtocolUDP, layers.IPProtocolTCP} {
-				ip := &layers.IPv4{Version: 4, TTL: 64, Id: uint16(i), Protocol: proto, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
-				var l4 gopacket.SerializableLayer
-				sport := layers.TCPPort(41000 + i)
-				if proto == layers.IPProtocolUDP {
-					u := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
-					u.SetNetworkLayerForChecksum(ip)
-					l4 = u
-				} else {
-					tc := &layers.TCP{SrcPort: sport, DstPort: layers.TCPPort(dport), SYN: true, Seq: 1000, Window: 64240}
-					tc.SetNetworkLayerForChecksum(ip)
-					l4 = tc
-				}
-				buf := gopacket.NewSerializeBuffer()
-				opts := gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}
-				if err := gopacket.SerializeLayers(buf, opts, ip, l4, gopacket.Payload("bpfnet spoof probe")); err != nil {
-					return err
-				}
-				if err := syscall.Sendto(fd, buf.Bytes(), 0, to); err != nil {
-					return fmt.Errorf("sending from %s to %s: %w", src, dst, err)
-				}
+	var ds [][]byte
+	for i := range n {
+		for _, proto := range []layers.IPProtocol{layers.IPProtocolUDP, layers.IPProtocolTCP} {
+			ip := &layers.IPv4{Version: 4, TTL: 64, Id: uint16(i), Protocol: proto, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+			var l4 gopacket.SerializableLayer
+			sport := layers.TCPPort(41000 + i)
+			if proto == layers.IPProtocolUDP {
+				u := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
+				u.SetNetworkLayerForChecksum(ip)
+				l4 = u
+			} else {
+				tc := &layers.TCP{SrcPort: sport, DstPort: layers.TCPPort(dport), SYN: true, Seq: 1000, Window: 64240}
+				tc.SetNetworkLayerForChecksum(ip)
+				l4 = tc
 			}
+			buf := gopacket.NewSerializeBuffer()
+			opts := gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}
+			if err := gopacket.SerializeLayers(buf, opts, ip, l4, gopacket.Payload("bpfnet spoof probe")); err != nil {
+				return err
+			}
+			ds = append(ds, buf.Bytes())
 		}
-		return nil
-	})
+	}
+	return ns.SendIPv4(dst, ds...)
 }
 
 // rawCounter counts the UDP and TCP packets that reach a namespace's

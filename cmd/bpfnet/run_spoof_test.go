@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -18,33 +17,14 @@ import (
 )
 
 // sendForgedUDP sends n UDP datagrams from src to dst:port out of a raw
-// socket of ns (IP_HDRINCL: the kernel keeps the source as given; it fills
-// in the IP checksum, and a UDP checksum of 0 means none).
+// socket of ns: the kernel keeps the source as given.
 func sendForgedUDP(ns *lab.Namespace, src, dst netip.Addr, port uint16, n int) error {
-	return ns.Do(func() error {
-		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_RAW)
-		if err != nil {
-			return err
-		}
-		defer syscall.Close(fd)
-		payload := []byte("forged")
-		pkt := make([]byte, 20+8+len(payload))
-		pkt[0], pkt[8], pkt[9] = 0x45, 64, syscall.IPPROTO_UDP
-		binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
-		s4, d4 := src.As4(), dst.As4()
-		copy(pkt[12:], s4[:])
-		copy(pkt[16:], d4[:])
-		binary.BigEndian.PutUint16(pkt[20:], 40000)
-		binary.BigEndian.PutUint16(pkt[22:], port)
-		binary.BigEndian.PutUint16(pkt[24:], uint16(8+len(payload)))
-		copy(pkt[28:], payload)
-		for range n {
-			if err := syscall.Sendto(fd, pkt, 0, &syscall.SockaddrInet4{Addr: d4}); err != nil {
-				return fmt.Errorf("sending from %s: %w", src, err)
-			}
-		}
-		return nil
-	})
+	d := lab.UDPv4(src, dst, 40000, port, []byte("forged"))
+	ds := make([][]byte, n)
+	for i := range ds {
+		ds[i] = d
+	}
+	return ns.SendIPv4(dst, ds...)
 }
 
 // countUDP counts the datagrams to addr in ns by source address.
