@@ -712,7 +712,14 @@ var rebuiltMaps = map[string]bool{
 }
 
 // migratePins checks the pinned maps in dir against spec before loading.
+// Nothing is replaced unless every map can be kept or replaced: a refusal
+// leaves the pins as they were.
 func migratePins(spec *ebpf.CollectionSpec, dir string) error {
+	type stale struct {
+		name, path string
+		reason     error
+	}
+	var replace []stale
 	for name, ms := range spec.Maps {
 		if ms.Pinning != ebpf.PinByName {
 			continue
@@ -734,13 +741,16 @@ func migratePins(spec *ebpf.CollectionSpec, dir string) error {
 			return fmt.Errorf("pinned map %s has another layout than this version's (%v): its state cannot be kept; "+
 				"run `bpfnet down` or use another --pin-path to start afresh", path, incompatible)
 		}
-		if counterMaps[name] {
-			slog.Warn("counter map changed layout; its counts start again", "map", name, "reason", incompatible.Error())
+		replace = append(replace, stale{name, path, incompatible})
+	}
+	for _, st := range replace {
+		if counterMaps[st.name] {
+			slog.Warn("counter map changed layout; its counts start again", "map", st.name, "reason", st.reason.Error())
 		} else {
-			slog.Warn("map changed layout; replaced, the state fills it again", "map", name, "reason", incompatible.Error())
+			slog.Warn("map changed layout; replaced, the state fills it again", "map", st.name, "reason", st.reason.Error())
 		}
-		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("replacing pinned map %s: %w", path, err)
+		if err := os.Remove(st.path); err != nil {
+			return fmt.Errorf("replacing pinned map %s: %w", st.path, err)
 		}
 	}
 	return nil

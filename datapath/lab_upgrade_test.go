@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -444,6 +445,35 @@ func TestPinMigrationRebuiltMaps(t *testing.T) {
 	var e bpfCtEntry
 	if err := d.objs.Ct4.Lookup(flow, &e); err != nil || e.Kind != uint8(KindSNAT) {
 		t.Errorf("the flow did not survive the migration: %+v %v", e, err)
+	}
+
+	// With the conntrack table changed too, the new version refuses, and
+	// replaces nothing: the old version can go on with its pins.
+	pin2, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-migrate-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(pin2)
+	old, err = NewEBPF(Options{PinPath: pin2, CTSize: 1024, mutateSpec: func(s *ebpf.CollectionSpec) {
+		s.Maps["endpoints"].ValueSize += 8
+		s.Maps["endpoints"].Value = nil
+		s.Maps["endpoints"].Key = nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldSize := old.objs.Endpoints.ValueSize()
+	old.Close()
+	if _, err := NewEBPF(Options{PinPath: pin2}); err == nil || !strings.Contains(err.Error(), "bpfnet down") {
+		t.Fatalf("loading over a conntrack table of another size: %v, want a refusal", err)
+	}
+	m, err := ebpf.LoadPinnedMap(filepath.Join(loader.GlobalsDir(pin2), "endpoints"), nil)
+	if err != nil {
+		t.Fatalf("the refused version removed the old endpoints pin: %v", err)
+	}
+	defer m.Close()
+	if m.ValueSize() != oldSize {
+		t.Errorf("endpoints pin has values of %d bytes after a refusal, want the old %d", m.ValueSize(), oldSize)
 	}
 }
 
