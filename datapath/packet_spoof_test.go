@@ -29,6 +29,9 @@ type spoofDst struct {
 	// fast path on and off; ownDrop its drop reason when shot.
 	ownFast, ownSlow uint32
 	ownDrop          DropReason
+	// redirect is the event of the fast path's redirect: into a
+	// container's namespace or out of the uplink.
+	redirect Event
 }
 
 // sender is a container of the topology and the frames it sends.
@@ -123,20 +126,20 @@ func TestPacketSpoofedSource(t *testing.T) {
 				s:      senderA,
 				forged: []netip.Addr{ctrB, ctrC, noNetIP, net1Unused},
 				dsts: []spoofDst{
-					{"B, same network", ctrB, 80, TC_ACT_REDIRECT, TC_ACT_OK, 0},
-					{"C, other network", ctrC, 80, TC_ACT_SHOT, TC_ACT_SHOT, DropIsolation},
-					{"the gateway", gwIP, 22, TC_ACT_OK, TC_ACT_OK, 0},
-					{"a host address", hostIP, 22, TC_ACT_OK, TC_ACT_OK, 0},
-					{"the outside", remoteIP, 443, TC_ACT_REDIRECT, TC_ACT_OK, 0},
+					{"B, same network", ctrB, 80, TC_ACT_REDIRECT, TC_ACT_OK, 0, EventRedirectPeer},
+					{"C, other network", ctrC, 80, TC_ACT_SHOT, TC_ACT_SHOT, DropIsolation, 0},
+					{"the gateway", gwIP, 22, TC_ACT_OK, TC_ACT_OK, 0, 0},
+					{"a host address", hostIP, 22, TC_ACT_OK, TC_ACT_OK, 0, 0},
+					{"the outside", remoteIP, 443, TC_ACT_REDIRECT, TC_ACT_OK, 0, EventRedirectNeigh},
 				},
 			},
 			{
 				s:      senderC,
 				forged: []netip.Addr{ctrA, ctrB, noNetIP},
 				dsts: []spoofDst{
-					{"A, other network", ctrA, 80, TC_ACT_SHOT, TC_ACT_SHOT, DropIsolation},
-					{"its gateway", gw2IP, 22, TC_ACT_OK, TC_ACT_OK, 0},
-					{"the outside", remoteIP, 443, TC_ACT_REDIRECT, TC_ACT_OK, 0},
+					{"A, other network", ctrA, 80, TC_ACT_SHOT, TC_ACT_SHOT, DropIsolation, 0},
+					{"its gateway", gw2IP, 22, TC_ACT_OK, TC_ACT_OK, 0, 0},
+					{"the outside", remoteIP, 443, TC_ACT_REDIRECT, TC_ACT_OK, 0, EventRedirectNeigh},
 				},
 			},
 		}
@@ -154,7 +157,14 @@ func TestPacketSpoofedSource(t *testing.T) {
 					if fast {
 						want = d.ownFast
 					}
-					e.probeVerdict(t, fmt.Sprintf("%s from its own address to %s, %s", c.s.name, d.name, kind), c.s.veth, in, want, d.ownDrop)
+					what := fmt.Sprintf("%s from its own address to %s, %s", c.s.name, d.name, kind)
+					before := e.events()
+					e.probeVerdict(t, what, c.s.veth, in, want, d.ownDrop)
+					if want == TC_ACT_REDIRECT {
+						if n := e.events()[d.redirect] - before[d.redirect]; n != 1 {
+							t.Errorf("%s: %s counted %d times, want 1", what, d.redirect, n)
+						}
+					}
 				}
 			}
 		}
