@@ -101,7 +101,7 @@ func TestRunAllowForeignSource(t *testing.T) {
 	ready()
 	waitAttached(t, topo, bin, pin, 6)
 
-	spoofed := func() uint64 {
+	status := func() statusReport {
 		t.Helper()
 		out, err := topo.Host.Command(context.Background(), bin, "status", "--json", "--pin-path", pin).Output()
 		if err != nil {
@@ -111,7 +111,22 @@ func TestRunAllowForeignSource(t *testing.T) {
 		if err := json.Unmarshal(out, &r); err != nil {
 			t.Fatal(err)
 		}
-		return r.Drops["spoofed"]
+		return r
+	}
+	spoofed := func() uint64 { return status().Drops["spoofed"] }
+	// bpfnet status says which endpoint has the exception.
+	eps := status().Endpoints
+	if len(eps) != 2 {
+		t.Errorf("bpfnet status lists %d endpoints, want c0 and c1: %+v", len(eps), eps)
+	}
+	for _, ep := range eps {
+		if want := ep.Addr.String() == c0.Addr.String(); ep.AllowForeignSource != want {
+			t.Errorf("bpfnet status: endpoint %s allow_foreign_source %v, want %v", ep.Addr, ep.AllowForeignSource, want)
+		}
+	}
+	if out, err := topo.Host.Command(context.Background(), bin, "status", "--pin-path", pin).Output(); err != nil ||
+		!strings.Contains(string(out), "foreign sources: "+c0.Addr.String()) {
+		t.Errorf("bpfnet status does not name %s as allowed foreign sources (%v):\n%s", c0.Addr, err, out)
 	}
 	at0 := countUDP(t, &c0.Namespace, c0.Addr.String()+":5000")
 	at1 := countUDP(t, &c1.Namespace, c1.Addr.String()+":5000")
