@@ -9,9 +9,11 @@ package datapath
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -266,4 +268,67 @@ func TestLabSpoofedSource(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLabSpoofedPendingVeth: a veth whose container the runtime has not
+// reported yet gets an entry of its bridge's network: its container sends
+// from an address of that network, not from any other.
+func TestLabSpoofedPendingVeth(t *testing.T) {
+	forBothPaths(t, func(t *testing.T, fast bool) {
+		l := startLab(t, twoContainers(), fast)
+		c0, c1 := l.topo.Containers[0], l.topo.Containers[1]
+		err := l.topo.Host.Do(func() error {
+			s, err := Discover([]string{l.topo.Bridges[0].Name}, nil, nil)
+			if err != nil {
+				return err
+			}
+			// c1 as the runtime has not reported it yet.
+			s.Endpoints = slices.DeleteFunc(s.Endpoints, func(e Endpoint) bool { return e.HostVeth == c1.HostVeth })
+			if err := s.AddPendingVeths(); err != nil {
+				return err
+			}
+			if !slices.Contains(s.PendingVeths, c1.HostVeth) {
+				return fmt.Errorf("%s is not pending: %v", c1.HostVeth, s.PendingVeths)
+			}
+			return l.dp.Apply(context.Background(), s)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ep bpfEndpoint
+		if err := l.dp.objs.Veths.Lookup(uint32(c1.HostVethIndex), &ep); err != nil {
+			t.Fatalf("no veths entry for the pending %s: %v", c1.HostVeth, err)
+		}
+		if ep.Addr != 0 || ep.NetId != uint32(l.topo.Bridges[0].Index) || ep.BridgeIfindex != uint32(l.topo.Bridges[0].Index) {
+			t.Errorf("veths entry of the pending %s: %+v, want address 0 on network %d", c1.HostVeth, ep, l.topo.Bridges[0].Index)
+		}
+		to := addrOf(c0.Addr)
+		rc := countRaw(t, &c0.Namespace, to)
+		own := addrOf(c1.Addr)
+		if err := rawSend(&c1.Namespace, own, to, 6001, spoofProbeCount); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) && rc.count("udp", 6001, own)+rc.count("tcp", 6001, own) < 2*spoofProbeCount {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if n := rc.count("udp", 6001, own) + rc.count("tcp", 6001, own); n != 2*spoofProbeCount {
+			t.Errorf("c0 received %d of the pending container's %d packets from its own address, want all", n, 2*spoofProbeCount)
+		}
+		before := l.drops(t)[DropSpoofed]
+		if err := rawSend(&c1.Namespace, netip.MustParseAddr("10.250.0.2"), to, 6002, spoofProbeCount); err != nil {
+			t.Fatal(err)
+		}
+		deadline = time.Now().Add(3 * time.Second)
+		for time.Now().Before(deadline) && l.drops(t)[DropSpoofed] < before+2*spoofProbeCount {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if n := l.drops(t)[DropSpoofed] - before; n != 2*spoofProbeCount {
+			t.Errorf("%d drops counted as spoofed after the pending container's %d forged packets, want as many", n, 2*spoofProbeCount)
+		}
+		time.Sleep(200 * time.Millisecond)
+		if n := rc.total(6002); n != 0 {
+			t.Errorf("c0 received %d of the pending container's forged packets, want none", n)
+		}
+	})
 }
