@@ -9,9 +9,10 @@
  *   to_netdev       uplink egress: masquerade (SNAT), reverse DNAT, a
  *                   port of its own for a host flow that clashes with a
  *                   translation
- *   from_container  host veth ingress, which is container egress: hairpin,
- *                   isolation (lib/isolation.h), transmit counters, fast
- *                   path out
+ *   from_container  host veth ingress, which is container egress: the
+ *                   sender's endpoint from the veth and its source address
+ *                   checked, hairpin, isolation (lib/isolation.h), transmit
+ *                   counters, fast path out
  *   to_container    host veth egress, which is container ingress: reverse
  *                   hairpin, receive counters
  *
@@ -394,23 +395,30 @@ int to_netdev(struct __sk_buff *ctx)
 	return TC_ACT_OK;
 }
 
-/* from_container: the host end's ingress, i.e. what the container sends. */
+/* from_container: the host end's ingress, i.e. what the container sends.
+ * The sender is the endpoint of the veth, whatever source address the
+ * packet claims: every judgement below is about src. */
 SEC("tc")
 int from_container(struct __sk_buff *ctx)
 {
 	__u64 now = bpf_ktime_get_ns();
+	__u32 ifindex = ctx->ifindex;
 	struct pkt p = {};
 	struct ct_key orig;
 	struct ct_entry *e;
 	struct endpoint *src, *dst;
 	int r, to_host;
 
-	count_if(ctx->ifindex, ctx->len, 0);
+	count_if(ifindex, ctx->len, 0);
 	r = parse(ctx, &p);
 	if (r == PARSE_PASS)
 		return TC_ACT_OK;
 	if (r == PARSE_MALFORMED)
 		return drop(DROP_MALFORMED);
+	/* A veth nobody told us about fails closed. */
+	src = bpf_map_lookup_elem(&veths, &ifindex);
+	if (!src || !src_allowed(src, p.t.saddr))
+		return drop(DROP_SPOOFED);
 	orig = p.t;
 	if (!CONFIG.redirect_only && p.icmp == ICMP_K_ERROR) {
 		/* An error about a flow this hook translates: a hairpin answer
@@ -423,10 +431,9 @@ int from_container(struct __sk_buff *ctx)
 			dst = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
 			if (!dst)
 				return TC_ACT_OK;
-			return deliver(ctx, &p, dst, 1, 0, dst->ifindex == ctx->ifindex, now);
+			return deliver(ctx, &p, dst, 1, 0, dst->ifindex == ifindex, now);
 		}
 	}
-	src = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
 	if (CONFIG.redirect_only || p.icmp == ICMP_K_ERROR || (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport))
 		goto plain;
 
@@ -437,7 +444,7 @@ int from_container(struct __sk_buff *ctx)
 		 * destination is outside and it is tracked, so neither the
 		 * hairpin nor the isolation rules concern it (but for an
 		 * internal network's, which never leave): straight out. */
-		if ((e->flags & CT_AT_TO_NETDEV) && src && !(src->flags & NET_F_INTERNAL))
+		if ((e->flags & CT_AT_TO_NETDEV) && !(src->flags & NET_F_INTERNAL))
 			return forward_out(ctx, &p, src->bridge_ifindex);
 		e = 0;
 	}
@@ -448,7 +455,7 @@ int from_container(struct __sk_buff *ctx)
 		struct port_target *t;
 		struct ct_entry ne = {};
 
-		if (!has_ports(p.t.proto) || p.frag == FRAG_LATER || !src || !(t = published_lookup(&pk)))
+		if (!has_ports(p.t.proto) || p.frag == FRAG_LATER || !(t = published_lookup(&pk)))
 			goto plain;
 		r = iso_hairpin(src, t->addr);
 		if (r)
@@ -506,7 +513,7 @@ int from_container(struct __sk_buff *ctx)
 	dst = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
 	if (!dst)
 		return TC_ACT_OK;
-	return deliver(ctx, &p, dst, 1, 1, dst->ifindex == ctx->ifindex, now);
+	return deliver(ctx, &p, dst, 1, 1, dst->ifindex == ifindex, now);
 
 plain:
 	/* Untranslated: Docker's isolation rules, then the fast path. */
@@ -518,13 +525,13 @@ plain:
 	if (!CONFIG.fast_path)
 		return TC_ACT_OK;
 	if (dst) {
-		if (dst->ifindex == ctx->ifindex)
+		if (dst->ifindex == ifindex)
 			return TC_ACT_OK;
-		return deliver(ctx, &p, dst, !src || src->bridge_ifindex != dst->bridge_ifindex, 1, 0, now);
+		return deliver(ctx, &p, dst, src->bridge_ifindex != dst->bridge_ifindex, 1, 0, now);
 	}
 	/* The host's, or multicast and broadcast, which the bridge floods:
 	 * the stack's. */
-	if (to_host || iso_link_local(p.t.daddr) || !src)
+	if (to_host || iso_link_local(p.t.daddr))
 		return TC_ACT_OK;
 	return forward_out(ctx, &p, src->bridge_ifindex);
 }

@@ -63,6 +63,8 @@ type bpfEndpoint struct {
 	GwMac         [6]uint8
 	NetId         uint32
 	Flags         uint32
+	Addr          uint32
+	EpFlags       uint32
 }
 
 type bpfFragKey struct {
@@ -137,6 +139,7 @@ const (
 	bpfMapPortConns      = "port_conns"
 	bpfMapPublished      = "published"
 	bpfMapUplinks        = "uplinks"
+	bpfMapVeths          = "veths"
 	bpfProgFromContainer = "from_container"
 	bpfProgFromNetdev    = "from_netdev"
 	bpfProgToContainer   = "to_container"
@@ -207,6 +210,7 @@ type bpfMapSpecs struct {
 	PortConns *ebpf.MapSpec `ebpf:"port_conns"`
 	Published *ebpf.MapSpec `ebpf:"published"`
 	Uplinks   *ebpf.MapSpec `ebpf:"uplinks"`
+	Veths     *ebpf.MapSpec `ebpf:"veths"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -247,6 +251,7 @@ type bpfMaps struct {
 	PortConns *ebpf.Map `ebpf:"port_conns"`
 	Published *ebpf.Map `ebpf:"published"`
 	Uplinks   *ebpf.Map `ebpf:"uplinks"`
+	Veths     *ebpf.Map `ebpf:"veths"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -262,6 +267,7 @@ func (m *bpfMaps) Close() error {
 		m.PortConns,
 		m.Published,
 		m.Uplinks,
+		m.Veths,
 	)
 }
 

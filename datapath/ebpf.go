@@ -253,10 +253,17 @@ func netFlags(n Network) uint32 {
 	return f
 }
 
+// Flags of an endpoint (bpfEndpoint.EpFlags); keep in sync with EP_F_* in
+// bpf/lib/maps.h.
+const epFForeignSrc = 0x1
+
 // resolved is a State with every name looked up in the kernel.
 type resolved struct {
 	ports     map[bpfPortKey]bpfPortTarget
 	endpoints map[uint32]bpfEndpoint
+	// veths holds the same endpoints by the ifindex of their host veth,
+	// and the pending veths with address 0.
+	veths     map[uint32]bpfEndpoint
 	hostAddrs map[uint32]uint32
 	uplinks   map[uint32]bpfUplink
 	nets      map[bpfNetKey]bpfNetInfo
@@ -267,6 +274,7 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 	r := &resolved{
 		ports:     map[bpfPortKey]bpfPortTarget{},
 		endpoints: map[uint32]bpfEndpoint{},
+		veths:     map[uint32]bpfEndpoint{},
 		hostAddrs: map[uint32]uint32{},
 		uplinks:   map[uint32]bpfUplink{},
 		nets:      map[bpfNetKey]bpfNetInfo{},
@@ -279,6 +287,7 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		id      uint32
 	}
 	bridges := map[string]bridge{}
+	bridgeByIndex := map[int]bridge{}
 	for _, n := range s.Networks {
 		l, err := netlink.LinkByName(n.Bridge)
 		if err != nil {
@@ -290,6 +299,7 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		// ids of two states mixed. (Docker isolates by bridge too.)
 		b := bridge{ifindex: l.Attrs().Index, mac: l.Attrs().HardwareAddr, net: n, id: uint32(l.Attrs().Index)}
 		bridges[n.Name] = b
+		bridgeByIndex[b.ifindex] = b
 		info := bpfNetInfo{NetId: b.id, Flags: netFlags(n)}
 		r.nets[bpfNetKey{Prefixlen: uint32(n.Subnet.Bits()), Addr: be32(n.Subnet.Masked().Addr())}] = info
 	}
@@ -305,10 +315,20 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 			GwAddr:        be32(b.net.Gateway),
 			NetId:         b.id,
 			Flags:         netFlags(b.net),
+			Addr:          be32(e.Addr),
+		}
+		if e.AllowForeignSource {
+			ep.EpFlags |= epFForeignSrc
 		}
 		copy(ep.Mac[:], e.MAC)
 		copy(ep.GwMac[:], b.mac)
-		r.endpoints[be32(e.Addr)] = ep
+		// The sender is the interface: from_container knows a packet's
+		// endpoint by the veth it came from, so one veth is one endpoint.
+		if other, dup := r.veths[ep.Ifindex]; dup {
+			return nil, fmt.Errorf("endpoint %s: host veth %s already carries %s", e.Container, e.HostVeth, addrFrom(other.Addr))
+		}
+		r.endpoints[ep.Addr] = ep
+		r.veths[ep.Ifindex] = ep
 		r.devs[e.HostVeth] = attachedDev{ifindex: l.Attrs().Index}
 	}
 	for _, name := range s.PendingVeths {
@@ -320,6 +340,20 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 			continue // gone already: the next Apply forgets it
 		}
 		r.devs[name] = attachedDev{ifindex: l.Attrs().Index}
+		// Its container is not known yet: it may send from any address
+		// of the network of its bridge. A veth on no bridge of ours has
+		// no entry, and what it sends is dropped.
+		if b, ok := bridgeByIndex[l.Attrs().MasterIndex]; ok {
+			ep := bpfEndpoint{
+				Ifindex:       uint32(l.Attrs().Index),
+				BridgeIfindex: uint32(b.ifindex),
+				GwAddr:        be32(b.net.Gateway),
+				NetId:         b.id,
+				Flags:         netFlags(b.net),
+			}
+			copy(ep.GwMac[:], b.mac)
+			r.veths[ep.Ifindex] = ep
+		}
 	}
 	for _, u := range s.Uplinks {
 		l, err := netlink.LinkByName(u.Name)
@@ -403,6 +437,7 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 	}{
 		{"networks", func() error { return syncMap(&undo, d.objs.Nets, prev.nets, r.nets) }},
 		{"endpoints", func() error { return syncMap(&undo, d.objs.Endpoints, prev.endpoints, r.endpoints) }},
+		{"veths", func() error { return syncMap(&undo, d.objs.Veths, prev.veths, r.veths) }},
 		{"uplinks", func() error { return syncMap(&undo, d.objs.Uplinks, prev.uplinks, r.uplinks) }},
 		{"host addresses", func() error { return syncMap(&undo, d.objs.HostAddrs, prev.hostAddrs, r.hostAddrs) }},
 		{"published ports", func() error { return syncMap(&undo, d.objs.Published, prev.ports, r.ports) }},
@@ -446,6 +481,9 @@ func (d *EBPF) readApplied() (*resolved, error) {
 	}
 	if r.endpoints, err = readMap[uint32, bpfEndpoint](d.objs.Endpoints); err != nil {
 		return nil, fmt.Errorf("reading endpoints: %w", err)
+	}
+	if r.veths, err = readMap[uint32, bpfEndpoint](d.objs.Veths); err != nil {
+		return nil, fmt.Errorf("reading veths: %w", err)
 	}
 	if r.hostAddrs, err = readMap[uint32, uint32](d.objs.HostAddrs); err != nil {
 		return nil, fmt.Errorf("reading host addresses: %w", err)
@@ -661,12 +699,27 @@ func OpenPinned(pinPath string) (*EBPF, error) {
 }
 
 // counterMaps only count: when a new version changes their layout, the
-// pinned ones are dropped and the counts start again. Every other pinned
-// map is state that would be lost, so a layout change there is an error.
+// pinned ones are dropped and the counts start again.
 var counterMaps = map[string]bool{"drops": true, "events": true, "if_stats": true, "port_conns": true}
 
+// rebuiltMaps are written whole from the State by every first Apply of a
+// process: when a new version changes their layout, the pinned ones are
+// replaced and that Apply fills them. The programs attached until then
+// keep the maps they were loaded with. Every other pinned map (ct4) is
+// state that would be lost, so a layout change there is an error.
+var rebuiltMaps = map[string]bool{
+	"endpoints": true, "veths": true, "nets": true, "published": true, "host_addrs": true, "uplinks": true,
+}
+
 // migratePins checks the pinned maps in dir against spec before loading.
+// Nothing is replaced unless every map can be kept or replaced: a refusal
+// leaves the pins as they were.
 func migratePins(spec *ebpf.CollectionSpec, dir string) error {
+	type stale struct {
+		name, path string
+		reason     error
+	}
+	var replace []stale
 	for name, ms := range spec.Maps {
 		if ms.Pinning != ebpf.PinByName {
 			continue
@@ -684,13 +737,20 @@ func migratePins(spec *ebpf.CollectionSpec, dir string) error {
 		if incompatible == nil {
 			continue
 		}
-		if !counterMaps[name] {
+		if !counterMaps[name] && !rebuiltMaps[name] {
 			return fmt.Errorf("pinned map %s has another layout than this version's (%v): its state cannot be kept; "+
 				"run `bpfnet down` or use another --pin-path to start afresh", path, incompatible)
 		}
-		slog.Warn("counter map changed layout; its counts start again", "map", name, "reason", incompatible.Error())
-		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("replacing pinned map %s: %w", path, err)
+		replace = append(replace, stale{name, path, incompatible})
+	}
+	for _, st := range replace {
+		if counterMaps[st.name] {
+			slog.Warn("counter map changed layout; its counts start again", "map", st.name, "reason", st.reason.Error())
+		} else {
+			slog.Warn("map changed layout; replaced, the state fills it again", "map", st.name, "reason", st.reason.Error())
+		}
+		if err := os.Remove(st.path); err != nil {
+			return fmt.Errorf("replacing pinned map %s: %w", st.path, err)
 		}
 	}
 	return nil

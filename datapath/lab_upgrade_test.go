@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -367,4 +369,126 @@ func TestPinMigration(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "bpfnet down") {
 		t.Errorf("loading over a conntrack table of another size: %v, want a refusal that says what to do", err)
 	}
+}
+
+// TestPinMigrationRebuiltMaps: the maps that Apply writes whole from the
+// State (endpoints among them, whose value grew with the sender check)
+// are replaced when their layout changed, with a line in the log; the
+// conntrack table, in the same folder, is kept.
+func TestPinMigrationRebuiltMaps(t *testing.T) {
+	requireRoot(t)
+	pin, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-migrate-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(pin)
+	// An older version: each rebuilt map's value 8 bytes longer (the
+	// programs stay within it), one entry in each, and a flow.
+	old, err := NewEBPF(Options{PinPath: pin, mutateSpec: func(s *ebpf.CollectionSpec) {
+		for name := range rebuiltMaps {
+			s.Maps[name].ValueSize += 8
+			s.Maps[name].Value = nil
+			s.Maps[name].Key = nil
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldSizes := map[string]uint32{}
+	objs := map[string]*ebpf.Map{
+		"endpoints": old.objs.Endpoints, "veths": old.objs.Veths, "nets": old.objs.Nets,
+		"published": old.objs.Published, "host_addrs": old.objs.HostAddrs, "uplinks": old.objs.Uplinks,
+	}
+	if len(objs) != len(rebuiltMaps) {
+		t.Fatalf("the test knows %d rebuilt maps, the datapath %d", len(objs), len(rebuiltMaps))
+	}
+	for name, m := range objs {
+		oldSizes[name] = m.ValueSize()
+		k := make([]byte, m.KeySize())
+		if name == "nets" {
+			k[0] = 24 // prefix length
+		}
+		if err := m.Put(k, make([]byte, m.ValueSize())); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	flow := ctKey(uint8(pTCP), ctrA, 40000, remoteIP, 443)
+	if err := old.objs.Ct4.Put(flow, bpfCtEntry{Kind: uint8(KindSNAT), Expires: 1 << 62}); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+
+	var logs strings.Builder
+	prevLog := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
+	d, err := NewEBPF(Options{PinPath: pin})
+	slog.SetDefault(prevLog)
+	if err != nil {
+		t.Fatalf("loading over older endpoint maps: %v", err)
+	}
+	defer d.Close()
+	news := map[string]*ebpf.Map{
+		"endpoints": d.objs.Endpoints, "veths": d.objs.Veths, "nets": d.objs.Nets,
+		"published": d.objs.Published, "host_addrs": d.objs.HostAddrs, "uplinks": d.objs.Uplinks,
+	}
+	for name, m := range news {
+		if m.ValueSize() == oldSizes[name] {
+			t.Errorf("%s: value size still the old %d", name, oldSizes[name])
+		}
+		if n := len(mustKeys(t, m)); n != 0 {
+			t.Errorf("%s: %d entries of the old map, want a fresh one", name, n)
+		}
+		if !strings.Contains(logs.String(), "map="+name) {
+			t.Errorf("no log line for %s:\n%s", name, logs.String())
+		}
+	}
+	var e bpfCtEntry
+	if err := d.objs.Ct4.Lookup(flow, &e); err != nil || e.Kind != uint8(KindSNAT) {
+		t.Errorf("the flow did not survive the migration: %+v %v", e, err)
+	}
+
+	// With the conntrack table changed too, the new version refuses, and
+	// replaces nothing: the old version can go on with its pins.
+	pin2, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-migrate-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(pin2)
+	old, err = NewEBPF(Options{PinPath: pin2, CTSize: 1024, mutateSpec: func(s *ebpf.CollectionSpec) {
+		s.Maps["endpoints"].ValueSize += 8
+		s.Maps["endpoints"].Value = nil
+		s.Maps["endpoints"].Key = nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldSize := old.objs.Endpoints.ValueSize()
+	old.Close()
+	if _, err := NewEBPF(Options{PinPath: pin2}); err == nil || !strings.Contains(err.Error(), "bpfnet down") {
+		t.Fatalf("loading over a conntrack table of another size: %v, want a refusal", err)
+	}
+	m, err := ebpf.LoadPinnedMap(filepath.Join(loader.GlobalsDir(pin2), "endpoints"), nil)
+	if err != nil {
+		t.Fatalf("the refused version removed the old endpoints pin: %v", err)
+	}
+	defer m.Close()
+	if m.ValueSize() != oldSize {
+		t.Errorf("endpoints pin has values of %d bytes after a refusal, want the old %d", m.ValueSize(), oldSize)
+	}
+}
+
+// mustKeys lists the keys of m, as bytes.
+func mustKeys(t *testing.T, m *ebpf.Map) [][]byte {
+	t.Helper()
+	var out [][]byte
+	k := make([]byte, m.KeySize())
+	v := make([]byte, m.ValueSize())
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, append([]byte(nil), k...))
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

@@ -260,11 +260,14 @@ func (e *packetEnv) installTopology() {
 	e.addEndpoint(ctrC, "vethc", "br1", gw2IP, macC, gw2MAC, 2)
 }
 
+// addEndpoint programs a container as Apply does: by its address and by
+// its host veth.
 func (e *packetEnv) addEndpoint(a netip.Addr, veth, bridge string, gw netip.Addr, mac, gwmac net.HardwareAddr, netID uint32) {
-	ep := bpfEndpoint{Ifindex: e.idx[veth], BridgeIfindex: e.idx[bridge], GwAddr: be32(gw), NetId: netID}
+	ep := bpfEndpoint{Ifindex: e.idx[veth], BridgeIfindex: e.idx[bridge], GwAddr: be32(gw), NetId: netID, Addr: be32(a)}
 	copy(ep.Mac[:], mac)
 	copy(ep.GwMac[:], gwmac)
 	e.put(e.objs.Endpoints, be32(a), ep)
+	e.put(e.objs.Veths, ep.Ifindex, ep)
 }
 
 // publish adds a published port; an invalid hostAddr binds every host

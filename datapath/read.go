@@ -49,6 +49,8 @@ type EndpointInfo struct {
 	Ifindex       uint32
 	BridgeIfindex uint32
 	MAC           net.HardwareAddr
+	// AllowForeignSource: it may send from addresses not its own.
+	AllowForeignSource bool
 }
 
 // Endpoints lists the container endpoints in the datapath.
@@ -58,7 +60,8 @@ func (d *EBPF) Endpoints() ([]EndpointInfo, error) {
 	var v bpfEndpoint
 	it := d.objs.Endpoints.Iterate()
 	for it.Next(&k, &v) {
-		out = append(out, EndpointInfo{Addr: addrFrom(k), Ifindex: v.Ifindex, BridgeIfindex: v.BridgeIfindex, MAC: net.HardwareAddr(v.Mac[:])})
+		out = append(out, EndpointInfo{Addr: addrFrom(k), Ifindex: v.Ifindex, BridgeIfindex: v.BridgeIfindex, MAC: net.HardwareAddr(v.Mac[:]),
+			AllowForeignSource: v.EpFlags&epFForeignSrc != 0})
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading endpoints: %w", err)

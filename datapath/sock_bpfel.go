@@ -63,6 +63,8 @@ type sockEndpoint struct {
 	GwMac         [6]uint8
 	NetId         uint32
 	Flags         uint32
+	Addr          uint32
+	EpFlags       uint32
 }
 
 type sockFragKey struct {
@@ -155,6 +157,7 @@ const (
 	sockMapSockRev4          = "sock_rev4"
 	sockMapSockStats         = "sock_stats"
 	sockMapUplinks           = "uplinks"
+	sockMapVeths             = "veths"
 	sockProgSockConnect4     = "sock_connect4"
 	sockProgSockConnect6     = "sock_connect6"
 	sockProgSockGetpeername4 = "sock_getpeername4"
@@ -234,6 +237,7 @@ type sockMapSpecs struct {
 	SockRev4  *ebpf.MapSpec `ebpf:"sock_rev4"`
 	SockStats *ebpf.MapSpec `ebpf:"sock_stats"`
 	Uplinks   *ebpf.MapSpec `ebpf:"uplinks"`
+	Veths     *ebpf.MapSpec `ebpf:"veths"`
 }
 
 // sockVariableSpecs contains global variables before they are loaded into the kernel.
@@ -277,6 +281,7 @@ type sockMaps struct {
 	SockRev4  *ebpf.Map `ebpf:"sock_rev4"`
 	SockStats *ebpf.Map `ebpf:"sock_stats"`
 	Uplinks   *ebpf.Map `ebpf:"uplinks"`
+	Veths     *ebpf.Map `ebpf:"veths"`
 }
 
 func (m *sockMaps) Close() error {
@@ -294,6 +299,7 @@ func (m *sockMaps) Close() error {
 		m.SockRev4,
 		m.SockStats,
 		m.Uplinks,
+		m.Veths,
 	)
 }
 

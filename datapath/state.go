@@ -89,6 +89,11 @@ type Endpoint struct {
 	Addr        netip.Addr
 	MAC         net.HardwareAddr // the container's eth0
 	HostVeth    string           // the host end of its veth pair
+	// AllowForeignSource lets the container send from addresses that are
+	// not Addr, for a container that routes for others; off, such packets
+	// are dropped (reason "spoofed"). Its packets are judged by its
+	// network either way.
+	AllowForeignSource bool
 	// Labels are the runtime's labels of the container (Docker Compose's
 	// com.docker.compose.project and .service among them).
 	Labels map[string]string

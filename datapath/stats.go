@@ -28,6 +28,9 @@ const (
 	DropICC
 	// DropInternal: leaving or entering an internal network.
 	DropInternal
+	// DropSpoofed: a container sent from an address that is not its own
+	// (or from a veth the datapath does not know).
+	DropSpoofed
 	dropMax = 16
 )
 
@@ -43,6 +46,7 @@ var dropNames = map[DropReason]string{
 	DropIsolation:    "isolation",
 	DropICC:          "icc_disabled",
 	DropInternal:     "internal",
+	DropSpoofed:      "spoofed",
 }
 
 func (r DropReason) String() string {
@@ -54,7 +58,7 @@ func (r DropReason) String() string {
 
 // DropReasons lists every reason the datapath knows.
 func DropReasons() []DropReason {
-	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropFragUnknown, DropRedirect, DropRewrite, DropCTMiss, DropIsolation, DropICC, DropInternal}
+	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropFragUnknown, DropRedirect, DropRewrite, DropCTMiss, DropIsolation, DropICC, DropInternal, DropSpoofed}
 }
 
 // Event is a counted datapath event; keep in sync with enum event.

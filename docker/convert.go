@@ -17,6 +17,11 @@ import (
 	"github.com/bpfnet/bpfnet/datapath"
 )
 
+// LabelAllowForeignSource is the container label that lets a container
+// send from addresses that are not its own (one that routes for others):
+// "true" sets datapath.Endpoint.AllowForeignSource on its endpoints.
+const LabelAllowForeignSource = "bpfnet.allow-foreign-source"
+
 // bridgeNet is a network of the snapshot with what build needs of it.
 type bridgeNet struct {
 	Network
@@ -182,6 +187,14 @@ func convertContainer(k kernel, log *slog.Logger, byID, byName map[string]*bridg
 	if c.Config != nil && len(c.Config.Labels) > 0 {
 		labels = maps.Clone(c.Config.Labels)
 	}
+	foreign := false
+	if v, ok := labels[LabelAllowForeignSource]; ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			log.Warn("container label ignored: not a boolean", "container", name, "label", LabelAllowForeignSource, "value", v)
+		}
+		foreign = b
+	}
 	type attached struct {
 		net  *bridgeNet
 		es   *network.EndpointSettings
@@ -255,6 +268,8 @@ func convertContainer(k kernel, log *slog.Logger, byID, byName map[string]*bridg
 			MAC:         mac,
 			HostVeth:    veth,
 			Labels:      labels,
+
+			AllowForeignSource: foreign,
 		})
 		resolved[a.net.Name] = true
 	}

@@ -26,6 +26,8 @@
 //     network is internal; Docker's default bridge network is the
 //     exception, see Source.DefaultBridgeMasquerade.
 //   - Endpoints: every running container's interface on such a network.
+//     A container labelled bpfnet.allow-foreign-source=true may send from
+//     addresses not its own (LabelAllowForeignSource); others may not.
 //   - Ports: the container's published ports (NetworkSettings.Ports), to
 //     its address on its first non-internal bridge network by name (the
 //     one Docker gives the default gateway and the published ports to);

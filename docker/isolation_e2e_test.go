@@ -59,6 +59,7 @@ func (n isoNet) gateway() netip.Addr { return netip.MustParsePrefix(n.subnet).Ad
 type isoCtr struct {
 	name, net string
 	publish   []string
+	labels    map[string]string
 	id        string
 	addr      netip.Addr
 	ns        *lab.Namespace // its network namespace, /proc/<pid>/ns/net
@@ -75,7 +76,7 @@ func isoRun(e *e2e, c *isoCtr) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cfg := &container.Config{Image: testImage, Hostname: c.name, Cmd: []string{"/bin/echo", "-tcp", "80"}, ExposedPorts: exposed}
+	cfg := &container.Config{Image: testImage, Hostname: c.name, Cmd: []string{"/bin/echo", "-tcp", "80"}, ExposedPorts: exposed, Labels: c.labels}
 	hc := &container.HostConfig{PortBindings: bindings, NetworkMode: container.NetworkMode(c.net)}
 	nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{c.net: {}}}
 	created, err := e.d.cli.ContainerCreate(ctx, cfg, hc, nc, nil, c.name)

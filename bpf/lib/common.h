@@ -88,6 +88,7 @@ enum drop_reason {
 	DROP_ISOLATION = 8,      /* between two container networks (Docker's DOCKER-ISOLATION) */
 	DROP_ICC = 9,            /* between containers of a network without inter-container communication */
 	DROP_INTERNAL = 10,      /* leaving or entering an internal network */
+	DROP_SPOOFED = 11,       /* a container's source address is not its own, or its veth is unknown */
 	DROP_MAX = 16,
 };
 

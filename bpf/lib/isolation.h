@@ -15,9 +15,13 @@
  * flows (a hairpin to another network's container, ICMP errors about it)
  * pass as Docker's conntrack RELATED,ESTABLISHED rule lets them.
  *
- * A packet's networks are those of the endpoints of its addresses, else
- * those of the subnets (nets) holding them: a container that is not known
- * yet (a veth the runtime has not reported) is judged by its address. */
+ * The sender is the interface: a packet's source network is that of the
+ * endpoint of the veth it arrived on (veths), never that of its source
+ * address, which the container chooses; a source address that is not the
+ * endpoint's is dropped before any judgement (src_allowed). Docker's rules
+ * match the input bridge (-i br-X) for the same reason. The destination's
+ * network is that of its endpoint, else that of the subnet (nets) holding
+ * it. */
 #pragma once
 
 #include "common.h"
@@ -33,14 +37,30 @@ static __always_inline struct net_info *container_net(__be32 a)
 	return bpf_map_lookup_elem(&nets, &k);
 }
 
+/* src_allowed tells whether the endpoint ep may send from address a: its
+ * own address only, any address with EP_F_FOREIGN_SRC (a container that
+ * routes for others), and for a veth whose container is not known yet
+ * (address 0) an address of its bridge's network. */
+static __always_inline int src_allowed(const struct endpoint *ep, __be32 a)
+{
+	struct net_info *ni;
+
+	if (ep->ep_flags & EP_F_FOREIGN_SRC)
+		return 1;
+	if (ep->addr)
+		return a == ep->addr;
+	ni = container_net(a);
+	return ni && ni->net_id == ep->net_id;
+}
+
 /* A network as the isolation rules see it. */
 struct iso_net {
 	__u32 id;
 	__u32 flags; /* NET_F_* */
 };
 
-/* iso_net_of finds the network of address a, whose endpoint (if any) is
- * ep. Returns 0 when a is in no container network. */
+/* iso_net_of finds the network of destination address a, whose endpoint
+ * (if any) is ep. Returns 0 when a is in no container network. */
 static __always_inline int iso_net_of(__be32 a, const struct endpoint *ep, struct iso_net *n)
 {
 	struct net_info *ni;
@@ -84,26 +104,24 @@ static __always_inline int iso_tracked(struct __sk_buff *ctx, const struct pkt *
 }
 
 /* iso_verdict judges a packet a container sends that no translation
- * claimed: 0 when it may go on, else the drop reason. src and dst are the
- * endpoints of its addresses, if any; to_host says that its destination
- * is a host address. */
+ * claimed: 0 when it may go on, else the drop reason. src is the endpoint
+ * of the veth it came from, dst that of its destination address, if any;
+ * to_host says that its destination is a host address. */
 static __always_inline __u32 iso_verdict(struct __sk_buff *ctx, const struct pkt *p, const struct endpoint *src,
 					 const struct endpoint *dst, int to_host, __u64 now)
 {
-	struct iso_net s, d;
+	struct iso_net d;
 	__be32 daddr = p->t.daddr;
 	__u32 reason;
 
-	if (to_host || (src && daddr == src->gw_addr))
-		return 0;
-	if (!iso_net_of(p->t.saddr, src, &s))
+	if (to_host || daddr == src->gw_addr)
 		return 0;
 	if (iso_link_local(daddr))
-		return (s.flags & NET_F_NO_ICC) ? DROP_ICC : 0;
+		return (src->flags & NET_F_NO_ICC) ? DROP_ICC : 0;
 	if (!iso_net_of(daddr, dst, &d))
-		return (s.flags & NET_F_INTERNAL) ? DROP_INTERNAL : 0;
-	if (d.id == s.id) {
-		if (!(s.flags & NET_F_NO_ICC))
+		return (src->flags & NET_F_INTERNAL) ? DROP_INTERNAL : 0;
+	if (d.id == src->net_id) {
+		if (!(src->flags & NET_F_NO_ICC))
 			return 0;
 		reason = DROP_ICC;
 	} else {

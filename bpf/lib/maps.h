@@ -83,7 +83,9 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } published SEC(".maps");
 
-/* A container's end of a veth, by container address. */
+#define EP_F_FOREIGN_SRC 0x1 /* may send from addresses not its own: it routes for others */
+
+/* A container's end of a veth. */
 struct endpoint {
 	__u32 ifindex;        /* host end of the veth */
 	__u32 bridge_ifindex; /* bridge the host end is enslaved to */
@@ -92,8 +94,11 @@ struct endpoint {
 	__u8 gw_mac[6];       /* bridge */
 	__u32 net_id;         /* net_info.net_id of its network */
 	__u32 flags;          /* NET_F_* of its network */
+	__be32 addr;          /* the container's address; 0 while the runtime has not reported it */
+	__u32 ep_flags;       /* EP_F_* */
 };
 
+/* Endpoints by container address: where a packet to a container goes. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __be32);
@@ -101,6 +106,17 @@ struct {
 	__uint(max_entries, 16384);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } endpoints SEC(".maps");
+
+/* Endpoints by the ifindex of their host veth: who sent a packet. A veth
+ * attached before its container is known has an entry with address 0 and
+ * the network of the bridge it is enslaved to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct endpoint);
+	__uint(max_entries, 16384);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} veths SEC(".maps");
 
 /* Addresses of the host (every interface but loopback): a wildcard
  * published port matches a packet only when its destination is one. */

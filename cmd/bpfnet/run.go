@@ -42,6 +42,7 @@ type runFlags struct {
 	gcInterval  time.Duration
 	metrics     string
 	containers  []string
+	foreignSrc  []string
 	hostSockets bool
 	cgroupPath  string
 	docker      string
@@ -84,6 +85,7 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 	fl.StringVar(&f.cgroupPath, "cgroup-path", "", "cgroup v2 folder of those programs (default: the root, /sys/fs/cgroup or /sys/fs/cgroup/unified)")
 	fl.DurationVar(&f.hostFWInterval, "host-firewall-interval", 30*time.Second, "how often the host firewall (DOCKER-USER, ufw, nftables forward chains) is checked for rules the fast path goes around (0: once, at start)")
 	fl.StringArrayVar(&f.containers, "container", nil, "name a container for metrics and status without a runtime: NAME=ADDRESS (repeatable)")
+	fl.StringArrayVar(&f.foreignSrc, "allow-foreign-source", nil, "let the container of this address send from addresses not its own, as a router does (repeatable; with --docker, the label "+docker.LabelAllowForeignSource+"=true)")
 	return cmd
 }
 
@@ -145,9 +147,17 @@ func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
 			return opts, nil, fmt.Errorf("invalid --container %q: want NAME=ADDRESS", c)
 		}
 	}
+	for _, a := range f.foreignSrc {
+		if ip, err := netip.ParseAddr(a); err != nil || !ip.Is4() {
+			return opts, nil, fmt.Errorf("invalid --allow-foreign-source %q: want the IPv4 address of a container", a)
+		}
+	}
 	if f.docker != "" {
 		if len(f.bridges) > 0 || len(f.publish) > 0 || len(f.masquerade) > 0 {
 			return opts, nil, errors.New("--bridge, --publish and --masquerade are for standalone mode: with --docker, Docker's networks and port bindings are used")
+		}
+		if len(f.foreignSrc) > 0 {
+			return opts, nil, fmt.Errorf("--allow-foreign-source is for standalone mode: with --docker, label the container %s=true", docker.LabelAllowForeignSource)
 		}
 		return opts, nil, nil
 	}
@@ -178,6 +188,7 @@ func standaloneState(f *runFlags, ports []datapath.PortMapping) (datapath.State,
 			s.Endpoints[i].Container = n
 		}
 	}
+	markForeignSources(&s, f.foreignSrc)
 	for i := range ports {
 		for _, e := range s.Endpoints {
 			if e.Addr == ports[i].ContainerIP {
@@ -187,6 +198,26 @@ func standaloneState(f *runFlags, ports []datapath.PortMapping) (datapath.State,
 	}
 	s.Ports = ports
 	return s, nil
+}
+
+// markForeignSources sets Endpoint.AllowForeignSource on the endpoints of
+// the addresses (--allow-foreign-source) and returns those that name no
+// endpoint of s.
+func markForeignSources(s *datapath.State, addrs []string) []string {
+	var unknown []string
+	for _, a := range addrs {
+		ip := netip.MustParseAddr(a)
+		found := false
+		for i := range s.Endpoints {
+			if s.Endpoints[i].Addr == ip {
+				s.Endpoints[i].AllowForeignSource, found = true, true
+			}
+		}
+		if !found {
+			unknown = append(unknown, a)
+		}
+	}
+	return unknown
 }
 
 // desired builds the state to apply: from the flags and the kernel in
@@ -248,6 +279,14 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 	state, err := desired(f, ports, fromDocker)
 	if err != nil {
 		return err
+	}
+	// At start, an exception must name a container that is there: a
+	// mistyped address would otherwise leave the exception off unnoticed.
+	// Later, one whose container is gone is simply not applied.
+	if fromDocker == nil {
+		if unknown := markForeignSources(&state, f.foreignSrc); len(unknown) > 0 {
+			return fmt.Errorf("--allow-foreign-source %s: no container on the bridges %v has that address", strings.Join(unknown, ", "), f.bridges)
+		}
 	}
 	if err := state.Validate(); err != nil {
 		return err

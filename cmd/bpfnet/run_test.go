@@ -29,6 +29,9 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{[]string{"--bridge", "br0", "--datapath", "nftables"}, "invalid --datapath"},
 		{[]string{"--bridge", "br0", "--container", "web"}, "invalid --container"},
 		{[]string{"--bridge", "br0", "--metrics-addr", "not-an-address"}, "invalid --metrics-addr"},
+		{[]string{"--bridge", "br0", "--allow-foreign-source", "web"}, "invalid --allow-foreign-source"},
+		{[]string{"--bridge", "br0", "--allow-foreign-source", "fd00::2"}, "invalid --allow-foreign-source"},
+		{[]string{"--docker", "--allow-foreign-source", "172.17.0.2"}, "bpfnet.allow-foreign-source=true"},
 	} {
 		root := newRootCmd()
 		var out bytes.Buffer

@@ -52,6 +52,8 @@ type endpointJSON struct {
 	Addr    netip.Addr `json:"address"`
 	Ifindex uint32     `json:"ifindex"`
 	MAC     string     `json:"mac"`
+	// AllowForeignSource: it may send from addresses not its own.
+	AllowForeignSource bool `json:"allow_foreign_source,omitempty"`
 }
 
 type trafficJSON struct {
@@ -86,7 +88,7 @@ func newStatusCmd() *cobra.Command {
 				return err
 			}
 			for _, e := range eps {
-				r.Endpoints = append(r.Endpoints, endpointJSON{e.Addr, e.Ifindex, e.MAC.String()})
+				r.Endpoints = append(r.Endpoints, endpointJSON{e.Addr, e.Ifindex, e.MAC.String(), e.AllowForeignSource})
 			}
 			ports, err := dp.Published()
 			if err != nil {
@@ -149,6 +151,15 @@ func printStatus(out io.Writer, r statusReport) error {
 	for _, e := range r.Endpoints {
 		t := r.Traffic[fmt.Sprint(e.Ifindex)]
 		fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%d\t%d\t%d\n", e.Addr, e.Ifindex, e.MAC, t.RxPackets, t.RxBytes, t.TxPackets, t.TxBytes)
+	}
+	var foreign []string
+	for _, e := range r.Endpoints {
+		if e.AllowForeignSource {
+			foreign = append(foreign, e.Addr.String())
+		}
+	}
+	if len(foreign) > 0 {
+		fmt.Fprintf(w, "\nallowed to send from foreign sources: %s\n", strings.Join(foreign, ", "))
 	}
 	printContainers(w, r.Containers)
 	var drops []string
