@@ -675,6 +675,20 @@ func (d *EBPF) attach(devs map[string]attachedDev, all bool) (err error) {
 		return nil
 	}
 
+	// Those that left first, then those that joined; a failure in either
+	// puts both back.
+	for _, name := range toDetach {
+		dev := d.attached[name]
+		for _, p := range progsFor(dev.uplink) {
+			if err := remember(hook{name, p.name, p.dir}); err != nil {
+				return err
+			}
+			if err := loader.Detach(d.opts.PinPath, name, p.dir, p.name); err != nil {
+				return err
+			}
+		}
+		delete(d.attached, name)
+	}
 	progs := d.Programs()
 	for _, name := range toAttach {
 		dev := devs[name]
@@ -692,18 +706,6 @@ func (d *EBPF) attach(devs map[string]attachedDev, all bool) (err error) {
 			}
 		}
 		d.attached[name] = dev
-	}
-	for _, name := range toDetach {
-		dev := d.attached[name]
-		for _, p := range progsFor(dev.uplink) {
-			if err := remember(hook{name, p.name, p.dir}); err != nil {
-				return err
-			}
-			if err := loader.Detach(d.opts.PinPath, name, p.dir, p.name); err != nil {
-				return err
-			}
-		}
-		delete(d.attached, name)
 	}
 	return nil
 }
