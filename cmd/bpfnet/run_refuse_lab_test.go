@@ -102,7 +102,10 @@ func TestRunRefusesBadState(t *testing.T) {
 					badPin = tc.pin
 				}
 				var stderr bytes.Buffer
-				cmd := topo.Host.Command(context.Background(), bin, args(tc.bad, badPin)...)
+				// A daemon that started instead is stopped, and fails the test.
+				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+				defer cancel()
+				cmd := topo.Host.Command(ctx, bin, args(tc.bad, badPin)...)
 				cmd.Stderr = &stderr
 				err := cmd.Run()
 				var exit *exec.ExitError
