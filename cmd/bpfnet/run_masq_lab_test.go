@@ -90,4 +90,3 @@ func TestRunMasqueradeFlag(t *testing.T) {
 		})
 	}
 }
-
