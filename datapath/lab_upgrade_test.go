@@ -326,6 +326,19 @@ func TestLabPublishPorts(t *testing.T) {
 	if err := l.dp.PublishPorts(PortMapping{Proto: TCP, HostPort: 0, ContainerIP: addrOf(c0.Addr), ContainerPort: 80}); err == nil {
 		t.Error("PublishPorts accepted port 0")
 	}
+	// Validate's rules hold next to the applied state too, and a refused
+	// call writes nothing.
+	for spec, want := range map[string]string{
+		"8080:10.250.0.2:80": "port 8080->10.250.0.2:80/tcp: container address 10.250.0.2 is in none of the networks",
+		fmt.Sprintf("%s:9000:%s:80", ext.HostAddr, c0.Addr): fmt.Sprintf("port %s:9000->%s:80/tcp: host port already published on 0.0.0.0 (a port on 0.0.0.0 takes it on every address)", ext.HostAddr, c0.Addr),
+	} {
+		if err := l.dp.PublishPorts(publish(t, spec)...); err == nil || err.Error() != want {
+			t.Errorf("PublishPorts(%s): %v, want %q", spec, err, want)
+		}
+	}
+	if n := len(mustPublished(t, l.dp)); n != 100 {
+		t.Errorf("%d ports published after refused calls, want 100", n)
+	}
 }
 
 func mustPublished(t *testing.T, d *EBPF) []PublishedPort {

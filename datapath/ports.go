@@ -3,6 +3,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
 )
@@ -43,6 +44,33 @@ func checkMapping(m PortMapping) error {
 	return nil
 }
 
+// checkPublish holds a mapping published next to the applied state to
+// Validate's rules: its container is in one of the networks, and a host
+// port on every address and one on a specific address never share a
+// protocol and port (the same binding is replaced, not a collision).
+func (d *EBPF) checkPublish(m PortMapping) error {
+	if err := checkMapping(m); err != nil {
+		return err
+	}
+	in := false
+	for k := range d.applied.nets {
+		if netip.PrefixFrom(addrFrom(k.Addr), int(k.Prefixlen)).Contains(m.ContainerIP) {
+			in = true
+			break
+		}
+	}
+	if !in {
+		return fmt.Errorf("port %s: container address %s is in none of the networks", m, m.ContainerIP)
+	}
+	k := d.portKey(m)
+	for o := range d.applied.ports {
+		if o.Port == k.Port && o.Proto == k.Proto && o.Addr != k.Addr && (o.Addr == 0 || k.Addr == 0) {
+			return fmt.Errorf("port %s: host port already published on %s (a port on 0.0.0.0 takes it on every address)", m, addrFrom(o.Addr))
+		}
+	}
+	return nil
+}
+
 // PublishPorts publishes ms next to what is published; a mapping of a host
 // port that is published already replaces it, and the flows of the
 // replaced container are dropped. All of ms or none is written.
@@ -52,7 +80,7 @@ func (d *EBPF) PublishPorts(ms ...PortMapping) error {
 	}
 	want := map[bpfPortKey]bpfPortTarget{}
 	for _, m := range ms {
-		if err := checkMapping(m); err != nil {
+		if err := d.checkPublish(m); err != nil {
 			return err
 		}
 		k := d.portKey(m)
