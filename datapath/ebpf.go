@@ -268,6 +268,9 @@ type resolved struct {
 	uplinks   map[uint32]bpfUplink
 	nets      map[bpfNetKey]bpfNetInfo
 	devs      map[string]attachedDev
+	// specific counts the bindings of ports to a specific host address,
+	// by protocol and port (ports.go); nil until needed.
+	specific map[bpfPortKey]int
 }
 
 func (d *EBPF) resolve(s State) (*resolved, error) {
