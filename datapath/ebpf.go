@@ -601,10 +601,10 @@ func (d *EBPF) attach(devs map[string]attachedDev, all bool) (err error) {
 		}
 		return nil
 	}
+	var atts []loader.Attachment
 	if all {
 		// What a previous process attached, so what is gone gets detached.
-		atts, err := loader.List(d.opts.PinPath)
-		if err != nil {
+		if atts, err = loader.List(d.opts.PinPath); err != nil {
 			return err
 		}
 		for _, a := range atts {
@@ -634,9 +634,10 @@ func (d *EBPF) attach(devs map[string]attachedDev, all bool) (err error) {
 		dir          loader.Direction
 	}
 	before := map[hook]loader.Attachment{}
-	atts, err := loader.List(d.opts.PinPath)
-	if err != nil {
-		return err
+	if !all {
+		if atts, err = loader.List(d.opts.PinPath); err != nil {
+			return err
+		}
 	}
 	for _, a := range atts {
 		before[hook{a.Interface, a.Program, a.Direction}] = a
