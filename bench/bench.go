@@ -583,8 +583,15 @@ func newEnv(ctx context.Context, opts *Options, m Mode) (*env, error) {
 	if m != ModeRouting {
 		err := topo.Host.Do(func() error {
 			s, err := datapath.Discover([]string{topo.Bridges[0].Name}, nil, nil)
+			if err != nil {
+				return err
+			}
 			e.state = s
-			return err
+			// The same checks as bpfnet run's, on the state with its ports.
+			if m != ModeIptables {
+				e.pin = lab.PinDir(topo.Prefix, "bench")
+			}
+			return datapath.Preflight(e.ports(nil), datapath.PreflightOptions{PinPath: e.pin})
 		})
 		if err != nil {
 			return e, fmt.Errorf("discovering the lab: %w", err)
@@ -599,7 +606,6 @@ func newEnv(ctx context.Context, opts *Options, m Mode) (*env, error) {
 		default:
 			// Under the lab's prefix, so that a killed run's pins go with
 			// its lab at the next lab.Sweep.
-			e.pin = lab.PinDir(topo.Prefix, "bench")
 			if err = os.Mkdir(e.pin, 0o700); err != nil {
 				return e, fmt.Errorf("bpffs: %w (mount it: mount -t bpf bpf /sys/fs/bpf)", err)
 			}

@@ -21,6 +21,9 @@ func Discover(bridges, uplinks []string, masq []netip.Prefix) (State, error) {
 	used := make([]bool, len(masq))
 	for _, br := range bridges {
 		l, err := netlink.LinkByName(br)
+		if errors.As(err, new(netlink.LinkNotFoundError)) {
+			return s, fmt.Errorf("bridge %s does not exist", br)
+		}
 		if err != nil {
 			return s, fmt.Errorf("bridge %s: %w", br, err)
 		}

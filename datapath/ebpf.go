@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -58,6 +59,9 @@ type Options struct {
 
 	// mutateSpec lets tests break or change the programs before loading.
 	mutateSpec func(*ebpf.CollectionSpec)
+	// attachHook lets tests fail, or change the kernel, right before each
+	// program is attached.
+	attachHook func(ifname, prog string) error
 }
 
 func (o *Options) config() bpfConfig {
@@ -165,6 +169,9 @@ func NewEBPF(opts Options) (*EBPF, error) {
 	}
 	var co ebpf.CollectionOptions
 	if opts.PinPath != "" {
+		if err := CheckBPFFS(opts.PinPath); err != nil {
+			return nil, err
+		}
 		dir := loader.GlobalsDir(opts.PinPath)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("creating pin folder: %w", err)
@@ -268,6 +275,9 @@ type resolved struct {
 	uplinks   map[uint32]bpfUplink
 	nets      map[bpfNetKey]bpfNetInfo
 	devs      map[string]attachedDev
+	// specific counts the bindings of ports to a specific host address,
+	// by protocol and port (ports.go); nil until needed.
+	specific map[bpfPortKey]int
 }
 
 func (d *EBPF) resolve(s State) (*resolved, error) {
@@ -402,8 +412,8 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 
 // Apply makes the maps and attachments match s. An invalid s, or one that
 // names an interface that does not exist, changes nothing; a failure while
-// writing the maps puts back what was written, so the datapath is either
-// the old state or the new one. Only what changed since the last Apply is
+// writing the maps or attaching the programs puts back what was written
+// and attached, so the datapath is either the old state or the new one. Only what changed since the last Apply is
 // written: publishing one port is one map update however many there are.
 func (d *EBPF) Apply(ctx context.Context, s State) error {
 	if err := s.Validate(); err != nil {
@@ -617,18 +627,22 @@ func (d *EBPF) dropStaleCounters(prev, r *resolved, first bool) error {
 
 // attach puts the programs on new interfaces and takes them off those that
 // left. The first Apply of a process attaches everywhere: that replaces a
-// previous process's programs with this one's, in place.
-func (d *EBPF) attach(devs map[string]attachedDev, all bool) error {
+// previous process's programs with this one's, in place. It is all or
+// nothing: when one attachment fails (the interface vanished since
+// resolve, the kernel refused), every attachment it changed is put back
+// as it was, with the program that ran there before, and so is
+// d.attached.
+func (d *EBPF) attach(devs map[string]attachedDev, all bool) (err error) {
 	if d.opts.PinPath == "" {
 		if len(devs) > 0 {
 			return errors.New("attaching needs a pin path")
 		}
 		return nil
 	}
+	var atts []loader.Attachment
 	if all {
 		// What a previous process attached, so what is gone gets detached.
-		atts, err := loader.List(d.opts.PinPath)
-		if err != nil {
+		if atts, err = loader.List(d.opts.PinPath); err != nil {
 			return err
 		}
 		for _, a := range atts {
@@ -637,28 +651,103 @@ func (d *EBPF) attach(devs map[string]attachedDev, all bool) error {
 			}
 		}
 	}
-	progs := d.Programs()
+	var toAttach, toDetach []string
 	for name, dev := range devs {
-		if old, ok := d.attached[name]; ok && !all && old == dev {
-			continue
+		if old, ok := d.attached[name]; !ok || all || old != dev {
+			toAttach = append(toAttach, name)
 		}
+	}
+	for name := range d.attached {
+		if _, ok := devs[name]; !ok {
+			toDetach = append(toDetach, name)
+		}
+	}
+	if len(toAttach) == 0 && len(toDetach) == 0 {
+		return nil
+	}
+
+	// What runs where now, to put back on failure.
+	type hook struct {
+		ifname, prog string
+		dir          loader.Direction
+	}
+	before := map[hook]loader.Attachment{}
+	if !all {
+		if atts, err = loader.List(d.opts.PinPath); err != nil {
+			return err
+		}
+	}
+	for _, a := range atts {
+		before[hook{a.Interface, a.Program, a.Direction}] = a
+	}
+	prevAttached := maps.Clone(d.attached)
+	var undo undoLog
+	// The programs replaced or detached are held until the end: one that
+	// nothing else references would be freed the moment its link moves
+	// on, and could not be put back.
+	var held []*ebpf.Program
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, undo.run())
+			d.attached = prevAttached
+		}
+		for _, p := range held {
+			p.Close()
+		}
+	}()
+	// remember logs how to put the hook back as it is now.
+	remember := func(h hook) error {
+		old, had := before[h]
+		if !had || old.ProgramID == 0 || old.Ifindex == 0 {
+			undo = append(undo, func() error { return loader.Detach(d.opts.PinPath, h.ifname, h.dir, h.prog) })
+			return nil
+		}
+		prog, err := ebpf.NewProgramFromID(old.ProgramID)
+		if err != nil {
+			return fmt.Errorf("holding the program of %s on %s %s: %w", h.prog, h.ifname, h.dir, err)
+		}
+		held = append(held, prog)
+		undo = append(undo, func() error {
+			_, err := loader.Attach(d.opts.PinPath, prog, h.prog, h.ifname, old.Ifindex, h.dir, old.Mode)
+			if errors.Is(err, loader.ErrInterfaceNotFound) {
+				return nil // gone meanwhile: the kernel dropped its programs
+			}
+			return err
+		})
+		return nil
+	}
+
+	// Those that left first, then those that joined; a failure in either
+	// puts both back.
+	for _, name := range toDetach {
+		dev := d.attached[name]
 		for _, p := range progsFor(dev.uplink) {
-			if _, err := loader.Attach(d.opts.PinPath, progs[p.name], p.name, name, dev.ifindex, p.dir, d.opts.AttachMode); err != nil {
+			if err := remember(hook{name, p.name, p.dir}); err != nil {
 				return err
 			}
-		}
-		d.attached[name] = dev
-	}
-	for name, dev := range d.attached {
-		if _, ok := devs[name]; ok {
-			continue
-		}
-		for _, p := range progsFor(dev.uplink) {
 			if err := loader.Detach(d.opts.PinPath, name, p.dir, p.name); err != nil {
 				return err
 			}
 		}
 		delete(d.attached, name)
+	}
+	progs := d.Programs()
+	for _, name := range toAttach {
+		dev := devs[name]
+		for _, p := range progsFor(dev.uplink) {
+			if err := remember(hook{name, p.name, p.dir}); err != nil {
+				return err
+			}
+			if d.opts.attachHook != nil {
+				if err := d.opts.attachHook(name, p.name); err != nil {
+					return fmt.Errorf("attaching %s to %s %s: %w", p.name, name, p.dir, err)
+				}
+			}
+			if _, err := loader.Attach(d.opts.PinPath, progs[p.name], p.name, name, dev.ifindex, p.dir, d.opts.AttachMode); err != nil {
+				return err
+			}
+		}
+		d.attached[name] = dev
 	}
 	return nil
 }

@@ -328,6 +328,34 @@ func TestLabPublishPorts(t *testing.T) {
 	if err := l.dp.PublishPorts(PortMapping{Proto: TCP, HostPort: 0, ContainerIP: addrOf(c0.Addr), ContainerPort: 80}); err == nil {
 		t.Error("PublishPorts accepted port 0")
 	}
+	// Validate's rules hold next to the applied state too, and a refused
+	// call writes nothing.
+	for spec, want := range map[string]string{
+		"8080:10.250.0.2:80": "port 8080->10.250.0.2:80/tcp: container address 10.250.0.2 is in none of the networks",
+		fmt.Sprintf("%s:9000:%s:80", ext.HostAddr, c0.Addr): fmt.Sprintf("port %s:9000->%s:80/tcp: host port already published on another address (a port on 0.0.0.0 takes it on every address)", ext.HostAddr, c0.Addr),
+	} {
+		if err := l.dp.PublishPorts(publish(t, spec)...); err == nil || err.Error() != want {
+			t.Errorf("PublishPorts(%s): %v, want %q", spec, err, want)
+		}
+	}
+	if n := len(mustPublished(t, l.dp)); n != 100 {
+		t.Errorf("%d ports published after refused calls, want 100", n)
+	}
+	// A wildcard waits for the specific binding of its port to go.
+	specific := publish(t, fmt.Sprintf("%s:7000:%s:80", ext.HostAddr, c0.Addr))
+	wildcard := publish(t, fmt.Sprintf("7000:%s:80", c0.Addr))
+	if err := l.dp.PublishPorts(specific...); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.dp.PublishPorts(wildcard...); err == nil || !strings.Contains(err.Error(), "already published on another address") {
+		t.Errorf("wildcard next to a specific binding: %v, want it refused", err)
+	}
+	if err := l.dp.UnpublishPorts(specific...); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.dp.PublishPorts(wildcard...); err != nil {
+		t.Errorf("wildcard once the specific binding went: %v", err)
+	}
 }
 
 func mustPublished(t *testing.T, d *EBPF) []PublishedPort {

@@ -3,6 +3,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
 )
@@ -43,6 +44,59 @@ func checkMapping(m PortMapping) error {
 	return nil
 }
 
+// checkPublish holds a mapping published next to the applied state, and
+// next to the others of its call, to Validate's rules: its container is in
+// one of the networks, and a host port on every address and one on a
+// specific address never share a protocol and port (the same binding is
+// replaced, not a collision). It costs no walk of the published ports.
+func (d *EBPF) checkPublish(m PortMapping, others map[bpfPortKey]bpfPortTarget) error {
+	if err := checkMapping(m); err != nil {
+		return err
+	}
+	in := false
+	for k := range d.applied.nets {
+		if netip.PrefixFrom(addrFrom(k.Addr), int(k.Prefixlen)).Contains(m.ContainerIP) {
+			in = true
+			break
+		}
+	}
+	if !in {
+		return fmt.Errorf("port %s: container address %s is in none of the networks", m, m.ContainerIP)
+	}
+	k := d.portKey(m)
+	wild := bpfPortKey{Port: k.Port, Proto: k.Proto}
+	collides := false
+	if k.Addr != 0 {
+		_, a := d.applied.ports[wild]
+		_, b := others[wild]
+		collides = a || b
+	} else {
+		collides = d.specificCounts()[wild] > 0
+		for o := range others {
+			collides = collides || (o.Addr != 0 && o.Port == k.Port && o.Proto == k.Proto)
+		}
+	}
+	if collides {
+		return fmt.Errorf("port %s: host port already published on another address (a port on 0.0.0.0 takes it on every address)", m)
+	}
+	return nil
+}
+
+// specificCounts counts, by protocol and port, the published bindings to a
+// specific host address; built when first needed after an Apply, then
+// kept up to date by PublishPorts and UnpublishPorts.
+func (d *EBPF) specificCounts() map[bpfPortKey]int {
+	if d.applied.specific == nil {
+		d.applied.specific = map[bpfPortKey]int{}
+		for k := range d.applied.ports {
+			if k.Addr != 0 {
+				d.applied.specific[bpfPortKey{Port: k.Port, Proto: k.Proto}]++
+			}
+		}
+	}
+	return d.applied.specific
+}
+
 // PublishPorts publishes ms next to what is published; a mapping of a host
 // port that is published already replaces it, and the flows of the
 // replaced container are dropped. All of ms or none is written.
@@ -52,7 +106,7 @@ func (d *EBPF) PublishPorts(ms ...PortMapping) error {
 	}
 	want := map[bpfPortKey]bpfPortTarget{}
 	for _, m := range ms {
-		if err := checkMapping(m); err != nil {
+		if err := d.checkPublish(m, want); err != nil {
 			return err
 		}
 		k := d.portKey(m)
@@ -75,7 +129,11 @@ func (d *EBPF) PublishPorts(ms ...PortMapping) error {
 	if err := syncMapPart(&undo, d.objs.Published, have, want); err != nil {
 		return errors.Join(fmt.Errorf("publishing ports: %w", err), undo.run())
 	}
+	counts := d.specificCounts()
 	for k, v := range want {
+		if _, had := d.applied.ports[k]; !had && k.Addr != 0 {
+			counts[bpfPortKey{Port: k.Port, Proto: k.Proto}]++
+		}
 		d.applied.ports[k] = v
 	}
 	if len(gone) > 0 {
@@ -110,8 +168,12 @@ func (d *EBPF) UnpublishPorts(ms ...PortMapping) error {
 		}
 		keys = append(keys, k)
 	}
+	counts := d.specificCounts()
 	for _, k := range keys {
 		delete(d.applied.ports, k)
+		if k.Addr != 0 {
+			counts[bpfPortKey{Port: k.Port, Proto: k.Proto}]--
+		}
 		if err := ignoreMissing(d.objs.PortConns.Delete(k)); err != nil {
 			return fmt.Errorf("dropping port counters: %w", err)
 		}

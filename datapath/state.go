@@ -130,6 +130,10 @@ type State struct {
 	Shared []SharedNetns
 	// NoNetwork are containers without a network (--network none).
 	NoNetwork []NoNetwork
+	// Warnings say what the state's source left out, and why (a
+	// container's port binding that cannot be honoured): the daemon logs
+	// them and `bpfnet status` shows them; the datapaths ignore them.
+	Warnings []string
 }
 
 // Validate checks the state for contradictions before anything is applied.
@@ -167,37 +171,11 @@ func (s *State) Validate() error {
 			return fmt.Errorf("endpoint %s: host veth is required", e.Container)
 		}
 	}
-	type bind struct {
-		p    Proto
-		ip   netip.Addr
-		port uint16
-	}
-	seen := map[bind]PortMapping{}
+	taken := portTable{}
 	for _, m := range s.Ports {
-		if m.Proto != TCP && m.Proto != UDP {
-			return fmt.Errorf("port %s: protocol must be tcp or udp", m)
+		if err := taken.add(s.Networks, m); err != nil {
+			return err
 		}
-		if m.HostPort == 0 || m.ContainerPort == 0 {
-			return fmt.Errorf("port %s: port 0 cannot be published", m)
-		}
-		if !m.ContainerIP.Is4() {
-			return fmt.Errorf("port %s: container address must be IPv4", m)
-		}
-		if n, ok := networkOf(s.Networks, m.ContainerIP); ok && n.Internal {
-			return fmt.Errorf("port %s: network %s is internal and cannot publish ports", m, n.Name)
-		}
-		hip := m.HostIP
-		if !hip.IsValid() {
-			hip = netip.IPv4Unspecified()
-		}
-		if !hip.Is4() {
-			return fmt.Errorf("port %s: host address must be IPv4", m)
-		}
-		b := bind{m.Proto, hip, m.HostPort}
-		if o, dup := seen[b]; dup {
-			return fmt.Errorf("port %s: host port already published by %s", m, o)
-		}
-		seen[b] = m
 	}
 	for _, u := range s.Uplinks {
 		if u.Name == "" {
@@ -205,6 +183,89 @@ func (s *State) Validate() error {
 		}
 	}
 	return s.validateModes()
+}
+
+// portTable holds the host ports accepted so far, by protocol and port.
+type portTable map[protoPort][]PortMapping
+
+type protoPort struct {
+	proto Proto
+	port  uint16
+}
+
+// add checks m against the networks and the ports taken before it, and
+// takes its host port when it can be served.
+func (t portTable) add(nets []Network, m PortMapping) error {
+	if m.Proto != TCP && m.Proto != UDP {
+		return fmt.Errorf("port %s: protocol must be tcp or udp", m)
+	}
+	if m.HostPort == 0 || m.ContainerPort == 0 {
+		return fmt.Errorf("port %s: port 0 cannot be published", m)
+	}
+	if !m.ContainerIP.Is4() {
+		return fmt.Errorf("port %s: container address must be IPv4", m)
+	}
+	n, ok := networkOf(nets, m.ContainerIP)
+	if !ok {
+		// Without a network the datapath would translate towards an
+		// address off the host.
+		return fmt.Errorf("port %s: container address %s is in none of the networks", m, m.ContainerIP)
+	}
+	if n.Internal {
+		return fmt.Errorf("port %s: network %s is internal and cannot publish ports", m, n.Name)
+	}
+	hip := m.HostIP
+	if !hip.IsValid() {
+		hip = netip.IPv4Unspecified()
+	}
+	if !hip.Is4() {
+		return fmt.Errorf("port %s: host address must be IPv4", m)
+	}
+	// A binding to every address takes the port on each address, so a
+	// wildcard and a specific binding of one port and protocol collide,
+	// as in Docker: moby's port allocator
+	// (libnetwork/portallocator/portallocator.go, RequestPortsInRange)
+	// wants a port requested on 0.0.0.0 free in every address's map, and
+	// one requested on an address free on that address and on 0.0.0.0.
+	k := protoPort{m.Proto, m.HostPort}
+	for _, o := range t[k] {
+		ohip := o.HostIP
+		if !ohip.IsValid() {
+			ohip = netip.IPv4Unspecified()
+		}
+		switch {
+		case ohip == hip:
+			return fmt.Errorf("port %s: host port already published by %s", m, o)
+		case ohip.IsUnspecified() || hip.IsUnspecified():
+			return fmt.Errorf("port %s: host port already published by %s (a port on 0.0.0.0 takes it on every address)", m, o)
+		}
+	}
+	t[k] = append(t[k], m)
+	return nil
+}
+
+// SkipUnservablePorts removes the published ports Validate would refuse,
+// each judged against the networks and the ports kept before it, and
+// says why for each one removed. A runtime's state goes through it, so
+// that one container's binding that cannot be honoured leaves the rest
+// working.
+func (s *State) SkipUnservablePorts() []string {
+	var warnings []string
+	taken := portTable{}
+	kept := s.Ports[:0:0]
+	for _, m := range s.Ports {
+		if err := taken.add(s.Networks, m); err != nil {
+			who := m.Container
+			if who == "" {
+				who = m.ContainerIP.String()
+			}
+			warnings = append(warnings, fmt.Sprintf("container %s: %v", who, err))
+			continue
+		}
+		kept = append(kept, m)
+	}
+	s.Ports = kept
+	return warnings
 }
 
 // Datapath makes the kernel do what a State asks. The ebpf and iptables

@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -87,10 +88,69 @@ func TestStateValidate(t *testing.T) {
 			t.Errorf("%s: Validate accepted it", name)
 		}
 	}
-	// A wildcard and a specific binding of one port coexist, as in Docker.
-	s = good()
-	s.Ports = append(s.Ports, PortMapping{Proto: TCP, HostIP: netip.MustParseAddr("10.0.0.1"), HostPort: 80, ContainerIP: netip.MustParseAddr("172.17.0.2"), ContainerPort: 81})
-	if err := s.Validate(); err != nil {
-		t.Errorf("wildcard + specific binding: %v", err)
+	// Each refusal names its problem; its positive twin, the same ports
+	// told apart by protocol or by two specific addresses, is accepted.
+	port := func(hostIP string, hostPort uint16, proto Proto) PortMapping {
+		m := PortMapping{Proto: proto, HostPort: hostPort, ContainerIP: netip.MustParseAddr("172.17.0.2"), ContainerPort: 81}
+		if hostIP != "" {
+			m.HostIP = netip.MustParseAddr(hostIP)
+		}
+		return m
+	}
+	ranges := func(specs ...string) []PortMapping {
+		var out []PortMapping
+		for _, spec := range specs {
+			m, err := ParsePublish(spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, m...)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name  string
+		ports []PortMapping
+		want  string
+	}{
+		{"wildcard then specific", []PortMapping{port("", 80, TCP), port("10.0.0.1", 80, TCP)},
+			"port 10.0.0.1:80->172.17.0.2:81/tcp: host port already published by 80->172.17.0.2:81/tcp (a port on 0.0.0.0 takes it on every address)"},
+		{"specific then wildcard", []PortMapping{port("10.0.0.1", 80, TCP), port("0.0.0.0", 80, TCP)},
+			"port 80->172.17.0.2:81/tcp: host port already published by 10.0.0.1:80->172.17.0.2:81/tcp (a port on 0.0.0.0 takes it on every address)"},
+		{"same specific address twice", []PortMapping{port("10.0.0.1", 80, TCP), port("10.0.0.1", 80, TCP)},
+			"port 10.0.0.1:80->172.17.0.2:81/tcp: host port already published by 10.0.0.1:80->172.17.0.2:81/tcp"},
+		{"overlapping ranges", ranges("8000-8002:172.17.0.2:9000-9002", "8002-8003:172.17.0.2:80"),
+			"port 8002->172.17.0.2:80/tcp: host port already published by 8002->172.17.0.2:9002/tcp"},
+		{"container in no network", ranges("8080:10.250.0.2:80"),
+			"port 8080->10.250.0.2:80/tcp: container address 10.250.0.2 is in none of the networks"},
+		{"two specific addresses", []PortMapping{port("10.0.0.1", 80, TCP), port("10.0.0.2", 80, TCP)}, ""},
+		{"one port, two protocols", []PortMapping{port("", 80, TCP), port("10.0.0.1", 80, UDP)}, ""},
+		{"adjacent ranges", ranges("8000-8002:172.17.0.2:9000-9002", "8003-8004:172.17.0.2:80"), ""},
+	} {
+		s := good()
+		s.Ports = tc.ports
+		err := s.Validate()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.want != "" && (err == nil || err.Error() != tc.want):
+			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
+		}
+		// A runtime's state keeps the first binding and says why the
+		// other was left out.
+		s.Ports = slices.Clone(tc.ports)
+		warnings := s.SkipUnservablePorts()
+		if tc.want == "" {
+			if len(warnings) != 0 || len(s.Ports) != len(tc.ports) {
+				t.Errorf("%s: SkipUnservablePorts left out %v", tc.name, warnings)
+			}
+			continue
+		}
+		if len(warnings) != 1 || warnings[0] != "container 172.17.0.2: "+tc.want && warnings[0] != "container 10.250.0.2: "+tc.want {
+			t.Errorf("%s: warnings %q, want one saying %q", tc.name, warnings, tc.want)
+		}
+		if err := s.Validate(); err != nil {
+			t.Errorf("%s: what SkipUnservablePorts kept is refused: %v", tc.name, err)
+		}
 	}
 }

@@ -64,14 +64,10 @@ func build(k kernel, log *slog.Logger, defaultMasq bool, nets []network.Summary,
 		return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID))
 	})
 	usedAddr := map[netip.Addr]string{}
-	type bind struct {
-		proto datapath.Proto
-		ip    netip.Addr
-		port  uint16
-	}
-	usedPort := map[bind]datapath.PortMapping{}
+	var ports []datapath.PortMapping
+	seenPort := map[datapath.PortMapping]bool{}
 	for _, c := range ctrs {
-		eps, ports := convertContainer(k, log, byID, byName, c)
+		eps, cports := convertContainer(k, log, byID, byName, c)
 		for _, e := range eps {
 			if other, dup := usedAddr[e.Addr]; dup {
 				log.Warn("docker endpoint left out: address already used", "container", e.Container, "network", e.Network, "addr", e.Addr, "by", other)
@@ -80,18 +76,25 @@ func build(k kernel, log *slog.Logger, defaultMasq bool, nets []network.Summary,
 			usedAddr[e.Addr] = e.Container
 			snap.Endpoints = append(snap.Endpoints, e)
 		}
-		for _, m := range ports {
-			b := bind{m.Proto, m.HostIP, m.HostPort}
-			if other, dup := usedPort[b]; dup {
-				if other != m {
-					log.Warn("docker port left out: host port already published", "port", m.String(), "container", m.Container, "by", other.Container)
-				}
-				continue
+		for _, m := range cports {
+			if !seenPort[m] {
+				seenPort[m] = true
+				ports = append(ports, m)
 			}
-			usedPort[b] = m
-			snap.Ports = append(snap.Ports, m)
 		}
 	}
+	// The datapath's own rules decide which bindings can be served
+	// (a host port taken twice, a wildcard and a specific address on one
+	// port): the first container, by name, keeps it.
+	st := datapath.State{Ports: ports}
+	for _, n := range snap.Networks {
+		st.Networks = append(st.Networks, n.Network)
+	}
+	for _, w := range st.SkipUnservablePorts() {
+		log.Warn("docker port left out", "reason", w)
+		snap.Warnings = append(snap.Warnings, w)
+	}
+	snap.Ports = st.Ports
 	snap.Modes = convertModes(k, log, byID, byName, ctrs)
 	slices.SortFunc(snap.Ports, func(a, b datapath.PortMapping) int {
 		return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.HostPort, b.HostPort), a.HostIP.Compare(b.HostIP))

@@ -144,6 +144,8 @@ type Snapshot struct {
 	// Modes are the containers without a veth on these networks: host
 	// mode, macvlan, ipvlan, sharing a namespace, none (modes.go).
 	Modes
+	// Warnings say which port bindings were left out, and why.
+	Warnings []string
 }
 
 // State is the datapath's part of the snapshot; Uplinks and HostAddrs
@@ -156,6 +158,7 @@ func (s Snapshot) State() datapath.State {
 	st.Endpoints = s.Endpoints
 	st.Ports = s.Ports
 	st.CgroupEndpoints, st.Shared, st.NoNetwork = s.CgroupEndpoints, s.Shared, s.NoNetwork
+	st.Warnings = s.Warnings
 	return st
 }
 

@@ -314,3 +314,53 @@ func TestDefaultHost(t *testing.T) {
 		t.Errorf("New accepted a host without a scheme")
 	}
 }
+
+// TestBuildSkipsUnservablePorts: a binding the datapath cannot honour (a
+// host port another container has, on every address or on the same one)
+// is left out with a warning naming the container, and everything else of
+// that container and the others stays.
+func TestBuildSkipsUnservablePorts(t *testing.T) {
+	nets := []network.Summary{bridgeNetwork("bridge", 1, "172.17.0.0/16", "172.17.0.1", map[string]string{optBridgeName: "docker0"})}
+	k := &fakeKernel{
+		bridges: map[string]fakeBridge{"docker0": {index: 10, addrs: []netip.Prefix{pfx("172.17.0.1/16")}}},
+		veths: map[string]fakeVeth{
+			"100/02:42:ac:11:00:02": {"vetha", 10},
+			"200/02:42:ac:11:00:03": {"vethb", 10},
+			"300/02:42:ac:11:00:04": {"vethc", 10},
+		},
+	}
+	a := runningContainer("a", 100, nil, nat.PortMap{"80/tcp": {{HostIP: "0.0.0.0", HostPort: "8080"}}},
+		attach{net: "bridge", addr: "172.17.0.2", mac: "02:42:ac:11:00:02"})
+	b := runningContainer("b", 200, nil, nat.PortMap{
+		"80/tcp": {{HostIP: "127.0.0.1", HostPort: "8080"}},
+		"90/tcp": {{HostIP: "127.0.0.1", HostPort: "9000"}},
+	}, attach{net: "bridge", addr: "172.17.0.3", mac: "02:42:ac:11:00:03"})
+	c := runningContainer("c", 300, nil, nat.PortMap{"90/tcp": {{HostIP: "127.0.0.2", HostPort: "9000"}}},
+		attach{net: "bridge", addr: "172.17.0.4", mac: "02:42:ac:11:00:04"})
+	snap, err := build(k, testLogger(t), true, nets, []container.InspectResponse{c, b, a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantPorts := []datapath.PortMapping{
+		{Proto: datapath.TCP, HostPort: 8080, ContainerIP: ip("172.17.0.2"), ContainerPort: 80, Container: "a"},
+		{Proto: datapath.TCP, HostIP: ip("127.0.0.1"), HostPort: 9000, ContainerIP: ip("172.17.0.3"), ContainerPort: 90, Container: "b"},
+		{Proto: datapath.TCP, HostIP: ip("127.0.0.2"), HostPort: 9000, ContainerIP: ip("172.17.0.4"), ContainerPort: 90, Container: "c"},
+	}
+	if !reflect.DeepEqual(snap.Ports, wantPorts) {
+		t.Errorf("ports:\n got %v\nwant %v", snap.Ports, wantPorts)
+	}
+	wantWarnings := []string{"container b: port 127.0.0.1:8080->172.17.0.3:80/tcp: host port already published by 8080->172.17.0.2:80/tcp (a port on 0.0.0.0 takes it on every address)"}
+	if !reflect.DeepEqual(snap.Warnings, wantWarnings) {
+		t.Errorf("warnings:\n got %q\nwant %q", snap.Warnings, wantWarnings)
+	}
+	st := snap.State()
+	if !reflect.DeepEqual(st.Warnings, wantWarnings) {
+		t.Errorf("the state's warnings %q, want the snapshot's", st.Warnings)
+	}
+	if err := st.Validate(); err != nil {
+		t.Errorf("state does not validate: %v", err)
+	}
+	if len(st.Endpoints) != 3 {
+		t.Errorf("endpoints %v: the container whose binding was left out must keep its endpoint", st.Endpoints)
+	}
+}

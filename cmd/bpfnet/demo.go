@@ -149,6 +149,9 @@ func runDemo(ctx context.Context, out io.Writer) error {
 			}
 			s.Ports = append(s.Ports, m...)
 		}
+		if err := datapath.Preflight(s, datapath.PreflightOptions{PinPath: pin}); err != nil {
+			return err
+		}
 		dp, err = datapath.NewEBPF(datapath.Options{PinPath: pin, FastPath: true})
 		if err != nil {
 			return err

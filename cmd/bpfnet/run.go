@@ -167,14 +167,19 @@ func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
 	return opts, ports, nil
 }
 
-// standaloneState reads the kernel for what the flags name.
-func standaloneState(f *runFlags, ports []datapath.PortMapping) (datapath.State, error) {
+// masqueradePrefixes are the --masquerade CIDRs, checked by options.
+func masqueradePrefixes(f *runFlags) []netip.Prefix {
 	var masq []netip.Prefix
 	for _, c := range f.masquerade {
 		p, _ := netip.ParsePrefix(c)
 		masq = append(masq, p)
 	}
-	s, err := datapath.Discover(f.bridges, f.uplinks, masq)
+	return masq
+}
+
+// standaloneState reads the kernel for what the flags name.
+func standaloneState(f *runFlags, ports []datapath.PortMapping) (datapath.State, error) {
+	s, err := datapath.Discover(f.bridges, f.uplinks, masqueradePrefixes(f))
 	if err != nil {
 		return s, err
 	}
@@ -288,7 +293,9 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 			return fmt.Errorf("--allow-foreign-source %s: no container on the bridges %v has that address", strings.Join(unknown, ", "), f.bridges)
 		}
 	}
-	if err := state.Validate(); err != nil {
+	// Everything that can be checked is, before anything is loaded,
+	// pinned, attached or written: a refused start leaves no trace.
+	if err := datapath.Preflight(state, datapath.PreflightOptions{PinPath: f.pinPath, Masquerade: masqueradePrefixes(f)}); err != nil {
 		return err
 	}
 	// Taken before anything is attached, so a busy port changes nothing.
@@ -327,6 +334,7 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 		return fmt.Errorf("applying the datapath: %w", err)
 	}
 	defer dp.Close()
+	recordWarnings(f.pinPath, state.Warnings)
 	var current atomic.Pointer[datapath.State]
 	current.Store(&state)
 	hostFW := &hostFirewall{pinPath: f.pinPath, fastPath: f.fastPath}
@@ -405,6 +413,7 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 			return
 		}
 		current.Store(&s)
+		recordWarnings(f.pinPath, s.Warnings)
 		watch(bridgesOf(s))
 		slog.Info("resynced", "reason", reason, "endpoints", len(s.Endpoints), "ports", len(s.Ports), "pending_veths", len(s.PendingVeths),
 			"cgroup_endpoints", len(s.CgroupEndpoints), "shared_netns", len(s.Shared), "no_network", len(s.NoNetwork))
@@ -459,6 +468,7 @@ func runIptables(ctx context.Context, f *runFlags, ports []datapath.PortMapping,
 	if err := os.MkdirAll(iptablesMarker(f.pinPath), 0o700); err != nil {
 		return errors.Join(fmt.Errorf("marking the iptables datapath: %w", err), dp.Remove())
 	}
+	recordWarnings(f.pinPath, state.Warnings)
 	slog.Info("datapath attached", "datapath", "iptables", "bridges", bridgesOf(state), "ports", len(state.Ports))
 	changed := make(chan struct{}, 1)
 	poke := func(netlink.Link) {

@@ -2,10 +2,15 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -38,6 +43,57 @@ type statusReport struct {
 	// HostFirewall is the daemon's last check of the host firewall
 	// (hostfw.go); null when no daemon has checked.
 	HostFirewall *hostfw.Status `json:"host_firewall"`
+	// Warnings are what the daemon left out of the state it applied, and
+	// why (a container's port binding that cannot be honoured).
+	Warnings []string `json:"warnings"`
+}
+
+// warningsRecord is where the daemon keeps the warnings of the state it
+// applied last, for status to show.
+func warningsRecord(pinPath string) string { return filepath.Join(pinPath, "warnings") }
+
+// maxWarnings bounds the record: a symbolic link's target is at most a
+// page.
+const maxWarnings = 4000
+
+// recordWarnings replaces the record status reads with the warnings of
+// the state the daemon applied (the source logged them already); the same
+// warnings again are not written.
+func recordWarnings(pinPath string, warnings []string) {
+	if warnings == nil {
+		warnings = []string{}
+	}
+	data, err := json.Marshal(warnings)
+	for n := len(warnings); err == nil && len(data) > maxWarnings && n > 0; n-- {
+		kept := append(slices.Clone(warnings[:n-1]), fmt.Sprintf("and %d more (see the log)", len(warnings)-n+1))
+		data, err = json.Marshal(kept)
+	}
+	if err != nil {
+		slog.Warn("recording warnings", "error", err)
+		return
+	}
+	if old, _ := os.Readlink(warningsRecord(pinPath)); old == string(data) {
+		return
+	}
+	if err := loader.WriteRecord(warningsRecord(pinPath), data); err != nil {
+		slog.Warn("recording warnings", "error", err)
+	}
+}
+
+// readWarnings reads the daemon's record; none is no warning.
+func readWarnings(pinPath string) ([]string, error) {
+	target, err := os.Readlink(warningsRecord(pinPath))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	if err := json.Unmarshal([]byte(target), &out); err != nil {
+		return nil, fmt.Errorf("malformed warnings record %s: %w", warningsRecord(pinPath), err)
+	}
+	return out, nil
 }
 
 type attachmentJSON struct {
@@ -125,6 +181,9 @@ func newStatusCmd() *cobra.Command {
 			if r.HostFirewall, err = readHostFirewall(pinPath); err != nil {
 				return err
 			}
+			if r.Warnings, err = readWarnings(pinPath); err != nil {
+				return err
+			}
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), r)
 			}
@@ -173,6 +232,9 @@ func printStatus(out io.Writer, r statusReport) error {
 		drops = []string{"none"}
 	}
 	fmt.Fprintf(w, "\ndrops\t%s\n", strings.Join(drops, " "))
+	for _, warn := range r.Warnings {
+		fmt.Fprintf(w, "warning\t%s\n", warn)
+	}
 	return w.Flush()
 }
 
