@@ -69,7 +69,13 @@ const (
 	EventRedirectPeer
 	EventRedirectNeigh
 	EventFragTracked
-	eventMax = 16
+	// EventCTHalfOpen: a new published-port flow, unassured (in ct4_syn)
+	// until its client answers the container.
+	EventCTHalfOpen Event = 10
+	// EventCTPromoted: an unassured flow whose client answered, moved into
+	// ct4.
+	EventCTPromoted Event = 11
+	eventMax              = 16
 )
 
 var eventNames = map[Event]string{
@@ -81,6 +87,8 @@ var eventNames = map[Event]string{
 	EventRedirectPeer:   "redirect_peer",
 	EventRedirectNeigh:  "redirect_neigh",
 	EventFragTracked:    "fragment_tracked",
+	EventCTHalfOpen:     "ct_half_open",
+	EventCTPromoted:     "ct_promoted",
 }
 
 func (e Event) String() string {
@@ -92,7 +100,7 @@ func (e Event) String() string {
 
 // Events lists every event the datapath counts.
 func Events() []Event {
-	return []Event{EventCTNewDNAT, EventCTNewSNAT, EventCTNewHairpin, EventCTRecreated, EventCTPeerRestored, EventRedirectPeer, EventRedirectNeigh, EventFragTracked}
+	return []Event{EventCTNewDNAT, EventCTNewSNAT, EventCTNewHairpin, EventCTRecreated, EventCTPeerRestored, EventRedirectPeer, EventRedirectNeigh, EventFragTracked, EventCTHalfOpen, EventCTPromoted}
 }
 
 // Traffic is what a container sent and received, summed over CPUs.
