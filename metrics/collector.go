@@ -23,6 +23,8 @@ type Reader interface {
 	Events() (map[datapath.Event]uint64, error)
 	PortConnections() (map[datapath.PortBinding]uint64, error)
 	CTUsage() (entries, capacity int, err error)
+	// HalfOpenUsage is the table of unassured published-port flows.
+	HalfOpenUsage() (entries, capacity int, err error)
 }
 
 var _ Reader = (*datapath.EBPF)(nil)
@@ -101,7 +103,8 @@ func NewCollector(r Reader, state func() datapath.State, attachments func() ([]l
 			"New connections (TCP) or flows (UDP) translated to a published port's container. host_ip is 0.0.0.0 for a port published on every host address.",
 			[]string{"protocol", "host_ip", "host_port", "container"}, nil),
 		ctEntries: prometheus.NewDesc(name("conntrack_entries"),
-			"Entries in the connection-tracking table (two per flow, one per direction), counted at scrape time.",
+			"Entries in the connection-tracking table (two per flow, one per direction), counted at scrape time. "+
+				"table=\"ct4\": established flows; table=\"ct4_syn\": published-port flows whose client has not answered the container yet (where a SYN flood stays).",
 			[]string{"table"}, nil),
 		ctCapacity: prometheus.NewDesc(name("conntrack_capacity"),
 			"Capacity of the connection-tracking table (entries). The table is an LRU hash: when full, the least recently used entries are evicted.",
@@ -288,18 +291,27 @@ func (c *Collector) ports(st datapath.State) ([]prometheus.Metric, error) {
 	return out, nil
 }
 
-// ctTable labels the connection-tracking gauges: the datapath has one
-// IPv4 table.
-const ctTable = "ct4"
+// The tables that label the connection-tracking gauges: established
+// flows, and unassured ones.
+const (
+	ctTable       = "ct4"
+	ctTableHalfOp = "ct4_syn"
+)
 
 func (c *Collector) conntrack() ([]prometheus.Metric, error) {
 	entries, capacity, err := c.r.CTUsage()
 	if err != nil {
 		return nil, fmt.Errorf("reading conntrack usage: %w", err)
 	}
+	hEntries, hCapacity, err := c.r.HalfOpenUsage()
+	if err != nil {
+		return nil, fmt.Errorf("reading conntrack usage: %w", err)
+	}
 	return []prometheus.Metric{
 		prometheus.MustNewConstMetric(c.ctEntries, prometheus.GaugeValue, float64(entries), ctTable),
 		prometheus.MustNewConstMetric(c.ctCapacity, prometheus.GaugeValue, float64(capacity), ctTable),
+		prometheus.MustNewConstMetric(c.ctEntries, prometheus.GaugeValue, float64(hEntries), ctTableHalfOp),
+		prometheus.MustNewConstMetric(c.ctCapacity, prometheus.GaugeValue, float64(hCapacity), ctTableHalfOp),
 	}, nil
 }
 
