@@ -218,14 +218,14 @@ func setupTestNetns(idx map[string]uint32) error {
 // packetEnv is one test's datapath: programs and maps of its own, loaded
 // unpinned, programmed with the test topology.
 type packetEnv struct {
-	t    *testing.T
+	t    testing.TB
 	opts Options
 	objs bpfObjects
 	ns   *netnsRunner
 	idx  map[string]uint32
 }
 
-func newPacketEnv(t *testing.T, opts Options) *packetEnv {
+func newPacketEnv(t testing.TB, opts Options) *packetEnv {
 	t.Helper()
 	requireRoot(t)
 	e := &packetEnv{t: t, opts: opts, idx: map[string]uint32{}}
