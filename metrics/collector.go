@@ -57,6 +57,7 @@ type Collector struct {
 	portConns                              *prometheus.Desc
 	ctEntries, ctCapacity                  *prometheus.Desc
 	ctEvictions, ctNew                     *prometheus.Desc
+	ctHalfOpen, ctPromoted                 *prometheus.Desc
 	drops                                  *prometheus.Desc
 	attached                               *prometheus.Desc
 	buildInfo                              *prometheus.Desc
@@ -117,6 +118,12 @@ func NewCollector(r Reader, state func() datapath.State, attachments func() ([]l
 		ctNew: prometheus.NewDesc(name("conntrack_new_total"),
 			"Flows the datapath started tracking, by translation kind: dnat (published port), snat (masquerade), hairpin.",
 			[]string{"kind"}, nil),
+		ctHalfOpen: prometheus.NewDesc(name("conntrack_half_open_total"),
+			"Published-port flows that started unassured, in table ct4_syn, until their client answers the container: under a SYN flood, one per forged SYN.",
+			nil, nil),
+		ctPromoted: prometheus.NewDesc(name("conntrack_promoted_total"),
+			"Unassured flows whose client answered the container, moved from ct4_syn into ct4.",
+			nil, nil),
 		drops: prometheus.NewDesc(name("drops_total"),
 			"Packets the datapath dropped, by reason.",
 			[]string{"reason"}, nil),
@@ -133,7 +140,7 @@ func NewCollector(r Reader, state func() datapath.State, attachments func() ([]l
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.rxBytes, c.txBytes, c.rxPackets, c.txPackets, c.portConns,
-		c.ctEntries, c.ctCapacity, c.ctEvictions, c.ctNew, c.drops,
+		c.ctEntries, c.ctCapacity, c.ctEvictions, c.ctNew, c.ctHalfOpen, c.ctPromoted, c.drops,
 		c.attached, c.buildInfo, networkModeDesc,
 	} {
 		ch <- d
@@ -167,7 +174,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ms, err = c.conntrack()
 	emit(ch, ms, err, c.ctEntries, c.ctCapacity)
 	ms, err = c.events()
-	emit(ch, ms, err, c.ctEvictions, c.ctNew)
+	emit(ch, ms, err, c.ctEvictions, c.ctNew, c.ctHalfOpen, c.ctPromoted)
 	ms, err = c.dropCounts()
 	emit(ch, ms, err, c.drops)
 	if c.attachments != nil {
@@ -334,6 +341,9 @@ func (c *Collector) events() ([]prometheus.Metric, error) {
 		prometheus.MustNewConstMetric(c.ctEvictions, prometheus.CounterValue,
 			float64(ev[datapath.EventCTRecreated]+ev[datapath.EventCTPeerRestored])),
 	}
+	out = append(out,
+		prometheus.MustNewConstMetric(c.ctHalfOpen, prometheus.CounterValue, float64(ev[datapath.EventCTHalfOpen])),
+		prometheus.MustNewConstMetric(c.ctPromoted, prometheus.CounterValue, float64(ev[datapath.EventCTPromoted])))
 	for _, n := range newFlowEvents {
 		out = append(out, prometheus.MustNewConstMetric(c.ctNew, prometheus.CounterValue, float64(ev[n.ev]), n.kind.String()))
 	}

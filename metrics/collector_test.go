@@ -145,7 +145,7 @@ func newFixture(t *testing.T) *fixture {
 			uint32(lo.Index + 1000): {RxPackets: 5},
 		},
 		drops:  map[datapath.DropReason]uint64{datapath.DropNotPublished: 3, datapath.DropMalformed: 1},
-		events: map[datapath.Event]uint64{datapath.EventCTNewDNAT: 7, datapath.EventCTNewSNAT: 4, datapath.EventCTNewHairpin: 1, datapath.EventCTRecreated: 2, datapath.EventCTPeerRestored: 3, datapath.EventRedirectPeer: 100},
+		events: map[datapath.Event]uint64{datapath.EventCTNewDNAT: 7, datapath.EventCTNewSNAT: 4, datapath.EventCTNewHairpin: 1, datapath.EventCTRecreated: 2, datapath.EventCTPeerRestored: 3, datapath.EventRedirectPeer: 100, datapath.EventCTHalfOpen: 9, datapath.EventCTPromoted: 6},
 		ports: map[datapath.PortBinding]uint64{
 			{Proto: datapath.TCP, HostIP: ip("0.0.0.0"), HostPort: 8080}: 7,
 			{Proto: datapath.TCP, HostIP: ip("0.0.0.0"), HostPort: 9999}: 5, // unpublished since
@@ -214,6 +214,12 @@ bpfnet_conntrack_evictions_total 5
 bpfnet_conntrack_new_total{kind="dnat"} 7
 bpfnet_conntrack_new_total{kind="snat"} 4
 bpfnet_conntrack_new_total{kind="hairpin"} 1
+# HELP bpfnet_conntrack_half_open_total Published-port flows that started unassured, in table ct4_syn, until their client answers the container: under a SYN flood, one per forged SYN.
+# TYPE bpfnet_conntrack_half_open_total counter
+bpfnet_conntrack_half_open_total 9
+# HELP bpfnet_conntrack_promoted_total Unassured flows whose client answered the container, moved from ct4_syn into ct4.
+# TYPE bpfnet_conntrack_promoted_total counter
+bpfnet_conntrack_promoted_total 6
 # HELP bpfnet_drops_total Packets the datapath dropped, by reason.
 # TYPE bpfnet_drops_total counter
 bpfnet_drops_total{reason="malformed"} 1
@@ -294,7 +300,8 @@ func TestCollectorReadErrors(t *testing.T) {
 		"bpfnet_container_receive_bytes_total", "bpfnet_container_transmit_bytes_total",
 		"bpfnet_container_receive_packets_total", "bpfnet_container_transmit_packets_total",
 		"bpfnet_published_port_connections_total", "bpfnet_conntrack_entries", "bpfnet_conntrack_capacity",
-		"bpfnet_conntrack_evictions_total", "bpfnet_conntrack_new_total", "bpfnet_drops_total",
+		"bpfnet_conntrack_evictions_total", "bpfnet_conntrack_new_total",
+		"bpfnet_conntrack_half_open_total", "bpfnet_conntrack_promoted_total", "bpfnet_drops_total",
 		"bpfnet_attached", "bpfnet_build_info",
 	}
 	for _, tc := range []struct {
@@ -306,9 +313,9 @@ func TestCollectorReadErrors(t *testing.T) {
 		{"PortConnections", "reading published port connections: map read failed", all[4:5]},
 		{"CTUsage", "reading conntrack usage: map read failed", all[5:7]},
 		{"HalfOpenUsage", "reading conntrack usage: map read failed", all[5:7]},
-		{"Events", "reading datapath events: map read failed", all[7:9]},
-		{"Drops", "reading drop counters: map read failed", all[9:10]},
-		{"attachments", "listing attachments: map read failed", all[10:11]},
+		{"Events", "reading datapath events: map read failed", all[7:11]},
+		{"Drops", "reading drop counters: map read failed", all[11:12]},
+		{"attachments", "listing attachments: map read failed", all[12:13]},
 	} {
 		t.Run(tc.method, func(t *testing.T) {
 			f := newFixture(t)
