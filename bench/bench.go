@@ -79,6 +79,10 @@ type Options struct {
 	Progress io.Writer
 	// Command is recorded in the report.
 	Command string
+	// Flood adds the SYN flood measurement (flood.go) to the ebpf and
+	// iptables modes; FloodSYNs is its size (default 100,000).
+	Flood     bool
+	FloodSYNs int
 }
 
 func (o *Options) defaults() error {
@@ -93,6 +97,9 @@ func (o *Options) defaults() error {
 	}
 	if o.BulkSeconds <= 0 {
 		o.BulkSeconds = max(1, int(math.Round(o.Duration.Seconds())))
+	}
+	if o.FloodSYNs <= 0 {
+		o.FloodSYNs = 100000
 	}
 	if o.PublishOneRepeats <= 0 {
 		o.PublishOneRepeats = 3
@@ -174,6 +181,11 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		Notes:     reportNotes,
 		Scenarios: Scenarios(),
 	}
+	if opts.Flood {
+		rep.Scenarios = append(rep.Scenarios, FloodScenarios()...)
+		rep.Notes = append(rep.Notes, floodNotes...)
+		rep.Settings.FloodSYNs = opts.FloodSYNs
+	}
 	if err := lab.Sweep(); err != nil {
 		return nil, fmt.Errorf("removing leftover labs: %w", err)
 	}
@@ -192,6 +204,9 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 			}
 			fmt.Fprintf(opts.Progress, "run %d/%d, %s\n", run, opts.Runs, m)
 			r := measureMode(ctx, &opts, run, m)
+			if opts.Flood && floodModes[m] {
+				measureFlood(ctx, &opts, m, &r)
+			}
 			for k, e := range r.Errors {
 				fmt.Fprintf(opts.Progress, "  %s FAILED: %s\n", k, e)
 			}
@@ -258,7 +273,7 @@ type env struct {
 // measureMode builds a lab for m, takes every figure, and closes the lab.
 func measureMode(ctx context.Context, opts *Options, run int, m Mode) RunResult {
 	r := RunResult{Run: run, Mode: m, Figures: map[string]float64{}, Errors: map[string]string{}, Notes: map[string]string{}}
-	e, err := newEnv(ctx, opts, m)
+	e, err := newEnv(ctx, opts, m, 0)
 	if e != nil {
 		defer func() {
 			if err := e.close(); err != nil {
@@ -550,9 +565,10 @@ func (e *env) memory(ctx context.Context) (memUse, error) {
 }
 
 // newEnv builds a lab with one container and one external host, starts
-// the datapath of mode m, and the servers. On error the returned env (if
-// any) must still be closed.
-func newEnv(ctx context.Context, opts *Options, m Mode) (*env, error) {
+// the datapath of mode m (eBPF: with a ct4 of ctSize entries, 0 for the
+// default), and the servers. On error the returned env (if any) must still
+// be closed.
+func newEnv(ctx context.Context, opts *Options, m Mode, ctSize uint32) (*env, error) {
 	topo, err := lab.New(lab.Config{Containers: []lab.ContainerConfig{{Name: "c0"}}})
 	if err != nil {
 		return nil, fmt.Errorf("building the lab: %w", err)
@@ -609,7 +625,7 @@ func newEnv(ctx context.Context, opts *Options, m Mode) (*env, error) {
 			if err = os.Mkdir(e.pin, 0o700); err != nil {
 				return e, fmt.Errorf("bpffs: %w (mount it: mount -t bpf bpf /sys/fs/bpf)", err)
 			}
-			d, err := datapath.NewEBPF(datapath.Options{PinPath: e.pin, FastPath: true, RedirectOnly: m == ModeRedirect})
+			d, err := datapath.NewEBPF(datapath.Options{PinPath: e.pin, FastPath: true, RedirectOnly: m == ModeRedirect, CTSize: ctSize})
 			if err != nil {
 				return e, fmt.Errorf("loading the eBPF datapath: %w", err)
 			}

@@ -42,6 +42,8 @@ type Settings struct {
 	IdlePolling bool `json:"idle_polling"`
 	// Congestion is the TCP congestion control of the lab's endpoints.
 	Congestion string `json:"congestion_control"`
+	// FloodSYNs is the size of the SYN flood measurement, 0 without one.
+	FloodSYNs int `json:"flood_syns,omitempty"`
 }
 
 // Notes on how the figures were taken, printed under the table and kept in

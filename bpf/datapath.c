@@ -209,9 +209,11 @@ int from_netdev(struct __sk_buff *ctx)
 
 	e = ct_lookup_flow(&p, CT_AT_FROM_NETDEV, now);
 	if (e) {
-		ct_touch(&p.t, e, &p, now);
+		/* Rewrite first: touching an unassured entry may move it to
+		 * ct4 and free it (ct_touch_unassured). */
 		if (apply(ctx, &p, e) < 0)
 			return drop(DROP_REWRITE);
+		ct_touch(&orig, e, &p, now);
 	} else {
 		struct port_key pk = {.addr = p.t.daddr, .port = p.t.dport, .proto = p.t.proto};
 		struct port_target *t;
@@ -232,9 +234,12 @@ int from_netdev(struct __sk_buff *ctx)
 		ep = bpf_map_lookup_elem(&endpoints, &t->addr);
 		if (ep)
 			ne.ifindex = ep->ifindex;
-		if (ct_create(&p.t, &ne, now) < 0)
+		/* Every new flow from the outside, a SYN or a segment of a
+		 * connection whose entries were lost alike, starts unassured:
+		 * whatever a forged source sends lands in ct4_syn only. */
+		if (ct_create_unassured(&p.t, &ne, now) < 0)
 			return drop(DROP_CT_FULL);
-		e = bpf_map_lookup_elem(&ct4, &p.t);
+		e = bpf_map_lookup_elem(&ct4_syn, &p.t);
 		if (e)
 			ct_touch(&p.t, e, &p, now);
 		count_event(p.t.proto == IPPROTO_TCP && !(p.tcp_flags & TCPF_SYN) ? EV_CT_RECREATED : EV_CT_NEW_DNAT);

@@ -25,6 +25,7 @@ type bpfConfig struct {
 	TcpCloseTimeout uint64
 	UdpTimeout      uint64
 	IcmpTimeout     uint64
+	HalfOpenTimeout uint64
 }
 
 type bpfCtEntry struct {
@@ -129,6 +130,7 @@ type bpfUplink struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapCt4            = "ct4"
+	bpfMapCt4Syn         = "ct4_syn"
 	bpfMapDrops          = "drops"
 	bpfMapEndpoints      = "endpoints"
 	bpfMapEvents         = "events"
@@ -200,6 +202,7 @@ type bpfProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
 	Ct4       *ebpf.MapSpec `ebpf:"ct4"`
+	Ct4Syn    *ebpf.MapSpec `ebpf:"ct4_syn"`
 	Drops     *ebpf.MapSpec `ebpf:"drops"`
 	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
 	Events    *ebpf.MapSpec `ebpf:"events"`
@@ -241,6 +244,7 @@ func (o *bpfObjects) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
 	Ct4       *ebpf.Map `ebpf:"ct4"`
+	Ct4Syn    *ebpf.Map `ebpf:"ct4_syn"`
 	Drops     *ebpf.Map `ebpf:"drops"`
 	Endpoints *ebpf.Map `ebpf:"endpoints"`
 	Events    *ebpf.Map `ebpf:"events"`
@@ -257,6 +261,7 @@ type bpfMaps struct {
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Ct4,
+		m.Ct4Syn,
 		m.Drops,
 		m.Endpoints,
 		m.Events,

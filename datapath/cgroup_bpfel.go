@@ -40,6 +40,7 @@ type cgroupConfig struct {
 	TcpCloseTimeout uint64
 	UdpTimeout      uint64
 	IcmpTimeout     uint64
+	HalfOpenTimeout uint64
 }
 
 // Names of all BPF objects in the ELF.

@@ -18,6 +18,7 @@ const (
 	ctAtFromContainer = 0x04
 	ctAtToContainer   = 0x08
 	ctReply           = 0x10
+	ctUnassured       = 0x20
 )
 
 // FlowKind says which translation a flow has; keep in sync with enum
@@ -59,8 +60,12 @@ func (t Tuple) String() string { return fmt.Sprintf("%s -> %s", t.Src, t.Dst) }
 // CTEntry is one direction of a tracked flow: a packet with tuple Key is
 // rewritten to Translated.
 type CTEntry struct {
-	Kind       FlowKind
-	Reply      bool
+	Kind  FlowKind
+	Reply bool
+	// Unassured: a published-port flow whose client has not answered the
+	// container yet, held in the table of unassured flows (ct4_syn) until
+	// it does.
+	Unassured  bool
 	Key        Tuple
 	Translated Tuple
 	TCPFlags   uint8
@@ -88,31 +93,50 @@ func tupleOf(proto uint8, saddr, daddr uint32, sport, dport uint16) Tuple {
 	}
 }
 
-// Conntrack lists every entry of the connection-tracking table.
+// Conntrack lists every entry of the connection-tracking tables: the
+// established flows of ct4, then the unassured ones of ct4_syn.
 func (d *EBPF) Conntrack() ([]CTEntry, error) {
-	return readConntrack(d.objs.Ct4)
+	return readConntrack(d.ctTables()...)
 }
 
-func readConntrack(m *ebpf.Map) ([]CTEntry, error) {
+// ctTables are the connection-tracking tables, ct4 first. A datapath
+// pinned by a version without ct4_syn has only ct4.
+func (d *EBPF) ctTables() []*ebpf.Map {
+	if d.objs.Ct4Syn == nil {
+		return []*ebpf.Map{d.objs.Ct4}
+	}
+	return []*ebpf.Map{d.objs.Ct4, d.objs.Ct4Syn}
+}
+
+func readConntrack(tables ...*ebpf.Map) ([]CTEntry, error) {
 	now, err := monotonicNow()
 	if err != nil {
 		return nil, err
 	}
 	var out []CTEntry
-	err = walkCT(m, func(k bpfCtKey, v bpfCtEntry) {
-		out = append(out, CTEntry{
-			Kind:       FlowKind(v.Kind),
-			Reply:      v.Flags&ctReply != 0,
-			Key:        tupleOf(k.Proto, k.Saddr, k.Daddr, k.Sport, k.Dport),
-			Translated: tupleOf(k.Proto, v.Nsaddr, v.Ndaddr, v.Nsport, v.Ndport),
-			TCPFlags:   v.TcpSeen,
-			Ifindex:    v.Ifindex,
-			Packets:    v.Packets,
-			Bytes:      v.Bytes,
-			Expires:    time.Duration(int64(v.Expires) - int64(now)),
-		})
-	})
-	return out, err
+	for _, m := range tables {
+		if err := walkCT(m, func(k bpfCtKey, v bpfCtEntry) {
+			out = append(out, ctEntryOf(k, v, now))
+		}); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+func ctEntryOf(k bpfCtKey, v bpfCtEntry, now uint64) CTEntry {
+	return CTEntry{
+		Kind:       FlowKind(v.Kind),
+		Reply:      v.Flags&ctReply != 0,
+		Unassured:  v.Flags&ctUnassured != 0,
+		Key:        tupleOf(k.Proto, k.Saddr, k.Daddr, k.Sport, k.Dport),
+		Translated: tupleOf(k.Proto, v.Nsaddr, v.Ndaddr, v.Nsport, v.Ndport),
+		TCPFlags:   v.TcpSeen,
+		Ifindex:    v.Ifindex,
+		Packets:    v.Packets,
+		Bytes:      v.Bytes,
+		Expires:    time.Duration(int64(v.Expires) - int64(now)),
+	}
 }
 
 // walkCT calls fn for every entry of the table, reading it in batches
@@ -150,7 +174,8 @@ func walkCT(m *ebpf.Map, fn func(bpfCtKey, bpfCtEntry)) error {
 	return nil
 }
 
-// GC deletes expired entries and returns how many it deleted.
+// GC deletes the expired entries of both tables and returns how many it
+// deleted.
 func (d *EBPF) GC() (int, error) {
 	now, err := monotonicNow()
 	if err != nil {
@@ -159,10 +184,24 @@ func (d *EBPF) GC() (int, error) {
 	return d.deleteCT(func(k bpfCtKey, v bpfCtEntry) bool { return v.Expires < now })
 }
 
-// CTUsage returns the number of entries and the capacity of the table.
+// CTUsage returns the number of entries and the capacity of the table of
+// established flows, ct4.
 func (d *EBPF) CTUsage() (entries, capacity int, err error) {
-	err = walkCT(d.objs.Ct4, func(bpfCtKey, bpfCtEntry) { entries++ })
-	return entries, int(d.objs.Ct4.MaxEntries()), err
+	return tableUsage(d.objs.Ct4)
+}
+
+// HalfOpenUsage returns the number of entries and the capacity of the
+// table of unassured flows, ct4_syn (zero for a datapath without one).
+func (d *EBPF) HalfOpenUsage() (entries, capacity int, err error) {
+	if d.objs.Ct4Syn == nil {
+		return 0, 0, nil
+	}
+	return tableUsage(d.objs.Ct4Syn)
+}
+
+func tableUsage(m *ebpf.Map) (entries, capacity int, err error) {
+	err = walkCT(m, func(bpfCtKey, bpfCtEntry) { entries++ })
+	return entries, int(m.MaxEntries()), err
 }
 
 // flushBackends drops the flows translated to any of the given container
@@ -187,10 +226,23 @@ func (d *EBPF) flushBackends(gone []bpfPortTarget) (int, error) {
 	})
 }
 
-// deleteCT deletes the entries that match, and the other half of each.
+// deleteCT deletes the entries of every table that match, and the other
+// half of each (which is in the same table).
 func (d *EBPF) deleteCT(match func(bpfCtKey, bpfCtEntry) bool) (int, error) {
+	n := 0
+	for _, m := range d.ctTables() {
+		k, err := deleteFrom(m, match)
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func deleteFrom(m *ebpf.Map, match func(bpfCtKey, bpfCtEntry) bool) (int, error) {
 	var doomed []bpfCtKey
-	err := walkCT(d.objs.Ct4, func(k bpfCtKey, v bpfCtEntry) {
+	err := walkCT(m, func(k bpfCtKey, v bpfCtEntry) {
 		if match(k, v) {
 			doomed = append(doomed, k, bpfCtKey{Saddr: v.Ndaddr, Daddr: v.Nsaddr, Sport: v.Ndport, Dport: v.Nsport, Proto: k.Proto})
 		}
@@ -200,7 +252,7 @@ func (d *EBPF) deleteCT(match func(bpfCtKey, bpfCtEntry) bool) (int, error) {
 	}
 	n := 0
 	for _, k := range doomed {
-		err := d.objs.Ct4.Delete(k)
+		err := m.Delete(k)
 		if err == nil {
 			n++
 		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {

@@ -45,8 +45,14 @@ type Options struct {
 	// CTSize is the capacity of the connection-tracking table (default
 	// 262144 entries, two per flow).
 	CTSize uint32
+	// HalfOpenSize is the capacity of the table of unassured flows
+	// (ct4_syn: published-port flows whose client has not answered the
+	// container yet, the whole of a SYN flood); default CTSize/8.
+	HalfOpenSize uint32
 	// Timeouts of connection-tracking entries; zero values take defaults.
-	TCPSynTimeout, TCPEstablishedTimeout, TCPCloseTimeout, UDPTimeout, ICMPTimeout time.Duration
+	// HalfOpenTimeout is the life of an unassured flow after its last
+	// packet (default 10s).
+	TCPSynTimeout, TCPEstablishedTimeout, TCPCloseTimeout, UDPTimeout, ICMPTimeout, HalfOpenTimeout time.Duration
 	// AttachMode chooses tcx or the legacy clsact path.
 	AttachMode loader.Mode
 	// HostSockets serves published ports to the host's own processes
@@ -79,6 +85,7 @@ func (o *Options) config() bpfConfig {
 		TcpCloseTimeout: d(o.TCPCloseTimeout, 10*time.Second),
 		UdpTimeout:      d(o.UDPTimeout, time.Minute),
 		IcmpTimeout:     d(o.ICMPTimeout, 30*time.Second),
+		HalfOpenTimeout: d(o.HalfOpenTimeout, 10*time.Second),
 	}
 	if o.FastPath {
 		c.FastPath = 1
@@ -94,6 +101,18 @@ func (o *Options) config() bpfConfig {
 	}
 	return c
 }
+
+// halfOpenSize is the capacity of ct4_syn for a ct4 of ctSize entries.
+func (o *Options) halfOpenSize(ctSize uint32) uint32 {
+	if o.HalfOpenSize != 0 {
+		return o.HalfOpenSize
+	}
+	return max(ctSize/8, minHalfOpenSize)
+}
+
+// minHalfOpenSize keeps the default table of unassured flows big enough
+// for the handshakes of a small ct4.
+const minHalfOpenSize = 128
 
 // VerifierError is returned when the kernel rejects a program. Its message
 // ends with the last lines of the verifier log; Log has all of it.
@@ -146,6 +165,7 @@ func Spec(opts Options) (*ebpf.CollectionSpec, error) {
 	if opts.CTSize != 0 {
 		spec.Maps["ct4"].MaxEntries = opts.CTSize
 	}
+	spec.Maps["ct4_syn"].MaxEntries = opts.halfOpenSize(spec.Maps["ct4"].MaxEntries)
 	if opts.mutateSpec != nil {
 		opts.mutateSpec(spec)
 	}
@@ -769,7 +789,7 @@ func OpenPinned(pinPath string) (*EBPF, error) {
 		return nil, err
 	}
 	maps := map[string]**ebpf.Map{
-		"ct4": &d.objs.Ct4, "drops": &d.objs.Drops, "endpoints": &d.objs.Endpoints, "events": &d.objs.Events,
+		"ct4": &d.objs.Ct4, "ct4_syn": &d.objs.Ct4Syn, "drops": &d.objs.Drops, "endpoints": &d.objs.Endpoints, "events": &d.objs.Events,
 		"host_addrs": &d.objs.HostAddrs, "if_stats": &d.objs.IfStats, "nets": &d.objs.Nets,
 		"port_conns": &d.objs.PortConns, "published": &d.objs.Published, "uplinks": &d.objs.Uplinks,
 	}
@@ -778,6 +798,10 @@ func OpenPinned(pinPath string) (*EBPF, error) {
 			continue
 		}
 		m, err := ebpf.LoadPinnedMap(dir+"/"+name, &ebpf.LoadPinOptions{ReadOnly: true})
+		if transientMaps[name] && errors.Is(err, os.ErrNotExist) {
+			// Pinned by a version without it.
+			continue
+		}
 		if err != nil {
 			d.objs.Close()
 			return nil, fmt.Errorf("opening pinned map %s: %w", name, err)
@@ -799,6 +823,11 @@ var counterMaps = map[string]bool{"drops": true, "events": true, "if_stats": tru
 var rebuiltMaps = map[string]bool{
 	"endpoints": true, "veths": true, "nets": true, "published": true, "host_addrs": true, "uplinks": true,
 }
+
+// transientMaps hold state that is rebuilt by itself: a new layout (a new
+// --ct-half-open-size) replaces the pinned one. Unassured flows lost that
+// way are made again by the client's next packet.
+var transientMaps = map[string]bool{"ct4_syn": true}
 
 // migratePins checks the pinned maps in dir against spec before loading.
 // Nothing is replaced unless every map can be kept or replaced: a refusal
@@ -826,7 +855,7 @@ func migratePins(spec *ebpf.CollectionSpec, dir string) error {
 		if incompatible == nil {
 			continue
 		}
-		if !counterMaps[name] && !rebuiltMaps[name] {
+		if !counterMaps[name] && !rebuiltMaps[name] && !transientMaps[name] {
 			return fmt.Errorf("pinned map %s has another layout than this version's (%v): its state cannot be kept; "+
 				"run `bpfnet down` or use another --pin-path to start afresh", path, incompatible)
 		}
@@ -835,6 +864,8 @@ func migratePins(spec *ebpf.CollectionSpec, dir string) error {
 	for _, st := range replace {
 		if counterMaps[st.name] {
 			slog.Warn("counter map changed layout; its counts start again", "map", st.name, "reason", st.reason.Error())
+		} else if transientMaps[st.name] {
+			slog.Info("replacing pinned map of another layout", "map", st.name, "reason", st.reason.Error())
 		} else {
 			slog.Warn("map changed layout; replaced, the state fills it again", "map", st.name, "reason", st.reason.Error())
 		}

@@ -57,6 +57,7 @@ const (
 	atFromContainer = ctAtFromContainer
 	atToContainer   = ctAtToContainer
 	flagReply       = ctReply
+	flagUnassured   = ctUnassured
 )
 
 // The test topology. up0 is the uplink, masquerading with hostIP; br0
@@ -217,14 +218,14 @@ func setupTestNetns(idx map[string]uint32) error {
 // packetEnv is one test's datapath: programs and maps of its own, loaded
 // unpinned, programmed with the test topology.
 type packetEnv struct {
-	t    *testing.T
+	t    testing.TB
 	opts Options
 	objs bpfObjects
 	ns   *netnsRunner
 	idx  map[string]uint32
 }
 
-func newPacketEnv(t *testing.T, opts Options) *packetEnv {
+func newPacketEnv(t testing.TB, opts Options) *packetEnv {
 	t.Helper()
 	requireRoot(t)
 	e := &packetEnv{t: t, opts: opts, idx: map[string]uint32{}}
@@ -368,12 +369,26 @@ func ctKeyString(k bpfCtKey) string {
 	return fmt.Sprintf("%d %s:%d -> %s:%d", k.Proto, addrFrom(k.Saddr), port16(k.Sport), addrFrom(k.Daddr), port16(k.Dport))
 }
 
+// ct reads both connection-tracking tables, ct4 and the unassured
+// ct4_syn, as one (a flow is in one of them; ctTable tells which).
 func (e *packetEnv) ct() map[bpfCtKey]bpfCtEntry {
+	e.t.Helper()
+	out := e.ctTable(e.objs.Ct4)
+	for k, v := range e.ctTable(e.objs.Ct4Syn) {
+		if _, dup := out[k]; dup {
+			e.t.Fatalf("%s is in ct4 and ct4_syn", ctKeyString(k))
+		}
+		out[k] = v
+	}
+	return out
+}
+
+func (e *packetEnv) ctTable(m *ebpf.Map) map[bpfCtKey]bpfCtEntry {
 	e.t.Helper()
 	out := map[bpfCtKey]bpfCtEntry{}
 	var k bpfCtKey
 	var v bpfCtEntry
-	it := e.objs.Ct4.Iterate()
+	it := m.Iterate()
 	for it.Next(&k, &v) {
 		out[k] = v
 	}
@@ -383,10 +398,19 @@ func (e *packetEnv) ct() map[bpfCtKey]bpfCtEntry {
 	return out
 }
 
+// ctLookup finds k in ct4, else in ct4_syn.
 func (e *packetEnv) ctLookup(k bpfCtKey) (bpfCtEntry, bool) {
 	e.t.Helper()
+	if v, ok := e.ctLookupIn(e.objs.Ct4, k); ok {
+		return v, true
+	}
+	return e.ctLookupIn(e.objs.Ct4Syn, k)
+}
+
+func (e *packetEnv) ctLookupIn(m *ebpf.Map, k bpfCtKey) (bpfCtEntry, bool) {
+	e.t.Helper()
 	var v bpfCtEntry
-	err := e.objs.Ct4.Lookup(k, &v)
+	err := m.Lookup(k, &v)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return v, false
 	}
@@ -394,6 +418,18 @@ func (e *packetEnv) ctLookup(k bpfCtKey) (bpfCtEntry, bool) {
 		e.t.Fatal(err)
 	}
 	return v, true
+}
+
+// ctDelete deletes k from the table that holds it, as an eviction would.
+func (e *packetEnv) ctDelete(k bpfCtKey) {
+	e.t.Helper()
+	err := e.objs.Ct4.Delete(k)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		err = e.objs.Ct4Syn.Delete(k)
+	}
+	if err != nil {
+		e.t.Fatalf("deleting %s: %v", ctKeyString(k), err)
+	}
 }
 
 func (e *packetEnv) frags() map[bpfFragKey]bpfFragPorts {

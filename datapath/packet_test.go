@@ -139,17 +139,20 @@ func TestPacketDNAT(t *testing.T) {
 
 			origKey := ctKey(proto, clientIP, 40001, c.dst, 8080)
 			replyKey := ctKey(proto, ctrA, 80, clientIP, 40001)
-			orig := e.expectCT(origKey, ctWant{clientIP, ctrA, 40001, 80, atFromNetdev, atToNetdev | flagReply, KindDNAT, e.idx["vetha"]})
-			e.expectCT(replyKey, ctWant{c.dst, clientIP, 8080, 40001, atToNetdev | flagReply, atFromNetdev, KindDNAT, e.idx["vetha"]})
+			// A new flow from the outside is unassured until its client
+			// answers the container.
+			wantOrig := ctWant{clientIP, ctrA, 40001, 80, atFromNetdev, atToNetdev | flagReply, KindDNAT, e.idx["vetha"]}
+			wantReply := ctWant{c.dst, clientIP, 8080, 40001, atToNetdev | flagReply, atFromNetdev, KindDNAT, e.idx["vetha"]}
+			unassured := func(w ctWant) ctWant { w.flags |= flagUnassured; w.peer |= flagUnassured; return w }
+			orig := e.expectCT(origKey, unassured(wantOrig))
+			e.expectCT(replyKey, unassured(wantReply))
 			if orig.Packets != 1 || orig.Bytes != uint64(len(in)) {
 				t.Errorf("entry counted %d packets, %d bytes; want 1, %d", orig.Packets, orig.Bytes, len(in))
 			}
-			if c.proto == pTCP {
-				if orig.TcpSeen != 0x02 {
-					t.Errorf("tcp_seen %#x, want SYN", orig.TcpSeen)
-				}
-				e.expectExpiry(orig, time.Minute) // SYN timeout
+			if c.proto == pTCP && orig.TcpSeen != 0x02 {
+				t.Errorf("tcp_seen %#x, want SYN", orig.TcpSeen)
 			}
+			e.expectExpiry(orig, 10*time.Second) // half-open
 			if n := len(e.ct()); n != 2 {
 				t.Errorf("%d conntrack entries, want 2", n)
 			}
@@ -180,7 +183,7 @@ func TestPacketDNAT(t *testing.T) {
 			if c.zeroCsum && d.udp.Checksum != 0 {
 				t.Errorf("reply UDP checksum %#04x, want 0 (none)", d.udp.Checksum)
 			}
-			re := e.expectCT(replyKey, ctWant{c.dst, clientIP, 8080, 40001, atToNetdev | flagReply, atFromNetdev, KindDNAT, e.idx["vetha"]})
+			re := e.expectCT(replyKey, unassured(wantReply))
 			if re.Packets != 1 {
 				t.Errorf("reply entry counted %d packets, want 1", re.Packets)
 			}
@@ -198,12 +201,25 @@ func TestPacketDNAT(t *testing.T) {
 			}
 			expectTuple(t, decode(t, out), clientIP, 40001, ctrA, 80)
 			checkFrame(t, out)
-			orig, _ = e.ctLookup(origKey)
+			// ... which shows it assured: both halves move to ct4.
+			orig = e.expectCT(origKey, wantOrig)
+			e.expectCT(replyKey, wantReply)
+			if _, ok := e.ctLookupIn(e.objs.Ct4, origKey); !ok {
+				t.Errorf("client's entry not in ct4 after its answer")
+			}
+			if n := len(e.ctTable(e.objs.Ct4Syn)); n != 0 {
+				t.Errorf("%d entries left in ct4_syn, want 0", n)
+			}
 			if orig.Packets != 2 {
 				t.Errorf("entry counted %d packets, want 2", orig.Packets)
 			}
 			if c.proto == pTCP {
 				e.expectExpiry(orig, 6*time.Hour) // established
+			} else {
+				e.expectExpiry(orig, time.Minute)
+			}
+			if n := e.event(EventCTPromoted); n != 1 {
+				t.Errorf("ct_promoted = %d, want 1", n)
 			}
 			if n := e.event(EventCTNewDNAT); n != 1 {
 				t.Errorf("ct_new_dnat = %d after the second packet, want 1", n)
@@ -1117,7 +1133,13 @@ func TestPacketTCPReopen(t *testing.T) {
 			}
 			origKey := ctKey(tcp, clientIP, 40001, hostIP, 8080)
 			send(func(p *testPacket) { p.syn = true })
+			if v, _ := e.toNetdev(replyPacket(pTCP, ctrA, 80, clientIP, 40001).fromCtr(macA, gwMAC).frame()); v != TC_ACT_OK {
+				t.Fatalf("SYN|ACK: verdict %s, want TC_ACT_OK", verdictName(v))
+			}
 			send(func(p *testPacket) { p.ack = true })
+			if _, ok := e.ctLookupIn(e.objs.Ct4, origKey); !ok {
+				t.Fatalf("established connection not in ct4")
+			}
 			// A retransmitted SYN of a live connection is not a new one.
 			d := send(func(p *testPacket) { p.syn = true })
 			expectTuple(t, d, clientIP, 40001, ctrA, 80)
@@ -1140,12 +1162,18 @@ func TestPacketTCPReopen(t *testing.T) {
 			d = send(func(p *testPacket) { p.syn = true })
 			expectTuple(t, d, clientIP, 40001, ctrB, 80)
 			expectMACs(t, d, gwMAC, macB)
-			oe = e.expectCT(origKey, ctWant{clientIP, ctrB, 40001, 80, atFromNetdev, atToNetdev | flagReply, KindDNAT, e.idx["vethb"]})
+			// The new connection starts unassured, the old one's entries
+			// are gone from ct4.
+			const u = flagUnassured
+			oe = e.expectCT(origKey, ctWant{clientIP, ctrB, 40001, 80, atFromNetdev | u, atToNetdev | flagReply | u, KindDNAT, e.idx["vethb"]})
 			if oe.Packets != 1 || oe.TcpSeen != 0x02 {
 				t.Errorf("new entry: %d packets, tcp_seen %#x; want 1, SYN", oe.Packets, oe.TcpSeen)
 			}
 			e.expectNoCT(ctKey(tcp, ctrA, 80, clientIP, 40001))
-			e.expectCT(ctKey(tcp, ctrB, 80, clientIP, 40001), ctWant{hostIP, clientIP, 8080, 40001, atToNetdev | flagReply, atFromNetdev, KindDNAT, e.idx["vethb"]})
+			e.expectCT(ctKey(tcp, ctrB, 80, clientIP, 40001), ctWant{hostIP, clientIP, 8080, 40001, atToNetdev | flagReply | u, atFromNetdev | u, KindDNAT, e.idx["vethb"]})
+			if n := len(e.ctTable(e.objs.Ct4)); n != 0 {
+				t.Errorf("%d entries in ct4, want none:\n%s", n, e.ctDump())
+			}
 			if n := len(e.ct()); n != 2 {
 				t.Errorf("%d conntrack entries, want 2:\n%s", n, e.ctDump())
 			}
@@ -1189,20 +1217,20 @@ func TestPacketPeerRestored(t *testing.T) {
 		e.publish(udp, netip.Addr{}, 5353, ctrA, 53, 1)
 		p := udpPacket(clientIP, 40001, hostIP, 5353)
 		replyKey := ctKey(udp, ctrA, 53, clientIP, 40001)
-		want := ctWant{hostIP, clientIP, 5353, 40001, atToNetdev | flagReply, atFromNetdev, KindDNAT, e.idx["vetha"]}
+		// An unassured flow gets its half back in ct4_syn.
+		const u = flagUnassured
+		want := ctWant{hostIP, clientIP, 5353, 40001, atToNetdev | flagReply | u, atFromNetdev | u, KindDNAT, e.idx["vetha"]}
 		e.fromNetdev(p.frame())
 		e.expectCT(replyKey, want)
-		if err := e.objs.Ct4.Delete(replyKey); err != nil {
-			t.Fatal(err)
-		}
+		e.ctDelete(replyKey)
 		v, out := e.fromNetdev(p.frame())
 		expectVerdict(t, v, TC_ACT_REDIRECT)
 		expectTuple(t, decode(t, out), clientIP, 40001, ctrA, 53)
-		if _, ok := e.ctLookup(replyKey); !ok {
-			t.Fatalf("reply entry not restored by the next packet")
+		if _, ok := e.ctLookupIn(e.objs.Ct4Syn, replyKey); !ok {
+			t.Fatalf("reply entry not restored in ct4_syn by the next packet")
 		}
 		re := e.expectCT(replyKey, want)
-		e.expectExpiry(re, time.Minute)
+		e.expectExpiry(re, 10*time.Second)
 		if n := e.event(EventCTPeerRestored); n != 1 {
 			t.Errorf("ct_peer_restored = %d, want 1", n)
 		}
@@ -1222,9 +1250,7 @@ func TestPacketPeerRestored(t *testing.T) {
 		origKey := ctKey(udp, ctrA, 40000, remoteIP, 53)
 		want := ctWant{hostIP, remoteIP, nat, 53, atToNetdev, atFromNetdev | flagReply, KindSNAT, e.idx["vetha"]}
 		e.expectCT(origKey, want)
-		if err := e.objs.Ct4.Delete(origKey); err != nil {
-			t.Fatal(err)
-		}
+		e.ctDelete(origKey)
 		v, rout := e.fromNetdev(udpPacket(remoteIP, 53, hostIP, nat).frame())
 		expectVerdict(t, v, TC_ACT_REDIRECT)
 		expectTuple(t, decode(t, rout), remoteIP, 53, ctrA, 40000)
@@ -1256,9 +1282,7 @@ func TestPacketEvictedReplyHalf(t *testing.T) {
 	p := tcpPacket(clientIP, 40001, hostIP, 8080)
 	e.fromNetdev(p.frame())
 	replyKey := ctKey(tcp, ctrA, 80, clientIP, 40001)
-	if err := e.objs.Ct4.Delete(replyKey); err != nil {
-		t.Fatal(err)
-	}
+	e.ctDelete(replyKey)
 	answer := replyPacket(pTCP, ctrA, 80, clientIP, 40001).fromCtr(macA, gwMAC).frame()
 	v, _ := e.toNetdev(answer)
 	expectVerdict(t, v, TC_ACT_SHOT)
@@ -1835,10 +1859,16 @@ func TestPacketPeerCheckedPeriodically(t *testing.T) {
 			}
 		}
 	}
-	send(10)
-	if err := e.objs.Ct4.Delete(replyKey); err != nil {
-		t.Fatal(err)
+	// The container answers once, so the flow is established in ct4.
+	send(1)
+	if v, _ := e.toNetdev(udpPacket(ctrA, 53, clientIP, 40001).frame()); v != TC_ACT_OK {
+		t.Fatalf("answer: verdict %s, want TC_ACT_OK", verdictName(v))
 	}
+	send(9)
+	if _, ok := e.ctLookupIn(e.objs.Ct4, origKey); !ok {
+		t.Fatalf("flow not in ct4 after the container's answer")
+	}
+	e.ctDelete(replyKey)
 	send(54) // the flow's 11th to 64th packets
 	if _, ok := e.ctLookup(replyKey); ok {
 		t.Fatalf("reply entry restored before the 65th packet")

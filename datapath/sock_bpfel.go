@@ -25,6 +25,7 @@ type sockConfig struct {
 	TcpCloseTimeout uint64
 	UdpTimeout      uint64
 	IcmpTimeout     uint64
+	HalfOpenTimeout uint64
 }
 
 type sockCtEntry struct {
@@ -145,6 +146,7 @@ type sockUplink struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	sockMapCt4               = "ct4"
+	sockMapCt4Syn            = "ct4_syn"
 	sockMapDrops             = "drops"
 	sockMapEndpoints         = "endpoints"
 	sockMapEvents            = "events"
@@ -225,6 +227,7 @@ type sockProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockMapSpecs struct {
 	Ct4       *ebpf.MapSpec `ebpf:"ct4"`
+	Ct4Syn    *ebpf.MapSpec `ebpf:"ct4_syn"`
 	Drops     *ebpf.MapSpec `ebpf:"drops"`
 	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
 	Events    *ebpf.MapSpec `ebpf:"events"`
@@ -269,6 +272,7 @@ func (o *sockObjects) Close() error {
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockMaps struct {
 	Ct4       *ebpf.Map `ebpf:"ct4"`
+	Ct4Syn    *ebpf.Map `ebpf:"ct4_syn"`
 	Drops     *ebpf.Map `ebpf:"drops"`
 	Endpoints *ebpf.Map `ebpf:"endpoints"`
 	Events    *ebpf.Map `ebpf:"events"`
@@ -287,6 +291,7 @@ type sockMaps struct {
 func (m *sockMaps) Close() error {
 	return _SockClose(
 		m.Ct4,
+		m.Ct4Syn,
 		m.Drops,
 		m.Endpoints,
 		m.Events,

@@ -79,6 +79,12 @@ const (
 	// EventNATHostRemap: a flow of the host whose tuple a translated flow
 	// holds was given another source port.
 	EventNATHostRemap
+	// EventCTHalfOpen: a new published-port flow, unassured (in ct4_syn)
+	// until its client answers the container.
+	EventCTHalfOpen
+	// EventCTPromoted: an unassured flow whose client answered, moved into
+	// ct4.
+	EventCTPromoted
 	eventMax = 16
 )
 
@@ -93,6 +99,8 @@ var eventNames = map[Event]string{
 	EventFragTracked:    "fragment_tracked",
 	EventNATHostSocket:  "nat_host_socket",
 	EventNATHostRemap:   "nat_host_remap",
+	EventCTHalfOpen:     "ct_half_open",
+	EventCTPromoted:     "ct_promoted",
 }
 
 func (e Event) String() string {
@@ -104,7 +112,7 @@ func (e Event) String() string {
 
 // Events lists every event the datapath counts.
 func Events() []Event {
-	return []Event{EventCTNewDNAT, EventCTNewSNAT, EventCTNewHairpin, EventCTRecreated, EventCTPeerRestored, EventRedirectPeer, EventRedirectNeigh, EventFragTracked, EventNATHostSocket, EventNATHostRemap}
+	return []Event{EventCTNewDNAT, EventCTNewSNAT, EventCTNewHairpin, EventCTRecreated, EventCTPeerRestored, EventRedirectPeer, EventRedirectNeigh, EventFragTracked, EventNATHostSocket, EventNATHostRemap, EventCTHalfOpen, EventCTPromoted}
 }
 
 // Traffic is what a container sent and received, summed over CPUs.

@@ -94,6 +94,8 @@ func (r *mapReader) CTUsage() (entries, capacity int, err error) {
 	return entries, int(r.ct4.MaxEntries()), it.Err()
 }
 
+func (r *mapReader) HalfOpenUsage() (entries, capacity int, err error) { return 0, 0, nil }
+
 func (r *mapReader) Close() {
 	r.dp.Close()
 	r.ifStats.Close()

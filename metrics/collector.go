@@ -23,6 +23,8 @@ type Reader interface {
 	Events() (map[datapath.Event]uint64, error)
 	PortConnections() (map[datapath.PortBinding]uint64, error)
 	CTUsage() (entries, capacity int, err error)
+	// HalfOpenUsage is the table of unassured published-port flows.
+	HalfOpenUsage() (entries, capacity int, err error)
 }
 
 var _ Reader = (*datapath.EBPF)(nil)
@@ -55,6 +57,7 @@ type Collector struct {
 	portConns                              *prometheus.Desc
 	ctEntries, ctCapacity                  *prometheus.Desc
 	ctEvictions, ctNew                     *prometheus.Desc
+	ctHalfOpen, ctPromoted                 *prometheus.Desc
 	drops                                  *prometheus.Desc
 	attached                               *prometheus.Desc
 	buildInfo                              *prometheus.Desc
@@ -101,7 +104,8 @@ func NewCollector(r Reader, state func() datapath.State, attachments func() ([]l
 			"New connections (TCP) or flows (UDP) translated to a published port's container. host_ip is 0.0.0.0 for a port published on every host address.",
 			[]string{"protocol", "host_ip", "host_port", "container"}, nil),
 		ctEntries: prometheus.NewDesc(name("conntrack_entries"),
-			"Entries in the connection-tracking table (two per flow, one per direction), counted at scrape time.",
+			"Entries in the connection-tracking table (two per flow, one per direction), counted at scrape time. "+
+				"table=\"ct4\": established flows; table=\"ct4_syn\": published-port flows whose client has not answered the container yet (where a SYN flood stays).",
 			[]string{"table"}, nil),
 		ctCapacity: prometheus.NewDesc(name("conntrack_capacity"),
 			"Capacity of the connection-tracking table (entries). The table is an LRU hash: when full, the least recently used entries are evicted.",
@@ -114,6 +118,12 @@ func NewCollector(r Reader, state func() datapath.State, attachments func() ([]l
 		ctNew: prometheus.NewDesc(name("conntrack_new_total"),
 			"Flows the datapath started tracking, by translation kind: dnat (published port), snat (masquerade), hairpin.",
 			[]string{"kind"}, nil),
+		ctHalfOpen: prometheus.NewDesc(name("conntrack_half_open_total"),
+			"Published-port flows that started unassured, in table ct4_syn, until their client answers the container: under a SYN flood, one per forged SYN.",
+			nil, nil),
+		ctPromoted: prometheus.NewDesc(name("conntrack_promoted_total"),
+			"Unassured flows whose client answered the container, moved from ct4_syn into ct4.",
+			nil, nil),
 		drops: prometheus.NewDesc(name("drops_total"),
 			"Packets the datapath dropped, by reason.",
 			[]string{"reason"}, nil),
@@ -130,7 +140,7 @@ func NewCollector(r Reader, state func() datapath.State, attachments func() ([]l
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.rxBytes, c.txBytes, c.rxPackets, c.txPackets, c.portConns,
-		c.ctEntries, c.ctCapacity, c.ctEvictions, c.ctNew, c.drops,
+		c.ctEntries, c.ctCapacity, c.ctEvictions, c.ctNew, c.ctHalfOpen, c.ctPromoted, c.drops,
 		c.attached, c.buildInfo, networkModeDesc,
 	} {
 		ch <- d
@@ -164,7 +174,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ms, err = c.conntrack()
 	emit(ch, ms, err, c.ctEntries, c.ctCapacity)
 	ms, err = c.events()
-	emit(ch, ms, err, c.ctEvictions, c.ctNew)
+	emit(ch, ms, err, c.ctEvictions, c.ctNew, c.ctHalfOpen, c.ctPromoted)
 	ms, err = c.dropCounts()
 	emit(ch, ms, err, c.drops)
 	if c.attachments != nil {
@@ -288,18 +298,27 @@ func (c *Collector) ports(st datapath.State) ([]prometheus.Metric, error) {
 	return out, nil
 }
 
-// ctTable labels the connection-tracking gauges: the datapath has one
-// IPv4 table.
-const ctTable = "ct4"
+// The tables that label the connection-tracking gauges: established
+// flows, and unassured ones.
+const (
+	ctTable       = "ct4"
+	ctTableHalfOp = "ct4_syn"
+)
 
 func (c *Collector) conntrack() ([]prometheus.Metric, error) {
 	entries, capacity, err := c.r.CTUsage()
 	if err != nil {
 		return nil, fmt.Errorf("reading conntrack usage: %w", err)
 	}
+	hEntries, hCapacity, err := c.r.HalfOpenUsage()
+	if err != nil {
+		return nil, fmt.Errorf("reading conntrack usage: %w", err)
+	}
 	return []prometheus.Metric{
 		prometheus.MustNewConstMetric(c.ctEntries, prometheus.GaugeValue, float64(entries), ctTable),
 		prometheus.MustNewConstMetric(c.ctCapacity, prometheus.GaugeValue, float64(capacity), ctTable),
+		prometheus.MustNewConstMetric(c.ctEntries, prometheus.GaugeValue, float64(hEntries), ctTableHalfOp),
+		prometheus.MustNewConstMetric(c.ctCapacity, prometheus.GaugeValue, float64(hCapacity), ctTableHalfOp),
 	}, nil
 }
 
@@ -322,6 +341,9 @@ func (c *Collector) events() ([]prometheus.Metric, error) {
 		prometheus.MustNewConstMetric(c.ctEvictions, prometheus.CounterValue,
 			float64(ev[datapath.EventCTRecreated]+ev[datapath.EventCTPeerRestored])),
 	}
+	out = append(out,
+		prometheus.MustNewConstMetric(c.ctHalfOpen, prometheus.CounterValue, float64(ev[datapath.EventCTHalfOpen])),
+		prometheus.MustNewConstMetric(c.ctPromoted, prometheus.CounterValue, float64(ev[datapath.EventCTPromoted])))
 	for _, n := range newFlowEvents {
 		out = append(out, prometheus.MustNewConstMetric(c.ctNew, prometheus.CounterValue, float64(ev[n.ev]), n.kind.String()))
 	}

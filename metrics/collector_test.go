@@ -33,7 +33,9 @@ type fakeReader struct {
 	ports     map[datapath.PortBinding]uint64
 	ctEntries int
 	ctCap     int
-	failing   string // method name
+	// the table of unassured flows
+	halfEntries, halfCap int
+	failing              string // method name
 }
 
 var errFake = errors.New("map read failed")
@@ -80,6 +82,13 @@ func (f *fakeReader) CTUsage() (int, int, error) {
 		return 0, 0, err
 	}
 	return f.ctEntries, f.ctCap, nil
+}
+
+func (f *fakeReader) HalfOpenUsage() (int, int, error) {
+	if err := f.fail("HalfOpenUsage"); err != nil {
+		return 0, 0, err
+	}
+	return f.halfEntries, f.halfCap, nil
 }
 
 const (
@@ -136,13 +145,15 @@ func newFixture(t *testing.T) *fixture {
 			uint32(lo.Index + 1000): {RxPackets: 5},
 		},
 		drops:  map[datapath.DropReason]uint64{datapath.DropNotPublished: 3, datapath.DropMalformed: 1},
-		events: map[datapath.Event]uint64{datapath.EventCTNewDNAT: 7, datapath.EventCTNewSNAT: 4, datapath.EventCTNewHairpin: 1, datapath.EventCTRecreated: 2, datapath.EventCTPeerRestored: 3, datapath.EventRedirectPeer: 100},
+		events: map[datapath.Event]uint64{datapath.EventCTNewDNAT: 7, datapath.EventCTNewSNAT: 4, datapath.EventCTNewHairpin: 1, datapath.EventCTRecreated: 2, datapath.EventCTPeerRestored: 3, datapath.EventRedirectPeer: 100, datapath.EventCTHalfOpen: 9, datapath.EventCTPromoted: 6},
 		ports: map[datapath.PortBinding]uint64{
 			{Proto: datapath.TCP, HostIP: ip("0.0.0.0"), HostPort: 8080}: 7,
 			{Proto: datapath.TCP, HostIP: ip("0.0.0.0"), HostPort: 9999}: 5, // unpublished since
 		},
-		ctEntries: 24,
-		ctCap:     262144,
+		ctEntries:   24,
+		ctCap:       262144,
+		halfEntries: 6,
+		halfCap:     32768,
 	}
 	return f
 }
@@ -187,12 +198,14 @@ const otherFamilies = `# HELP bpfnet_published_port_connections_total New connec
 # TYPE bpfnet_published_port_connections_total counter
 bpfnet_published_port_connections_total{container="shop-web-1",host_ip="0.0.0.0",host_port="8080",protocol="tcp"} 7
 bpfnet_published_port_connections_total{container="db",host_ip="127.0.0.1",host_port="5353",protocol="udp"} 0
-# HELP bpfnet_conntrack_entries Entries in the connection-tracking table (two per flow, one per direction), counted at scrape time.
+# HELP bpfnet_conntrack_entries Entries in the connection-tracking table (two per flow, one per direction), counted at scrape time. table="ct4": established flows; table="ct4_syn": published-port flows whose client has not answered the container yet (where a SYN flood stays).
 # TYPE bpfnet_conntrack_entries gauge
 bpfnet_conntrack_entries{table="ct4"} 24
+bpfnet_conntrack_entries{table="ct4_syn"} 6
 # HELP bpfnet_conntrack_capacity Capacity of the connection-tracking table (entries). The table is an LRU hash: when full, the least recently used entries are evicted.
 # TYPE bpfnet_conntrack_capacity gauge
 bpfnet_conntrack_capacity{table="ct4"} 262144
+bpfnet_conntrack_capacity{table="ct4_syn"} 32768
 # HELP bpfnet_conntrack_evictions_total Connection-tracking entries found missing while their flow was still active, i.e. evictions the datapath noticed: TCP flows re-created mid-stream (event ct_recreated) plus flow halves restored from the other half (event ct_peer_restored). An evicted entry whose flow never sends again is not counted.
 # TYPE bpfnet_conntrack_evictions_total counter
 bpfnet_conntrack_evictions_total 5
@@ -201,6 +214,12 @@ bpfnet_conntrack_evictions_total 5
 bpfnet_conntrack_new_total{kind="dnat"} 7
 bpfnet_conntrack_new_total{kind="snat"} 4
 bpfnet_conntrack_new_total{kind="hairpin"} 1
+# HELP bpfnet_conntrack_half_open_total Published-port flows that started unassured, in table ct4_syn, until their client answers the container: under a SYN flood, one per forged SYN.
+# TYPE bpfnet_conntrack_half_open_total counter
+bpfnet_conntrack_half_open_total 9
+# HELP bpfnet_conntrack_promoted_total Unassured flows whose client answered the container, moved from ct4_syn into ct4.
+# TYPE bpfnet_conntrack_promoted_total counter
+bpfnet_conntrack_promoted_total 6
 # HELP bpfnet_drops_total Packets the datapath dropped, by reason.
 # TYPE bpfnet_drops_total counter
 bpfnet_drops_total{reason="malformed"} 1
@@ -282,7 +301,8 @@ func TestCollectorReadErrors(t *testing.T) {
 		"bpfnet_container_receive_bytes_total", "bpfnet_container_transmit_bytes_total",
 		"bpfnet_container_receive_packets_total", "bpfnet_container_transmit_packets_total",
 		"bpfnet_published_port_connections_total", "bpfnet_conntrack_entries", "bpfnet_conntrack_capacity",
-		"bpfnet_conntrack_evictions_total", "bpfnet_conntrack_new_total", "bpfnet_drops_total",
+		"bpfnet_conntrack_evictions_total", "bpfnet_conntrack_new_total",
+		"bpfnet_conntrack_half_open_total", "bpfnet_conntrack_promoted_total", "bpfnet_drops_total",
 		"bpfnet_attached", "bpfnet_build_info",
 	}
 	for _, tc := range []struct {
@@ -293,9 +313,10 @@ func TestCollectorReadErrors(t *testing.T) {
 		{"Traffic", "reading container traffic: map read failed", all[:4]},
 		{"PortConnections", "reading published port connections: map read failed", all[4:5]},
 		{"CTUsage", "reading conntrack usage: map read failed", all[5:7]},
-		{"Events", "reading datapath events: map read failed", all[7:9]},
-		{"Drops", "reading drop counters: map read failed", all[9:10]},
-		{"attachments", "listing attachments: map read failed", all[10:11]},
+		{"HalfOpenUsage", "reading conntrack usage: map read failed", all[5:7]},
+		{"Events", "reading datapath events: map read failed", all[7:11]},
+		{"Drops", "reading drop counters: map read failed", all[11:12]},
+		{"attachments", "listing attachments: map read failed", all[12:13]},
 	} {
 		t.Run(tc.method, func(t *testing.T) {
 			f := newFixture(t)

@@ -25,6 +25,8 @@
 //	conntrack_capacity                 gauge    table
 //	conntrack_evictions_total          counter
 //	conntrack_new_total                counter  kind
+//	conntrack_half_open_total          counter
+//	conntrack_promoted_total           counter
 //	drops_total                        counter  reason
 //	attached                           gauge    interface, hook, program, mode
 //	build_info                         gauge    version, go_version

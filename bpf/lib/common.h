@@ -60,6 +60,7 @@ struct config {
 	__u64 tcp_close_timeout; /* FIN or RST seen */
 	__u64 udp_timeout;
 	__u64 icmp_timeout;
+	__u64 half_open_timeout; /* unassured flow (ct4_syn), refreshed by each of its packets */
 };
 
 volatile const struct config CONFIG = {
@@ -72,6 +73,7 @@ volatile const struct config CONFIG = {
 	.tcp_close_timeout = 10ULL * 1000000000ULL,
 	.udp_timeout = 60ULL * 1000000000ULL,
 	.icmp_timeout = 30ULL * 1000000000ULL,
+	.half_open_timeout = 10ULL * 1000000000ULL,
 };
 
 /* Why a packet was dropped: index of the drops map. Keep in sync with
@@ -105,5 +107,7 @@ enum event {
 	EV_FRAG_TRACKED = 7,
 	EV_NAT_HOST_SOCKET = 8,  /* a masquerade candidate port refused: a host socket uses its tuple */
 	EV_NAT_HOST_REMAP = 9,   /* a host flow whose tuple a translation holds got another source port */
+	EV_CT_HALF_OPEN = 10,    /* new published-port flow, in ct4_syn until the client answers */
+	EV_CT_PROMOTED = 11,     /* unassured flow moved into ct4 */
 	EV_MAX = 16,
 };

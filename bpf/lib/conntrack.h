@@ -26,6 +26,15 @@ static __always_inline __u64 ct_lifetime(__u8 proto, __u8 seen)
 	return CONFIG.udp_timeout;
 }
 
+/* ct_unassured_lifetime is the life of an entry of ct4_syn: short, and never
+ * longer than the flow would have in ct4. */
+static __always_inline __u64 ct_unassured_lifetime(__u8 proto, __u8 seen)
+{
+	__u64 l = ct_lifetime(proto, seen);
+
+	return l < CONFIG.half_open_timeout ? l : CONFIG.half_open_timeout;
+}
+
 static __always_inline void ct_peer_key(const struct ct_entry *e, __u8 proto, struct ct_key *k)
 {
 	k->saddr = e->ndaddr;
@@ -63,11 +72,22 @@ static __always_inline struct ct_entry *ct_lookup_live(const struct ct_key *k, _
 	return e;
 }
 
-/* ct_lookup returns the live entry for k that hook `at` applies. */
+/* CT_AT_UNASSURED: the hooks that apply the entries of ct4_syn, which holds
+ * only published-port flows. */
+#define CT_AT_UNASSURED (CT_AT_FROM_NETDEV | CT_AT_TO_NETDEV)
+
+/* ct_lookup returns the live entry for k that hook `at` applies: the one
+ * in ct4, else, at the uplink's hooks, the one in ct4_syn. An established
+ * flow is found by the first lookup and never pays for the second. */
 static __always_inline struct ct_entry *ct_lookup(const struct ct_key *k, __u8 at, __u64 now)
 {
 	struct ct_entry *e = ct_lookup_live(k, now);
 
+	if (!e && (at & CT_AT_UNASSURED)) {
+		e = bpf_map_lookup_elem(&ct4_syn, k);
+		if (e && e->expires < now)
+			e = 0;
+	}
 	if (!e || !(e->flags & at))
 		return 0;
 	return e;
@@ -78,6 +98,11 @@ static __always_inline void ct_delete_pair(const struct ct_key *k, const struct 
 	struct ct_key pk;
 
 	ct_peer_key(e, k->proto, &pk);
+	if (e->flags & CT_UNASSURED) {
+		bpf_map_delete_elem(&ct4_syn, &pk);
+		bpf_map_delete_elem(&ct4_syn, k);
+		return;
+	}
 	bpf_map_delete_elem(&ct4, &pk);
 	bpf_map_delete_elem(&ct4, k);
 }
@@ -109,6 +134,80 @@ static __always_inline struct ct_entry *ct_lookup_flow(const struct pkt *p, __u8
 	return ct_unless_reopened(p, ct_lookup(&p->t, at, now));
 }
 
+/* ct_assured tells whether p, a client's packet of an unassured flow whose
+ * reply half is re, shows a client that answers: TCP, an ACK without SYN
+ * after the container accepted (its SYN|ACK, or its ACK to a segment of a
+ * connection whose entries were lost) and did not reset; UDP, any datagram
+ * after the container answered. A flood from forged sources never answers
+ * the container, so its flows never leave ct4_syn. A UDP flow that only
+ * ever goes one way stays unassured: it is made again from its next packet
+ * if it is evicted, and loses nothing, as a published port's translation
+ * is fixed. */
+static __always_inline int ct_assured(const struct pkt *p, const struct ct_entry *re)
+{
+	if (p->t.proto == IPPROTO_TCP)
+		return (p->tcp_flags & (TCPF_SYN | TCPF_ACK | TCPF_RST)) == TCPF_ACK && (re->tcp_seen & TCPF_ACK) &&
+		       !(re->tcp_seen & TCPF_RST);
+	return re->packets > 0;
+}
+
+/* ct_promote moves an assured flow, e at k and its peer pe at pk, from
+ * ct4_syn into ct4. The ct4_syn entries are deleted last, so a failure
+ * leaves the flow where it was. */
+static __always_inline void ct_promote(const struct ct_key *k, const struct ct_entry *e, const struct ct_key *pk,
+				       const struct ct_entry *pe, __u64 now)
+{
+	struct ct_entry ne = *e, npe = *pe;
+
+	ne.flags &= ~CT_UNASSURED;
+	ne.peer_flags &= ~CT_UNASSURED;
+	ne.expires = now + ct_lifetime(k->proto, ne.tcp_seen);
+	npe.flags &= ~CT_UNASSURED;
+	npe.peer_flags &= ~CT_UNASSURED;
+	npe.expires = now + ct_lifetime(k->proto, npe.tcp_seen);
+	if (bpf_map_update_elem(&ct4, pk, &npe, BPF_ANY) < 0)
+		return;
+	if (bpf_map_update_elem(&ct4, k, &ne, BPF_ANY) < 0) {
+		bpf_map_delete_elem(&ct4, pk);
+		return;
+	}
+	bpf_map_delete_elem(&ct4_syn, pk);
+	bpf_map_delete_elem(&ct4_syn, k);
+	count_event(EV_CT_PROMOTED);
+}
+
+/* ct_touch_unassured is ct_touch for an entry of ct4_syn (its counters are
+ * already updated): a short life, the other half checked on every packet
+ * (an unassured flow has few) and restored in ct4_syn if it was evicted,
+ * and the move to ct4 once the client's packet shows the flow assured.
+ * After a move, e is gone: the caller must be done with it. */
+static __always_inline void ct_touch_unassured(const struct ct_key *k, struct ct_entry *e, const struct pkt *p,
+					       __u64 now)
+{
+	struct ct_key pk, back;
+	struct ct_entry pe, *cur;
+
+	e->expires = now + ct_unassured_lifetime(p->t.proto, e->tcp_seen);
+	ct_peer_key(e, k->proto, &pk);
+	cur = bpf_map_lookup_elem(&ct4_syn, &pk);
+	if (cur) {
+		ct_peer_key(cur, k->proto, &back);
+		if (back.saddr == k->saddr && back.daddr == k->daddr && back.sport == k->sport &&
+		    back.dport == k->dport) {
+			if (!(e->flags & CT_REPLY) && ct_assured(p, cur)) {
+				pe = *cur;
+				ct_promote(k, e, &pk, &pe, now);
+			}
+			return;
+		}
+		bpf_map_delete_elem(&ct4_syn, &back);
+	}
+	ct_peer_entry(k, e, &pe, now);
+	pe.expires = now + ct_unassured_lifetime(k->proto, 0);
+	if (bpf_map_update_elem(&ct4_syn, &pk, &pe, BPF_ANY) == 0)
+		count_event(EV_CT_PEER_RESTORED);
+}
+
 /* A flow's other half is checked on its first CT_PEER_CHECK_FIRST packets in
  * each direction, whenever the TCP flags it has seen change, and on every
  * CT_PEER_CHECK_EVERY-th packet after: often enough that an evicted half of
@@ -135,6 +234,10 @@ static __always_inline void ct_touch(const struct ct_key *k, struct ct_entry *e,
 	__sync_fetch_and_add(&e->bytes, p->len);
 	if (p->t.proto == IPPROTO_TCP)
 		e->tcp_seen |= p->tcp_flags;
+	if (e->flags & CT_UNASSURED) {
+		ct_touch_unassured(k, e, p, now);
+		return;
+	}
 	e->expires = now + ct_lifetime(p->t.proto, e->tcp_seen);
 
 	if (seen >= CT_PEER_CHECK_FIRST && e->tcp_seen == flags && seen % CT_PEER_CHECK_EVERY)
@@ -169,6 +272,29 @@ static __always_inline int ct_create(const struct ct_key *k, struct ct_entry *e,
 		bpf_map_delete_elem(&ct4, &pk);
 		return -1;
 	}
+	return 0;
+}
+
+/* ct_create_unassured installs both halves of a new published-port flow,
+ * e at k and its peer, in ct4_syn (see ct_assured). */
+static __always_inline int ct_create_unassured(const struct ct_key *k, struct ct_entry *e, __u64 now)
+{
+	struct ct_key pk;
+	struct ct_entry pe;
+
+	e->flags |= CT_UNASSURED;
+	e->peer_flags |= CT_UNASSURED;
+	e->expires = now + ct_unassured_lifetime(k->proto, 0);
+	ct_peer_key(e, k->proto, &pk);
+	ct_peer_entry(k, e, &pe, now);
+	pe.expires = e->expires;
+	if (bpf_map_update_elem(&ct4_syn, &pk, &pe, BPF_ANY) < 0)
+		return -1;
+	if (bpf_map_update_elem(&ct4_syn, k, e, BPF_ANY) < 0) {
+		bpf_map_delete_elem(&ct4_syn, &pk);
+		return -1;
+	}
+	count_event(EV_CT_HALF_OPEN);
 	return 0;
 }
 

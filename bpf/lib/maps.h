@@ -24,6 +24,7 @@ struct ct_key {
 #define CT_AT_FROM_CONTAINER 0x04 /* host veth ingress: container egress */
 #define CT_AT_TO_CONTAINER 0x08  /* host veth egress (or redirect into the container) */
 #define CT_REPLY 0x10            /* entry of the reply direction */
+#define CT_UNASSURED 0x20        /* entry of ct4_syn: the client has not answered the container yet */
 
 enum ct_kind {
 	CT_DNAT = 1,    /* published port */
@@ -57,6 +58,22 @@ struct {
 	__uint(max_entries, 262144);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ct4 SEC(".maps");
+
+/* Unassured flows: a published-port flow starts here and moves to ct4 when
+ * the client's packet follows the container's answer (conntrack.h,
+ * ct_assured). Packets from random sources at a published port (a SYN
+ * flood) therefore churn only this table, whose entries are short-lived and
+ * cheap to evict, and never push an established flow out of ct4: the
+ * kernel's conntrack early-drops unassured entries for the same reason.
+ * Lookups reach it only on a ct4 miss. The loader sizes it (default: an
+ * eighth of ct4). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(max_entries, 32768);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ct4_syn SEC(".maps");
 
 /* A published port: host address (0 for every host address), port and
  * protocol, as `docker run -p [ip:]port:cport/proto` gives it. */

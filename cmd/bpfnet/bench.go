@@ -24,6 +24,8 @@ type benchFlags struct {
 	modes    []string
 	idle     bool
 	cc       string
+	flood    bool
+	syns     int
 }
 
 func newBenchCmd() *cobra.Command {
@@ -36,7 +38,10 @@ port from an external namespace: TCP bulk (iperf3, 1 and 4 streams) and its
 CPU cost, the UDP 64-byte packet rate, TCP_RR with p50/p99 latency, TCP_CRR,
 container egress through masquerade, RR and CRR with up to 10,000 other
 published ports, and the control plane (installing, publishing and removing
-ports; memory per port).
+ports; memory per port). --flood adds, for iptables and ebpf, a SYN flood
+from forged sources at a published port, in a lab of its own: the rate it
+reached, the table it fills, the established connections that survived it
+and the latency of new connections made during it.
 
 Modes: routing (no datapath; the external host routes to the container's
 address: the ceiling), iptables (Docker's NAT rules, kernel only),
@@ -98,6 +103,8 @@ ebpf/iptables, ebpf/routing, ebpf/ebpf-redirect); progress to stderr.`,
 	fl.BoolVar(&f.idle, "allow-idle", false, "let idle CPUs enter idle states instead of polling during the run")
 	fl.StringVar(&f.cc, "congestion-control", bench.CongestionAuto, "TCP congestion control of the lab's endpoints (auto: cubic, else reno; or one of net.ipv4.tcp_allowed_congestion_control)")
 	fl.StringSliceVar(&f.modes, "mode", nil, "measure only these modes (routing, iptables, ebpf, ebpf-redirect)")
+	fl.BoolVar(&f.flood, "flood", false, "also measure a SYN flood from forged sources at a published port (iptables and ebpf): rate, table use, established flows kept, new-connection latency")
+	fl.IntVar(&f.syns, "flood-syns", 100000, "SYNs of the --flood measurement")
 	return cmd
 }
 
@@ -120,6 +127,11 @@ func (f *benchFlags) options(cmd *cobra.Command) (bench.Options, error) {
 		opts.ScaleDuration = 0
 	}
 	opts.AllowIdle = f.idle
+	opts.Flood = f.flood
+	if f.syns < 1000 {
+		return opts, fmt.Errorf("invalid --flood-syns %d: at least 1000", f.syns)
+	}
+	opts.FloodSYNs = f.syns
 	opts.Congestion = f.cc
 	for _, m := range f.modes {
 		opts.Modes = append(opts.Modes, bench.Mode(m))

@@ -15,6 +15,7 @@ import (
 type ctJSON struct {
 	Kind       string `json:"kind"`
 	Reply      bool   `json:"reply"`
+	Unassured  bool   `json:"unassured"`
 	Proto      uint8  `json:"proto"`
 	Src        string `json:"src"`
 	Dst        string `json:"dst"`
@@ -96,7 +97,7 @@ func newCTCmd() *cobra.Command {
 					continue
 				}
 				out = append(out, ctJSON{
-					Kind: e.Kind.String(), Reply: e.Reply, Proto: e.Key.Proto,
+					Kind: e.Kind.String(), Reply: e.Reply, Unassured: e.Unassured, Proto: e.Key.Proto,
 					Src: e.Key.Src.String(), Dst: e.Key.Dst.String(),
 					NewSrc: e.Translated.Src.String(), NewDst: e.Translated.Dst.String(),
 					Packets: e.Packets, Bytes: e.Bytes, ExpiresSec: int64(e.Expires / time.Second),
@@ -120,6 +121,11 @@ func newCTCmd() *cobra.Command {
 				dir := "orig"
 				if e.Reply {
 					dir = "reply"
+				}
+				if e.Unassured {
+					// In the table of unassured flows: the client has not
+					// answered the container yet.
+					dir += ",unassured"
 				}
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s -> %s\t%s -> %s\t%d\t%d\t%ds\n", e.Kind, dir, protoName(e.Proto), e.Src, e.Dst, e.NewSrc, e.NewDst, e.Packets, e.Bytes, e.ExpiresSec)
 			}

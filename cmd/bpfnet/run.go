@@ -38,6 +38,7 @@ type runFlags struct {
 	fastPath    bool
 	natPorts    string
 	ctSize      uint32
+	halfOpen    uint32
 	attach      string
 	gcInterval  time.Duration
 	metrics     string
@@ -75,6 +76,7 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 	fl.BoolVar(&f.fastPath, "fast-path", true, "redirect translated packets around the bridge, routing and netfilter")
 	fl.StringVar(&f.natPorts, "nat-ports", "32768-65535", "source ports masquerade may choose from")
 	fl.Uint32Var(&f.ctSize, "ct-size", 262144, "connection-tracking table capacity (entries; two per flow)")
+	fl.Uint32Var(&f.halfOpen, "ct-half-open-size", 0, "capacity of the table of unassured published-port flows, where a SYN flood stays (entries; default: --ct-size/8)")
 	fl.StringVar(&f.attach, "attach", "auto", "attach mechanism: auto (tcx, else clsact), tcx or legacy")
 	fl.DurationVar(&f.gcInterval, "gc-interval", 10*time.Second, "how often expired connection-tracking entries are collected")
 	fl.StringVar(&f.metrics, "metrics-addr", "127.0.0.1:9475", "address of the Prometheus /metrics endpoint (\"\" turns it off)")
@@ -92,7 +94,7 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 // options checks the flags that need no kernel and turns them into
 // datapath options and port mappings.
 func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
-	opts := datapath.Options{PinPath: f.pinPath, FastPath: f.fastPath, CTSize: f.ctSize,
+	opts := datapath.Options{PinPath: f.pinPath, FastPath: f.fastPath, CTSize: f.ctSize, HalfOpenSize: f.halfOpen,
 		HostSockets: f.hostSockets, CgroupPath: f.cgroupPath}
 	if f.pinPath == "" {
 		return opts, nil, errors.New("--pin-path must not be empty")
@@ -109,6 +111,9 @@ func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
 	}
 	if f.ctSize < 1024 {
 		return opts, nil, fmt.Errorf("invalid --ct-size %d: at least 1024", f.ctSize)
+	}
+	if f.halfOpen != 0 && f.halfOpen < 128 {
+		return opts, nil, fmt.Errorf("invalid --ct-half-open-size %d: at least 128", f.halfOpen)
 	}
 	switch f.attach {
 	case "auto":

@@ -23,6 +23,7 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{[]string{"--bridge", "br0", "--masquerade", "10.0.0.0/33"}, "invalid --masquerade"},
 		{[]string{"--bridge", "br0", "--ct-size", "10"}, "invalid --ct-size"},
 		{[]string{"--bridge", "br0", "--host-firewall-interval", "-1s"}, "invalid --host-firewall-interval"},
+		{[]string{"--bridge", "br0", "--ct-half-open-size", "10"}, "invalid --ct-half-open-size"},
 		{[]string{}, "at least one --bridge"},
 		{[]string{"--bridge", "bpfnet-no-such-bridge0"}, "bpfnet-no-such-bridge0"},
 		{[]string{"--docker", "--bridge", "br0"}, "for standalone mode"},

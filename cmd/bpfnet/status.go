@@ -29,15 +29,18 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 type statusReport struct {
-	PinPath     string                 `json:"pin_path"`
-	Attachments []attachmentJSON       `json:"attachments"`
-	Endpoints   []endpointJSON         `json:"endpoints"`
-	Ports       int                    `json:"published_ports"`
-	CTEntries   int                    `json:"conntrack_entries"`
-	CTCapacity  int                    `json:"conntrack_capacity"`
-	Drops       map[string]uint64      `json:"drops"`
-	Events      map[string]uint64      `json:"events"`
-	Traffic     map[string]trafficJSON `json:"traffic"`
+	PinPath     string           `json:"pin_path"`
+	Attachments []attachmentJSON `json:"attachments"`
+	Endpoints   []endpointJSON   `json:"endpoints"`
+	Ports       int              `json:"published_ports"`
+	CTEntries   int              `json:"conntrack_entries"`
+	CTCapacity  int              `json:"conntrack_capacity"`
+	// HalfOpen* are the table of unassured published-port flows.
+	HalfOpenEntries  int                    `json:"conntrack_half_open_entries"`
+	HalfOpenCapacity int                    `json:"conntrack_half_open_capacity"`
+	Drops            map[string]uint64      `json:"drops"`
+	Events           map[string]uint64      `json:"events"`
+	Traffic          map[string]trafficJSON `json:"traffic"`
 	// Containers without a veth of their own (status_modes.go).
 	Containers []containerJSON `json:"containers"`
 	// HostFirewall is the daemon's last check of the host firewall
@@ -154,6 +157,9 @@ func newStatusCmd() *cobra.Command {
 			if r.CTEntries, r.CTCapacity, err = dp.CTUsage(); err != nil {
 				return err
 			}
+			if r.HalfOpenEntries, r.HalfOpenCapacity, err = dp.HalfOpenUsage(); err != nil {
+				return err
+			}
 			drops, err := dp.Drops()
 			if err != nil {
 				return err
@@ -199,7 +205,7 @@ func printStatus(out io.Writer, r statusReport) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "pin path\t%s\n", r.PinPath)
 	fmt.Fprintf(w, "published ports\t%d\n", r.Ports)
-	fmt.Fprintf(w, "conntrack\t%d / %d entries\n", r.CTEntries, r.CTCapacity)
+	fmt.Fprintf(w, "conntrack\t%d / %d entries, %d / %d unassured\n", r.CTEntries, r.CTCapacity, r.HalfOpenEntries, r.HalfOpenCapacity)
 	printHostFirewall(w, r.HostFirewall)
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "INTERFACE\tHOOK\tPROGRAM\tMODE\tID")
