@@ -256,11 +256,13 @@ out:
 
 unknown:
 	/* Not a translated flow. Straight to a container from the outside is
-	 * what Docker's FORWARD rules stop; anything else is the host's. */
+	 * what Docker's FORWARD rules stop; anything else is the host's, the
+	 * bridges' gateway addresses included (they are host addresses, which
+	 * Docker's rules leave to the host's INPUT chain). */
 	{
 		struct net_info *net = container_net(p.t.daddr);
 
-		if (net)
+		if (net && !bpf_map_lookup_elem(&host_addrs, &p.t.daddr))
 			return drop((net->flags & NET_F_INTERNAL) ? DROP_INTERNAL : DROP_NOT_PUBLISHED);
 	}
 	return TC_ACT_OK;

@@ -128,16 +128,9 @@ var modeScenarios = []struct {
 		}
 		// Another host address does not answer for the binding.
 		gw := m.topo.Bridges[0].Gateway.String()
-		if m.dp.Name() == "iptables" {
-			// Docker's rules give the SYN to the host, which has no
-			// socket there and answers with a RST.
-			mustBeRefused(t, &ext.Namespace, gw+":8081", "a port bound to "+modeHost+" on "+gw)
-		} else {
-			// The eBPF datapath drops what comes from outside to an
-			// address of a bridge's subnet that no published port
-			// names, the gateway's included.
-			mustBeDropped(t, m.dropped, &ext.Namespace, gw+":8081", DropNotPublished, "a port bound to "+modeHost+" on "+gw)
-		}
+		// Every datapath leaves the gateway, a host address, to the
+		// host, which has no socket there and answers with a RST.
+		mustBeRefused(t, &ext.Namespace, gw+":8081", "a port bound to "+modeHost+" on "+gw)
 	}},
 	{"port_range", func(t *testing.T, m *modeLab) {
 		ext := m.topo.Externals[0]

@@ -323,6 +323,10 @@ func TestPacketNotPublished(t *testing.T) {
 		{"echo straight to a container", echoPacket(clientIP, ctrC, 1), TC_ACT_SHOT, DropNotPublished},
 		{"address in a container network without a container", tcpPacket(clientIP, 40001, netip.MustParseAddr("172.17.9.9"), 80), TC_ACT_SHOT, DropNotPublished},
 		{"host port not published", tcpPacket(clientIP, 40001, hostIP, 9999), TC_ACT_OK, 0},
+		// The bridges' gateways are host addresses inside container
+		// subnets: the host's, as Docker's rules leave them.
+		{"gateway address, unpublished port", tcpPacket(clientIP, 40001, gwIP, 8081), TC_ACT_OK, 0},
+		{"other network's gateway, udp", udpPacket(clientIP, 40001, gw2IP, 53), TC_ACT_OK, 0},
 		{"published container port on the host address", tcpPacket(clientIP, 40001, hostIP, 80), TC_ACT_OK, 0},
 	}
 	for _, c := range cases {
