@@ -333,6 +333,11 @@ int to_netdev(struct __sk_buff *ctx)
 	/* Masquerade: a new flow from a container network, or a host flow
 	 * that needs a port of its own. */
 	net = container_net(p.t.saddr);
+	/* A bridge's gateway address is in its subnet but is the host's: the
+	 * host's own packets from it (the RST of a closed port there) are not
+	 * a container's to masquerade. */
+	if (net && bpf_map_lookup_elem(&host_addrs, &p.t.saddr))
+		net = 0;
 	if (!net) {
 		if (!host_flow_collides(&p, now))
 			return TC_ACT_OK;

@@ -1892,3 +1892,38 @@ func TestPacketPeerCheckedPeriodically(t *testing.T) {
 	}
 	e.expectDrops(nil)
 }
+
+// TestPacketGatewaySourceIsHost: a packet the host sends from a bridge's
+// gateway address (an address inside a container subnet) out of the uplink
+// is the host's: neither masqueraded nor judged as a container's. Its twin,
+// the same segment from a container's address, is a container's answer of
+// no known flow and is dropped ct_miss.
+func TestPacketGatewaySourceIsHost(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		src    netip.Addr
+		want   uint32
+		reason DropReason
+	}{
+		{"from the gateway", gwIP, TC_ACT_OK, 0},
+		{"from a container", ctrA, TC_ACT_SHOT, DropCTMiss},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newPacketEnv(t, Options{FastPath: true})
+			p := replyPacket(pTCP, c.src, 8081, clientIP, 40001)
+			p.rst = true
+			in := p.frame()
+			v, out := e.toNetdev(in)
+			expectVerdict(t, v, c.want)
+			if c.want == TC_ACT_OK {
+				expectUnchanged(t, in, out)
+				e.expectDrops(nil)
+			} else {
+				e.expectDrops(map[DropReason]uint64{c.reason: 1})
+			}
+			if n := len(e.ct()); n != 0 {
+				t.Errorf("%d conntrack entries, want none:\n%s", n, e.ctDump())
+			}
+		})
+	}
+}
