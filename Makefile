@@ -7,8 +7,12 @@ export BPF2GO_CFLAGS ?= -O2 -g -Wall -Werror -I$(ARCH_INCLUDE)
 BIN := bin/bpfnet
 DEPS := clang llvm libbpf-dev bpftool iproute2 iptables iperf3 busybox-static util-linux prometheus docker.io docker-compose
 TEST_TIMEOUT ?= 60m
+# Time each fuzz target runs under make fuzz; make test runs each for TEST_FUZZTIME.
+FUZZTIME ?= 60s
+TEST_FUZZTIME ?= 20s
+FUZZ_TARGETS := FuzzFromNetdev FuzzToNetdev FuzzFromContainer FuzzToContainer
 
-.PHONY: help deps generate build test demo bench lint format clean
+.PHONY: help deps generate build test fuzz demo bench lint format clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,8 +31,15 @@ generate: ## Compile bpf/*.c into datapath/*_bpfel.{go,o} with bpf2go
 build: ## Build bin/bpfnet
 	$(GO) build -o $(BIN) ./cmd/bpfnet
 
-test: deps ## Run every test (root: namespaces, BPF, dockerd)
+test: deps ## Run every test (root: namespaces, BPF, dockerd), then each fuzz target for TEST_FUZZTIME
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -p 1 ./...
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
+
+fuzz: deps ## Fuzz every BPF program, one target after the other, for FUZZTIME each (default 60s)
+	@for t in $(FUZZ_TARGETS); do \
+		echo "fuzzing $$t for $(FUZZTIME)"; \
+		$(GO) test -count=1 -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) ./datapath || exit 1; \
+	done
 
 demo: deps build ## Show bpfnet at work in a namespace lab
 	./$(BIN) demo
