@@ -123,6 +123,11 @@ func fuzzTopology(objs *bpfObjects, idx map[string]uint32) error {
 	return nil
 }
 
+// fuzzNATPort is the one port masquerade picks when a flow's own is
+// taken: the base flows are the same on every load, and a second
+// collision reaches the exhausted range.
+const fuzzNATPort = 61000
+
 // fuzzFlow is a frame run at setup to open a flow every input starts from.
 type fuzzFlow struct {
 	prog  func(*bpfObjects) *ebpf.Program
@@ -142,6 +147,8 @@ func fuzzBaseFlows() []fuzzFlow {
 	out := func(p testPacket) testPacket { return p.fromCtr(upMAC, routerMAC) }
 	return []fuzzFlow{
 		{progToNetdev, "up0", out(tcpPacket(ctrA, 40000, remoteIP, 443)).frame()},
+		// The same source port as A's flow: masqueraded to fuzzNATPort.
+		{progToNetdev, "up0", out(tcpPacket(ctrB, 40000, remoteIP, 443)).frame()},
 		{progToNetdev, "up0", out(udpPacket(ctrB, 5000, remoteIP, 53)).frame()},
 		{progToNetdev, "up0", out(echoPacket(ctrA, remoteIP, 77)).frame()},
 		{progToNetdev, "up0", out(tcpPacket(ctrC, 42000, remoteIP, 80)).frame()},
@@ -179,7 +186,7 @@ func newFuzzEnv(f *testing.F) *fuzzEnv {
 		return addFuzzDevs(e.idx)
 	})
 	for i, fast := range []bool{true, false} {
-		dp, err := e.load(Options{FastPath: fast})
+		dp, err := e.load(Options{FastPath: fast, NATPortMin: fuzzNATPort, NATPortMax: fuzzNATPort})
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -850,9 +857,21 @@ func fuzzSeeds() [][]byte {
 	ulen := udpPacket(clientIP, 50032, hostIP, 5353).frame()
 	binary.BigEndian.PutUint16(ulen[14+20+4:], 4000)
 	seeds = append(seeds, ulen)
+	// An ICMP error whose quote ends early: the rest of the frame is
+	// Ethernet padding, past the datagram.
+	seeds = append(seeds, cutQuote(tcpPacket(hostIP, fuzzNATPort, remoteIP, 443)))
 	arp := ethFrame(routerMAC, upMAC, layers.EthernetTypeARP, make([]byte, 28))
 	seeds = append(seeds, arp)
 	return seeds
+}
+
+// cutQuote is an ICMP error from remoteIP quoting the IP header of q, with
+// q's first 8 L4 bytes after the datagram's end, where a receiver finds
+// Ethernet padding.
+func cutQuote(q testPacket) []byte {
+	dg := q.datagram()
+	f := icmpError(remoteIP, q.src, 3, 3, 0, dg[:20]).frame()
+	return append(f, dg[20:28]...)
 }
 
 func addSeeds(f *testing.F, devs int) {
@@ -1008,4 +1027,48 @@ func TestPacketFuzzMalformedL4(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestPacketFuzzICMPErrorShortQuote holds what FuzzFromNetdev found: an
+// ICMP error whose datagram ends inside the quote (the quoted ports lie in
+// the frame's padding) had the padding rewritten and summed into its ICMP
+// checksum, which then was wrong for the datagram it belongs to. Such an
+// error is now left alone; the same error with its whole quote inside the
+// datagram is translated.
+func TestPacketFuzzICMPErrorShortQuote(t *testing.T) {
+	e := newPacketEnv(t, Options{FastPath: true, NATPortMin: fuzzNATPort, NATPortMax: fuzzNATPort})
+	out := func(p testPacket) []byte { return p.fromCtr(upMAC, routerMAC).frame() }
+	expectVerdict(t, e.runOK(e.objs.ToNetdev, out(tcpPacket(ctrA, 40000, remoteIP, 443))), TC_ACT_OK)
+	expectVerdict(t, e.runOK(e.objs.ToNetdev, out(tcpPacket(ctrB, 40000, remoteIP, 443))), TC_ACT_OK)
+	// B's flow left with the one free port.
+	e.expectCT(ctKey(uint8(pTCP), remoteIP, 443, hostIP, fuzzNATPort), ctWant{
+		nsaddr: remoteIP, nsport: 443, ndaddr: ctrB, ndport: 40000,
+		flags: atFromNetdev | flagReply, peer: atToNetdev, kind: KindSNAT, ifindex: e.idx["vethb"],
+	})
+	quoted := tcpPacket(hostIP, fuzzNATPort, remoteIP, 443)
+
+	short := cutQuote(quoted)
+	v, got := e.fromNetdev(short)
+	expectVerdict(t, v, TC_ACT_OK)
+	expectUnchanged(t, short, got)
+
+	whole := icmpError(remoteIP, hostIP, 3, 3, 0, quoted.datagram()[:28]).frame()
+	v, got = e.fromNetdev(whole)
+	expectVerdict(t, v, TC_ACT_REDIRECT)
+	checkFrame(t, got)
+	d := decode(t, got)
+	if d.dst() != ctrB {
+		t.Errorf("the whole error went to %s, want %s", d.dst(), ctrB)
+	}
+	q := parseQuote(t, d)
+	if q.src != ctrB || q.sport != 40000 || q.dst != remoteIP || q.dport != 443 {
+		t.Errorf("quote %s:%d -> %s:%d, want %s:40000 -> %s:443", q.src, q.sport, q.dst, q.dport, ctrB, remoteIP)
+	}
+	e.expectDrops(nil)
+}
+
+func (e *packetEnv) runOK(prog *ebpf.Program, frame []byte) uint32 {
+	e.t.Helper()
+	v, _ := e.run(prog, "up0", frame)
+	return v
 }
