@@ -8,7 +8,7 @@ package datapath
 //   - the verdict is TC_ACT_OK, TC_ACT_SHOT or TC_ACT_REDIRECT, and a
 //     TC_ACT_SHOT counts exactly one drop (nothing else counts one);
 //   - a frame that is not IPv4, or that the kernel's IP receive path
-//     rejects (fuzzFrame), comes out byte for byte as it went in;
+//     rejects (parseFuzzFrame), comes out byte for byte as it went in;
 //   - a frame that comes out changed differs only in the fields a
 //     translation or a fast-path forward writes (MACs, TTL, addresses,
 //     ports and ICMP identifier, checksums, an ICMP error's quote), never
@@ -17,10 +17,12 @@ package datapath
 //     quoted IP header of an ICMP error) is right on the way out, every
 //     wrong one still wrong;
 //   - a malformed frame (one the kernel's IP, TCP, UDP or ICMP receive
-//     path rejects) changes no state: no conntrack or fragment entry is
-//     created, none is touched.
+//     path rejects) changes no state (fuzzStateMaps): no conntrack or
+//     fragment entry is created, none is touched.
 //
-// The conntrack table starts every input from the same flows
+// Most inputs have their checksums made right first (fixSums), so that
+// the programs see what a sender would send; the others keep them as the
+// fuzzer made them. The state maps start every input from the same flows
 // (fuzzBaseFlows), so that answers and ICMP errors find a translation to
 // apply; whatever an input changes is undone before the next one.
 //
@@ -160,11 +162,73 @@ func fuzzBaseFlows() []fuzzFlow {
 	}
 }
 
-// fuzzDatapath is one loaded datapath of a fuzz target, with the
-// conntrack state its inputs start from.
+// fuzzStateMaps are the maps of flow state: every input starts from the
+// same content (the base flows), and a malformed frame changes none of
+// them. A new table of flows belongs here.
+func fuzzStateMaps(o *bpfObjects) []*ebpf.Map {
+	return []*ebpf.Map{o.Ct4, o.Frags4}
+}
+
+// mapState is a map's content, raw key to raw value.
+type mapState map[string]string
+
+func dumpState(m *ebpf.Map) (mapState, error) {
+	out := mapState{}
+	k, v := make([]byte, m.KeySize()), make([]byte, m.ValueSize())
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out[string(k)] = string(v)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", m, err)
+	}
+	return out, nil
+}
+
+// fuzzDatapath is one loaded datapath of a fuzz target, with the state
+// its inputs start from (one mapState per fuzzStateMaps entry).
 type fuzzDatapath struct {
 	objs bpfObjects
-	base map[bpfCtKey]bpfCtEntry
+	base []mapState
+}
+
+func (dp *fuzzDatapath) state() ([]mapState, error) {
+	var out []mapState
+	for _, m := range fuzzStateMaps(&dp.objs) {
+		st, err := dumpState(m)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// restore puts the state maps back to the base, given what they hold now.
+func (dp *fuzzDatapath) restore(now []mapState) error {
+	for i, m := range fuzzStateMaps(&dp.objs) {
+		base := dp.base[i]
+		for k, v := range now[i] {
+			b, ok := base[k]
+			if !ok {
+				if err := m.Delete([]byte(k)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+					return fmt.Errorf("%s: %w", m, err)
+				}
+			} else if v != b {
+				if err := m.Put([]byte(k), []byte(b)); err != nil {
+					return fmt.Errorf("%s: %w", m, err)
+				}
+			}
+		}
+		for k, b := range base {
+			if _, ok := now[i][k]; !ok {
+				if err := m.Put([]byte(k), []byte(b)); err != nil {
+					return fmt.Errorf("%s: %w", m, err)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // fuzzEnv holds the fast-path and the through-the-stack datapaths, in one
@@ -261,16 +325,18 @@ func (e *fuzzEnv) load(opts Options) (*fuzzDatapath, error) {
 		dp.objs.Close()
 		return nil, errors.New("the base flows opened no conntrack entry")
 	}
-	dp.base = map[bpfCtKey]bpfCtEntry{}
 	for k, v := range ct {
 		v.Expires = now + uint64(time.Hour)
 		if err := dp.objs.Ct4.Put(k, v); err != nil {
 			dp.objs.Close()
 			return nil, err
 		}
-		dp.base[k] = v
 	}
 	if err := clearMap(dp.objs.Frags4); err != nil {
+		dp.objs.Close()
+		return nil, err
+	}
+	if dp.base, err = dp.state(); err != nil {
 		dp.objs.Close()
 		return nil, err
 	}
@@ -291,38 +357,6 @@ func (e *fuzzEnv) runOn(prog *ebpf.Program, dev string, frame []byte) (uint32, [
 		return 0, nil, fmt.Errorf("running %s on %s: %w", prog, dev, err)
 	}
 	return ret, opts.DataOut, nil
-}
-
-// restore puts the conntrack table back to the base flows (given what it
-// holds now) and empties the fragment table.
-func (dp *fuzzDatapath) restore(ct map[bpfCtKey]bpfCtEntry, frags map[bpfFragKey]bpfFragPorts) error {
-	for k, v := range ct {
-		b, ok := dp.base[k]
-		if !ok {
-			if err := dp.objs.Ct4.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return err
-			}
-			continue
-		}
-		if v != b {
-			if err := dp.objs.Ct4.Put(k, b); err != nil {
-				return err
-			}
-		}
-	}
-	for k, b := range dp.base {
-		if _, ok := ct[k]; !ok {
-			if err := dp.objs.Ct4.Put(k, b); err != nil {
-				return err
-			}
-		}
-	}
-	for k := range frags {
-		if err := dp.objs.Frags4.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return err
-		}
-	}
-	return nil
 }
 
 func dumpCT(m *ebpf.Map) (map[bpfCtKey]bpfCtEntry, error) {
@@ -631,10 +665,10 @@ func (p fuzzFrame) checksumBytes(n int) []bool {
 type tcResult struct {
 	verdict   uint32
 	in, out   []byte
-	drops     uint64 // drops counted by the run
-	ctBefore  map[bpfCtKey]bpfCtEntry
-	ct        map[bpfCtKey]bpfCtEntry
-	frags     map[bpfFragKey]bpfFragPorts
+	drops     uint64     // drops counted by the run
+	before    []mapState // state maps before the run (the base)
+	after     []mapState // and after it
+	maps      []*ebpf.Map
 	prog, dev string
 	fastPath  bool
 	parsed    fuzzFrame
@@ -664,11 +698,10 @@ func checkTC(t testing.TB, r tcResult) {
 		return
 	}
 	if r.parsed.class <= frameBadL4 {
-		if !ctEqual(r.ctBefore, r.ct) {
-			t.Errorf("%s: the conntrack table changed:\n%s", where, ctDiff(r.ctBefore, r.ct))
-		}
-		if len(r.frags) != 0 {
-			t.Errorf("%s: fragment entries %v", where, r.frags)
+		for i, m := range r.maps {
+			if !mapsEqual(r.before[i], r.after[i]) {
+				t.Errorf("%s: %s changed:\n%s", where, m, stateDiff(r.before[i], r.after[i]))
+			}
 		}
 	}
 	if bytes.Equal(r.in, r.out) {
@@ -711,30 +744,29 @@ func checkTC(t testing.TB, r tcResult) {
 	}
 }
 
-func ctEqual(a, b map[bpfCtKey]bpfCtEntry) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
+// stateDiff tells what changed in a state map, conntrack entries decoded.
+func stateDiff(a, b mapState) string {
+	show := func(k, v string) string {
+		var ck bpfCtKey
+		var cv bpfCtEntry
+		if len(k) == binary.Size(ck) && len(v) == binary.Size(cv) {
+			binary.Read(strings.NewReader(k), binary.NativeEndian, &ck)
+			binary.Read(strings.NewReader(v), binary.NativeEndian, &cv)
+			return fmt.Sprintf("%s => %s packets=%d", ctKeyString(ck), ctGot(cv), cv.Packets)
 		}
+		return fmt.Sprintf("%x => %x", k, v)
 	}
-	return true
-}
-
-func ctDiff(a, b map[bpfCtKey]bpfCtEntry) string {
 	var s strings.Builder
 	for k, v := range b {
 		if w, ok := a[k]; !ok {
-			fmt.Fprintf(&s, "  new     %s => %s\n", ctKeyString(k), ctGot(v))
+			fmt.Fprintf(&s, "  new     %s\n", show(k, v))
 		} else if w != v {
-			fmt.Fprintf(&s, "  changed %s => %s packets %d -> %d\n", ctKeyString(k), ctGot(v), w.Packets, v.Packets)
+			fmt.Fprintf(&s, "  changed %s (was %s)\n", show(k, v), show(k, w))
 		}
 	}
-	for k := range a {
+	for k, v := range a {
 		if _, ok := b[k]; !ok {
-			fmt.Fprintf(&s, "  deleted %s\n", ctKeyString(k))
+			fmt.Fprintf(&s, "  deleted %s\n", show(k, v))
 		}
 	}
 	return s.String()
@@ -771,7 +803,7 @@ func (e *fuzzEnv) runTC(t testing.TB, prog func(*bpfObjects) *ebpf.Program, devs
 	if slow {
 		dp = e.dps[1]
 	}
-	r := tcResult{in: in, dev: devs[int(dev)%len(devs)], fastPath: !slow, parsed: parseFuzzFrame(in), ctBefore: dp.base}
+	r := tcResult{in: in, dev: devs[int(dev)%len(devs)], fastPath: !slow, parsed: parseFuzzFrame(in), before: dp.base, maps: fuzzStateMaps(&dp.objs)}
 	p := prog(&dp.objs)
 	r.prog = p.String()
 	before, err := dropTotal(dp.objs.Drops)
@@ -787,14 +819,11 @@ func (e *fuzzEnv) runTC(t testing.TB, prog func(*bpfObjects) *ebpf.Program, devs
 		t.Fatal(err)
 	}
 	r.drops = after - before
-	if r.ct, err = dumpCT(dp.objs.Ct4); err != nil {
+	if r.after, err = dp.state(); err != nil {
 		t.Fatal(err)
 	}
-	if r.frags, err = dumpFrags(dp.objs.Frags4); err != nil {
-		t.Fatal(err)
-	}
-	if err := dp.restore(r.ct, r.frags); err != nil {
-		t.Fatalf("restoring the conntrack table: %v", err)
+	if err := dp.restore(r.after); err != nil {
+		t.Fatalf("restoring the state maps: %v", err)
 	}
 	return r, true
 }
