@@ -159,7 +159,22 @@ func fuzzBaseFlows() []fuzzFlow {
 		{progFromNetdev, "up0", tcpPacket(client2IP, 50002, hostIP2, 8081).frame()},
 		{progFromContainer, "vethb", tcpPacket(ctrB, 41000, hostIP, 8080).fromCtr(macB, gwMAC).frame()},
 		{progFromContainer, "vethb", tcpPacket(ctrB, 41001, hostIP, 8083).fromCtr(macB, gwMAC).frame()},
+		// A first fragment: the later ones of fuzzFragmented find its
+		// ports in frags4.
+		{progFromNetdev, "up0", fuzzFragmented()[0]},
 	}
+}
+
+// fuzzFragmented is a published-port datagram cut into fragments.
+func fuzzFragmented() [][]byte {
+	big := udpPacket(clientIP, 50020, hostIP, 5353)
+	big.payload = bytes.Repeat([]byte{'f'}, 1200)
+	big.df = false
+	var out [][]byte
+	for _, f := range fragment(big.datagram(), 496) {
+		out = append(out, ethFrame(routerMAC, upMAC, layers.EthernetTypeIPv4, f))
+	}
+	return out
 }
 
 // fuzzStateMaps are the maps of flow state: every input starts from the
@@ -291,7 +306,8 @@ func addFuzzDevs(idx map[string]uint32) error {
 }
 
 // load loads a datapath, writes the topology and opens the base flows; the
-// base entries then live for an hour, longer than any fuzzing run.
+// base conntrack entries then live for an hour, longer than any fuzzing
+// run.
 func (e *fuzzEnv) load(opts Options) (*fuzzDatapath, error) {
 	spec, err := Spec(opts)
 	if err != nil {
@@ -332,10 +348,6 @@ func (e *fuzzEnv) load(opts Options) (*fuzzDatapath, error) {
 			return nil, err
 		}
 	}
-	if err := clearMap(dp.objs.Frags4); err != nil {
-		dp.objs.Close()
-		return nil, err
-	}
 	if dp.base, err = dp.state(); err != nil {
 		dp.objs.Close()
 		return nil, err
@@ -368,30 +380,6 @@ func dumpCT(m *ebpf.Map) (map[bpfCtKey]bpfCtEntry, error) {
 		out[k] = v
 	}
 	return out, it.Err()
-}
-
-func dumpFrags(m *ebpf.Map) (map[bpfFragKey]bpfFragPorts, error) {
-	out := map[bpfFragKey]bpfFragPorts{}
-	var k bpfFragKey
-	var v bpfFragPorts
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		out[k] = v
-	}
-	return out, it.Err()
-}
-
-func clearMap(m *ebpf.Map) error {
-	frags, err := dumpFrags(m)
-	if err != nil {
-		return err
-	}
-	for k := range frags {
-		if err := m.Delete(k); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func dropTotal(m *ebpf.Map) (uint64, error) {
@@ -871,12 +859,7 @@ func fuzzSeeds() [][]byte {
 		tcpPacket(gwIP, 41000, ctrB, 80).fromCtr(gwMAC, macB).frame(),
 		udpPacket(remoteIP, 53, ctrB, 5000).fromCtr(gwMAC, macB).frame(),
 	}
-	big := udpPacket(clientIP, 50020, hostIP, 5353)
-	big.payload = bytes.Repeat([]byte{'f'}, 1200)
-	big.df = false
-	for _, f := range fragment(big.datagram(), 496) {
-		seeds = append(seeds, ethFrame(routerMAC, upMAC, layers.EthernetTypeIPv4, f))
-	}
+	seeds = append(seeds, fuzzFragmented()...)
 	// Broken on purpose: the fuzzer starts next to each malformed kind.
 	short := tcpPacket(clientIP, 50030, hostIP, 8080).frame()
 	seeds = append(seeds, short[:14+20+10])
