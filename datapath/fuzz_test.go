@@ -382,16 +382,104 @@ func dumpCT(m *ebpf.Map) (map[bpfCtKey]bpfCtEntry, error) {
 	return out, it.Err()
 }
 
-func dropTotal(m *ebpf.Map) (uint64, error) {
-	v, err := sumArray(m, dropMax)
-	if err != nil {
-		return 0, err
+// fuzzOutcomes counts what the runs did; it exists for the branches of
+// fuzzFeedback.
+var fuzzOutcomes [64]uint64
+
+// fuzzFeedback turns what a run did inside the program (its verdict, drop
+// reason, events, the conntrack entries it added) into Go branches: the
+// fuzzer's coverage sees Go code only, and so keeps an input that makes a
+// program do something new, not only one that is parsed in a new way here.
+func fuzzFeedback(verdict uint32, reason int, events uint32, class frameClass, newEntries int) {
+	switch verdict {
+	case TC_ACT_OK:
+		fuzzOutcomes[0]++
+	case TC_ACT_SHOT:
+		fuzzOutcomes[1]++
+	case TC_ACT_REDIRECT:
+		fuzzOutcomes[2]++
 	}
-	var n uint64
-	for _, x := range v {
-		n += x
+	switch reason {
+	case 0:
+		fuzzOutcomes[3]++
+	case 1:
+		fuzzOutcomes[4]++
+	case 2:
+		fuzzOutcomes[5]++
+	case 3:
+		fuzzOutcomes[6]++
+	case 4:
+		fuzzOutcomes[7]++
+	case 5:
+		fuzzOutcomes[8]++
+	case 6:
+		fuzzOutcomes[9]++
+	case 7:
+		fuzzOutcomes[10]++
+	case 8:
+		fuzzOutcomes[11]++
+	case 9:
+		fuzzOutcomes[12]++
+	case 10:
+		fuzzOutcomes[13]++
+	case 11:
+		fuzzOutcomes[14]++
+	case 12:
+		fuzzOutcomes[15]++
 	}
-	return n, nil
+	for i := 0; i < eventMax; i++ {
+		if events&(1<<i) == 0 {
+			continue
+		}
+		switch i {
+		case 0:
+			fuzzOutcomes[16]++
+		case 1:
+			fuzzOutcomes[17]++
+		case 2:
+			fuzzOutcomes[18]++
+		case 3:
+			fuzzOutcomes[19]++
+		case 4:
+			fuzzOutcomes[20]++
+		case 5:
+			fuzzOutcomes[21]++
+		case 6:
+			fuzzOutcomes[22]++
+		case 7:
+			fuzzOutcomes[23]++
+		case 8:
+			fuzzOutcomes[24]++
+		case 9:
+			fuzzOutcomes[25]++
+		case 10:
+			fuzzOutcomes[26]++
+		case 11:
+			fuzzOutcomes[27]++
+		}
+	}
+	switch {
+	case newEntries < 0:
+		fuzzOutcomes[28]++
+	case newEntries == 0:
+		fuzzOutcomes[29]++
+	case newEntries <= 2:
+		fuzzOutcomes[30]++
+	default:
+		fuzzOutcomes[31]++
+	}
+	// The outcome of a malformed frame apart: a drop that it took to
+	// pass elsewhere is new ground.
+	if class != frameOK {
+		switch verdict {
+		case TC_ACT_OK:
+			fuzzOutcomes[32]++
+		case TC_ACT_SHOT:
+			fuzzOutcomes[33]++
+		case TC_ACT_REDIRECT:
+			fuzzOutcomes[34]++
+		}
+	}
 }
 
 // The independent parser: what the kernel's receive path accepts, as
@@ -794,7 +882,11 @@ func (e *fuzzEnv) runTC(t testing.TB, prog func(*bpfObjects) *ebpf.Program, devs
 	r := tcResult{in: in, dev: devs[int(dev)%len(devs)], fastPath: !slow, parsed: parseFuzzFrame(in), before: dp.base, maps: fuzzStateMaps(&dp.objs)}
 	p := prog(&dp.objs)
 	r.prog = p.String()
-	before, err := dropTotal(dp.objs.Drops)
+	drops, err := sumArray(dp.objs.Drops, dropMax)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := sumArray(dp.objs.Events, eventMax)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -802,14 +894,31 @@ func (e *fuzzEnv) runTC(t testing.TB, prog func(*bpfObjects) *ebpf.Program, devs
 	if err != nil {
 		t.Fatal(err)
 	}
-	after, err := dropTotal(dp.objs.Drops)
+	dropsAfter, err := sumArray(dp.objs.Drops, dropMax)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.drops = after - before
+	eventsAfter, err := sumArray(dp.objs.Events, eventMax)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reason := -1
+	for i := range drops {
+		if n := dropsAfter[i] - drops[i]; n != 0 {
+			r.drops += n
+			reason = i
+		}
+	}
+	var evs uint32
+	for i := range events {
+		if eventsAfter[i] != events[i] {
+			evs |= 1 << i
+		}
+	}
 	if r.after, err = dp.state(); err != nil {
 		t.Fatal(err)
 	}
+	fuzzFeedback(r.verdict, reason, evs, r.parsed.class, len(r.after[0])-len(r.before[0]))
 	if err := dp.restore(r.after); err != nil {
 		t.Fatalf("restoring the state maps: %v", err)
 	}
