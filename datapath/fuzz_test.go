@@ -205,6 +205,8 @@ func dumpState(m *ebpf.Map) (mapState, error) {
 type fuzzDatapath struct {
 	objs bpfObjects
 	base []mapState
+	// The counters as the last run left them.
+	drops, events []uint64
 }
 
 func (dp *fuzzDatapath) state() ([]mapState, error) {
@@ -349,6 +351,14 @@ func (e *fuzzEnv) load(opts Options) (*fuzzDatapath, error) {
 		}
 	}
 	if dp.base, err = dp.state(); err != nil {
+		dp.objs.Close()
+		return nil, err
+	}
+	if dp.drops, err = sumArray(dp.objs.Drops, dropMax); err != nil {
+		dp.objs.Close()
+		return nil, err
+	}
+	if dp.events, err = sumArray(dp.objs.Events, eventMax); err != nil {
 		dp.objs.Close()
 		return nil, err
 	}
@@ -882,14 +892,10 @@ func (e *fuzzEnv) runTC(t testing.TB, prog func(*bpfObjects) *ebpf.Program, devs
 	r := tcResult{in: in, dev: devs[int(dev)%len(devs)], fastPath: !slow, parsed: parseFuzzFrame(in), before: dp.base, maps: fuzzStateMaps(&dp.objs)}
 	p := prog(&dp.objs)
 	r.prog = p.String()
-	drops, err := sumArray(dp.objs.Drops, dropMax)
-	if err != nil {
-		t.Fatal(err)
-	}
-	events, err := sumArray(dp.objs.Events, eventMax)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The counters change only in this process's runs: what the last run
+	// left is where this one starts.
+	drops, events := dp.drops, dp.events
+	var err error
 	r.verdict, r.out, err = e.runOn(p, r.dev, in)
 	if err != nil {
 		t.Fatal(err)
@@ -915,6 +921,7 @@ func (e *fuzzEnv) runTC(t testing.TB, prog func(*bpfObjects) *ebpf.Program, devs
 			evs |= 1 << i
 		}
 	}
+	dp.drops, dp.events = dropsAfter, eventsAfter
 	if r.after, err = dp.state(); err != nil {
 		t.Fatal(err)
 	}
