@@ -253,10 +253,10 @@ func TestLabFlood(t *testing.T) {
 			t.Errorf("%d entries of the flood in ct4_syn, want some, at most its %d", floodSyn, halfOpen)
 		}
 		for _, c := range conns {
-			local := addrPortOf(c.c.LocalAddr())
+			local := tcpAddrPort(c.c.LocalAddr())
 			var key Tuple
 			if masq[c] {
-				key = Tuple{Proto: 6, Src: local, Dst: addrPortOf(c.c.RemoteAddr())}
+				key = Tuple{Proto: 6, Src: local, Dst: tcpAddrPort(c.c.RemoteAddr())}
 			} else {
 				key = Tuple{Proto: 6, Src: local, Dst: netip.AddrPortFrom(addrOf(ext.HostAddr), 8080)}
 			}
@@ -276,7 +276,7 @@ func TestLabFlood(t *testing.T) {
 	})
 }
 
-func addrPortOf(a net.Addr) netip.AddrPort {
+func tcpAddrPort(a net.Addr) netip.AddrPort {
 	ap := a.(*net.TCPAddr).AddrPort()
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }

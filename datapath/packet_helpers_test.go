@@ -318,6 +318,7 @@ func (e *packetEnv) tryRun(prog *ebpf.Program, dev string, frame []byte) (uint32
 	if !ok {
 		return 0, nil, fmt.Errorf("no interface %q in the test namespace", dev)
 	}
+	recordFrame(e, prog, dev, frame)
 	opts := ebpf.RunOptions{
 		Data:    frame,
 		DataOut: make([]byte, len(frame)+256),

@@ -31,7 +31,16 @@ static __always_inline __u16 csum_update(__u16 check, const void *from, const vo
 static __always_inline int icmp_quote_key(struct __sk_buff *ctx, const struct pkt *p, struct icmp_quote *q,
 					  struct ct_key *k)
 {
+	__be16 tot;
+
 	if (p->frag != FRAG_NONE)
+		return -1;
+	/* The quote must lie in the datagram: what follows its end is
+	 * padding, which is neither read nor written, nor summed into the
+	 * ICMP checksum. A shorter quote is one no receiver acts on. */
+	if (bpf_skb_load_bytes(ctx, L3_OFF + offsetof(struct iphdr, tot_len), &tot, sizeof(tot)) < 0)
+		return -1;
+	if (p->l4_off + sizeof(struct icmphdr) + sizeof(*q) > L3_OFF + (__u32)bpf_ntohs(tot))
 		return -1;
 	if (bpf_skb_load_bytes(ctx, p->l4_off + sizeof(struct icmphdr), q, sizeof(*q)) < 0)
 		return -1;

@@ -60,7 +60,8 @@ static __always_inline int parse_l4(struct __sk_buff *ctx, struct pkt *p, __u32 
 
 		if (l4_len < sizeof(struct tcphdr) || bpf_skb_load_bytes(ctx, p->l4_off, h, sizeof(h)) < 0)
 			return PARSE_MALFORMED;
-		if ((h[12] >> 4) < 5)
+		/* As tcp_v4_rcv: the header's own length must fit too. */
+		if ((h[12] >> 4) < 5 || (__u32)(h[12] >> 4) * 4 > l4_len)
 			return PARSE_MALFORMED;
 		__builtin_memcpy(&p->t.sport, &h[0], 2);
 		__builtin_memcpy(&p->t.dport, &h[2], 2);
@@ -71,6 +72,10 @@ static __always_inline int parse_l4(struct __sk_buff *ctx, struct pkt *p, __u32 
 		struct udphdr u;
 
 		if (l4_len < sizeof(u) || bpf_skb_load_bytes(ctx, p->l4_off, &u, sizeof(u)) < 0)
+			return PARSE_MALFORMED;
+		/* As __udp4_lib_rcv: a length shorter than the header or longer
+		 * than the datagram (a first fragment's covers later ones). */
+		if (bpf_ntohs(u.len) < sizeof(u) || (p->frag == FRAG_NONE && bpf_ntohs(u.len) > l4_len))
 			return PARSE_MALFORMED;
 		p->t.sport = u.source;
 		p->t.dport = u.dest;
