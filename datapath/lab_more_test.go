@@ -71,9 +71,14 @@ func TestLabNotPublished(t *testing.T) {
 		before := l.drops(t)[DropNotPublished]
 		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 		defer cancel()
-		if c, err := ext.DialTCP(ctx, c0.Addr.String()+":80"); err == nil {
+		c, err := ext.DialTCP(ctx, c0.Addr.String()+":80")
+		if err == nil {
 			c.Close()
 			t.Fatal("an external host reached a container's port straight, without a published port")
+		}
+		// Dropped, not refused nor unroutable: the SYN must time out.
+		if !isTimeout(err) {
+			t.Fatalf("dialing the container straight: %v, want a timeout", err)
 		}
 		if after := l.drops(t)[DropNotPublished]; after <= before {
 			t.Errorf("not_published drops %d -> %d, want them counted", before, after)
