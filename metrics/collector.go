@@ -58,6 +58,7 @@ type Collector struct {
 	ctEntries, ctCapacity                  *prometheus.Desc
 	ctEvictions, ctNew                     *prometheus.Desc
 	ctHalfOpen, ctPromoted                 *prometheus.Desc
+	natHostCollisions                      *prometheus.Desc
 	drops                                  *prometheus.Desc
 	attached                               *prometheus.Desc
 	buildInfo                              *prometheus.Desc
@@ -124,6 +125,9 @@ func NewCollector(r Reader, state func() datapath.State, attachments func() ([]l
 		ctPromoted: prometheus.NewDesc(name("conntrack_promoted_total"),
 			"Unassured flows whose client answered the container, moved from ct4_syn into ct4.",
 			nil, nil),
+		natHostCollisions: prometheus.NewDesc(name("nat_host_collisions_total"),
+			"Masquerade clashes with the host's own flows that the datapath avoided: kind=\"host_socket\", a candidate port refused because a host socket uses its tuple; kind=\"host_remap\", a host flow opened on a tuple a translation holds, given another source port.",
+			[]string{"kind"}, nil),
 		drops: prometheus.NewDesc(name("drops_total"),
 			"Packets the datapath dropped, by reason.",
 			[]string{"reason"}, nil),
@@ -140,7 +144,7 @@ func NewCollector(r Reader, state func() datapath.State, attachments func() ([]l
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.rxBytes, c.txBytes, c.rxPackets, c.txPackets, c.portConns,
-		c.ctEntries, c.ctCapacity, c.ctEvictions, c.ctNew, c.ctHalfOpen, c.ctPromoted, c.drops,
+		c.ctEntries, c.ctCapacity, c.ctEvictions, c.ctNew, c.ctHalfOpen, c.ctPromoted, c.natHostCollisions, c.drops,
 		c.attached, c.buildInfo, networkModeDesc,
 	} {
 		ch <- d
@@ -174,7 +178,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ms, err = c.conntrack()
 	emit(ch, ms, err, c.ctEntries, c.ctCapacity)
 	ms, err = c.events()
-	emit(ch, ms, err, c.ctEvictions, c.ctNew, c.ctHalfOpen, c.ctPromoted)
+	emit(ch, ms, err, c.ctEvictions, c.ctNew, c.ctHalfOpen, c.ctPromoted, c.natHostCollisions)
 	ms, err = c.dropCounts()
 	emit(ch, ms, err, c.drops)
 	if c.attachments != nil {
@@ -343,7 +347,9 @@ func (c *Collector) events() ([]prometheus.Metric, error) {
 	}
 	out = append(out,
 		prometheus.MustNewConstMetric(c.ctHalfOpen, prometheus.CounterValue, float64(ev[datapath.EventCTHalfOpen])),
-		prometheus.MustNewConstMetric(c.ctPromoted, prometheus.CounterValue, float64(ev[datapath.EventCTPromoted])))
+		prometheus.MustNewConstMetric(c.ctPromoted, prometheus.CounterValue, float64(ev[datapath.EventCTPromoted])),
+		prometheus.MustNewConstMetric(c.natHostCollisions, prometheus.CounterValue, float64(ev[datapath.EventNATHostSocket]), "host_socket"),
+		prometheus.MustNewConstMetric(c.natHostCollisions, prometheus.CounterValue, float64(ev[datapath.EventNATHostRemap]), "host_remap"))
 	for _, n := range newFlowEvents {
 		out = append(out, prometheus.MustNewConstMetric(c.ctNew, prometheus.CounterValue, float64(ev[n.ev]), n.kind.String()))
 	}

@@ -145,7 +145,7 @@ func newFixture(t *testing.T) *fixture {
 			uint32(lo.Index + 1000): {RxPackets: 5},
 		},
 		drops:  map[datapath.DropReason]uint64{datapath.DropNotPublished: 3, datapath.DropMalformed: 1},
-		events: map[datapath.Event]uint64{datapath.EventCTNewDNAT: 7, datapath.EventCTNewSNAT: 4, datapath.EventCTNewHairpin: 1, datapath.EventCTRecreated: 2, datapath.EventCTPeerRestored: 3, datapath.EventRedirectPeer: 100, datapath.EventCTHalfOpen: 9, datapath.EventCTPromoted: 6},
+		events: map[datapath.Event]uint64{datapath.EventCTNewDNAT: 7, datapath.EventCTNewSNAT: 4, datapath.EventCTNewHairpin: 1, datapath.EventCTRecreated: 2, datapath.EventCTPeerRestored: 3, datapath.EventRedirectPeer: 100, datapath.EventCTHalfOpen: 9, datapath.EventCTPromoted: 6, datapath.EventNATHostSocket: 2, datapath.EventNATHostRemap: 1},
 		ports: map[datapath.PortBinding]uint64{
 			{Proto: datapath.TCP, HostIP: ip("0.0.0.0"), HostPort: 8080}: 7,
 			{Proto: datapath.TCP, HostIP: ip("0.0.0.0"), HostPort: 9999}: 5, // unpublished since
@@ -220,6 +220,10 @@ bpfnet_conntrack_half_open_total 9
 # HELP bpfnet_conntrack_promoted_total Unassured flows whose client answered the container, moved from ct4_syn into ct4.
 # TYPE bpfnet_conntrack_promoted_total counter
 bpfnet_conntrack_promoted_total 6
+# HELP bpfnet_nat_host_collisions_total Masquerade clashes with the host's own flows that the datapath avoided: kind="host_socket", a candidate port refused because a host socket uses its tuple; kind="host_remap", a host flow opened on a tuple a translation holds, given another source port.
+# TYPE bpfnet_nat_host_collisions_total counter
+bpfnet_nat_host_collisions_total{kind="host_socket"} 2
+bpfnet_nat_host_collisions_total{kind="host_remap"} 1
 # HELP bpfnet_drops_total Packets the datapath dropped, by reason.
 # TYPE bpfnet_drops_total counter
 bpfnet_drops_total{reason="malformed"} 1
@@ -302,7 +306,7 @@ func TestCollectorReadErrors(t *testing.T) {
 		"bpfnet_container_receive_packets_total", "bpfnet_container_transmit_packets_total",
 		"bpfnet_published_port_connections_total", "bpfnet_conntrack_entries", "bpfnet_conntrack_capacity",
 		"bpfnet_conntrack_evictions_total", "bpfnet_conntrack_new_total",
-		"bpfnet_conntrack_half_open_total", "bpfnet_conntrack_promoted_total", "bpfnet_drops_total",
+		"bpfnet_conntrack_half_open_total", "bpfnet_conntrack_promoted_total", "bpfnet_nat_host_collisions_total", "bpfnet_drops_total",
 		"bpfnet_attached", "bpfnet_build_info",
 	}
 	for _, tc := range []struct {
@@ -314,9 +318,9 @@ func TestCollectorReadErrors(t *testing.T) {
 		{"PortConnections", "reading published port connections: map read failed", all[4:5]},
 		{"CTUsage", "reading conntrack usage: map read failed", all[5:7]},
 		{"HalfOpenUsage", "reading conntrack usage: map read failed", all[5:7]},
-		{"Events", "reading datapath events: map read failed", all[7:11]},
-		{"Drops", "reading drop counters: map read failed", all[11:12]},
-		{"attachments", "listing attachments: map read failed", all[12:13]},
+		{"Events", "reading datapath events: map read failed", all[7:12]},
+		{"Drops", "reading drop counters: map read failed", all[12:13]},
+		{"attachments", "listing attachments: map read failed", all[13:14]},
 	} {
 		t.Run(tc.method, func(t *testing.T) {
 			f := newFixture(t)
