@@ -260,28 +260,6 @@ func statusText(t *testing.T, topo *lab.Topology, bin, pin string) string {
 	return string(out)
 }
 
-// scrape reads the daemon's /metrics inside its namespace.
-func scrape(t *testing.T, topo *lab.Topology) string {
-	t.Helper()
-	var body string
-	err := topo.Host.Do(func() error {
-		c, err := net.DialTimeout("tcp", "127.0.0.1:19475", 2*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		fmt.Fprint(c, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-		b, err := io.ReadAll(c)
-		body = string(b)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("scraping the daemon: %v", err)
-	}
-	return body
-}
-
 func grepLines(s, sub string) string {
 	var out []string
 	for _, l := range strings.Split(s, "\n") {

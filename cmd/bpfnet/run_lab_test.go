@@ -305,8 +305,8 @@ func TestRunFollowsLinks(t *testing.T) {
 	}
 }
 
-// checkMetrics scrapes the daemon's /metrics inside its namespace.
-func checkMetrics(t *testing.T, topo *lab.Topology, veth string) {
+// scrape reads the daemon's /metrics inside its namespace.
+func scrape(t *testing.T, topo *lab.Topology) string {
 	t.Helper()
 	var body string
 	err := topo.Host.Do(func() error {
@@ -324,6 +324,13 @@ func checkMetrics(t *testing.T, topo *lab.Topology, veth string) {
 	if err != nil {
 		t.Fatalf("scraping the daemon: %v", err)
 	}
+	return body
+}
+
+// checkMetrics checks the daemon's /metrics for the web container's series.
+func checkMetrics(t *testing.T, topo *lab.Topology, veth string) {
+	t.Helper()
+	body := scrape(t, topo)
 	for _, want := range []string{
 		`bpfnet_container_receive_bytes_total{compose_project="",compose_service="",container="web",container_id="",interface="` + veth + `"`,
 		`bpfnet_published_port_connections_total{container="web",host_ip="0.0.0.0",host_port="8080",protocol="tcp"} 2`, // the external client and the host itself
