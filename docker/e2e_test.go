@@ -390,6 +390,34 @@ func (e *e2e) applyHere(st datapath.State) error {
 	return e.dp.Apply(context.Background(), st)
 }
 
+// newWatchedE2E sets up an e2e whose datapath Watch feeds: a lab with one
+// bridge, dockerd on it with the test image, a Source and the eBPF
+// datapath, Watch started and its first state applied. The leftover check
+// is registered before anything else, so it runs after every other
+// cleanup.
+func newWatchedE2E(t *testing.T) *e2e {
+	t.Helper()
+	e := &e2e{t: t, notify: make(chan struct{}, 1)}
+	t.Cleanup(e.leftoverCheck())
+
+	sweepStale(t)
+	e.topo = lab.Setup(t, lab.Config{Bridges: []lab.BridgeConfig{{Subnet: "172.30.0.0/24"}}})
+	e.ext = e.topo.Externals[0]
+	e.hostAddr = addr4(e.ext.HostAddr)
+	e.d = startDockerd(t, e.topo.Host, e.topo.Bridges[0].Name, e.topo.Prefix)
+	e.d.ImportImage()
+	var err error
+	e.src, err = New("unix://" + e.d.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.src.Close() })
+	e.src.Logger = testLogger(t)
+	e.startDatapath()
+	e.startWatch()
+	return e
+}
+
 // startWatch runs Source.Watch in the host namespace, applying every
 // state it sends; it is stopped at cleanup.
 func (e *e2e) startWatch() {

@@ -20,24 +20,7 @@ import (
 func TestDockerForeignSourceE2E(t *testing.T) {
 	requireRoot(t)
 	requireTools(t, "dockerd", "containerd", "runc", "nsenter", "unshare")
-	e := &e2e{t: t, notify: make(chan struct{}, 1)}
-	t.Cleanup(e.leftoverCheck()) // registered first: runs after every other cleanup
-
-	sweepStale(t)
-	e.topo = lab.Setup(t, lab.Config{Bridges: []lab.BridgeConfig{{Subnet: "172.30.0.0/24"}}})
-	e.ext = e.topo.Externals[0]
-	e.hostAddr = addr4(e.ext.HostAddr)
-	e.d = startDockerd(t, e.topo.Host, e.topo.Bridges[0].Name, e.topo.Prefix)
-	e.d.ImportImage()
-	var err error
-	e.src, err = New("unix://" + e.d.sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.src.Close() })
-	e.src.Logger = testLogger(t)
-	e.startDatapath()
-	e.startWatch()
+	e := newWatchedE2E(t)
 
 	const netName = "sp-a"
 	if _, err := e.d.cli.NetworkCreate(context.Background(), netName, network.CreateOptions{
