@@ -9,9 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -91,6 +93,30 @@ func (n *Namespace) Run(ctx context.Context, name string, args ...string) ([]byt
 		return out, fmt.Errorf("running %s %v in namespace %s: %w: %s", name, args, n.Name, err, out)
 	}
 	return out, nil
+}
+
+// Ping tells whether the namespace gets an echo reply from addr within a
+// second, by busybox ping's own verdict: exit status 0 for a reply, 1 with
+// "1 packets transmitted, 0 packets received" for none. Anything else
+// (busybox or nsenter missing, a send error such as no route, another
+// status) is an error rather than no reply, so a test that expects none
+// cannot pass on a ping that never ran.
+func (n *Namespace) Ping(ctx context.Context, addr string) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var stdout, stderr strings.Builder
+	cmd := n.Command(ctx, "busybox", "ping", "-c", "1", "-W", "1", addr)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil && strings.Contains(stdout.String(), "1 packets received"):
+		return true, nil
+	case errors.As(err, &exit) && exit.ExitCode() == 1 && stderr.Len() == 0 &&
+		strings.Contains(stdout.String(), "1 packets transmitted, 0 packets received"):
+		return false, nil
+	}
+	return false, fmt.Errorf("busybox ping %s in %s did not run to a verdict: %v\nstdout: %s\nstderr: %s", addr, n.Name, err, stdout.String(), stderr.String())
 }
 
 // Handle returns a netlink handle whose sockets live in the namespace. The
