@@ -115,10 +115,7 @@ func TestLabFlood(t *testing.T) {
 				t.Fatalf("before the flood: %v", err)
 			}
 		}
-		ev0, err := l.dp.Events()
-		if err != nil {
-			t.Fatal(err)
-		}
+		ev0 := l.events(t)
 
 		// The flood, while every connection keeps exchanging.
 		mid := make(chan struct{})
@@ -205,10 +202,7 @@ func TestLabFlood(t *testing.T) {
 		// What the datapath saw: the flood counted as half-open flows
 		// (each SYN a new one: its sources are random), the new
 		// connection promoted, nothing dropped for want of room.
-		ev, err := l.dp.Events()
-		if err != nil {
-			t.Fatal(err)
-		}
+		ev := l.events(t)
 		halfOpened := ev[EventCTHalfOpen] - ev0[EventCTHalfOpen]
 		promoted := ev[EventCTPromoted] - ev0[EventCTPromoted]
 		t.Logf("ct_half_open +%d, ct_promoted +%d", halfOpened, promoted)
@@ -218,10 +212,7 @@ func TestLabFlood(t *testing.T) {
 		if promoted < 1 || promoted > 3 {
 			t.Errorf("ct_promoted rose by %d, want the new connection's 1 (up to 3 attempts)", promoted)
 		}
-		drops, err := l.dp.Drops()
-		if err != nil {
-			t.Fatal(err)
-		}
+		drops := l.drops(t)
 		if drops[DropCTFull] != 0 {
 			t.Errorf("ct_full drops: %d", drops[DropCTFull])
 		}

@@ -160,15 +160,6 @@ func (f *masqFlow) check(answer, msg string, round int) error {
 	return nil
 }
 
-func (l *labDatapath) events(t *testing.T) map[Event]uint64 {
-	t.Helper()
-	ev, err := l.dp.Events()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ev
-}
-
 // TestLabMasqHostSamePort: a host TCP connection and a host UDP socket on
 // the uplink address and port 40123, and a container flow from port 40123
 // to the same server: both exchange data, each gets only its own answers.

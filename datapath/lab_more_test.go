@@ -90,15 +90,6 @@ func TestLabNotPublished(t *testing.T) {
 	})
 }
 
-func (l *labDatapath) drops(t *testing.T) map[DropReason]uint64 {
-	t.Helper()
-	d, err := l.dp.Drops()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
-
 // TestLabMappingChange: when a published port's container comes back with
 // another address, a UDP client that keeps its source port reaches the new
 // address at the next datagram (Docker's conntrack keeps it on the old).

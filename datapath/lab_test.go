@@ -23,6 +23,28 @@ type labDatapath struct {
 	pin  string
 }
 
+// drops and events read the datapath's counters, failing the test if
+// they cannot be read.
+func (l *labDatapath) drops(t *testing.T) map[DropReason]uint64 {
+	t.Helper()
+	return mustRead(t, l.dp.Drops)
+}
+
+func (l *labDatapath) events(t *testing.T) map[Event]uint64 {
+	t.Helper()
+	return mustRead(t, l.dp.Events)
+}
+
+// mustRead returns what read returns, failing the test on its error.
+func mustRead[T any](t *testing.T, read func() (T, error)) T {
+	t.Helper()
+	v, err := read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
 func addrOf(ip net.IP) netip.Addr {
 	a, _ := netip.AddrFromSlice(ip.To4())
 	return a

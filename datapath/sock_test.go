@@ -94,11 +94,7 @@ func startSock(t *testing.T, l *labDatapath) *Sock {
 
 func sockStats(t *testing.T, s *Sock) map[SockStat]uint64 {
 	t.Helper()
-	st, err := s.Stats()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
+	return mustRead(t, s.Stats)
 }
 
 // dialIn connects from ns (nil: the test's own, real host namespace).
