@@ -477,6 +477,16 @@ func (e *e2e) waitApplied(t *testing.T, ok func(datapath.State) bool) {
 	}
 }
 
+// drops reads the datapath's drop counters, failing the test if it cannot.
+func (e *e2e) drops(t *testing.T) map[datapath.DropReason]uint64 {
+	t.Helper()
+	d, err := e.dp.Drops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 func hasEndpoint(st datapath.State, name string) bool {
 	return slices.ContainsFunc(st.Endpoints, func(e datapath.Endpoint) bool { return e.Container == name })
 }

@@ -365,7 +365,7 @@ func TestDockerIsolationE2E(t *testing.T) {
 				to   string
 			}{{nil, to(m1, 80)}}},
 		} {
-			before := isoDrops(t, e)[g.reason]
+			before := e.drops(t)[g.reason]
 			for _, p := range g.probes {
 				ns, from := &e.ext.Namespace, "the external host"
 				if p.from != nil {
@@ -377,7 +377,7 @@ func TestDockerIsolationE2E(t *testing.T) {
 					t.Errorf("%s: %s to %s: %v, want a timeout (the SYN dropped)", g.reason, from, p.to, err)
 				}
 			}
-			after := isoDrops(t, e)[g.reason]
+			after := e.drops(t)[g.reason]
 			if after < before+uint64(len(g.probes)) {
 				t.Errorf("drops[%s] %d -> %d after %d blocked connections, want one drop each at least", g.reason, before, after, len(g.probes))
 			}
@@ -402,12 +402,12 @@ func TestDockerIsolationE2E(t *testing.T) {
 			{n1, n2.addr.String(), false, datapath.DropICC},
 			{i1, e.ext.Addr.String(), false, datapath.DropInternal},
 		} {
-			before := isoDrops(t, e)[p.reason]
+			before := e.drops(t)[p.reason]
 			got, err := p.from.ns.Ping(ctx, p.to)
 			if err != nil {
 				t.Fatal(err)
 			}
-			after := isoDrops(t, e)[p.reason]
+			after := e.drops(t)[p.reason]
 			if got != p.answered {
 				t.Errorf("ping from %s to %s: answered %v, want %v", p.from.name, p.to, got, p.answered)
 			} else if !got && after <= before {
@@ -488,13 +488,4 @@ func TestDockerIsolationE2E(t *testing.T) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
-}
-
-func isoDrops(t *testing.T, e *e2e) map[datapath.DropReason]uint64 {
-	t.Helper()
-	d, err := e.dp.Drops()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
 }

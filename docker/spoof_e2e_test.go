@@ -84,11 +84,7 @@ func TestDockerForeignSourceE2E(t *testing.T) {
 	}
 	spoofed := func() uint64 {
 		t.Helper()
-		d, err := e.dp.Drops()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return d[datapath.DropSpoofed]
+		return e.drops(t)[datapath.DropSpoofed]
 	}
 	behind := netip.MustParseAddr("10.250.0.2") // an address the router routes for
 
