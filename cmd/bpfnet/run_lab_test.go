@@ -372,6 +372,22 @@ func readyWatch(t *testing.T, cmd *exec.Cmd) func() {
 	}
 }
 
+// startRun starts cmd, a `bpfnet run`, and waits until it reports the
+// datapath attached (see readyWatch); it is stopped with SIGTERM and
+// waited for at cleanup.
+func startRun(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	ready := readyWatch(t, cmd)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	})
+	ready()
+}
+
 // TestTwoDaemons: two daemons in two namespaces with two pin paths share
 // nothing: each forwards its own ports, answers localhost in its own
 // namespace only, reports only its own state, and one going down leaves
@@ -393,15 +409,7 @@ func TestTwoDaemons(t *testing.T) {
 		cmd := topo.Host.Command(context.Background(), bin, "run", "--pin-path", pin,
 			"--bridge", topo.Bridges[0].Name, "--uplink", topo.Externals[0].Uplink,
 			"--publish", fmt.Sprintf("8080:%s:80", c0.Addr), "--metrics-addr", "")
-		ready := readyWatch(t, cmd)
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			cmd.Process.Signal(syscall.SIGTERM)
-			cmd.Wait()
-		})
-		ready()
+		startRun(t, cmd)
 		sides = append(sides, side{topo, pin, name})
 	}
 	ask := func(ns *lab.Namespace, addr string) string {

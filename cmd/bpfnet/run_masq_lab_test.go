@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -55,15 +54,7 @@ func TestRunMasqueradeFlag(t *testing.T) {
 				"--bridge", topo.Bridges[0].Name, "--bridge", topo.Bridges[1].Name, "--uplink", ext.Uplink,
 				"--masquerade", topo.Bridges[0].Subnet.String()}, mode.args...)
 			daemon := topo.Host.Command(context.Background(), bin, args...)
-			ready := readyWatch(t, daemon)
-			if err := daemon.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				daemon.Process.Signal(syscall.SIGTERM)
-				daemon.Wait()
-			})
-			ready()
+			startRun(t, daemon)
 
 			seenAs := func(c *lab.Container) string {
 				t.Helper()

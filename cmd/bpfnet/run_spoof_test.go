@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -90,15 +89,7 @@ func TestRunAllowForeignSource(t *testing.T) {
 	pin := pinPath(t, topo, bin, "bpfnet-foreign-test-")
 	cmd := topo.Host.Command(context.Background(), bin, "run", "--pin-path", pin, "--bridge", br, "--uplink", ext.Uplink,
 		"--publish", fmt.Sprintf("8080:%s:80", c0.Addr), "--metrics-addr", "", "--allow-foreign-source", c0.Addr.String())
-	ready := readyWatch(t, cmd)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	})
-	ready()
+	startRun(t, cmd)
 	waitAttached(t, topo, bin, pin, 6)
 
 	status := func() statusReport {
