@@ -76,32 +76,18 @@ func FloodScenarios() []Scenario {
 // echoServer echoes every line on every connection, concurrently, until
 // its listener is closed.
 func echoServer(ns *lab.Namespace, addr string) (*net.TCPListener, error) {
-	ln, err := ns.ListenTCP(addr)
-	if err != nil {
-		return nil, err
-	}
-	go func() {
+	return ns.ListenAndServeTCP(addr, func(c net.Conn) {
+		r := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			line, err := r.ReadBytes('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadBytes('\n')
-					if err != nil {
-						return
-					}
-					if _, err := c.Write(line); err != nil {
-						return
-					}
-				}
-			}()
+			if _, err := c.Write(line); err != nil {
+				return
+			}
 		}
-	}()
-	return ln, nil
+	})
 }
 
 // floodConn is a connection to an echo server.

@@ -150,16 +150,26 @@ func (n *Namespace) ListenTCP(addr string) (*net.TCPListener, error) {
 }
 
 // ServeTCP listens inside the namespace on addr (for tests and demos) and
-// runs handle for every connection, each in its own goroutine, closing the
-// connection after. The listener is closed when tb ends; a listen error
-// fails tb.
+// runs handle for every connection as ListenAndServeTCP does. The listener
+// is closed when tb ends; a listen error fails tb.
 func (n *Namespace) ServeTCP(tb testing.TB, addr string, handle func(net.Conn)) *net.TCPListener {
 	tb.Helper()
-	ln, err := n.ListenTCP(addr)
+	ln, err := n.ListenAndServeTCP(addr, handle)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// ListenAndServeTCP listens inside the namespace on addr and runs handle
+// for every connection, each in its own goroutine, closing the connection
+// after, until the caller closes the listener.
+func (n *Namespace) ListenAndServeTCP(addr string, handle func(net.Conn)) (*net.TCPListener, error) {
+	ln, err := n.ListenTCP(addr)
+	if err != nil {
+		return nil, err
+	}
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -172,7 +182,7 @@ func (n *Namespace) ServeTCP(tb testing.TB, addr string, handle func(net.Conn)) 
 			}()
 		}
 	}()
-	return ln
+	return ln, nil
 }
 
 // DialTCP connects from inside the namespace to addr ("ip:port").
