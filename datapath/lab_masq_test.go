@@ -42,21 +42,9 @@ func serveTagTCP(t *testing.T, ns *lab.Namespace, addr string) {
 // then the datagram.
 func serveTagUDP(t *testing.T, ns *lab.Namespace, addr string) {
 	t.Helper()
-	c, err := ns.ListenUDP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := c.ReadFromUDP(buf)
-			if err != nil {
-				return
-			}
-			c.WriteToUDP(append([]byte(from.String()+" "), buf[:n]...), from)
-		}
-	}()
+	serveUDP(t, ns, addr, func(from *net.UDPAddr, b []byte) []byte {
+		return append([]byte(from.String()+" "), b...)
+	})
 }
 
 // masqFlow is one flow of a lab test, from a host or container socket

@@ -135,23 +135,10 @@ func TestLabMappingChange(t *testing.T) {
 	})
 }
 
+// echoUDPNamed answers every datagram with name.
 func echoUDPNamed(t *testing.T, ns *lab.Namespace, addr, name string) {
 	t.Helper()
-	c, err := ns.ListenUDP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			_, from, err := c.ReadFromUDP(buf)
-			if err != nil {
-				return
-			}
-			c.WriteToUDP([]byte(name), from)
-		}
-	}()
+	serveUDP(t, ns, addr, func(*net.UDPAddr, []byte) []byte { return []byte(name) })
 }
 
 // TestLabManyFlows opens a thousand UDP flows from each of two containers,

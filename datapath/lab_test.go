@@ -116,8 +116,18 @@ func echoTCP(t *testing.T, ns *lab.Namespace, addr string) {
 	})
 }
 
-// echoUDP answers every datagram with the sender's address.
+// echoUDP answers every datagram with the sender's address, then the
+// datagram.
 func echoUDP(t *testing.T, ns *lab.Namespace, addr string) {
+	t.Helper()
+	serveUDP(t, ns, addr, func(from *net.UDPAddr, b []byte) []byte {
+		return append([]byte(from.IP.String()+" "), b...)
+	})
+}
+
+// serveUDP listens in ns on addr until the test ends and sends every
+// datagram's sender what answer makes of it.
+func serveUDP(t *testing.T, ns *lab.Namespace, addr string, answer func(from *net.UDPAddr, b []byte) []byte) {
 	t.Helper()
 	c, err := ns.ListenUDP(addr)
 	if err != nil {
@@ -131,7 +141,7 @@ func echoUDP(t *testing.T, ns *lab.Namespace, addr string) {
 			if err != nil {
 				return
 			}
-			c.WriteToUDP(append([]byte(from.IP.String()+" "), buf[:n]...), from)
+			c.WriteToUDP(answer(from, buf[:n]), from)
 		}
 	}()
 }
