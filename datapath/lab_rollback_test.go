@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"reflect"
 	"slices"
 	"syscall"
@@ -82,22 +81,9 @@ var errInjected = errors.New("injected attach failure")
 // they were, and the previous state's port keeps answering. The same
 // Apply without the failure then succeeds and its new port answers.
 func TestLabApplyRollback(t *testing.T) {
-	requireRoot(t)
-	topo := lab.Setup(t, lab.Config{Containers: []lab.ContainerConfig{{}, {}, {}}})
+	l := newLabDatapath(t, lab.Config{Containers: []lab.ContainerConfig{{}, {}, {}}})
+	topo, pin := l.topo, l.pin
 	c0, c1, c2, ext := topo.Containers[0], topo.Containers[1], topo.Containers[2], topo.Externals[0]
-	pin, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-test-")
-	if err != nil {
-		t.Fatalf("bpffs: %v", err)
-	}
-	l := &labDatapath{topo: topo, pin: pin}
-	t.Cleanup(func() {
-		if l.dp != nil {
-			if err := topo.Host.Do(l.dp.Remove); err != nil {
-				t.Errorf("removing datapath: %v", err)
-			}
-		}
-		os.RemoveAll(pin)
-	})
 	var inject func(ifname, prog string) error
 	opts := Options{PinPath: pin, FastPath: true, attachHook: func(ifname, prog string) error {
 		if inject == nil {
@@ -155,7 +141,7 @@ func TestLabApplyRollback(t *testing.T) {
 		}
 	}
 
-	err = topo.Host.Do(func() error {
+	err := topo.Host.Do(func() error {
 		dp, err := NewEBPF(opts)
 		l.dp = dp
 		return err

@@ -57,7 +57,10 @@ func startLab(t *testing.T, cfg lab.Config, fast bool, publish ...string) *labDa
 	return startLabWith(t, cfg, Options{FastPath: fast}, publish...)
 }
 
-func startLabWith(t *testing.T, cfg lab.Config, opts Options, publish ...string) *labDatapath {
+// newLabDatapath builds a topology of cfg and a pin folder for a datapath
+// not started yet: whatever datapath the test puts in dp is removed at
+// cleanup, and the folder with it.
+func newLabDatapath(t *testing.T, cfg lab.Config) *labDatapath {
 	t.Helper()
 	requireRoot(t)
 	topo := lab.Setup(t, cfg)
@@ -74,6 +77,13 @@ func startLabWith(t *testing.T, cfg lab.Config, opts Options, publish ...string)
 		}
 		os.RemoveAll(pin)
 	})
+	return l
+}
+
+func startLabWith(t *testing.T, cfg lab.Config, opts Options, publish ...string) *labDatapath {
+	t.Helper()
+	l := newLabDatapath(t, cfg)
+	topo, pin := l.topo, l.pin
 	var ports []PortMapping
 	for _, p := range publish {
 		m, err := ParsePublish(p)
@@ -82,7 +92,7 @@ func startLabWith(t *testing.T, cfg lab.Config, opts Options, publish ...string)
 		}
 		ports = append(ports, m...)
 	}
-	err = topo.Host.Do(func() error {
+	err := topo.Host.Do(func() error {
 		var bridges []string
 		for _, b := range topo.Bridges {
 			bridges = append(bridges, b.Name)
