@@ -287,29 +287,11 @@ func addFuzzDevs(idx map[string]uint32) error {
 	for _, name := range []string{"br2", "vethd"} {
 		la := netlink.NewLinkAttrs()
 		la.Name = name
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: name + "p"}); err != nil {
-			return fmt.Errorf("adding %s: %w", name, err)
-		}
-		for _, n := range []string{name + "p", name} {
-			l, err := netlink.LinkByName(n)
-			if err != nil {
-				return err
-			}
-			if err := netlink.LinkSetUp(l); err != nil {
-				return fmt.Errorf("setting %s up: %w", n, err)
-			}
-			idx[n] = uint32(l.Attrs().Index)
+		if err := addTestVeth(la, idx); err != nil {
+			return err
 		}
 	}
-	l, err := netlink.LinkByName("br2")
-	if err != nil {
-		return err
-	}
-	a, err := netlink.ParseAddr(gw3IP.String() + "/16")
-	if err != nil {
-		return err
-	}
-	return netlink.AddrAdd(l, a)
+	return addTestAddr("br2", gw3IP.String()+"/16")
 }
 
 // load loads a datapath, writes the topology and opens the base flows; the

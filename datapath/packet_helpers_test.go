@@ -158,34 +158,12 @@ func setupTestNetns(idx map[string]uint32) error {
 		if name == "up0" {
 			la.HardwareAddr = upMAC
 		}
-		// veth pairs: the kernel of the tests has no dummy driver.
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: name + "p"}); err != nil {
-			return fmt.Errorf("adding %s: %w", name, err)
-		}
-		for _, n := range []string{name + "p", name} {
-			l, err := netlink.LinkByName(n)
-			if err != nil {
-				return err
-			}
-			if err := netlink.LinkSetUp(l); err != nil {
-				return fmt.Errorf("setting %s up: %w", n, err)
-			}
-			idx[n] = uint32(l.Attrs().Index)
-		}
-	}
-	addr := func(dev, cidr string) error {
-		l, err := netlink.LinkByName(dev)
-		if err != nil {
+		if err := addTestVeth(la, idx); err != nil {
 			return err
 		}
-		a, err := netlink.ParseAddr(cidr)
-		if err != nil {
-			return err
-		}
-		return netlink.AddrAdd(l, a)
 	}
 	for _, a := range [][2]string{{"up0", "192.0.2.1/24"}, {"up0", "192.0.2.2/32"}, {"other0", "10.99.0.1/24"}, {"br0", "172.17.0.1/16"}, {"br1", "172.18.0.1/16"}} {
-		if err := addr(a[0], a[1]); err != nil {
+		if err := addTestAddr(a[0], a[1]); err != nil {
 			return fmt.Errorf("adding %s to %s: %w", a[1], a[0], err)
 		}
 	}
@@ -213,6 +191,40 @@ func setupTestNetns(idx map[string]uint32) error {
 		return errors.New("forwarding did not turn on in the test namespace")
 	}
 	return nil
+}
+
+// addTestVeth adds la as a veth pair with the peer la.Name+"p" (the
+// kernel of the tests has no dummy driver), sets both ends up and records
+// their indexes in idx.
+func addTestVeth(la netlink.LinkAttrs, idx map[string]uint32) error {
+	name := la.Name
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: name + "p"}); err != nil {
+		return fmt.Errorf("adding %s: %w", name, err)
+	}
+	for _, n := range []string{name + "p", name} {
+		l, err := netlink.LinkByName(n)
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(l); err != nil {
+			return fmt.Errorf("setting %s up: %w", n, err)
+		}
+		idx[n] = uint32(l.Attrs().Index)
+	}
+	return nil
+}
+
+// addTestAddr adds cidr to dev.
+func addTestAddr(dev, cidr string) error {
+	l, err := netlink.LinkByName(dev)
+	if err != nil {
+		return err
+	}
+	a, err := netlink.ParseAddr(cidr)
+	if err != nil {
+		return err
+	}
+	return netlink.AddrAdd(l, a)
 }
 
 // packetEnv is one test's datapath: programs and maps of its own, loaded
