@@ -154,11 +154,9 @@ func FuzzCgroupSkb(f *testing.F) {
 			t.Fatal(err)
 		}
 
-		opts := ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+256), Context: skbContext{Ifindex: e.idx[name]}}
-		var ret uint32
-		e.ns.do(func() { ret, err = prog.Run(&opts) })
+		ret, out, err := e.ns.runProg(prog, name, e.idx[name], frame)
 		if err != nil {
-			t.Fatalf("running %s on %s: %v", prog, name, err)
+			t.Fatal(err)
 		}
 		stats, err := readCgroupStats(e.objs.CgroupStats)
 		if err != nil {
@@ -178,7 +176,6 @@ func FuzzCgroupSkb(f *testing.F) {
 		if ret != 1 {
 			t.Errorf("%s: verdict %d, want 1 (pass)", where, ret)
 		}
-		out := opts.DataOut
 		if len(out) != len(frame) || !bytes.Equal(out[14:], frame[14:]) {
 			t.Errorf("%s: packet changed:\n in  %x\n out %x", where, frame, out)
 		}

@@ -360,18 +360,7 @@ func (e *fuzzEnv) load(opts Options) (*fuzzDatapath, error) {
 
 // runOn runs prog on frame from dev, in the test namespace.
 func (e *fuzzEnv) runOn(prog *ebpf.Program, dev string, frame []byte) (uint32, []byte, error) {
-	opts := ebpf.RunOptions{
-		Data:    frame,
-		DataOut: make([]byte, len(frame)+256),
-		Context: skbContext{Ifindex: e.idx[dev]},
-	}
-	var ret uint32
-	var err error
-	e.ns.do(func() { ret, err = prog.Run(&opts) })
-	if err != nil {
-		return 0, nil, fmt.Errorf("running %s on %s: %w", prog, dev, err)
-	}
-	return ret, opts.DataOut, nil
+	return e.ns.runProg(prog, dev, e.idx[dev], frame)
 }
 
 func dumpCT(m *ebpf.Map) (map[bpfCtKey]bpfCtEntry, error) {

@@ -147,6 +147,24 @@ func (r *netnsRunner) do(fn func()) {
 	<-done
 }
 
+// runProg runs prog once on frame inside the namespace, as if it came in
+// on the interface ifindex (dev names it in the error), and returns the
+// verdict and the frame as the program left it.
+func (r *netnsRunner) runProg(prog *ebpf.Program, dev string, ifindex uint32, frame []byte) (uint32, []byte, error) {
+	opts := ebpf.RunOptions{
+		Data:    frame,
+		DataOut: make([]byte, len(frame)+256),
+		Context: skbContext{Ifindex: ifindex},
+	}
+	var ret uint32
+	var err error
+	r.do(func() { ret, err = prog.Run(&opts) })
+	if err != nil {
+		return 0, nil, fmt.Errorf("running %s on %s: %w", prog, dev, err)
+	}
+	return ret, opts.DataOut, nil
+}
+
 // setupTestNetns creates the test interfaces in the current namespace,
 // with a default route out of up0, a route to 198.18.0.0/15 out of
 // other0 and one to 198.51.100.128/25 with a 9000-byte MTU, and turns
@@ -331,18 +349,7 @@ func (e *packetEnv) tryRun(prog *ebpf.Program, dev string, frame []byte) (uint32
 		return 0, nil, fmt.Errorf("no interface %q in the test namespace", dev)
 	}
 	recordFrame(e, prog, dev, frame)
-	opts := ebpf.RunOptions{
-		Data:    frame,
-		DataOut: make([]byte, len(frame)+256),
-		Context: skbContext{Ifindex: ifindex},
-	}
-	var ret uint32
-	var err error
-	e.ns.do(func() { ret, err = prog.Run(&opts) })
-	if err != nil {
-		return 0, nil, fmt.Errorf("running %s on %s: %w", prog, dev, err)
-	}
-	return ret, opts.DataOut, nil
+	return e.ns.runProg(prog, dev, ifindex, frame)
 }
 
 func (e *packetEnv) fromNetdev(frame []byte) (uint32, []byte) {
