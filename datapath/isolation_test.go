@@ -151,7 +151,7 @@ func TestLabIsolation(t *testing.T) {
 				}
 				if got, err := isoReach(ns, p.to); err == nil {
 					t.Errorf("%s (%s): answered (%s), want it blocked", p.name, p.to, got)
-				} else if !isTimeout(err) {
+				} else if !lab.IsTimeout(err) {
 					t.Errorf("%s (%s): %v, want a timeout", p.name, p.to, err)
 				}
 			}

@@ -8,7 +8,6 @@ package datapath
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -118,8 +117,7 @@ func (f *masqFlow) exchange(round int) error {
 		f.udp.SetReadDeadline(time.Now().Add(time.Second))
 		for {
 			n, err := f.udp.Read(buf)
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			if lab.IsTimeout(err) {
 				break
 			}
 			if err != nil {

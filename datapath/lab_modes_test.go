@@ -212,19 +212,13 @@ func mustBeDropped(t *testing.T, dropped func(t *testing.T, reason DropReason) u
 		t.Errorf("%s: connected to %s, want it dropped (%s)", msg, addr, reason)
 		return
 	}
-	if !isTimeout(err) {
+	if !lab.IsTimeout(err) {
 		t.Errorf("%s: dialing %s: %v, want a timeout with the SYN dropped (%s)", msg, addr, err, reason)
 		return
 	}
 	if after <= before {
 		t.Errorf("%s: dialing %s timed out but %s drops went %d -> %d: the SYN was lost elsewhere", msg, addr, reason, before, after)
 	}
-}
-
-// isTimeout reports whether err is a dial that ran out of time.
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // dropped reads the counter that a packet dropped for reason raises in

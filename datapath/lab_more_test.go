@@ -77,7 +77,7 @@ func TestLabNotPublished(t *testing.T) {
 			t.Fatal("an external host reached a container's port straight, without a published port")
 		}
 		// Dropped, not refused nor unroutable: the SYN must time out.
-		if !isTimeout(err) {
+		if !lab.IsTimeout(err) {
 			t.Fatalf("dialing the container straight: %v, want a timeout", err)
 		}
 		if after := l.drops(t)[DropNotPublished]; after <= before {

@@ -373,7 +373,7 @@ func TestDockerIsolationE2E(t *testing.T) {
 				}
 				if line, err := isoDial(ns, p.to); err == nil {
 					t.Errorf("%s: %s reached %s (%q), want it blocked", g.reason, from, p.to, line)
-				} else if !isTimeout(err) {
+				} else if !lab.IsTimeout(err) {
 					t.Errorf("%s: %s to %s: %v, want a timeout (the SYN dropped)", g.reason, from, p.to, err)
 				}
 			}
@@ -482,10 +482,4 @@ func TestDockerIsolationE2E(t *testing.T) {
 	for _, err := range e.errs {
 		t.Errorf("applying a state from Watch: %v", err)
 	}
-}
-
-// isTimeout reports whether err is a dial that ran out of time.
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }

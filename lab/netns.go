@@ -201,6 +201,14 @@ func (n *Namespace) DialTCP(ctx context.Context, addr string) (*net.TCPConn, err
 	return c.(*net.TCPConn), nil
 }
 
+// IsTimeout reports whether err is a network operation that ran out of
+// time (a dial whose SYN went unanswered, a read past its deadline), as
+// opposed to one refused or failed otherwise.
+func IsTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 // ListenUDP opens a UDP socket inside the namespace, e.g. on "10.231.0.2:0".
 func (n *Namespace) ListenUDP(addr string) (*net.UDPConn, error) {
 	var c net.PacketConn

@@ -4,10 +4,8 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -156,8 +154,7 @@ func TestRunHostFirewall(t *testing.T) {
 		t.Helper()
 		before := dropped()
 		who, err := connect(ext)
-		var ne net.Error
-		if !errors.As(err, &ne) || !ne.Timeout() {
+		if !lab.IsTimeout(err) {
 			t.Fatalf("%s through a DOCKER-USER DROP rule: container saw %q, error %v; want a timeout", ext.Name, who, err)
 		}
 		if after := dropped(); after <= before {
