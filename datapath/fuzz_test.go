@@ -363,17 +363,6 @@ func (e *fuzzEnv) runOn(prog *ebpf.Program, dev string, frame []byte) (uint32, [
 	return e.ns.runProg(prog, dev, e.idx[dev], frame)
 }
 
-func dumpCT(m *ebpf.Map) (map[bpfCtKey]bpfCtEntry, error) {
-	out := map[bpfCtKey]bpfCtEntry{}
-	var k bpfCtKey
-	var v bpfCtEntry
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		out[k] = v
-	}
-	return out, it.Err()
-}
-
 // fuzzOutcomes counts what the runs did; it exists for the branches of
 // fuzzFeedback.
 var fuzzOutcomes [64]uint64

@@ -405,6 +405,15 @@ func (e *packetEnv) ct() map[bpfCtKey]bpfCtEntry {
 
 func (e *packetEnv) ctTable(m *ebpf.Map) map[bpfCtKey]bpfCtEntry {
 	e.t.Helper()
+	out, err := dumpCT(m)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
+
+// dumpCT reads a connection-tracking table whole.
+func dumpCT(m *ebpf.Map) (map[bpfCtKey]bpfCtEntry, error) {
 	out := map[bpfCtKey]bpfCtEntry{}
 	var k bpfCtKey
 	var v bpfCtEntry
@@ -412,10 +421,7 @@ func (e *packetEnv) ctTable(m *ebpf.Map) map[bpfCtKey]bpfCtEntry {
 	for it.Next(&k, &v) {
 		out[k] = v
 	}
-	if err := it.Err(); err != nil {
-		e.t.Fatal(err)
-	}
-	return out
+	return out, it.Err()
 }
 
 // ctLookup finds k in ct4, else in ct4_syn.
