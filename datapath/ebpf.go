@@ -316,6 +316,19 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		net     Network
 		id      uint32
 	}
+	// endpointOn is the entry of a veth on b, before anything is known
+	// of the container behind it.
+	endpointOn := func(b bridge, ifindex int) bpfEndpoint {
+		ep := bpfEndpoint{
+			Ifindex:       uint32(ifindex),
+			BridgeIfindex: uint32(b.ifindex),
+			GwAddr:        be32(b.net.Gateway),
+			NetId:         b.id,
+			Flags:         netFlags(b.net),
+		}
+		copy(ep.GwMac[:], b.mac)
+		return ep
+	}
 	bridges := map[string]bridge{}
 	bridgeByIndex := map[int]bridge{}
 	for _, n := range s.Networks {
@@ -339,19 +352,12 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		if err != nil {
 			return nil, fmt.Errorf("endpoint %s: host veth %s: %w", e.Container, e.HostVeth, err)
 		}
-		ep := bpfEndpoint{
-			Ifindex:       uint32(l.Attrs().Index),
-			BridgeIfindex: uint32(b.ifindex),
-			GwAddr:        be32(b.net.Gateway),
-			NetId:         b.id,
-			Flags:         netFlags(b.net),
-			Addr:          be32(e.Addr),
-		}
+		ep := endpointOn(b, l.Attrs().Index)
+		ep.Addr = be32(e.Addr)
 		if e.AllowForeignSource {
 			ep.EpFlags |= epFForeignSrc
 		}
 		copy(ep.Mac[:], e.MAC)
-		copy(ep.GwMac[:], b.mac)
 		// The sender is the interface: from_container knows a packet's
 		// endpoint by the veth it came from, so one veth is one endpoint.
 		if other, dup := r.veths[ep.Ifindex]; dup {
@@ -374,15 +380,7 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		// of the network of its bridge. A veth on no bridge of ours has
 		// no entry, and what it sends is dropped.
 		if b, ok := bridgeByIndex[l.Attrs().MasterIndex]; ok {
-			ep := bpfEndpoint{
-				Ifindex:       uint32(l.Attrs().Index),
-				BridgeIfindex: uint32(b.ifindex),
-				GwAddr:        be32(b.net.Gateway),
-				NetId:         b.id,
-				Flags:         netFlags(b.net),
-			}
-			copy(ep.GwMac[:], b.mac)
-			r.veths[ep.Ifindex] = ep
+			r.veths[uint32(l.Attrs().Index)] = endpointOn(b, l.Attrs().Index)
 		}
 	}
 	for _, u := range s.Uplinks {
