@@ -64,20 +64,28 @@ func newLabDatapath(t *testing.T, cfg lab.Config) *labDatapath {
 	t.Helper()
 	requireRoot(t)
 	topo := lab.Setup(t, cfg)
-	pin, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-test-")
-	if err != nil {
-		t.Fatalf("bpffs: %v (is it mounted at /sys/fs/bpf?)", err)
-	}
-	l := &labDatapath{topo: topo, pin: pin}
+	l := &labDatapath{topo: topo, pin: bpffsDir(t, "bpfnet-test-")}
 	t.Cleanup(func() {
 		if l.dp != nil {
 			if err := topo.Host.Do(l.dp.Remove); err != nil {
 				t.Errorf("removing datapath: %v", err)
 			}
 		}
-		os.RemoveAll(pin)
 	})
 	return l
+}
+
+// bpffsDir makes a folder in /sys/fs/bpf for a test's pins, removed with
+// whatever is left in it when the test ends (after the cleanups the test
+// registers later).
+func bpffsDir(t *testing.T, pattern string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/sys/fs/bpf", pattern)
+	if err != nil {
+		t.Fatalf("bpffs: %v (is it mounted at /sys/fs/bpf?)", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 func startLabWith(t *testing.T, cfg lab.Config, opts Options, publish ...string) *labDatapath {

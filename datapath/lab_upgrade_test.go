@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -372,11 +371,7 @@ func mustPublished(t *testing.T, d *EBPF) []PublishedPort {
 // rather than lose the flows.
 func TestPinMigration(t *testing.T) {
 	requireRoot(t)
-	pin, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-migrate-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(pin)
+	pin := bpffsDir(t, "bpfnet-migrate-")
 	old, err := NewEBPF(Options{PinPath: pin, mutateSpec: func(s *ebpf.CollectionSpec) {
 		s.Maps["drops"].MaxEntries = 8 // an older version's size
 	}})
@@ -405,11 +400,7 @@ func TestPinMigration(t *testing.T) {
 // conntrack table, in the same folder, is kept.
 func TestPinMigrationRebuiltMaps(t *testing.T) {
 	requireRoot(t)
-	pin, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-migrate-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(pin)
+	pin := bpffsDir(t, "bpfnet-migrate-")
 	// An older version: each rebuilt map's value 8 bytes longer (the
 	// programs stay within it), one entry in each, and a flow.
 	old, err := NewEBPF(Options{PinPath: pin, mutateSpec: func(s *ebpf.CollectionSpec) {
@@ -477,11 +468,7 @@ func TestPinMigrationRebuiltMaps(t *testing.T) {
 
 	// With the conntrack table changed too, the new version refuses, and
 	// replaces nothing: the old version can go on with its pins.
-	pin2, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-migrate-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(pin2)
+	pin2 := bpffsDir(t, "bpfnet-migrate-")
 	old, err = NewEBPF(Options{PinPath: pin2, CTSize: 1024, mutateSpec: func(s *ebpf.CollectionSpec) {
 		s.Maps["endpoints"].ValueSize += 8
 		s.Maps["endpoints"].Value = nil
