@@ -110,16 +110,6 @@ func readCgroupStats(m *ebpf.Map) (map[cgroupCgroupKey]cgroupCgroupTraffic, erro
 	return out, it.Err()
 }
 
-func readAccounts(m *ebpf.Map) (map[uint64]uint64, error) {
-	out := map[uint64]uint64{}
-	var k, v uint64
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		out[k] = v
-	}
-	return out, it.Err()
-}
-
 func FuzzCgroupSkb(f *testing.F) {
 	for _, s := range fuzzSeeds() {
 		for i := range cgroupFuzzDevs {
@@ -149,7 +139,7 @@ func FuzzCgroupSkb(f *testing.F) {
 				}
 			}()
 		}
-		accountsBefore, err := readAccounts(e.objs.CgroupAccounts)
+		accountsBefore, err := readMap[uint64, uint64](e.objs.CgroupAccounts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -167,7 +157,7 @@ func FuzzCgroupSkb(f *testing.F) {
 				t.Fatal(err)
 			}
 		}
-		accounts, err := readAccounts(e.objs.CgroupAccounts)
+		accounts, err := readMap[uint64, uint64](e.objs.CgroupAccounts)
 		if err != nil {
 			t.Fatal(err)
 		}

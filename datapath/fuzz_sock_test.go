@@ -92,10 +92,10 @@ func newSockFuzzEnv(f testing.TB) *sockFuzzEnv {
 	if err := fuzzTopology(&e.dp, idx); err != nil {
 		f.Fatal(err)
 	}
-	if e.published, err = dumpPublished(e.dp.Published); err != nil {
+	if e.published, err = readMap[bpfPortKey, bpfPortTarget](e.dp.Published); err != nil {
 		f.Fatal(err)
 	}
-	if e.hostAddrs, err = dumpHostAddrs(e.dp.HostAddrs); err != nil {
+	if e.hostAddrs, err = readMap[uint32, uint32](e.dp.HostAddrs); err != nil {
 		f.Fatal(err)
 	}
 
@@ -128,27 +128,6 @@ func newSockFuzzEnv(f testing.TB) *sockFuzzEnv {
 		f.Cleanup(func() { l.Close() })
 	}
 	return e
-}
-
-func dumpPublished(m *ebpf.Map) (map[bpfPortKey]bpfPortTarget, error) {
-	out := map[bpfPortKey]bpfPortTarget{}
-	var k bpfPortKey
-	var v bpfPortTarget
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		out[k] = v
-	}
-	return out, it.Err()
-}
-
-func dumpHostAddrs(m *ebpf.Map) (map[uint32]uint32, error) {
-	out := map[uint32]uint32{}
-	var k, v uint32
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		out[k] = v
-	}
-	return out, it.Err()
 }
 
 // sockTarget is the independent model of a published port's lookup at the
@@ -360,7 +339,7 @@ func FuzzSockAddr(f *testing.F) {
 		if r.setupErr != nil {
 			t.Fatalf("%s: %v", c, r.setupErr)
 		}
-		revs, err := dumpSockRev(e.rev)
+		revs, err := readMap[sockSockRevKey, sockSockRevVal](e.rev)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -371,17 +350,6 @@ func FuzzSockAddr(f *testing.F) {
 		}
 		e.check(t, c, r, revs)
 	})
-}
-
-func dumpSockRev(m *ebpf.Map) (map[sockSockRevKey]sockSockRevVal, error) {
-	out := map[sockSockRevKey]sockSockRevVal{}
-	var k sockSockRevKey
-	var v sockSockRevVal
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		out[k] = v
-	}
-	return out, it.Err()
 }
 
 func (e *sockFuzzEnv) check(t *testing.T, c sockCall, r sockResult, revs map[sockSockRevKey]sockSockRevVal) {
@@ -436,10 +404,10 @@ func (e *sockFuzzEnv) check(t *testing.T, c sockCall, r sockResult, revs map[soc
 	if len(revs) > 1 {
 		t.Errorf("%s: %d reverse translations recorded", c, len(revs))
 	}
-	if pub, err := dumpPublished(e.dp.Published); err != nil || !mapsEqual(pub, e.published) {
+	if pub, err := readMap[bpfPortKey, bpfPortTarget](e.dp.Published); err != nil || !mapsEqual(pub, e.published) {
 		t.Errorf("%s: published ports changed (%v): %v", c, err, pub)
 	}
-	if ha, err := dumpHostAddrs(e.dp.HostAddrs); err != nil || !mapsEqual(ha, e.hostAddrs) {
+	if ha, err := readMap[uint32, uint32](e.dp.HostAddrs); err != nil || !mapsEqual(ha, e.hostAddrs) {
 		t.Errorf("%s: host addresses changed (%v): %v", c, err, ha)
 	}
 }
@@ -482,7 +450,7 @@ func TestSockFuzzHarness(t *testing.T) {
 		if !r.seen || r.sent != c.want {
 			t.Errorf("%s: seen %v, sent to %s, want %s", c.call, r.seen, r.sent, c.want)
 		}
-		revs, err := dumpSockRev(e.rev)
+		revs, err := readMap[sockSockRevKey, sockSockRevVal](e.rev)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -325,7 +325,7 @@ func (e *fuzzEnv) load(opts Options) (*fuzzDatapath, error) {
 	// (published flows stay unassured: their clients never answered).
 	opened := 0
 	for _, m := range []*ebpf.Map{dp.objs.Ct4, dp.objs.Ct4Syn} {
-		ct, err := dumpCT(m)
+		ct, err := readMap[bpfCtKey, bpfCtEntry](m)
 		if err != nil {
 			dp.objs.Close()
 			return nil, err

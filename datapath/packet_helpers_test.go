@@ -405,23 +405,11 @@ func (e *packetEnv) ct() map[bpfCtKey]bpfCtEntry {
 
 func (e *packetEnv) ctTable(m *ebpf.Map) map[bpfCtKey]bpfCtEntry {
 	e.t.Helper()
-	out, err := dumpCT(m)
+	out, err := readMap[bpfCtKey, bpfCtEntry](m)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	return out
-}
-
-// dumpCT reads a connection-tracking table whole.
-func dumpCT(m *ebpf.Map) (map[bpfCtKey]bpfCtEntry, error) {
-	out := map[bpfCtKey]bpfCtEntry{}
-	var k bpfCtKey
-	var v bpfCtEntry
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		out[k] = v
-	}
-	return out, it.Err()
 }
 
 // ctLookup finds k in ct4, else in ct4_syn.
@@ -460,14 +448,8 @@ func (e *packetEnv) ctDelete(k bpfCtKey) {
 
 func (e *packetEnv) frags() map[bpfFragKey]bpfFragPorts {
 	e.t.Helper()
-	out := map[bpfFragKey]bpfFragPorts{}
-	var k bpfFragKey
-	var v bpfFragPorts
-	it := e.objs.Frags4.Iterate()
-	for it.Next(&k, &v) {
-		out[k] = v
-	}
-	if err := it.Err(); err != nil {
+	out, err := readMap[bpfFragKey, bpfFragPorts](e.objs.Frags4)
+	if err != nil {
 		e.t.Fatal(err)
 	}
 	return out
