@@ -137,6 +137,21 @@ func TestRunInLab(t *testing.T) {
 	}
 }
 
+// statusJSON runs `bpfnet status --json` in the lab's host namespace and
+// decodes its report.
+func statusJSON(t *testing.T, topo *lab.Topology, bin, pin string) statusReport {
+	t.Helper()
+	out, err := topo.Host.Command(context.Background(), bin, "status", "--json", "--pin-path", pin).Output()
+	if err != nil {
+		t.Fatalf("bpfnet status --json: %v", err)
+	}
+	var r statusReport
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("decoding bpfnet status --json: %v", err)
+	}
+	return r
+}
+
 // waitAttached polls `bpfnet status --json` until n programs are attached.
 func waitAttached(t *testing.T, topo *lab.Topology, bin, pin string, n int) {
 	t.Helper()
@@ -435,14 +450,7 @@ func TestTwoDaemons(t *testing.T) {
 		if got := ask(s.topo.Host, "127.0.0.1:8080"); got != s.name {
 			t.Errorf("localhost:8080 in %s's namespace reached %q", s.name, got)
 		}
-		out, err := s.topo.Host.Command(context.Background(), bin, "status", "--json", "--pin-path", s.pin).Output()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var st statusReport
-		if err := json.Unmarshal(out, &st); err != nil {
-			t.Fatal(err)
-		}
+		st := statusJSON(t, s.topo, bin, s.pin)
 		want := s.topo.Containers[0].Addr.String()
 		if len(st.Endpoints) != 1 || st.Endpoints[0].Addr.String() != want {
 			t.Errorf("%s's status shows endpoints %+v, want only %s", s.name, st.Endpoints, want)

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -94,15 +93,7 @@ func TestRunAllowForeignSource(t *testing.T) {
 
 	status := func() statusReport {
 		t.Helper()
-		out, err := topo.Host.Command(context.Background(), bin, "status", "--json", "--pin-path", pin).Output()
-		if err != nil {
-			t.Fatalf("bpfnet status: %v", err)
-		}
-		var r statusReport
-		if err := json.Unmarshal(out, &r); err != nil {
-			t.Fatal(err)
-		}
-		return r
+		return statusJSON(t, topo, bin, pin)
 	}
 	spoofed := func() uint64 { return status().Drops["spoofed"] }
 	// bpfnet status says which endpoint has the exception.
