@@ -450,6 +450,15 @@ int from_container(struct __sk_buff *ctx)
 		goto plain;
 
 	e = ct_lookup_live(&p.t, now);
+	/* A container's SYN|ACK answers a published port's handshake, whose
+	 * flow is still unassured (ct4_syn): found there, it goes straight
+	 * out like any tracked answer instead of through the hairpin and
+	 * isolation lookups. Other packets never look in ct4_syn here. */
+	if (!e && p.t.proto == IPPROTO_TCP && (p.tcp_flags & (TCPF_SYN | TCPF_ACK)) == (TCPF_SYN | TCPF_ACK)) {
+		e = bpf_map_lookup_elem(&ct4_syn, &p.t);
+		if (e && e->expires < now)
+			e = 0;
+	}
 	if (e && !(e->flags & CT_AT_FROM_CONTAINER)) {
 		/* A flow the uplink's egress translates: the answer of a
 		 * published port, or a masqueraded or routed connection. Its
