@@ -10,7 +10,7 @@ TEST_TIMEOUT ?= 60m
 # Time each fuzz target runs under make fuzz; make test runs each for TEST_FUZZTIME.
 FUZZTIME ?= 60s
 TEST_FUZZTIME ?= 20s
-FUZZ_TARGETS := FuzzFromNetdev FuzzToNetdev FuzzFromContainer FuzzToContainer FuzzCgroupSkb FuzzSockAddr
+FUZZ_TARGETS := FuzzSockAddr FuzzFromNetdev FuzzToNetdev FuzzFromContainer FuzzToContainer FuzzCgroupSkb
 
 .PHONY: help deps generate build test fuzz demo bench lint format clean
 
