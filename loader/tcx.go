@@ -34,13 +34,11 @@ func attachTCX(base string, prog *ebpf.Program, progName, ifname string, ifindex
 			_ = l.Close()
 			return att, err
 		}
-		// Stale link (interface gone or recreated): drop the pin, which
-		// releases the link, and attach afresh.
-		if err := l.Unpin(); err != nil {
-			_ = l.Close()
-			return Attachment{}, fmt.Errorf("removing stale link pin %s: %w", pin, err)
+		// Stale link (interface gone or recreated): take it down, as
+		// every replaced link is (DetachLink), and attach afresh.
+		if err := DetachLink(l); err != nil {
+			return Attachment{}, fmt.Errorf("removing stale link %s: %w", pin, err)
 		}
-		_ = l.Close()
 	case errors.Is(err, os.ErrNotExist):
 	default:
 		return Attachment{}, fmt.Errorf("loading pinned link %s: %w", pin, err)
@@ -129,14 +127,10 @@ func detachTCX(base, ifname string, dir Direction, progName string) error {
 	if err != nil {
 		return fmt.Errorf("loading pinned link %s: %w", pin, err)
 	}
-	defer l.Close()
 	// Detach explicitly: unpin+close only detaches when nobody else holds
 	// the link open. A defunct link reports ENOLINK, which is fine.
-	if err := l.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) && !errors.Is(err, link.ErrNotSupported) {
-		return fmt.Errorf("detaching link %s: %w", pin, err)
-	}
-	if err := l.Unpin(); err != nil {
-		return fmt.Errorf("unpinning link %s: %w", pin, err)
+	if err := DetachLink(l); err != nil {
+		return fmt.Errorf("link %s: %w", pin, err)
 	}
 	return nil
 }
