@@ -19,7 +19,7 @@ var cgroupAttach = link.AttachCgroup
 func CgroupID(path string) (uint64, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
-		return 0, fmt.Errorf("cgroup %s: %w", path, err)
+		return 0, err
 	}
 	return st.Ino, nil
 }
@@ -51,7 +51,7 @@ func AttachCgroup(pin string, prog *ebpf.Program, cgroup string, at ebpf.AttachT
 	}
 	cgid, err := CgroupID(cgroup)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cgroup %s: %w", cgroup, err)
 	}
 	l, err := link.LoadPinnedLink(pin, nil)
 	switch {
@@ -140,6 +140,40 @@ func DetachPin(pin string) error {
 	}
 	if rerr := os.Remove(pin); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 		return fmt.Errorf("removing %s: %w", pin, errors.Join(err, rerr))
+	}
+	return nil
+}
+
+// DetachTree detaches every link pinned under dir (see [DetachPin]) and
+// removes dir with what else it holds (records). Removing the folder alone
+// would unpin the links without detaching them: a process holding one
+// would keep its program attached.
+func DetachTree(dir string) error {
+	var errs []error
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if d.Type().IsRegular() {
+			// bpffs shows pins as regular files; records are symlinks.
+			if err := DetachPin(p); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		// Keep what could not be detached so that a retry finds it.
+		return errors.Join(errs...)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("removing %s: %w", dir, err)
 	}
 	return nil
 }
