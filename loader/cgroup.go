@@ -66,10 +66,10 @@ func AttachCgroup(pin string, prog *ebpf.Program, cgroup string, at ebpf.AttachT
 		if err := DetachLink(l); err != nil {
 			return nil, fmt.Errorf("replacing the stale link %s: %w", pin, err)
 		}
-	case errors.Is(err, os.ErrNotExist):
 	default:
-		// Not a link (or unreadable): out of the way.
-		if rerr := os.Remove(pin); rerr != nil {
+		// Not a link (or unreadable, or a dangling symbolic link, which
+		// reads as not there): out of the way.
+		if rerr := os.Remove(pin); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 			return nil, fmt.Errorf("replacing %s: %w", pin, errors.Join(err, rerr))
 		}
 	}
@@ -129,13 +129,10 @@ func DetachLink(l link.Link) error {
 // is not an error.
 func DetachPin(pin string) error {
 	l, err := link.LoadPinnedLink(pin, nil)
-	switch {
-	case err == nil:
+	if err == nil {
 		if err := DetachLink(l); err != nil {
 			return fmt.Errorf("link %s: %w", pin, err)
 		}
-		return nil
-	case errors.Is(err, os.ErrNotExist):
 		return nil
 	}
 	if rerr := os.Remove(pin); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
