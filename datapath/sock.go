@@ -352,7 +352,8 @@ func (s *Sock) Remove() error {
 	return errors.Join(errs...)
 }
 
-// RemoveSockPins detaches the links pinned under SockDir and removes the
+// RemoveSockPins detaches the links pinned under SockDir (the sock
+// programs', and the containers' cgroup_skb links below it) and removes the
 // folder, for when no Sock is open (bpfnet down). Links are detached in
 // the kernel, not only unpinned, so that a process still holding one does
 // not keep its program attached.
