@@ -302,9 +302,7 @@ func cgroupLinkIDs(t *testing.T, cgroup string) []ebpf.ProgramID {
 // a container leaving the state is detached and its counters dropped.
 func TestCgroupCounting(t *testing.T) {
 	requireRoot(t)
-	if _, err := exec.LookPath("busybox"); err != nil {
-		t.Fatalf("busybox: %v (apt-get install busybox-static)", err)
-	}
+	lab.RequireTools(t, "busybox")
 	l := newCgroupLab(t)
 	ext := l.topo.Externals[0]
 	ctrCg := l.mkCgroup(t, "")
