@@ -37,8 +37,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
-	"os"
-	"os/exec"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -490,34 +488,4 @@ func buildContainer(host, cns *nsHandle, cp containerPlan, br *Bridge, mtu int) 
 		MAC:           eth0.Attrs().HardwareAddr,
 		Index:         eth0.Attrs().Index,
 	}, nil
-}
-
-// RequireRoot stops a test that needs root (namespaces, BPF, dockerd)
-// when it runs without. In unit mode (go test -short, make test-unit) the
-// test is skipped; otherwise it fails, so that a run of the whole suite
-// never passes with untested work. Every package's root tests use it.
-func RequireRoot(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if testing.Short() {
-		tb.Skip("needs root: skipped in unit mode (-short, make test-unit)")
-	}
-	tb.Fatal("needs root (namespaces, BPF, dockerd): run make test as root, or make test-unit for the tests that need none")
-}
-
-// RequireTools stops a test that runs programs that are not installed:
-// skipped in unit mode (-short), failed otherwise (make deps installs
-// them all).
-func RequireTools(tb testing.TB, names ...string) {
-	tb.Helper()
-	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			if testing.Short() {
-				tb.Skipf("%s is not installed: skipped in unit mode (-short, make test-unit)", n)
-			}
-			tb.Fatalf("%s is not installed (make deps installs it)", n)
-		}
-	}
 }
