@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -75,18 +74,8 @@ func newLabDatapath(t *testing.T, cfg lab.Config) *labDatapath {
 	return l
 }
 
-// bpffsDir makes a folder in /sys/fs/bpf for a test's pins, removed with
-// whatever is left in it when the test ends (after the cleanups the test
-// registers later).
-func bpffsDir(t *testing.T, pattern string) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("/sys/fs/bpf", pattern)
-	if err != nil {
-		t.Fatalf("bpffs: %v (is it mounted at /sys/fs/bpf?)", err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
+// bpffsDir: see lab.BPFFSDir.
+var bpffsDir = lab.BPFFSDir
 
 func startLabWith(t *testing.T, cfg lab.Config, opts Options, publish ...string) *labDatapath {
 	t.Helper()

@@ -62,3 +62,16 @@ var goBinary = sync.OnceValue(func() string {
 	}
 	return filepath.Join(runtime.GOROOT(), "bin", "go")
 })
+
+// BPFFSDir makes a folder in /sys/fs/bpf for a test's pins, named pattern
+// and a random suffix, and removes it with whatever is left in it when the
+// test ends (after the cleanups the test registers later).
+func BPFFSDir(tb testing.TB, pattern string) string {
+	tb.Helper()
+	dir, err := os.MkdirTemp("/sys/fs/bpf", pattern)
+	if err != nil {
+		tb.Fatalf("bpffs: %v (is it mounted at /sys/fs/bpf? make deps mounts it)", err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
