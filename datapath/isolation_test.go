@@ -40,15 +40,10 @@ func isoConfig() lab.Config {
 
 // isoState is the lab's state with Docker's settings of each network.
 func isoState(l *labDatapath, ports []PortMapping) (State, error) {
-	var bridges []string
-	for _, b := range l.topo.Bridges {
-		bridges = append(bridges, b.Name)
-	}
-	s, err := Discover(bridges, nil, nil)
+	s, err := discoverLab(l.topo, ports)
 	if err != nil {
 		return s, err
 	}
-	s.Ports = ports
 	for i := range s.Networks {
 		switch s.Networks[i].Bridge {
 		case l.topo.Bridges[isoNoICC].Name:

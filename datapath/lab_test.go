@@ -74,6 +74,17 @@ func newLabDatapath(t *testing.T, cfg lab.Config) *labDatapath {
 	return l
 }
 
+// discoverLab is the state of the lab's bridges (Discover, run in the
+// host namespace) with ports published.
+func discoverLab(topo *lab.Topology, ports []PortMapping) (State, error) {
+	s, err := Discover(topo.BridgeNames(), nil, nil)
+	if err != nil {
+		return s, err
+	}
+	s.Ports = ports
+	return s, nil
+}
+
 // bpffsDir: see lab.BPFFSDir.
 var bpffsDir = lab.BPFFSDir
 
@@ -90,15 +101,10 @@ func startLabWith(t *testing.T, cfg lab.Config, opts Options, publish ...string)
 		ports = append(ports, m...)
 	}
 	err := topo.Host.Do(func() error {
-		var bridges []string
-		for _, b := range topo.Bridges {
-			bridges = append(bridges, b.Name)
-		}
-		s, err := Discover(bridges, nil, nil)
+		s, err := discoverLab(topo, ports)
 		if err != nil {
 			return err
 		}
-		s.Ports = ports
 		opts.PinPath = pin
 		dp, err := NewEBPF(opts)
 		if err != nil {
@@ -282,15 +288,10 @@ func TestLabPublishedPorts(t *testing.T) {
 func (l *labDatapath) setPorts(t *testing.T, ports []PortMapping) {
 	t.Helper()
 	err := l.topo.Host.Do(func() error {
-		var bridges []string
-		for _, b := range l.topo.Bridges {
-			bridges = append(bridges, b.Name)
-		}
-		s, err := Discover(bridges, nil, nil)
+		s, err := discoverLab(l.topo, ports)
 		if err != nil {
 			return err
 		}
-		s.Ports = ports
 		return l.dp.Apply(context.Background(), s)
 	})
 	if err != nil {

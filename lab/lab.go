@@ -101,6 +101,15 @@ type Topology struct {
 	Externals  []*External
 }
 
+// BridgeNames are the names of the topology's bridges, in order.
+func (t *Topology) BridgeNames() []string {
+	var names []string
+	for _, b := range t.Bridges {
+		names = append(names, b.Name)
+	}
+	return names
+}
+
 // Bridge is a bridge in the host namespace.
 type Bridge struct {
 	Name    string

@@ -67,11 +67,7 @@ func startLab(t *testing.T, fast bool) *labDatapath {
 	})
 	c0, c1 := topo.Containers[0], topo.Containers[1]
 	err := topo.Host.Do(func() error {
-		var bridges []string
-		for _, b := range topo.Bridges {
-			bridges = append(bridges, b.Name)
-		}
-		s, err := datapath.Discover(bridges, nil, nil)
+		s, err := datapath.Discover(topo.BridgeNames(), nil, nil)
 		if err != nil {
 			return err
 		}
