@@ -24,15 +24,10 @@ func (l *labDatapath) reload(t *testing.T, opts Options, ports []PortMapping) er
 	t.Helper()
 	opts.PinPath = l.pin
 	return l.topo.Host.Do(func() error {
-		var bridges []string
-		for _, b := range l.topo.Bridges {
-			bridges = append(bridges, b.Name)
-		}
-		s, err := Discover(bridges, nil, nil)
+		s, err := discoverLab(l.topo, ports)
 		if err != nil {
 			return err
 		}
-		s.Ports = ports
 		dp, err := NewEBPF(opts)
 		if err != nil {
 			return err

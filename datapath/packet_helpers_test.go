@@ -60,6 +60,14 @@ const (
 	flagUnassured   = ctUnassured
 )
 
+// TCP flags as conntrack entries collect them in tcp_seen (TCPF_* in
+// bpf/lib/packet.h).
+const (
+	tcpSeenSYN    uint8 = 0x02
+	tcpSeenACK    uint8 = 0x10
+	tcpSeenSynAck       = tcpSeenSYN | tcpSeenACK
+)
+
 // The test topology. up0 is the uplink, masquerading with hostIP; br0
 // holds containers A and B (172.17.0.0/16, masqueraded), br1 holds C
 // (172.18.0.0/16, not masqueraded). Every interface is one end of a veth
