@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # bpfnet: make help lists the targets.
 SHELL := /bin/bash
 GO ?= go
@@ -68,6 +69,8 @@ bench: deps build ## Compare routing, iptables and eBPF in a namespace lab
 
 lint: ## gofmt, go vet, and the committed bpf2go outputs match the C sources
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
+	@missing=$$(for f in $$(git ls-files '*.go' '*.c' '*.h' | grep -v '_bpfel.go$$'); do head -3 $$f | grep -q SPDX-License-Identifier || echo $$f; done); \
+	test -z "$$missing" || { echo "no SPDX line in:" $$missing; exit 1; }
 	$(GO) vet ./...
 	@tmp=$$(mktemp -d) && cp datapath/*_bpfel.go datapath/*_bpfel.o $$tmp/ && \
 	$(MAKE) -s generate && \

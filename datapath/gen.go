@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 // The C sources live in ../bpf. BPF2GO_CC and BPF2GO_CFLAGS come from the

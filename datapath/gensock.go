@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 // The cgroup sock_addr programs that make published ports reach the host's

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 // Docker's isolation of networks, in a lab: real TCP and ping between

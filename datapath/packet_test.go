@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 // Packet tests: frames run through the TC programs with BPF_PROG_RUN, the

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package docker
 
 // Docker's isolation of networks, end to end: a dockerd of the test's own

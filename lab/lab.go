@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package lab builds a Docker-like network topology out of Linux network
 // namespaces, for bpfnet's tests, demo and benchmark.
 //

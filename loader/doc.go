@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package loader attaches bpfnet's TC (traffic control) eBPF programs to
 // network interfaces and keeps those attachments alive across daemon restarts.
 //
