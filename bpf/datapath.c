@@ -23,6 +23,7 @@
  * bpf_redirect_neigh out of the uplink (whose egress hook still runs). */
 
 #include "lib/common.h"
+#include "lib/config.h"
 #include "lib/maps.h"
 #include "lib/packet.h"
 #include "lib/conntrack.h"

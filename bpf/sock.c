@@ -37,7 +37,7 @@
  * works, but its getpeername and answers show the container's address. */
 
 #include "lib/common.h"
-#include "lib/maps.h"
+#include "lib/ports.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -69,7 +69,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sock_rev4 SEC(".maps");
 
-/* Index of sock_stats. Keep in sync with datapath.SockStat. */
+/* The key of sock_stats. */
 enum sock_stat {
 	SOCK_ST_CONNECT = 0,     /* connect translated */
 	SOCK_ST_SENDMSG = 1,     /* datagram translated */
@@ -81,13 +81,13 @@ enum sock_stat {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
+	__type(key, enum sock_stat);
 	__type(value, __u64);
 	__uint(max_entries, SOCK_ST_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sock_stats SEC(".maps");
 
-static __always_inline void sock_count(__u32 st)
+static __always_inline void sock_count(enum sock_stat st)
 {
 	__u64 *v = bpf_map_lookup_elem(&sock_stats, &st);
 
@@ -248,7 +248,7 @@ int sock_recvmsg4(struct bpf_sock_addr *ctx)
 }
 
 SEC("cgroup/getpeername4")
-int sock_getpeername4(struct bpf_sock_addr *ctx)
+int sock_peername4(struct bpf_sock_addr *ctx)
 {
 	sock_restore4(ctx, SOCK_ST_GETPEERNAME);
 	return 1;
@@ -310,7 +310,7 @@ int sock_recvmsg6(struct bpf_sock_addr *ctx)
 }
 
 SEC("cgroup/getpeername6")
-int sock_getpeername6(struct bpf_sock_addr *ctx)
+int sock_peername6(struct bpf_sock_addr *ctx)
 {
 	sock_restore6(ctx, SOCK_ST_GETPEERNAME);
 	return 1;

@@ -34,16 +34,27 @@ type bpfCtEntry struct {
 	Ndaddr    uint32
 	Nsport    uint16
 	Ndport    uint16
-	Flags     uint8
-	Kind      uint8
+	Flags     bpfCtFlags
+	Kind      bpfCtKind
 	TcpSeen   uint8
-	PeerFlags uint8
+	PeerFlags bpfCtFlags
 	Ifindex   uint32
 	_         [4]byte
 	Expires   uint64
 	Packets   uint64
 	Bytes     uint64
 }
+
+type bpfCtFlags uint8
+
+const (
+	bpfCtFlagsCT_AT_FROM_NETDEV    bpfCtFlags = 1
+	bpfCtFlagsCT_AT_TO_NETDEV      bpfCtFlags = 2
+	bpfCtFlagsCT_AT_FROM_CONTAINER bpfCtFlags = 4
+	bpfCtFlagsCT_AT_TO_CONTAINER   bpfCtFlags = 8
+	bpfCtFlagsCT_REPLY             bpfCtFlags = 16
+	bpfCtFlagsCT_UNASSURED         bpfCtFlags = 32
+)
 
 type bpfCtKey struct {
 	_     structs.HostLayout
@@ -55,6 +66,32 @@ type bpfCtKey struct {
 	Pad   [3]uint8
 }
 
+type bpfCtKind uint8
+
+const (
+	bpfCtKindCT_DNAT    bpfCtKind = 1
+	bpfCtKindCT_SNAT    bpfCtKind = 2
+	bpfCtKindCT_HAIRPIN bpfCtKind = 3
+	bpfCtKindCT_ROUTED  bpfCtKind = 4
+)
+
+type bpfDropReason uint32
+
+const (
+	bpfDropReasonDROP_MALFORMED     bpfDropReason = 0
+	bpfDropReasonDROP_NOT_PUBLISHED bpfDropReason = 1
+	bpfDropReasonDROP_CT_FULL       bpfDropReason = 2
+	bpfDropReasonDROP_NAT_EXHAUSTED bpfDropReason = 3
+	bpfDropReasonDROP_REDIRECT      bpfDropReason = 5
+	bpfDropReasonDROP_REWRITE       bpfDropReason = 6
+	bpfDropReasonDROP_CT_MISS       bpfDropReason = 7
+	bpfDropReasonDROP_ISOLATION     bpfDropReason = 8
+	bpfDropReasonDROP_ICC           bpfDropReason = 9
+	bpfDropReasonDROP_INTERNAL      bpfDropReason = 10
+	bpfDropReasonDROP_SPOOFED       bpfDropReason = 11
+	bpfDropReasonDROP_MAX           bpfDropReason = 16
+)
+
 type bpfEndpoint struct {
 	_             structs.HostLayout
 	Ifindex       uint32
@@ -63,10 +100,34 @@ type bpfEndpoint struct {
 	Mac           [6]uint8
 	GwMac         [6]uint8
 	NetId         uint32
-	Flags         uint32
+	Flags         bpfNetFlags
 	Addr          uint32
-	EpFlags       uint32
+	EpFlags       bpfEpFlags
 }
+
+type bpfEpFlags uint32
+
+const (
+	bpfEpFlagsEP_F_FOREIGN_SRC bpfEpFlags = 1
+)
+
+type bpfEventKind uint32
+
+const (
+	bpfEventKindEV_CT_NEW_DNAT      bpfEventKind = 0
+	bpfEventKindEV_CT_NEW_SNAT      bpfEventKind = 1
+	bpfEventKindEV_CT_NEW_HAIRPIN   bpfEventKind = 2
+	bpfEventKindEV_CT_RECREATED     bpfEventKind = 3
+	bpfEventKindEV_CT_PEER_RESTORED bpfEventKind = 4
+	bpfEventKindEV_REDIRECT_PEER    bpfEventKind = 5
+	bpfEventKindEV_REDIRECT_NEIGH   bpfEventKind = 6
+	bpfEventKindEV_FRAG_TRACKED     bpfEventKind = 7
+	bpfEventKindEV_NAT_HOST_SOCKET  bpfEventKind = 8
+	bpfEventKindEV_NAT_HOST_REMAP   bpfEventKind = 9
+	bpfEventKindEV_CT_HALF_OPEN     bpfEventKind = 10
+	bpfEventKindEV_CT_PROMOTED      bpfEventKind = 11
+	bpfEventKindEV_MAX              bpfEventKind = 16
+)
 
 type bpfFragKey struct {
 	_     structs.HostLayout
@@ -83,9 +144,17 @@ type bpfFragPorts struct {
 	Dport uint16
 }
 
+type bpfNetFlags uint32
+
+const (
+	bpfNetFlagsNET_F_MASQ     bpfNetFlags = 1
+	bpfNetFlagsNET_F_NO_ICC   bpfNetFlags = 2
+	bpfNetFlagsNET_F_INTERNAL bpfNetFlags = 4
+)
+
 type bpfNetInfo struct {
 	_     structs.HostLayout
-	Flags uint32
+	Flags bpfNetFlags
 	NetId uint32
 }
 

@@ -28,21 +28,6 @@ type cgroupCgroupTraffic struct {
 	TxBytes   uint64
 }
 
-type cgroupConfig struct {
-	_               structs.HostLayout
-	FastPath        uint32
-	RedirectOnly    uint32
-	NatPortMin      uint16
-	NatPortMax      uint16
-	_               [4]byte
-	TcpSynTimeout   uint64
-	TcpEstTimeout   uint64
-	TcpCloseTimeout uint64
-	UdpTimeout      uint64
-	IcmpTimeout     uint64
-	HalfOpenTimeout uint64
-}
-
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -51,7 +36,6 @@ const (
 	cgroupMapCgroupStats       = "cgroup_stats"
 	cgroupProgCgroupSkbEgress  = "cgroup_skb_egress"
 	cgroupProgCgroupSkbIngress = "cgroup_skb_ingress"
-	cgroupVarCONFIG            = "CONFIG"
 )
 
 // loadCgroup returns the embedded CollectionSpec for cgroup.
@@ -112,7 +96,6 @@ type cgroupMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type cgroupVariableSpecs struct {
-	CONFIG *ebpf.VariableSpec `ebpf:"CONFIG"`
 }
 
 // cgroupObjects contains all objects after they have been loaded into the kernel.
@@ -150,7 +133,6 @@ func (m *cgroupMaps) Close() error {
 //
 // It can be passed to loadCgroupObjects or ebpf.CollectionSpec.LoadAndAssign.
 type cgroupVariables struct {
-	CONFIG *ebpf.Variable `ebpf:"CONFIG"`
 }
 
 // cgroupPrograms contains all programs after they have been loaded into the kernel.

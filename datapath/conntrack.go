@@ -12,28 +12,28 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Hooks that apply a connection-tracking entry; keep in sync with CT_AT_*
-// in bpf/lib/maps.h.
+// Flags of a connection-tracking entry (enum ct_flags in bpf/lib/maps.h):
+// the hook that applies it and its direction.
 const (
-	ctAtFromNetdev    = 0x01
-	ctAtToNetdev      = 0x02
-	ctAtFromContainer = 0x04
-	ctAtToContainer   = 0x08
-	ctReply           = 0x10
-	ctUnassured       = 0x20
+	ctAtFromNetdev    = bpfCtFlagsCT_AT_FROM_NETDEV
+	ctAtToNetdev      = bpfCtFlagsCT_AT_TO_NETDEV
+	ctAtFromContainer = bpfCtFlagsCT_AT_FROM_CONTAINER
+	ctAtToContainer   = bpfCtFlagsCT_AT_TO_CONTAINER
+	ctReply           = bpfCtFlagsCT_REPLY
+	ctUnassured       = bpfCtFlagsCT_UNASSURED
 )
 
-// FlowKind says which translation a flow has; keep in sync with enum
-// ct_kind.
+// FlowKind says which translation a flow has (enum ct_kind in
+// bpf/lib/maps.h).
 type FlowKind uint8
 
 const (
-	KindDNAT    FlowKind = 1
-	KindSNAT    FlowKind = 2
-	KindHairpin FlowKind = 3
+	KindDNAT    = FlowKind(bpfCtKindCT_DNAT)
+	KindSNAT    = FlowKind(bpfCtKindCT_SNAT)
+	KindHairpin = FlowKind(bpfCtKindCT_HAIRPIN)
 	// KindRouted is an untranslated flow from a network without
 	// masquerade, tracked so that its answers get in.
-	KindRouted FlowKind = 4
+	KindRouted = FlowKind(bpfCtKindCT_ROUTED)
 )
 
 func (k FlowKind) String() string {
@@ -218,7 +218,7 @@ func (d *EBPF) flushBackends(gone []bpfPortTarget) (int, error) {
 		set[be{g.Addr, g.Port}] = true
 	}
 	return d.deleteCT(func(k bpfCtKey, v bpfCtEntry) bool {
-		if v.Kind != uint8(KindDNAT) && v.Kind != uint8(KindHairpin) {
+		if v.Kind != bpfCtKind(KindDNAT) && v.Kind != bpfCtKind(KindHairpin) {
 			return false
 		}
 		if v.Flags&ctReply != 0 {

@@ -42,10 +42,10 @@ type Options struct {
 	// addressing containers directly. Needs FastPath.
 	RedirectOnly bool
 	// NATPortMin and NATPortMax bound the masquerade source ports
-	// (default 32768-65535).
+	// (default DefaultNATPortMin-DefaultNATPortMax).
 	NATPortMin, NATPortMax uint16
 	// CTSize is the capacity of the connection-tracking table (default
-	// 262144 entries, two per flow).
+	// DefaultCTSize entries, two per flow).
 	CTSize uint32
 	// HalfOpenSize is the capacity of the table of unassured flows
 	// (ct4_syn: published-port flows whose client has not answered the
@@ -72,6 +72,22 @@ type Options struct {
 	attachHook func(ifname, prog string) error
 }
 
+// Defaults of the datapath's settings: what a zero field of Options takes,
+// and the defaults of bpfnet run's flags. The C side has none of its own:
+// the loader sets every field of CONFIG (bpf/lib/config.h).
+const (
+	DefaultNATPortMin            = 32768
+	DefaultNATPortMax            = 65535
+	DefaultCTSize                = 262144
+	DefaultTCPSynTimeout         = time.Minute
+	DefaultTCPEstablishedTimeout = 6 * time.Hour
+	DefaultTCPCloseTimeout       = 10 * time.Second
+	DefaultUDPTimeout            = time.Minute
+	DefaultICMPTimeout           = 30 * time.Second
+	DefaultHalfOpenTimeout       = 10 * time.Second
+)
+
+// config is the CONFIG of bpf/lib/config.h for o, defaults filled in.
 func (o *Options) config() bpfConfig {
 	d := func(v, def time.Duration) uint64 {
 		if v <= 0 {
@@ -82,12 +98,12 @@ func (o *Options) config() bpfConfig {
 	c := bpfConfig{
 		NatPortMin:      o.NATPortMin,
 		NatPortMax:      o.NATPortMax,
-		TcpSynTimeout:   d(o.TCPSynTimeout, time.Minute),
-		TcpEstTimeout:   d(o.TCPEstablishedTimeout, 6*time.Hour),
-		TcpCloseTimeout: d(o.TCPCloseTimeout, 10*time.Second),
-		UdpTimeout:      d(o.UDPTimeout, time.Minute),
-		IcmpTimeout:     d(o.ICMPTimeout, 30*time.Second),
-		HalfOpenTimeout: d(o.HalfOpenTimeout, 10*time.Second),
+		TcpSynTimeout:   d(o.TCPSynTimeout, DefaultTCPSynTimeout),
+		TcpEstTimeout:   d(o.TCPEstablishedTimeout, DefaultTCPEstablishedTimeout),
+		TcpCloseTimeout: d(o.TCPCloseTimeout, DefaultTCPCloseTimeout),
+		UdpTimeout:      d(o.UDPTimeout, DefaultUDPTimeout),
+		IcmpTimeout:     d(o.ICMPTimeout, DefaultICMPTimeout),
+		HalfOpenTimeout: d(o.HalfOpenTimeout, DefaultHalfOpenTimeout),
 	}
 	if o.FastPath {
 		c.FastPath = 1
@@ -96,10 +112,10 @@ func (o *Options) config() bpfConfig {
 		c.RedirectOnly = 1
 	}
 	if c.NatPortMin == 0 {
-		c.NatPortMin = 32768
+		c.NatPortMin = DefaultNATPortMin
 	}
 	if c.NatPortMax == 0 {
-		c.NatPortMax = 65535
+		c.NatPortMax = DefaultNATPortMax
 	}
 	return c
 }
@@ -164,6 +180,7 @@ func Spec(opts Options) (*ebpf.CollectionSpec, error) {
 	if err := spec.Variables["CONFIG"].Set(opts.config()); err != nil {
 		return nil, fmt.Errorf("setting the datapath configuration: %w", err)
 	}
+	spec.Maps["ct4"].MaxEntries = DefaultCTSize
 	if opts.CTSize != 0 {
 		spec.Maps["ct4"].MaxEntries = opts.CTSize
 	}
@@ -260,16 +277,16 @@ func progsFor(uplink bool) []progAt {
 	return []progAt{{ProgFromContainer, loader.Ingress}, {ProgToContainer, loader.Egress}}
 }
 
-// Flags of a network in the nets and endpoints maps; keep in sync with
-// NET_F_* in bpf/lib/maps.h.
+// Flags of a network in the nets and endpoints maps (enum net_flags in
+// bpf/lib/maps.h).
 const (
-	netFMasq     = 0x1
-	netFNoICC    = 0x2
-	netFInternal = 0x4
+	netFMasq     = bpfNetFlagsNET_F_MASQ
+	netFNoICC    = bpfNetFlagsNET_F_NO_ICC
+	netFInternal = bpfNetFlagsNET_F_INTERNAL
 )
 
-func netFlags(n Network) uint32 {
-	var f uint32
+func netFlags(n Network) bpfNetFlags {
+	var f bpfNetFlags
 	if n.Masquerade && !n.Internal {
 		f |= netFMasq
 	}
@@ -282,9 +299,9 @@ func netFlags(n Network) uint32 {
 	return f
 }
 
-// Flags of an endpoint (bpfEndpoint.EpFlags); keep in sync with EP_F_* in
-// bpf/lib/maps.h.
-const epFForeignSrc = 0x1
+// Flags of an endpoint (bpfEndpoint.EpFlags, enum ep_flags in
+// bpf/lib/maps.h).
+const epFForeignSrc = bpfEpFlagsEP_F_FOREIGN_SRC
 
 // resolved is a State with every name looked up in the kernel.
 type resolved struct {

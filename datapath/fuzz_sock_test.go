@@ -122,10 +122,11 @@ func newSockFuzzEnv(f testing.TB) *sockFuzzEnv {
 	if err != nil {
 		f.Fatal(err)
 	}
-	for name, p := range sockProgramMap(&objs.sockPrograms) {
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: sspec.Programs[name].AttachType, Program: p})
+	progs := sockProgramMap(&objs.sockPrograms)
+	for _, h := range sockHooks {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: h.attach, Program: progs[h.name]})
 		if err != nil {
-			f.Fatalf("attaching %s to %s: %v", name, cgroup, err)
+			f.Fatalf("attaching %s to %s: %v", h.name, cgroup, err)
 		}
 		f.Cleanup(func() { l.Close() })
 	}

@@ -74,9 +74,9 @@ var (
 )
 
 const (
-	netMasq     = 0x1 // NET_F_MASQ
-	netNoICC    = 0x2 // NET_F_NO_ICC
-	netInternal = 0x4 // NET_F_INTERNAL
+	netMasq     = netFMasq
+	netNoICC    = netFNoICC
+	netInternal = netFInternal
 )
 
 // fuzzTopology writes the packet-test topology into the maps of objs:
@@ -90,7 +90,7 @@ func fuzzTopology(objs *bpfObjects, idx map[string]uint32) error {
 		m    *ebpf.Map
 		k, v any
 	}
-	ep := func(addr netip.Addr, veth, bridge string, gw netip.Addr, mac, gwmac []byte, netID, flags uint32) bpfEndpoint {
+	ep := func(addr netip.Addr, veth, bridge string, gw netip.Addr, mac, gwmac []byte, netID uint32, flags bpfNetFlags) bpfEndpoint {
 		e := bpfEndpoint{Ifindex: idx[veth], BridgeIfindex: idx[bridge], GwAddr: be32(gw), NetId: netID, Flags: flags, Addr: be32(addr)}
 		copy(e.Mac[:], mac)
 		copy(e.GwMac[:], gwmac)

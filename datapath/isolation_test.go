@@ -208,7 +208,7 @@ func TestLabIsolation(t *testing.T) {
 // and its endpoints carry both.
 func (l *labDatapath) checkNetFlags(t *testing.T) {
 	t.Helper()
-	want := map[int]uint32{
+	want := map[int]bpfNetFlags{
 		isoNormal: netFMasq, isoOther: netFMasq, isoNoICC: netFMasq | netFNoICC,
 		isoInternal: netFInternal, isoNoMasq: 0,
 	}

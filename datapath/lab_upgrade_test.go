@@ -429,7 +429,7 @@ func TestPinMigrationRebuiltMaps(t *testing.T) {
 		}
 	}
 	flow := ctKey(uint8(pTCP), ctrA, 40000, remoteIP, 443)
-	if err := old.objs.Ct4.Put(flow, bpfCtEntry{Kind: uint8(KindSNAT), Expires: 1 << 62}); err != nil {
+	if err := old.objs.Ct4.Put(flow, bpfCtEntry{Kind: bpfCtKind(KindSNAT), Expires: 1 << 62}); err != nil {
 		t.Fatal(err)
 	}
 	old.Close()
@@ -459,7 +459,7 @@ func TestPinMigrationRebuiltMaps(t *testing.T) {
 		}
 	}
 	var e bpfCtEntry
-	if err := d.objs.Ct4.Lookup(flow, &e); err != nil || e.Kind != uint8(KindSNAT) {
+	if err := d.objs.Ct4.Lookup(flow, &e); err != nil || e.Kind != bpfCtKind(KindSNAT) {
 		t.Errorf("the flow did not survive the migration: %+v %v", e, err)
 	}
 

@@ -532,7 +532,7 @@ func (e *packetEnv) portConns(k bpfPortKey) uint64 {
 type ctWant struct {
 	nsaddr, ndaddr netip.Addr
 	nsport, ndport uint16
-	flags, peer    uint8
+	flags, peer    bpfCtFlags
 	kind           FlowKind
 	ifindex        uint32
 }

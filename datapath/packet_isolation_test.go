@@ -27,7 +27,7 @@ var (
 
 // setNetFlags gives a test network the NET_F_* flags, in nets and in its
 // endpoints, as Apply does.
-func (e *packetEnv) setNetFlags(subnet netip.Prefix, flags uint32) {
+func (e *packetEnv) setNetFlags(subnet netip.Prefix, flags bpfNetFlags) {
 	e.t.Helper()
 	k := bpfNetKey{Prefixlen: uint32(subnet.Bits()), Addr: be32(subnet.Addr())}
 	var info bpfNetInfo
@@ -168,7 +168,7 @@ func TestPacketIsolationExpiredFlow(t *testing.T) {
 	// What a hairpin from A to a port of C leaves, long expired.
 	k := ctKey(uint8(pUDP), ctrC, 53, ctrA, 40001)
 	e.put(e.objs.Ct4, k, bpfCtEntry{Nsaddr: be32(hostIP), Ndaddr: be32(ctrA), Nsport: be16(5353), Ndport: be16(40001),
-		Flags: atToContainer | flagReply, PeerFlags: atFromContainer, Kind: uint8(KindHairpin), Expires: 1})
+		Flags: atToContainer | flagReply, PeerFlags: atFromContainer, Kind: bpfCtKind(KindHairpin), Expires: 1})
 	e.runIso(t, true, []isoCase{shot("answer of an expired flow", "vethc", fromC(udpPacket(ctrC, 53, ctrA, 40001)))})
 	e.expectDrops(map[DropReason]uint64{DropIsolation: 1})
 }

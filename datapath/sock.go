@@ -14,7 +14,10 @@ import (
 	"github.com/bpfnet/bpfnet/loader"
 )
 
-// Sock program names, as pinned under SockDir.
+// Names the sock programs' links are pinned with under SockDir (kept from
+// the first release, so an upgrade adopts the pinned links). The kernel's
+// program names, which must differ within 15 bytes, are those of the C
+// functions: getpeername's programs are sock_peername4 and sock_peername6.
 const (
 	ProgSockConnect4     = "sock_connect4"
 	ProgSockSendmsg4     = "sock_sendmsg4"
@@ -40,17 +43,17 @@ var sockHooks = []struct {
 	{ProgSockGetpeername6, ebpf.AttachCgroupInet6GetPeername},
 }
 
-// SockStat is a counter of the sock programs; keep in sync with enum
-// sock_stat in bpf/sock.c.
+// SockStat is a counter of the sock programs (enum sock_stat in
+// bpf/sock.c, the key of sock_stats).
 type SockStat uint32
 
 const (
-	SockConnect SockStat = iota
-	SockSendmsg
-	SockRecvmsg
-	SockGetpeername
-	SockBoundLoopback
-	sockStatMax = 8
+	SockConnect       = SockStat(sockSockStatSOCK_ST_CONNECT)
+	SockSendmsg       = SockStat(sockSockStatSOCK_ST_SENDMSG)
+	SockRecvmsg       = SockStat(sockSockStatSOCK_ST_RECVMSG)
+	SockGetpeername   = SockStat(sockSockStatSOCK_ST_GETPEERNAME)
+	SockBoundLoopback = SockStat(sockSockStatSOCK_ST_BOUND_LO)
+	sockStatMax       = int(sockSockStatSOCK_ST_MAX)
 )
 
 var sockStatNames = map[SockStat]string{
@@ -222,10 +225,10 @@ func sockProgramMap(p *sockPrograms) map[string]*ebpf.Program {
 		ProgSockConnect4:     p.SockConnect4,
 		ProgSockSendmsg4:     p.SockSendmsg4,
 		ProgSockRecvmsg4:     p.SockRecvmsg4,
-		ProgSockGetpeername4: p.SockGetpeername4,
+		ProgSockGetpeername4: p.SockPeername4,
 		ProgSockConnect6:     p.SockConnect6,
 		ProgSockRecvmsg6:     p.SockRecvmsg6,
-		ProgSockGetpeername6: p.SockGetpeername6,
+		ProgSockGetpeername6: p.SockPeername6,
 	}
 }
 

@@ -13,88 +13,6 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type sockConfig struct {
-	_               structs.HostLayout
-	FastPath        uint32
-	RedirectOnly    uint32
-	NatPortMin      uint16
-	NatPortMax      uint16
-	_               [4]byte
-	TcpSynTimeout   uint64
-	TcpEstTimeout   uint64
-	TcpCloseTimeout uint64
-	UdpTimeout      uint64
-	IcmpTimeout     uint64
-	HalfOpenTimeout uint64
-}
-
-type sockCtEntry struct {
-	_         structs.HostLayout
-	Nsaddr    uint32
-	Ndaddr    uint32
-	Nsport    uint16
-	Ndport    uint16
-	Flags     uint8
-	Kind      uint8
-	TcpSeen   uint8
-	PeerFlags uint8
-	Ifindex   uint32
-	_         [4]byte
-	Expires   uint64
-	Packets   uint64
-	Bytes     uint64
-}
-
-type sockCtKey struct {
-	_     structs.HostLayout
-	Saddr uint32
-	Daddr uint32
-	Sport uint16
-	Dport uint16
-	Proto uint8
-	Pad   [3]uint8
-}
-
-type sockEndpoint struct {
-	_             structs.HostLayout
-	Ifindex       uint32
-	BridgeIfindex uint32
-	GwAddr        uint32
-	Mac           [6]uint8
-	GwMac         [6]uint8
-	NetId         uint32
-	Flags         uint32
-	Addr          uint32
-	EpFlags       uint32
-}
-
-type sockFragKey struct {
-	_     structs.HostLayout
-	Saddr uint32
-	Daddr uint32
-	Id    uint16
-	Proto uint8
-	Pad   uint8
-}
-
-type sockFragPorts struct {
-	_     structs.HostLayout
-	Sport uint16
-	Dport uint16
-}
-
-type sockNetInfo struct {
-	_     structs.HostLayout
-	Flags uint32
-	NetId uint32
-}
-
-type sockNetKey struct {
-	_         structs.HostLayout
-	Prefixlen uint32
-	Addr      uint32
-}
-
 type sockPortKey struct {
 	_     structs.HostLayout
 	Addr  uint32
@@ -127,47 +45,33 @@ type sockSockRevVal struct {
 	Pad  uint16
 }
 
-type sockTraffic struct {
-	_         structs.HostLayout
-	RxPackets uint64
-	RxBytes   uint64
-	TxPackets uint64
-	TxBytes   uint64
-}
+type sockSockStat uint32
 
-type sockUplink struct {
-	_     structs.HostLayout
-	Addr  uint32
-	Flags uint32
-}
+const (
+	sockSockStatSOCK_ST_CONNECT     sockSockStat = 0
+	sockSockStatSOCK_ST_SENDMSG     sockSockStat = 1
+	sockSockStatSOCK_ST_RECVMSG     sockSockStat = 2
+	sockSockStatSOCK_ST_GETPEERNAME sockSockStat = 3
+	sockSockStatSOCK_ST_BOUND_LO    sockSockStat = 4
+	sockSockStatSOCK_ST_MAX         sockSockStat = 8
+)
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sockMapCt4               = "ct4"
-	sockMapCt4Syn            = "ct4_syn"
-	sockMapDrops             = "drops"
-	sockMapEndpoints         = "endpoints"
-	sockMapEvents            = "events"
-	sockMapFrags4            = "frags4"
 	sockMapHostAddrs         = "host_addrs"
-	sockMapIfStats           = "if_stats"
-	sockMapNets              = "nets"
 	sockMapPortConns         = "port_conns"
 	sockMapPublished         = "published"
 	sockMapSockRev4          = "sock_rev4"
 	sockMapSockStats         = "sock_stats"
-	sockMapUplinks           = "uplinks"
-	sockMapVeths             = "veths"
 	sockProgSockConnect4     = "sock_connect4"
 	sockProgSockConnect6     = "sock_connect6"
-	sockProgSockGetpeername4 = "sock_getpeername4"
-	sockProgSockGetpeername6 = "sock_getpeername6"
+	sockProgSockPeername4    = "sock_peername4"
+	sockProgSockPeername6    = "sock_peername6"
 	sockProgSockRecvmsg4     = "sock_recvmsg4"
 	sockProgSockRecvmsg6     = "sock_recvmsg6"
 	sockProgSockSendmsg4     = "sock_sendmsg4"
-	sockVarCONFIG            = "CONFIG"
 	sockVarSOCK_NETNS_COOKIE = "SOCK_NETNS_COOKIE"
 )
 
@@ -213,41 +117,30 @@ type sockSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockProgramSpecs struct {
-	SockConnect4     *ebpf.ProgramSpec `ebpf:"sock_connect4"`
-	SockConnect6     *ebpf.ProgramSpec `ebpf:"sock_connect6"`
-	SockGetpeername4 *ebpf.ProgramSpec `ebpf:"sock_getpeername4"`
-	SockGetpeername6 *ebpf.ProgramSpec `ebpf:"sock_getpeername6"`
-	SockRecvmsg4     *ebpf.ProgramSpec `ebpf:"sock_recvmsg4"`
-	SockRecvmsg6     *ebpf.ProgramSpec `ebpf:"sock_recvmsg6"`
-	SockSendmsg4     *ebpf.ProgramSpec `ebpf:"sock_sendmsg4"`
+	SockConnect4  *ebpf.ProgramSpec `ebpf:"sock_connect4"`
+	SockConnect6  *ebpf.ProgramSpec `ebpf:"sock_connect6"`
+	SockPeername4 *ebpf.ProgramSpec `ebpf:"sock_peername4"`
+	SockPeername6 *ebpf.ProgramSpec `ebpf:"sock_peername6"`
+	SockRecvmsg4  *ebpf.ProgramSpec `ebpf:"sock_recvmsg4"`
+	SockRecvmsg6  *ebpf.ProgramSpec `ebpf:"sock_recvmsg6"`
+	SockSendmsg4  *ebpf.ProgramSpec `ebpf:"sock_sendmsg4"`
 }
 
 // sockMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockMapSpecs struct {
-	Ct4       *ebpf.MapSpec `ebpf:"ct4"`
-	Ct4Syn    *ebpf.MapSpec `ebpf:"ct4_syn"`
-	Drops     *ebpf.MapSpec `ebpf:"drops"`
-	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	Frags4    *ebpf.MapSpec `ebpf:"frags4"`
 	HostAddrs *ebpf.MapSpec `ebpf:"host_addrs"`
-	IfStats   *ebpf.MapSpec `ebpf:"if_stats"`
-	Nets      *ebpf.MapSpec `ebpf:"nets"`
 	PortConns *ebpf.MapSpec `ebpf:"port_conns"`
 	Published *ebpf.MapSpec `ebpf:"published"`
 	SockRev4  *ebpf.MapSpec `ebpf:"sock_rev4"`
 	SockStats *ebpf.MapSpec `ebpf:"sock_stats"`
-	Uplinks   *ebpf.MapSpec `ebpf:"uplinks"`
-	Veths     *ebpf.MapSpec `ebpf:"veths"`
 }
 
 // sockVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockVariableSpecs struct {
-	CONFIG            *ebpf.VariableSpec `ebpf:"CONFIG"`
 	SOCK_NETNS_COOKIE *ebpf.VariableSpec `ebpf:"SOCK_NETNS_COOKIE"`
 }
 
@@ -271,40 +164,20 @@ func (o *sockObjects) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockMaps struct {
-	Ct4       *ebpf.Map `ebpf:"ct4"`
-	Ct4Syn    *ebpf.Map `ebpf:"ct4_syn"`
-	Drops     *ebpf.Map `ebpf:"drops"`
-	Endpoints *ebpf.Map `ebpf:"endpoints"`
-	Events    *ebpf.Map `ebpf:"events"`
-	Frags4    *ebpf.Map `ebpf:"frags4"`
 	HostAddrs *ebpf.Map `ebpf:"host_addrs"`
-	IfStats   *ebpf.Map `ebpf:"if_stats"`
-	Nets      *ebpf.Map `ebpf:"nets"`
 	PortConns *ebpf.Map `ebpf:"port_conns"`
 	Published *ebpf.Map `ebpf:"published"`
 	SockRev4  *ebpf.Map `ebpf:"sock_rev4"`
 	SockStats *ebpf.Map `ebpf:"sock_stats"`
-	Uplinks   *ebpf.Map `ebpf:"uplinks"`
-	Veths     *ebpf.Map `ebpf:"veths"`
 }
 
 func (m *sockMaps) Close() error {
 	return _SockClose(
-		m.Ct4,
-		m.Ct4Syn,
-		m.Drops,
-		m.Endpoints,
-		m.Events,
-		m.Frags4,
 		m.HostAddrs,
-		m.IfStats,
-		m.Nets,
 		m.PortConns,
 		m.Published,
 		m.SockRev4,
 		m.SockStats,
-		m.Uplinks,
-		m.Veths,
 	)
 }
 
@@ -312,7 +185,6 @@ func (m *sockMaps) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockVariables struct {
-	CONFIG            *ebpf.Variable `ebpf:"CONFIG"`
 	SOCK_NETNS_COOKIE *ebpf.Variable `ebpf:"SOCK_NETNS_COOKIE"`
 }
 
@@ -320,21 +192,21 @@ type sockVariables struct {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockPrograms struct {
-	SockConnect4     *ebpf.Program `ebpf:"sock_connect4"`
-	SockConnect6     *ebpf.Program `ebpf:"sock_connect6"`
-	SockGetpeername4 *ebpf.Program `ebpf:"sock_getpeername4"`
-	SockGetpeername6 *ebpf.Program `ebpf:"sock_getpeername6"`
-	SockRecvmsg4     *ebpf.Program `ebpf:"sock_recvmsg4"`
-	SockRecvmsg6     *ebpf.Program `ebpf:"sock_recvmsg6"`
-	SockSendmsg4     *ebpf.Program `ebpf:"sock_sendmsg4"`
+	SockConnect4  *ebpf.Program `ebpf:"sock_connect4"`
+	SockConnect6  *ebpf.Program `ebpf:"sock_connect6"`
+	SockPeername4 *ebpf.Program `ebpf:"sock_peername4"`
+	SockPeername6 *ebpf.Program `ebpf:"sock_peername6"`
+	SockRecvmsg4  *ebpf.Program `ebpf:"sock_recvmsg4"`
+	SockRecvmsg6  *ebpf.Program `ebpf:"sock_recvmsg6"`
+	SockSendmsg4  *ebpf.Program `ebpf:"sock_sendmsg4"`
 }
 
 func (p *sockPrograms) Close() error {
 	return _SockClose(
 		p.SockConnect4,
 		p.SockConnect6,
-		p.SockGetpeername4,
-		p.SockGetpeername6,
+		p.SockPeername4,
+		p.SockPeername6,
 		p.SockRecvmsg4,
 		p.SockRecvmsg6,
 		p.SockSendmsg4,

@@ -9,31 +9,31 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// DropReason says why the datapath dropped a packet; keep in sync with
-// enum drop_reason in bpf/lib/common.h.
+// DropReason says why the datapath dropped a packet: enum drop_reason of
+// bpf/lib/common.h, the key of the drops map.
 type DropReason uint32
 
+// The drop reasons, generated from enum drop_reason.
 const (
-	DropMalformed DropReason = iota
-	DropNotPublished
-	DropCTFull
-	DropNATExhausted
-	DropFragUnknown
-	DropRedirect
-	DropRewrite
-	DropCTMiss
+	DropMalformed    = DropReason(bpfDropReasonDROP_MALFORMED)
+	DropNotPublished = DropReason(bpfDropReasonDROP_NOT_PUBLISHED)
+	DropCTFull       = DropReason(bpfDropReasonDROP_CT_FULL)
+	DropNATExhausted = DropReason(bpfDropReasonDROP_NAT_EXHAUSTED)
+	DropRedirect     = DropReason(bpfDropReasonDROP_REDIRECT)
+	DropRewrite      = DropReason(bpfDropReasonDROP_REWRITE)
+	DropCTMiss       = DropReason(bpfDropReasonDROP_CT_MISS)
 	// DropIsolation: between containers of two networks (Docker's
 	// DOCKER-ISOLATION chains).
-	DropIsolation
+	DropIsolation = DropReason(bpfDropReasonDROP_ISOLATION)
 	// DropICC: between containers of a network created with
 	// com.docker.network.bridge.enable_icc=false.
-	DropICC
+	DropICC = DropReason(bpfDropReasonDROP_ICC)
 	// DropInternal: leaving or entering an internal network.
-	DropInternal
+	DropInternal = DropReason(bpfDropReasonDROP_INTERNAL)
 	// DropSpoofed: a container sent from an address that is not its own
 	// (or from a veth the datapath does not know).
-	DropSpoofed
-	dropMax = 16
+	DropSpoofed = DropReason(bpfDropReasonDROP_SPOOFED)
+	dropMax     = int(bpfDropReasonDROP_MAX)
 )
 
 var dropNames = map[DropReason]string{
@@ -41,7 +41,6 @@ var dropNames = map[DropReason]string{
 	DropNotPublished: "not_published",
 	DropCTFull:       "ct_full",
 	DropNATExhausted: "nat_ports_exhausted",
-	DropFragUnknown:  "fragment_unknown",
 	DropRedirect:     "redirect_failed",
 	DropRewrite:      "rewrite_failed",
 	DropCTMiss:       "ct_miss",
@@ -60,34 +59,36 @@ func (r DropReason) String() string {
 
 // DropReasons lists every reason the datapath knows.
 func DropReasons() []DropReason {
-	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropFragUnknown, DropRedirect, DropRewrite, DropCTMiss, DropIsolation, DropICC, DropInternal, DropSpoofed}
+	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropRedirect, DropRewrite, DropCTMiss, DropIsolation, DropICC, DropInternal, DropSpoofed}
 }
 
-// Event is a counted datapath event; keep in sync with enum event.
+// Event is a counted datapath event: enum event_kind of
+// bpf/lib/common.h, the key of the events map.
 type Event uint32
 
+// The events, generated from enum event_kind.
 const (
-	EventCTNewDNAT Event = iota
-	EventCTNewSNAT
-	EventCTNewHairpin
-	EventCTRecreated
-	EventCTPeerRestored
-	EventRedirectPeer
-	EventRedirectNeigh
-	EventFragTracked
+	EventCTNewDNAT      = Event(bpfEventKindEV_CT_NEW_DNAT)
+	EventCTNewSNAT      = Event(bpfEventKindEV_CT_NEW_SNAT)
+	EventCTNewHairpin   = Event(bpfEventKindEV_CT_NEW_HAIRPIN)
+	EventCTRecreated    = Event(bpfEventKindEV_CT_RECREATED)
+	EventCTPeerRestored = Event(bpfEventKindEV_CT_PEER_RESTORED)
+	EventRedirectPeer   = Event(bpfEventKindEV_REDIRECT_PEER)
+	EventRedirectNeigh  = Event(bpfEventKindEV_REDIRECT_NEIGH)
+	EventFragTracked    = Event(bpfEventKindEV_FRAG_TRACKED)
 	// EventNATHostSocket: a masquerade candidate port was refused because
 	// a socket of the host uses its tuple.
-	EventNATHostSocket
+	EventNATHostSocket = Event(bpfEventKindEV_NAT_HOST_SOCKET)
 	// EventNATHostRemap: a flow of the host whose tuple a translated flow
 	// holds was given another source port.
-	EventNATHostRemap
+	EventNATHostRemap = Event(bpfEventKindEV_NAT_HOST_REMAP)
 	// EventCTHalfOpen: a new published-port flow, unassured (in ct4_syn)
 	// until its client answers the container.
-	EventCTHalfOpen
+	EventCTHalfOpen = Event(bpfEventKindEV_CT_HALF_OPEN)
 	// EventCTPromoted: an unassured flow whose client answered, moved into
 	// ct4.
-	EventCTPromoted
-	eventMax = 16
+	EventCTPromoted = Event(bpfEventKindEV_CT_PROMOTED)
+	eventMax        = int(bpfEventKindEV_MAX)
 )
 
 var eventNames = map[Event]string{

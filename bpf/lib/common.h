@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Shared definitions of the bpfnet datapath: headers, runtime settings,
- * verdict helpers. */
+/* Shared definitions of the bpfnet objects: headers, drop reasons and
+ * counted events. The Go constants are generated from these enums
+ * (datapath/gen.go). */
 #pragma once
 
 #include <linux/bpf.h>
@@ -41,49 +42,16 @@ struct icmphdr {
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 
-/* Runtime settings, set by the loader through CollectionSpec.Variables
- * before the programs are loaded. Keep in sync with datapath.Config. */
-struct config {
-	/* 1: translated packets are redirected to their target interface
-	 * (bpf_redirect_peer / bpf_redirect_neigh); 0: they go through the stack. */
-	__u32 fast_path;
-	/* 1: no NAT and no tracking, only the fast-path redirects and the
-	 * counters: the ceiling of the design, for `bpfnet bench`. */
-	__u32 redirect_only;
-	/* Range of translated source ports (and ICMP ids) used by masquerade
-	 * when a flow's own source port is taken. */
-	__u16 nat_port_min;
-	__u16 nat_port_max;
-	/* Connection-tracking lifetimes in nanoseconds. */
-	__u64 tcp_syn_timeout;   /* SYN seen, no answer yet */
-	__u64 tcp_est_timeout;   /* established */
-	__u64 tcp_close_timeout; /* FIN or RST seen */
-	__u64 udp_timeout;
-	__u64 icmp_timeout;
-	__u64 half_open_timeout; /* unassured flow (ct4_syn), refreshed by each of its packets */
-};
-
-volatile const struct config CONFIG = {
-	.fast_path = 1,
-	.redirect_only = 0,
-	.nat_port_min = 32768,
-	.nat_port_max = 65535,
-	.tcp_syn_timeout = 60ULL * 1000000000ULL,
-	.tcp_est_timeout = 21600ULL * 1000000000ULL,
-	.tcp_close_timeout = 10ULL * 1000000000ULL,
-	.udp_timeout = 60ULL * 1000000000ULL,
-	.icmp_timeout = 30ULL * 1000000000ULL,
-	.half_open_timeout = 10ULL * 1000000000ULL,
-};
-
-/* Why a packet was dropped: index of the drops map. Keep in sync with
- * datapath.DropReason. */
+/* Why a packet was dropped: the key of the drops map, whose counters are
+ * pinned. A number is never reused: a reason that is gone leaves its number
+ * reserved. Helpers that can drop return 0 or the negative reason; reason 0
+ * (DROP_MALFORMED) is only ever given by parse(), never returned. */
 enum drop_reason {
 	DROP_MALFORMED = 0,      /* truncated or invalid headers */
 	DROP_NOT_PUBLISHED = 1,  /* from outside straight to a container or loopback address */
 	DROP_CT_FULL = 2,        /* connection-tracking insert failed */
 	DROP_NAT_EXHAUSTED = 3,  /* no free translated port */
-	DROP_FRAG_UNKNOWN = 4,   /* later fragment of a datagram whose first fragment was not seen */
+	/* 4: reserved (was a later fragment of an unseen datagram: such fragments go to the stack) */
 	DROP_REDIRECT = 5,       /* redirect helper failed */
 	DROP_REWRITE = 6,        /* a rewrite helper failed */
 	DROP_CT_MISS = 7,        /* TCP without SYN leaving with no flow: never masqueraded */
@@ -94,9 +62,8 @@ enum drop_reason {
 	DROP_MAX = 16,
 };
 
-/* Things worth counting that are not drops: index of the events map. Keep
- * in sync with datapath.Event. */
-enum event {
+/* Things worth counting that are not drops: the key of the events map. */
+enum event_kind {
 	EV_CT_NEW_DNAT = 0,      /* new published-port flow */
 	EV_CT_NEW_SNAT = 1,      /* new masqueraded flow */
 	EV_CT_NEW_HAIRPIN = 2,   /* new hairpin flow */

@@ -9,6 +9,7 @@
 #pragma once
 
 #include "common.h"
+#include "config.h"
 #include "maps.h"
 #include "packet.h"
 

@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Maps of the bpfnet datapath. Every map that is state is pinned by name
- * (the loader points the pin path at <pin-path>/globals) so a restarted
- * daemon adopts it and established flows survive. */
+/* Maps of the TC datapath (datapath.c). Every map that is state is pinned
+ * by name (the loader points the pin path at <pin-path>/globals) so a
+ * restarted daemon adopts it and established flows survive. The maps the
+ * sock programs share with it are in ports.h. */
 #pragma once
 
 #include "common.h"
+#include "ports.h"
 
 /* A flow as seen at one hook, before any translation. For ICMP echo the
  * identifier is the source "port" of a request and the destination "port"
@@ -18,15 +20,18 @@ struct ct_key {
 	__u8 pad[3];
 };
 
-/* Which hook applies a conntrack entry. */
-#define CT_AT_FROM_NETDEV 0x01   /* uplink ingress */
-#define CT_AT_TO_NETDEV 0x02     /* uplink egress */
-#define CT_AT_FROM_CONTAINER 0x04 /* host veth ingress: container egress */
-#define CT_AT_TO_CONTAINER 0x08  /* host veth egress (or redirect into the container) */
-#define CT_REPLY 0x10            /* entry of the reply direction */
-#define CT_UNASSURED 0x20        /* entry of ct4_syn: the client has not answered the container yet */
+/* Flags of a conntrack entry: which hook applies it, and its direction. */
+enum ct_flags : __u8 {
+	CT_AT_FROM_NETDEV = 0x01,    /* uplink ingress */
+	CT_AT_TO_NETDEV = 0x02,      /* uplink egress */
+	CT_AT_FROM_CONTAINER = 0x04, /* host veth ingress: container egress */
+	CT_AT_TO_CONTAINER = 0x08,   /* host veth egress (or redirect into the container) */
+	CT_REPLY = 0x10,             /* entry of the reply direction */
+	CT_UNASSURED = 0x20,         /* entry of ct4_syn: the client has not answered the container yet */
+};
 
-enum ct_kind {
+/* Which translation a flow has. */
+enum ct_kind : __u8 {
 	CT_DNAT = 1,    /* published port */
 	CT_SNAT = 2,    /* masquerade */
 	CT_HAIRPIN = 3, /* container to a published port of the host */
@@ -41,10 +46,10 @@ struct ct_entry {
 	__be32 ndaddr;
 	__be16 nsport;
 	__be16 ndport;
-	__u8 flags;    /* CT_AT_* | CT_REPLY */
-	__u8 kind;     /* enum ct_kind */
-	__u8 tcp_seen; /* TCP flags seen in this direction */
-	__u8 peer_flags; /* flags of the entry of the other direction */
+	enum ct_flags flags;      /* CT_AT_* | CT_REPLY */
+	enum ct_kind kind;
+	__u8 tcp_seen;            /* TCP flags seen in this direction */
+	enum ct_flags peer_flags; /* flags of the entry of the other direction */
 	__u32 ifindex; /* host veth of the container end, 0 if unknown */
 	__u64 expires; /* bpf_ktime_get_ns() deadline */
 	__u64 packets;
@@ -75,32 +80,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ct4_syn SEC(".maps");
 
-/* A published port: host address (0 for every host address), port and
- * protocol, as `docker run -p [ip:]port:cport/proto` gives it. */
-struct port_key {
-	__be32 addr;
-	__be16 port;
-	__u8 proto;
-	__u8 pad;
+/* Flags of an endpoint. */
+enum ep_flags : __u32 {
+	EP_F_FOREIGN_SRC = 0x1, /* may send from addresses not its own: it routes for others */
 };
 
-struct port_target {
-	__be32 addr;   /* container address */
-	__be16 port;   /* container port */
-	__u16 pad;
-	__u32 id;      /* mapping id, for counters and for dropping its flows */
+/* Flags of a container network. */
+enum net_flags : __u32 {
+	NET_F_MASQ = 0x1,     /* traffic from it to the outside is masqueraded */
+	NET_F_NO_ICC = 0x2,   /* its containers may not reach each other (enable_icc=false) */
+	NET_F_INTERNAL = 0x4, /* no traffic leaves it or enters it (docker network create --internal) */
 };
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct port_key);
-	__type(value, struct port_target);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} published SEC(".maps");
-
-#define EP_F_FOREIGN_SRC 0x1 /* may send from addresses not its own: it routes for others */
 
 /* A container's end of a veth. */
 struct endpoint {
@@ -110,9 +100,9 @@ struct endpoint {
 	__u8 mac[6];          /* container eth0 */
 	__u8 gw_mac[6];       /* bridge */
 	__u32 net_id;         /* net_info.net_id of its network */
-	__u32 flags;          /* NET_F_* of its network */
+	enum net_flags flags; /* of its network */
 	__be32 addr;          /* the container's address; 0 while the runtime has not reported it */
-	__u32 ep_flags;       /* EP_F_* */
+	enum ep_flags ep_flags;
 };
 
 /* Endpoints by container address: where a packet to a container goes. */
@@ -135,16 +125,6 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } veths SEC(".maps");
 
-/* Addresses of the host (every interface but loopback): a wildcard
- * published port matches a packet only when its destination is one. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __be32);
-	__type(value, __u32);
-	__uint(max_entries, 1024);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} host_addrs SEC(".maps");
-
 /* An uplink (interface towards the outside) and the address masqueraded
  * traffic leaves it with. */
 struct uplink {
@@ -166,12 +146,8 @@ struct net_key {
 	__be32 addr;
 };
 
-#define NET_F_MASQ 0x1     /* traffic from it to the outside is masqueraded */
-#define NET_F_NO_ICC 0x2   /* its containers may not reach each other (enable_icc=false) */
-#define NET_F_INTERNAL 0x4 /* no traffic leaves it or enters it (docker network create --internal) */
-
 struct net_info {
-	__u32 flags;
+	enum net_flags flags;
 	__u32 net_id;
 };
 
@@ -223,18 +199,9 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } if_stats SEC(".maps");
 
-/* New connections per published port. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__type(key, struct port_key);
-	__type(value, __u64);
-	__uint(max_entries, 65536);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} port_conns SEC(".maps");
-
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
+	__type(key, enum drop_reason);
 	__type(value, __u64);
 	__uint(max_entries, DROP_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -242,20 +209,20 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
+	__type(key, enum event_kind);
 	__type(value, __u64);
 	__uint(max_entries, EV_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } events SEC(".maps");
 
-static __always_inline void count_drop(__u32 reason)
+static __always_inline void count_drop(enum drop_reason reason)
 {
 	__u64 *v = bpf_map_lookup_elem(&drops, &reason);
 	if (v)
 		*v += 1;
 }
 
-static __always_inline void count_event(__u32 ev)
+static __always_inline void count_event(enum event_kind ev)
 {
 	__u64 *v = bpf_map_lookup_elem(&events, &ev);
 	if (v)
@@ -278,19 +245,5 @@ static __always_inline void count_if(__u32 ifindex, __u32 len, int rx)
 	} else {
 		s->tx_packets += 1;
 		s->tx_bytes += len;
-	}
-}
-
-/* count_port_conn counts a new flow of a published port. */
-static __always_inline void count_port_conn(const struct port_key *k)
-{
-	__u64 *v = bpf_map_lookup_elem(&port_conns, k);
-
-	if (v) {
-		*v += 1;
-	} else {
-		__u64 one = 1;
-
-		bpf_map_update_elem(&port_conns, k, &one, BPF_NOEXIST);
 	}
 }
