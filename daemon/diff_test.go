@@ -28,14 +28,14 @@ func baseState(ports ...datapath.PortMapping) datapath.State {
 func TestPortsDiff(t *testing.T) {
 	a80 := pm(datapath.TCP, "", 8080, "172.30.0.2", 80)
 	a53 := pm(datapath.UDP, "", 5353, "172.30.0.2", 53)
-	moved := pm(datapath.TCP, "", 8080, "172.30.0.3", 80)      // same binding, new container
+	moved := pm(datapath.TCP, "", 8080, "172.30.0.3", 80)       // same binding, new container
 	wild := pm(datapath.TCP, "0.0.0.0", 8080, "172.30.0.2", 80) // 0.0.0.0 is every address
 	specific := pm(datapath.TCP, "10.0.0.1", 8080, "172.30.0.2", 80)
 	for _, tc := range []struct {
-		name          string
-		have, want    datapath.State
-		unpub, pub    []datapath.PortMapping
-		ok            bool
+		name       string
+		have, want datapath.State
+		unpub, pub []datapath.PortMapping
+		ok         bool
 	}{
 		{name: "same", have: baseState(a80, a53), want: baseState(a53, a80), ok: true},
 		{name: "publish one", have: baseState(a80), want: baseState(a80, a53), pub: []datapath.PortMapping{a53}, ok: true},
