@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"net/netip"
@@ -40,6 +41,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/bpfnet/bpfnet/daemon"
 	"github.com/bpfnet/bpfnet/datapath"
 	"github.com/bpfnet/bpfnet/lab"
 	"github.com/bpfnet/bpfnet/loader"
@@ -456,9 +458,22 @@ func (e *env) timedApply(ctx context.Context, s datapath.State) (float64, error)
 	return float64(time.Since(start).Nanoseconds()) / 1e6, err
 }
 
+// timedReconcile sets src to s and times the daemon's reconcile to it,
+// in the lab's host namespace, in milliseconds.
+func (e *env) timedReconcile(ctx context.Context, d *daemon.Daemon, src *daemon.Static, s datapath.State) (float64, error) {
+	src.Set(s)
+	start := time.Now()
+	err := e.topo.Host.Do(func() error {
+		_, err := d.Reconcile(ctx, "bench")
+		return err
+	})
+	return float64(time.Since(start).Nanoseconds()) / 1e6, err
+}
+
 // controlPlane times removing the 10,000 ports the scaling figures left,
 // publishing a 10,000-port range, and publishing and removing one port
-// next to it; and measures what the ports cost in memory. It leaves the
+// next to it through the daemon's reconcile, as `bpfnet run` does; and
+// measures what the ports cost in memory. It leaves the
 // range published.
 func (e *env) controlPlane(ctx context.Context, set func(string, float64), fail func(error, ...string)) {
 	c := e.cAddr()
@@ -500,16 +515,18 @@ func (e *env) controlPlane(ctx context.Context, set func(string, float64), fail 
 	one := e.ports(append(slices.Clone(rng), extra))
 	publishOne := func() (float64, error) { return e.timedApply(ctx, one) }
 	removeOne := func() (float64, error) { return e.timedApply(ctx, full) }
-	if pp, ok := e.dp.(datapath.PortPublisher); ok {
-		// What the daemon does on a Docker event: the one port, not the
-		// whole state.
-		timed := func(f func(...datapath.PortMapping) error) (float64, error) {
-			start := time.Now()
-			err := f(extra)
-			return float64(time.Since(start).Nanoseconds()) / 1e6, err
+	if e.dp != nil {
+		// What `bpfnet run` does on a Docker event: the daemon's reconcile
+		// over the new state, incremental where the datapath allows it.
+		src := &daemon.Static{}
+		d := daemon.New(daemon.Config{Datapath: e.dp, Source: src, PinPath: e.pin,
+			Log: slog.New(slog.NewTextHandler(e.opts.Progress, nil))})
+		if err := e.topo.Host.Do(func() error { return d.Start(ctx, full) }); err != nil {
+			fail(fmt.Errorf("starting the daemon with the %d-port range: %w", ControlPorts, err), KeyPublishOne, KeyRemoveOne)
+			return
 		}
-		publishOne = func() (float64, error) { return timed(pp.PublishPorts) }
-		removeOne = func() (float64, error) { return timed(pp.UnpublishPorts) }
+		publishOne = func() (float64, error) { return e.timedReconcile(ctx, d, src, one) }
+		removeOne = func() (float64, error) { return e.timedReconcile(ctx, d, src, full) }
 	}
 	var pub, rem []float64
 	for range e.opts.PublishOneRepeats {

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/container"
+
 	"github.com/bpfnet/bpfnet/lab"
 )
 
@@ -106,5 +108,84 @@ func TestDaemonDockerMode(t *testing.T) {
 	}
 	if want := `bpfnet_published_port_connections_total{container="web",host_ip="0.0.0.0",host_port="8080",protocol="tcp"}`; !strings.Contains(body, want) {
 		t.Errorf("metrics lack %s", want)
+	}
+}
+
+// datapaths are the datapaths `bpfnet run --docker` is tested with.
+var datapaths = []string{"ebpf", "iptables"}
+
+// TestDaemonDockerRestart runs `bpfnet run --docker --datapath X` for every
+// datapath: a container restarted with a new address answers on its
+// published TCP and UDP ports afterwards, and the container that took its
+// old address is not what they reach.
+func TestDaemonDockerRestart(t *testing.T) {
+	requireRoot(t)
+	requireTools(t, "dockerd", "containerd", "runc", "nsenter", "unshare")
+	bin := filepath.Join(t.TempDir(), "bpfnet")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/bpfnet").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	for _, dp := range datapaths {
+		t.Run(dp, func(t *testing.T) {
+			sweepStale(t)
+			topo := lab.Setup(t, lab.Config{Bridges: []lab.BridgeConfig{{Subnet: "172.30.0.0/24"}}})
+			ext := topo.Externals[0]
+			pin := filepath.Join("/sys/fs/bpf", pinPrefix+topo.Prefix+"-daemon")
+			t.Cleanup(func() {
+				topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).Run()
+				os.RemoveAll(pin)
+			})
+			d := startDockerd(t, topo.Host, topo.Bridges[0].Name, topo.Prefix)
+			d.ImportImage()
+			run := topo.Host.Command(context.Background(), bin, "run", "--pin-path", pin, "--datapath", dp,
+				"--docker=unix://"+d.sock, "--uplink", ext.Uplink, "--metrics-addr", "")
+			run.Stderr = os.Stderr
+			if err := run.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				run.Process.Signal(syscall.SIGTERM)
+				run.Wait()
+			})
+			e := &e2e{t: t, topo: topo, ext: ext, d: d}
+			host := addr4(ext.HostAddr)
+			tcp, udp := netip.AddrPortFrom(host, 8080), netip.AddrPortFrom(host, 5353)
+
+			web := d.Run(ctr{name: "web", publish: []string{"8080:80", "5353:53/udp"}, cmd: []string{"/bin/echo", "-tcp", "80", "-udp", "53"}})
+			oldIP := d.Inspect(web).NetworkSettings.Networks["bridge"].IPAddress
+			e.expectEcho(t, "tcp", tcp, "web", 10*time.Second)
+			e.expectEcho(t, "udp", udp, "web", 10*time.Second)
+
+			ctx := context.Background()
+			timeout := 1
+			if err := d.cli.ContainerStop(ctx, web, container.StopOptions{Timeout: &timeout}); err != nil {
+				t.Fatal(err)
+			}
+			// Another container takes web's address while web is stopped,
+			// so web comes back with a new one.
+			squatter := d.Run(ctr{name: "squatter", cmd: []string{"/bin/echo", "-tcp", "80", "-udp", "53"}})
+			if err := d.cli.ContainerStart(ctx, web, container.StartOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			newIP := d.Inspect(web).NetworkSettings.Networks["bridge"].IPAddress
+			if newIP == oldIP {
+				t.Fatalf("web kept its address %s; the test needs a new one", newIP)
+			}
+			t.Logf("web moved from %s to %s; squatter is at %s", oldIP, newIP, d.Inspect(squatter).NetworkSettings.Networks["bridge"].IPAddress)
+			e.expectEcho(t, "tcp", tcp, "web", 5*time.Second)
+			e.expectEcho(t, "udp", udp, "web", 5*time.Second)
+			// The old address is no longer served: every later answer is web's.
+			for i := 0; i < 20; i++ {
+				for _, to := range []netip.AddrPort{tcp, udp} {
+					proto := "tcp"
+					if to == udp {
+						proto = "udp"
+					}
+					if line, err := e.dial(proto, to); err == nil && !strings.HasSuffix(strings.TrimSpace(line), " web") {
+						t.Errorf("%s %s answered %q after web moved, want web", proto, to, line)
+					}
+				}
+			}
+		})
 	}
 }

@@ -8,23 +8,19 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
+	"github.com/bpfnet/bpfnet/daemon"
 	"github.com/bpfnet/bpfnet/datapath"
 	"github.com/bpfnet/bpfnet/docker"
 	"github.com/bpfnet/bpfnet/loader"
-	"github.com/bpfnet/bpfnet/metrics"
 )
 
 const defaultPinPath = "/sys/fs/bpf/bpfnet"
@@ -81,7 +77,7 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 	fl.StringVar(&f.attach, "attach", "auto", "attach mechanism: auto (tcx, else clsact), tcx or legacy")
 	fl.DurationVar(&f.gcInterval, "gc-interval", 10*time.Second, "how often expired connection-tracking entries are collected")
 	fl.StringVar(&f.metrics, "metrics-addr", "127.0.0.1:9475", "address of the Prometheus /metrics endpoint (\"\" turns it off)")
-	fl.StringVar(&f.datapath, "datapath", "ebpf", "datapath: ebpf, or iptables (rules shaped like Docker's, for comparison)")
+	fl.StringVar(&f.datapath, "datapath", "ebpf", "datapath: "+strings.Join(datapaths, ", ")+" (iptables: rules shaped like Docker's, for comparison)")
 	fl.StringVar(&f.docker, "docker", "", "follow Docker: containers, networks and port bindings from the Engine API (--docker alone: DOCKER_HOST or the default socket; or --docker=unix:///path)")
 	fl.Lookup("docker").NoOptDefVal = "default"
 	fl.BoolVar(&f.hostSockets, "host-sockets", true, "serve published ports to the host's own processes (docker-proxy's job) with cgroup programs")
@@ -139,8 +135,8 @@ func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
 			return opts, nil, fmt.Errorf("invalid --masquerade %q: %w", c, err)
 		}
 	}
-	if f.datapath != "ebpf" && f.datapath != "iptables" {
-		return opts, nil, fmt.Errorf("invalid --datapath %q: want ebpf or iptables", f.datapath)
+	if !slices.Contains(datapaths, f.datapath) {
+		return opts, nil, fmt.Errorf("invalid --datapath %q: want %s", f.datapath, strings.Join(datapaths, ", "))
 	}
 	if f.metrics != "" {
 		if _, _, err := net.SplitHostPort(f.metrics); err != nil {
@@ -183,86 +179,18 @@ func masqueradePrefixes(f *runFlags) []netip.Prefix {
 	return masq
 }
 
-// standaloneState reads the kernel for what the flags name.
-func standaloneState(f *runFlags, ports []datapath.PortMapping) (datapath.State, error) {
-	s, err := datapath.Discover(f.bridges, f.uplinks, masqueradePrefixes(f))
-	if err != nil {
-		return s, err
-	}
-	names := map[netip.Addr]string{}
+// standalone is the source the flags name, checked by options.
+func standalone(f *runFlags, ports []datapath.PortMapping) *daemon.Standalone {
+	s := &daemon.Standalone{Bridges: f.bridges, Uplinks: f.uplinks, Masquerade: masqueradePrefixes(f), Ports: ports,
+		Containers: map[netip.Addr]string{}}
 	for _, c := range f.containers {
 		name, addr, _ := strings.Cut(c, "=")
-		names[netip.MustParseAddr(addr)] = name
+		s.Containers[netip.MustParseAddr(addr)] = name
 	}
-	for i := range s.Endpoints {
-		if n, ok := names[s.Endpoints[i].Addr]; ok {
-			s.Endpoints[i].Container = n
-		}
+	for _, a := range f.foreignSrc {
+		s.ForeignSource = append(s.ForeignSource, netip.MustParseAddr(a))
 	}
-	markForeignSources(&s, f.foreignSrc)
-	for i := range ports {
-		for _, e := range s.Endpoints {
-			if e.Addr == ports[i].ContainerIP {
-				ports[i].Container = e.Container
-			}
-		}
-	}
-	s.Ports = ports
-	return s, nil
-}
-
-// markForeignSources sets Endpoint.AllowForeignSource on the endpoints of
-// the addresses (--allow-foreign-source) and returns those that name no
-// endpoint of s.
-func markForeignSources(s *datapath.State, addrs []string) []string {
-	var unknown []string
-	for _, a := range addrs {
-		ip := netip.MustParseAddr(a)
-		found := false
-		for i := range s.Endpoints {
-			if s.Endpoints[i].Addr == ip {
-				s.Endpoints[i].AllowForeignSource, found = true, true
-			}
-		}
-		if !found {
-			unknown = append(unknown, a)
-		}
-	}
-	return unknown
-}
-
-// desired builds the state to apply: from the flags and the kernel in
-// standalone mode, from Docker's last word plus the uplinks and the veths
-// Docker has not reported yet in Docker mode.
-func desired(f *runFlags, ports []datapath.PortMapping, fromDocker *datapath.State) (datapath.State, error) {
-	if fromDocker == nil {
-		return standaloneState(f, ports)
-	}
-	s := *fromDocker
-	s.Uplinks = nil
-	uplinks := f.uplinks
-	if len(uplinks) == 0 {
-		var err error
-		if uplinks, err = datapath.DefaultUplinks(); err != nil {
-			return s, err
-		}
-	}
-	for _, u := range uplinks {
-		s.Uplinks = append(s.Uplinks, datapath.Uplink{Name: u})
-	}
-	s.PendingVeths = nil
-	if err := s.AddPendingVeths(); err != nil {
-		return s, err
-	}
-	return s, s.Validate()
-}
-
-func bridgesOf(s datapath.State) []string {
-	var out []string
-	for _, n := range s.Networks {
-		out = append(out, n.Bridge)
-	}
-	return out
+	return s
 }
 
 func runDaemon(ctx context.Context, f *runFlags) error {
@@ -270,33 +198,35 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 	if err != nil {
 		return err
 	}
-	var src *docker.Source
-	var fromDocker *datapath.State
+	var src daemon.Source
 	if f.docker != "" {
 		host := f.docker
 		if host == "default" {
 			host = ""
 		}
-		if src, err = docker.New(host); err != nil {
-			return err
-		}
-		defer src.Close()
-		s, err := src.State(ctx)
+		ds, err := docker.New(host)
 		if err != nil {
 			return err
 		}
-		fromDocker = &s
+		defer ds.Close()
+		src = &daemon.Docker{Source: ds, Uplinks: f.uplinks}
+	} else {
+		src = standalone(f, ports)
 	}
-	state, err := desired(f, ports, fromDocker)
+	state, err := src.State(ctx)
 	if err != nil {
 		return err
 	}
 	// At start, an exception must name a container that is there: a
 	// mistyped address would otherwise leave the exception off unnoticed.
 	// Later, one whose container is gone is simply not applied.
-	if fromDocker == nil {
-		if unknown := markForeignSources(&state, f.foreignSrc); len(unknown) > 0 {
-			return fmt.Errorf("--allow-foreign-source %s: no container on the bridges %v has that address", strings.Join(unknown, ", "), f.bridges)
+	if sa, ok := src.(*daemon.Standalone); ok {
+		if unknown := daemon.MarkForeignSources(&state, sa.ForeignSource); len(unknown) > 0 {
+			var names []string
+			for _, u := range unknown {
+				names = append(names, u.String())
+			}
+			return fmt.Errorf("--allow-foreign-source %s: no container on the bridges %v has that address", strings.Join(names, ", "), f.bridges)
 		}
 	}
 	// Everything that can be checked is, before anything is loaded,
@@ -313,23 +243,22 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 		}
 		defer metricsLn.Close()
 	}
-	if f.datapath == "iptables" {
-		if metricsLn != nil {
-			metricsLn.Close()
-			slog.Warn("no metrics with the iptables datapath: its counters are iptables'")
-		}
-		return runIptables(ctx, f, ports, fromDocker, state)
-	}
 	_, statErr := os.Stat(f.pinPath)
 	fresh := errors.Is(statErr, os.ErrNotExist)
-	dp, err := datapath.NewEBPF(opts)
+	dp, applied, err := newDatapath(f.datapath, opts)
 	if err != nil {
 		if fresh {
 			os.RemoveAll(f.pinPath)
 		}
 		return err
 	}
-	if err := dp.Apply(ctx, state); err != nil {
+	hostFW := &hostFirewall{pinPath: f.pinPath, fastPath: f.fastPath}
+	d := daemon.New(daemon.Config{
+		Datapath: dp, Source: src, PinPath: f.pinPath, GCInterval: f.gcInterval, Metrics: metricsLn,
+		Version: version, HostFirewall: hostFW.status,
+		Applied: func(s datapath.State) { recordWarnings(f.pinPath, s.Warnings) },
+	})
+	if err := d.Start(ctx, state); err != nil {
 		// A first start that fails leaves nothing behind; a restart keeps
 		// what was forwarding before.
 		if fresh {
@@ -337,173 +266,37 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 		} else {
 			dp.Close()
 		}
-		return fmt.Errorf("applying the datapath: %w", err)
+		return fmt.Errorf("applying the %s datapath: %w", dp.Name(), err)
 	}
 	defer dp.Close()
-	recordWarnings(f.pinPath, state.Warnings)
-	var current atomic.Pointer[datapath.State]
-	current.Store(&state)
-	hostFW := &hostFirewall{pinPath: f.pinPath, fastPath: f.fastPath}
-	hostFW.check(ctx)
-	if f.hostFWInterval > 0 {
-		go hostFW.watch(ctx, f.hostFWInterval)
+	if applied != nil {
+		if err := applied(); err != nil {
+			return errors.Join(fmt.Errorf("recording the %s datapath: %w", dp.Name(), err), dp.Remove())
+		}
 	}
-	if metricsLn != nil {
-		coll := metrics.NewCollector(dp, func() datapath.State { return *current.Load() },
-			func() ([]loader.Attachment, error) { return loader.List(f.pinPath) },
-			metrics.BuildInfo{Version: version})
-		reg := metrics.NewRegistry(coll)
-		reg.MustRegister(metrics.NewHostFirewallCollector(hostFW.status))
-		srv := &http.Server{Handler: metricsMux(reg), ReadHeaderTimeout: 10 * time.Second}
-		go srv.Serve(metricsLn)
-		defer srv.Close()
-		slog.Info("serving metrics", "addr", metricsLn.Addr().String())
+	if dp.Name() == "ebpf" {
+		// The fast path is the eBPF datapath's: only it takes packets
+		// around the host firewall.
+		hostFW.check(ctx)
+		if f.hostFWInterval > 0 {
+			go hostFW.watch(ctx, f.hostFWInterval)
+		}
 	}
-	slog.Info("datapath attached", "bridges", bridgesOf(state), "uplinks", len(state.Uplinks),
+	slog.Info("datapath attached", "datapath", dp.Name(), "bridges", bridgesOf(state), "uplinks", len(state.Uplinks),
 		"endpoints", len(state.Endpoints), "ports", len(state.Ports), "pin_path", f.pinPath, "fast_path", f.fastPath,
 		"cgroup_endpoints", len(state.CgroupEndpoints), "shared_netns", len(state.Shared), "no_network", len(state.NoNetwork))
+	err = d.Run(ctx)
+	slog.Info("stopping; the datapath stays (bpfnet down removes it)", "datapath", dp.Name())
+	return err
+}
 
-	// Docker's updates: the newest replaces one not yet applied.
-	updates := make(chan datapath.State, 1)
-	if src != nil {
-		go func() {
-			err := src.Watch(ctx, func(s datapath.State) {
-				select {
-				case <-updates:
-				default:
-				}
-				updates <- s
-			})
-			if err != nil && ctx.Err() == nil {
-				slog.Error("following Docker", "error", err)
-			}
-		}()
+func bridgesOf(s datapath.State) []string {
+	var out []string
+	for _, n := range s.Networks {
+		out = append(out, n.Bridge)
 	}
-
-	// Link events: a veth joining a bridge gets the programs at once.
-	changed := make(chan struct{}, 1)
-	poke := func(netlink.Link) {
-		select {
-		case changed <- struct{}{}:
-		default:
-		}
-	}
-	var stopWatch context.CancelFunc = func() {}
-	watching := ""
-	watch := func(bridges []string) {
-		if key := strings.Join(bridges, ","); key != watching {
-			stopWatch()
-			watching = key
-			wctx, cancel := context.WithCancel(ctx)
-			stopWatch = cancel
-			go func() {
-				for wctx.Err() == nil {
-					if err := loader.WatchLinks(wctx, netns.None(), bridges, poke, poke); err != nil {
-						slog.Warn("watching links", "error", err)
-						time.Sleep(time.Second)
-					}
-				}
-			}()
-		}
-	}
-	watch(bridgesOf(state))
-	defer func() { stopWatch() }()
-
-	apply := func(reason string) {
-		s, err := desired(f, ports, fromDocker)
-		if err == nil {
-			err = dp.Apply(ctx, s)
-		}
-		if err != nil {
-			slog.Warn("resync", "reason", reason, "error", err)
-			return
-		}
-		current.Store(&s)
-		recordWarnings(f.pinPath, s.Warnings)
-		watch(bridgesOf(s))
-		slog.Info("resynced", "reason", reason, "endpoints", len(s.Endpoints), "ports", len(s.Ports), "pending_veths", len(s.PendingVeths),
-			"cgroup_endpoints", len(s.CgroupEndpoints), "shared_netns", len(s.Shared), "no_network", len(s.NoNetwork))
-	}
-	gc := time.NewTicker(f.gcInterval)
-	defer gc.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			slog.Info("stopping; the datapath stays attached (bpfnet down removes it)")
-			return nil
-		case <-gc.C:
-			if n, err := dp.GC(); err != nil {
-				slog.Warn("conntrack gc", "error", err)
-			} else if n > 0 {
-				slog.Debug("conntrack gc", "deleted", n)
-			}
-		case s := <-updates:
-			fromDocker = &s
-			apply("docker")
-		case <-changed:
-			apply("links")
-		}
-	}
+	return out
 }
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
-
-func metricsMux(reg *prometheus.Registry) http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", metrics.Handler(reg))
-	return mux
-}
-
-// iptablesMarker marks, under the pin path, that the iptables datapath
-// holds rules, so that `bpfnet down` removes them (bpffs takes folders,
-// not files).
-func iptablesMarker(pinPath string) string { return loader.IptablesMarker(pinPath) }
-
-// runIptables is the daemon with the iptables datapath: Docker-shaped rules
-// for the same state, kept in step the same way. Stopping it leaves the
-// rules; `bpfnet down` removes them.
-func runIptables(ctx context.Context, f *runFlags, ports []datapath.PortMapping, fromDocker *datapath.State, state datapath.State) error {
-	dp, err := datapath.NewIptables(datapath.IptablesOptions{})
-	if err != nil {
-		return err
-	}
-	if err := dp.Apply(ctx, state); err != nil {
-		return fmt.Errorf("applying the iptables datapath: %w", err)
-	}
-	if err := os.MkdirAll(iptablesMarker(f.pinPath), 0o700); err != nil {
-		return errors.Join(fmt.Errorf("marking the iptables datapath: %w", err), dp.Remove())
-	}
-	recordWarnings(f.pinPath, state.Warnings)
-	slog.Info("datapath attached", "datapath", "iptables", "bridges", bridgesOf(state), "ports", len(state.Ports))
-	changed := make(chan struct{}, 1)
-	poke := func(netlink.Link) {
-		select {
-		case changed <- struct{}{}:
-		default:
-		}
-	}
-	go func() {
-		for ctx.Err() == nil {
-			if err := loader.WatchLinks(ctx, netns.None(), bridgesOf(state), poke, poke); err != nil {
-				slog.Warn("watching links", "error", err)
-				time.Sleep(time.Second)
-			}
-		}
-	}()
-	for {
-		select {
-		case <-ctx.Done():
-			slog.Info("stopping; the rules stay (bpfnet down removes them)")
-			return nil
-		case <-changed:
-			s, err := desired(f, ports, fromDocker)
-			if err == nil {
-				err = dp.Apply(ctx, s)
-			}
-			if err != nil {
-				slog.Warn("resync", "error", err)
-			}
-		}
-	}
-}
