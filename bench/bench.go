@@ -39,6 +39,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/datapath/iptables"
 	"github.com/bpfnet/bpfnet/lab"
 	"github.com/bpfnet/bpfnet/loader"
 )
@@ -614,7 +615,7 @@ func newEnv(ctx context.Context, opts *Options, m Mode, ctSize uint32) (*env, er
 		}
 		switch m {
 		case ModeIptables:
-			d, err := datapath.NewIptables(datapath.IptablesOptions{Netns: topo.Host.Path})
+			d, err := iptables.New(iptables.Options{Netns: topo.Host.Path})
 			if err != nil {
 				return e, fmt.Errorf("starting the iptables datapath: %w", err)
 			}

@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/datapath/iptables"
 	"github.com/bpfnet/bpfnet/loader"
 )
 
@@ -21,7 +21,7 @@ func newDownCmd() *cobra.Command {
 				return nil
 			}
 			if _, err := os.Stat(iptablesMarker(pinPath)); err == nil {
-				dp, err := datapath.NewIptables(datapath.IptablesOptions{})
+				dp, err := iptables.New(iptables.Options{})
 				if err == nil {
 					err = dp.Remove()
 				}

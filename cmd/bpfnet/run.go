@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/datapath/iptables"
 	"github.com/bpfnet/bpfnet/docker"
 	"github.com/bpfnet/bpfnet/loader"
 	"github.com/bpfnet/bpfnet/metrics"
@@ -463,7 +464,7 @@ func iptablesMarker(pinPath string) string { return filepath.Join(pinPath, "ipta
 // for the same state, kept in step the same way. Stopping it leaves the
 // rules; `bpfnet down` removes them.
 func runIptables(ctx context.Context, f *runFlags, ports []datapath.PortMapping, fromDocker *datapath.State, state datapath.State) error {
-	dp, err := datapath.NewIptables(datapath.IptablesOptions{})
+	dp, err := iptables.New(iptables.Options{})
 	if err != nil {
 		return err
 	}
