@@ -19,9 +19,10 @@ const (
 	modeEBPFFast = "ebpf-fastpath"
 	modeEBPFSlow = "ebpf-slowpath"
 	modeIptables = "iptables"
+	modeNftables = "nftables"
 )
 
-var modes = []string{modeEBPFFast, modeEBPFSlow, modeIptables}
+var modes = []string{modeEBPFFast, modeEBPFSlow, modeIptables, modeNftables}
 
 // modeLab is a lab topology with one of the datapaths in its host
 // namespace.
@@ -42,7 +43,7 @@ func startMode(t *testing.T, mode string, cfg lab.Config, ports ...string) *mode
 	case modeEBPFFast, modeEBPFSlow:
 		l := startLabWith(t, cfg, Options{FastPath: mode == modeEBPFFast}, ports...)
 		return &modeLab{topo: l.topo, dp: l.dp}
-	case modeIptables:
+	case modeIptables, modeNftables:
 	default:
 		t.Fatalf("unknown datapath mode %q", mode)
 	}

@@ -177,7 +177,7 @@ func render(p *rules.Plan) (*ruleset, error) {
 	rs.chains = append(rs.chains,
 		&chain{"filter-FORWARD", "type filter hook forward priority filter; policy accept;",
 			[]string{"oifname vmap @filter-forward-in-jumps", "iifname vmap @filter-forward-out-jumps"}},
-		&chain{"nat-OUTPUT", "type nat hook output priority dstnat; policy accept;", []string{output}},
+		&chain{"nat-OUTPUT", "type nat hook output priority -100; policy accept;", []string{output}},
 		&chain{"nat-POSTROUTING", "type nat hook postrouting priority srcnat; policy accept;",
 			[]string{"iifname vmap @nat-postrouting-out-jumps", "oifname vmap @nat-postrouting-in-jumps"}},
 		&chain{"nat-PREROUTING", "type nat hook prerouting priority dstnat; policy accept;", []string{local}})
@@ -296,7 +296,7 @@ func (d *Datapath) nft(ctx context.Context, input string) (map[ruleKey]uint64, e
 }
 
 var (
-	countersRe = regexp.MustCompile(` counter packets \d+ bytes \d+`)
+	countersRe = regexp.MustCompile(`(^| )counter packets \d+ bytes \d+`)
 	handleRe   = regexp.MustCompile(` # handle (\d+)$`)
 	positionRe = regexp.MustCompile(`^(?:index|position|handle) \d+ `)
 )
@@ -332,7 +332,7 @@ func (d *Datapath) parseHandles(out string) map[ruleKey]uint64 {
 
 // normalize drops the counter values of a rule as nft prints it.
 func normalize(rule string) string {
-	return countersRe.ReplaceAllString(strings.TrimSpace(rule), " counter")
+	return countersRe.ReplaceAllString(strings.TrimSpace(rule), "${1}counter")
 }
 
 // Apply replaces the datapath's table with that of s. An invalid s, or a
