@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bpfnet/bpfnet/datapath/iptables"
+	"github.com/bpfnet/bpfnet/datapath/nftables"
 	"github.com/bpfnet/bpfnet/loader"
 )
 
@@ -27,6 +28,15 @@ func newDownCmd() *cobra.Command {
 				}
 				if err != nil {
 					return fmt.Errorf("removing the iptables rules: %w", err)
+				}
+			}
+			if _, err := os.Stat(nftablesMarker(pinPath)); err == nil {
+				dp, err := nftables.New(nftables.Options{})
+				if err == nil {
+					err = dp.Remove()
+				}
+				if err != nil {
+					return fmt.Errorf("removing the nftables table: %w", err)
 				}
 			}
 			if err := loader.DetachAll(pinPath); err != nil {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/bpfnet/bpfnet/datapath"
 	"github.com/bpfnet/bpfnet/datapath/iptables"
+	"github.com/bpfnet/bpfnet/datapath/nftables"
 	"github.com/bpfnet/bpfnet/docker"
 	"github.com/bpfnet/bpfnet/loader"
 	"github.com/bpfnet/bpfnet/metrics"
@@ -81,7 +82,7 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 	fl.StringVar(&f.attach, "attach", "auto", "attach mechanism: auto (tcx, else clsact), tcx or legacy")
 	fl.DurationVar(&f.gcInterval, "gc-interval", 10*time.Second, "how often expired connection-tracking entries are collected")
 	fl.StringVar(&f.metrics, "metrics-addr", "127.0.0.1:9475", "address of the Prometheus /metrics endpoint (\"\" turns it off)")
-	fl.StringVar(&f.datapath, "datapath", "ebpf", "datapath: ebpf, or iptables (rules shaped like Docker's, for comparison)")
+	fl.StringVar(&f.datapath, "datapath", "ebpf", "datapath: ebpf, or iptables or nftables (rules shaped like Docker's, for comparison)")
 	fl.StringVar(&f.docker, "docker", "", "follow Docker: containers, networks and port bindings from the Engine API (--docker alone: DOCKER_HOST or the default socket; or --docker=unix:///path)")
 	fl.Lookup("docker").NoOptDefVal = "default"
 	fl.BoolVar(&f.hostSockets, "host-sockets", true, "serve published ports to the host's own processes (docker-proxy's job) with cgroup programs")
@@ -139,8 +140,8 @@ func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
 			return opts, nil, fmt.Errorf("invalid --masquerade %q: %w", c, err)
 		}
 	}
-	if f.datapath != "ebpf" && f.datapath != "iptables" {
-		return opts, nil, fmt.Errorf("invalid --datapath %q: want ebpf or iptables", f.datapath)
+	if f.datapath != "ebpf" && f.datapath != "iptables" && f.datapath != "nftables" {
+		return opts, nil, fmt.Errorf("invalid --datapath %q: want ebpf, iptables or nftables", f.datapath)
 	}
 	if f.metrics != "" {
 		if _, _, err := net.SplitHostPort(f.metrics); err != nil {
@@ -313,7 +314,7 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 		}
 		defer metricsLn.Close()
 	}
-	if f.datapath == "iptables" {
+	if f.datapath == "iptables" || f.datapath == "nftables" {
 		if metricsLn != nil {
 			metricsLn.Close()
 			slog.Warn("no metrics with the iptables datapath: its counters are iptables'")
@@ -460,18 +461,29 @@ func metricsMux(reg *prometheus.Registry) http.Handler {
 // not files).
 func iptablesMarker(pinPath string) string { return filepath.Join(pinPath, "iptables") }
 
+// nftablesMarker is iptablesMarker for the nftables datapath's table.
+func nftablesMarker(pinPath string) string { return filepath.Join(pinPath, "nftables") }
+
 // runIptables is the daemon with the iptables datapath: Docker-shaped rules
 // for the same state, kept in step the same way. Stopping it leaves the
 // rules; `bpfnet down` removes them.
 func runIptables(ctx context.Context, f *runFlags, ports []datapath.PortMapping, fromDocker *datapath.State, state datapath.State) error {
-	dp, err := iptables.New(iptables.Options{})
+	var dp datapath.Datapath
+	var err error
+	marker := iptablesMarker(f.pinPath)
+	if f.datapath == "nftables" {
+		dp, err = nftables.New(nftables.Options{})
+		marker = nftablesMarker(f.pinPath)
+	} else {
+		dp, err = iptables.New(iptables.Options{})
+	}
 	if err != nil {
 		return err
 	}
 	if err := dp.Apply(ctx, state); err != nil {
-		return fmt.Errorf("applying the iptables datapath: %w", err)
+		return fmt.Errorf("applying the %s datapath: %w", f.datapath, err)
 	}
-	if err := os.MkdirAll(iptablesMarker(f.pinPath), 0o700); err != nil {
+	if err := os.MkdirAll(marker, 0o700); err != nil {
 		return errors.Join(fmt.Errorf("marking the iptables datapath: %w", err), dp.Remove())
 	}
 	recordWarnings(f.pinPath, state.Warnings)
