@@ -146,10 +146,10 @@ const (
 	svgBarW, svgGap           = 12.0, 14.0
 )
 
-var svgColors = []string{"#d95f02", "#1b9e77", "#7570b3"}
+var svgColors = []string{"#d95f02", "#1b9e77", "#7570b3", "#e7298a"}
 
 // WriteSVG draws the ratios as a bar chart: one group of bars per scenario
-// (ebpf/iptables, ebpf/routing, ebpf/ebpf-redirect), a log scale centred
+// (ebpf/iptables, ebpf/routing, ebpf/ebpf-redirect, ebpf/nftables), a log scale centred
 // on 1x, and a line at 1x.
 func (r *Report) WriteSVG(w io.Writer) error {
 	var groups []ScenarioSummary
@@ -185,10 +185,10 @@ func (r *Report) WriteSVG(w io.Writer) error {
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
 	fmt.Fprintf(&b, `<text x="%.0f" y="20" font-size="14" font-weight="bold">bpfnet bench: ebpf relative to the other modes (ratio of medians, log scale)</text>`+"\n", svgLeft)
 	for i, p := range RatioPairs {
-		x := svgLeft + float64(i)*170
+		x := svgLeft + float64(i)*150
 		fmt.Fprintf(&b, `<rect x="%.0f" y="32" width="10" height="10" fill="%s"/><text x="%.0f" y="41">%s</text>`+"\n", x, svgColors[i], x+14, esc(RatioName(p)))
 	}
-	fmt.Fprintf(&b, `<text x="%.0f" y="54" fill="#555">rows marked ↓: lower is better, so a bar below 1x favours ebpf</text>`+"\n", svgLeft+3*170)
+	fmt.Fprintf(&b, `<text x="%.0f" y="54" fill="#555">rows marked ↓: lower is better, so a bar below 1x favours ebpf</text>`+"\n", svgLeft)
 	// Grid: powers of two.
 	for e := -maxLog; e <= maxLog; e++ {
 		v := math.Pow(2, e)
