@@ -9,17 +9,24 @@ import (
 	"github.com/bpfnet/bpfnet/lab"
 )
 
-// TestIptablesLabLoopbackIsolation: a port bound to 127.0.0.1 answers the
-// host itself (route_localnet on, the source masqueraded to the gateway),
-// and containers of two bridges cannot reach each other.
-func TestIptablesLabLoopbackIsolation(t *testing.T) {
+// TestRulesLabLoopbackIsolation: with each rendering of Docker's rules
+// (iptables, nftables), a port bound to 127.0.0.1 answers the host itself
+// (route_localnet on, the source masqueraded to the gateway), and
+// containers of two bridges cannot reach each other.
+func TestRulesLabLoopbackIsolation(t *testing.T) {
+	for _, mode := range []string{modeIptables, modeNftables} {
+		t.Run(mode, func(t *testing.T) { testLoopbackIsolation(t, mode) })
+	}
+}
+
+func testLoopbackIsolation(t *testing.T, mode string) {
 	requireRoot(t)
 	keepHostIptables(t)
 	cfg := lab.Config{
 		Bridges:    []lab.BridgeConfig{{}, {}},
 		Containers: []lab.ContainerConfig{{Bridge: 0}, {Bridge: 1}},
 	}
-	m := startMode(t, modeIptables, cfg, "127.0.0.1:8080:172.30.0.2:80")
+	m := startMode(t, mode, cfg, "127.0.0.1:8080:172.30.0.2:80")
 	c0, c1, ext := m.topo.Containers[0], m.topo.Containers[1], m.topo.Externals[0]
 	echoTCP(t, &c0.Namespace, c0.Addr.String()+":80")
 	echoTCP(t, &c1.Namespace, c1.Addr.String()+":80")
@@ -33,7 +40,8 @@ func TestIptablesLabLoopbackIsolation(t *testing.T) {
 	}
 	// From outside, the host has no socket on that port: a RST.
 	mustBeRefused(t, &ext.Namespace, ext.HostAddr.String()+":8080", "a port bound to 127.0.0.1, from outside")
-	// Another bridge's container: ISOLATION-STAGE-2 drops the SYN, while
+	// Another bridge's container: the isolation rule (iptables:
+	// DOCKER-ISOLATION-STAGE-2) drops the SYN, while
 	// the host reaches the same container port.
 	mustBeDropped(t, m.dropped, &c1.Namespace, c0.Addr.String()+":80", DropIsolation, "a container of another bridge")
 	if got := tcpExchange(t, m.topo.Host, c0.Addr.String()+":80", 100); got != br0.Gateway.String() {
