@@ -92,3 +92,59 @@ func keepHostIptables(t *testing.T) {
 		}
 	})
 }
+
+// TestRulesLabICCInternal: with each rendering of Docker's rules, two
+// containers of a network with icc=false do not reach each other while the
+// host reaches them, and a container of an internal network does not
+// reach the outside while it reaches its neighbour on that network.
+func TestRulesLabICCInternal(t *testing.T) {
+	for _, mode := range []string{modeIptables, modeNftables} {
+		t.Run(mode, func(t *testing.T) {
+			cfg := lab.Config{
+				Bridges:    []lab.BridgeConfig{{Subnet: "172.30.0.0/24"}, {Subnet: "172.30.1.0/24"}},
+				Containers: []lab.ContainerConfig{{Bridge: 0}, {Bridge: 0}, {Bridge: 1}, {Bridge: 1}},
+			}
+			m := startMode(t, mode, cfg)
+			c, ext := m.topo.Containers, m.topo.Externals[0]
+			err := m.topo.Host.Do(func() error {
+				s, err := Discover([]string{m.topo.Bridges[0].Name, m.topo.Bridges[1].Name}, nil, nil)
+				if err != nil {
+					return err
+				}
+				for i := range s.Networks {
+					switch s.Networks[i].Bridge {
+					case m.topo.Bridges[0].Name:
+						s.Networks[i].NoICC = true
+					case m.topo.Bridges[1].Name:
+						s.Networks[i].Internal = true
+						s.Networks[i].Masquerade = false
+					}
+				}
+				return m.dp.Apply(context.Background(), s)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ctr := range c {
+				echoTCP(t, &ctr.Namespace, ctr.Addr.String()+":80")
+			}
+			echoTCP(t, &ext.Namespace, ext.Addr.String()+":9000")
+			to := func(i int) string { return c[i].Addr.String() + ":80" }
+			if _, err := isoReach(&c[0].Namespace, to(1)); err == nil {
+				t.Errorf("icc=false: %s reached %s", c[0].Name, to(1))
+			}
+			if _, err := isoReach(m.topo.Host, to(1)); err != nil {
+				t.Errorf("icc=false: the host does not reach %s: %v", to(1), err)
+			}
+			if _, err := isoReach(&c[2].Namespace, ext.Addr.String()+":9000"); err == nil {
+				t.Errorf("internal: %s reached the outside", c[2].Name)
+			}
+			if _, err := isoReach(&c[2].Namespace, to(3)); err != nil {
+				t.Errorf("internal: %s does not reach its neighbour %s: %v", c[2].Name, to(3), err)
+			}
+			if _, err := isoReach(&c[0].Namespace, ext.Addr.String()+":9000"); err != nil {
+				t.Errorf("%s (not internal) does not reach the outside: %v", c[0].Name, err)
+			}
+		})
+	}
+}
