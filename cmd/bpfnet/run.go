@@ -317,7 +317,7 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 	if f.datapath == "iptables" || f.datapath == "nftables" {
 		if metricsLn != nil {
 			metricsLn.Close()
-			slog.Warn("no metrics with the iptables datapath: its counters are iptables'")
+			slog.Warn("no metrics with the " + f.datapath + " datapath: its counters are the kernel firewall's")
 		}
 		return runIptables(ctx, f, ports, fromDocker, state)
 	}
@@ -484,10 +484,10 @@ func runIptables(ctx context.Context, f *runFlags, ports []datapath.PortMapping,
 		return fmt.Errorf("applying the %s datapath: %w", f.datapath, err)
 	}
 	if err := os.MkdirAll(marker, 0o700); err != nil {
-		return errors.Join(fmt.Errorf("marking the iptables datapath: %w", err), dp.Remove())
+		return errors.Join(fmt.Errorf("marking the %s datapath: %w", f.datapath, err), dp.Remove())
 	}
 	recordWarnings(f.pinPath, state.Warnings)
-	slog.Info("datapath attached", "datapath", "iptables", "bridges", bridgesOf(state), "ports", len(state.Ports))
+	slog.Info("datapath attached", "datapath", f.datapath, "bridges", bridgesOf(state), "ports", len(state.Ports))
 	changed := make(chan struct{}, 1)
 	poke := func(netlink.Link) {
 		select {
