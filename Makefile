@@ -6,7 +6,7 @@ ARCH_INCLUDE := /usr/include/$(shell uname -m)-linux-gnu
 export BPF2GO_CC ?= clang
 export BPF2GO_CFLAGS ?= -O2 -g -Wall -Werror -I$(ARCH_INCLUDE)
 BIN := bin/bpfnet
-DEPS := clang llvm libbpf-dev bpftool iproute2 iptables iperf3 busybox-static util-linux prometheus docker.io docker-compose
+DEPS := clang llvm libbpf-dev bpftool iproute2 iptables nftables iperf3 busybox-static util-linux prometheus docker.io docker-compose
 TEST_TIMEOUT ?= 60m
 # Time each fuzz target runs under make fuzz; make test runs each for TEST_FUZZTIME.
 FUZZTIME ?= 60s

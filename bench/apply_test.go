@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/datapath/iptables"
 	"github.com/bpfnet/bpfnet/lab"
 )
 
@@ -29,7 +30,7 @@ func benchmarkPublishOne(b *testing.B, mode Mode) {
 	}
 	switch mode {
 	case ModeIptables:
-		d, err := datapath.NewIptables(datapath.IptablesOptions{Netns: topo.Host.Path})
+		d, err := iptables.New(iptables.Options{Netns: topo.Host.Path})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -12,7 +12,7 @@
 // `bpfnet perf` subcommands of the bpfnet binary itself.
 //
 // What it needs: root, bpffs at /sys/fs/bpf, nsenter and taskset
-// (util-linux), iperf3, iptables-restore/-save, and Linux 6.6+ for tcx
+// (util-linux), iperf3, iptables-restore/-save, nft, and Linux 6.6+ for tcx
 // (older kernels get clsact). It touches nothing outside the namespaces it
 // creates, and never asserts a speed: it reports what it measured.
 package bench
@@ -43,6 +43,8 @@ import (
 
 	"github.com/bpfnet/bpfnet/daemon"
 	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/datapath/iptables"
+	"github.com/bpfnet/bpfnet/datapath/nftables"
 	"github.com/bpfnet/bpfnet/lab"
 	"github.com/bpfnet/bpfnet/loader"
 )
@@ -227,7 +229,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 }
 
 func checkTools() error {
-	for _, t := range []string{"nsenter", "taskset", "iperf3", "iptables-save", "iptables-restore"} {
+	for _, t := range []string{"nsenter", "taskset", "iperf3", "iptables-save", "iptables-restore", "nft"} {
 		if _, err := exec.LookPath(t); err != nil {
 			return fmt.Errorf("the benchmark needs %s: %w", t, err)
 		}
@@ -503,7 +505,7 @@ func (e *env) controlPlane(ctx context.Context, set func(string, float64), fail 
 	memFull, err := e.memory(ctx)
 	if err = errors.Join(memErr, err); err != nil {
 		fail(fmt.Errorf("measuring memory: %w", err), KeyMapBytes, KeyMapMarginal, KeyRulesPort, KeyRuleBytes)
-	} else if e.mode == ModeIptables {
+	} else if slices.Contains(ruleModes, e.mode) {
 		set(KeyRulesPort, float64(memFull.rules-memBase.rules)/ControlPorts)
 		set(KeyRuleBytes, float64(memFull.bytes-memBase.bytes)/ControlPorts)
 	} else {
@@ -547,12 +549,16 @@ func (e *env) controlPlane(ctx context.Context, set func(string, float64), fail 
 }
 
 // memUse is what a datapath holds for its ports: eBPF, the published
-// map's memlock in bytes; iptables, the rules and bytes of iptables-save.
+// map's memlock in bytes; iptables, the rules and bytes of iptables-save;
+// nftables, the rules and bytes of the listing of its table.
 type memUse struct {
 	bytes, rules int64
 }
 
 func (e *env) memory(ctx context.Context) (memUse, error) {
+	if e.mode == ModeNftables {
+		return e.nftMemory(ctx)
+	}
 	if e.mode == ModeIptables {
 		out, err := e.topo.Host.Command(ctx, "iptables-save").Output()
 		if err != nil {
@@ -581,6 +587,37 @@ func (e *env) memory(ctx context.Context) (memUse, error) {
 		return memUse{}, errors.New("the kernel does not report the published map's memlock")
 	}
 	return memUse{bytes: int64(ml)}, nil
+}
+
+// nftMemory is memory for the nftables datapath: the bytes of
+// `nft list table`, and its rules, the lines a handle listing numbers
+// that are neither a table, a chain, a map nor a set.
+func (e *env) nftMemory(ctx context.Context) (memUse, error) {
+	d, ok := e.dp.(*nftables.Datapath)
+	if !ok {
+		return memUse{}, fmt.Errorf("the %s datapath is not an nftables one", e.mode)
+	}
+	out, err := e.topo.Host.Command(ctx, "nft", "list", "table", "ip", d.Table()).Output()
+	if err != nil {
+		return memUse{}, fmt.Errorf("listing the nftables table: %w", err)
+	}
+	u := memUse{bytes: int64(len(out))}
+	out, err = e.topo.Host.Command(ctx, "nft", "-a", "list", "table", "ip", d.Table()).Output()
+	if err != nil {
+		return memUse{}, fmt.Errorf("listing the nftables table: %w", err)
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		l = strings.TrimSpace(l)
+		if !strings.Contains(l, "# handle ") {
+			continue
+		}
+		switch strings.SplitN(l, " ", 2)[0] {
+		case "table", "chain", "map", "set":
+			continue
+		}
+		u.rules++
+	}
+	return u, nil
 }
 
 // newEnv builds a lab with one container and one external host, starts
@@ -623,7 +660,7 @@ func newEnv(ctx context.Context, opts *Options, m Mode, ctSize uint32) (*env, er
 			}
 			e.state = s
 			// The same checks as bpfnet run's, on the state with its ports.
-			if m != ModeIptables {
+			if m != ModeIptables && m != ModeNftables {
 				e.pin = lab.PinDir(topo.Prefix, "bench")
 			}
 			return datapath.Preflight(e.ports(nil), datapath.PreflightOptions{PinPath: e.pin})
@@ -633,9 +670,15 @@ func newEnv(ctx context.Context, opts *Options, m Mode, ctSize uint32) (*env, er
 		}
 		switch m {
 		case ModeIptables:
-			d, err := datapath.NewIptables(datapath.IptablesOptions{Netns: topo.Host.Path})
+			d, err := iptables.New(iptables.Options{Netns: topo.Host.Path})
 			if err != nil {
 				return e, fmt.Errorf("starting the iptables datapath: %w", err)
+			}
+			e.dp = d
+		case ModeNftables:
+			d, err := nftables.New(nftables.Options{Netns: topo.Host.Path})
+			if err != nil {
+				return e, fmt.Errorf("starting the nftables datapath: %w", err)
 			}
 			e.dp = d
 		default:

@@ -93,8 +93,8 @@ func TestSummary(t *testing.T) {
 	if rr.Key != KeyBulk1 {
 		t.Fatalf("first scenario is %s, want %s", rr.Key, KeyBulk1)
 	}
-	// ebpf is mode 3, iptables 2, routing 1, ebpf-redirect 4.
-	want := map[string]float64{"ebpf/iptables": 1.5, "ebpf/routing": 3, "ebpf/ebpf-redirect": 0.75}
+	// ebpf is mode 3, iptables 2, routing 1, ebpf-redirect 4, nftables 5.
+	want := map[string]float64{"ebpf/iptables": 1.5, "ebpf/routing": 3, "ebpf/ebpf-redirect": 0.75, "ebpf/nftables": 0.6}
 	for k, v := range want {
 		if got := rr.Ratios[k]; math.Abs(got-v) > 1e-9 {
 			t.Errorf("ratio %s = %v, want %v", k, got, v)
@@ -102,7 +102,7 @@ func TestSummary(t *testing.T) {
 	}
 	for _, s := range sum {
 		if s.Key == KeyRulesPort && len(s.Ratios) != 0 {
-			t.Errorf("%s has ratios %v though only iptables has the figure", s.Key, s.Ratios)
+			t.Errorf("%s has ratios %v though only the rule modes (iptables, nftables) have the figure", s.Key, s.Ratios)
 		}
 	}
 }

@@ -9,12 +9,14 @@ import (
 	"testing"
 
 	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/datapath/iptables"
+	"github.com/bpfnet/bpfnet/datapath/nftables"
 	"github.com/bpfnet/bpfnet/lab"
 )
 
 // controlPlaneModes are the datapaths the control-plane figures are taken
 // for through the daemon's reconcile.
-var controlPlaneModes = []Mode{ModeEBPF, ModeIptables}
+var controlPlaneModes = []Mode{ModeEBPF, ModeIptables, ModeNftables}
 
 // TestControlPlane takes the control-plane figures for every datapath in a
 // lab: the timings are all set and none failed, publishing and removing
@@ -33,13 +35,20 @@ func TestControlPlane(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if mode == ModeIptables {
-				d, err := datapath.NewIptables(datapath.IptablesOptions{Netns: topo.Host.Path})
+			switch mode {
+			case ModeIptables:
+				d, err := iptables.New(iptables.Options{Netns: topo.Host.Path})
 				if err != nil {
 					t.Fatal(err)
 				}
 				e.dp = d
-			} else {
+			case ModeNftables:
+				d, err := nftables.New(nftables.Options{Netns: topo.Host.Path})
+				if err != nil {
+					t.Fatal(err)
+				}
+				e.dp = d
+			default:
 				pin, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-bench-")
 				if err != nil {
 					t.Fatal(err)

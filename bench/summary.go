@@ -26,14 +26,21 @@ const (
 	// the fast-path redirects; the external host addresses the container
 	// as with routing. The ceiling of the eBPF design.
 	ModeRedirect Mode = "ebpf-redirect"
+	// ModeNftables is Docker 29's NAT with --firewall-backend=nftables:
+	// the same rule plan as ModeIptables, as one nftables table.
+	ModeNftables Mode = "nftables"
 )
 
 // Modes lists every mode in the order each run measures them.
-var Modes = []Mode{ModeRouting, ModeIptables, ModeEBPF, ModeRedirect}
+var Modes = []Mode{ModeRouting, ModeIptables, ModeEBPF, ModeRedirect, ModeNftables}
 
 // natModes are the modes with a datapath to program: the control-plane
 // figures apply to them.
-var natModes = []Mode{ModeIptables, ModeEBPF, ModeRedirect}
+var natModes = []Mode{ModeIptables, ModeEBPF, ModeRedirect, ModeNftables}
+
+// ruleModes are the modes made of firewall rules: the rules-per-port
+// figures apply to them.
+var ruleModes = []Mode{ModeIptables, ModeNftables}
 
 // Scenario is one figure the benchmark reports.
 type Scenario struct {
@@ -116,8 +123,8 @@ func Scenarios() []Scenario {
 		Scenario{Key: KeyRange, Name: "publish a 10,000-port range (1 Apply)", Unit: "ms", LowerIsBetter: true, Modes: natModes},
 		Scenario{Key: KeyMapBytes, Name: "published map memlock / entries at 10,000", Unit: "B/port", LowerIsBetter: true, Modes: ebpfModes},
 		Scenario{Key: KeyMapMarginal, Name: "published map memlock, marginal", Unit: "B/port", LowerIsBetter: true, Modes: ebpfModes},
-		Scenario{Key: KeyRulesPort, Name: "iptables rules per port", Unit: "rules/port", LowerIsBetter: true, Modes: []Mode{ModeIptables}},
-		Scenario{Key: KeyRuleBytes, Name: "iptables-save text per port", Unit: "B/port", LowerIsBetter: true, Modes: []Mode{ModeIptables}},
+		Scenario{Key: KeyRulesPort, Name: "rules per port (iptables, nftables)", Unit: "rules/port", LowerIsBetter: true, Modes: ruleModes},
+		Scenario{Key: KeyRuleBytes, Name: "iptables-save / nft list text per port", Unit: "B/port", LowerIsBetter: true, Modes: ruleModes},
 	)
 	return s
 }
@@ -158,7 +165,7 @@ func Ratio(a, b Stat) (r float64, ok bool) {
 
 // RatioPairs are the ratios the table and chart show: ebpf over each
 // other mode.
-var RatioPairs = [][2]Mode{{ModeEBPF, ModeIptables}, {ModeEBPF, ModeRouting}, {ModeEBPF, ModeRedirect}}
+var RatioPairs = [][2]Mode{{ModeEBPF, ModeIptables}, {ModeEBPF, ModeRouting}, {ModeEBPF, ModeRedirect}, {ModeEBPF, ModeNftables}}
 
 // RatioName is how a ratio is keyed in the JSON and labelled.
 func RatioName(p [2]Mode) string { return string(p[0]) + "/" + string(p[1]) }

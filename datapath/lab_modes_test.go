@@ -21,9 +21,10 @@ const (
 	modeEBPFFast = "ebpf-fastpath"
 	modeEBPFSlow = "ebpf-slowpath"
 	modeIptables = "iptables"
+	modeNftables = "nftables"
 )
 
-var modes = []string{modeEBPFFast, modeEBPFSlow, modeIptables}
+var modes = []string{modeEBPFFast, modeEBPFSlow, modeIptables, modeNftables}
 
 // modeLab is a lab topology with one of the datapaths in its host
 // namespace.
@@ -44,12 +45,15 @@ func startMode(t *testing.T, mode string, cfg lab.Config, ports ...string) *mode
 	case modeEBPFFast, modeEBPFSlow:
 		l := startLabWith(t, cfg, Options{FastPath: mode == modeEBPFFast}, ports...)
 		return &modeLab{topo: l.topo, dp: l.dp}
-	case modeIptables:
+	case modeIptables, modeNftables:
 	default:
 		t.Fatalf("unknown datapath mode %q", mode)
 	}
 	topo := lab.Setup(t, cfg)
-	dp, err := NewIptables(IptablesOptions{Netns: topo.Host.Path})
+	if newRuleDatapath[mode] == nil {
+		t.Fatalf("no %s datapath registered (datapaths_ext_test.go)", mode)
+	}
+	dp, err := newRuleDatapath[mode](topo.Host.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,22 +235,23 @@ func (m *modeLab) dropped(t *testing.T, reason DropReason) uint64 {
 			t.Fatal(err)
 		}
 		return d[reason]
-	case *Iptables:
-		chain := map[DropReason]string{DropNotPublished: chainDocker, DropIsolation: chainIso2}[reason]
-		if chain == "" {
-			t.Fatalf("no iptables rule stands for drop reason %s", reason)
-		}
-		return iptablesDrops(t, m.topo.Host, dp.opts.ChainPrefix+chain)
+	}
+	if drops := ruleDrops[m.dp.Name()]; drops != nil {
+		return drops(t, m.topo.Host, reason)
 	}
 	t.Fatalf("datapath %T has no drop counters", m.dp)
 	return 0
 }
 
-// iptablesDrops sums the packet counters of the DROP rules of a filter
-// chain in ns.
+// iptablesDrops sums the packet counters of the DROP rules of a chain in
+// ns: a filter chain, or TABLE:CHAIN for another table.
 func iptablesDrops(t *testing.T, ns *lab.Namespace, chain string) uint64 {
 	t.Helper()
-	out, err := ns.Run(context.Background(), "iptables-save", "-c", "-t", "filter")
+	table := "filter"
+	if tb, c, ok := strings.Cut(chain, ":"); ok {
+		table, chain = tb, c
+	}
+	out, err := ns.Run(context.Background(), "iptables-save", "-c", "-t", table)
 	if err != nil {
 		t.Fatal(err)
 	}

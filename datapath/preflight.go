@@ -29,7 +29,7 @@ type PreflightOptions struct {
 // has the IPv4 address masquerade leaves with, that neither a masqueraded
 // network nor a --masquerade CIDR covers an uplink's own address, and
 // that the pin path is on bpffs. It changes nothing. Callers run it
-// before NewEBPF or NewIptables; Apply itself only validates, as the
+// before NewEBPF or iptables.New; Apply itself only validates, as the
 // iptables datapath also programs states of namespaces the caller is not
 // in.
 func Preflight(s State, o PreflightOptions) error {

@@ -112,7 +112,7 @@ func TestDaemonDockerMode(t *testing.T) {
 }
 
 // datapaths are the datapaths `bpfnet run --docker` is tested with.
-var datapaths = []string{"ebpf", "iptables"}
+var datapaths = []string{"ebpf", "iptables", "nftables"}
 
 // TestDaemonDockerRestart runs `bpfnet run --docker --datapath X` for every
 // datapath: a container restarted with a new address answers on its
@@ -121,10 +121,7 @@ var datapaths = []string{"ebpf", "iptables"}
 func TestDaemonDockerRestart(t *testing.T) {
 	requireRoot(t)
 	requireTools(t, "dockerd", "containerd", "runc", "nsenter", "unshare")
-	bin := filepath.Join(t.TempDir(), "bpfnet")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/bpfnet").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := lab.BuildBpfnet(t)
 	for _, dp := range datapaths {
 		t.Run(dp, func(t *testing.T) {
 			sweepStale(t)

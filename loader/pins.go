@@ -23,6 +23,7 @@ import (
 //	<base>/warnings                                      warnings record (WarningsRecord)
 //	<base>/host-firewall                                 host firewall record (HostFirewallRecord)
 //	<base>/iptables                                      iptables datapath marker (IptablesMarker)
+//	<base>/nftables                                      nftables datapath marker (NftablesMarker)
 //
 // Interface and program names are escaped with [EscapeName].
 
@@ -94,6 +95,9 @@ func HostFirewallRecord(base string) string { return filepath.Join(base, "host-f
 // rules, so that `bpfnet down` removes them (bpffs takes folders, not
 // files).
 func IptablesMarker(base string) string { return filepath.Join(base, "iptables") }
+
+// NftablesMarker is IptablesMarker for the nftables datapath's table.
+func NftablesMarker(base string) string { return filepath.Join(base, "nftables") }
 
 var (
 	escaper   = strings.NewReplacer("%", "%25", ".", "%2e")

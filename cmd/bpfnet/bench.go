@@ -50,7 +50,7 @@ and the latency of new connections made during it.
 
 Modes: routing (no datapath; the external host routes to the container's
 address: the ceiling), iptables (Docker's NAT rules, kernel only),
-ebpf (bpfnet with the fast path) and ebpf-redirect (bpfnet redirecting
+nftables (the same rules as Docker 29's nftables table), ebpf (bpfnet with the fast path) and ebpf-redirect (bpfnet redirecting
 only, no NAT; the external host addresses the container). Each mode runs in
 a fresh lab, and the modes are interleaved run by run. Load generators and
 servers are pinned to different cores. While it runs, bench holds
@@ -67,7 +67,7 @@ bbr: without the fq qdisc bbr paces with a timer per burst, which on a VM
 caps every mode alike (see docs/benchmarks.md).
 
 The table goes to stdout (median [min-max] of the runs, and the ratios
-ebpf/iptables, ebpf/routing, ebpf/ebpf-redirect); progress to stderr.`,
+ebpf/iptables, ebpf/routing, ebpf/ebpf-redirect, ebpf/nftables); progress to stderr.`,
 		Example: `  bpfnet bench --quick
   bpfnet bench --json docs/bench.json --plot docs/benchmarks.svg
   bpfnet bench --render docs/bench.json --plot docs/benchmarks.svg`,
@@ -112,7 +112,7 @@ ebpf/iptables, ebpf/routing, ebpf/ebpf-redirect); progress to stderr.`,
 	fl.StringVar(&f.render, "render", "", "measure nothing: read a report that --json wrote, print its table and draw its chart (--plot)")
 	fl.BoolVar(&f.idle, "allow-idle", false, "let idle CPUs enter idle states instead of polling during the run")
 	fl.StringVar(&f.cc, "congestion-control", bench.CongestionAuto, "TCP congestion control of the lab's endpoints (auto: cubic, else reno; or one of net.ipv4.tcp_allowed_congestion_control)")
-	fl.StringSliceVar(&f.modes, "mode", nil, "measure only these modes (routing, iptables, ebpf, ebpf-redirect)")
+	fl.StringSliceVar(&f.modes, "mode", nil, "measure only these modes (routing, iptables, ebpf, ebpf-redirect, nftables)")
 	fl.BoolVar(&f.flood, "flood", false, "also measure a SYN flood from forged sources at a published port (iptables and ebpf): rate, table use, established flows kept, new-connection latency")
 	fl.IntVar(&f.syns, "flood-syns", 100000, "SYNs of the --flood measurement")
 	return cmd

@@ -7,11 +7,13 @@ import (
 	"os"
 
 	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/datapath/iptables"
+	"github.com/bpfnet/bpfnet/datapath/nftables"
 	"github.com/bpfnet/bpfnet/loader"
 )
 
 // datapaths are the names --datapath takes, the default first.
-var datapaths = []string{"ebpf", "iptables"}
+var datapaths = []string{"ebpf", "iptables", "nftables"}
 
 // newDatapath builds the datapath of that name. applied, when not nil, is
 // run after its first Apply: it records under the pin path what `bpfnet
@@ -25,11 +27,17 @@ func newDatapath(name string, opts datapath.Options) (dp datapath.Datapath, appl
 		}
 		return d, nil, nil
 	case "iptables":
-		d, err := datapath.NewIptables(datapath.IptablesOptions{})
+		d, err := iptables.New(iptables.Options{})
 		if err != nil {
 			return nil, nil, err
 		}
 		return d, func() error { return os.MkdirAll(iptablesMarker(opts.PinPath), 0o700) }, nil
+	case "nftables":
+		d, err := nftables.New(nftables.Options{})
+		if err != nil {
+			return nil, nil, err
+		}
+		return d, func() error { return os.MkdirAll(nftablesMarker(opts.PinPath), 0o700) }, nil
 	}
 	return nil, nil, fmt.Errorf("unknown datapath %q", name)
 }
@@ -38,3 +46,6 @@ func newDatapath(name string, opts datapath.Options) (dp datapath.Datapath, appl
 // holds rules, so that `bpfnet down` removes them (bpffs takes folders,
 // not files).
 func iptablesMarker(pinPath string) string { return loader.IptablesMarker(pinPath) }
+
+// nftablesMarker is iptablesMarker for the nftables datapath's table.
+func nftablesMarker(pinPath string) string { return loader.NftablesMarker(pinPath) }

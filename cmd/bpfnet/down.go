@@ -8,7 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/datapath/iptables"
+	"github.com/bpfnet/bpfnet/datapath/nftables"
 	"github.com/bpfnet/bpfnet/loader"
 )
 
@@ -23,12 +24,21 @@ func newDownCmd() *cobra.Command {
 				return nil
 			}
 			if _, err := os.Stat(iptablesMarker(pinPath)); err == nil {
-				dp, err := datapath.NewIptables(datapath.IptablesOptions{})
+				dp, err := iptables.New(iptables.Options{})
 				if err == nil {
 					err = dp.Remove()
 				}
 				if err != nil {
 					return fmt.Errorf("removing the iptables rules: %w", err)
+				}
+			}
+			if _, err := os.Stat(nftablesMarker(pinPath)); err == nil {
+				dp, err := nftables.New(nftables.Options{})
+				if err == nil {
+					err = dp.Remove()
+				}
+				if err != nil {
+					return fmt.Errorf("removing the nftables table: %w", err)
 				}
 			}
 			if err := loader.DetachAll(pinPath); err != nil {

@@ -545,3 +545,61 @@ func greetServer(t *testing.T, ns *lab.Namespace, addr string, echo bool) {
 		}
 	})
 }
+
+// TestRunNftables is TestRunIptables with the nftables datapath: the
+// published port answers through the nftables table, and `bpfnet down`
+// deletes that table and leaves a foreign one.
+func TestRunNftables(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t)
+	topo := lab.Setup(t, lab.Config{Containers: []lab.ContainerConfig{{}}})
+	c0, ext := topo.Containers[0], topo.Externals[0]
+	pin := pinPath(t, topo, bin, "bpfnet-nft-")
+	greetServer(t, &c0.Namespace, c0.Addr.String()+":80", false)
+	if out, err := topo.Host.Command(context.Background(), "nft", "add table ip foreign").CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v %s", err, out)
+	}
+	cmd := topo.Host.Command(context.Background(), bin, "run", "--datapath", "nftables", "--pin-path", pin,
+		"--bridge", topo.Bridges[0].Name, "--uplink", ext.Uplink, "--publish", fmt.Sprintf("8080:%s:80", c0.Addr))
+	ready := readyWatch(t, cmd)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	c, err := ext.DialTCP(ctx, ext.HostAddr.String()+":8080")
+	if err != nil {
+		t.Fatalf("published port through nftables: %v", err)
+	}
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	c.Close()
+	if strings.TrimSpace(line) != ext.Addr.String() {
+		t.Errorf("container saw %q, want the client %s", line, ext.Addr)
+	}
+	list := func() string {
+		out, err := topo.Host.Command(context.Background(), "nft", "list", "ruleset").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out)
+	}
+	if s := list(); !strings.Contains(s, "table ip bpfnet-bridges") || !strings.Contains(s, "tcp dport 8080 counter") ||
+		!strings.Contains(s, "dnat to "+c0.Addr.String()+":80") {
+		t.Errorf("the ruleset lacks the table or its DNAT rule:\n%s", s)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("bpfnet run: %v", err)
+	}
+	if out, err := topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).CombinedOutput(); err != nil {
+		t.Fatalf("bpfnet down: %v %s", err, out)
+	}
+	s := list()
+	if strings.Contains(s, "bpfnet-bridges") {
+		t.Errorf("table left after bpfnet down:\n%s", s)
+	}
+	if !strings.Contains(s, "table ip foreign") {
+		t.Errorf("the foreign table went with bpfnet down:\n%s", s)
+	}
+}

@@ -87,7 +87,7 @@ func TestRunRefusesBadState(t *testing.T) {
 			nil, nil, offBPFFS,
 			fmt.Sprintf("pin path %s is not on bpffs (%s is on another filesystem; mount one with mount -t bpf bpf /sys/fs/bpf)", offBPFFS, filepath.Dir(offBPFFS))},
 	} {
-		for _, dp := range []string{"ebpf", "iptables"} {
+		for _, dp := range datapaths {
 			t.Run(tc.name+"/"+dp, func(t *testing.T) {
 				args := func(extra []string, pin string) []string {
 					a := []string{"run", "--datapath", dp, "--pin-path", pin, "--metrics-addr", ""}

@@ -29,7 +29,7 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{[]string{}, "at least one --bridge"},
 		{[]string{"--bridge", "bpfnet-no-such-bridge0"}, "bpfnet-no-such-bridge0"},
 		{[]string{"--docker", "--bridge", "br0"}, "for standalone mode"},
-		{[]string{"--bridge", "br0", "--datapath", "nftables"}, "invalid --datapath"},
+		{[]string{"--bridge", "br0", "--datapath", "pf"}, "invalid --datapath"},
 		{[]string{"--bridge", "br0", "--container", "web"}, "invalid --container"},
 		{[]string{"--bridge", "br0", "--metrics-addr", "not-an-address"}, "invalid --metrics-addr"},
 		{[]string{"--bridge", "br0", "--allow-foreign-source", "web"}, "invalid --allow-foreign-source"},

@@ -1,12 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
 
-package datapath
+// Package iptables is the iptables implementation of datapath.Datapath:
+// the rules Docker 20.10-28 installs with --userland-proxy=false, rendered
+// from the plan of package datapath/rules into chains of its own, and
+// applied with iptables-restore, one table at a time. It works with the
+// nft and the legacy iptables backends; it needs the iptables binaries and
+// the nat, filter and raw tables, and does not do IPv6.
+package iptables
 
 import (
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,11 +24,13 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/datapath/rules"
 	"github.com/vishvananda/netns"
 )
 
-// IptablesOptions are the settings of the iptables datapath.
-type IptablesOptions struct {
+// Options are the settings of the iptables datapath.
+type Options struct {
 	// ChainPrefix starts the name of every chain the datapath creates, so
 	// that it never touches anyone else's (default "BPFNET-": the chains
 	// are BPFNET-DOCKER, BPFNET-DOCKER-USER, BPFNET-ISOLATION-STAGE-1 and
@@ -75,7 +84,7 @@ type IptablesOptions struct {
 //	FORWARD -o <bridge> -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 //	FORWARD -o <bridge> -j DOCKER
 //	FORWARD -i <bridge> ! -o <bridge> -j ACCEPT
-//	FORWARD -i <bridge> -o <bridge> -j ACCEPT
+//	FORWARD -i <bridge> -o <bridge> -j ACCEPT   (DROP with enable_icc=false)
 //	DOCKER  -d <cip>/32 ! -i <bridge> -o <bridge> -p <proto> --dport <cport> -j ACCEPT
 //	DOCKER  ! -i <bridge> -o <bridge> -j DROP
 //	ISOLATION-STAGE-1 -i <bridge> ! -o <bridge> -j ISOLATION-STAGE-2, then RETURN
@@ -87,8 +96,19 @@ type IptablesOptions struct {
 // (it is the rule Docker 28 adds), so that unpublished container ports are
 // not reachable from outside whatever the host's FORWARD policy.
 //
+// An internal network gets neither the isolation stages nor DOCKER, but
+// the two drops of Docker's internal networks at the top of ISOLATION-STAGE-1:
+//
+//	ISOLATION-STAGE-1 ! -s <subnet> -o <bridge> -j DROP
+//	ISOLATION-STAGE-1 ! -d <subnet> -i <bridge> -j DROP
+//
+// The raw table gets Docker's drops of direct access, before any NAT:
+//
+//	PREROUTING -d <cip>/32 ! -i <bridge> -j DROP   (a masqueraded container with a published port)
+//	PREROUTING -d 127.0.0.1/32 ! -i lo -p <proto> --dport <hport> -j DROP   (a port bound to loopback)
+//
 // Rules in built-in chains go at their top, in the order above, and carry
-// the comment of IptablesOptions.Comment.
+// the comment of Options.Comment.
 //
 // Apply also sets net.ipv4.ip_forward=1 and, on the bridges of containers
 // with a port bound to a loopback address, net.ipv4.conf.<bridge>.route_localnet=1
@@ -96,16 +116,19 @@ type IptablesOptions struct {
 // sets back. Uplinks and HostAddrs of the State are not used: MASQUERADE
 // takes the address of the interface a packet leaves by, and wildcard ports
 // answer on every local address (addrtype LOCAL), as with Docker.
-type Iptables struct {
-	opts IptablesOptions
+type Datapath struct {
+	opts Options
 
 	mu sync.Mutex
 	// localnet holds, by bridge, the route_localnet value Apply found
 	// before setting it to 1.
 	localnet map[string]string
+	// applied is the last state applied (nil before the first Apply and
+	// after Remove); PublishPorts and UnpublishPorts change it.
+	applied *datapath.State
 }
 
-var _ Datapath = (*Iptables)(nil)
+var _ datapath.Datapath = (*Datapath)(nil)
 
 var (
 	chainPrefixRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,10}$`)
@@ -120,9 +143,9 @@ const (
 	chainIso2   = "ISOLATION-STAGE-2"
 )
 
-// NewIptables checks the options and that the binaries are there. Nothing
+// New checks the options and that the binaries are there. Nothing
 // is changed until Apply.
-func NewIptables(opts IptablesOptions) (*Iptables, error) {
+func New(opts Options) (*Datapath, error) {
 	opts = opts.withDefaults()
 	if !chainPrefixRe.MatchString(opts.ChainPrefix) {
 		return nil, fmt.Errorf("iptables chain prefix %q: want 1 to 11 letters, digits, '-' or '_'", opts.ChainPrefix)
@@ -142,11 +165,11 @@ func NewIptables(opts IptablesOptions) (*Iptables, error) {
 			return nil, fmt.Errorf("iptables datapath: %w", err)
 		}
 	}
-	return &Iptables{opts: opts, localnet: map[string]string{}}, nil
+	return &Datapath{opts: opts, localnet: map[string]string{}}, nil
 }
 
 // withDefaults fills in the unset options.
-func (o IptablesOptions) withDefaults() IptablesOptions {
+func (o Options) withDefaults() Options {
 	if o.ChainPrefix == "" {
 		o.ChainPrefix = "BPFNET-"
 	}
@@ -162,10 +185,10 @@ func (o IptablesOptions) withDefaults() IptablesOptions {
 	return o
 }
 
-func (d *Iptables) Name() string { return "iptables" }
+func (d *Datapath) Name() string { return "iptables" }
 
 // Close does nothing: the rules stay and keep forwarding.
-func (d *Iptables) Close() error { return nil }
+func (d *Datapath) Close() error { return nil }
 
 // ipRule is a rule: its chain and its arguments, written the way
 // iptables-save prints them back.
@@ -191,17 +214,21 @@ func (t *ipTable) empty() bool {
 var builtinChains = map[string][]string{
 	"nat":    {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
 	"filter": {"INPUT", "FORWARD", "OUTPUT"},
+	"raw":    {"PREROUTING", "OUTPUT"},
 }
 
 // Tables in the order Apply writes them: filter first, so that a new
 // port's ACCEPT is in place when its DNAT appears.
-var ipTables = []string{"filter", "nat"}
+var ipTables = []string{"filter", "nat", "raw"}
 
 // ownChains returns the chains the datapath creates in a table.
-func (o *IptablesOptions) ownChains(table string) []string {
+func (o *Options) ownChains(table string) []string {
 	p := o.ChainPrefix
-	if table == "nat" {
+	switch table {
+	case "nat":
 		return []string{p + chainDocker}
+	case "raw":
+		return nil
 	}
 	// In name order, as iptables-save lists them.
 	return []string{p + chainDocker, p + chainUser, p + chainIso1, p + chainIso2}
@@ -217,22 +244,27 @@ func ifaceArg(name string) error {
 	return nil
 }
 
-// tables computes the rules for s (which must be valid).
-func (o *IptablesOptions) tables(s State) (map[string]*ipTable, error) {
+// tables computes the rules for s (which must be valid): the plan of
+// package rules, written in Docker's iptables layout.
+func (o *Options) tables(s datapath.State) (map[string]*ipTable, error) {
 	for _, n := range s.Networks {
 		if err := ifaceArg(n.Bridge); err != nil {
 			return nil, fmt.Errorf("network %s: %w", n.Name, err)
 		}
+	}
+	plan, err := rules.New(s)
+	if err != nil {
+		return nil, err
 	}
 	p := o.ChainPrefix
 	docker, user, iso1, iso2 := p+chainDocker, p+chainUser, p+chainIso1, p+chainIso2
 	mark := "-m comment --comment " + o.Comment
 	nat := &ipTable{name: "nat", chains: o.ownChains("nat")}
 	filter := &ipTable{name: "filter", chains: o.ownChains("filter")}
+	raw := &ipTable{name: "raw"}
 
-	loopback := slices.ContainsFunc(s.Ports, func(m PortMapping) bool { return m.HostIP.IsLoopback() })
 	nat.builtin = append(nat.builtin, ipRule{"PREROUTING", "-m addrtype --dst-type LOCAL " + mark + " -j " + docker})
-	if loopback {
+	if plan.LoopbackPorts {
 		nat.builtin = append(nat.builtin, ipRule{"OUTPUT", "-m addrtype --dst-type LOCAL " + mark + " -j " + docker})
 	} else {
 		nat.builtin = append(nat.builtin, ipRule{"OUTPUT", "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL " + mark + " -j " + docker})
@@ -240,58 +272,98 @@ func (o *IptablesOptions) tables(s State) (map[string]*ipTable, error) {
 	filter.builtin = append(filter.builtin,
 		ipRule{"FORWARD", mark + " -j " + user},
 		ipRule{"FORWARD", mark + " -j " + iso1})
-	for _, n := range s.Networks {
+	// Rules of published ports, in the order of the state's ports.
+	var hairpin, published []rules.Rule
+	var isoIn, iso1Rules, iso2Rules []ipRule
+	for _, n := range plan.Networks {
 		br := n.Bridge
-		if n.Masquerade {
-			nat.builtin = append(nat.builtin, ipRule{"POSTROUTING", fmt.Sprintf("-s %s ! -o %s %s -j MASQUERADE", n.Subnet.Masked(), br, mark)})
+		for _, r := range plan.Chain(rules.PostroutingOut, br).Rules {
+			if r.Kind == rules.KindMasquerade {
+				nat.builtin = append(nat.builtin, ipRule{"POSTROUTING", fmt.Sprintf("-s %s ! -o %s %s -j MASQUERADE", r.Match.Src, br, mark)})
+			}
 		}
-		nat.builtin = append(nat.builtin, ipRule{"POSTROUTING", fmt.Sprintf("-o %s -m addrtype --src-type LOCAL %s -j MASQUERADE", br, mark)})
-		filter.builtin = append(filter.builtin,
-			ipRule{"FORWARD", fmt.Sprintf("-o %s -m conntrack --ctstate RELATED,ESTABLISHED %s -j ACCEPT", br, mark)},
-			ipRule{"FORWARD", fmt.Sprintf("-o %s %s -j %s", br, mark, docker)},
-			ipRule{"FORWARD", fmt.Sprintf("-i %s ! -o %s %s -j ACCEPT", br, br, mark)},
-			ipRule{"FORWARD", fmt.Sprintf("-i %s -o %s %s -j ACCEPT", br, br, mark)})
-		filter.rules = append(filter.rules, ipRule{iso1, fmt.Sprintf("-i %s ! -o %s -j %s", br, br, iso2)})
+		for _, r := range plan.Chain(rules.PostroutingIn, br).Rules {
+			switch r.Kind {
+			case rules.KindMasqFromHost:
+				nat.builtin = append(nat.builtin, ipRule{"POSTROUTING", fmt.Sprintf("-o %s -m addrtype --src-type LOCAL %s -j MASQUERADE", br, mark)})
+			case rules.KindHairpin:
+				hairpin = append(hairpin, r)
+			}
+		}
+		for _, r := range plan.Chain(rules.ForwardIn, br).Rules {
+			switch r.Kind {
+			case rules.KindEstablished:
+				if !n.Internal {
+					filter.builtin = append(filter.builtin,
+						ipRule{"FORWARD", fmt.Sprintf("-o %s -m conntrack --ctstate RELATED,ESTABLISHED %s -j ACCEPT", br, mark)},
+						ipRule{"FORWARD", fmt.Sprintf("-o %s %s -j %s", br, mark, docker)})
+				}
+			case rules.KindInternalIngress:
+				isoIn = append(isoIn, ipRule{iso1, fmt.Sprintf("! -s %s -o %s -j DROP", n.Subnet.Masked(), br)})
+			case rules.KindPublished:
+				published = append(published, r)
+			case rules.KindIsolation:
+				// Written below as the two isolation stages.
+			}
+		}
+		for _, r := range plan.Chain(rules.ForwardOut, br).Rules {
+			switch r.Kind {
+			case rules.KindOutgoing:
+				filter.builtin = append(filter.builtin, ipRule{"FORWARD", fmt.Sprintf("-i %s ! -o %s %s -j ACCEPT", br, br, mark)})
+			case rules.KindInternalEgress:
+				isoIn = append(isoIn, ipRule{iso1, fmt.Sprintf("! -d %s -i %s -j DROP", n.Subnet.Masked(), br)})
+			}
+		}
+		for _, r := range plan.Chain(rules.ForwardIn, br).Rules {
+			if r.Kind == rules.KindICC {
+				filter.builtin = append(filter.builtin, ipRule{"FORWARD", fmt.Sprintf("-i %s -o %s %s -j %s", br, br, mark, target(r.Verdict))})
+			}
+		}
+		if !n.Internal {
+			iso1Rules = append(iso1Rules, ipRule{iso1, fmt.Sprintf("-i %s ! -o %s -j %s", br, br, iso2)})
+			iso2Rules = append(iso2Rules, ipRule{iso2, fmt.Sprintf("-o %s -j DROP", br)})
+		}
 	}
+	filter.rules = append(filter.rules, isoIn...)
+	filter.rules = append(filter.rules, iso1Rules...)
 	filter.rules = append(filter.rules, ipRule{iso1, "-j RETURN"})
-	for _, n := range s.Networks {
-		filter.rules = append(filter.rules, ipRule{iso2, fmt.Sprintf("-o %s -j DROP", n.Bridge)})
-	}
+	filter.rules = append(filter.rules, iso2Rules...)
 	filter.rules = append(filter.rules, ipRule{iso2, "-j RETURN"}, ipRule{user, "-j RETURN"})
 
-	// Several host ports may lead to one container port: its ACCEPT and
-	// hairpin rules are written once.
-	seen := map[string]bool{}
-	once := func(r ipRule) bool {
-		k := r.chain + " " + r.spec
-		if seen[k] {
-			return false
-		}
-		seen[k] = true
-		return true
+	bySeq := func(a, b rules.Rule) int { return a.Seq - b.Seq }
+	slices.SortStableFunc(hairpin, bySeq)
+	slices.SortStableFunc(published, bySeq)
+	for _, r := range hairpin {
+		m := r.Port
+		nat.builtin = append(nat.builtin, ipRule{"POSTROUTING", fmt.Sprintf("-s %s -d %s -p %s -m %s --dport %d %s -j MASQUERADE",
+			r.Match.Src, r.Match.Dst, m.Proto, m.Proto, r.Match.DPort, mark)})
 	}
-	for _, m := range s.Ports {
-		n, ok := networkOf(s.Networks, m.ContainerIP)
-		if !ok {
-			return nil, fmt.Errorf("port %s: container address %s is in none of the networks", m, m.ContainerIP)
-		}
+	for _, r := range plan.Chain(rules.NatLocal, "").Rules {
 		dst := ""
-		if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
-			dst = fmt.Sprintf("-d %s/32 ", m.HostIP)
+		if r.Match.Dst.IsValid() {
+			dst = fmt.Sprintf("-d %s ", r.Match.Dst)
 		}
-		nat.rules = append(nat.rules, ipRule{docker, fmt.Sprintf("%s-p %s -m %s --dport %d -j DNAT --to-destination %s:%d",
-			dst, m.Proto, m.Proto, m.HostPort, m.ContainerIP, m.ContainerPort)})
-		if r := (ipRule{"POSTROUTING", fmt.Sprintf("-s %s/32 -d %s/32 -p %s -m %s --dport %d %s -j MASQUERADE",
-			m.ContainerIP, m.ContainerIP, m.Proto, m.Proto, m.ContainerPort, mark)}); once(r) {
-			nat.builtin = append(nat.builtin, r)
-		}
-		if r := (ipRule{docker, fmt.Sprintf("-d %s/32 ! -i %s -o %s -p %s -m %s --dport %d -j ACCEPT",
-			m.ContainerIP, n.Bridge, n.Bridge, m.Proto, m.Proto, m.ContainerPort)}); once(r) {
-			filter.rules = append(filter.rules, r)
+		nat.rules = append(nat.rules, ipRule{docker, fmt.Sprintf("%s-p %s -m %s --dport %d -j DNAT --to-destination %s",
+			dst, r.Match.Proto, r.Match.Proto, r.Match.DPort, r.To)})
+	}
+	for _, r := range published {
+		n, _ := networkOf(plan.Networks, r.Match.Dst.Addr())
+		filter.rules = append(filter.rules, ipRule{docker, fmt.Sprintf("-d %s ! -i %s -o %s -p %s -m %s --dport %d -j ACCEPT",
+			r.Match.Dst, n.Bridge, n.Bridge, r.Match.Proto, r.Match.Proto, r.Match.DPort)})
+	}
+	for _, n := range plan.Networks {
+		if !n.Internal {
+			filter.rules = append(filter.rules, ipRule{docker, fmt.Sprintf("! -i %s -o %s -j DROP", n.Bridge, n.Bridge)})
 		}
 	}
-	for _, n := range s.Networks {
-		filter.rules = append(filter.rules, ipRule{docker, fmt.Sprintf("! -i %s -o %s -j DROP", n.Bridge, n.Bridge)})
+	for _, r := range plan.Chain(rules.RawPrerouting, "").Rules {
+		switch r.Kind {
+		case rules.KindDirectAccess:
+			raw.builtin = append(raw.builtin, ipRule{"PREROUTING", fmt.Sprintf("-d %s ! -i %s %s -j DROP", r.Match.Dst, r.Match.InIface, mark)})
+		case rules.KindRemoteLoopback:
+			raw.builtin = append(raw.builtin, ipRule{"PREROUTING", fmt.Sprintf("-d %s ! -i %s -p %s -m %s --dport %d %s -j DROP",
+				r.Match.Dst, r.Match.InIface, r.Match.Proto, r.Match.Proto, r.Match.DPort, mark)})
+		}
 	}
 	// Chain by chain, in the order iptables-save prints them back.
 	for _, t := range []*ipTable{nat, filter} {
@@ -299,7 +371,24 @@ func (o *IptablesOptions) tables(s State) (map[string]*ipTable, error) {
 			return slices.Index(t.chains, a.chain) - slices.Index(t.chains, b.chain)
 		})
 	}
-	return map[string]*ipTable{"nat": nat, "filter": filter}, nil
+	return map[string]*ipTable{"nat": nat, "filter": filter, "raw": raw}, nil
+}
+
+// target is the iptables target of a verdict without arguments.
+func target(v rules.Verdict) string {
+	if v == rules.Drop {
+		return "DROP"
+	}
+	return "ACCEPT"
+}
+
+// networkOf returns the network an address belongs to.
+func networkOf(nets []datapath.Network, a netip.Addr) (datapath.Network, bool) {
+	i := slices.IndexFunc(nets, func(n datapath.Network) bool { return n.Subnet.Contains(a) })
+	if i < 0 {
+		return datapath.Network{}, false
+	}
+	return nets[i], true
 }
 
 // restoreInput is the iptables-restore --noflush input that turns have
@@ -341,7 +430,7 @@ func restoreInput(want, have *ipTable) string {
 // parseSave extracts from iptables-save output of one table what belongs
 // to the datapath: its chains with their rules, and the rules with its
 // comment in built-in chains.
-func (o *IptablesOptions) parseSave(table, out string) *ipTable {
+func (o *Options) parseSave(table, out string) *ipTable {
 	t := &ipTable{name: table}
 	own := o.ownChains(table)
 	in := false
@@ -371,7 +460,7 @@ func (o *IptablesOptions) parseSave(table, out string) *ipTable {
 }
 
 // marked reports whether a rule carries the datapath's comment.
-func (o *IptablesOptions) marked(spec string) bool {
+func (o *Options) marked(spec string) bool {
 	f := strings.Fields(spec)
 	for i := 0; i+1 < len(f); i++ {
 		if f[i] == "--comment" && (f[i+1] == o.Comment || f[i+1] == `"`+o.Comment+`"`) {
@@ -382,7 +471,7 @@ func (o *IptablesOptions) marked(spec string) bool {
 }
 
 // command runs name with args in the datapath's namespace.
-func (d *Iptables) command(ctx context.Context, name string, args ...string) *exec.Cmd {
+func (d *Datapath) command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	if d.opts.Netns == "" {
 		return exec.CommandContext(ctx, name, args...)
 	}
@@ -390,7 +479,7 @@ func (d *Iptables) command(ctx context.Context, name string, args ...string) *ex
 }
 
 // snapshot reads what a table holds of the datapath.
-func (d *Iptables) snapshot(ctx context.Context, table string) (*ipTable, error) {
+func (d *Datapath) snapshot(ctx context.Context, table string) (*ipTable, error) {
 	var stderr bytes.Buffer
 	cmd := d.command(ctx, d.opts.Save, "-t", table)
 	cmd.Stderr = &stderr
@@ -404,7 +493,7 @@ func (d *Iptables) snapshot(ctx context.Context, table string) (*ipTable, error)
 var restoreLineRe = regexp.MustCompile(`line:? (\d+)`)
 
 // restore feeds input to iptables-restore --noflush in one run.
-func (d *Iptables) restore(ctx context.Context, table, input string) error {
+func (d *Datapath) restore(ctx context.Context, table, input string) error {
 	var stderr bytes.Buffer
 	cmd := d.command(ctx, d.opts.Restore, "-w", "--noflush")
 	cmd.Stdin = strings.NewReader(input)
@@ -425,7 +514,7 @@ func (d *Iptables) restore(ctx context.Context, table, input string) error {
 
 // write brings each table from have to want, in the order of ipTables.
 // When a table fails, those already written are put back as they were.
-func (d *Iptables) write(ctx context.Context, want, have map[string]*ipTable) error {
+func (d *Datapath) write(ctx context.Context, want, have map[string]*ipTable) error {
 	var done []string
 	for _, table := range ipTables {
 		w, h := want[table], have[table]
@@ -446,7 +535,7 @@ func (d *Iptables) write(ctx context.Context, want, have map[string]*ipTable) er
 	return nil
 }
 
-func (d *Iptables) snapshots(ctx context.Context) (map[string]*ipTable, error) {
+func (d *Datapath) snapshots(ctx context.Context) (map[string]*ipTable, error) {
 	have := map[string]*ipTable{}
 	for _, table := range ipTables {
 		t, err := d.snapshot(ctx, table)
@@ -461,7 +550,7 @@ func (d *Iptables) snapshots(ctx context.Context) (map[string]*ipTable, error) {
 // Apply replaces the datapath's rules with those of s. An invalid s
 // changes nothing; a table iptables-restore rejects is left as it was, with
 // iptables' message in the error.
-func (d *Iptables) Apply(ctx context.Context, s State) error {
+func (d *Datapath) Apply(ctx context.Context, s datapath.State) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
@@ -478,13 +567,15 @@ func (d *Iptables) Apply(ctx context.Context, s State) error {
 	if err := d.write(ctx, want, have); err != nil {
 		return err
 	}
+	s.Ports = slices.Clone(s.Ports)
+	d.applied = &s
 	return d.sysctls(s)
 }
 
 // Remove deletes the datapath's rules from the built-in chains, then its
 // chains, and sets back the route_localnet values Apply changed. Other
 // rules and chains are left alone; ip_forward stays on.
-func (d *Iptables) Remove() error {
+func (d *Datapath) Remove() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	ctx := context.Background()
@@ -497,12 +588,13 @@ func (d *Iptables) Remove() error {
 		want[table] = &ipTable{name: table}
 	}
 	err = d.write(ctx, want, have)
+	d.applied = nil
 	return errors.Join(err, d.restoreLocalnet(nil))
 }
 
 // sysctls turns forwarding on, and route_localnet on the bridges that
 // serve a port bound to a loopback address (and back off on the others).
-func (d *Iptables) sysctls(s State) error {
+func (d *Datapath) sysctls(s datapath.State) error {
 	need := map[string]bool{}
 	for _, m := range s.Ports {
 		if m.HostIP.IsLoopback() {
@@ -538,7 +630,7 @@ func (d *Iptables) sysctls(s State) error {
 
 // restoreLocalnet sets route_localnet back on the bridges Apply changed and
 // keep does not name. A bridge that is gone is forgotten.
-func (d *Iptables) restoreLocalnet(keep map[string]bool) error {
+func (d *Datapath) restoreLocalnet(keep map[string]bool) error {
 	return d.inNetns(func() error {
 		var errs []error
 		for br, old := range d.localnet {
@@ -579,7 +671,7 @@ func setSysctl(key, value string) error {
 // (/proc/sys/net follows the namespace of the thread that opens a file).
 // If the thread cannot be switched back it stays locked, and the runtime
 // discards it when the goroutine ends.
-func (d *Iptables) inNetns(fn func() error) (err error) {
+func (d *Datapath) inNetns(fn func() error) (err error) {
 	if d.opts.Netns == "" {
 		return fn()
 	}

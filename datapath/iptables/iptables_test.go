@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 
-package datapath
+package iptables
 
 import (
 	"context"
@@ -14,19 +14,20 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bpfnet/bpfnet/datapath"
 	"github.com/bpfnet/bpfnet/lab"
 )
 
 // sampleState has two bridges, the second not masqueraded, and ports of
 // every kind: wildcard, bound to a host address, a range, UDP, and two host
 // ports leading to one container port.
-func sampleState(t *testing.T) State {
-	return State{
-		Networks: []Network{
+func sampleState(t *testing.T) datapath.State {
+	return datapath.State{
+		Networks: []datapath.Network{
 			{Name: "net0", Bridge: "br0", Subnet: netip.MustParsePrefix("172.30.0.0/24"), Gateway: netip.MustParseAddr("172.30.0.1"), Masquerade: true},
 			{Name: "net1", Bridge: "br1", Subnet: netip.MustParsePrefix("172.30.1.0/24"), Gateway: netip.MustParseAddr("172.30.1.1")},
 		},
-		Endpoints: []Endpoint{
+		Endpoints: []datapath.Endpoint{
 			{Container: "c0", Network: "net0", Addr: netip.MustParseAddr("172.30.0.2"), HostVeth: "veth0"},
 			{Container: "c1", Network: "net0", Addr: netip.MustParseAddr("172.30.0.3"), HostVeth: "veth1"},
 			{Container: "c2", Network: "net1", Addr: netip.MustParseAddr("172.30.1.2"), HostVeth: "veth2"},
@@ -96,7 +97,7 @@ COMMIT
 `
 
 func TestIptablesRestoreInput(t *testing.T) {
-	o := IptablesOptions{}.withDefaults()
+	o := Options{}.withDefaults()
 	want, err := o.tables(sampleState(t))
 	if err != nil {
 		t.Fatal(err)
@@ -141,7 +142,7 @@ COMMIT
 `
 
 func TestIptablesParseSave(t *testing.T) {
-	o := IptablesOptions{}.withDefaults()
+	o := Options{}.withDefaults()
 	got := o.parseSave("nat", savedNat)
 	want := &ipTable{
 		name:   "nat",
@@ -158,7 +159,7 @@ func TestIptablesParseSave(t *testing.T) {
 		t.Errorf("parsed\n%+v\nwant\n%+v", got, want)
 	}
 	// Another prefix and comment: nothing there is ours.
-	other := IptablesOptions{ChainPrefix: "X-", Comment: "x"}.withDefaults()
+	other := Options{ChainPrefix: "X-", Comment: "x"}.withDefaults()
 	if got := other.parseSave("nat", savedNat); !got.empty() {
 		t.Errorf("with another prefix and comment, parsed %+v", got)
 	}
@@ -168,7 +169,7 @@ func TestIptablesParseSave(t *testing.T) {
 // chains by their text and inserts the new ones in the same input; Remove
 // flushes, deletes the rules in built-in chains, then the chains.
 func TestIptablesReapplyInput(t *testing.T) {
-	o := IptablesOptions{}.withDefaults()
+	o := Options{}.withDefaults()
 	have := o.parseSave("nat", savedNat)
 	s := sampleState(t)
 	s.Networks = s.Networks[:1]
@@ -210,11 +211,11 @@ COMMIT
 }
 
 func TestIptablesRejects(t *testing.T) {
-	o := IptablesOptions{}.withDefaults()
-	for name, change := range map[string]func(s *State){
-		"port outside the networks": func(s *State) { s.Ports = publish(t, "8080:10.9.9.9:80") },
-		"bridge name with a space":  func(s *State) { s.Networks[1].Bridge = "br 1" },
-		"bridge name like an option": func(s *State) {
+	o := Options{}.withDefaults()
+	for name, change := range map[string]func(s *datapath.State){
+		"port outside the networks": func(s *datapath.State) { s.Ports = publish(t, "8080:10.9.9.9:80") },
+		"bridge name with a space":  func(s *datapath.State) { s.Networks[1].Bridge = "br 1" },
+		"bridge name like an option": func(s *datapath.State) {
 			s.Networks[1].Bridge = "-j"
 		},
 	} {
@@ -224,7 +225,7 @@ func TestIptablesRejects(t *testing.T) {
 			t.Errorf("%s: no error", name)
 		}
 	}
-	for _, opts := range []IptablesOptions{
+	for _, opts := range []Options{
 		{ChainPrefix: "TWELVE-CHARS"},
 		{ChainPrefix: "A B"},
 		{Comment: "two words"},
@@ -232,8 +233,8 @@ func TestIptablesRejects(t *testing.T) {
 		{Netns: "/run/netns/bpfnet-no-such-namespace"},
 		{Restore: "bpfnet-no-such-iptables-restore"},
 	} {
-		if _, err := NewIptables(opts); err == nil {
-			t.Errorf("NewIptables(%+v): no error", opts)
+		if _, err := New(opts); err == nil {
+			t.Errorf("New(%+v): no error", opts)
 		}
 	}
 }
@@ -270,8 +271,13 @@ func keepHostIptables(t *testing.T) {
 }
 
 // foreignRules are other programs' rules, for Apply and Remove to leave
-// alone.
-const foreignRules = `*nat
+// alone. The raw rule also makes the raw table exist before Apply: with
+// the nft backend, a table iptables created stays (empty) after its
+// rules are deleted.
+const foreignRules = `*raw
+-A PREROUTING -s 192.0.2.0/24 -j DROP
+COMMIT
+*nat
 :FOREIGN - [0:0]
 -A POSTROUTING -s 192.0.2.0/24 -j MASQUERADE
 -A PREROUTING -p tcp -m tcp --dport 2222 -m comment --comment other -j DNAT --to-destination 192.0.2.9:22
@@ -301,7 +307,7 @@ func TestIptablesLabApplyRemove(t *testing.T) {
 	run(foreignRules, "iptables-restore", "--noflush")
 	pristine := iptablesSave(t, host)
 
-	dp, err := NewIptables(IptablesOptions{Netns: host.Path})
+	dp, err := New(Options{Netns: host.Path})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,9 +317,9 @@ func TestIptablesLabApplyRemove(t *testing.T) {
 			dp.Remove()
 		}
 	})
-	var s State
+	var s datapath.State
 	err = host.Do(func() error {
-		s, err = Discover([]string{topo.Bridges[0].Name}, nil, nil)
+		s, err = datapath.Discover([]string{topo.Bridges[0].Name}, nil, nil)
 		return err
 	})
 	if err != nil {
@@ -331,7 +337,7 @@ func TestIptablesLabApplyRemove(t *testing.T) {
 	// prints our rules back exactly as we wrote them (so that Remove can
 	// delete them by their text), each once, at the top of the built-in
 	// chains, and the foreign rules are still there.
-	check := func(s State) string {
+	check := func(s datapath.State) string {
 		t.Helper()
 		want, err := dp.opts.tables(s)
 		if err != nil {
@@ -398,7 +404,7 @@ func TestIptablesLabApplyRemove(t *testing.T) {
 	unchanged("a port to no network", dp.Apply(context.Background(), bad), "none of the networks")
 	// iptables itself refuses this one, half-way through the filter input.
 	bad.Ports = good.Ports
-	bad.Networks = append(slices.Clone(good.Networks), Network{Name: "long", Bridge: "a-too-long-bridge-name", Subnet: netip.MustParsePrefix("172.31.0.0/24")})
+	bad.Networks = append(slices.Clone(good.Networks), datapath.Network{Name: "long", Bridge: "a-too-long-bridge-name", Subnet: netip.MustParsePrefix("172.31.0.0/24")})
 	unchanged("an interface name iptables rejects", dp.Apply(context.Background(), bad), "IFNAMSIZ")
 
 	// When the nat table fails after the filter table was written, the
@@ -409,7 +415,7 @@ func TestIptablesLabApplyRemove(t *testing.T) {
 	if err := os.WriteFile(failing, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	dpFail, err := NewIptables(IptablesOptions{Netns: host.Path, Restore: failing})
+	dpFail, err := New(Options{Netns: host.Path, Restore: failing})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -428,7 +434,7 @@ func TestIptablesLabApplyRemove(t *testing.T) {
 	if err := dp.Remove(); err != nil {
 		t.Errorf("second Remove: %v", err)
 	}
-	other, err := NewIptables(IptablesOptions{Netns: host.Path})
+	other, err := New(Options{Netns: host.Path})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -438,7 +444,7 @@ func TestIptablesLabApplyRemove(t *testing.T) {
 	if now := iptablesSave(t, host); now != applied {
 		t.Errorf("Apply by a new datapath gives\n%s\nwant\n%s", now, applied)
 	}
-	fresh, err := NewIptables(IptablesOptions{Netns: host.Path})
+	fresh, err := New(Options{Netns: host.Path})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -456,13 +462,13 @@ func TestIptablesLabLegacy(t *testing.T) {
 	requireRoot(t)
 	lab.RequireTools(t, "iptables-legacy-restore")
 	topo := lab.Setup(t, twoContainers())
-	dp, err := NewIptables(IptablesOptions{Netns: topo.Host.Path, Restore: "iptables-legacy-restore", Save: "iptables-legacy-save"})
+	dp, err := New(Options{Netns: topo.Host.Path, Restore: "iptables-legacy-restore", Save: "iptables-legacy-save"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var s State
+	var s datapath.State
 	err = topo.Host.Do(func() error {
-		s, err = Discover([]string{topo.Bridges[0].Name}, nil, nil)
+		s, err = datapath.Discover([]string{topo.Bridges[0].Name}, nil, nil)
 		return err
 	})
 	if err != nil {
@@ -493,48 +499,27 @@ func TestIptablesLabLegacy(t *testing.T) {
 	}
 }
 
-// TestIptablesLabLoopbackIsolation: a port bound to 127.0.0.1 answers the
-// host itself (route_localnet on, the source masqueraded to the gateway),
-// and containers of two bridges cannot reach each other.
-func TestIptablesLabLoopbackIsolation(t *testing.T) {
-	requireRoot(t)
-	keepHostIptables(t)
-	cfg := lab.Config{
-		Bridges:    []lab.BridgeConfig{{}, {}},
-		Containers: []lab.ContainerConfig{{Bridge: 0}, {Bridge: 1}},
-	}
-	m := startMode(t, modeIptables, cfg, "127.0.0.1:8080:172.30.0.2:80")
-	c0, c1, ext := m.topo.Containers[0], m.topo.Containers[1], m.topo.Externals[0]
-	echoTCP(t, &c0.Namespace, c0.Addr.String()+":80")
-	echoTCP(t, &c1.Namespace, c1.Addr.String()+":80")
-	br0 := m.topo.Bridges[0]
-	key := "net/ipv4/conf/" + br0.Name + "/route_localnet"
-	if v, err := m.topo.Host.ReadSysctl(key); err != nil || v != "1" {
-		t.Errorf("route_localnet on %s is %q (%v), want 1", br0.Name, v, err)
-	}
-	if got := tcpExchange(t, m.topo.Host, "127.0.0.1:8080", 1000); got != br0.Gateway.String() {
-		t.Errorf("from the host to 127.0.0.1:8080 the container saw %s, want the gateway %s", got, br0.Gateway)
-	}
-	// From outside, the host has no socket on that port: a RST.
-	mustBeRefused(t, &ext.Namespace, ext.HostAddr.String()+":8080", "a port bound to 127.0.0.1, from outside")
-	// Another bridge's container: ISOLATION-STAGE-2 drops the SYN, while
-	// the host reaches the same container port.
-	mustBeDropped(t, m.dropped, &c1.Namespace, c0.Addr.String()+":80", DropIsolation, "a container of another bridge")
-	if got := tcpExchange(t, m.topo.Host, c0.Addr.String()+":80", 100); got != br0.Gateway.String() {
-		t.Errorf("from the host to %s:80 the container saw %s, want the gateway %s", c0.Addr, got, br0.Gateway)
-	}
-	// Each bridge still reaches the outside.
-	echoTCP(t, &ext.Namespace, ext.Addr.String()+":9000")
-	for _, c := range m.topo.Containers {
-		if got := tcpExchange(t, &c.Namespace, ext.Addr.String()+":9000", 100); got != ext.HostAddr.String() {
-			t.Errorf("%s: external server saw %s", c.Name, got)
+// publish parses --publish specs.
+func publish(t *testing.T, specs ...string) []datapath.PortMapping {
+	t.Helper()
+	var out []datapath.PortMapping
+	for _, s := range specs {
+		m, err := datapath.ParsePublish(s)
+		if err != nil {
+			t.Fatal(err)
 		}
+		out = append(out, m...)
 	}
-	// Without the loopback port, route_localnet is set back.
-	if err := m.apply(nil); err != nil {
-		t.Fatal(err)
-	}
-	if v, err := m.topo.Host.ReadSysctl(key); err != nil || v != "0" {
-		t.Errorf("route_localnet on %s is %q (%v) once no port is bound to loopback, want 0", br0.Name, v, err)
+	return out
+}
+
+func twoContainers() lab.Config {
+	return lab.Config{Containers: []lab.ContainerConfig{{}, {}}}
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
 	}
 }

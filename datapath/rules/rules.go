@@ -1,0 +1,270 @@
+// SPDX-License-Identifier: Apache-2.0
+
+// Package rules is the plan of the firewall rules Docker installs for a
+// datapath.State with --userland-proxy=false: the chains, their rules and
+// the rules' order, as data. It is built once from the State, in pure Go,
+// and read by the renderers datapath/iptables (Docker 20.10-28's iptables
+// layout) and datapath/nftables (Docker 29's --firewall-backend=nftables
+// table), so that both install the same behaviour.
+//
+// The plan is laid out the way Docker 29 lays out its nftables table,
+// which is the most direct statement of what Docker filters: per bridge, a
+// chain for packets forwarded into the bridge (ForwardIn), one for packets
+// forwarded out of it (ForwardOut), one for packets routed out through it
+// (PostroutingIn) and one for packets routed in from it (PostroutingOut);
+// one chain of DNAT rules for the published ports (NatLocal) and the raw
+// table's drops of direct access (RawPrerouting). A renderer places each
+// rule by its Kind.
+//
+// The package needs no kernel and changes nothing; it does not do IPv6.
+package rules
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/bpfnet/bpfnet/datapath"
+)
+
+// ChainKind names a chain of the plan.
+type ChainKind string
+
+const (
+	// ForwardIn holds the filter rules of packets forwarded into a bridge.
+	ForwardIn ChainKind = "filter-forward-in"
+	// ForwardOut holds the filter rules of packets forwarded out of a bridge.
+	ForwardOut ChainKind = "filter-forward-out"
+	// PostroutingIn holds the source NAT of packets leaving through a bridge.
+	PostroutingIn ChainKind = "nat-postrouting-in"
+	// PostroutingOut holds the source NAT of packets that came from a bridge.
+	PostroutingOut ChainKind = "nat-postrouting-out"
+	// NatLocal holds the DNAT rules of the published ports, reached from
+	// PREROUTING and OUTPUT for packets to a local address.
+	NatLocal ChainKind = "nat-prerouting-and-output"
+	// RawPrerouting holds the drops of packets that reach a container's
+	// address, or a loopback-bound port, from where they should not.
+	RawPrerouting ChainKind = "raw-PREROUTING"
+)
+
+// Kind says why a rule is there; renderers place rules by it.
+type Kind string
+
+const (
+	KindIsolation       Kind = "ISOLATION"                // from another bridge: drop
+	KindEstablished     Kind = "ESTABLISHED"              // ct state established,related: accept
+	KindInternalIngress Kind = "INTERNAL NETWORK INGRESS" // internal network, from outside it: drop
+	KindInternalEgress  Kind = "INTERNAL NETWORK EGRESS"  // internal network, to outside it: drop
+	KindICC             Kind = "ICC"                      // between containers of one bridge: accept or drop
+	KindPublished       Kind = "PUBLISHED"                // to a published container port: accept
+	KindUnpublished     Kind = "UNPUBLISHED PORT DROP"    // into the bridge otherwise: drop
+	KindOutgoing        Kind = "OUTGOING"                 // out of the bridge: accept
+	KindMasqFromHost    Kind = "MASQUERADE FROM HOST"     // from a local address into the bridge
+	KindHairpin         Kind = "MASQ TO OWN PORT"         // a container to its own published port
+	KindMasquerade      Kind = "MASQUERADE"               // the subnet leaving the host
+	KindDNAT            Kind = "DNAT"                     // a published port
+	KindDirectAccess    Kind = "DROP DIRECT ACCESS"       // a published container's address from outside its bridge
+	KindRemoteLoopback  Kind = "DROP REMOTE LOOPBACK"     // a loopback-bound port from outside the host
+)
+
+// Verdict is what a rule does with a packet it matches.
+type Verdict string
+
+const (
+	Accept     Verdict = "accept"
+	Drop       Verdict = "drop"
+	DNAT       Verdict = "dnat"
+	Masquerade Verdict = "masquerade"
+)
+
+// Match is what a rule matches; zero fields match anything. Each Not*
+// flag negates the field next to it.
+type Match struct {
+	InIface     string
+	NotInIface  bool
+	OutIface    string
+	NotOutIface bool
+	Src         netip.Prefix
+	NotSrc      bool
+	Dst         netip.Prefix
+	NotDst      bool
+	// SrcLocal matches packets from a local address (addrtype / fib).
+	SrcLocal bool
+	Proto    datapath.Proto
+	DPort    uint16
+	// Established matches conntrack states ESTABLISHED and RELATED.
+	Established bool
+}
+
+// Rule is one rule of a chain.
+type Rule struct {
+	Kind    Kind
+	Match   Match
+	Verdict Verdict
+	// To is the DNAT destination.
+	To netip.AddrPort
+	// Port is the published port the rule exists for (nil for the
+	// others); several host ports to one container port share the rules
+	// of the container side, which name the first.
+	Port *datapath.PortMapping
+	// Seq orders the rules of published ports across chains: the index
+	// of Port in the state, plus one (0 for the other rules).
+	Seq int
+}
+
+// Chain is a chain of the plan: its kind, its bridge (for the per-bridge
+// kinds) and its rules, in order.
+type Chain struct {
+	Kind   ChainKind
+	Bridge string
+	Rules  []Rule
+}
+
+// Name is the chain's name in Docker 29's table: the kind, and for a
+// per-bridge chain "__" and the bridge.
+func (c *Chain) Name() string {
+	if c.Bridge == "" {
+		return string(c.Kind)
+	}
+	return string(c.Kind) + "__" + c.Bridge
+}
+
+// Plan is what Docker installs for a State.
+type Plan struct {
+	// Networks are the state's, in order; each has its four chains.
+	Networks []datapath.Network
+	// Chains are NatLocal, RawPrerouting, then for each network
+	// ForwardIn, ForwardOut, PostroutingIn and PostroutingOut.
+	Chains []*Chain
+	// LoopbackPorts is set when a port is bound to a loopback address:
+	// OUTPUT then sends packets to 127.0.0.0/8 to NatLocal too.
+	LoopbackPorts bool
+	// Ports are the state's published ports, in order.
+	Ports []datapath.PortMapping
+}
+
+// Chain returns the plan's chain of a kind and bridge, or nil.
+func (p *Plan) Chain(kind ChainKind, bridge string) *Chain {
+	for _, c := range p.Chains {
+		if c.Kind == kind && c.Bridge == bridge {
+			return c
+		}
+	}
+	return nil
+}
+
+// host32 is the prefix of one address.
+func host32(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, 32) }
+
+// New builds the plan of s, which must be valid (s.Validate).
+func New(s datapath.State) (*Plan, error) {
+	p := &Plan{Networks: slices.Clone(s.Networks), Ports: slices.Clone(s.Ports)}
+	nat := &Chain{Kind: NatLocal}
+	raw := &Chain{Kind: RawPrerouting}
+	p.Chains = append(p.Chains, nat, raw)
+	in := map[string]*Chain{}
+	post := map[string]*Chain{}
+	for _, n := range s.Networks {
+		br := n.Bridge
+		fin := &Chain{Kind: ForwardIn, Bridge: br}
+		fout := &Chain{Kind: ForwardOut, Bridge: br}
+		pin := &Chain{Kind: PostroutingIn, Bridge: br}
+		pout := &Chain{Kind: PostroutingOut, Bridge: br}
+		p.Chains = append(p.Chains, fin, fout, pin, pout)
+		in[br], post[br] = fin, pin
+		if !n.Internal {
+			// Networks do not reach each other (Docker's
+			// DOCKER-ISOLATION-STAGE-1/2); internal networks are
+			// cut off by their own rules.
+			for _, o := range s.Networks {
+				if o.Bridge != br && !o.Internal {
+					fin.Rules = append(fin.Rules, Rule{Kind: KindIsolation, Match: Match{InIface: o.Bridge}, Verdict: Drop})
+				}
+			}
+		}
+		fin.Rules = append(fin.Rules, Rule{Kind: KindEstablished, Match: Match{Established: true}, Verdict: Accept})
+		fout.Rules = append(fout.Rules, Rule{Kind: KindEstablished, Match: Match{Established: true}, Verdict: Accept})
+		icc := Accept
+		if n.NoICC {
+			icc = Drop
+		}
+		if n.Internal {
+			fin.Rules = append(fin.Rules,
+				Rule{Kind: KindInternalIngress, Match: Match{InIface: br, NotInIface: true}, Verdict: Drop},
+				Rule{Kind: KindICC, Verdict: icc})
+			fout.Rules = append(fout.Rules, Rule{Kind: KindInternalEgress, Match: Match{OutIface: br, NotOutIface: true}, Verdict: Drop})
+			continue
+		}
+		fin.Rules = append(fin.Rules, Rule{Kind: KindICC, Match: Match{InIface: br}, Verdict: icc})
+		fout.Rules = append(fout.Rules, Rule{Kind: KindOutgoing, Verdict: Accept})
+		pin.Rules = append(pin.Rules, Rule{Kind: KindMasqFromHost, Match: Match{SrcLocal: true}, Verdict: Masquerade})
+		if n.Masquerade {
+			pout.Rules = append(pout.Rules, Rule{Kind: KindMasquerade, Match: Match{OutIface: br, NotOutIface: true, Src: n.Subnet.Masked()}, Verdict: Masquerade})
+		}
+	}
+
+	// Several host ports may lead to one container port, and one
+	// container may publish several: their container-side rules are
+	// written once.
+	seen := map[string]bool{}
+	once := func(k string) bool {
+		if seen[k] {
+			return false
+		}
+		seen[k] = true
+		return true
+	}
+	for i := range p.Ports {
+		m := &p.Ports[i]
+		seq := i + 1
+		n, ok := networkOf(s.Networks, m.ContainerIP)
+		if !ok {
+			return nil, fmt.Errorf("port %s: container address %s is in none of the networks", m, m.ContainerIP)
+		}
+		if m.HostIP.IsLoopback() {
+			p.LoopbackPorts = true
+		}
+		dnat := Rule{Kind: KindDNAT, Match: Match{Proto: m.Proto, DPort: m.HostPort}, Verdict: DNAT,
+			To: netip.AddrPortFrom(m.ContainerIP, m.ContainerPort), Port: m, Seq: seq}
+		if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
+			dnat.Match.Dst = host32(m.HostIP)
+		}
+		nat.Rules = append(nat.Rules, dnat)
+		cport := fmt.Sprintf("%s:%d/%s", m.ContainerIP, m.ContainerPort, m.Proto)
+		if once("in " + cport) {
+			fin := in[n.Bridge]
+			acc := Rule{Kind: KindPublished, Match: Match{Dst: host32(m.ContainerIP), Proto: m.Proto, DPort: m.ContainerPort}, Verdict: Accept, Port: m, Seq: seq}
+			fin.Rules = append(fin.Rules, acc)
+			post[n.Bridge].Rules = append(post[n.Bridge].Rules, Rule{Kind: KindHairpin,
+				Match:   Match{Src: host32(m.ContainerIP), Dst: host32(m.ContainerIP), Proto: m.Proto, DPort: m.ContainerPort},
+				Verdict: Masquerade, Port: m, Seq: seq})
+		}
+		// Docker drops packets to a published container's address
+		// that come from outside its bridge unless the network is
+		// routed (here: not masqueraded), before any NAT.
+		if n.Masquerade && once("direct "+m.ContainerIP.String()) {
+			raw.Rules = append(raw.Rules, Rule{Kind: KindDirectAccess,
+				Match: Match{Dst: host32(m.ContainerIP), InIface: n.Bridge, NotInIface: true}, Verdict: Drop, Port: m, Seq: seq})
+		}
+		if m.HostIP.IsLoopback() {
+			raw.Rules = append(raw.Rules, Rule{Kind: KindRemoteLoopback,
+				Match: Match{InIface: "lo", NotInIface: true, Dst: host32(m.HostIP), Proto: m.Proto, DPort: m.HostPort}, Verdict: Drop, Port: m, Seq: seq})
+		}
+	}
+	for _, n := range s.Networks {
+		if !n.Internal {
+			fin := in[n.Bridge]
+			fin.Rules = append(fin.Rules, Rule{Kind: KindUnpublished, Verdict: Drop})
+		}
+	}
+	return p, nil
+}
+
+// networkOf returns the network an address belongs to.
+func networkOf(nets []datapath.Network, a netip.Addr) (datapath.Network, bool) {
+	i := slices.IndexFunc(nets, func(n datapath.Network) bool { return n.Subnet.Contains(a) })
+	if i < 0 {
+		return datapath.Network{}, false
+	}
+	return nets[i], true
+}
