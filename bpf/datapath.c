@@ -84,17 +84,31 @@ static __always_inline int to_container_xlate(struct __sk_buff *ctx, struct pkt 
 	return 0;
 }
 
-/* deliver hands a packet to a container: straight into its namespace
- * with the fast path (or always, for a packet that must turn around on its
- * own veth), through the stack otherwise. */
-static __always_inline int deliver(struct __sk_buff *ctx, struct pkt *p, const struct endpoint *ep,
-				   int routed, int xlate, int must_redirect, __u64 now)
+/* How deliver hands a packet over, or-ed together. */
+enum deliver_flags {
+	DELIVER_ROUTED = 1 << 0, /* across a router: TTL decremented, MACs rewritten */
+	DELIVER_XLATE = 1 << 1,	 /* the flow's translation is applied here, not in to_container */
+	DELIVER_TURN =
+		1 << 2, /* turns around on its own veth: redirected even without the fast path */
+};
+
+/* turn is DELIVER_TURN for a packet from the veth of its destination. */
+static __always_inline __u32 turn(const struct endpoint *dst, __u32 ifindex)
 {
-	if (!CONFIG.fast_path && !must_redirect)
+	return dst->ifindex == ifindex ? DELIVER_TURN : 0;
+}
+
+/* deliver hands a packet to a container: straight into its namespace
+ * with the fast path (or always, with DELIVER_TURN), through the stack
+ * otherwise. */
+static __always_inline int deliver(struct __sk_buff *ctx, struct pkt *p, const struct endpoint *ep,
+				   __u32 flags, __u64 now)
+{
+	if (!CONFIG.fast_path && !(flags & DELIVER_TURN))
 		return TC_ACT_OK;
-	if (xlate && to_container_xlate(ctx, p, now) < 0)
+	if ((flags & DELIVER_XLATE) && to_container_xlate(ctx, p, now) < 0)
 		return drop(DROP_REWRITE);
-	if (routed) {
+	if (flags & DELIVER_ROUTED) {
 		if (ttl_dec(ctx, p) < 0)
 			return TC_ACT_OK;
 		/* Destination and source MAC in one write: the endpoint keeps
@@ -194,7 +208,7 @@ int from_netdev(struct __sk_buff *ctx)
 		return drop(DROP_MALFORMED);
 	if (CONFIG.redirect_only) {
 		ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
-		return ep ? deliver(ctx, &p, ep, 1, 0, 0, now) : TC_ACT_OK;
+		return ep ? deliver(ctx, &p, ep, DELIVER_ROUTED, now) : TC_ACT_OK;
 	}
 	orig = p.t;
 
@@ -254,7 +268,7 @@ int from_netdev(struct __sk_buff *ctx)
 out:
 	ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
 	if (ep)
-		return deliver(ctx, &p, ep, 1, 0, 0, now);
+		return deliver(ctx, &p, ep, DELIVER_ROUTED, now);
 	return TC_ACT_OK;
 
 unknown:
@@ -453,7 +467,7 @@ int from_container(struct __sk_buff *ctx)
 			dst = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
 			if (!dst)
 				return TC_ACT_OK;
-			return deliver(ctx, &p, dst, 1, 0, dst->ifindex == ifindex, now);
+			return deliver(ctx, &p, dst, DELIVER_ROUTED | turn(dst, ifindex), now);
 		}
 	}
 	if (CONFIG.redirect_only || p.icmp == ICMP_K_ERROR ||
@@ -548,7 +562,7 @@ int from_container(struct __sk_buff *ctx)
 	dst = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
 	if (!dst)
 		return TC_ACT_OK;
-	return deliver(ctx, &p, dst, 1, 1, dst->ifindex == ifindex, now);
+	return deliver(ctx, &p, dst, DELIVER_ROUTED | DELIVER_XLATE | turn(dst, ifindex), now);
 
 plain:
 	/* Untranslated: Docker's isolation rules, then the fast path. */
@@ -562,7 +576,10 @@ plain:
 	if (dst) {
 		if (dst->ifindex == ifindex)
 			return TC_ACT_OK;
-		return deliver(ctx, &p, dst, src->bridge_ifindex != dst->bridge_ifindex, 1, 0, now);
+		/* On another bridge: routed, as through the host. */
+		__u32 how = src->bridge_ifindex != dst->bridge_ifindex ? DELIVER_ROUTED : 0;
+
+		return deliver(ctx, &p, dst, how | DELIVER_XLATE, now);
 	}
 	/* The host's, or multicast and broadcast, which the bridge floods:
 	 * the stack's. */
