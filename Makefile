@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # bpfnet: make help lists the targets.
 SHELL := /bin/bash
 GO ?= go
@@ -12,7 +13,7 @@ FUZZTIME ?= 60s
 TEST_FUZZTIME ?= 20s
 FUZZ_TARGETS := FuzzSockAddr FuzzFromNetdev FuzzToNetdev FuzzFromContainer FuzzToContainer FuzzCgroupSkb
 
-.PHONY: help deps generate build test fuzz demo bench lint format clean
+.PHONY: help deps generate build test test-unit fuzz demo bench lint format clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -34,6 +35,11 @@ build: ## Build bin/bpfnet
 test: deps ## Run every test (root: namespaces, BPF, dockerd), then each fuzz target for TEST_FUZZTIME
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -p 1 ./...
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
+
+# Unit mode: go test -short. Tests that need root or an installed program
+# skip there (lab.RequireRoot, lab.RequireTools); under make test they fail.
+test-unit: ## Run the tests that need no root and no packages (go test -short)
+	$(GO) test -count=1 -short ./...
 
 # Go 1.26's fuzz coordinator can fail a duration-bounded run at its deadline
 # with "context deadline exceeded" and no failing input (go.dev/issue/75804,
@@ -63,6 +69,8 @@ bench: deps build ## Compare routing, iptables and eBPF in a namespace lab
 
 lint: ## gofmt, go vet, and the committed bpf2go outputs match the C sources
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
+	@missing=$$(for f in $$(git ls-files '*.go' '*.c' '*.h' | grep -v '_bpfel.go$$'); do head -3 $$f | grep -q SPDX-License-Identifier || echo $$f; done); \
+	test -z "$$missing" || { echo "no SPDX line in:" $$missing; exit 1; }
 	$(GO) vet ./...
 	@tmp=$$(mktemp -d) && cp datapath/*_bpfel.go datapath/*_bpfel.o $$tmp/ && \
 	$(MAKE) -s generate && \

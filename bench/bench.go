@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package bench measures bpfnet's eBPF datapath side by side with
 // Docker's iptables NAT and with plain routing, in namespace labs.
 //

@@ -1,14 +1,15 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package bench
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"encoding/xml"
-	"io"
 	"math"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -163,47 +164,25 @@ func TestReportJSON(t *testing.T) {
 	}
 }
 
+// The chart shows every scenario with ratios once: data-plane and
+// control-plane figures as a row under their name, scaling figures as a
+// point over their number of ports; memory per port is in the table only.
 func TestReportSVG(t *testing.T) {
 	rep := sampleReport()
 	var b bytes.Buffer
 	if err := rep.WriteSVG(&b); err != nil {
 		t.Fatal(err)
 	}
-	// Well-formed: the decoder reads to the end without error.
-	dec := xml.NewDecoder(bytes.NewReader(b.Bytes()))
-	groups := map[string]int{}
-	var root string
-	for {
-		tok, err := dec.Token()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatalf("SVG is not well-formed XML: %v", err)
-		}
-		if se, ok := tok.(xml.StartElement); ok {
-			if root == "" {
-				root = se.Name.Local
-			}
-			if se.Name.Local != "g" {
-				continue
-			}
-			var id, class string
-			for _, a := range se.Attr {
-				switch a.Name.Local {
-				case "id":
-					id = a.Value
-				case "class":
-					class = a.Value
-				}
-			}
-			if class == "scenario" {
-				groups[id]++
+	// Well-formed, with an svg root: chartTexts fails otherwise.
+	texts := chartTexts(t, b.Bytes())
+	count := func(s string) int {
+		n := 0
+		for _, tx := range texts {
+			if tx.s == s {
+				n++
 			}
 		}
-	}
-	if root != "svg" {
-		t.Errorf("root element %q, want svg", root)
+		return n
 	}
 	want := 0
 	for _, s := range rep.Summary {
@@ -211,12 +190,29 @@ func TestReportSVG(t *testing.T) {
 			continue
 		}
 		want++
-		if groups[s.Key] != 1 {
-			t.Errorf("scenario %s has %d bar groups, want 1", s.Key, groups[s.Key])
+		fig, n, scale := scaleKey(s.Key)
+		switch {
+		case isMemoryKey(s.Key):
+			if count(s.Name) != 0 || count(rowName(s)) != 0 {
+				t.Errorf("memory figure %s is drawn", s.Key)
+			}
+		case scale:
+			title, _, _ := strings.Cut(s.Name, ",")
+			if count(title+" ("+s.Unit+") by other published ports") != 1 || count(strconv.Itoa(n)) == 0 {
+				t.Errorf("scaling figure %s (%s over %d ports) is not drawn", s.Key, fig, n)
+			}
+		case isControlKey(s.Key):
+			if count(s.Name) != 1 {
+				t.Errorf("control-plane figure %s has %d rows, want 1", s.Key, count(s.Name))
+			}
+		default:
+			if count(rowName(s)) != 1 {
+				t.Errorf("scenario %s has %d rows, want 1", s.Key, count(rowName(s)))
+			}
 		}
 	}
-	if len(groups) != want {
-		t.Errorf("%d bar groups, want %d (one per scenario with ratios)", len(groups), want)
+	if want == 0 {
+		t.Error("the sample report has no ratios")
 	}
 }
 

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package bench
 
 import (
@@ -25,11 +27,7 @@ func TestQuickBench(t *testing.T) {
 		t.Skip("runs the whole quick benchmark (about 3 minutes)")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "bpfnet")
-	build := exec.Command("go", "build", "-o", bin, "../cmd/bpfnet")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := lab.BuildBpfnet(t)
 	jsonPath, svgPath := filepath.Join(dir, "bench.json"), filepath.Join(dir, "bench.svg")
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()

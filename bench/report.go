@@ -1,8 +1,9 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package bench
 
 import (
 	"encoding/json"
-	"encoding/xml"
 	"fmt"
 	"io"
 	"math"
@@ -135,96 +136,6 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintln(w)
 	for _, n := range r.Notes {
 		fmt.Fprintln(w, "- "+n)
-	}
-	return nil
-}
-
-// SVG layout.
-const (
-	svgLeft, svgRight, svgTop = 70.0, 20.0, 60.0
-	svgPlotH, svgLabelH       = 300.0, 170.0
-	svgBarW, svgGap           = 12.0, 14.0
-)
-
-var svgColors = []string{"#d95f02", "#1b9e77", "#7570b3"}
-
-// WriteSVG draws the ratios as a bar chart: one group of bars per scenario
-// (ebpf/iptables, ebpf/routing, ebpf/ebpf-redirect), a log scale centred
-// on 1x, and a line at 1x.
-func (r *Report) WriteSVG(w io.Writer) error {
-	var groups []ScenarioSummary
-	for _, s := range r.Summary {
-		if len(s.Ratios) > 0 {
-			groups = append(groups, s)
-		}
-	}
-	groupW := float64(len(RatioPairs))*svgBarW + svgGap
-	width := svgLeft + svgRight + float64(len(groups))*groupW
-	height := svgTop + svgPlotH + svgLabelH
-	// The scale: log2 of the ratio, symmetric, at least 0.5x-2x.
-	maxLog := 1.0
-	for _, g := range groups {
-		for _, v := range g.Ratios {
-			if v > 0 {
-				maxLog = math.Max(maxLog, math.Abs(math.Log2(v)))
-			}
-		}
-	}
-	maxLog = math.Ceil(maxLog)
-	mid := svgTop + svgPlotH/2
-	y := func(v float64) float64 { return mid - math.Log2(v)/maxLog*(svgPlotH/2) }
-
-	var b strings.Builder
-	esc := func(s string) string {
-		var e strings.Builder
-		xml.EscapeText(&e, []byte(s))
-		return e.String()
-	}
-	fmt.Fprintf(&b, `<?xml version="1.0" encoding="UTF-8"?>`+"\n")
-	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" font-family="sans-serif" font-size="11">`+"\n", width, height, width, height)
-	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
-	fmt.Fprintf(&b, `<text x="%.0f" y="20" font-size="14" font-weight="bold">bpfnet bench: ebpf relative to the other modes (ratio of medians, log scale)</text>`+"\n", svgLeft)
-	for i, p := range RatioPairs {
-		x := svgLeft + float64(i)*170
-		fmt.Fprintf(&b, `<rect x="%.0f" y="32" width="10" height="10" fill="%s"/><text x="%.0f" y="41">%s</text>`+"\n", x, svgColors[i], x+14, esc(RatioName(p)))
-	}
-	fmt.Fprintf(&b, `<text x="%.0f" y="54" fill="#555">rows marked ↓: lower is better, so a bar below 1x favours ebpf</text>`+"\n", svgLeft+3*170)
-	// Grid: powers of two.
-	for e := -maxLog; e <= maxLog; e++ {
-		v := math.Pow(2, e)
-		stroke, sw := "#ddd", 1.0
-		if e == 0 {
-			stroke, sw = "#000", 1.5
-		}
-		fmt.Fprintf(&b, `<line x1="%.0f" x2="%.0f" y1="%.1f" y2="%.1f" stroke="%s" stroke-width="%.1f"/>`+"\n", svgLeft, width-svgRight, y(v), y(v), stroke, sw)
-		fmt.Fprintf(&b, `<text x="%.0f" y="%.1f" text-anchor="end">%sx</text>`+"\n", svgLeft-6, y(v)+4, formatValue(v))
-	}
-	for gi, g := range groups {
-		gx := svgLeft + float64(gi)*groupW + svgGap/2
-		fmt.Fprintf(&b, `<g class="scenario" id="%s">`+"\n", esc(g.Key))
-		label := g.Name
-		if g.LowerIsBetter {
-			label = "↓ " + label
-		}
-		fmt.Fprintf(&b, `<title>%s</title>`+"\n", esc(label))
-		for i, p := range RatioPairs {
-			v, ok := g.Ratios[RatioName(p)]
-			if !ok || v <= 0 {
-				continue
-			}
-			x := gx + float64(i)*svgBarW
-			top, bot := math.Min(y(v), mid), math.Max(y(v), mid)
-			fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %s: %.2fx</title></rect>`+"\n",
-				x, top, svgBarW-1, math.Max(bot-top, 0.5), svgColors[i], esc(g.Name), esc(RatioName(p)), v)
-		}
-		lx := gx + float64(len(RatioPairs))*svgBarW/2
-		ly := svgTop + svgPlotH + 8
-		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" transform="rotate(60 %.1f %.1f)">%s</text>`+"\n", lx, ly, lx, ly, esc(label))
-		fmt.Fprintf(&b, "</g>\n")
-	}
-	fmt.Fprintf(&b, "</svg>\n")
-	if _, err := io.WriteString(w, b.String()); err != nil {
-		return fmt.Errorf("writing the chart: %w", err)
 	}
 	return nil
 }

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 import (
@@ -40,15 +42,13 @@ var cgroupHooks = []struct {
 const LoopbackIfindex = 1
 
 // ContainersDir is where the containers without a veth of their own are
-// recorded and their cgroup links pinned:
-//
-//	<pin-path>/cgroup/containers/<container id>/info      record (ContainerRecord)
-//	<pin-path>/cgroup/containers/<container id>/ingress   cgroup_skb ingress link
-//	<pin-path>/cgroup/containers/<container id>/egress    cgroup_skb egress link
+// recorded (loader.ContainerRecordPath, a ContainerRecord) and their
+// cgroup_skb links pinned (loader.ContainerLinkPin, by the hook names of
+// cgroupHooks).
 //
 // A container sharing another's network namespace, or without a network,
 // has only its record (or, when its owner is counted by cgroup, links too).
-func ContainersDir(pinPath string) string { return filepath.Join(SockDir(pinPath), "containers") }
+func ContainersDir(pinPath string) string { return loader.ContainersDir(pinPath) }
 
 // ContainerRecord is what Apply records about a container that has no veth
 // of its own, for `bpfnet status`: a JSON document that is the target of
@@ -116,7 +116,7 @@ func SumCgroupTraffic(m map[CgroupCounterKey]Traffic, account uint64, ifindex in
 
 // CgroupID is the id the kernel gives the cgroup v2 folder at path (its
 // inode), as bpf_skb_cgroup_id returns it.
-func CgroupID(path string) (uint64, error) { return cgroupID(path) }
+func CgroupID(path string) (uint64, error) { return loader.CgroupID(path) }
 
 // ParseProcCgroup returns the cgroup v2 path ("0::/...") of a
 // /proc/<pid>/cgroup file's content.
@@ -194,18 +194,16 @@ func (l *cgroupLinks) close() error {
 	return errors.Join(errs...)
 }
 
-// detach detaches the links even if another process holds them.
+// detach detaches the links even if another process holds them, and
+// removes their pins (loader.DetachLink).
 func (l *cgroupLinks) detach() error {
 	var errs []error
 	for _, k := range l.links {
-		if k == nil {
-			continue
+		if k != nil {
+			errs = append(errs, loader.DetachLink(k))
 		}
-		if err := k.Detach(); err != nil && !errors.Is(err, link.ErrNotSupported) {
-			errs = append(errs, err)
-		}
-		errs = append(errs, k.Close())
 	}
+	l.links = nil
 	return errors.Join(errs...)
 }
 
@@ -329,7 +327,7 @@ func (d *EBPF) applyCgroups(s State) error {
 		}
 		leftovers := false
 		if pinPath != "" {
-			for _, p := range []string{ContainersDir(pinPath), filepath.Join(loader.GlobalsDir(pinPath), "cgroup_accounts")} {
+			for _, p := range []string{ContainersDir(pinPath), loader.GlobalPin(pinPath, "cgroup_accounts")} {
 				if _, err := os.Stat(p); err == nil {
 					leftovers = true
 				}
@@ -351,7 +349,7 @@ func (d *EBPF) applyCgroups(s State) error {
 		if w.cgroup == "" {
 			continue
 		}
-		cgid, err := cgroupID(w.cgroup)
+		cgid, err := loader.CgroupID(w.cgroup)
 		if errors.Is(err, os.ErrNotExist) {
 			w.cgroup = "" // exited: the next state forgets it
 			continue
@@ -439,7 +437,7 @@ func (d *EBPF) applyCgroups(s State) error {
 			continue
 		}
 		if pinPath != "" {
-			if err := os.RemoveAll(filepath.Join(ContainersDir(pinPath), id)); err != nil {
+			if err := os.RemoveAll(loader.ContainerDir(pinPath, id)); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -467,25 +465,18 @@ func (c *cgroupSkb) attach(pinPath, id, cgroup string, cgid uint64) error {
 			return err
 		}
 	}
-	dir := ""
-	if pinPath != "" {
-		dir = filepath.Join(ContainersDir(pinPath), id)
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return fmt.Errorf("creating pin folder: %w", err)
-		}
-	}
 	h := &cgroupLinks{cgroupID: cgid}
 	progs := c.programs()
 	for i, hook := range cgroupHooks {
-		l, err := attachCgroupLink(dir, hook.pin, cgroup, cgid, hook.attach, progs[i])
+		l, err := loader.AttachCgroup(containerLinkPin(pinPath, id, hook.pin), progs[i], cgroup, hook.attach)
 		if err != nil {
-			h.detach()
-			if dir != "" {
+			errs := []error{err, h.detach()}
+			if pinPath != "" {
 				for _, hk := range cgroupHooks {
-					os.Remove(filepath.Join(dir, hk.pin))
+					errs = append(errs, loader.DetachPin(loader.ContainerLinkPin(pinPath, id, hk.pin)))
 				}
 			}
-			return err
+			return errors.Join(errs...)
 		}
 		h.links = append(h.links, l)
 	}
@@ -493,48 +484,13 @@ func (c *cgroupSkb) attach(pinPath, id, cgroup string, cgid uint64) error {
 	return nil
 }
 
-// attachCgroupLink attaches prog to cgroup at hook, adopting the link
-// pinned at dir/pin when it is on that cgroup and hook; with dir "" it is
-// not pinned.
-func attachCgroupLink(dir, pin, cgroup string, cgid uint64, at ebpf.AttachType, prog *ebpf.Program) (link.Link, error) {
-	if dir == "" {
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: at, Program: prog})
-		if err != nil {
-			return nil, fmt.Errorf("attaching to %s: %w", cgroup, err)
-		}
-		return l, nil
+// containerLinkPin is where the link of container id on hook is pinned; ""
+// (not pinned) without a pin path.
+func containerLinkPin(pinPath, id, hook string) string {
+	if pinPath == "" {
+		return ""
 	}
-	p := filepath.Join(dir, pin)
-	if l, err := link.LoadPinnedLink(p, nil); err == nil {
-		info, ierr := l.Info()
-		if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == cgid && ebpf.AttachType(info.Cgroup().AttachType) == at {
-			if err := l.Update(prog); err != nil {
-				l.Close()
-				return nil, fmt.Errorf("updating the pinned link %s: %w", p, err)
-			}
-			return l, nil
-		}
-		// Another cgroup (the container was restarted) or hook.
-		l.Unpin()
-		if err := l.Detach(); err != nil && !errors.Is(err, link.ErrNotSupported) {
-			l.Close()
-			return nil, fmt.Errorf("detaching the stale link %s: %w", p, err)
-		}
-		l.Close()
-	} else if !errors.Is(err, os.ErrNotExist) {
-		if rerr := os.Remove(p); rerr != nil {
-			return nil, fmt.Errorf("replacing %s: %w", p, errors.Join(err, rerr))
-		}
-	}
-	l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: at, Program: prog})
-	if err != nil {
-		return nil, fmt.Errorf("attaching to %s: %w", cgroup, err)
-	}
-	if err := l.Pin(p); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("pinning the link at %s: %w", p, err)
-	}
-	return l, nil
+	return loader.ContainerLinkPin(pinPath, id, hook)
 }
 
 // detach takes the links of container id down, held or pinned, and
@@ -546,19 +502,8 @@ func (c *cgroupSkb) detach(pinPath, id string) error {
 		delete(c.held, id)
 	}
 	if pinPath != "" {
-		dir := filepath.Join(ContainersDir(pinPath), id)
 		for _, hook := range cgroupHooks {
-			p := filepath.Join(dir, hook.pin)
-			l, err := link.LoadPinnedLink(p, nil)
-			if err == nil {
-				if err := l.Detach(); err != nil && !errors.Is(err, link.ErrNotSupported) {
-					errs = append(errs, fmt.Errorf("detaching %s: %w", p, err))
-				}
-				l.Close()
-			}
-			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, err)
-			}
+			errs = append(errs, loader.DetachPin(loader.ContainerLinkPin(pinPath, id, hook.pin)))
 		}
 	}
 	return errors.Join(errs...)
@@ -626,7 +571,7 @@ func (c *cgroupSkb) remove(pinPath string) error {
 			errs = append(errs, err)
 		}
 		for _, name := range []string{"cgroup_accounts", "cgroup_stats"} {
-			if err := os.Remove(filepath.Join(loader.GlobalsDir(pinPath), name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			if err := os.Remove(loader.GlobalPin(pinPath, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, err)
 			}
 		}
@@ -654,7 +599,7 @@ func (d *EBPF) CgroupTraffic() (map[CgroupCounterKey]Traffic, error) {
 // ReadCgroupTraffic reads the counters of the cgroup programs of a running
 // datapath from their pinned map; empty when it has none.
 func ReadCgroupTraffic(pinPath string) (map[CgroupCounterKey]Traffic, error) {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(loader.GlobalsDir(pinPath), "cgroup_stats"), &ebpf.LoadPinOptions{ReadOnly: true})
+	m, err := ebpf.LoadPinnedMap(loader.GlobalPin(pinPath, "cgroup_stats"), &ebpf.LoadPinOptions{ReadOnly: true})
 	if errors.Is(err, os.ErrNotExist) {
 		return map[CgroupCounterKey]Traffic{}, nil
 	}
@@ -698,11 +643,11 @@ func writeContainerRecord(pinPath string, r ContainerRecord) error {
 			return err
 		}
 	}
-	dir := filepath.Join(ContainersDir(pinPath), r.ContainerID)
+	dir := loader.ContainerDir(pinPath, r.ContainerID)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("creating %s: %w", dir, err)
 	}
-	return loader.WriteRecord(filepath.Join(dir, "info"), data)
+	return loader.WriteRecord(loader.ContainerRecordPath(pinPath, r.ContainerID), data)
 }
 
 // ReadContainerRecords lists the containers without a veth of their own
@@ -718,8 +663,7 @@ func ReadContainerRecords(pinPath string) ([]ContainerRecord, error) {
 	}
 	var out []ContainerRecord
 	for _, e := range ents {
-		dir := filepath.Join(ContainersDir(pinPath), e.Name())
-		target, err := os.Readlink(filepath.Join(dir, "info"))
+		target, err := os.Readlink(loader.ContainerRecordPath(pinPath, e.Name()))
 		if err != nil {
 			continue // being written or removed
 		}
@@ -729,7 +673,7 @@ func ReadContainerRecords(pinPath string) ([]ContainerRecord, error) {
 		}
 		r.Attached = r.CgroupID != 0
 		for _, hook := range cgroupHooks {
-			l, err := link.LoadPinnedLink(filepath.Join(dir, hook.pin), nil)
+			l, err := link.LoadPinnedLink(loader.ContainerLinkPin(pinPath, e.Name(), hook.pin), nil)
 			if err != nil {
 				r.Attached = false
 				continue

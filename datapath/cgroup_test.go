@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 import (
@@ -19,8 +21,9 @@ import (
 	"github.com/bpfnet/bpfnet/lab"
 )
 
-// TestCgroupVerifier loads the cgroup skb programs and records their sizes.
-func TestCgroupVerifier(t *testing.T) {
+// TestCgroupPrograms loads the cgroup skb programs (TestVerifier checks
+// their sizes) and runs one without a socket.
+func TestCgroupPrograms(t *testing.T) {
 	requireRoot(t)
 	spec, err := CgroupSpec(false)
 	if err != nil {
@@ -47,18 +50,6 @@ func TestCgroupVerifier(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer objs.Close()
-	for name, p := range map[string]*ebpf.Program{ProgCgroupIngress: objs.CgroupSkbIngress, ProgCgroupEgress: objs.CgroupSkbEgress} {
-		info, err := p.Info()
-		if err != nil {
-			t.Fatal(err)
-		}
-		size, err := info.TranslatedSize()
-		if err != nil {
-			t.Fatal(err)
-		}
-		vi, _ := info.VerifiedInstructions()
-		t.Logf("%-18s xlated=%d insns, verified=%d", name, size/8, vi)
-	}
 	// Without a socket (BPF_PROG_RUN has none) nothing is counted and the
 	// packet passes.
 	pkt := make([]byte, 64)
@@ -204,7 +195,15 @@ func (l *cgroupLab) mkCgroup(t *testing.T, parent string) string {
 	if parent == "" {
 		parent = l.root
 	}
-	dir, err := os.MkdirTemp(parent, "bpfnet-cgroup-test-")
+	return tempCgroup(t, parent, "bpfnet-cgroup-test-")
+}
+
+// tempCgroup makes a cgroup v2 folder below parent, named pattern and a
+// random suffix, and removes it when the test ends, once the exit of the
+// processes moved in has emptied it.
+func tempCgroup(t *testing.T, parent, pattern string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp(parent, pattern)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,9 +301,7 @@ func cgroupLinkIDs(t *testing.T, cgroup string) []ebpf.ProgramID {
 // a container leaving the state is detached and its counters dropped.
 func TestCgroupCounting(t *testing.T) {
 	requireRoot(t)
-	if _, err := exec.LookPath("busybox"); err != nil {
-		t.Fatalf("busybox: %v (apt-get install busybox-static)", err)
-	}
+	lab.RequireTools(t, "busybox")
 	l := newCgroupLab(t)
 	ext := l.topo.Externals[0]
 	ctrCg := l.mkCgroup(t, "")

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package datapath is the Go side of bpfnet's datapath: the desired state
 // (networks, container endpoints, uplinks, published ports) and the
 // Datapath interface that makes the kernel match it.

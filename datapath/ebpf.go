@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 import (
@@ -812,7 +814,7 @@ func OpenPinned(pinPath string) (*EBPF, error) {
 		if spec.Maps[name].Pinning != ebpf.PinByName {
 			continue
 		}
-		m, err := ebpf.LoadPinnedMap(dir+"/"+name, &ebpf.LoadPinOptions{ReadOnly: true})
+		m, err := ebpf.LoadPinnedMap(loader.GlobalPin(pinPath, name), &ebpf.LoadPinOptions{ReadOnly: true})
 		if transientMaps[name] && errors.Is(err, os.ErrNotExist) {
 			// Pinned by a version without it.
 			continue

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 // Fuzz target of the cgroup skb programs (bpf/cgroup_skb.c), through

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 // Fuzz target of the sock_addr programs (bpf/sock.c). They cannot run

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 // Every bpf2go invocation of the project. The C sources live in ../bpf;

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 import (
@@ -452,9 +454,7 @@ func TestIptablesLabApplyRemove(t *testing.T) {
 // input and output are the same text.
 func TestIptablesLabLegacy(t *testing.T) {
 	requireRoot(t)
-	if _, err := exec.LookPath("iptables-legacy-restore"); err != nil {
-		t.Skip("iptables-legacy not installed")
-	}
+	lab.RequireTools(t, "iptables-legacy-restore")
 	topo := lab.Setup(t, twoContainers())
 	dp, err := NewIptables(IptablesOptions{Netns: topo.Host.Path, Restore: "iptables-legacy-restore", Save: "iptables-legacy-save"})
 	if err != nil {

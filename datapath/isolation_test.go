@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 // Docker's isolation of networks, in a lab: real TCP and ping between
@@ -12,7 +14,6 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -41,15 +42,10 @@ func isoConfig() lab.Config {
 
 // isoState is the lab's state with Docker's settings of each network.
 func isoState(l *labDatapath, ports []PortMapping) (State, error) {
-	var bridges []string
-	for _, b := range l.topo.Bridges {
-		bridges = append(bridges, b.Name)
-	}
-	s, err := Discover(bridges, nil, nil)
+	s, err := discoverLab(l.topo, ports)
 	if err != nil {
 		return s, err
 	}
-	s.Ports = ports
 	for i := range s.Networks {
 		switch s.Networks[i].Bridge {
 		case l.topo.Bridges[isoNoICC].Name:
@@ -62,26 +58,6 @@ func isoState(l *labDatapath, ports []PortMapping) (State, error) {
 		}
 	}
 	return s, nil
-}
-
-// isoReach connects from ns to addr and returns the echo server's
-// greeting (the address it saw the client with); the error is the dial's
-// (a timeout when the SYN went unanswered) or the read's.
-func isoReach(ns *lab.Namespace, addr string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
-	defer cancel()
-	c, err := ns.DialTCP(ctx, addr)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(2 * time.Second))
-	buf := make([]byte, 64)
-	n, err := c.Read(buf)
-	if err != nil {
-		return "", fmt.Errorf("reading the greeting: %w", err)
-	}
-	return strings.TrimSpace(string(buf[:n])), nil
 }
 
 func TestLabIsolation(t *testing.T) {
@@ -130,7 +106,7 @@ func TestLabIsolation(t *testing.T) {
 				if p.from >= 0 {
 					ns = &c[p.from].Namespace
 				}
-				got, err := isoReach(ns, p.to)
+				got, err := ns.Greeting(p.to)
 				if err != nil {
 					t.Errorf("%s (%s): no answer: %v", p.name, p.to, err)
 				} else if p.saw != "" && got != p.saw {
@@ -149,7 +125,7 @@ func TestLabIsolation(t *testing.T) {
 				if p.from >= 0 {
 					ns = &c[p.from].Namespace
 				}
-				if got, err := isoReach(ns, p.to); err == nil {
+				if got, err := ns.Greeting(p.to); err == nil {
 					t.Errorf("%s (%s): answered (%s), want it blocked", p.name, p.to, got)
 				} else if !lab.IsTimeout(err) {
 					t.Errorf("%s (%s): %v, want a timeout", p.name, p.to, err)

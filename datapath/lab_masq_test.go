@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 // Masquerade next to the host's own connections, in the lab: a host flow

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 import (
@@ -73,15 +75,10 @@ func startMode(t *testing.T, mode string, cfg lab.Config, ports ...string) *mode
 // apply gives the datapath the state of the host namespace with ports.
 func (m *modeLab) apply(ports []PortMapping) error {
 	return m.topo.Host.Do(func() error {
-		var bridges []string
-		for _, b := range m.topo.Bridges {
-			bridges = append(bridges, b.Name)
-		}
-		s, err := Discover(bridges, nil, nil)
+		s, err := discoverLab(m.topo, ports)
 		if err != nil {
 			return err
 		}
-		s.Ports = ports
 		return m.dp.Apply(context.Background(), s)
 	})
 }

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 import (
@@ -6,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -75,18 +76,19 @@ func newLabDatapath(t *testing.T, cfg lab.Config) *labDatapath {
 	return l
 }
 
-// bpffsDir makes a folder in /sys/fs/bpf for a test's pins, removed with
-// whatever is left in it when the test ends (after the cleanups the test
-// registers later).
-func bpffsDir(t *testing.T, pattern string) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("/sys/fs/bpf", pattern)
+// discoverLab is the state of the lab's bridges (Discover, run in the
+// host namespace) with ports published.
+func discoverLab(topo *lab.Topology, ports []PortMapping) (State, error) {
+	s, err := Discover(topo.BridgeNames(), nil, nil)
 	if err != nil {
-		t.Fatalf("bpffs: %v (is it mounted at /sys/fs/bpf?)", err)
+		return s, err
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
+	s.Ports = ports
+	return s, nil
 }
+
+// bpffsDir: see lab.BPFFSDir.
+var bpffsDir = lab.BPFFSDir
 
 func startLabWith(t *testing.T, cfg lab.Config, opts Options, publish ...string) *labDatapath {
 	t.Helper()
@@ -101,15 +103,10 @@ func startLabWith(t *testing.T, cfg lab.Config, opts Options, publish ...string)
 		ports = append(ports, m...)
 	}
 	err := topo.Host.Do(func() error {
-		var bridges []string
-		for _, b := range topo.Bridges {
-			bridges = append(bridges, b.Name)
-		}
-		s, err := Discover(bridges, nil, nil)
+		s, err := discoverLab(topo, ports)
 		if err != nil {
 			return err
 		}
-		s.Ports = ports
 		opts.PinPath = pin
 		dp, err := NewEBPF(opts)
 		if err != nil {
@@ -293,15 +290,10 @@ func TestLabPublishedPorts(t *testing.T) {
 func (l *labDatapath) setPorts(t *testing.T, ports []PortMapping) {
 	t.Helper()
 	err := l.topo.Host.Do(func() error {
-		var bridges []string
-		for _, b := range l.topo.Bridges {
-			bridges = append(bridges, b.Name)
-		}
-		s, err := Discover(bridges, nil, nil)
+		s, err := discoverLab(l.topo, ports)
 		if err != nil {
 			return err
 		}
-		s.Ports = ports
 		return l.dp.Apply(context.Background(), s)
 	})
 	if err != nil {

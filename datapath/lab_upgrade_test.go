@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 import (
@@ -24,15 +26,10 @@ func (l *labDatapath) reload(t *testing.T, opts Options, ports []PortMapping) er
 	t.Helper()
 	opts.PinPath = l.pin
 	return l.topo.Host.Do(func() error {
-		var bridges []string
-		for _, b := range l.topo.Bridges {
-			bridges = append(bridges, b.Name)
-		}
-		s, err := Discover(bridges, nil, nil)
+		s, err := discoverLab(l.topo, ports)
 		if err != nil {
 			return err
 		}
-		s.Ports = ports
 		dp, err := NewEBPF(opts)
 		if err != nil {
 			return err

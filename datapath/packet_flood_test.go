@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 import (
@@ -76,7 +78,7 @@ func TestPacketFloodHandshake(t *testing.T) {
 	expectTuple(t, decode(t, out), hostIP, 8080, clientIP, 40001)
 	checkFrame(t, out)
 	re := e.expectCT(replyKey, ctWant{hostIP, clientIP, 8080, 40001, atToNetdev | flagReply | u, atFromNetdev | u, KindDNAT, e.idx["vetha"]})
-	if re.TcpSeen != 0x12 || re.Packets != 1 {
+	if re.TcpSeen != tcpSeenSynAck || re.Packets != 1 {
 		t.Errorf("reply half: tcp_seen %#x, %d packets; want SYN|ACK, 1", re.TcpSeen, re.Packets)
 	}
 	if n := len(e.ctTable(e.objs.Ct4)); n != 0 {
@@ -99,7 +101,7 @@ func TestPacketFloodHandshake(t *testing.T) {
 	if got := ctGot(oe); got != wantOrig {
 		t.Errorf("client's half in ct4:\n got %s\nwant %s", got, wantOrig)
 	}
-	if oe.Packets != 3 || oe.TcpSeen != 0x12 {
+	if oe.Packets != 3 || oe.TcpSeen != tcpSeenSynAck {
 		t.Errorf("client's half: %d packets, tcp_seen %#x; want 3 (SYN, SYN, ACK), SYN|ACK", oe.Packets, oe.TcpSeen)
 	}
 	e.expectExpiry(oe, 6*time.Hour)
@@ -388,14 +390,14 @@ func BenchmarkPacketCRR(b *testing.B) {
 			p             *testPacket
 			syn, ack, fin bool
 		}{
-			{e.objs.FromNetdev, &c, true, false, false},
-			{e.objs.ToNetdev, &s, true, true, false},
-			{e.objs.FromNetdev, &c, false, true, false},
-			{e.objs.FromNetdev, &c, false, true, false},
-			{e.objs.ToNetdev, &s, false, true, false},
-			{e.objs.FromNetdev, &c, false, true, true},
-			{e.objs.ToNetdev, &s, false, true, true},
-			{e.objs.FromNetdev, &c, false, true, false},
+			{prog: e.objs.FromNetdev, p: &c, syn: true, ack: false, fin: false},
+			{prog: e.objs.ToNetdev, p: &s, syn: true, ack: true, fin: false},
+			{prog: e.objs.FromNetdev, p: &c, syn: false, ack: true, fin: false},
+			{prog: e.objs.FromNetdev, p: &c, syn: false, ack: true, fin: false},
+			{prog: e.objs.ToNetdev, p: &s, syn: false, ack: true, fin: false},
+			{prog: e.objs.FromNetdev, p: &c, syn: false, ack: true, fin: true},
+			{prog: e.objs.ToNetdev, p: &s, syn: false, ack: true, fin: true},
+			{prog: e.objs.FromNetdev, p: &c, syn: false, ack: true, fin: false},
 		}
 		for _, st := range steps {
 			st.p.syn, st.p.ack, st.p.fin = st.syn, st.ack, st.fin

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 // Helpers of the packet tests (packet_test.go): a throwaway network
@@ -58,6 +60,14 @@ const (
 	atToContainer   = ctAtToContainer
 	flagReply       = ctReply
 	flagUnassured   = ctUnassured
+)
+
+// TCP flags as conntrack entries collect them in tcp_seen (TCPF_* in
+// bpf/lib/packet.h).
+const (
+	tcpSeenSYN    uint8 = 0x02
+	tcpSeenACK    uint8 = 0x10
+	tcpSeenSynAck       = tcpSeenSYN | tcpSeenACK
 )
 
 // The test topology. up0 is the uplink, masquerading with hostIP; br0

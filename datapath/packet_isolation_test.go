@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 // Packet tests of Docker's isolation of networks (bpf/lib/isolation.h):

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 // Masquerade against the host's own sockets and published ports: a
@@ -365,11 +367,11 @@ func TestPacketMasqPublishedPort(t *testing.T) {
 		bindAddr  netip.Addr // invalid: every address
 		free      bool
 	}{
-		{"tcp on every address", pTCP, pTCP, netip.Addr{}, false},
-		{"tcp on the uplink address", pTCP, pTCP, hostIP, false},
-		{"udp on every address", pUDP, pUDP, netip.Addr{}, false},
-		{"udp flow, tcp published", pTCP, pUDP, netip.Addr{}, true},
-		{"tcp on another host address", pTCP, pTCP, hostIP2, true},
+		{name: "tcp on every address", published: pTCP, flow: pTCP, bindAddr: netip.Addr{}, free: false},
+		{name: "tcp on the uplink address", published: pTCP, flow: pTCP, bindAddr: hostIP, free: false},
+		{name: "udp on every address", published: pUDP, flow: pUDP, bindAddr: netip.Addr{}, free: false},
+		{name: "udp flow, tcp published", published: pTCP, flow: pUDP, bindAddr: netip.Addr{}, free: true},
+		{name: "tcp on another host address", published: pTCP, flow: pTCP, bindAddr: hostIP2, free: true},
 	}
 	const port = 40000
 	for _, c := range cases {

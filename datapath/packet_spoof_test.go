@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 // Packet tests of the sender check of from_container: a container's
@@ -126,20 +128,20 @@ func TestPacketSpoofedSource(t *testing.T) {
 				s:      senderA,
 				forged: []netip.Addr{ctrB, ctrC, noNetIP, net1Unused},
 				dsts: []spoofDst{
-					{"B, same network", ctrB, 80, TC_ACT_REDIRECT, TC_ACT_OK, 0, EventRedirectPeer},
-					{"C, other network", ctrC, 80, TC_ACT_SHOT, TC_ACT_SHOT, DropIsolation, 0},
-					{"the gateway", gwIP, 22, TC_ACT_OK, TC_ACT_OK, 0, 0},
-					{"a host address", hostIP, 22, TC_ACT_OK, TC_ACT_OK, 0, 0},
-					{"the outside", remoteIP, 443, TC_ACT_REDIRECT, TC_ACT_OK, 0, EventRedirectNeigh},
+					{name: "B, same network", addr: ctrB, port: 80, ownFast: TC_ACT_REDIRECT, ownSlow: TC_ACT_OK, ownDrop: 0, redirect: EventRedirectPeer},
+					{name: "C, other network", addr: ctrC, port: 80, ownFast: TC_ACT_SHOT, ownSlow: TC_ACT_SHOT, ownDrop: DropIsolation, redirect: 0},
+					{name: "the gateway", addr: gwIP, port: 22, ownFast: TC_ACT_OK, ownSlow: TC_ACT_OK, ownDrop: 0, redirect: 0},
+					{name: "a host address", addr: hostIP, port: 22, ownFast: TC_ACT_OK, ownSlow: TC_ACT_OK, ownDrop: 0, redirect: 0},
+					{name: "the outside", addr: remoteIP, port: 443, ownFast: TC_ACT_REDIRECT, ownSlow: TC_ACT_OK, ownDrop: 0, redirect: EventRedirectNeigh},
 				},
 			},
 			{
 				s:      senderC,
 				forged: []netip.Addr{ctrA, ctrB, noNetIP},
 				dsts: []spoofDst{
-					{"A, other network", ctrA, 80, TC_ACT_SHOT, TC_ACT_SHOT, DropIsolation, 0},
-					{"its gateway", gw2IP, 22, TC_ACT_OK, TC_ACT_OK, 0, 0},
-					{"the outside", remoteIP, 443, TC_ACT_REDIRECT, TC_ACT_OK, 0, EventRedirectNeigh},
+					{name: "A, other network", addr: ctrA, port: 80, ownFast: TC_ACT_SHOT, ownSlow: TC_ACT_SHOT, ownDrop: DropIsolation, redirect: 0},
+					{name: "its gateway", addr: gw2IP, port: 22, ownFast: TC_ACT_OK, ownSlow: TC_ACT_OK, ownDrop: 0, redirect: 0},
+					{name: "the outside", addr: remoteIP, port: 443, ownFast: TC_ACT_REDIRECT, ownSlow: TC_ACT_OK, ownDrop: 0, redirect: EventRedirectNeigh},
 				},
 			},
 		}

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 // Packet tests: frames run through the TC programs with BPF_PROG_RUN, the
@@ -149,7 +151,7 @@ func TestPacketDNAT(t *testing.T) {
 			if orig.Packets != 1 || orig.Bytes != uint64(len(in)) {
 				t.Errorf("entry counted %d packets, %d bytes; want 1, %d", orig.Packets, orig.Bytes, len(in))
 			}
-			if c.proto == pTCP && orig.TcpSeen != 0x02 {
+			if c.proto == pTCP && orig.TcpSeen != tcpSeenSYN {
 				t.Errorf("tcp_seen %#x, want SYN", orig.TcpSeen)
 			}
 			e.expectExpiry(orig, 10*time.Second) // half-open
@@ -187,7 +189,7 @@ func TestPacketDNAT(t *testing.T) {
 			if re.Packets != 1 {
 				t.Errorf("reply entry counted %d packets, want 1", re.Packets)
 			}
-			if c.proto == pTCP && re.TcpSeen != 0x12 {
+			if c.proto == pTCP && re.TcpSeen != tcpSeenSynAck {
 				t.Errorf("reply tcp_seen %#x, want SYN|ACK", re.TcpSeen)
 			}
 
@@ -251,14 +253,14 @@ func TestPacketDNATBindings(t *testing.T) {
 		binding    bpfPortKey
 		redirected bool
 	}{
-		{"exact binding wins", tcpPacket(clientIP, 40001, hostIP2, 8080), ctrB, 80, portKey(tcp, hostIP2, 8080), true},
-		{"other address takes the wildcard", tcpPacket(clientIP, 40001, hostIP, 8080), ctrA, 80, portKey(tcp, netip.Addr{}, 8080), true},
-		{"another client, same port", tcpPacket(client2IP, 40001, hostIP, 8080), ctrA, 80, portKey(tcp, netip.Addr{}, 8080), true},
-		{"range 9000", udpPacket(clientIP, 50000, hostIP, 9000), ctrA, 5000, portKey(udp, netip.Addr{}, 9000), true},
-		{"range 9001", udpPacket(clientIP, 50000, hostIP, 9001), ctrA, 5001, portKey(udp, netip.Addr{}, 9001), true},
-		{"range 9003", udpPacket(clientIP, 50000, hostIP, 9003), ctrA, 5003, portKey(udp, netip.Addr{}, 9003), true},
-		{"second container", udpPacket(clientIP, 50000, hostIP, 9100), ctrC, 53, portKey(udp, netip.Addr{}, 9100), true},
-		{"gateway address is a host address", udpPacket(clientIP, 50001, gwIP, 9100), ctrC, 53, portKey(udp, netip.Addr{}, 9100), true},
+		{name: "exact binding wins", p: tcpPacket(clientIP, 40001, hostIP2, 8080), dst: ctrB, dport: 80, binding: portKey(tcp, hostIP2, 8080), redirected: true},
+		{name: "other address takes the wildcard", p: tcpPacket(clientIP, 40001, hostIP, 8080), dst: ctrA, dport: 80, binding: portKey(tcp, netip.Addr{}, 8080), redirected: true},
+		{name: "another client, same port", p: tcpPacket(client2IP, 40001, hostIP, 8080), dst: ctrA, dport: 80, binding: portKey(tcp, netip.Addr{}, 8080), redirected: true},
+		{name: "range 9000", p: udpPacket(clientIP, 50000, hostIP, 9000), dst: ctrA, dport: 5000, binding: portKey(udp, netip.Addr{}, 9000), redirected: true},
+		{name: "range 9001", p: udpPacket(clientIP, 50000, hostIP, 9001), dst: ctrA, dport: 5001, binding: portKey(udp, netip.Addr{}, 9001), redirected: true},
+		{name: "range 9003", p: udpPacket(clientIP, 50000, hostIP, 9003), dst: ctrA, dport: 5003, binding: portKey(udp, netip.Addr{}, 9003), redirected: true},
+		{name: "second container", p: udpPacket(clientIP, 50000, hostIP, 9100), dst: ctrC, dport: 53, binding: portKey(udp, netip.Addr{}, 9100), redirected: true},
+		{name: "gateway address is a host address", p: udpPacket(clientIP, 50001, gwIP, 9100), dst: ctrC, dport: 53, binding: portKey(udp, netip.Addr{}, 9100), redirected: true},
 	}
 	for i, f := range flows {
 		v, out := e.fromNetdev(f.p.frame())
@@ -289,10 +291,10 @@ func TestPacketDNATBindings(t *testing.T) {
 		name string
 		p    testPacket
 	}{
-		{"address that is not the host's", tcpPacket(clientIP, 40002, notHostIP, 8080)},
-		{"protocol not published", udpPacket(clientIP, 40002, hostIP, 8080)},
-		{"port not published", tcpPacket(clientIP, 40002, hostIP, 8081)},
-		{"echo request to the host", echoPacket(clientIP, hostIP, 9)},
+		{name: "address that is not the host's", p: tcpPacket(clientIP, 40002, notHostIP, 8080)},
+		{name: "protocol not published", p: udpPacket(clientIP, 40002, hostIP, 8080)},
+		{name: "port not published", p: tcpPacket(clientIP, 40002, hostIP, 8081)},
+		{name: "echo request to the host", p: echoPacket(clientIP, hostIP, 9)},
 	} {
 		in := f.p.frame()
 		v, out := e.fromNetdev(in)
@@ -316,18 +318,18 @@ func TestPacketNotPublished(t *testing.T) {
 		want   uint32
 		reason DropReason
 	}{
-		{"loopback binding", tcpPacket(clientIP, 40001, loop, 8080), TC_ACT_SHOT, DropNotPublished},
-		{"loopback, unbound port", udpPacket(clientIP, 40001, netip.MustParseAddr("127.0.0.53"), 53), TC_ACT_SHOT, DropNotPublished},
-		{"tcp straight to a container", tcpPacket(clientIP, 40001, ctrA, 80), TC_ACT_SHOT, DropNotPublished},
-		{"udp straight to a container", udpPacket(clientIP, 40001, ctrA, 80), TC_ACT_SHOT, DropNotPublished},
-		{"echo straight to a container", echoPacket(clientIP, ctrC, 1), TC_ACT_SHOT, DropNotPublished},
-		{"address in a container network without a container", tcpPacket(clientIP, 40001, netip.MustParseAddr("172.17.9.9"), 80), TC_ACT_SHOT, DropNotPublished},
-		{"host port not published", tcpPacket(clientIP, 40001, hostIP, 9999), TC_ACT_OK, 0},
+		{name: "loopback binding", p: tcpPacket(clientIP, 40001, loop, 8080), want: TC_ACT_SHOT, reason: DropNotPublished},
+		{name: "loopback, unbound port", p: udpPacket(clientIP, 40001, netip.MustParseAddr("127.0.0.53"), 53), want: TC_ACT_SHOT, reason: DropNotPublished},
+		{name: "tcp straight to a container", p: tcpPacket(clientIP, 40001, ctrA, 80), want: TC_ACT_SHOT, reason: DropNotPublished},
+		{name: "udp straight to a container", p: udpPacket(clientIP, 40001, ctrA, 80), want: TC_ACT_SHOT, reason: DropNotPublished},
+		{name: "echo straight to a container", p: echoPacket(clientIP, ctrC, 1), want: TC_ACT_SHOT, reason: DropNotPublished},
+		{name: "address in a container network without a container", p: tcpPacket(clientIP, 40001, netip.MustParseAddr("172.17.9.9"), 80), want: TC_ACT_SHOT, reason: DropNotPublished},
+		{name: "host port not published", p: tcpPacket(clientIP, 40001, hostIP, 9999), want: TC_ACT_OK, reason: 0},
 		// The bridges' gateways are host addresses inside container
 		// subnets: the host's, as Docker's rules leave them.
-		{"gateway address, unpublished port", tcpPacket(clientIP, 40001, gwIP, 8081), TC_ACT_OK, 0},
-		{"other network's gateway, udp", udpPacket(clientIP, 40001, gw2IP, 53), TC_ACT_OK, 0},
-		{"published container port on the host address", tcpPacket(clientIP, 40001, hostIP, 80), TC_ACT_OK, 0},
+		{name: "gateway address, unpublished port", p: tcpPacket(clientIP, 40001, gwIP, 8081), want: TC_ACT_OK, reason: 0},
+		{name: "other network's gateway, udp", p: udpPacket(clientIP, 40001, gw2IP, 53), want: TC_ACT_OK, reason: 0},
+		{name: "published container port on the host address", p: tcpPacket(clientIP, 40001, hostIP, 80), want: TC_ACT_OK, reason: 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -362,10 +364,10 @@ func TestPacketMasquerade(t *testing.T) {
 		proto    layers.IPProtocol
 		zeroCsum bool
 	}{
-		{"tcp", pTCP, false},
-		{"udp", pUDP, false},
-		{"udp without checksum", pUDP, true},
-		{"icmp echo", pICMP, false},
+		{name: "tcp", proto: pTCP, zeroCsum: false},
+		{name: "udp", proto: pUDP, zeroCsum: false},
+		{name: "udp without checksum", proto: pUDP, zeroCsum: true},
+		{name: "icmp echo", proto: pICMP, zeroCsum: false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -467,11 +469,11 @@ func TestPacketMasqueradeNot(t *testing.T) {
 		dev  string
 		p    testPacket
 	}{
-		{"interface that is not an uplink", "up1", tcpPacket(ctrA, 40000, remoteIP, 443)},
-		{"the host's own traffic", "up0", udpPacket(hostIP, 40000, remoteIP, 53)},
-		{"echo reply from a container", "up0", echoReply(ctrA, remoteIP, 5)},
-		{"icmp timestamp from a container", "up0", timestamp},
-		{"other protocol from a container", "up0", func() testPacket {
+		{name: "interface that is not an uplink", dev: "up1", p: tcpPacket(ctrA, 40000, remoteIP, 443)},
+		{name: "the host's own traffic", dev: "up0", p: udpPacket(hostIP, 40000, remoteIP, 53)},
+		{name: "echo reply from a container", dev: "up0", p: echoReply(ctrA, remoteIP, 5)},
+		{name: "icmp timestamp from a container", dev: "up0", p: timestamp},
+		{name: "other protocol from a container", dev: "up0", p: func() testPacket {
 			p := basePacket(layers.IPProtocolGRE, ctrA, 0, remoteIP, 0)
 			return p
 		}()},
@@ -626,16 +628,16 @@ func TestPacketICMPErrorFromOutside(t *testing.T) {
 		rest      uint32
 		quoteLen  int // bytes of the translated datagram quoted; 0 all
 	}{
-		{"fragmentation needed from a router, tcp", tcpPacket(ctrA, 40000, remoteIP, 443), routerIP, 3, 4, 1400, 40},
-		{"port unreachable from the destination, udp", udpPacket(ctrA, 40000, remoteIP, 53), remoteIP, 3, 3, 0, 0},
-		{"port unreachable, udp without checksum", func() testPacket {
+		{name: "fragmentation needed from a router, tcp", flow: tcpPacket(ctrA, 40000, remoteIP, 443), from: routerIP, typ: layers.ICMPv4TypeDestinationUnreachable, code: layers.ICMPv4CodeFragmentationNeeded, rest: 1400, quoteLen: 40},
+		{name: "port unreachable from the destination, udp", flow: udpPacket(ctrA, 40000, remoteIP, 53), from: remoteIP, typ: layers.ICMPv4TypeDestinationUnreachable, code: layers.ICMPv4CodePort, rest: 0, quoteLen: 0},
+		{name: "port unreachable, udp without checksum", flow: func() testPacket {
 			p := udpPacket(ctrA, 40000, remoteIP, 53)
 			p.zeroUDPChecksum = true
 			return p
-		}(), remoteIP, 3, 3, 0, 0},
-		{"time exceeded from a router, udp, 8 bytes quoted", udpPacket(ctrA, 40000, remoteIP, 53), routerIP, 11, 0, 0, 28},
-		{"time exceeded from a router, echo", echoPacket(ctrA, remoteIP, 40000), routerIP, 11, 0, 0, 0},
-		{"parameter problem, tcp", tcpPacket(ctrA, 40000, remoteIP, 443), routerIP, 12, 0, 0x14000000, 0},
+		}(), from: remoteIP, typ: layers.ICMPv4TypeDestinationUnreachable, code: layers.ICMPv4CodePort, rest: 0, quoteLen: 0},
+		{name: "time exceeded from a router, udp, 8 bytes quoted", flow: udpPacket(ctrA, 40000, remoteIP, 53), from: routerIP, typ: layers.ICMPv4TypeTimeExceeded, code: layers.ICMPv4CodeTTLExceeded, rest: 0, quoteLen: 28},
+		{name: "time exceeded from a router, echo", flow: echoPacket(ctrA, remoteIP, 40000), from: routerIP, typ: layers.ICMPv4TypeTimeExceeded, code: layers.ICMPv4CodeTTLExceeded, rest: 0, quoteLen: 0},
+		{name: "parameter problem, tcp", flow: tcpPacket(ctrA, 40000, remoteIP, 443), from: routerIP, typ: layers.ICMPv4TypeParameterProblem, code: layers.ICMPv4CodePointerIndicatesError, rest: 0x14000000, quoteLen: 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -783,8 +785,8 @@ func TestPacketICMPErrorPublished(t *testing.T) {
 		typ, code uint8
 		rest      uint32
 	}{
-		{"fragmentation needed from a router, tcp", pTCP, routerIP, 3, 4, 1280},
-		{"port unreachable from the client, udp", pUDP, clientIP, 3, 3, 0},
+		{name: "fragmentation needed from a router, tcp", proto: pTCP, from: routerIP, typ: layers.ICMPv4TypeDestinationUnreachable, code: layers.ICMPv4CodeFragmentationNeeded, rest: 1280},
+		{name: "port unreachable from the client, udp", proto: pUDP, from: clientIP, typ: layers.ICMPv4TypeDestinationUnreachable, code: layers.ICMPv4CodePort, rest: 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -1170,7 +1172,7 @@ func TestPacketTCPReopen(t *testing.T) {
 			// are gone from ct4.
 			const u = flagUnassured
 			oe = e.expectCT(origKey, ctWant{clientIP, ctrB, 40001, 80, atFromNetdev | u, atToNetdev | flagReply | u, KindDNAT, e.idx["vethb"]})
-			if oe.Packets != 1 || oe.TcpSeen != 0x02 {
+			if oe.Packets != 1 || oe.TcpSeen != tcpSeenSYN {
 				t.Errorf("new entry: %d packets, tcp_seen %#x; want 1, SYN", oe.Packets, oe.TcpSeen)
 			}
 			e.expectNoCT(ctKey(tcp, ctrA, 80, clientIP, 40001))
@@ -1203,7 +1205,7 @@ func TestPacketTCPReopen(t *testing.T) {
 			t.Errorf("ct_new_snat = %d, want 2", n)
 		}
 		oe, _ := e.ctLookup(ctKey(uint8(pTCP), ctrA, 40000, remoteIP, 443))
-		if oe.Packets != 1 || oe.TcpSeen != 0x02 {
+		if oe.Packets != 1 || oe.TcpSeen != tcpSeenSYN {
 			t.Errorf("new entry: %d packets, tcp_seen %#x; want 1, SYN", oe.Packets, oe.TcpSeen)
 		}
 		if n := len(e.ct()); n != 2 {
@@ -1319,10 +1321,10 @@ func TestPacketRedirectOnly(t *testing.T) {
 		run  func([]byte) (uint32, []byte)
 		p    testPacket
 	}{
-		{"published port", e.fromNetdev, tcpPacket(clientIP, 40001, hostIP, 8080)},
-		{"masquerade", e.toNetdev, tcpPacket(ctrA, 40000, remoteIP, 443)},
-		{"hairpin", func(b []byte) (uint32, []byte) { return e.fromContainer("vetha", b) }, tcpPacket(ctrA, 40000, hostIP, 8080)},
-		{"to a container", func(b []byte) (uint32, []byte) { return e.toContainer("vetha", b) }, tcpPacket(ctrB, 80, ctrA, 40000)},
+		{name: "published port", run: e.fromNetdev, p: tcpPacket(clientIP, 40001, hostIP, 8080)},
+		{name: "masquerade", run: e.toNetdev, p: tcpPacket(ctrA, 40000, remoteIP, 443)},
+		{name: "hairpin", run: func(b []byte) (uint32, []byte) { return e.fromContainer("vetha", b) }, p: tcpPacket(ctrA, 40000, hostIP, 8080)},
+		{name: "to a container", run: func(b []byte) (uint32, []byte) { return e.toContainer("vetha", b) }, p: tcpPacket(ctrB, 80, ctrA, 40000)},
 	} {
 		in := c.p.frame()
 		v, out := c.run(in)
@@ -1381,8 +1383,8 @@ func TestPacketIPOptions(t *testing.T) {
 		name string
 		o    []layers.IPv4Option
 	}{
-		{"router alert (ihl 6)", []layers.IPv4Option{{OptionType: 148, OptionLength: 4, OptionData: []byte{0, 0}}}},
-		{"record route (ihl 8)", []layers.IPv4Option{{OptionType: 7, OptionLength: 11, OptionData: []byte{4, 0, 0, 0, 0, 0, 0, 0, 0}}, {OptionType: 0}}},
+		{name: "router alert (ihl 6)", o: []layers.IPv4Option{{OptionType: 148, OptionLength: 4, OptionData: []byte{0, 0}}}},
+		{name: "record route (ihl 8)", o: []layers.IPv4Option{{OptionType: 7, OptionLength: 11, OptionData: []byte{4, 0, 0, 0, 0, 0, 0, 0, 0}}, {OptionType: 0}}},
 	}
 	for _, oc := range opts {
 		name, o := oc.name, oc.o
@@ -1571,14 +1573,14 @@ func TestPacketMalformed(t *testing.T) {
 		flow func(proto layers.IPProtocol) testPacket
 	}
 	hooks := []hook{
-		{"from_netdev", func(e *packetEnv) *ebpf.Program { return e.objs.FromNetdev }, "up0",
-			func(p layers.IPProtocol) testPacket { return flowPacket(p, clientIP, 40001, hostIP, 8080) }},
-		{"to_netdev", func(e *packetEnv) *ebpf.Program { return e.objs.ToNetdev }, "up0",
-			func(p layers.IPProtocol) testPacket { return flowPacket(p, ctrA, 40001, remoteIP, 8080) }},
-		{"from_container", func(e *packetEnv) *ebpf.Program { return e.objs.FromContainer }, "vetha",
-			func(p layers.IPProtocol) testPacket { return flowPacket(p, ctrA, 40001, hostIP, 8080) }},
-		{"to_container", func(e *packetEnv) *ebpf.Program { return e.objs.ToContainer }, "vetha",
-			func(p layers.IPProtocol) testPacket { return flowPacket(p, ctrB, 80, ctrA, 40001) }},
+		{name: "from_netdev", prog: func(e *packetEnv) *ebpf.Program { return e.objs.FromNetdev }, dev: "up0",
+			flow: func(p layers.IPProtocol) testPacket { return flowPacket(p, clientIP, 40001, hostIP, 8080) }},
+		{name: "to_netdev", prog: func(e *packetEnv) *ebpf.Program { return e.objs.ToNetdev }, dev: "up0",
+			flow: func(p layers.IPProtocol) testPacket { return flowPacket(p, ctrA, 40001, remoteIP, 8080) }},
+		{name: "from_container", prog: func(e *packetEnv) *ebpf.Program { return e.objs.FromContainer }, dev: "vetha",
+			flow: func(p layers.IPProtocol) testPacket { return flowPacket(p, ctrA, 40001, hostIP, 8080) }},
+		{name: "to_container", prog: func(e *packetEnv) *ebpf.Program { return e.objs.ToContainer }, dev: "vetha",
+			flow: func(p layers.IPProtocol) testPacket { return flowPacket(p, ctrB, 80, ctrA, 40001) }},
 	}
 	setTotLen := func(b []byte, n int) { binary.BigEndian.PutUint16(b[14+2:], uint16(n)); setIPChecksum(b[14:]) }
 	arp := func() []byte {
@@ -1610,24 +1612,24 @@ func TestPacketMalformed(t *testing.T) {
 		// The first two never reach the program on recent kernels:
 		// BPF_PROG_RUN refuses an IPv4 frame without a whole IP header
 		// (EINVAL), as a driver would hand none to TC.
-		{"arp", func(hook) []byte { return arp() }, false},
-		{"ipv6", func(hook) []byte { return ipv6() }, false},
-		{"ethernet header only", func(h hook) []byte { return h.flow(pTCP).frame()[:14] }, true},
-		{"truncated ip header", func(h hook) []byte { return h.flow(pTCP).frame()[:14+12] }, true},
-		{"ihl 4", func(h hook) []byte { b := h.flow(pTCP).frame(); b[14] = 0x44; return b }, true},
-		{"ihl 0", func(h hook) []byte { b := h.flow(pUDP).frame(); b[14] = 0x40; return b }, true},
-		{"version 6 in an ipv4 frame", func(h hook) []byte { b := h.flow(pTCP).frame(); b[14] = 0x65; return b }, true},
-		{"version 0", func(h hook) []byte { b := h.flow(pUDP).frame(); b[14] = 0x05; return b }, true},
-		{"total length beyond the frame", func(h hook) []byte { b := h.flow(pTCP).frame(); setTotLen(b, len(b)-14+1); return b }, true},
-		{"total length below the header", func(h hook) []byte { b := h.flow(pTCP).frame(); setTotLen(b, 19); return b }, true},
-		{"ihl beyond the total length", func(h hook) []byte { b := h.flow(pTCP).frame(); b[14] = 0x4f; return b[:14+40] }, true},
-		{"truncated tcp header", func(h hook) []byte { b := h.flow(pTCP).frame()[:14+20+10]; setTotLen(b, 30); return b }, true},
-		{"tcp header cut by the total length", func(h hook) []byte { b := h.flow(pTCP).frame(); setTotLen(b, 20+19); return b }, true},
-		{"tcp data offset 4", func(h hook) []byte { b := h.flow(pTCP).frame(); b[14+20+12] = 0x40; return b }, true},
-		{"udp header cut by the total length", func(h hook) []byte { b := h.flow(pUDP).frame(); setTotLen(b, 20+7); return b }, true},
-		{"truncated udp header", func(h hook) []byte { b := h.flow(pUDP).frame()[:14+20+4]; setTotLen(b, 24); return b }, true},
-		{"truncated icmp header", func(h hook) []byte { b := h.flow(pICMP).frame()[:14+20+4]; setTotLen(b, 24); return b }, true},
-		{"icmp header cut by the total length", func(h hook) []byte { b := h.flow(pICMP).frame(); setTotLen(b, 20+7); return b }, true},
+		{name: "arp", frame: func(hook) []byte { return arp() }, shot: false},
+		{name: "ipv6", frame: func(hook) []byte { return ipv6() }, shot: false},
+		{name: "ethernet header only", frame: func(h hook) []byte { return h.flow(pTCP).frame()[:14] }, shot: true},
+		{name: "truncated ip header", frame: func(h hook) []byte { return h.flow(pTCP).frame()[:14+12] }, shot: true},
+		{name: "ihl 4", frame: func(h hook) []byte { b := h.flow(pTCP).frame(); b[14] = 0x44; return b }, shot: true},
+		{name: "ihl 0", frame: func(h hook) []byte { b := h.flow(pUDP).frame(); b[14] = 0x40; return b }, shot: true},
+		{name: "version 6 in an ipv4 frame", frame: func(h hook) []byte { b := h.flow(pTCP).frame(); b[14] = 0x65; return b }, shot: true},
+		{name: "version 0", frame: func(h hook) []byte { b := h.flow(pUDP).frame(); b[14] = 0x05; return b }, shot: true},
+		{name: "total length beyond the frame", frame: func(h hook) []byte { b := h.flow(pTCP).frame(); setTotLen(b, len(b)-14+1); return b }, shot: true},
+		{name: "total length below the header", frame: func(h hook) []byte { b := h.flow(pTCP).frame(); setTotLen(b, 19); return b }, shot: true},
+		{name: "ihl beyond the total length", frame: func(h hook) []byte { b := h.flow(pTCP).frame(); b[14] = 0x4f; return b[:14+40] }, shot: true},
+		{name: "truncated tcp header", frame: func(h hook) []byte { b := h.flow(pTCP).frame()[:14+20+10]; setTotLen(b, 30); return b }, shot: true},
+		{name: "tcp header cut by the total length", frame: func(h hook) []byte { b := h.flow(pTCP).frame(); setTotLen(b, 20+19); return b }, shot: true},
+		{name: "tcp data offset 4", frame: func(h hook) []byte { b := h.flow(pTCP).frame(); b[14+20+12] = 0x40; return b }, shot: true},
+		{name: "udp header cut by the total length", frame: func(h hook) []byte { b := h.flow(pUDP).frame(); setTotLen(b, 20+7); return b }, shot: true},
+		{name: "truncated udp header", frame: func(h hook) []byte { b := h.flow(pUDP).frame()[:14+20+4]; setTotLen(b, 24); return b }, shot: true},
+		{name: "truncated icmp header", frame: func(h hook) []byte { b := h.flow(pICMP).frame()[:14+20+4]; setTotLen(b, 24); return b }, shot: true},
+		{name: "icmp header cut by the total length", frame: func(h hook) []byte { b := h.flow(pICMP).frame(); setTotLen(b, 20+7); return b }, shot: true},
 	}
 	for _, h := range hooks {
 		t.Run(h.name, func(t *testing.T) {
@@ -1905,8 +1907,8 @@ func TestPacketGatewaySourceIsHost(t *testing.T) {
 		want   uint32
 		reason DropReason
 	}{
-		{"from the gateway", gwIP, TC_ACT_OK, 0},
-		{"from a container", ctrA, TC_ACT_SHOT, DropCTMiss},
+		{name: "from the gateway", src: gwIP, want: TC_ACT_OK, reason: 0},
+		{name: "from a container", src: ctrA, want: TC_ACT_SHOT, reason: DropCTMiss},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			e := newPacketEnv(t, Options{FastPath: true})

@@ -1,10 +1,11 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -70,9 +71,9 @@ func (s SockStat) String() string {
 	return fmt.Sprintf("sock_stat_%d", uint32(s))
 }
 
-// SockDir is where the cgroup links of the sock programs are pinned:
-// <pin-path>/cgroup/<program>.
-func SockDir(pinPath string) string { return filepath.Join(pinPath, "cgroup") }
+// SockDir is where the cgroup links of the sock programs are pinned
+// (loader.SockLinkPin).
+func SockDir(pinPath string) string { return loader.CgroupDir(pinPath) }
 
 // SockOptions are the settings of the sock programs.
 type SockOptions struct {
@@ -231,68 +232,19 @@ func sockProgramMap(p *sockPrograms) map[string]*ebpf.Program {
 	}
 }
 
-// cgroupID is the id the kernel gives the cgroup at path (its inode on
-// cgroup v2), as a cgroup link reports it.
-func cgroupID(path string) (uint64, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return 0, err
-	}
-	return st.Ino, nil
-}
-
 // attach attaches each program, adopting a pinned link of the same hook on
 // the same cgroup by updating its program; a pinned link elsewhere (the
-// cgroup setting changed) is replaced.
+// cgroup setting changed) is replaced (loader.AttachCgroup).
 func (s *Sock) attach() error {
-	if s.pinPath != "" {
-		if err := os.MkdirAll(SockDir(s.pinPath), 0o700); err != nil {
-			return fmt.Errorf("creating pin folder: %w", err)
-		}
-	}
-	cgid, err := cgroupID(s.cgroup)
-	if err != nil {
-		return fmt.Errorf("cgroup %s: %w", s.cgroup, err)
-	}
 	progs := s.programs()
 	for _, h := range sockHooks {
-		prog := progs[h.name]
-		if s.pinPath == "" {
-			l, err := link.AttachCgroup(link.CgroupOptions{Path: s.cgroup, Attach: h.attach, Program: prog})
-			if err != nil {
-				return fmt.Errorf("attaching %s to %s: %w", h.name, s.cgroup, err)
-			}
-			s.links[h.name] = l
-			continue
+		pin := ""
+		if s.pinPath != "" {
+			pin = loader.SockLinkPin(s.pinPath, h.name)
 		}
-		pin := filepath.Join(SockDir(s.pinPath), h.name)
-		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-			info, ierr := l.Info()
-			if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == cgid &&
-				ebpf.AttachType(info.Cgroup().AttachType) == h.attach {
-				if err := l.Update(prog); err != nil {
-					l.Close()
-					return fmt.Errorf("updating the pinned link of %s: %w", h.name, err)
-				}
-				s.links[h.name] = l
-				continue
-			}
-			// Another cgroup or hook: take it down and attach anew.
-			l.Unpin()
-			l.Close()
-		} else if !errors.Is(err, os.ErrNotExist) {
-			// Not a link (or unreadable): out of the way.
-			if rerr := os.Remove(pin); rerr != nil {
-				return fmt.Errorf("replacing %s: %w", pin, errors.Join(err, rerr))
-			}
-		}
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: s.cgroup, Attach: h.attach, Program: prog})
+		l, err := loader.AttachCgroup(pin, progs[h.name], s.cgroup, h.attach)
 		if err != nil {
-			return fmt.Errorf("attaching %s to %s: %w", h.name, s.cgroup, err)
-		}
-		if err := l.Pin(pin); err != nil {
-			l.Close()
-			return fmt.Errorf("pinning the link of %s: %w", h.name, err)
+			return fmt.Errorf("attaching %s: %w", h.name, err)
 		}
 		s.links[h.name] = l
 	}
@@ -338,7 +290,7 @@ func (s *Sock) Stats() (map[SockStat]uint64, error) {
 // ReadSockStats reads the counters of the sock programs of a running
 // datapath from their pinned map, for the operator commands.
 func ReadSockStats(pinPath string) (map[SockStat]uint64, error) {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(loader.GlobalsDir(pinPath), "sock_stats"), &ebpf.LoadPinOptions{ReadOnly: true})
+	m, err := ebpf.LoadPinnedMap(loader.GlobalPin(pinPath, "sock_stats"), &ebpf.LoadPinOptions{ReadOnly: true})
 	if err != nil {
 		return nil, fmt.Errorf("opening the sock counters: %w", err)
 	}
@@ -386,14 +338,11 @@ func (s *Sock) Remove() error {
 	}
 	var errs []error
 	for name, l := range s.links {
-		if err := l.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("unpinning the link of %s: %w", name, err))
-		}
-		// A link pinned elsewhere would outlive Close: detach it.
-		if err := l.Detach(); err != nil && !errors.Is(err, link.ErrNotSupported) {
-			errs = append(errs, fmt.Errorf("detaching %s: %w", name, err))
+		if err := loader.DetachLink(l); err != nil {
+			errs = append(errs, fmt.Errorf("the link of %s: %w", name, err))
 		}
 	}
+	s.links = map[string]link.Link{}
 	if s.pinPath != "" {
 		errs = append(errs, RemoveSockPins(s.pinPath))
 		for _, m := range []*ebpf.Map{s.maps.SockRev4, s.maps.SockStats} {
@@ -408,13 +357,11 @@ func (s *Sock) Remove() error {
 	return errors.Join(errs...)
 }
 
-// RemoveSockPins removes the link pins of the sock programs under pinPath,
-// for when no Sock is open (bpfnet down): with no file descriptor left the
-// kernel detaches the links. A process that still holds one keeps them
-// attached until it closes it.
+// RemoveSockPins detaches the links pinned under SockDir (the sock
+// programs', and the containers' cgroup_skb links below it) and removes the
+// folder, for when no Sock is open (bpfnet down). Links are detached in
+// the kernel, not only unpinned, so that a process still holding one does
+// not keep its program attached.
 func RemoveSockPins(pinPath string) error {
-	if err := os.RemoveAll(SockDir(pinPath)); err != nil {
-		return fmt.Errorf("removing %s: %w", SockDir(pinPath), err)
-	}
-	return nil
+	return loader.DetachTree(SockDir(pinPath))
 }

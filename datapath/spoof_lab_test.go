@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package datapath
 
 // Forged source addresses, in a lab of two bridges (two networks): a

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package docker
 
 import (
@@ -8,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -25,10 +26,7 @@ import (
 func TestDaemonDockerMode(t *testing.T) {
 	requireRoot(t)
 	requireTools(t, "dockerd", "containerd", "runc", "nsenter", "unshare")
-	bin := filepath.Join(t.TempDir(), "bpfnet")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/bpfnet").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := lab.BuildBpfnet(t)
 	sweepStale(t)
 	topo := lab.Setup(t, lab.Config{Bridges: []lab.BridgeConfig{{Subnet: "172.30.0.0/24"}}})
 	ext := topo.Externals[0]

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package docker makes Docker the source of the datapath's state: the
 // bridge networks of a dockerd, the running containers attached to them
 // and the ports they publish, read through Docker's API and kept up to

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package docker
 
 import (
@@ -32,19 +34,8 @@ import (
 // requireRoot: see lab.RequireRoot.
 var requireRoot = lab.RequireRoot
 
-// requireTools fails (in CI) or skips the test when a program is missing.
-func requireTools(t testing.TB, names ...string) {
-	t.Helper()
-	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			msg := fmt.Sprintf("%s not found (apt-get install docker.io busybox-static util-linux: make deps)", n)
-			if os.Getenv("CI") == "true" {
-				t.Fatal(msg)
-			}
-			t.Skip(msg)
-		}
-	}
-}
+// requireTools: see lab.RequireTools.
+var requireTools = lab.RequireTools
 
 // testImage is the image the test containers run: busybox and the echo
 // server of testdata/echo.

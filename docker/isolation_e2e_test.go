@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package docker
 
 // Docker's isolation of networks, end to end: a dockerd of the test's own
@@ -11,7 +13,6 @@ package docker
 // are removed.
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -93,21 +94,6 @@ func isoRun(e *e2e, c *isoCtr) {
 	}
 	c.addr = parseAddr(es.IPAddress)
 	c.ns = &lab.Namespace{Name: c.name, Path: fmt.Sprintf("/proc/%d/ns/net", ci.State.Pid)}
-}
-
-// isoDial connects from ns to addr and returns the echo server's line
-// ("<client address> <host name>"), or the error.
-func isoDial(ns *lab.Namespace, addr string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
-	defer cancel()
-	c, err := ns.DialTCP(ctx, addr)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(2 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	return strings.TrimSpace(line), err
 }
 
 // isoServe answers every TCP connection to addr in ns with the client's
@@ -328,7 +314,7 @@ func TestDockerIsolationE2E(t *testing.T) {
 			{"another network's published port, through the host", b1, host + ":8080", "a1", b1.addr.String()},
 			{"a no-ICC neighbour's published port, through the host", n2, host + ":8082", "n1", n2.addr.String()},
 		} {
-			line, err := isoDial(p.from.ns, p.to)
+			line, err := p.from.ns.Greeting(p.to)
 			f := strings.Fields(line)
 			if err != nil || len(f) != 2 || f[1] != p.who {
 				t.Errorf("%s: %s to %s: %q %v, want %s's answer", p.name, p.from.name, p.to, line, err, p.who)
@@ -371,7 +357,7 @@ func TestDockerIsolationE2E(t *testing.T) {
 				if p.from != nil {
 					ns, from = p.from.ns, p.from.name
 				}
-				if line, err := isoDial(ns, p.to); err == nil {
+				if line, err := ns.Greeting(p.to); err == nil {
 					t.Errorf("%s: %s reached %s (%q), want it blocked", g.reason, from, p.to, line)
 				} else if !lab.IsTimeout(err) {
 					t.Errorf("%s: %s to %s: %v, want a timeout (the SYN dropped)", g.reason, from, p.to, err)
@@ -471,7 +457,7 @@ func TestDockerIsolationE2E(t *testing.T) {
 			t.Error(err)
 		}
 		// The others are as they were.
-		if line, err := isoDial(a2.ns, to(a1, 80)); err != nil {
+		if line, err := a2.ns.Greeting(to(a1, 80)); err != nil {
 			t.Errorf("a2 to a1 after the removal: %q %v", line, err)
 		}
 		e.expectEcho(t, "tcp", netip.AddrPortFrom(e.hostAddr, 8080), "a1", 2*time.Second)

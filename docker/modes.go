@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package docker
 
 // Containers that have no veth of their own on a bridge network served:

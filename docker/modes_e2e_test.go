@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package docker
 
 import (
@@ -60,20 +62,6 @@ func (s *daemonLog) String() string {
 	return s.b.String()
 }
 
-// buildBpfnetBin builds cmd/bpfnet into dir.
-func buildBpfnetBin(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "bpfnet")
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		gobin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
-	}
-	if out, err := exec.Command(gobin, "build", "-o", bin, "../cmd/bpfnet").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // newModesLab builds the lab, starts dockerd with the test image and the
 // daemon; everything goes at cleanup, and the daemon's log is shown when
 // the test fails.
@@ -82,7 +70,7 @@ func newModesLab(t *testing.T, metricsPort int) *modesLab {
 	requireRoot(t)
 	requireTools(t, "dockerd", "containerd", "runc", "nsenter", "unshare")
 	start := time.Now()
-	m := &modesLab{t: t, bin: buildBpfnetBin(t), logs: &daemonLog{}}
+	m := &modesLab{t: t, bin: lab.BuildBpfnet(t), logs: &daemonLog{}}
 	sweepStale(t)
 	m.topo = lab.Setup(t, lab.Config{Bridges: []lab.BridgeConfig{{Subnet: "172.30.0.0/24"}}})
 	m.ext = m.topo.Externals[0]

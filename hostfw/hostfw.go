@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package hostfw finds the host firewall rules that bpfnet's fast path
 // takes packets around.
 //

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package hostfw
 
 import (
@@ -5,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"slices"
 	"testing"
 	"time"
@@ -65,11 +66,7 @@ COMMIT
 // without rules is not reported.
 func TestDetectLab(t *testing.T) {
 	lab.RequireRoot(t)
-	for _, bin := range []string{"iptables-legacy", "iptables-nft", "iptables-legacy-save", "iptables-nft-save", "nsenter"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Fatalf("%s is not installed (Debian package iptables)", bin)
-		}
-	}
+	lab.RequireTools(t, "iptables-legacy", "iptables-nft", "iptables-legacy-save", "iptables-nft-save", "nsenter")
 	topo := lab.Setup(t, lab.Config{})
 	ctx := context.Background()
 	path := topo.Host.Path

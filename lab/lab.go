@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package lab builds a Docker-like network topology out of Linux network
 // namespaces, for bpfnet's tests, demo and benchmark.
 //
@@ -37,7 +39,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
-	"os"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -100,6 +101,15 @@ type Topology struct {
 	Bridges    []*Bridge
 	Containers []*Container
 	Externals  []*External
+}
+
+// BridgeNames are the names of the topology's bridges, in order.
+func (t *Topology) BridgeNames() []string {
+	var names []string
+	for _, b := range t.Bridges {
+		names = append(names, b.Name)
+	}
+	return names
 }
 
 // Bridge is a bridge in the host namespace.
@@ -489,18 +499,4 @@ func buildContainer(host, cns *nsHandle, cp containerPlan, br *Bridge, mtu int) 
 		MAC:           eth0.Attrs().HardwareAddr,
 		Index:         eth0.Attrs().Index,
 	}, nil
-}
-
-// RequireRoot skips a test that needs root, except in CI (CI=true), where
-// skipping would hide untested work: there it fails. Every package's root
-// tests use it.
-func RequireRoot(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		tb.Fatal("this test needs root, and CI runs as root: refusing to skip")
-	}
-	tb.Skip("needs root")
 }

@@ -1,6 +1,9 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package lab
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -199,6 +202,28 @@ func (n *Namespace) DialTCP(ctx context.Context, addr string) (*net.TCPConn, err
 		return nil, fmt.Errorf("dialing tcp %s from namespace %s: %w", addr, n.Name, err)
 	}
 	return c.(*net.TCPConn), nil
+}
+
+// Greeting connects from inside the namespace to addr and returns the
+// first line the server sends, without its newline: the greeting of the
+// tests' echo servers (the address they saw the client with). The dial
+// has 700 ms, so that a SYN the datapath drops shows as a timeout
+// (IsTimeout) quickly; the read 2 s. The error is the dial's or the
+// read's.
+func (n *Namespace) Greeting(addr string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	c, err := n.DialTCP(ctx, addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return strings.TrimSpace(line), fmt.Errorf("reading the greeting of %s: %w", addr, err)
+	}
+	return strings.TrimSpace(line), nil
 }
 
 // IsTimeout reports whether err is a network operation that ran out of

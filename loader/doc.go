@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package loader attaches bpfnet's TC (traffic control) eBPF programs to
 // network interfaces and keeps those attachments alive across daemon restarts.
 //
@@ -23,6 +25,15 @@
 // [Detach], [DetachAll], [List] and [Forget] work from those pins and records
 // only: they never touch programs or filters that bpfnet did not create.
 //
+// [AttachCgroup] does the same for cgroup programs (cgroup_skb and the
+// sock_addr hooks): it adopts a link pinned on the same cgroup and hook by
+// updating its program in place, and otherwise attaches and pins a new link.
+// tcx and cgroup links share that attach-or-adopt, and one way down,
+// [DetachLink]: detach in the kernel, unpin, close. Unpinning alone is not
+// enough, as a process holding the link would keep its program attached;
+// every replaced or removed link goes through DetachLink ([DetachPin],
+// [DetachTree] for a pin or a folder of them).
+//
 // [BridgePorts] and [WatchLinks] discover the veth ports of the Docker
 // bridges so that the daemon knows where to attach.
 //
@@ -31,6 +42,11 @@
 //	<base>/globals                              maps shared by all programs (pinned by others)
 //	<base>/devices/<ifname>/links/<dir>_<prog>  pinned tcx links
 //	<base>/devices/<ifname>/legacy/<dir>_<prog> records of cls_bpf filters
+//	<base>/cgroup/<prog>                        pinned sock_addr cgroup links
+//	<base>/cgroup/containers/<id>/...           a container's record and cgroup_skb links
+//
+// pins.go names every path of this layout, with the daemon's records too;
+// other packages use its functions, never a folder name of their own.
 //
 // Names are escaped with [EscapeName] because bpffs refuses '.' in file names
 // ("eth0.100" is stored as "eth0%2e100"); base itself must not contain one.
@@ -66,7 +82,7 @@
 // # What it does not do
 //
 // It does not load or verify programs, pin maps (see [GlobalsDir]), compile
-// anything, attach XDP or cgroup programs, or follow interfaces across
+// anything, attach XDP programs, or follow interfaces across
 // namespaces or renames. It does not notice by itself that an interface went
 // away: the daemon calls [Forget] for that (the kernel has already dropped the
 // attachment). Calls are serialised inside one process by a mutex; two

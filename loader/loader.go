@@ -1,10 +1,11 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -99,72 +100,6 @@ type Attachment struct {
 
 func (a Attachment) String() string {
 	return fmt.Sprintf("%s %s %s (%s, ifindex %d, prog id %d)", a.Interface, a.Direction, a.Program, a.Mode, a.Ifindex, a.ProgramID)
-}
-
-// GlobalsDir is where the shared maps are pinned (by other packages).
-func GlobalsDir(base string) string { return filepath.Join(base, "globals") }
-
-// DevicesDir holds one directory per interface.
-func DevicesDir(base string) string { return filepath.Join(base, "devices") }
-
-// DeviceDir holds the pins and records of one interface:
-// <base>/devices/<ifname>, with ifname escaped by [EscapeName].
-func DeviceDir(base, ifname string) string {
-	return filepath.Join(DevicesDir(base), EscapeName(ifname))
-}
-
-var (
-	escaper   = strings.NewReplacer("%", "%25", ".", "%2e")
-	unescaper = strings.NewReplacer("%25", "%", "%2e", ".")
-)
-
-// EscapeName turns an interface or program name into a bpffs file name.
-// bpffs refuses '.' in names (reserved for future use), yet interface names
-// such as "eth0.100" are common: '.' becomes "%2e" and '%' becomes "%25".
-// Other names are unchanged.
-func EscapeName(s string) string { return escaper.Replace(s) }
-
-// UnescapeName is the inverse of EscapeName.
-func UnescapeName(s string) (string, error) {
-	u := unescaper.Replace(s)
-	if EscapeName(u) != s {
-		return "", fmt.Errorf("malformed escaped name %q", s)
-	}
-	return u, nil
-}
-
-func linksDir(base, ifname string) string  { return filepath.Join(DeviceDir(base, ifname), "links") }
-func legacyDir(base, ifname string) string { return filepath.Join(DeviceDir(base, ifname), "legacy") }
-
-func entryName(dir Direction, prog string) string { return dir.String() + "_" + EscapeName(prog) }
-
-func parseEntryName(name string) (Direction, string, error) {
-	d, prog, ok := strings.Cut(name, "_")
-	if !ok {
-		return 0, "", fmt.Errorf("malformed entry name %q", name)
-	}
-	dir, err := ParseDirection(d)
-	if err != nil {
-		return 0, "", err
-	}
-	if prog, err = UnescapeName(prog); err != nil {
-		return 0, "", err
-	}
-	if err := validName("program", prog); err != nil {
-		return 0, "", err
-	}
-	return dir, prog, nil
-}
-
-// LinkPin is the bpffs path of the pinned tcx link of prog on ifname/dir.
-func LinkPin(base, ifname string, dir Direction, prog string) string {
-	return filepath.Join(linksDir(base, ifname), entryName(dir, prog))
-}
-
-// LegacyRecordPath is where a cls_bpf attachment of prog on ifname/dir is
-// recorded (a symlink whose target is JSON; bpffs allows no regular files).
-func LegacyRecordPath(base, ifname string, dir Direction, prog string) string {
-	return filepath.Join(legacyDir(base, ifname), entryName(dir, prog))
 }
 
 // FilterName is the cls_bpf filter name used for prog.

@@ -1,14 +1,14 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 )
 
 // tcxAttach is link.AttachTCX; tests replace it to simulate a kernel without
@@ -22,78 +22,30 @@ func tcxAttachType(dir Direction) ebpf.AttachType {
 	return ebpf.AttachTCXIngress
 }
 
-// attachTCX updates the pinned link in place or creates and pins a new one.
+// attachTCX updates the pinned link in place or creates and pins a new one
+// at the tail (attachOrAdopt). A pinned link that is stale (its interface
+// was deleted or recreated: the link is defunct or on another ifindex) is
+// detached and replaced.
 func attachTCX(base string, prog *ebpf.Program, progName, ifname string, ifindex int, dir Direction) (Attachment, error) {
 	pin := LinkPin(base, ifname, dir, progName)
-
-	l, err := link.LoadPinnedLink(pin, nil)
-	switch {
-	case err == nil:
-		att, done, err := updateTCX(l, prog, pin, ifname, ifindex, dir, progName)
-		if done || err != nil {
-			_ = l.Close()
-			return att, err
-		}
-		// Stale link (interface gone or recreated): drop the pin, which
-		// releases the link, and attach afresh.
-		if err := l.Unpin(); err != nil {
-			_ = l.Close()
-			return Attachment{}, fmt.Errorf("removing stale link pin %s: %w", pin, err)
-		}
-		_ = l.Close()
-	case errors.Is(err, os.ErrNotExist):
-	default:
-		return Attachment{}, fmt.Errorf("loading pinned link %s: %w", pin, err)
-	}
-
-	l, err = tcxAttach(link.TCXOptions{
-		Interface: ifindex,
-		Program:   prog,
-		Attach:    tcxAttachType(dir),
-		Anchor:    link.Tail(),
+	l, _, err := attachOrAdopt(pin, prog, func(info *link.Info) bool {
+		// Ifindex is 0 once the device is gone (defunct link).
+		tcx := info.TCX()
+		return info.Type == link.TCXType && tcx != nil && int(tcx.Ifindex) == ifindex && ebpf.AttachType(tcx.AttachType) == tcxAttachType(dir)
+	}, func() (link.Link, error) {
+		return tcxAttach(link.TCXOptions{
+			Interface: ifindex,
+			Program:   prog,
+			Attach:    tcxAttachType(dir),
+			Anchor:    link.Tail(),
+		})
 	})
 	if err != nil {
+		removeEmptyDirs(base, ifname)
 		return Attachment{}, err
 	}
-	// Closing a pinned link does not detach it; closing an unpinned one
-	// does, which is what we want on the error paths below.
-	defer l.Close()
-
-	if err := os.MkdirAll(filepath.Dir(pin), 0o700); err != nil {
-		removeEmptyDirs(base, ifname)
-		return Attachment{}, fmt.Errorf("creating %s: %w", filepath.Dir(pin), err)
-	}
-	if err := l.Pin(pin); err != nil {
-		removeEmptyDirs(base, ifname)
-		return Attachment{}, fmt.Errorf("pinning link at %s: %w", pin, err)
-	}
+	defer l.Close() // pinned: stays attached
 	return tcxAttachment(l, ifname, dir, progName)
-}
-
-// updateTCX replaces the program of a pinned link. done is false (and err
-// nil) when the link is stale and must be replaced by a new one.
-func updateTCX(l link.Link, prog *ebpf.Program, pin, ifname string, ifindex int, dir Direction, progName string) (att Attachment, done bool, err error) {
-	info, err := l.Info()
-	if err != nil {
-		return Attachment{}, false, fmt.Errorf("pinned link info: %w", err)
-	}
-	tcx := info.TCX()
-	if info.Type != link.TCXType || tcx == nil {
-		return Attachment{}, false, fmt.Errorf("pinned link at %s is a %v link, not tcx", pin, info.Type)
-	}
-	if int(tcx.Ifindex) != ifindex || ebpf.AttachType(tcx.AttachType) != tcxAttachType(dir) {
-		// Ifindex is 0 once the device is gone (defunct link).
-		return Attachment{}, false, nil
-	}
-	if err := l.Update(prog); err != nil {
-		if errors.Is(err, unix.ENOLINK) {
-			// Device went away between Info and Update.
-			return Attachment{}, false, nil
-		}
-		return Attachment{}, false, fmt.Errorf("updating pinned link: %w", err)
-	}
-	att, err = tcxAttachment(l, ifname, dir, progName)
-	return att, true, err
 }
 
 func tcxAttachment(l link.Link, ifname string, dir Direction, progName string) (Attachment, error) {
@@ -129,14 +81,10 @@ func detachTCX(base, ifname string, dir Direction, progName string) error {
 	if err != nil {
 		return fmt.Errorf("loading pinned link %s: %w", pin, err)
 	}
-	defer l.Close()
 	// Detach explicitly: unpin+close only detaches when nobody else holds
 	// the link open. A defunct link reports ENOLINK, which is fine.
-	if err := l.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) && !errors.Is(err, link.ErrNotSupported) {
-		return fmt.Errorf("detaching link %s: %w", pin, err)
-	}
-	if err := l.Unpin(); err != nil {
-		return fmt.Errorf("unpinning link %s: %w", pin, err)
+	if err := DetachLink(l); err != nil {
+		return fmt.Errorf("link %s: %w", pin, err)
 	}
 	return nil
 }

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package metrics serves bpfnet's Prometheus /metrics: per-container
 // traffic and the datapath's health, read from the BPF maps at scrape time.
 //

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package metrics
 
 import (
@@ -56,10 +58,7 @@ func startLab(t *testing.T, fast bool) *labDatapath {
 	t.Helper()
 	requireRoot(t)
 	topo := lab.Setup(t, lab.Config{Containers: []lab.ContainerConfig{{}, {}}})
-	pin, err := os.MkdirTemp("/sys/fs/bpf", "bpfnet-metrics-test-")
-	if err != nil {
-		t.Fatalf("bpffs: %v (is it mounted at /sys/fs/bpf?)", err)
-	}
+	pin := lab.BPFFSDir(t, "bpfnet-metrics-test-")
 	l := &labDatapath{topo: topo, pin: pin}
 	t.Cleanup(func() {
 		if l.dp != nil {
@@ -67,15 +66,10 @@ func startLab(t *testing.T, fast bool) *labDatapath {
 				t.Errorf("removing datapath: %v", err)
 			}
 		}
-		os.RemoveAll(pin)
 	})
 	c0, c1 := topo.Containers[0], topo.Containers[1]
-	err = topo.Host.Do(func() error {
-		var bridges []string
-		for _, b := range topo.Bridges {
-			bridges = append(bridges, b.Name)
-		}
-		s, err := datapath.Discover(bridges, nil, nil)
+	err := topo.Host.Do(func() error {
+		s, err := datapath.Discover(topo.BridgeNames(), nil, nil)
 		if err != nil {
 			return err
 		}

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package metrics
 
 import (
@@ -10,12 +12,14 @@ import (
 // requireRoot: see lab.RequireRoot.
 var requireRoot = lab.RequireRoot
 
-// requireTool fails the test when a program it runs is not installed.
+// requireTool stops the test when a program it runs is not installed
+// (lab.RequireTools) and returns its path.
 func requireTool(t testing.TB, name string) string {
 	t.Helper()
+	lab.RequireTools(t, name)
 	p, err := exec.LookPath(name)
 	if err != nil {
-		t.Fatalf("%s is not installed (the Debian package prometheus has it; make deps installs it)", name)
+		t.Fatal(err)
 	}
 	return p
 }

@@ -1,10 +1,14 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -21,6 +25,7 @@ type benchFlags struct {
 	duration time.Duration
 	jsonPath string
 	plotPath string
+	render   string
 	modes    []string
 	idle     bool
 	cc       string
@@ -64,8 +69,12 @@ caps every mode alike (see docs/benchmarks.md).
 The table goes to stdout (median [min-max] of the runs, and the ratios
 ebpf/iptables, ebpf/routing, ebpf/ebpf-redirect); progress to stderr.`,
 		Example: `  bpfnet bench --quick
-  bpfnet bench --json docs/bench.json --plot docs/benchmarks.svg`,
+  bpfnet bench --json docs/bench.json --plot docs/benchmarks.svg
+  bpfnet bench --render docs/bench.json --plot docs/benchmarks.svg`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if f.render != "" {
+				return renderReport(cmd, f)
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			opts, err := f.options(cmd)
@@ -87,7 +96,7 @@ ebpf/iptables, ebpf/routing, ebpf/ebpf-redirect); progress to stderr.`,
 				}
 			}
 			if f.plotPath != "" {
-				if err := writeFile(f.plotPath, rep.WriteSVG); err != nil {
+				if err := writeFile(f.plotPath, chartWriter(rep, f.plotPath)); err != nil {
 					return err
 				}
 			}
@@ -99,7 +108,8 @@ ebpf/iptables, ebpf/routing, ebpf/ebpf-redirect); progress to stderr.`,
 	fl.IntVar(&f.runs, "runs", 0, "runs of every mode (default 5, 3 with --quick)")
 	fl.DurationVar(&f.duration, "duration", 0, "length of each RR, CRR and UDP measurement; iperf3 runs take it in whole seconds (default 5s, 500ms with --quick)")
 	fl.StringVar(&f.jsonPath, "json", "", "write every run's figures and the summary as JSON to this file")
-	fl.StringVar(&f.plotPath, "plot", "", "write an SVG bar chart of the ratios to this file")
+	fl.StringVar(&f.plotPath, "plot", "", "write the chart to this file: PNG if it ends in .png, else SVG")
+	fl.StringVar(&f.render, "render", "", "measure nothing: read a report that --json wrote, print its table and draw its chart (--plot)")
 	fl.BoolVar(&f.idle, "allow-idle", false, "let idle CPUs enter idle states instead of polling during the run")
 	fl.StringVar(&f.cc, "congestion-control", bench.CongestionAuto, "TCP congestion control of the lab's endpoints (auto: cubic, else reno; or one of net.ipv4.tcp_allowed_congestion_control)")
 	fl.StringSliceVar(&f.modes, "mode", nil, "measure only these modes (routing, iptables, ebpf, ebpf-redirect)")
@@ -137,6 +147,34 @@ func (f *benchFlags) options(cmd *cobra.Command) (bench.Options, error) {
 		opts.Modes = append(opts.Modes, bench.Mode(m))
 	}
 	return opts, nil
+}
+
+// renderReport prints the table of the report in f.render and draws its
+// chart to f.plotPath.
+func renderReport(cmd *cobra.Command, f *benchFlags) error {
+	data, err := os.ReadFile(f.render)
+	if err != nil {
+		return err
+	}
+	var rep bench.Report
+	if err := json.Unmarshal(data, &rep); err != nil {
+		return fmt.Errorf("reading %s: %w", f.render, err)
+	}
+	if err := rep.WriteTable(cmd.OutOrStdout()); err != nil {
+		return err
+	}
+	if f.plotPath == "" {
+		return nil
+	}
+	return writeFile(f.plotPath, chartWriter(&rep, f.plotPath))
+}
+
+// chartWriter draws rep's chart in the format path's extension names.
+func chartWriter(rep *bench.Report, path string) func(io.Writer) error {
+	if strings.EqualFold(filepath.Ext(path), ".png") {
+		return rep.WritePNG
+	}
+	return rep.WriteSVG
 }
 
 // writeFile creates path and fills it with write.

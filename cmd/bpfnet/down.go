@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package main
 
 import (
@@ -30,6 +32,11 @@ func newDownCmd() *cobra.Command {
 				}
 			}
 			if err := loader.DetachAll(pinPath); err != nil {
+				return err
+			}
+			// The cgroup links (sock_addr and the containers'): detached,
+			// not only unpinned, so that no holder keeps them attached.
+			if err := loader.DetachTree(loader.CgroupDir(pinPath)); err != nil {
 				return err
 			}
 			if err := os.RemoveAll(pinPath); err != nil {

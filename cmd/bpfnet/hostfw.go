@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package main
 
 import (
@@ -8,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -18,7 +19,7 @@ import (
 
 // hostFirewallRecord is where the daemon keeps its last check of the host
 // firewall, for `bpfnet status`.
-func hostFirewallRecord(pinPath string) string { return filepath.Join(pinPath, "host-firewall") }
+func hostFirewallRecord(pinPath string) string { return loader.HostFirewallRecord(pinPath) }
 
 // hostFirewall checks, on the daemon's timer, the firewall of the
 // daemon's network namespace for rules the fast path takes packets

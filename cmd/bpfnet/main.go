@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command bpfnet runs Docker's bridge networking (published ports,
 // masquerade, hairpin) in eBPF instead of iptables, and shows what it does.
 package main

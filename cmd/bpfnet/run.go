@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package main
 
 import (
@@ -9,7 +11,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -457,7 +458,7 @@ func metricsMux(reg *prometheus.Registry) http.Handler {
 // iptablesMarker marks, under the pin path, that the iptables datapath
 // holds rules, so that `bpfnet down` removes them (bpffs takes folders,
 // not files).
-func iptablesMarker(pinPath string) string { return filepath.Join(pinPath, "iptables") }
+func iptablesMarker(pinPath string) string { return loader.IptablesMarker(pinPath) }
 
 // runIptables is the daemon with the iptables datapath: Docker-shaped rules
 // for the same state, kept in step the same way. Stopping it leaves the

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package main
 
 import (
@@ -21,16 +23,8 @@ import (
 // requireRoot: see lab.RequireRoot.
 var requireRoot = lab.RequireRoot
 
-// buildBinary builds bpfnet for tests that run it as a process.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "bpfnet")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
+// buildBinary: see lab.BuildBpfnet.
+var buildBinary = lab.BuildBpfnet
 
 // TestRunInLab runs `bpfnet run` as a daemon in a lab's host namespace:
 // the published port answers, stopping the daemon keeps the datapath and

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package main
 
 import (
@@ -9,7 +11,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -53,7 +54,7 @@ type statusReport struct {
 
 // warningsRecord is where the daemon keeps the warnings of the state it
 // applied last, for status to show.
-func warningsRecord(pinPath string) string { return filepath.Join(pinPath, "warnings") }
+func warningsRecord(pinPath string) string { return loader.WarningsRecord(pinPath) }
 
 // maxWarnings bounds the record: a symbolic link's target is at most a
 // page.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command echo is the server of the Docker end-to-end tests, built
 // static and put into the test image. It answers every TCP connection
 // and every UDP datagram with one line: the client's address as it sees
