@@ -6,7 +6,7 @@ ARCH_INCLUDE := /usr/include/$(shell uname -m)-linux-gnu
 export BPF2GO_CC ?= clang
 export BPF2GO_CFLAGS ?= -O2 -g -Wall -Werror -I$(ARCH_INCLUDE)
 BIN := bin/bpfnet
-DEPS := clang llvm libbpf-dev bpftool iproute2 iptables nftables iperf3 busybox-static util-linux prometheus docker.io docker-compose
+DEPS := clang clang-format llvm libbpf-dev bpftool iproute2 iptables nftables iperf3 busybox-static util-linux prometheus docker.io docker-compose
 TEST_TIMEOUT ?= 60m
 # Time each fuzz target runs under make fuzz; make test runs each for TEST_FUZZTIME.
 FUZZTIME ?= 60s
@@ -77,7 +77,7 @@ lint: ## gofmt, go vet, and the committed bpf2go outputs match the C sources
 	for f in $$tmp/*; do cmp -s $$f datapath/$$(basename $$f) || { echo "datapath/$$(basename $$f) does not match bpf/: run make generate"; rm -rf $$tmp; exit 1; }; done; \
 	rm -rf $$tmp; echo "bpf2go outputs match the C sources"
 
-format: ## Format Go and C sources
+format: ## Format Go and C sources (bpf/ in kernel style, .clang-format)
 	gofmt -w .
 	clang-format -i bpf/*.c bpf/lib/*.h
 

@@ -84,22 +84,37 @@ static __always_inline int to_container_xlate(struct __sk_buff *ctx, struct pkt 
 	return 0;
 }
 
-/* deliver hands a packet to a container: straight into its namespace
- * with the fast path (or always, for a packet that must turn around on its
- * own veth), through the stack otherwise. */
-static __always_inline int deliver(struct __sk_buff *ctx, struct pkt *p, const struct endpoint *ep, int routed,
-				   int xlate, int must_redirect, __u64 now)
+/* How deliver hands a packet over, or-ed together. */
+enum deliver_flags {
+	DELIVER_ROUTED = 1 << 0, /* across a router: TTL decremented, MACs rewritten */
+	DELIVER_XLATE = 1 << 1,	 /* the flow's translation is applied here, not in to_container */
+	DELIVER_TURN =
+		1 << 2, /* turns around on its own veth: redirected even without the fast path */
+};
+
+/* turn is DELIVER_TURN for a packet from the veth of its destination. */
+static __always_inline __u32 turn(const struct endpoint *dst, __u32 ifindex)
 {
-	if (!CONFIG.fast_path && !must_redirect)
+	return dst->ifindex == ifindex ? DELIVER_TURN : 0;
+}
+
+/* deliver hands a packet to a container: straight into its namespace
+ * with the fast path (or always, with DELIVER_TURN), through the stack
+ * otherwise. */
+static __always_inline int deliver(struct __sk_buff *ctx, struct pkt *p, const struct endpoint *ep,
+				   __u32 flags, __u64 now)
+{
+	if (!CONFIG.fast_path && !(flags & DELIVER_TURN))
 		return TC_ACT_OK;
-	if (xlate && to_container_xlate(ctx, p, now) < 0)
+	if ((flags & DELIVER_XLATE) && to_container_xlate(ctx, p, now) < 0)
 		return drop(DROP_REWRITE);
-	if (routed) {
+	if (flags & DELIVER_ROUTED) {
 		if (ttl_dec(ctx, p) < 0)
 			return TC_ACT_OK;
 		/* Destination and source MAC in one write: the endpoint keeps
 		 * them side by side, in frame order. */
-		_Static_assert(offsetof(struct endpoint, gw_mac) == offsetof(struct endpoint, mac) + ETH_ALEN,
+		_Static_assert(offsetof(struct endpoint, gw_mac) ==
+				       offsetof(struct endpoint, mac) + ETH_ALEN,
 			       "endpoint MACs must be adjacent");
 		if (bpf_skb_store_bytes(ctx, 0, ep->mac, 2 * ETH_ALEN, 0) < 0)
 			return drop(DROP_REWRITE);
@@ -193,7 +208,7 @@ int from_netdev(struct __sk_buff *ctx)
 		return drop(DROP_MALFORMED);
 	if (CONFIG.redirect_only) {
 		ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
-		return ep ? deliver(ctx, &p, ep, 1, 0, 0, now) : TC_ACT_OK;
+		return ep ? deliver(ctx, &p, ep, DELIVER_ROUTED, now) : TC_ACT_OK;
 	}
 	orig = p.t;
 
@@ -243,7 +258,8 @@ int from_netdev(struct __sk_buff *ctx)
 		e = bpf_map_lookup_elem(&ct4_syn, &p.t);
 		if (e)
 			ct_touch(&p.t, e, &p, now);
-		count_event(p.t.proto == IPPROTO_TCP && !(p.tcp_flags & TCPF_SYN) ? EV_CT_RECREATED : EV_CT_NEW_DNAT);
+		count_event(p.t.proto == IPPROTO_TCP && !(p.tcp_flags & TCPF_SYN) ? EV_CT_RECREATED
+										  : EV_CT_NEW_DNAT);
 		count_port_conn(&pk);
 		if (apply(ctx, &p, &ne) < 0)
 			return drop(DROP_REWRITE);
@@ -252,7 +268,7 @@ int from_netdev(struct __sk_buff *ctx)
 out:
 	ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
 	if (ep)
-		return deliver(ctx, &p, ep, 1, 0, 0, now);
+		return deliver(ctx, &p, ep, DELIVER_ROUTED, now);
 	return TC_ACT_OK;
 
 unknown:
@@ -264,7 +280,8 @@ unknown:
 		struct net_info *net = container_net(p.t.daddr);
 
 		if (net && !bpf_map_lookup_elem(&host_addrs, &p.t.daddr))
-			return drop((net->flags & NET_F_INTERNAL) ? DROP_INTERNAL : DROP_NOT_PUBLISHED);
+			return drop((net->flags & NET_F_INTERNAL) ? DROP_INTERNAL
+								  : DROP_NOT_PUBLISHED);
 	}
 	return TC_ACT_OK;
 }
@@ -278,7 +295,10 @@ unknown:
  * packet costs this one lookup and is left alone, without an entry. */
 static __always_inline int host_flow_collides(const struct pkt *p, __u64 now)
 {
-	struct ct_key rk = {.saddr = p->t.daddr, .daddr = p->t.saddr, .sport = p->t.dport, .dport = p->t.sport,
+	struct ct_key rk = {.saddr = p->t.daddr,
+			    .daddr = p->t.saddr,
+			    .sport = p->t.dport,
+			    .dport = p->t.sport,
 			    .proto = p->t.proto};
 
 	if (p->frag == FRAG_LATER)
@@ -368,7 +388,10 @@ int to_netdev(struct __sk_buff *ctx)
 	if (!up || !up->addr || (!net && up->addr != p.t.saddr))
 		return TC_ACT_OK;
 	{
-		struct ct_key rk = {.saddr = p.t.daddr, .daddr = up->addr, .sport = p.t.dport, .proto = p.t.proto};
+		struct ct_key rk = {.saddr = p.t.daddr,
+				    .daddr = up->addr,
+				    .sport = p.t.dport,
+				    .proto = p.t.proto};
 		struct ct_entry re = {}, oe = {};
 		struct endpoint *ep = net ? bpf_map_lookup_elem(&endpoints, &p.t.saddr) : 0;
 
@@ -444,10 +467,11 @@ int from_container(struct __sk_buff *ctx)
 			dst = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
 			if (!dst)
 				return TC_ACT_OK;
-			return deliver(ctx, &p, dst, 1, 0, dst->ifindex == ifindex, now);
+			return deliver(ctx, &p, dst, DELIVER_ROUTED | turn(dst, ifindex), now);
 		}
 	}
-	if (CONFIG.redirect_only || p.icmp == ICMP_K_ERROR || (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport))
+	if (CONFIG.redirect_only || p.icmp == ICMP_K_ERROR ||
+	    (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport))
 		goto plain;
 
 	e = ct_lookup_live(&p.t, now);
@@ -455,7 +479,8 @@ int from_container(struct __sk_buff *ctx)
 	 * flow is still unassured (ct4_syn): found there, it goes straight
 	 * out like any tracked answer instead of through the hairpin and
 	 * isolation lookups. Other packets never look in ct4_syn here. */
-	if (!e && p.t.proto == IPPROTO_TCP && (p.tcp_flags & (TCPF_SYN | TCPF_ACK)) == (TCPF_SYN | TCPF_ACK)) {
+	if (!e && p.t.proto == IPPROTO_TCP &&
+	    (p.tcp_flags & (TCPF_SYN | TCPF_ACK)) == (TCPF_SYN | TCPF_ACK)) {
 		e = bpf_map_lookup_elem(&ct4_syn, &p.t);
 		if (e && e->expires < now)
 			e = 0;
@@ -494,7 +519,9 @@ int from_container(struct __sk_buff *ctx)
 			/* To itself: the packet must not come back from its own
 			 * address, so it comes from the gateway, as Docker's
 			 * MASQUERADE of hairpin traffic does. */
-			struct ct_key rk = {.saddr = t->addr, .daddr = src->gw_addr, .sport = t->port,
+			struct ct_key rk = {.saddr = t->addr,
+					    .daddr = src->gw_addr,
+					    .sport = t->port,
 					    .proto = p.t.proto};
 			struct ct_entry re = {};
 
@@ -535,7 +562,7 @@ int from_container(struct __sk_buff *ctx)
 	dst = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
 	if (!dst)
 		return TC_ACT_OK;
-	return deliver(ctx, &p, dst, 1, 1, dst->ifindex == ifindex, now);
+	return deliver(ctx, &p, dst, DELIVER_ROUTED | DELIVER_XLATE | turn(dst, ifindex), now);
 
 plain:
 	/* Untranslated: Docker's isolation rules, then the fast path. */
@@ -549,7 +576,10 @@ plain:
 	if (dst) {
 		if (dst->ifindex == ifindex)
 			return TC_ACT_OK;
-		return deliver(ctx, &p, dst, src->bridge_ifindex != dst->bridge_ifindex, 1, 0, now);
+		/* On another bridge: routed, as through the host. */
+		__u32 how = src->bridge_ifindex != dst->bridge_ifindex ? DELIVER_ROUTED : 0;
+
+		return deliver(ctx, &p, dst, how | DELIVER_XLATE, now);
 	}
 	/* The host's, or multicast and broadcast, which the bridge floods:
 	 * the stack's. */

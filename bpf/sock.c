@@ -71,11 +71,11 @@ struct {
 
 /* The key of sock_stats. */
 enum sock_stat {
-	SOCK_ST_CONNECT = 0,     /* connect translated */
-	SOCK_ST_SENDMSG = 1,     /* datagram translated */
-	SOCK_ST_RECVMSG = 2,     /* answer's source restored */
+	SOCK_ST_CONNECT = 0,	 /* connect translated */
+	SOCK_ST_SENDMSG = 1,	 /* datagram translated */
+	SOCK_ST_RECVMSG = 2,	 /* answer's source restored */
 	SOCK_ST_GETPEERNAME = 3, /* peer restored */
-	SOCK_ST_BOUND_LO = 4,    /* published port not translated: socket bound to loopback */
+	SOCK_ST_BOUND_LO = 4,	 /* published port not translated: socket bound to loopback */
 	SOCK_ST_MAX = 8,
 };
 
@@ -125,7 +125,8 @@ static __always_inline struct port_target *sock_lookup(struct port_key *k)
 /* sock_xlate translates a destination of a connect or sendmsg: when
  * (*daddr, *dport) is a published port it records the reverse translation,
  * replaces them with the container's address and port and returns 1. */
-static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, __be32 *daddr, __be16 *dport, __be32 src)
+static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, __be32 *daddr, __be16 *dport,
+				      __be32 src)
 {
 	struct sock_rev_key rk = {};
 	struct sock_rev_val rv = {};
@@ -261,7 +262,8 @@ int sock_peername4(struct bpf_sock_addr *ctx)
 
 static __always_inline int sock_mapped(struct bpf_sock_addr *ctx)
 {
-	return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == bpf_htonl(0x0000ffff);
+	return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 &&
+	       ctx->user_ip6[2] == bpf_htonl(0x0000ffff);
 }
 
 static __always_inline void sock_xlate6(struct bpf_sock_addr *ctx, __u32 st)

@@ -16,9 +16,9 @@
 
 /* linux/icmp.h pulls in libc's socket headers, which a BPF target does not
  * have: the few ICMP definitions the datapath needs, as in that header. */
-#define ICMP_ECHOREPLY 0
-#define ICMP_DEST_UNREACH 3
-#define ICMP_ECHO 8
+#define ICMP_ECHOREPLY	   0
+#define ICMP_DEST_UNREACH  3
+#define ICMP_ECHO	   8
 #define ICMP_TIME_EXCEEDED 11
 #define ICMP_PARAMETERPROB 12
 
@@ -39,7 +39,7 @@ struct icmphdr {
 #define AF_INET 2
 #endif
 
-#define IP_MF 0x2000
+#define IP_MF	  0x2000
 #define IP_OFFSET 0x1fff
 
 /* Why a packet was dropped: the key of the drops map, whose counters are
@@ -47,34 +47,38 @@ struct icmphdr {
  * reserved. Helpers that can drop return 0 or the negative reason; reason 0
  * (DROP_MALFORMED) is only ever given by parse(), never returned. */
 enum drop_reason {
-	DROP_MALFORMED = 0,      /* truncated or invalid headers */
-	DROP_NOT_PUBLISHED = 1,  /* from outside straight to a container or loopback address */
-	DROP_CT_FULL = 2,        /* connection-tracking insert failed */
-	DROP_NAT_EXHAUSTED = 3,  /* no free translated port */
+	DROP_MALFORMED = 0,	/* truncated or invalid headers */
+	DROP_NOT_PUBLISHED = 1, /* from outside straight to a container or loopback address */
+	DROP_CT_FULL = 2,	/* connection-tracking insert failed */
+	DROP_NAT_EXHAUSTED = 3, /* no free translated port */
 	/* 4: reserved (was a later fragment of an unseen datagram: such fragments go to the stack) */
-	DROP_REDIRECT = 5,       /* redirect helper failed */
-	DROP_REWRITE = 6,        /* a rewrite helper failed */
-	DROP_CT_MISS = 7,        /* TCP without SYN leaving with no flow: never masqueraded */
-	DROP_ISOLATION = 8,      /* between two container networks (Docker's DOCKER-ISOLATION) */
-	DROP_ICC = 9,            /* between containers of a network without inter-container communication */
-	DROP_INTERNAL = 10,      /* leaving or entering an internal network */
-	DROP_SPOOFED = 11,       /* a container's source address is not its own, or its veth is unknown */
+	DROP_REDIRECT = 5,  /* redirect helper failed */
+	DROP_REWRITE = 6,   /* a rewrite helper failed */
+	DROP_CT_MISS = 7,   /* TCP without SYN leaving with no flow: never masqueraded */
+	DROP_ISOLATION = 8, /* between two container networks (Docker's DOCKER-ISOLATION) */
+	DROP_ICC = 9, /* between containers of a network without inter-container communication */
+	DROP_INTERNAL = 10, /* leaving or entering an internal network */
+	DROP_SPOOFED = 11, /* a container's source address is not its own, or its veth is unknown */
 	DROP_MAX = 16,
 };
 
 /* Things worth counting that are not drops: the key of the events map. */
 enum event_kind {
-	EV_CT_NEW_DNAT = 0,      /* new published-port flow */
-	EV_CT_NEW_SNAT = 1,      /* new masqueraded flow */
-	EV_CT_NEW_HAIRPIN = 2,   /* new hairpin flow */
-	EV_CT_RECREATED = 3,     /* mid-stream packet without an entry (evicted or expired): entries made again */
-	EV_CT_PEER_RESTORED = 4, /* one half of a flow was evicted and was restored from the other */
+	EV_CT_NEW_DNAT = 0,    /* new published-port flow */
+	EV_CT_NEW_SNAT = 1,    /* new masqueraded flow */
+	EV_CT_NEW_HAIRPIN = 2, /* new hairpin flow */
+	EV_CT_RECREATED =
+		3, /* mid-stream packet without an entry (evicted or expired): entries made again */
+	EV_CT_PEER_RESTORED =
+		4, /* one half of a flow was evicted and was restored from the other */
 	EV_REDIRECT_PEER = 5,
 	EV_REDIRECT_NEIGH = 6,
 	EV_FRAG_TRACKED = 7,
-	EV_NAT_HOST_SOCKET = 8,  /* a masquerade candidate port refused: a host socket uses its tuple */
-	EV_NAT_HOST_REMAP = 9,   /* a host flow whose tuple a translation holds got another source port */
-	EV_CT_HALF_OPEN = 10,    /* new published-port flow, in ct4_syn until the client answers */
-	EV_CT_PROMOTED = 11,     /* unassured flow moved into ct4 */
+	EV_NAT_HOST_SOCKET =
+		8, /* a masquerade candidate port refused: a host socket uses its tuple */
+	EV_NAT_HOST_REMAP =
+		9, /* a host flow whose tuple a translation holds got another source port */
+	EV_CT_HALF_OPEN = 10, /* new published-port flow, in ct4_syn until the client answers */
+	EV_CT_PROMOTED = 11,  /* unassured flow moved into ct4 */
 	EV_MAX = 16,
 };

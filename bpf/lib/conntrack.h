@@ -48,8 +48,8 @@ static __always_inline void ct_peer_key(const struct ct_entry *e, __u8 proto, st
 
 /* ct_peer_entry builds the entry of the other direction of the flow whose
  * entry e sits at key k. */
-static __always_inline void ct_peer_entry(const struct ct_key *k, const struct ct_entry *e, struct ct_entry *pe,
-					  __u64 now)
+static __always_inline void ct_peer_entry(const struct ct_key *k, const struct ct_entry *e,
+					  struct ct_entry *pe, __u64 now)
 {
 	__builtin_memset(pe, 0, sizeof(*pe));
 	pe->nsaddr = k->daddr;
@@ -147,16 +147,17 @@ static __always_inline struct ct_entry *ct_lookup_flow(const struct pkt *p, __u8
 static __always_inline int ct_assured(const struct pkt *p, const struct ct_entry *re)
 {
 	if (p->t.proto == IPPROTO_TCP)
-		return (p->tcp_flags & (TCPF_SYN | TCPF_ACK | TCPF_RST)) == TCPF_ACK && (re->tcp_seen & TCPF_ACK) &&
-		       !(re->tcp_seen & TCPF_RST);
+		return (p->tcp_flags & (TCPF_SYN | TCPF_ACK | TCPF_RST)) == TCPF_ACK &&
+		       (re->tcp_seen & TCPF_ACK) && !(re->tcp_seen & TCPF_RST);
 	return re->packets > 0;
 }
 
 /* ct_promote moves an assured flow, e at k and its peer pe at pk, from
  * ct4_syn into ct4. The ct4_syn entries are deleted last, so a failure
  * leaves the flow where it was. */
-static __always_inline void ct_promote(const struct ct_key *k, const struct ct_entry *e, const struct ct_key *pk,
-				       const struct ct_entry *pe, __u64 now)
+static __always_inline void ct_promote(const struct ct_key *k, const struct ct_entry *e,
+				       const struct ct_key *pk, const struct ct_entry *pe,
+				       __u64 now)
 {
 	struct ct_entry ne = *e, npe = *pe;
 
@@ -182,8 +183,8 @@ static __always_inline void ct_promote(const struct ct_key *k, const struct ct_e
  * (an unassured flow has few) and restored in ct4_syn if it was evicted,
  * and the move to ct4 once the client's packet shows the flow assured.
  * After a move, e is gone: the caller must be done with it. */
-static __always_inline void ct_touch_unassured(const struct ct_key *k, struct ct_entry *e, const struct pkt *p,
-					       __u64 now)
+static __always_inline void ct_touch_unassured(const struct ct_key *k, struct ct_entry *e,
+					       const struct pkt *p, __u64 now)
 {
 	struct ct_key pk, back;
 	struct ct_entry pe, *cur;
@@ -224,7 +225,8 @@ static __always_inline void ct_touch_unassured(const struct ct_key *k, struct ct
  * if it was evicted, or if another flow's entry took its key meanwhile (a
  * container's answer that missed its entry and started a flow of its
  * own). */
-static __always_inline void ct_touch(const struct ct_key *k, struct ct_entry *e, const struct pkt *p, __u64 now)
+static __always_inline void ct_touch(const struct ct_key *k, struct ct_entry *e,
+				     const struct pkt *p, __u64 now)
 {
 	struct ct_key pk, back;
 	struct ct_entry pe, *cur;
@@ -278,7 +280,8 @@ static __always_inline int ct_create(const struct ct_key *k, struct ct_entry *e,
 
 /* ct_create_unassured installs both halves of a new published-port flow,
  * e at k and its peer, in ct4_syn (see ct_assured). */
-static __always_inline int ct_create_unassured(const struct ct_key *k, struct ct_entry *e, __u64 now)
+static __always_inline int ct_create_unassured(const struct ct_key *k, struct ct_entry *e,
+					       __u64 now)
 {
 	struct ct_key pk;
 	struct ct_entry pe;
@@ -360,7 +363,8 @@ static __always_inline int nat_host_socket(struct __sk_buff *ctx, const struct c
  * host port rk->dport is free: not a published port of the host address
  * rk->daddr (or of every address), not a host socket's, not another live
  * flow's. */
-static __always_inline int nat_try(struct __sk_buff *ctx, struct ct_key *rk, const struct ct_entry *re, __u64 now)
+static __always_inline int nat_try(struct __sk_buff *ctx, struct ct_key *rk,
+				   const struct ct_entry *re, __u64 now)
 {
 	if (has_ports(rk->proto)) {
 		struct port_key pk = {.addr = rk->daddr, .port = rk->dport, .proto = rk->proto};
@@ -388,8 +392,8 @@ static __always_inline int nat_try(struct __sk_buff *ctx, struct ct_key *rk, con
  * and a scan that starts inside a run of NAT_TRIES ports fails although
  * the range is nearly free. Returns -1 when no port was free: the flow
  * must be dropped, never given a tuple in use. */
-static __always_inline int nat_alloc(struct __sk_buff *ctx, struct ct_key *rk, struct ct_entry *re, __be16 own,
-				     __u64 now)
+static __always_inline int nat_alloc(struct __sk_buff *ctx, struct ct_key *rk, struct ct_entry *re,
+				     __be16 own, __u64 now)
 {
 	__u32 min = CONFIG.nat_port_min, max = CONFIG.nat_port_max;
 	__u32 range, start;

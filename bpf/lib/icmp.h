@@ -28,8 +28,8 @@ static __always_inline __u16 csum_update(__u16 check, const void *from, const vo
  * k to the tuple of the error's direction of the quoted flow (the reverse
  * of the quoted packet's). Returns -1 when the quote is not one the
  * datapath tracks. */
-static __always_inline int icmp_quote_key(struct __sk_buff *ctx, const struct pkt *p, struct icmp_quote *q,
-					  struct ct_key *k)
+static __always_inline int icmp_quote_key(struct __sk_buff *ctx, const struct pkt *p,
+					  struct icmp_quote *q, struct ct_key *k)
 {
 	__be16 tot;
 
@@ -38,7 +38,8 @@ static __always_inline int icmp_quote_key(struct __sk_buff *ctx, const struct pk
 	/* The quote must lie in the datagram: what follows its end is
 	 * padding, which is neither read nor written, nor summed into the
 	 * ICMP checksum. A shorter quote is one no receiver acts on. */
-	if (bpf_skb_load_bytes(ctx, L3_OFF + offsetof(struct iphdr, tot_len), &tot, sizeof(tot)) < 0)
+	if (bpf_skb_load_bytes(ctx, L3_OFF + offsetof(struct iphdr, tot_len), &tot, sizeof(tot)) <
+	    0)
 		return -1;
 	if (p->l4_off + sizeof(struct icmphdr) + sizeof(*q) > L3_OFF + (__u32)bpf_ntohs(tot))
 		return -1;
@@ -67,7 +68,8 @@ static __always_inline int icmp_quote_key(struct __sk_buff *ctx, const struct pk
 /* icmp_error_xlate rewrites an ICMP error whose quoted flow has an entry
  * that hook `at` applies. Returns 1 when translated, 0 when not ours, <0
  * on failure. */
-static __always_inline int icmp_error_xlate(struct __sk_buff *ctx, struct pkt *p, __u8 at, __u64 now)
+static __always_inline int icmp_error_xlate(struct __sk_buff *ctx, struct pkt *p, __u8 at,
+					    __u64 now)
 {
 	__u32 qoff = p->l4_off + sizeof(struct icmphdr);
 	struct icmp_quote q, nq;
@@ -118,7 +120,8 @@ static __always_inline int icmp_error_xlate(struct __sk_buff *ctx, struct pkt *p
 
 		if (bpf_skb_store_bytes(ctx, qoff, &nq, sizeof(nq), 0) < 0)
 			return -1;
-		if (bpf_l4_csum_replace(ctx, p->l4_off + offsetof(struct icmphdr, checksum), 0, d, 0) < 0)
+		if (bpf_l4_csum_replace(ctx, p->l4_off + offsetof(struct icmphdr, checksum), 0, d,
+					0) < 0)
 			return -1;
 	}
 

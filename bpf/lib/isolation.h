@@ -107,8 +107,9 @@ static __always_inline int iso_tracked(struct __sk_buff *ctx, const struct pkt *
  * claimed: 0 when it may go on, else the drop reason. src is the endpoint
  * of the veth it came from, dst that of its destination address, if any;
  * to_host says that its destination is a host address. */
-static __always_inline __u32 iso_verdict(struct __sk_buff *ctx, const struct pkt *p, const struct endpoint *src,
-					 const struct endpoint *dst, int to_host, __u64 now)
+static __always_inline __u32 iso_verdict(struct __sk_buff *ctx, const struct pkt *p,
+					 const struct endpoint *src, const struct endpoint *dst,
+					 int to_host, __u64 now)
 {
 	struct iso_net d;
 	__be32 daddr = p->t.daddr;

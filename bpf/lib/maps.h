@@ -23,19 +23,20 @@ struct ct_key {
 /* Flags of a conntrack entry: which hook applies it, and its direction. */
 enum ct_flags : __u8 {
 	CT_AT_FROM_NETDEV = 0x01,    /* uplink ingress */
-	CT_AT_TO_NETDEV = 0x02,      /* uplink egress */
+	CT_AT_TO_NETDEV = 0x02,	     /* uplink egress */
 	CT_AT_FROM_CONTAINER = 0x04, /* host veth ingress: container egress */
 	CT_AT_TO_CONTAINER = 0x08,   /* host veth egress (or redirect into the container) */
-	CT_REPLY = 0x10,             /* entry of the reply direction */
-	CT_UNASSURED = 0x20,         /* entry of ct4_syn: the client has not answered the container yet */
+	CT_REPLY = 0x10,	     /* entry of the reply direction */
+	CT_UNASSURED = 0x20, /* entry of ct4_syn: the client has not answered the container yet */
 };
 
 /* Which translation a flow has. */
 enum ct_kind : __u8 {
-	CT_DNAT = 1,    /* published port */
-	CT_SNAT = 2,    /* masquerade */
+	CT_DNAT = 1,	/* published port */
+	CT_SNAT = 2,	/* masquerade */
 	CT_HAIRPIN = 3, /* container to a published port of the host */
-	CT_ROUTED = 4,  /* untranslated: from a network without masquerade, tracked so its answers get in */
+	CT_ROUTED =
+		4, /* untranslated: from a network without masquerade, tracked so its answers get in */
 };
 
 /* One direction of a translated flow: a packet whose tuple is the key is
@@ -46,12 +47,12 @@ struct ct_entry {
 	__be32 ndaddr;
 	__be16 nsport;
 	__be16 ndport;
-	enum ct_flags flags;      /* CT_AT_* | CT_REPLY */
+	enum ct_flags flags; /* CT_AT_* | CT_REPLY */
 	enum ct_kind kind;
-	__u8 tcp_seen;            /* TCP flags seen in this direction */
+	__u8 tcp_seen;		  /* TCP flags seen in this direction */
 	enum ct_flags peer_flags; /* flags of the entry of the other direction */
-	__u32 ifindex; /* host veth of the container end, 0 if unknown */
-	__u64 expires; /* bpf_ktime_get_ns() deadline */
+	__u32 ifindex;		  /* host veth of the container end, 0 if unknown */
+	__u64 expires;		  /* bpf_ktime_get_ns() deadline */
 	__u64 packets;
 	__u64 bytes;
 };
@@ -87,21 +88,22 @@ enum ep_flags : __u32 {
 
 /* Flags of a container network. */
 enum net_flags : __u32 {
-	NET_F_MASQ = 0x1,     /* traffic from it to the outside is masqueraded */
-	NET_F_NO_ICC = 0x2,   /* its containers may not reach each other (enable_icc=false) */
-	NET_F_INTERNAL = 0x4, /* no traffic leaves it or enters it (docker network create --internal) */
+	NET_F_MASQ = 0x1,   /* traffic from it to the outside is masqueraded */
+	NET_F_NO_ICC = 0x2, /* its containers may not reach each other (enable_icc=false) */
+	NET_F_INTERNAL =
+		0x4, /* no traffic leaves it or enters it (docker network create --internal) */
 };
 
 /* A container's end of a veth. */
 struct endpoint {
-	__u32 ifindex;        /* host end of the veth */
+	__u32 ifindex;	      /* host end of the veth */
 	__u32 bridge_ifindex; /* bridge the host end is enslaved to */
-	__be32 gw_addr;       /* bridge gateway address */
-	__u8 mac[6];          /* container eth0 */
-	__u8 gw_mac[6];       /* bridge */
-	__u32 net_id;         /* net_info.net_id of its network */
+	__be32 gw_addr;	      /* bridge gateway address */
+	__u8 mac[6];	      /* container eth0 */
+	__u8 gw_mac[6];	      /* bridge */
+	__u32 net_id;	      /* net_info.net_id of its network */
 	enum net_flags flags; /* of its network */
-	__be32 addr;          /* the container's address; 0 while the runtime has not reported it */
+	__be32 addr;	      /* the container's address; 0 while the runtime has not reported it */
 	enum ep_flags ep_flags;
 };
 

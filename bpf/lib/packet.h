@@ -10,7 +10,7 @@
 
 enum parse_result {
 	PARSE_OK = 0,
-	PARSE_PASS = 1,      /* not IPv4: not ours, passed untouched */
+	PARSE_PASS = 1,	     /* not IPv4: not ours, passed untouched */
 	PARSE_MALFORMED = 2, /* IPv4 that no receiver could make sense of */
 };
 
@@ -28,20 +28,20 @@ enum icmp_kind {
 	ICMP_K_OTHER = 4,
 };
 
-#define L3_OFF ETH_HLEN
-#define IP_CSUM_OFF (L3_OFF + offsetof(struct iphdr, check))
+#define L3_OFF	     ETH_HLEN
+#define IP_CSUM_OFF  (L3_OFF + offsetof(struct iphdr, check))
 #define IP_SADDR_OFF (L3_OFF + offsetof(struct iphdr, saddr))
 #define IP_DADDR_OFF (L3_OFF + offsetof(struct iphdr, daddr))
-#define IP_TTL_OFF (L3_OFF + offsetof(struct iphdr, ttl))
+#define IP_TTL_OFF   (L3_OFF + offsetof(struct iphdr, ttl))
 
 struct pkt {
 	struct ct_key t; /* current tuple; kept up to date by rewrites */
-	__u32 len;       /* skb->len */
-	__u32 l4_off;    /* offset of the L4 header from the frame start */
-	__u32 ihl;       /* IP header length in bytes */
+	__u32 len;	 /* skb->len */
+	__u32 l4_off;	 /* offset of the L4 header from the frame start */
+	__u32 ihl;	 /* IP header length in bytes */
 	__be16 ip_id;
-	__u8 frag;       /* enum frag_kind */
-	__u8 icmp;       /* enum icmp_kind */
+	__u8 frag; /* enum frag_kind */
+	__u8 icmp; /* enum icmp_kind */
 	__u8 tcp_flags;
 	__u8 ttl;
 };
@@ -58,7 +58,8 @@ static __always_inline int parse_l4(struct __sk_buff *ctx, struct pkt *p, __u32 
 	case IPPROTO_TCP: {
 		__u8 h[14];
 
-		if (l4_len < sizeof(struct tcphdr) || bpf_skb_load_bytes(ctx, p->l4_off, h, sizeof(h)) < 0)
+		if (l4_len < sizeof(struct tcphdr) ||
+		    bpf_skb_load_bytes(ctx, p->l4_off, h, sizeof(h)) < 0)
 			return PARSE_MALFORMED;
 		/* As tcp_v4_rcv: the header's own length must fit too. */
 		if ((h[12] >> 4) < 5 || (__u32)(h[12] >> 4) * 4 > l4_len)
@@ -75,7 +76,8 @@ static __always_inline int parse_l4(struct __sk_buff *ctx, struct pkt *p, __u32 
 			return PARSE_MALFORMED;
 		/* As __udp4_lib_rcv: a length shorter than the header or longer
 		 * than the datagram (a first fragment's covers later ones). */
-		if (bpf_ntohs(u.len) < sizeof(u) || (p->frag == FRAG_NONE && bpf_ntohs(u.len) > l4_len))
+		if (bpf_ntohs(u.len) < sizeof(u) ||
+		    (p->frag == FRAG_NONE && bpf_ntohs(u.len) > l4_len))
 			return PARSE_MALFORMED;
 		p->t.sport = u.source;
 		p->t.dport = u.dest;
@@ -136,7 +138,8 @@ static __always_inline int parse(struct __sk_buff *ctx, struct pkt *p)
 	p->l4_off = L3_OFF + p->ihl;
 
 	if (ip.frag_off & bpf_htons(IP_OFFSET)) {
-		struct frag_key fk = {.saddr = ip.saddr, .daddr = ip.daddr, .id = ip.id, .proto = ip.protocol};
+		struct frag_key fk = {
+			.saddr = ip.saddr, .daddr = ip.daddr, .id = ip.id, .proto = ip.protocol};
 		struct frag_ports *fp;
 
 		p->frag = FRAG_LATER;
@@ -156,7 +159,8 @@ static __always_inline int parse(struct __sk_buff *ctx, struct pkt *p)
  * it arrived, for the later fragments of the same datagram. */
 static __always_inline void frag_record(const struct pkt *p, const struct ct_key *orig)
 {
-	struct frag_key fk = {.saddr = orig->saddr, .daddr = orig->daddr, .id = p->ip_id, .proto = orig->proto};
+	struct frag_key fk = {
+		.saddr = orig->saddr, .daddr = orig->daddr, .id = p->ip_id, .proto = orig->proto};
 	struct frag_ports fp = {.sport = orig->sport, .dport = orig->dport};
 
 	if (p->frag != FRAG_FIRST)
@@ -188,7 +192,8 @@ static __always_inline __u32 l4_csum_off(__u8 proto)
 	return offsetof(struct icmphdr, checksum);
 }
 
-static __always_inline int rewrite_addr(struct __sk_buff *ctx, struct pkt *p, __u32 off, __be32 from, __be32 to)
+static __always_inline int rewrite_addr(struct __sk_buff *ctx, struct pkt *p, __u32 off,
+					__be32 from, __be32 to)
 {
 	if (from == to)
 		return 0;
@@ -205,7 +210,8 @@ static __always_inline int rewrite_addr(struct __sk_buff *ctx, struct pkt *p, __
 	return bpf_skb_store_bytes(ctx, off, &to, sizeof(to), 0);
 }
 
-static __always_inline int rewrite_port(struct __sk_buff *ctx, struct pkt *p, __u32 field, __be16 from, __be16 to)
+static __always_inline int rewrite_port(struct __sk_buff *ctx, struct pkt *p, __u32 field,
+					__be16 from, __be16 to)
 {
 	__u64 fl = sizeof(to);
 
@@ -221,8 +227,8 @@ static __always_inline int rewrite_port(struct __sk_buff *ctx, struct pkt *p, __
 /* rewrite turns the packet's tuple into (saddr:sport -> daddr:dport).
  * For ICMP echo the identifier is the source port of a request and the
  * destination port of a reply. */
-static __always_inline int rewrite(struct __sk_buff *ctx, struct pkt *p, __be32 saddr, __be32 daddr, __be16 sport,
-				   __be16 dport)
+static __always_inline int rewrite(struct __sk_buff *ctx, struct pkt *p, __be32 saddr, __be32 daddr,
+				   __be16 sport, __be16 dport)
 {
 	if (rewrite_addr(ctx, p, IP_SADDR_OFF, p->t.saddr, saddr) < 0)
 		return -1;
@@ -232,14 +238,17 @@ static __always_inline int rewrite(struct __sk_buff *ctx, struct pkt *p, __be32 
 	p->t.daddr = daddr;
 
 	if (has_ports(p->t.proto)) {
-		if (rewrite_port(ctx, p, 0, p->t.sport, sport) < 0 || rewrite_port(ctx, p, 2, p->t.dport, dport) < 0)
+		if (rewrite_port(ctx, p, 0, p->t.sport, sport) < 0 ||
+		    rewrite_port(ctx, p, 2, p->t.dport, dport) < 0)
 			return -1;
 	} else if (p->t.proto == IPPROTO_ICMP) {
 		__u32 id_off = offsetof(struct icmphdr, un.echo.id);
 
-		if (p->icmp == ICMP_K_ECHO_REQ && rewrite_port(ctx, p, id_off, p->t.sport, sport) < 0)
+		if (p->icmp == ICMP_K_ECHO_REQ &&
+		    rewrite_port(ctx, p, id_off, p->t.sport, sport) < 0)
 			return -1;
-		if (p->icmp == ICMP_K_ECHO_REPLY && rewrite_port(ctx, p, id_off, p->t.dport, dport) < 0)
+		if (p->icmp == ICMP_K_ECHO_REPLY &&
+		    rewrite_port(ctx, p, id_off, p->t.dport, dport) < 0)
 			return -1;
 	}
 	p->t.sport = sport;

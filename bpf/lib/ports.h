@@ -16,10 +16,10 @@ struct port_key {
 };
 
 struct port_target {
-	__be32 addr;   /* container address */
-	__be16 port;   /* container port */
+	__be32 addr; /* container address */
+	__be16 port; /* container port */
 	__u16 pad;
-	__u32 id;      /* mapping id, for counters and for dropping its flows */
+	__u32 id; /* mapping id, for counters and for dropping its flows */
 };
 
 struct {
