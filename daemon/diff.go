@@ -36,11 +36,11 @@ func PortsDiff(have, want datapath.State) (unpublish, publish []datapath.PortMap
 	if !reflect.DeepEqual(a, b) {
 		return nil, nil, false
 	}
-	old := map[binding]datapath.PortMapping{}
+	old := make(map[binding]datapath.PortMapping, len(have.Ports))
 	for _, m := range have.Ports {
 		old[bindingOf(m)] = m
 	}
-	keep := map[binding]bool{}
+	keep := make(map[binding]bool, len(want.Ports))
 	for _, m := range want.Ports {
 		k := bindingOf(m)
 		if keep[k] {

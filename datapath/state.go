@@ -173,7 +173,7 @@ func (s *State) Validate() error {
 			return fmt.Errorf("endpoint %s: host veth is required", e.Container)
 		}
 	}
-	taken := portTable{}
+	taken := make(portTable, len(s.Ports))
 	for _, m := range s.Ports {
 		if err := taken.add(s.Networks, m); err != nil {
 			return err
@@ -253,7 +253,7 @@ func (t portTable) add(nets []Network, m PortMapping) error {
 // working.
 func (s *State) SkipUnservablePorts() []string {
 	var warnings []string
-	taken := portTable{}
+	taken := make(portTable, len(s.Ports))
 	kept := s.Ports[:0:0]
 	for _, m := range s.Ports {
 		if err := taken.add(s.Networks, m); err != nil {
