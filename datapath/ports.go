@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/cilium/ebpf"
 )
@@ -225,4 +226,47 @@ func (d *EBPF) hadConnections(k bpfPortKey) bool {
 		}
 	}
 	return false
+}
+
+// hostBinding is what identifies a published port on the host side: a
+// second mapping of one binding replaces the first.
+type hostBinding struct {
+	proto Proto
+	ip    netip.Addr
+	port  uint16
+}
+
+func bindingOf(m PortMapping) hostBinding {
+	ip := m.HostIP
+	if !ip.IsValid() {
+		ip = netip.IPv4Unspecified()
+	}
+	return hostBinding{m.Proto, ip, m.HostPort}
+}
+
+// WithPorts is ports with ms published: a mapping of a host binding that
+// ports holds already replaces it. A binding given twice in ms is an
+// error. ports is not changed.
+func WithPorts(ports []PortMapping, ms ...PortMapping) ([]PortMapping, error) {
+	seen := make(map[hostBinding]bool, len(ms))
+	for _, m := range ms {
+		b := bindingOf(m)
+		if seen[b] {
+			return nil, fmt.Errorf("port %s: given twice", m)
+		}
+		seen[b] = true
+	}
+	kept := slices.DeleteFunc(slices.Clone(ports), func(o PortMapping) bool { return seen[bindingOf(o)] })
+	return append(kept, ms...), nil
+}
+
+// WithoutPorts is ports without the host bindings of ms (their container
+// side is not looked at); unknown bindings are ignored. ports is not
+// changed.
+func WithoutPorts(ports []PortMapping, ms ...PortMapping) []PortMapping {
+	gone := make(map[hostBinding]bool, len(ms))
+	for _, m := range ms {
+		gone[bindingOf(m)] = true
+	}
+	return slices.DeleteFunc(slices.Clone(ports), func(o PortMapping) bool { return gone[bindingOf(o)] })
 }

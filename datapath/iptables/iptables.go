@@ -16,9 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,7 +24,7 @@ import (
 
 	"github.com/bpfnet/bpfnet/datapath"
 	"github.com/bpfnet/bpfnet/datapath/rules"
-	"github.com/vishvananda/netns"
+	"github.com/bpfnet/bpfnet/datapath/rules/sysctl"
 )
 
 // Options are the settings of the iptables datapath.
@@ -120,9 +118,8 @@ type Datapath struct {
 	opts Options
 
 	mu sync.Mutex
-	// localnet holds, by bridge, the route_localnet value Apply found
-	// before setting it to 1.
-	localnet map[string]string
+	// kernel holds the sysctls Apply set, to set them back.
+	kernel *sysctl.Settings
 	// applied is the last state applied (nil before the first Apply and
 	// after Remove); PublishPorts and UnpublishPorts change it.
 	applied *datapath.State
@@ -165,7 +162,7 @@ func New(opts Options) (*Datapath, error) {
 			return nil, fmt.Errorf("iptables datapath: %w", err)
 		}
 	}
-	return &Datapath{opts: opts, localnet: map[string]string{}}, nil
+	return &Datapath{opts: opts, kernel: sysctl.New(opts.Netns)}, nil
 }
 
 // withDefaults fills in the unset options.
@@ -569,7 +566,7 @@ func (d *Datapath) Apply(ctx context.Context, s datapath.State) error {
 	}
 	s.Ports = slices.Clone(s.Ports)
 	d.applied = &s
-	return d.sysctls(s)
+	return d.kernel.Apply(s)
 }
 
 // Remove deletes the datapath's rules from the built-in chains, then its
@@ -589,114 +586,5 @@ func (d *Datapath) Remove() error {
 	}
 	err = d.write(ctx, want, have)
 	d.applied = nil
-	return errors.Join(err, d.restoreLocalnet(nil))
-}
-
-// sysctls turns forwarding on, and route_localnet on the bridges that
-// serve a port bound to a loopback address (and back off on the others).
-func (d *Datapath) sysctls(s datapath.State) error {
-	need := map[string]bool{}
-	for _, m := range s.Ports {
-		if m.HostIP.IsLoopback() {
-			n, _ := networkOf(s.Networks, m.ContainerIP)
-			need[n.Bridge] = true
-		}
-	}
-	err := d.inNetns(func() error {
-		if err := setSysctl("net/ipv4/ip_forward", "1"); err != nil {
-			return err
-		}
-		for br := range need {
-			if _, ours := d.localnet[br]; ours {
-				continue
-			}
-			key := "net/ipv4/conf/" + br + "/route_localnet"
-			old, err := getSysctl(key)
-			if err != nil {
-				return err
-			}
-			if old == "1" {
-				continue
-			}
-			if err := setSysctl(key, "1"); err != nil {
-				return err
-			}
-			d.localnet[br] = old
-		}
-		return nil
-	})
-	return errors.Join(err, d.restoreLocalnet(need))
-}
-
-// restoreLocalnet sets route_localnet back on the bridges Apply changed and
-// keep does not name. A bridge that is gone is forgotten.
-func (d *Datapath) restoreLocalnet(keep map[string]bool) error {
-	return d.inNetns(func() error {
-		var errs []error
-		for br, old := range d.localnet {
-			if keep[br] {
-				continue
-			}
-			err := setSysctl("net/ipv4/conf/"+br+"/route_localnet", old)
-			if err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, err)
-				continue
-			}
-			delete(d.localnet, br)
-		}
-		return errors.Join(errs...)
-	})
-}
-
-func getSysctl(key string) (string, error) {
-	b, err := os.ReadFile(filepath.Join("/proc/sys", key))
-	if err != nil {
-		return "", fmt.Errorf("reading sysctl %s: %w", key, err)
-	}
-	return strings.TrimSpace(string(b)), nil
-}
-
-// setSysctl writes a sysctl unless it already has the value.
-func setSysctl(key, value string) error {
-	if v, err := getSysctl(key); err == nil && v == value {
-		return nil
-	}
-	if err := os.WriteFile(filepath.Join("/proc/sys", key), []byte(value), 0o644); err != nil {
-		return fmt.Errorf("setting sysctl %s=%s: %w", key, value, err)
-	}
-	return nil
-}
-
-// inNetns runs fn on a thread switched into the datapath's namespace
-// (/proc/sys/net follows the namespace of the thread that opens a file).
-// If the thread cannot be switched back it stays locked, and the runtime
-// discards it when the goroutine ends.
-func (d *Datapath) inNetns(fn func() error) (err error) {
-	if d.opts.Netns == "" {
-		return fn()
-	}
-	target, err := netns.GetFromPath(d.opts.Netns)
-	if err != nil {
-		return fmt.Errorf("opening network namespace %s: %w", d.opts.Netns, err)
-	}
-	defer target.Close()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("opening the thread's network namespace: %w", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("entering network namespace %s: %w", d.opts.Netns, err)
-	}
-	defer func() {
-		if rerr := netns.Set(orig); rerr != nil {
-			err = errors.Join(err, fmt.Errorf("leaving network namespace %s (thread discarded): %w", d.opts.Netns, rerr))
-			return
-		}
-		runtime.UnlockOSThread()
-	}()
-	return fn()
+	return errors.Join(err, d.kernel.Restore())
 }

@@ -5,27 +5,11 @@ package nftables
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 
 	"github.com/bpfnet/bpfnet/datapath"
 )
-
-// binding is what identifies a published port on the host side.
-type binding struct {
-	proto datapath.Proto
-	ip    netip.Addr
-	port  uint16
-}
-
-func bindingOf(m datapath.PortMapping) binding {
-	ip := m.HostIP
-	if !ip.IsValid() {
-		ip = netip.IPv4Unspecified()
-	}
-	return binding{m.Proto, ip, m.HostPort}
-}
 
 // PublishPorts publishes ms next to the applied state, as Docker does on a
 // container's start: the rules of those ports are added, each at its
@@ -34,16 +18,7 @@ func bindingOf(m datapath.PortMapping) binding {
 // validated first; nothing changes when it is invalid.
 func (d *Datapath) PublishPorts(ms ...datapath.PortMapping) error {
 	return d.changePorts(func(ports []datapath.PortMapping) ([]datapath.PortMapping, error) {
-		seen := map[binding]bool{}
-		for _, m := range ms {
-			b := bindingOf(m)
-			if seen[b] {
-				return nil, fmt.Errorf("port %s: given twice", m)
-			}
-			seen[b] = true
-		}
-		kept := slices.DeleteFunc(ports, func(o datapath.PortMapping) bool { return seen[bindingOf(o)] })
-		return append(kept, ms...), nil
+		return datapath.WithPorts(ports, ms...)
 	})
 }
 
@@ -51,11 +26,7 @@ func (d *Datapath) PublishPorts(ms ...datapath.PortMapping) error {
 // container side is not looked at); unknown bindings are ignored.
 func (d *Datapath) UnpublishPorts(ms ...datapath.PortMapping) error {
 	return d.changePorts(func(ports []datapath.PortMapping) ([]datapath.PortMapping, error) {
-		gone := map[binding]bool{}
-		for _, m := range ms {
-			gone[bindingOf(m)] = true
-		}
-		return slices.DeleteFunc(ports, func(o datapath.PortMapping) bool { return gone[bindingOf(o)] }), nil
+		return datapath.WithoutPorts(ports, ms...), nil
 	})
 }
 
@@ -99,7 +70,7 @@ func (d *Datapath) changePorts(edit func([]datapath.PortMapping) ([]datapath.Por
 		}
 	}
 	d.applied = &next
-	return d.sysctls(next)
+	return d.kernel.Apply(next)
 }
 
 // diffInput is the nft input that turns the chains of have into those of
