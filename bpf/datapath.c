@@ -32,10 +32,15 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-static __always_inline int drop(__u32 reason)
+/* verdict ends a program: a TC action as it is, a negative drop reason
+ * counted and dropped (see the return convention in lib/common.h). */
+static __always_inline int verdict(int r)
 {
-	count_drop(reason);
-	return TC_ACT_SHOT;
+	if (r < 0) {
+		count_drop(-r);
+		return TC_ACT_SHOT;
+	}
+	return r;
 }
 
 static __always_inline int is_loopback(__be32 a)
@@ -64,20 +69,24 @@ static __always_inline int apply(struct __sk_buff *ctx, struct pkt *p, const str
 }
 
 /* to_container_xlate applies what the container's ingress hook applies:
- * the reverse of a hairpin. */
+ * the reverse of a hairpin. Returns 0 or -DROP_REWRITE. */
 static __always_inline int to_container_xlate(struct __sk_buff *ctx, struct pkt *p, __u64 now)
 {
 	struct ct_key k = p->t;
 	struct ct_entry *e;
+	int r;
 
-	if (p->icmp == ICMP_K_ERROR)
-		return icmp_error_xlate(ctx, p, CT_AT_TO_CONTAINER, now) < 0 ? -1 : 0;
+	if (p->icmp == ICMP_K_ERROR) {
+		r = icmp_error_xlate(ctx, p, CT_AT_TO_CONTAINER, now);
+		return r < 0 ? r : 0;
+	}
 	e = ct_lookup(&k, CT_AT_TO_CONTAINER, now);
 	if (!e)
 		return 0;
 	ct_touch(&k, e, p, now);
-	if (apply(ctx, p, e) < 0)
-		return -1;
+	r = apply(ctx, p, e);
+	if (r < 0)
+		return r;
 	/* A first fragment: its later ones carry no ports, and find them
 	 * by the tuple it arrived with. */
 	frag_record(p, &k);
@@ -100,24 +109,31 @@ static __always_inline __u32 turn(const struct endpoint *dst, __u32 ifindex)
 
 /* deliver hands a packet to a container: straight into its namespace
  * with the fast path (or always, with DELIVER_TURN), through the stack
- * otherwise. */
+ * otherwise. Returns a TC action or a negative drop reason, as the
+ * programs' own bodies do. */
 static __always_inline int deliver(struct __sk_buff *ctx, struct pkt *p, const struct endpoint *ep,
 				   __u32 flags, __u64 now)
 {
+	int r;
+
 	if (!CONFIG.fast_path && !(flags & DELIVER_TURN))
 		return TC_ACT_OK;
-	if ((flags & DELIVER_XLATE) && to_container_xlate(ctx, p, now) < 0)
-		return drop(DROP_REWRITE);
+	if (flags & DELIVER_XLATE) {
+		r = to_container_xlate(ctx, p, now);
+		if (r < 0)
+			return r;
+	}
 	if (flags & DELIVER_ROUTED) {
-		if (ttl_dec(ctx, p) < 0)
-			return TC_ACT_OK;
+		r = ttl_dec(ctx, p);
+		if (r)
+			return r < 0 ? r : TC_ACT_OK;
 		/* Destination and source MAC in one write: the endpoint keeps
 		 * them side by side, in frame order. */
 		_Static_assert(offsetof(struct endpoint, gw_mac) ==
 				       offsetof(struct endpoint, mac) + ETH_ALEN,
 			       "endpoint MACs must be adjacent");
 		if (bpf_skb_store_bytes(ctx, 0, ep->mac, 2 * ETH_ALEN, 0) < 0)
-			return drop(DROP_REWRITE);
+			return -DROP_REWRITE;
 	}
 	if (!CONFIG.fast_path) {
 		/* Egress of the host veth: to_container runs there and counts. */
@@ -157,8 +173,9 @@ static __always_inline int forward_out(struct __sk_buff *ctx, struct pkt *p, __u
 	/* Too big for the uplink: the stack sends fragmentation-needed. */
 	if (bpf_check_mtu(ctx, fib.ifindex, &mtu, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
 		return TC_ACT_OK;
-	if (ttl_dec(ctx, p) < 0)
-		return TC_ACT_OK;
+	r = ttl_dec(ctx, p);
+	if (r)
+		return r < 0 ? r : TC_ACT_OK;
 	count_event(EV_REDIRECT_NEIGH);
 	return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
 }
@@ -172,6 +189,7 @@ static __always_inline int track_routed(struct pkt *p, __u64 now)
 {
 	struct ct_entry ne = {};
 	struct ct_entry *e;
+	int r;
 	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &p->t.saddr);
 
 	ne.nsaddr = p->t.saddr;
@@ -183,8 +201,9 @@ static __always_inline int track_routed(struct pkt *p, __u64 now)
 	ne.kind = CT_ROUTED;
 	if (ep)
 		ne.ifindex = ep->ifindex;
-	if (ct_create(&p->t, &ne, now) < 0)
-		return drop(DROP_CT_FULL);
+	r = ct_create(&p->t, &ne, now);
+	if (r < 0)
+		return r;
 	e = bpf_map_lookup_elem(&ct4, &p->t);
 	if (e)
 		ct_touch(&p->t, e, p, now);
@@ -192,8 +211,7 @@ static __always_inline int track_routed(struct pkt *p, __u64 now)
 }
 
 /* from_netdev: packets arriving from the outside on an uplink. */
-SEC("tc")
-int from_netdev(struct __sk_buff *ctx)
+static __always_inline int handle_from_netdev(struct __sk_buff *ctx)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct pkt p = {};
@@ -202,10 +220,10 @@ int from_netdev(struct __sk_buff *ctx)
 	struct endpoint *ep;
 	int r = parse(ctx, &p);
 
+	if (r < 0)
+		return r;
 	if (r == PARSE_PASS)
 		return TC_ACT_OK;
-	if (r == PARSE_MALFORMED)
-		return drop(DROP_MALFORMED);
 	if (CONFIG.redirect_only) {
 		ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
 		return ep ? deliver(ctx, &p, ep, DELIVER_ROUTED, now) : TC_ACT_OK;
@@ -215,7 +233,7 @@ int from_netdev(struct __sk_buff *ctx)
 	if (p.icmp == ICMP_K_ERROR) {
 		r = icmp_error_xlate(ctx, &p, CT_AT_FROM_NETDEV, now);
 		if (r < 0)
-			return drop(DROP_REWRITE);
+			return r;
 		if (r == 0)
 			goto unknown;
 		goto out;
@@ -227,8 +245,9 @@ int from_netdev(struct __sk_buff *ctx)
 	if (e) {
 		/* Rewrite first: touching an unassured entry may move it to
 		 * ct4 and free it (ct_touch_unassured). */
-		if (apply(ctx, &p, e) < 0)
-			return drop(DROP_REWRITE);
+		r = apply(ctx, &p, e);
+		if (r < 0)
+			return r;
 		ct_touch(&orig, e, &p, now);
 	} else {
 		struct port_key pk = {.addr = p.t.daddr, .port = p.t.dport, .proto = p.t.proto};
@@ -236,7 +255,7 @@ int from_netdev(struct __sk_buff *ctx)
 		struct ct_entry ne = {};
 
 		if (is_loopback(p.t.daddr))
-			return drop(DROP_NOT_PUBLISHED);
+			return -DROP_NOT_PUBLISHED;
 		if (!has_ports(p.t.proto) || p.frag == FRAG_LATER || !(t = published_lookup(&pk)))
 			goto unknown;
 
@@ -253,16 +272,18 @@ int from_netdev(struct __sk_buff *ctx)
 		/* Every new flow from the outside, a SYN or a segment of a
 		 * connection whose entries were lost alike, starts unassured:
 		 * whatever a forged source sends lands in ct4_syn only. */
-		if (ct_create_unassured(&p.t, &ne, now) < 0)
-			return drop(DROP_CT_FULL);
+		r = ct_create_unassured(&p.t, &ne, now);
+		if (r < 0)
+			return r;
 		e = bpf_map_lookup_elem(&ct4_syn, &p.t);
 		if (e)
 			ct_touch(&p.t, e, &p, now);
 		count_event(p.t.proto == IPPROTO_TCP && !(p.tcp_flags & TCPF_SYN) ? EV_CT_RECREATED
 										  : EV_CT_NEW_DNAT);
 		count_port_conn(&pk);
-		if (apply(ctx, &p, &ne) < 0)
-			return drop(DROP_REWRITE);
+		r = apply(ctx, &p, &ne);
+		if (r < 0)
+			return r;
 	}
 	frag_record(&p, &orig);
 out:
@@ -280,10 +301,15 @@ unknown:
 		struct net_info *net = container_net(p.t.daddr);
 
 		if (net && !bpf_map_lookup_elem(&host_addrs, &p.t.daddr))
-			return drop((net->flags & NET_F_INTERNAL) ? DROP_INTERNAL
-								  : DROP_NOT_PUBLISHED);
+			return (net->flags & NET_F_INTERNAL) ? -DROP_INTERNAL : -DROP_NOT_PUBLISHED;
 	}
 	return TC_ACT_OK;
+}
+
+SEC("tc")
+int from_netdev(struct __sk_buff *ctx)
+{
+	return verdict(handle_from_netdev(ctx));
 }
 
 /* host_flow_collides tells whether a packet that leaves with no entry and
@@ -313,8 +339,7 @@ static __always_inline int host_flow_collides(const struct pkt *p, __u64 now)
 }
 
 /* to_netdev: packets leaving through an uplink. */
-SEC("tc")
-int to_netdev(struct __sk_buff *ctx)
+static __always_inline int handle_to_netdev(struct __sk_buff *ctx)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct pkt p = {};
@@ -328,16 +353,15 @@ int to_netdev(struct __sk_buff *ctx)
 	if (CONFIG.redirect_only)
 		return TC_ACT_OK;
 	r = parse(ctx, &p);
+	if (r < 0)
+		return r;
 	if (r == PARSE_PASS)
 		return TC_ACT_OK;
-	if (r == PARSE_MALFORMED)
-		return drop(DROP_MALFORMED);
 	orig = p.t;
 
 	if (p.icmp == ICMP_K_ERROR) {
-		if (icmp_error_xlate(ctx, &p, CT_AT_TO_NETDEV, now) < 0)
-			return drop(DROP_REWRITE);
-		return TC_ACT_OK;
+		r = icmp_error_xlate(ctx, &p, CT_AT_TO_NETDEV, now);
+		return r < 0 ? r : TC_ACT_OK;
 	}
 	if (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport)
 		return TC_ACT_OK;
@@ -345,8 +369,9 @@ int to_netdev(struct __sk_buff *ctx)
 	e = ct_lookup_flow(&p, CT_AT_TO_NETDEV, now);
 	if (e) {
 		ct_touch(&p.t, e, &p, now);
-		if (apply(ctx, &p, e) < 0)
-			return drop(DROP_REWRITE);
+		r = apply(ctx, &p, e);
+		if (r < 0)
+			return r;
 		frag_record(&p, &orig);
 		return TC_ACT_OK;
 	}
@@ -377,7 +402,7 @@ int to_netdev(struct __sk_buff *ctx)
 		 * (it comes back with the client's next packet), not a new
 		 * connection. */
 		if (p.t.proto == IPPROTO_TCP && (p.tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
-			return drop(DROP_CT_MISS);
+			return -DROP_CT_MISS;
 		own = p.t.sport;
 	}
 	{
@@ -388,54 +413,42 @@ int to_netdev(struct __sk_buff *ctx)
 	if (!up || !up->addr || (!net && up->addr != p.t.saddr))
 		return TC_ACT_OK;
 	{
-		struct ct_key rk = {.saddr = p.t.daddr,
-				    .daddr = up->addr,
-				    .sport = p.t.dport,
-				    .proto = p.t.proto};
-		struct ct_entry re = {}, oe = {};
+		struct ct_entry ne = {};
 		struct endpoint *ep = net ? bpf_map_lookup_elem(&endpoints, &p.t.saddr) : 0;
 
-		re.nsaddr = p.t.daddr;
-		re.ndaddr = p.t.saddr;
-		re.nsport = p.t.dport;
-		re.ndport = p.t.sport;
-		re.flags = CT_AT_FROM_NETDEV | CT_REPLY;
-		re.peer_flags = CT_AT_TO_NETDEV;
-		re.kind = CT_SNAT;
+		ne.nsaddr = up->addr;
+		ne.ndaddr = p.t.daddr;
+		ne.ndport = p.t.dport;
+		ne.flags = CT_AT_TO_NETDEV;
+		ne.peer_flags = CT_AT_FROM_NETDEV | CT_REPLY;
+		ne.kind = CT_SNAT;
 		if (ep)
-			re.ifindex = ep->ifindex;
-		if (nat_alloc(ctx, &rk, &re, own, now) < 0)
-			return drop(DROP_NAT_EXHAUSTED);
-
-		oe.nsaddr = up->addr;
-		oe.ndaddr = p.t.daddr;
-		oe.nsport = rk.dport;
-		oe.ndport = p.t.dport;
-		oe.flags = re.peer_flags;
-		oe.peer_flags = re.flags;
-		oe.kind = CT_SNAT;
-		oe.ifindex = re.ifindex;
-		oe.expires = re.expires;
-		if (bpf_map_update_elem(&ct4, &p.t, &oe, BPF_ANY) < 0) {
-			bpf_map_delete_elem(&ct4, &rk);
-			return drop(DROP_CT_FULL);
-		}
+			ne.ifindex = ep->ifindex;
+		r = ct_create_nat(ctx, &p.t, &ne, own, now);
+		if (r < 0)
+			return r;
 		e = bpf_map_lookup_elem(&ct4, &p.t);
 		if (e)
 			ct_touch(&p.t, e, &p, now);
 		count_event(net ? EV_CT_NEW_SNAT : EV_NAT_HOST_REMAP);
-		if (apply(ctx, &p, &oe) < 0)
-			return drop(DROP_REWRITE);
+		r = apply(ctx, &p, &ne);
+		if (r < 0)
+			return r;
 	}
 	frag_record(&p, &orig);
 	return TC_ACT_OK;
 }
 
+SEC("tc")
+int to_netdev(struct __sk_buff *ctx)
+{
+	return verdict(handle_to_netdev(ctx));
+}
+
 /* from_container: the host end's ingress, i.e. what the container sends.
  * The sender is the endpoint of the veth, whatever source address the
  * packet claims: every judgement below is about src. */
-SEC("tc")
-int from_container(struct __sk_buff *ctx)
+static __always_inline int handle_from_container(struct __sk_buff *ctx)
 {
 	__u64 now = bpf_ktime_get_ns();
 	__u32 ifindex = ctx->ifindex;
@@ -447,14 +460,14 @@ int from_container(struct __sk_buff *ctx)
 
 	count_if(ifindex, ctx->len, 0);
 	r = parse(ctx, &p);
+	if (r < 0)
+		return r;
 	if (r == PARSE_PASS)
 		return TC_ACT_OK;
-	if (r == PARSE_MALFORMED)
-		return drop(DROP_MALFORMED);
 	/* A veth nobody told us about fails closed. */
 	src = bpf_map_lookup_elem(&veths, &ifindex);
 	if (!src || !src_allowed(src, p.t.saddr))
-		return drop(DROP_SPOOFED);
+		return -DROP_SPOOFED;
 	orig = p.t;
 	if (!CONFIG.redirect_only && p.icmp == ICMP_K_ERROR) {
 		/* An error about a flow this hook translates: a hairpin answer
@@ -462,7 +475,7 @@ int from_container(struct __sk_buff *ctx)
 		 * own published port (which it answers to the gateway). */
 		r = icmp_error_xlate(ctx, &p, CT_AT_FROM_CONTAINER, now);
 		if (r < 0)
-			return drop(DROP_REWRITE);
+			return r;
 		if (r > 0) {
 			dst = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
 			if (!dst)
@@ -506,7 +519,7 @@ int from_container(struct __sk_buff *ctx)
 			goto plain;
 		r = iso_hairpin(src, t->addr);
 		if (r)
-			return drop(r);
+			return r;
 		ne.nsaddr = p.t.saddr;
 		ne.ndaddr = t->addr;
 		ne.nsport = p.t.sport;
@@ -518,46 +531,27 @@ int from_container(struct __sk_buff *ctx)
 		if (t->addr == p.t.saddr) {
 			/* To itself: the packet must not come back from its own
 			 * address, so it comes from the gateway, as Docker's
-			 * MASQUERADE of hairpin traffic does. */
-			struct ct_key rk = {.saddr = t->addr,
-					    .daddr = src->gw_addr,
-					    .sport = t->port,
-					    .proto = p.t.proto};
-			struct ct_entry re = {};
-
-			/* The answer goes to the gateway: it comes back through
-			 * this hook, not through to_container. */
-			ne.peer_flags = CT_AT_FROM_CONTAINER | CT_REPLY;
-
-			re.nsaddr = p.t.daddr;
-			re.ndaddr = p.t.saddr;
-			re.nsport = p.t.dport;
-			re.ndport = p.t.sport;
-			re.flags = ne.peer_flags;
-			re.peer_flags = ne.flags;
-			re.kind = CT_HAIRPIN;
-			re.ifindex = src->ifindex;
-			if (nat_alloc(ctx, &rk, &re, p.t.sport, now) < 0)
-				return drop(DROP_NAT_EXHAUSTED);
+			 * MASQUERADE of hairpin traffic does. The answer goes to
+			 * the gateway: it comes back through this hook, not
+			 * through to_container. */
 			ne.nsaddr = src->gw_addr;
-			ne.nsport = rk.dport;
-			ne.expires = re.expires;
-			if (bpf_map_update_elem(&ct4, &p.t, &ne, BPF_ANY) < 0) {
-				bpf_map_delete_elem(&ct4, &rk);
-				return drop(DROP_CT_FULL);
-			}
-		} else if (ct_create(&p.t, &ne, now) < 0) {
-			return drop(DROP_CT_FULL);
+			ne.peer_flags = CT_AT_FROM_CONTAINER | CT_REPLY;
+			r = ct_create_nat(ctx, &p.t, &ne, p.t.sport, now);
+		} else {
+			r = ct_create(&p.t, &ne, now);
 		}
+		if (r < 0)
+			return r;
 		count_event(EV_CT_NEW_HAIRPIN);
 		count_port_conn(&pk);
 		e = bpf_map_lookup_elem(&ct4, &p.t);
 		if (!e)
-			return drop(DROP_CT_FULL);
+			return -DROP_CT_FULL;
 	}
 	ct_touch(&orig, e, &p, now);
-	if (apply(ctx, &p, e) < 0)
-		return drop(DROP_REWRITE);
+	r = apply(ctx, &p, e);
+	if (r < 0)
+		return r;
 	frag_record(&p, &orig);
 	dst = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
 	if (!dst)
@@ -570,7 +564,7 @@ plain:
 	to_host = bpf_map_lookup_elem(&host_addrs, &p.t.daddr) != 0;
 	r = iso_verdict(ctx, &p, src, dst, to_host, now);
 	if (r)
-		return drop(r);
+		return r;
 	if (!CONFIG.fast_path)
 		return TC_ACT_OK;
 	if (dst) {
@@ -588,9 +582,14 @@ plain:
 	return forward_out(ctx, &p, src->bridge_ifindex);
 }
 
-/* to_container: the host end's egress, i.e. what the container receives. */
 SEC("tc")
-int to_container(struct __sk_buff *ctx)
+int from_container(struct __sk_buff *ctx)
+{
+	return verdict(handle_from_container(ctx));
+}
+
+/* to_container: the host end's egress, i.e. what the container receives. */
+static __always_inline int handle_to_container(struct __sk_buff *ctx)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct pkt p = {};
@@ -598,13 +597,18 @@ int to_container(struct __sk_buff *ctx)
 
 	count_if(ctx->ifindex, ctx->len, 1);
 	r = parse(ctx, &p);
+	if (r < 0)
+		return r;
 	if (r == PARSE_PASS)
 		return TC_ACT_OK;
-	if (r == PARSE_MALFORMED)
-		return drop(DROP_MALFORMED);
 	if (CONFIG.redirect_only)
 		return TC_ACT_OK;
-	if (to_container_xlate(ctx, &p, now) < 0)
-		return drop(DROP_REWRITE);
-	return TC_ACT_OK;
+	r = to_container_xlate(ctx, &p, now);
+	return r < 0 ? r : TC_ACT_OK;
+}
+
+SEC("tc")
+int to_container(struct __sk_buff *ctx)
+{
+	return verdict(handle_to_container(ctx));
 }

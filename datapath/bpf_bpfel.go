@@ -78,17 +78,16 @@ const (
 type bpfDropReason uint32
 
 const (
-	bpfDropReasonDROP_MALFORMED     bpfDropReason = 0
 	bpfDropReasonDROP_NOT_PUBLISHED bpfDropReason = 1
 	bpfDropReasonDROP_CT_FULL       bpfDropReason = 2
 	bpfDropReasonDROP_NAT_EXHAUSTED bpfDropReason = 3
-	bpfDropReasonDROP_REDIRECT      bpfDropReason = 5
 	bpfDropReasonDROP_REWRITE       bpfDropReason = 6
 	bpfDropReasonDROP_CT_MISS       bpfDropReason = 7
 	bpfDropReasonDROP_ISOLATION     bpfDropReason = 8
 	bpfDropReasonDROP_ICC           bpfDropReason = 9
 	bpfDropReasonDROP_INTERNAL      bpfDropReason = 10
 	bpfDropReasonDROP_SPOOFED       bpfDropReason = 11
+	bpfDropReasonDROP_MALFORMED     bpfDropReason = 12
 	bpfDropReasonDROP_MAX           bpfDropReason = 16
 )
 

@@ -19,7 +19,6 @@ const (
 	DropNotPublished = DropReason(bpfDropReasonDROP_NOT_PUBLISHED)
 	DropCTFull       = DropReason(bpfDropReasonDROP_CT_FULL)
 	DropNATExhausted = DropReason(bpfDropReasonDROP_NAT_EXHAUSTED)
-	DropRedirect     = DropReason(bpfDropReasonDROP_REDIRECT)
 	DropRewrite      = DropReason(bpfDropReasonDROP_REWRITE)
 	DropCTMiss       = DropReason(bpfDropReasonDROP_CT_MISS)
 	// DropIsolation: between containers of two networks (Docker's
@@ -34,6 +33,13 @@ const (
 	// (or from a veth the datapath does not know).
 	DropSpoofed = DropReason(bpfDropReasonDROP_SPOOFED)
 	dropMax     = int(bpfDropReasonDROP_MAX)
+
+	// dropMalformedOld is the number that malformed drops had before
+	// they moved to DropMalformed, so that no drop reason is 0 (the
+	// programs' helpers return negative reasons). A pinned drops map of an
+	// earlier version that a running bpfnet upgrades in place keeps its
+	// count there: Drops reads it as malformed.
+	dropMalformedOld = 0
 )
 
 var dropNames = map[DropReason]string{
@@ -41,7 +47,6 @@ var dropNames = map[DropReason]string{
 	DropNotPublished: "not_published",
 	DropCTFull:       "ct_full",
 	DropNATExhausted: "nat_ports_exhausted",
-	DropRedirect:     "redirect_failed",
 	DropRewrite:      "rewrite_failed",
 	DropCTMiss:       "ct_miss",
 	DropIsolation:    "isolation",
@@ -59,7 +64,7 @@ func (r DropReason) String() string {
 
 // DropReasons lists every reason the datapath knows.
 func DropReasons() []DropReason {
-	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropRedirect, DropRewrite, DropCTMiss, DropIsolation, DropICC, DropInternal, DropSpoofed}
+	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropRewrite, DropCTMiss, DropIsolation, DropICC, DropInternal, DropSpoofed}
 }
 
 // Event is a counted datapath event: enum event_kind of
@@ -154,7 +159,11 @@ func (d *EBPF) Drops() (map[DropReason]uint64, error) {
 	}
 	out := map[DropReason]uint64{}
 	for i, n := range v {
-		out[DropReason(i)] = n
+		r := DropReason(i)
+		if i == dropMalformedOld {
+			r = DropMalformed
+		}
+		out[r] += n
 	}
 	return out, nil
 }

@@ -232,7 +232,6 @@ bpfnet_drops_total{reason="malformed"} 1
 bpfnet_drops_total{reason="not_published"} 3
 bpfnet_drops_total{reason="ct_full"} 0
 bpfnet_drops_total{reason="nat_ports_exhausted"} 0
-bpfnet_drops_total{reason="redirect_failed"} 0
 bpfnet_drops_total{reason="rewrite_failed"} 0
 bpfnet_drops_total{reason="ct_miss"} 0
 bpfnet_drops_total{reason="isolation"} 0

@@ -44,21 +44,32 @@ struct icmphdr {
 
 /* Why a packet was dropped: the key of the drops map, whose counters are
  * pinned. A number is never reused: a reason that is gone leaves its number
- * reserved. Helpers that can drop return 0 or the negative reason; reason 0
- * (DROP_MALFORMED) is only ever given by parse(), never returned. */
+ * reserved.
+ *
+ * The one return convention of the programs' helpers: 0 on success (or a
+ * documented positive result, such as PARSE_PASS or "translated"), or a
+ * negative drop reason, which the entry program counts and drops:
+ *
+ *	r = helper(...);
+ *	if (r < 0)
+ *		return drop(-r);
+ *
+ * So no reason is 0. */
 enum drop_reason {
-	DROP_MALFORMED = 0,	/* truncated or invalid headers */
+	/* 0: reserved (was DROP_MALFORMED before it moved to 12; the Go side
+	 * reads an older map's count there as malformed) */
 	DROP_NOT_PUBLISHED = 1, /* from outside straight to a container or loopback address */
 	DROP_CT_FULL = 2,	/* connection-tracking insert failed */
 	DROP_NAT_EXHAUSTED = 3, /* no free translated port */
 	/* 4: reserved (was a later fragment of an unseen datagram: such fragments go to the stack) */
-	DROP_REDIRECT = 5,  /* redirect helper failed */
+	/* 5: reserved (was a failed redirect: the redirect helpers report no failure to the program) */
 	DROP_REWRITE = 6,   /* a rewrite helper failed */
 	DROP_CT_MISS = 7,   /* TCP without SYN leaving with no flow: never masqueraded */
 	DROP_ISOLATION = 8, /* between two container networks (Docker's DOCKER-ISOLATION) */
 	DROP_ICC = 9, /* between containers of a network without inter-container communication */
 	DROP_INTERNAL = 10, /* leaving or entering an internal network */
 	DROP_SPOOFED = 11, /* a container's source address is not its own, or its veth is unknown */
+	DROP_MALFORMED = 12, /* truncated or invalid headers */
 	DROP_MAX = 16,
 };
 

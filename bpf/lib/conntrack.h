@@ -47,9 +47,9 @@ static __always_inline void ct_peer_key(const struct ct_entry *e, __u8 proto, st
 }
 
 /* ct_peer_entry builds the entry of the other direction of the flow whose
- * entry e sits at key k. */
+ * entry e sits at key k, all but its expiry, which the caller sets. */
 static __always_inline void ct_peer_entry(const struct ct_key *k, const struct ct_entry *e,
-					  struct ct_entry *pe, __u64 now)
+					  struct ct_entry *pe)
 {
 	__builtin_memset(pe, 0, sizeof(*pe));
 	pe->nsaddr = k->daddr;
@@ -60,7 +60,6 @@ static __always_inline void ct_peer_entry(const struct ct_key *k, const struct c
 	pe->peer_flags = e->flags;
 	pe->kind = e->kind;
 	pe->ifindex = e->ifindex;
-	pe->expires = now + ct_lifetime(k->proto, 0);
 }
 
 /* ct_lookup_live returns the live entry for k, whichever hook applies it. */
@@ -106,6 +105,20 @@ static __always_inline void ct_delete_pair(const struct ct_key *k, const struct 
 	}
 	bpf_map_delete_elem(&ct4, &pk);
 	bpf_map_delete_elem(&ct4, k);
+}
+
+/* ct_insert writes both halves of a flow into one table, e at k and pe at
+ * pk: both or neither. Returns 0 or -DROP_CT_FULL. */
+static __always_inline int ct_insert(void *table, const struct ct_key *k, const struct ct_entry *e,
+				     const struct ct_key *pk, const struct ct_entry *pe)
+{
+	if (bpf_map_update_elem(table, pk, pe, BPF_ANY) < 0)
+		return -DROP_CT_FULL;
+	if (bpf_map_update_elem(table, k, e, BPF_ANY) < 0) {
+		bpf_map_delete_elem(table, pk);
+		return -DROP_CT_FULL;
+	}
+	return 0;
 }
 
 /* ct_reopened tells whether a TCP SYN opens a new connection on the tuple
@@ -167,12 +180,8 @@ static __always_inline void ct_promote(const struct ct_key *k, const struct ct_e
 	npe.flags &= ~CT_UNASSURED;
 	npe.peer_flags &= ~CT_UNASSURED;
 	npe.expires = now + ct_lifetime(k->proto, npe.tcp_seen);
-	if (bpf_map_update_elem(&ct4, pk, &npe, BPF_ANY) < 0)
+	if (ct_insert(&ct4, k, &ne, pk, &npe) < 0)
 		return;
-	if (bpf_map_update_elem(&ct4, k, &ne, BPF_ANY) < 0) {
-		bpf_map_delete_elem(&ct4, pk);
-		return;
-	}
 	bpf_map_delete_elem(&ct4_syn, pk);
 	bpf_map_delete_elem(&ct4_syn, k);
 	count_event(EV_CT_PROMOTED);
@@ -204,7 +213,7 @@ static __always_inline void ct_touch_unassured(const struct ct_key *k, struct ct
 		}
 		bpf_map_delete_elem(&ct4_syn, &back);
 	}
-	ct_peer_entry(k, e, &pe, now);
+	ct_peer_entry(k, e, &pe);
 	pe.expires = now + ct_unassured_lifetime(k->proto, 0);
 	if (bpf_map_update_elem(&ct4_syn, &pk, &pe, BPF_ANY) == 0)
 		count_event(EV_CT_PEER_RESTORED);
@@ -255,12 +264,14 @@ static __always_inline void ct_touch(const struct ct_key *k, struct ct_entry *e,
 		/* A foreign entry: its own other half goes with it. */
 		bpf_map_delete_elem(&ct4, &back);
 	}
-	ct_peer_entry(k, e, &pe, now);
+	ct_peer_entry(k, e, &pe);
+	pe.expires = now + ct_lifetime(k->proto, 0);
 	if (bpf_map_update_elem(&ct4, &pk, &pe, BPF_ANY) == 0)
 		count_event(EV_CT_PEER_RESTORED);
 }
 
-/* ct_create installs both halves of a flow: e at k and its peer. */
+/* ct_create installs both halves of a flow: e at k and its peer. Returns 0
+ * or -DROP_CT_FULL. */
 static __always_inline int ct_create(const struct ct_key *k, struct ct_entry *e, __u64 now)
 {
 	struct ct_key pk;
@@ -268,52 +279,45 @@ static __always_inline int ct_create(const struct ct_key *k, struct ct_entry *e,
 
 	e->expires = now + ct_lifetime(k->proto, 0);
 	ct_peer_key(e, k->proto, &pk);
-	ct_peer_entry(k, e, &pe, now);
-	if (bpf_map_update_elem(&ct4, &pk, &pe, BPF_ANY) < 0)
-		return -1;
-	if (bpf_map_update_elem(&ct4, k, e, BPF_ANY) < 0) {
-		bpf_map_delete_elem(&ct4, &pk);
-		return -1;
-	}
-	return 0;
+	ct_peer_entry(k, e, &pe);
+	pe.expires = e->expires;
+	return ct_insert(&ct4, k, e, &pk, &pe);
 }
 
 /* ct_create_unassured installs both halves of a new published-port flow,
- * e at k and its peer, in ct4_syn (see ct_assured). */
+ * e at k and its peer, in ct4_syn (see ct_assured). Returns 0 or
+ * -DROP_CT_FULL. */
 static __always_inline int ct_create_unassured(const struct ct_key *k, struct ct_entry *e,
 					       __u64 now)
 {
 	struct ct_key pk;
 	struct ct_entry pe;
+	int r;
 
 	e->flags |= CT_UNASSURED;
 	e->peer_flags |= CT_UNASSURED;
 	e->expires = now + ct_unassured_lifetime(k->proto, 0);
 	ct_peer_key(e, k->proto, &pk);
-	ct_peer_entry(k, e, &pe, now);
+	ct_peer_entry(k, e, &pe);
 	pe.expires = e->expires;
-	if (bpf_map_update_elem(&ct4_syn, &pk, &pe, BPF_ANY) < 0)
-		return -1;
-	if (bpf_map_update_elem(&ct4_syn, k, e, BPF_ANY) < 0) {
-		bpf_map_delete_elem(&ct4_syn, &pk);
-		return -1;
-	}
+	r = ct_insert(&ct4_syn, k, e, &pk, &pe);
+	if (r < 0)
+		return r;
 	count_event(EV_CT_HALF_OPEN);
 	return 0;
 }
 
 /* ct_claim reserves the reply-direction key rk for a new translated flow,
- * unless a live flow holds it. */
+ * unless a live flow holds it. Returns 0 or -DROP_NAT_EXHAUSTED. */
 static __always_inline int ct_claim(const struct ct_key *rk, const struct ct_entry *re, __u64 now)
 {
 	struct ct_entry *old = bpf_map_lookup_elem(&ct4, rk);
 
-	if (old) {
-		if (old->expires >= now)
-			return -1;
-		return bpf_map_update_elem(&ct4, rk, re, BPF_EXIST);
-	}
-	return bpf_map_update_elem(&ct4, rk, re, BPF_NOEXIST);
+	if (old && old->expires >= now)
+		return -DROP_NAT_EXHAUSTED;
+	if (bpf_map_update_elem(&ct4, rk, re, old ? BPF_EXIST : BPF_NOEXIST) < 0)
+		return -DROP_NAT_EXHAUSTED;
+	return 0;
 }
 
 #define NAT_TRIES 32
@@ -362,7 +366,7 @@ static __always_inline int nat_host_socket(struct __sk_buff *ctx, const struct c
 /* nat_try claims reply key rk for a new translated flow (entry re) if its
  * host port rk->dport is free: not a published port of the host address
  * rk->daddr (or of every address), not a host socket's, not another live
- * flow's. */
+ * flow's. Returns 0 or -DROP_NAT_EXHAUSTED. */
 static __always_inline int nat_try(struct __sk_buff *ctx, struct ct_key *rk,
 				   const struct ct_entry *re, __u64 now)
 {
@@ -370,14 +374,14 @@ static __always_inline int nat_try(struct __sk_buff *ctx, struct ct_key *rk,
 		struct port_key pk = {.addr = rk->daddr, .port = rk->dport, .proto = rk->proto};
 
 		if (bpf_map_lookup_elem(&published, &pk))
-			return -1;
+			return -DROP_NAT_EXHAUSTED;
 		pk.addr = 0;
 		if (bpf_map_lookup_elem(&published, &pk))
-			return -1;
+			return -DROP_NAT_EXHAUSTED;
 	}
 	if (nat_host_socket(ctx, rk)) {
 		count_event(EV_NAT_HOST_SOCKET);
-		return -1;
+		return -DROP_NAT_EXHAUSTED;
 	}
 	return ct_claim(rk, re, now);
 }
@@ -390,8 +394,8 @@ static __always_inline int nat_try(struct __sk_buff *ctx, struct ct_key *rk,
  * try draws its port at random: ports in use come in runs (the host's
  * ephemeral ports, containers' own ports kept, blocks of published ports),
  * and a scan that starts inside a run of NAT_TRIES ports fails although
- * the range is nearly free. Returns -1 when no port was free: the flow
- * must be dropped, never given a tuple in use. */
+ * the range is nearly free. Returns -DROP_NAT_EXHAUSTED when no port was
+ * free: the flow must be dropped, never given a tuple in use. */
 static __always_inline int nat_alloc(struct __sk_buff *ctx, struct ct_key *rk, struct ct_entry *re,
 				     __be16 own, __u64 now)
 {
@@ -403,7 +407,7 @@ static __always_inline int nat_alloc(struct __sk_buff *ctx, struct ct_key *rk, s
 	if (own && nat_try(ctx, rk, re, now) == 0)
 		return 0;
 	if (max < min)
-		return -1;
+		return -DROP_NAT_EXHAUSTED;
 	range = max - min + 1;
 	start = bpf_get_prandom_u32();
 	for (__u32 i = 0; i < NAT_TRIES && i < range; i++) {
@@ -414,5 +418,32 @@ static __always_inline int nat_alloc(struct __sk_buff *ctx, struct ct_key *rk, s
 		if (nat_try(ctx, rk, re, now) == 0)
 			return 0;
 	}
-	return -1;
+	return -DROP_NAT_EXHAUSTED;
+}
+
+/* ct_create_nat installs both halves of a new translated flow whose new
+ * source port is still to be chosen: e, at the flow's key k, translates to
+ * e->nsaddr and e->ndaddr:e->ndport. nat_alloc picks the port (own first,
+ * unless 0) whose reply tuple is free and claims the reply entry there;
+ * then e is written with that port. Returns 0, -DROP_NAT_EXHAUSTED or
+ * -DROP_CT_FULL. */
+static __always_inline int ct_create_nat(struct __sk_buff *ctx, const struct ct_key *k,
+					 struct ct_entry *e, __be16 own, __u64 now)
+{
+	struct ct_key rk;
+	struct ct_entry re;
+	int r;
+
+	ct_peer_key(e, k->proto, &rk);
+	ct_peer_entry(k, e, &re);
+	r = nat_alloc(ctx, &rk, &re, own, now);
+	if (r < 0)
+		return r;
+	e->nsport = rk.dport;
+	e->expires = re.expires;
+	if (bpf_map_update_elem(&ct4, k, e, BPF_ANY) < 0) {
+		bpf_map_delete_elem(&ct4, &rk);
+		return -DROP_CT_FULL;
+	}
+	return 0;
 }

@@ -26,27 +26,27 @@ static __always_inline __u16 csum_update(__u16 check, const void *from, const vo
 
 /* icmp_quote_key reads the datagram an ICMP error quotes into q and sets
  * k to the tuple of the error's direction of the quoted flow (the reverse
- * of the quoted packet's). Returns -1 when the quote is not one the
- * datapath tracks. */
+ * of the quoted packet's). Returns 1 when it did, 0 when the quote is not
+ * one the datapath tracks. */
 static __always_inline int icmp_quote_key(struct __sk_buff *ctx, const struct pkt *p,
 					  struct icmp_quote *q, struct ct_key *k)
 {
 	__be16 tot;
 
 	if (p->frag != FRAG_NONE)
-		return -1;
+		return 0;
 	/* The quote must lie in the datagram: what follows its end is
 	 * padding, which is neither read nor written, nor summed into the
 	 * ICMP checksum. A shorter quote is one no receiver acts on. */
 	if (bpf_skb_load_bytes(ctx, L3_OFF + offsetof(struct iphdr, tot_len), &tot, sizeof(tot)) <
 	    0)
-		return -1;
+		return 0;
 	if (p->l4_off + sizeof(struct icmphdr) + sizeof(*q) > L3_OFF + (__u32)bpf_ntohs(tot))
-		return -1;
+		return 0;
 	if (bpf_skb_load_bytes(ctx, p->l4_off + sizeof(struct icmphdr), q, sizeof(*q)) < 0)
-		return -1;
+		return 0;
 	if (q->ip.version != 4 || q->ip.ihl != 5)
-		return -1;
+		return 0;
 
 	/* The quoted packet went the other way: its reverse is the tuple of
 	 * the error's direction. */
@@ -60,14 +60,14 @@ static __always_inline int icmp_quote_key(struct __sk_buff *ctx, const struct pk
 	} else if (q->ip.protocol == IPPROTO_ICMP && q->l4[0] == ICMP_ECHO) {
 		__builtin_memcpy(&k->dport, &q->l4[4], 2);
 	} else {
-		return -1;
+		return 0;
 	}
-	return 0;
+	return 1;
 }
 
 /* icmp_error_xlate rewrites an ICMP error whose quoted flow has an entry
- * that hook `at` applies. Returns 1 when translated, 0 when not ours, <0
- * on failure. */
+ * that hook `at` applies. Returns 1 when translated, 0 when not ours, or
+ * -DROP_REWRITE. */
 static __always_inline int icmp_error_xlate(struct __sk_buff *ctx, struct pkt *p, __u8 at,
 					    __u64 now)
 {
@@ -77,7 +77,7 @@ static __always_inline int icmp_error_xlate(struct __sk_buff *ctx, struct pkt *p
 	struct ct_entry *e;
 	__be32 osaddr, odaddr;
 
-	if (icmp_quote_key(ctx, p, &q, &k) < 0)
+	if (!icmp_quote_key(ctx, p, &q, &k))
 		return 0;
 	e = ct_lookup(&k, at, now);
 	if (!e)
@@ -119,10 +119,10 @@ static __always_inline int icmp_error_xlate(struct __sk_buff *ctx, struct pkt *p
 		__s64 d = bpf_csum_diff((__be32 *)&q, sizeof(q), (__be32 *)&nq, sizeof(nq), 0);
 
 		if (bpf_skb_store_bytes(ctx, qoff, &nq, sizeof(nq), 0) < 0)
-			return -1;
+			return -DROP_REWRITE;
 		if (bpf_l4_csum_replace(ctx, p->l4_off + offsetof(struct icmphdr, checksum), 0, d,
 					0) < 0)
-			return -1;
+			return -DROP_REWRITE;
 	}
 
 	/* Outer header: the error goes to the quoted packet's source; when
@@ -135,10 +135,10 @@ static __always_inline int icmp_error_xlate(struct __sk_buff *ctx, struct pkt *p
 	if (osaddr == q.ip.daddr)
 		osaddr = e->nsaddr;
 	if (rewrite_addr(ctx, p, IP_SADDR_OFF, p->t.saddr, osaddr) < 0)
-		return -1;
+		return -DROP_REWRITE;
 	p->t.saddr = osaddr;
 	if (rewrite_addr(ctx, p, IP_DADDR_OFF, p->t.daddr, odaddr) < 0)
-		return -1;
+		return -DROP_REWRITE;
 	p->t.daddr = odaddr;
 	return 1;
 }

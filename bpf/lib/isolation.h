@@ -96,7 +96,7 @@ static __always_inline int iso_tracked(struct __sk_buff *ctx, const struct pkt *
 	if (p->icmp == ICMP_K_ERROR) {
 		struct icmp_quote q;
 
-		if (icmp_quote_key(ctx, p, &q, &k) < 0)
+		if (!icmp_quote_key(ctx, p, &q, &k))
 			return 0;
 	}
 	e = bpf_map_lookup_elem(&ct4, &k);
@@ -104,38 +104,38 @@ static __always_inline int iso_tracked(struct __sk_buff *ctx, const struct pkt *
 }
 
 /* iso_verdict judges a packet a container sends that no translation
- * claimed: 0 when it may go on, else the drop reason. src is the endpoint
+ * claimed: 0 when it may go on, else the negative drop reason. src is the endpoint
  * of the veth it came from, dst that of its destination address, if any;
  * to_host says that its destination is a host address. */
-static __always_inline __u32 iso_verdict(struct __sk_buff *ctx, const struct pkt *p,
-					 const struct endpoint *src, const struct endpoint *dst,
-					 int to_host, __u64 now)
+static __always_inline int iso_verdict(struct __sk_buff *ctx, const struct pkt *p,
+				       const struct endpoint *src, const struct endpoint *dst,
+				       int to_host, __u64 now)
 {
 	struct iso_net d;
 	__be32 daddr = p->t.daddr;
-	__u32 reason;
+	int reason;
 
 	if (to_host || daddr == src->gw_addr)
 		return 0;
 	if (iso_link_local(daddr))
-		return (src->flags & NET_F_NO_ICC) ? DROP_ICC : 0;
+		return (src->flags & NET_F_NO_ICC) ? -DROP_ICC : 0;
 	if (!iso_net_of(daddr, dst, &d))
-		return (src->flags & NET_F_INTERNAL) ? DROP_INTERNAL : 0;
+		return (src->flags & NET_F_INTERNAL) ? -DROP_INTERNAL : 0;
 	if (d.id == src->net_id) {
 		if (!(src->flags & NET_F_NO_ICC))
 			return 0;
-		reason = DROP_ICC;
+		reason = -DROP_ICC;
 	} else {
-		reason = DROP_ISOLATION;
+		reason = -DROP_ISOLATION;
 	}
 	return iso_tracked(ctx, p, now) ? 0 : reason;
 }
 
 /* iso_hairpin judges a new hairpin flow from the endpoint src to a
  * published port of container address target: 0 when it may go on, else
- * the drop reason. Only an internal network keeps its containers from the
+ * the negative drop reason. Only an internal network keeps its containers from the
  * published ports of others. */
-static __always_inline __u32 iso_hairpin(const struct endpoint *src, __be32 target)
+static __always_inline int iso_hairpin(const struct endpoint *src, __be32 target)
 {
 	struct iso_net d;
 
@@ -143,5 +143,5 @@ static __always_inline __u32 iso_hairpin(const struct endpoint *src, __be32 targ
 		return 0;
 	if (iso_net_of(target, bpf_map_lookup_elem(&endpoints, &target), &d) && d.id == src->net_id)
 		return 0;
-	return DROP_INTERNAL;
+	return -DROP_INTERNAL;
 }

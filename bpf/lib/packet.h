@@ -8,10 +8,11 @@
 #include "common.h"
 #include "maps.h"
 
+/* What parse returns besides -DROP_MALFORMED, for IPv4 that no receiver
+ * could make sense of. */
 enum parse_result {
 	PARSE_OK = 0,
-	PARSE_PASS = 1,	     /* not IPv4: not ours, passed untouched */
-	PARSE_MALFORMED = 2, /* IPv4 that no receiver could make sense of */
+	PARSE_PASS = 1, /* not IPv4: not ours, passed untouched */
 };
 
 enum frag_kind {
@@ -60,10 +61,10 @@ static __always_inline int parse_l4(struct __sk_buff *ctx, struct pkt *p, __u32 
 
 		if (l4_len < sizeof(struct tcphdr) ||
 		    bpf_skb_load_bytes(ctx, p->l4_off, h, sizeof(h)) < 0)
-			return PARSE_MALFORMED;
+			return -DROP_MALFORMED;
 		/* As tcp_v4_rcv: the header's own length must fit too. */
 		if ((h[12] >> 4) < 5 || (__u32)(h[12] >> 4) * 4 > l4_len)
-			return PARSE_MALFORMED;
+			return -DROP_MALFORMED;
 		__builtin_memcpy(&p->t.sport, &h[0], 2);
 		__builtin_memcpy(&p->t.dport, &h[2], 2);
 		p->tcp_flags = h[13];
@@ -73,12 +74,12 @@ static __always_inline int parse_l4(struct __sk_buff *ctx, struct pkt *p, __u32 
 		struct udphdr u;
 
 		if (l4_len < sizeof(u) || bpf_skb_load_bytes(ctx, p->l4_off, &u, sizeof(u)) < 0)
-			return PARSE_MALFORMED;
+			return -DROP_MALFORMED;
 		/* As __udp4_lib_rcv: a length shorter than the header or longer
 		 * than the datagram (a first fragment's covers later ones). */
 		if (bpf_ntohs(u.len) < sizeof(u) ||
 		    (p->frag == FRAG_NONE && bpf_ntohs(u.len) > l4_len))
-			return PARSE_MALFORMED;
+			return -DROP_MALFORMED;
 		p->t.sport = u.source;
 		p->t.dport = u.dest;
 		return PARSE_OK;
@@ -87,7 +88,7 @@ static __always_inline int parse_l4(struct __sk_buff *ctx, struct pkt *p, __u32 
 		struct icmphdr ic;
 
 		if (l4_len < sizeof(ic) || bpf_skb_load_bytes(ctx, p->l4_off, &ic, sizeof(ic)) < 0)
-			return PARSE_MALFORMED;
+			return -DROP_MALFORMED;
 		switch (ic.type) {
 		case ICMP_ECHO:
 			p->icmp = ICMP_K_ECHO_REQ;
@@ -122,13 +123,13 @@ static __always_inline int parse(struct __sk_buff *ctx, struct pkt *p)
 	if (ctx->protocol != bpf_htons(ETH_P_IP))
 		return PARSE_PASS;
 	if (bpf_skb_load_bytes(ctx, L3_OFF, &ip, sizeof(ip)) < 0)
-		return PARSE_MALFORMED;
+		return -DROP_MALFORMED;
 	if (ip.version != 4 || ip.ihl < 5)
-		return PARSE_MALFORMED;
+		return -DROP_MALFORMED;
 	p->ihl = ip.ihl * 4;
 	tot = bpf_ntohs(ip.tot_len);
 	if (tot < p->ihl || tot > ctx->len - L3_OFF)
-		return PARSE_MALFORMED;
+		return -DROP_MALFORMED;
 
 	p->t.saddr = ip.saddr;
 	p->t.daddr = ip.daddr;
@@ -203,11 +204,13 @@ static __always_inline int rewrite_addr(struct __sk_buff *ctx, struct pkt *p, __
 		if (p->t.proto == IPPROTO_UDP)
 			fl |= BPF_F_MARK_MANGLED_0;
 		if (bpf_l4_csum_replace(ctx, p->l4_off + l4_csum_off(p->t.proto), from, to, fl) < 0)
-			return -1;
+			return -DROP_REWRITE;
 	}
 	if (bpf_l3_csum_replace(ctx, IP_CSUM_OFF, from, to, sizeof(to)) < 0)
-		return -1;
-	return bpf_skb_store_bytes(ctx, off, &to, sizeof(to), 0);
+		return -DROP_REWRITE;
+	if (bpf_skb_store_bytes(ctx, off, &to, sizeof(to), 0) < 0)
+		return -DROP_REWRITE;
+	return 0;
 }
 
 static __always_inline int rewrite_port(struct __sk_buff *ctx, struct pkt *p, __u32 field,
@@ -220,36 +223,38 @@ static __always_inline int rewrite_port(struct __sk_buff *ctx, struct pkt *p, __
 	if (p->t.proto == IPPROTO_UDP)
 		fl |= BPF_F_MARK_MANGLED_0;
 	if (bpf_l4_csum_replace(ctx, p->l4_off + l4_csum_off(p->t.proto), from, to, fl) < 0)
-		return -1;
-	return bpf_skb_store_bytes(ctx, p->l4_off + field, &to, sizeof(to), 0);
+		return -DROP_REWRITE;
+	if (bpf_skb_store_bytes(ctx, p->l4_off + field, &to, sizeof(to), 0) < 0)
+		return -DROP_REWRITE;
+	return 0;
 }
 
 /* rewrite turns the packet's tuple into (saddr:sport -> daddr:dport).
  * For ICMP echo the identifier is the source port of a request and the
- * destination port of a reply. */
+ * destination port of a reply. Returns 0 or -DROP_REWRITE. */
 static __always_inline int rewrite(struct __sk_buff *ctx, struct pkt *p, __be32 saddr, __be32 daddr,
 				   __be16 sport, __be16 dport)
 {
 	if (rewrite_addr(ctx, p, IP_SADDR_OFF, p->t.saddr, saddr) < 0)
-		return -1;
+		return -DROP_REWRITE;
 	p->t.saddr = saddr;
 	if (rewrite_addr(ctx, p, IP_DADDR_OFF, p->t.daddr, daddr) < 0)
-		return -1;
+		return -DROP_REWRITE;
 	p->t.daddr = daddr;
 
 	if (has_ports(p->t.proto)) {
 		if (rewrite_port(ctx, p, 0, p->t.sport, sport) < 0 ||
 		    rewrite_port(ctx, p, 2, p->t.dport, dport) < 0)
-			return -1;
+			return -DROP_REWRITE;
 	} else if (p->t.proto == IPPROTO_ICMP) {
 		__u32 id_off = offsetof(struct icmphdr, un.echo.id);
 
 		if (p->icmp == ICMP_K_ECHO_REQ &&
 		    rewrite_port(ctx, p, id_off, p->t.sport, sport) < 0)
-			return -1;
+			return -DROP_REWRITE;
 		if (p->icmp == ICMP_K_ECHO_REPLY &&
 		    rewrite_port(ctx, p, id_off, p->t.dport, dport) < 0)
-			return -1;
+			return -DROP_REWRITE;
 	}
 	p->t.sport = sport;
 	p->t.dport = dport;
@@ -257,22 +262,24 @@ static __always_inline int rewrite(struct __sk_buff *ctx, struct pkt *p, __be32 
 }
 
 /* ttl_dec decrements the TTL of a packet that is routed around the stack.
- * Returns -1 when the TTL runs out: the stack must see the packet to send
- * the ICMP time-exceeded. */
+ * Returns TTL_EXPIRED when the TTL runs out: the stack must see the packet
+ * to send the ICMP time-exceeded. Else 0 or -DROP_REWRITE. */
+#define TTL_EXPIRED 1
+
 static __always_inline int ttl_dec(struct __sk_buff *ctx, struct pkt *p)
 {
 	__u8 ttl = p->ttl;
 	__u16 from, to;
 
 	if (ttl <= 1)
-		return -1;
+		return TTL_EXPIRED;
 	from = bpf_htons((__u16)ttl << 8);
 	to = bpf_htons((__u16)(ttl - 1) << 8);
 	if (bpf_l3_csum_replace(ctx, IP_CSUM_OFF, from, to, 2) < 0)
-		return -1;
+		return -DROP_REWRITE;
 	ttl--;
 	if (bpf_skb_store_bytes(ctx, IP_TTL_OFF, &ttl, 1, 0) < 0)
-		return -1;
+		return -DROP_REWRITE;
 	p->ttl = ttl;
 	return 0;
 }
