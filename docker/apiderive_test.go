@@ -114,6 +114,11 @@ var apiSteps = []apiStep{
 			}
 		}},
 	}},
+	{version: "1.51", docker: "28.5.2", minAPI: "1.24", changes: []apiChange{
+		// The newest version the vendored client (github.com/docker/docker
+		// v28.5.2) speaks: the one it settles on with Docker 29.
+		{"v1.49 to v1.51: nothing in the answers for bridge networks and containers (v1.51 deprecates NetworkSettings.Bridge, still returned)", func(*apiFixtureSet) {}},
+	}},
 	{version: "1.52", docker: "29.0.0", minAPI: "1.44", changes: []apiChange{
 		{"v1.52: GET /containers/{id}/json: the NetworkSettings no longer returns the deprecated Bridge, HairpinMode, LinkLocalIPv6Address, LinkLocalIPv6PrefixLen, SecondaryIPAddresses, SecondaryIPv6Addresses, EndpointID, Gateway, GlobalIPv6Address, GlobalIPv6PrefixLen, IPAddress, IPPrefixLen, IPv6Gateway, and MacAddress fields", func(s *apiFixtureSet) {
 			for _, c := range s.inspect {

@@ -35,6 +35,12 @@ import (
 //	go test -count=1 -run TestAPIFixturesRecorded ./docker -record
 var record = flag.Bool("record", false, "rewrite testdata/api from a real dockerd instead of checking the fixtures against it")
 
+// derive makes TestAPIFixturesDerived rewrite the derived fixtures from
+// the committed 1.41 ones, after a change of apiSteps:
+//
+//	go test -count=1 -run TestAPIFixturesDerived ./docker -derive
+var derive = flag.Bool("derive", false, "rewrite the derived testdata/api fixtures from the recorded ones")
+
 // recordedVersion is the Engine API version of the dockerd on this
 // machine (Docker 20.10), whose answers are recorded as they are.
 const recordedVersion = "1.41"
