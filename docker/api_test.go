@@ -224,6 +224,20 @@ func TestAPIVersions(t *testing.T) {
 			if err := st.Validate(); err != nil {
 				t.Errorf("state does not validate: %v", err)
 			}
+			// Docker's own settings of the networks, beside the datapath's.
+			snap, err := s.Snapshot(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(snap.Networks) != 2 || snap.Networks[0].ID != fxAppnetID || snap.Networks[0].Default || !snap.Networks[0].ICC ||
+				!strings.HasPrefix(snap.Networks[1].ID, fxBridgeID) || !snap.Networks[1].Default || !snap.Networks[1].ICC {
+				t.Errorf("networks: %+v", snap.Networks)
+			}
+			// GET /version, at the negotiated version, says the daemon's.
+			sv, err := s.cli.ServerVersion(context.Background())
+			if err != nil || sv.APIVersion != v || sv.MinAPIVersion != fx.MinVersion {
+				t.Errorf("server version: API %s, min %s (%v); want %s, %s", sv.APIVersion, sv.MinAPIVersion, err, v, fx.MinVersion)
+			}
 
 			// Watch: each event line as the daemon sends it.
 			w := startWatch(t, s)
