@@ -43,4 +43,16 @@
 //     (State.NoNetwork).
 //
 // Uplinks and host addresses are not Docker's business and stay empty.
+//
+// # Engine API versions
+//
+// The client negotiates the daemon's API version on first contact, up to
+// its own newest, 1.51 (github.com/docker/docker v28.5): 1.41 with Docker
+// 20.10, 1.51 with Docker 28.5 and with Docker 29 (1.52, which accepts
+// 1.44 and newer). Only fields every version from 1.41 to 1.52 has are
+// read: each endpoint's address and MAC from NetworkSettings.Networks, not
+// the top-level NetworkSettings.IPAddress and MacAddress that 1.52 drops,
+// and events' Type and Action, not their status, id and from, also gone
+// in 1.52. testdata/api holds each version's answers, recorded from
+// Docker 20.10 and derived from it for the newer ones.
 package docker

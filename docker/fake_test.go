@@ -3,14 +3,17 @@
 package docker
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +21,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/versions"
 )
 
 // fakeDocker is just enough of Docker's API, on a unix socket, for
@@ -31,13 +35,17 @@ type fakeDocker struct {
 	nets     []network.Summary
 	ctrs     []container.InspectResponse
 	ghosts   []string // listed, but not found when inspected
-	subs     map[chan events.Message]bool
+	api      *apiFixture
+	subs     map[chan []byte]bool
 	srv      *http.Server
 	requests int
+	// versions are the API versions of the requests' paths, in order
+	// ("" for an unversioned one such as the first /_ping).
+	versions []string
 }
 
 func newFakeDocker(t *testing.T) *fakeDocker {
-	f := &fakeDocker{t: t, Path: filepath.Join(t.TempDir(), "docker.sock"), subs: map[chan events.Message]bool{}}
+	f := &fakeDocker{t: t, Path: filepath.Join(t.TempDir(), "docker.sock"), subs: map[chan []byte]bool{}}
 	f.Start()
 	t.Cleanup(f.Stop)
 	return f
@@ -54,15 +62,42 @@ func (f *fakeDocker) Set(nets []network.Summary, ctrs []container.InspectRespons
 
 // Emit sends an event to every subscriber.
 func (f *fakeDocker) Emit(m events.Message) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.EmitRaw(b)
+}
+
+// EmitRaw sends one line of the event stream, as it is, to every
+// subscriber.
+func (f *fakeDocker) EmitRaw(line []byte) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for c := range f.subs {
 		select {
-		case c <- m:
+		case c <- line:
 		default:
 			f.t.Errorf("fake docker: subscriber not reading")
 		}
 	}
+}
+
+// Serve makes the fake answer as the dockerd of an API version does: its
+// headers, its bodies as recorded or derived (testdata/api), and its
+// range of versions, outside of which a request fails as it would
+// there. Set's networks and containers are not used any more.
+func (f *fakeDocker) Serve(fx *apiFixture) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.api = fx
+}
+
+// Versions returns the API versions of the requests so far.
+func (f *fakeDocker) Versions() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.versions)
 }
 
 // Subscribers is the number of event streams open.
@@ -96,15 +131,24 @@ func (f *fakeDocker) Stop() {
 	}
 }
 
-var versionPrefix = regexp.MustCompile(`^/v[0-9.]+`)
+var versionPrefix = regexp.MustCompile(`^/v([0-9.]+)`)
 
 func (f *fakeDocker) serve(w http.ResponseWriter, r *http.Request) {
+	version := ""
+	if m := versionPrefix.FindStringSubmatch(r.URL.Path); m != nil {
+		version = m[1]
+	}
 	path := versionPrefix.ReplaceAllString(r.URL.Path, "")
-	w.Header().Set("Api-Version", "1.41")
 	f.mu.Lock()
 	f.requests++
-	nets, ctrs, ghosts := f.nets, f.ctrs, f.ghosts
+	f.versions = append(f.versions, version)
+	nets, ctrs, ghosts, api := f.nets, f.ctrs, f.ghosts, f.api
 	f.mu.Unlock()
+	if api != nil {
+		f.serveAPI(w, r, api, version, path)
+		return
+	}
+	w.Header().Set("Api-Version", "1.41")
 	switch {
 	case path == "/_ping":
 		w.Write([]byte("OK"))
@@ -133,30 +177,138 @@ func (f *fakeDocker) serve(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNotFound)
 		fmt.Fprintf(w, `{"message":"No such container: %s"}`, id)
 	case path == "/events":
-		ch := make(chan events.Message, 100)
+		f.streamEvents(w, r)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// streamEvents follows the subscription until the client goes.
+func (f *fakeDocker) streamEvents(w http.ResponseWriter, r *http.Request) {
+	ch := make(chan []byte, 100)
+	f.mu.Lock()
+	f.subs[ch] = true
+	f.mu.Unlock()
+	defer func() {
 		f.mu.Lock()
-		f.subs[ch] = true
+		delete(f.subs, ch)
 		f.mu.Unlock()
-		defer func() {
-			f.mu.Lock()
-			delete(f.subs, ch)
-			f.mu.Unlock()
-		}()
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusOK)
-		w.(http.Flusher).Flush()
-		enc := json.NewEncoder(w)
-		for {
-			select {
-			case <-r.Context().Done():
+	}()
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	w.(http.Flusher).Flush()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case line := <-ch:
+			if _, err := w.Write(append(slices.Clip(bytes.TrimSpace(line)), '\n')); err != nil {
 				return
-			case m := <-ch:
-				if enc.Encode(m) != nil {
-					return
-				}
-				w.(http.Flusher).Flush()
 			}
+			w.(http.Flusher).Flush()
 		}
+	}
+}
+
+// apiFixture is one Engine API version's answers, testdata/api/<Version>.
+type apiFixture struct {
+	Version    string // the daemon's API version: Api-Version, ApiVersion
+	MinVersion string // its MinAPIVersion
+	Ping       pingFixture
+	VersionDoc []byte            // GET /version
+	Networks   []byte            // GET /networks
+	Containers []byte            // GET /containers/json
+	Inspect    map[string][]byte // GET /containers/{id}/json, by id
+	Events     [][]byte          // GET /events, a line each
+}
+
+// loadAPIFixture reads testdata/api/<version>.
+func loadAPIFixture(t *testing.T, version string) *apiFixture {
+	t.Helper()
+	dir := filepath.Join(apiTestdata, version)
+	read := func(name string) []byte {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	fx := &apiFixture{Inspect: map[string][]byte{}, VersionDoc: read("version.json"), Networks: read("networks.json"), Containers: read("containers.json")}
+	if err := json.Unmarshal(read("_ping.json"), &fx.Ping); err != nil {
+		t.Fatalf("%s/_ping.json: %v", dir, err)
+	}
+	var v struct{ ApiVersion, MinAPIVersion string }
+	if err := json.Unmarshal(fx.VersionDoc, &v); err != nil {
+		t.Fatalf("%s/version.json: %v", dir, err)
+	}
+	fx.Version, fx.MinVersion = v.ApiVersion, v.MinAPIVersion
+	if fx.Version != version || fx.Ping.Headers["Api-Version"] != version || fx.MinVersion == "" {
+		t.Fatalf("%s: ApiVersion %q, Api-Version %q, MinAPIVersion %q", dir, fx.Version, fx.Ping.Headers["Api-Version"], fx.MinVersion)
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "containers", "*.json"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("%s: no inspected containers (%v)", dir, err)
+	}
+	for _, p := range files {
+		fx.Inspect[strings.TrimSuffix(filepath.Base(p), ".json")] = read(filepath.Join("containers", filepath.Base(p)))
+	}
+	for _, line := range bytes.Split(bytes.TrimSpace(read("events.json")), []byte("\n")) {
+		fx.Events = append(fx.Events, line)
+	}
+	return fx
+}
+
+// serveAPI answers as the daemon of fx: every answer carries the headers
+// of its version middleware (Server, Api-Version, Ostype), /_ping those
+// of the recorded ping too, and a request for a version outside the
+// daemon's range fails with its message.
+func (f *fakeDocker) serveAPI(w http.ResponseWriter, r *http.Request, fx *apiFixture, version, path string) {
+	for _, h := range []string{"Server", "Api-Version", "Ostype"} {
+		w.Header().Set(h, fx.Ping.Headers[h])
+	}
+	if version != "" {
+		msg := ""
+		if versions.LessThan(version, fx.MinVersion) {
+			msg = fmt.Sprintf("client version %s is too old. Minimum supported API version is %s, please upgrade your client to a newer version", version, fx.MinVersion)
+		} else if versions.GreaterThan(version, fx.Version) {
+			msg = fmt.Sprintf("client version %s is too new. Maximum supported API version is %s", version, fx.Version)
+		}
+		if msg != "" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			json.NewEncoder(w).Encode(map[string]string{"message": msg})
+			return
+		}
+	}
+	body := func(b []byte) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(b)
+	}
+	switch {
+	case path == "/_ping":
+		for k, v := range fx.Ping.Headers {
+			w.Header().Set(k, v)
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte(fx.Ping.Body))
+	case path == "/version":
+		body(fx.VersionDoc)
+	case path == "/networks":
+		body(fx.Networks)
+	case path == "/containers/json":
+		body(fx.Containers)
+	case strings.HasPrefix(path, "/containers/") && strings.HasSuffix(path, "/json"):
+		id := strings.TrimSuffix(strings.TrimPrefix(path, "/containers/"), "/json")
+		if b, ok := fx.Inspect[id]; ok {
+			body(b)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		fmt.Fprintf(w, `{"message":"No such container: %s"}`, id)
+	case path == "/events":
+		f.streamEvents(w, r)
 	default:
 		http.NotFound(w, r)
 	}

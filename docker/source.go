@@ -65,6 +65,15 @@ func New(host string) (*Source, error) {
 	}, nil
 }
 
+// APIVersion is the Engine API version the client speaks: the daemon's
+// (capped at the client's maximum) once Ping, State or Watch have reached
+// it, the client's maximum before. The conversion reads only fields that
+// every version from 1.41 to 1.52 has: each endpoint's address and MAC in
+// NetworkSettings.Networks (1.52 drops the top-level
+// NetworkSettings.IPAddress and its kin), and events' Type, Action and
+// Actor (1.52 drops status, id and from).
+func (s *Source) APIVersion() string { return s.cli.ClientVersion() }
+
 // Host is the address of the dockerd, e.g. "unix:///var/run/docker.sock".
 func (s *Source) Host() string { return s.host }
 

@@ -155,7 +155,7 @@ func (s *Source) session(ctx context.Context, msgs <-chan events.Message, errs <
 				continue
 			}
 			if !*connected {
-				log.Info("docker connected", "host", s.host, "endpoints", len(st.Endpoints), "ports", len(st.Ports))
+				log.Info("docker connected", "host", s.host, "api_version", s.APIVersion(), "endpoints", len(st.Endpoints), "ports", len(st.Ports))
 			}
 			*connected = true
 			*backoff = backoffMin
