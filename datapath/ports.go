@@ -270,3 +270,22 @@ func WithoutPorts(ports []PortMapping, ms ...PortMapping) []PortMapping {
 	}
 	return slices.DeleteFunc(slices.Clone(ports), func(o PortMapping) bool { return gone[bindingOf(o)] })
 }
+
+// PublishedState is s with ms published as WithPorts does, validated: the
+// state that a PortPublisher which renders whole states moves to. s is not
+// changed.
+func PublishedState(s State, ms ...PortMapping) (State, error) {
+	ports, err := WithPorts(s.Ports, ms...)
+	if err != nil {
+		return State{}, err
+	}
+	s.Ports = ports
+	return s, s.Validate()
+}
+
+// UnpublishedState is s without the host bindings of ms, as WithoutPorts
+// does, validated. s is not changed.
+func UnpublishedState(s State, ms ...PortMapping) (State, error) {
+	s.Ports = WithoutPorts(s.Ports, ms...)
+	return s, s.Validate()
+}

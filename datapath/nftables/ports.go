@@ -17,32 +17,23 @@ import (
 // host binding that is published already replaces it. The new state is
 // validated first; nothing changes when it is invalid.
 func (d *Datapath) PublishPorts(ms ...datapath.PortMapping) error {
-	return d.changePorts(func(ports []datapath.PortMapping) ([]datapath.PortMapping, error) {
-		return datapath.WithPorts(ports, ms...)
-	})
+	return d.changePorts(func(s datapath.State) (datapath.State, error) { return datapath.PublishedState(s, ms...) })
 }
 
 // UnpublishPorts deletes the rules of the host bindings of ms (their
 // container side is not looked at); unknown bindings are ignored.
 func (d *Datapath) UnpublishPorts(ms ...datapath.PortMapping) error {
-	return d.changePorts(func(ports []datapath.PortMapping) ([]datapath.PortMapping, error) {
-		return datapath.WithoutPorts(ports, ms...), nil
-	})
+	return d.changePorts(func(s datapath.State) (datapath.State, error) { return datapath.UnpublishedState(s, ms...) })
 }
 
-func (d *Datapath) changePorts(edit func([]datapath.PortMapping) ([]datapath.PortMapping, error)) error {
+func (d *Datapath) changePorts(edit func(datapath.State) (datapath.State, error)) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.applied == nil {
 		return datapath.ErrNotApplied
 	}
-	next := *d.applied
-	ports, err := edit(slices.Clone(d.applied.Ports))
+	next, err := edit(*d.applied)
 	if err != nil {
-		return err
-	}
-	next.Ports = ports
-	if err := next.Validate(); err != nil {
 		return err
 	}
 	have, err := want(*d.applied)
