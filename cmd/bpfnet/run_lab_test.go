@@ -468,56 +468,6 @@ func TestTwoDaemons(t *testing.T) {
 	}
 }
 
-// TestRunIptables runs the daemon with the iptables datapath: the same
-// published port answers through Docker-shaped rules, and `bpfnet down`
-// removes exactly them.
-func TestRunIptables(t *testing.T) {
-	requireRoot(t)
-	bin := buildBinary(t)
-	topo := lab.Setup(t, lab.Config{Containers: []lab.ContainerConfig{{}}})
-	c0, ext := topo.Containers[0], topo.Externals[0]
-	pin := pinPath(t, topo, bin, "bpfnet-ipt-")
-	greetServer(t, &c0.Namespace, c0.Addr.String()+":80", false)
-	cmd := topo.Host.Command(context.Background(), bin, "run", "--datapath", "iptables", "--pin-path", pin,
-		"--bridge", topo.Bridges[0].Name, "--uplink", ext.Uplink, "--publish", fmt.Sprintf("8080:%s:80", c0.Addr))
-	ready := readyWatch(t, cmd)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ready()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	c, err := ext.DialTCP(ctx, ext.HostAddr.String()+":8080")
-	if err != nil {
-		t.Fatalf("published port through iptables: %v", err)
-	}
-	line, _ := bufio.NewReader(c).ReadString('\n')
-	c.Close()
-	if strings.TrimSpace(line) != ext.Addr.String() {
-		t.Errorf("container saw %q, want the client %s", line, ext.Addr)
-	}
-	save := func() string {
-		out, err := topo.Host.Command(context.Background(), "iptables-save").Output()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(out)
-	}
-	if s := save(); !strings.Contains(s, "BPFNET-DOCKER") || !strings.Contains(s, "--dport 8080 -j DNAT") {
-		t.Errorf("iptables-save lacks the DNAT rule:\n%s", s)
-	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("bpfnet run: %v", err)
-	}
-	if out, err := topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).CombinedOutput(); err != nil {
-		t.Fatalf("bpfnet down: %v %s", err, out)
-	}
-	if s := save(); strings.Contains(s, "BPFNET") || strings.Contains(s, "-A ") {
-		t.Errorf("rules left after bpfnet down:\n%s", s)
-	}
-}
-
 // pinPath names a pin folder that does not exist yet (bpfnet run creates
 // it) and has `bpfnet down` remove it after the test, whatever happened.
 func pinPath(t *testing.T, topo *lab.Topology, bin, pattern string) string {
@@ -546,60 +496,104 @@ func greetServer(t *testing.T, ns *lab.Namespace, addr string, echo bool) {
 	})
 }
 
-// TestRunNftables is TestRunIptables with the nftables datapath: the
-// published port answers through the nftables table, and `bpfnet down`
-// deletes that table and leaves a foreign one.
-func TestRunNftables(t *testing.T) {
+// TestRunRuleDatapaths runs the daemon with each rule datapath: the same
+// published port answers through Docker-shaped rules (iptables, or the
+// nftables table), and `bpfnet down` removes exactly them: with nftables,
+// its table goes and a foreign one stays.
+func TestRunRuleDatapaths(t *testing.T) {
 	requireRoot(t)
 	bin := buildBinary(t)
-	topo := lab.Setup(t, lab.Config{Containers: []lab.ContainerConfig{{}}})
-	c0, ext := topo.Containers[0], topo.Externals[0]
-	pin := pinPath(t, topo, bin, "bpfnet-nft-")
-	greetServer(t, &c0.Namespace, c0.Addr.String()+":80", false)
-	if out, err := topo.Host.Command(context.Background(), "nft", "add table ip foreign").CombinedOutput(); err != nil {
-		t.Fatalf("nft: %v %s", err, out)
-	}
-	cmd := topo.Host.Command(context.Background(), bin, "run", "--datapath", "nftables", "--pin-path", pin,
-		"--bridge", topo.Bridges[0].Name, "--uplink", ext.Uplink, "--publish", fmt.Sprintf("8080:%s:80", c0.Addr))
-	ready := readyWatch(t, cmd)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ready()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	c, err := ext.DialTCP(ctx, ext.HostAddr.String()+":8080")
-	if err != nil {
-		t.Fatalf("published port through nftables: %v", err)
-	}
-	line, _ := bufio.NewReader(c).ReadString('\n')
-	c.Close()
-	if strings.TrimSpace(line) != ext.Addr.String() {
-		t.Errorf("container saw %q, want the client %s", line, ext.Addr)
-	}
-	list := func() string {
-		out, err := topo.Host.Command(context.Background(), "nft", "list", "ruleset").Output()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(out)
-	}
-	if s := list(); !strings.Contains(s, "table ip bpfnet-bridges") || !strings.Contains(s, "tcp dport 8080 counter") ||
-		!strings.Contains(s, "dnat to "+c0.Addr.String()+":80") {
-		t.Errorf("the ruleset lacks the table or its DNAT rule:\n%s", s)
-	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("bpfnet run: %v", err)
-	}
-	if out, err := topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).CombinedOutput(); err != nil {
-		t.Fatalf("bpfnet down: %v %s", err, out)
-	}
-	s := list()
-	if strings.Contains(s, "bpfnet-bridges") {
-		t.Errorf("table left after bpfnet down:\n%s", s)
-	}
-	if !strings.Contains(s, "table ip foreign") {
-		t.Errorf("the foreign table went with bpfnet down:\n%s", s)
+	for _, c := range []struct {
+		datapath string
+		dump     []string // the command that lists the host's rules
+		foreign  bool     // a foreign nftables table exists beside bpfnet's
+		// installed and removed judge the dump while bpfnet runs and
+		// after bpfnet down.
+		installed, removed func(dump string, c0 *lab.Container) string
+	}{{
+		datapath: "iptables",
+		dump:     []string{"iptables-save"},
+		installed: func(s string, _ *lab.Container) string {
+			if !strings.Contains(s, "BPFNET-DOCKER") || !strings.Contains(s, "--dport 8080 -j DNAT") {
+				return "iptables-save lacks the DNAT rule"
+			}
+			return ""
+		},
+		removed: func(s string, _ *lab.Container) string {
+			if strings.Contains(s, "BPFNET") || strings.Contains(s, "-A ") {
+				return "rules left after bpfnet down"
+			}
+			return ""
+		},
+	}, {
+		datapath: "nftables",
+		dump:     []string{"nft", "list", "ruleset"},
+		foreign:  true,
+		installed: func(s string, c0 *lab.Container) string {
+			if !strings.Contains(s, "table ip bpfnet-bridges") || !strings.Contains(s, "tcp dport 8080 counter") ||
+				!strings.Contains(s, "dnat to "+c0.Addr.String()+":80") {
+				return "the ruleset lacks the table or its DNAT rule"
+			}
+			return ""
+		},
+		removed: func(s string, _ *lab.Container) string {
+			if strings.Contains(s, "bpfnet-bridges") {
+				return "table left after bpfnet down"
+			}
+			if !strings.Contains(s, "table ip foreign") {
+				return "the foreign table went with bpfnet down"
+			}
+			return ""
+		},
+	}} {
+		t.Run(c.datapath, func(t *testing.T) {
+			topo := lab.Setup(t, lab.Config{Containers: []lab.ContainerConfig{{}}})
+			c0, ext := topo.Containers[0], topo.Externals[0]
+			pin := pinPath(t, topo, bin, "bpfnet-"+c.datapath+"-")
+			greetServer(t, &c0.Namespace, c0.Addr.String()+":80", false)
+			if c.foreign {
+				if out, err := topo.Host.Command(context.Background(), "nft", "add table ip foreign").CombinedOutput(); err != nil {
+					t.Fatalf("nft: %v %s", err, out)
+				}
+			}
+			cmd := topo.Host.Command(context.Background(), bin, "run", "--datapath", c.datapath, "--pin-path", pin,
+				"--bridge", topo.Bridges[0].Name, "--uplink", ext.Uplink, "--publish", fmt.Sprintf("8080:%s:80", c0.Addr))
+			ready := readyWatch(t, cmd)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			ready()
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			conn, err := ext.DialTCP(ctx, ext.HostAddr.String()+":8080")
+			if err != nil {
+				t.Fatalf("published port through %s: %v", c.datapath, err)
+			}
+			line, _ := bufio.NewReader(conn).ReadString('\n')
+			conn.Close()
+			if strings.TrimSpace(line) != ext.Addr.String() {
+				t.Errorf("container saw %q, want the client %s", line, ext.Addr)
+			}
+			dump := func() string {
+				out, err := topo.Host.Command(context.Background(), c.dump[0], c.dump[1:]...).Output()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return string(out)
+			}
+			if s := dump(); c.installed(s, c0) != "" {
+				t.Errorf("%s:\n%s", c.installed(s, c0), s)
+			}
+			cmd.Process.Signal(syscall.SIGTERM)
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("bpfnet run: %v", err)
+			}
+			if out, err := topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).CombinedOutput(); err != nil {
+				t.Fatalf("bpfnet down: %v %s", err, out)
+			}
+			if s := dump(); c.removed(s, c0) != "" {
+				t.Errorf("%s:\n%s", c.removed(s, c0), s)
+			}
+		})
 	}
 }
