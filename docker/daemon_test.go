@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -50,16 +51,8 @@ func TestDaemonDockerMode(t *testing.T) {
 
 	d := startDockerd(t, topo.Host, topo.Bridges[0].Name, topo.Prefix)
 	d.ImportImage()
-	daemon := topo.Host.Command(context.Background(), bin, "run", "--pin-path", pin,
+	startRun(t, topo.Host, os.Stderr, bin, "run", "--pin-path", pin,
 		"--docker=unix://"+d.sock, "--uplink", ext.Uplink, "--metrics-addr", "127.0.0.1:19475")
-	daemon.Stderr = os.Stderr
-	if err := daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		daemon.Process.Signal(syscall.SIGTERM)
-		daemon.Wait()
-	})
 
 	web := d.Run(ctr{name: "web", publish: []string{"8080:80", "5353:53/udp"}, cmd: []string{"/bin/echo", "-tcp", "80", "-udp", "53"}})
 	to := net.JoinHostPort(ext.HostAddr.String(), "8080")
@@ -134,16 +127,8 @@ func TestDaemonDockerRestart(t *testing.T) {
 			})
 			d := startDockerd(t, topo.Host, topo.Bridges[0].Name, topo.Prefix)
 			d.ImportImage()
-			run := topo.Host.Command(context.Background(), bin, "run", "--pin-path", pin, "--datapath", dp,
+			startRun(t, topo.Host, os.Stderr, bin, "run", "--pin-path", pin, "--datapath", dp,
 				"--docker=unix://"+d.sock, "--uplink", ext.Uplink, "--metrics-addr", "")
-			run.Stderr = os.Stderr
-			if err := run.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				run.Process.Signal(syscall.SIGTERM)
-				run.Wait()
-			})
 			e := &e2e{t: t, topo: topo, ext: ext, d: d}
 			host := addr4(ext.HostAddr)
 			tcp, udp := netip.AddrPortFrom(host, 8080), netip.AddrPortFrom(host, 5353)
@@ -185,4 +170,21 @@ func TestDaemonDockerRestart(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startRun starts bin with args in ns, its output to log, and stops it
+// with SIGTERM when the test ends. Registered after dockerd's cleanup, that
+// runs before dockerd stops, so the daemon sees no container leave.
+func startRun(t *testing.T, ns *lab.Namespace, log io.Writer, bin string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := ns.Command(context.Background(), bin, args...)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	})
+	return cmd
 }

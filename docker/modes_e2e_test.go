@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -85,21 +84,14 @@ func newModesLab(t *testing.T, metricsPort int) *modesLab {
 	m.d = startDockerd(t, m.topo.Host, m.topo.Bridges[0].Name, m.topo.Prefix)
 	m.d.ImportImage()
 	m.metrics = fmt.Sprintf("127.0.0.1:%d", metricsPort)
-	daemon := m.topo.Host.Command(context.Background(), m.bin, "run", "--pin-path", m.pin,
-		"--docker=unix://"+m.d.sock, "--uplink", m.ext.Uplink, "--metrics-addr", m.metrics)
-	daemon.Stdout, daemon.Stderr = m.logs, m.logs
-	if err := daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// Registered after dockerd's: runs before dockerd stops, so the
-	// daemon sees no container leave.
+	// Registered first, so it runs after the daemon stopped.
 	t.Cleanup(func() {
-		daemon.Process.Signal(syscall.SIGTERM)
-		daemon.Wait()
 		if t.Failed() {
 			t.Logf("bpfnet run's log:\n%s", m.logs.String())
 		}
 	})
+	startRun(t, m.topo.Host, m.logs, m.bin, "run", "--pin-path", m.pin,
+		"--docker=unix://"+m.d.sock, "--uplink", m.ext.Uplink, "--metrics-addr", m.metrics)
 	m.eventually("the daemon serves metrics", 10*time.Second, func() error {
 		_, err := m.scrape()
 		return err
