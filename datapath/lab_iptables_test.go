@@ -4,8 +4,6 @@ package datapath
 
 import (
 	"context"
-	"os/exec"
-	"regexp"
 	"testing"
 
 	"github.com/bpfnet/bpfnet/lab"
@@ -23,7 +21,7 @@ func TestRulesLabLoopbackIsolation(t *testing.T) {
 
 func testLoopbackIsolation(t *testing.T, mode string) {
 	requireRoot(t)
-	keepHostIptables(t)
+	lab.KeepHostIptables(t)
 	cfg := lab.Config{
 		Bridges:    []lab.BridgeConfig{{}, {}},
 		Containers: []lab.ContainerConfig{{Bridge: 0}, {Bridge: 1}},
@@ -63,36 +61,6 @@ func testLoopbackIsolation(t *testing.T, mode string) {
 	if v, err := m.topo.Host.ReadSysctl(key); err != nil || v != "0" {
 		t.Errorf("route_localnet on %s is %q (%v) once no port is bound to loopback, want 0", br0.Name, v, err)
 	}
-}
-
-// rules: the comment lines with dates and the counters.
-var saveRe = regexp.MustCompile(`(?m)^#.*\n|\[\d+:\d+\]`)
-
-// iptablesSave returns `iptables-save` of ns (nil: the test's own
-// namespace) without comments and counters.
-func iptablesSave(t *testing.T, ns *lab.Namespace, args ...string) string {
-	t.Helper()
-	cmd := exec.Command("iptables-save", args...)
-	if ns != nil {
-		cmd = ns.Command(context.Background(), "iptables-save", args...)
-	}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("iptables-save: %v\n%s", err, out)
-	}
-	return saveRe.ReplaceAllString(string(out), "")
-}
-
-// keepHostIptables fails the test if the rules of the namespace the tests
-// run in (the real host's) change before its end.
-func keepHostIptables(t *testing.T) {
-	t.Helper()
-	before := iptablesSave(t, nil)
-	t.Cleanup(func() {
-		if after := iptablesSave(t, nil); after != before {
-			t.Errorf("the real host's iptables rules changed:\nbefore\n%s\nafter\n%s", before, after)
-		}
-	})
 }
 
 // TestRulesLabICCInternal: with each rendering of Docker's rules, two

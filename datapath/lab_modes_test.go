@@ -40,7 +40,7 @@ type modeLab struct {
 func startMode(t *testing.T, mode string, cfg lab.Config, ports ...string) *modeLab {
 	t.Helper()
 	requireRoot(t)
-	keepHostIptables(t)
+	lab.KeepHostIptables(t)
 	switch mode {
 	case modeEBPFFast, modeEBPFSlow:
 		l := startLabWith(t, cfg, Options{FastPath: mode == modeEBPFFast}, ports...)

@@ -3,9 +3,11 @@
 package lab
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"sync"
 	"testing"
@@ -76,4 +78,36 @@ func BPFFSDir(tb testing.TB, pattern string) string {
 	}
 	tb.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
+}
+
+// saveRe matches what changes between two iptables-save runs of the same
+// rules: the comment lines with dates and the counters.
+var saveRe = regexp.MustCompile(`(?m)^#.*\n|\[\d+:\d+\]`)
+
+// IptablesSave returns `iptables-save` of ns (nil: the namespace the test
+// runs in) without comments and counters, so that two dumps of the same
+// rules are equal.
+func IptablesSave(tb testing.TB, ns *Namespace, args ...string) string {
+	tb.Helper()
+	cmd := exec.Command("iptables-save", args...)
+	if ns != nil {
+		cmd = ns.Command(context.Background(), "iptables-save", args...)
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		tb.Fatalf("iptables-save: %v\n%s", err, out)
+	}
+	return saveRe.ReplaceAllString(string(out), "")
+}
+
+// KeepHostIptables fails the test if the rules of the namespace the tests
+// run in (the real host's) change before its end.
+func KeepHostIptables(tb testing.TB) {
+	tb.Helper()
+	before := IptablesSave(tb, nil)
+	tb.Cleanup(func() {
+		if after := IptablesSave(tb, nil); after != before {
+			tb.Errorf("the real host's iptables rules changed:\nbefore\n%s\nafter\n%s", before, after)
+		}
+	})
 }

@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -239,37 +237,6 @@ func TestIptablesRejects(t *testing.T) {
 	}
 }
 
-// saveRe matches what changes between two iptables-save runs of the same
-// rules: the comment lines with dates and the counters.
-var saveRe = regexp.MustCompile(`(?m)^#.*\n|\[\d+:\d+\]`)
-
-// iptablesSave returns `iptables-save` of ns (nil: the test's own
-// namespace) without comments and counters.
-func iptablesSave(t *testing.T, ns *lab.Namespace, args ...string) string {
-	t.Helper()
-	cmd := exec.Command("iptables-save", args...)
-	if ns != nil {
-		cmd = ns.Command(context.Background(), "iptables-save", args...)
-	}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("iptables-save: %v\n%s", err, out)
-	}
-	return saveRe.ReplaceAllString(string(out), "")
-}
-
-// keepHostIptables fails the test if the rules of the namespace the tests
-// run in (the real host's) change before its end.
-func keepHostIptables(t *testing.T) {
-	t.Helper()
-	before := iptablesSave(t, nil)
-	t.Cleanup(func() {
-		if after := iptablesSave(t, nil); after != before {
-			t.Errorf("the real host's iptables rules changed:\nbefore\n%s\nafter\n%s", before, after)
-		}
-	})
-}
-
 // foreignRules are other programs' rules, for Apply and Remove to leave
 // alone. The raw rule also makes the raw table exist before Apply: with
 // the nft backend, a table iptables created stays (empty) after its
@@ -293,7 +260,7 @@ COMMIT
 
 func TestIptablesLabApplyRemove(t *testing.T) {
 	requireRoot(t)
-	keepHostIptables(t)
+	lab.KeepHostIptables(t)
 	topo := lab.Setup(t, twoContainers())
 	host := topo.Host
 	run := func(stdin string, name string, args ...string) {
@@ -305,7 +272,7 @@ func TestIptablesLabApplyRemove(t *testing.T) {
 		}
 	}
 	run(foreignRules, "iptables-restore", "--noflush")
-	pristine := iptablesSave(t, host)
+	pristine := lab.IptablesSave(t, host)
 
 	dp, err := New(Options{Netns: host.Path})
 	if err != nil {
@@ -343,7 +310,7 @@ func TestIptablesLabApplyRemove(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		save := iptablesSave(t, host)
+		save := lab.IptablesSave(t, host)
 		for _, table := range ipTables {
 			got := dp.opts.parseSave(table, save)
 			if fmt.Sprint(got) != fmt.Sprint(want[table]) {
@@ -357,7 +324,7 @@ func TestIptablesLabApplyRemove(t *testing.T) {
 		}
 		for table, chain := range map[string]string{"nat": "POSTROUTING", "filter": "FORWARD"} {
 			var first string
-			for _, line := range strings.Split(iptablesSave(t, host, "-t", table), "\n") {
+			for _, line := range strings.Split(lab.IptablesSave(t, host, "-t", table), "\n") {
 				if strings.HasPrefix(line, "-A "+chain+" ") {
 					first = line
 					break
@@ -372,14 +339,14 @@ func TestIptablesLabApplyRemove(t *testing.T) {
 
 	apply(fmt.Sprintf("8080:%s:80", c0.Addr), fmt.Sprintf("9000-9002:%s:7000-7002", c1.Addr), fmt.Sprintf("5353:%s:53/udp", c0.Addr))
 	check(s)
-	if !strings.Contains(iptablesSave(t, host, "-t", "nat"), fmt.Sprintf("--dport 8080 -j DNAT --to-destination %s:80\n", c0.Addr)) {
+	if !strings.Contains(lab.IptablesSave(t, host, "-t", "nat"), fmt.Sprintf("--dport 8080 -j DNAT --to-destination %s:80\n", c0.Addr)) {
 		t.Error("no DNAT rule for port 8080")
 	}
 
 	// Re-Apply with 8080 moved to 8090: replaced, nothing duplicated.
 	apply(fmt.Sprintf("8090:%s:80", c0.Addr), fmt.Sprintf("9000-9002:%s:7000-7002", c1.Addr), fmt.Sprintf("5353:%s:53/udp", c0.Addr))
 	applied := check(s)
-	nat := iptablesSave(t, host, "-t", "nat")
+	nat := lab.IptablesSave(t, host, "-t", "nat")
 	if strings.Contains(nat, "--dport 8080 ") || !strings.Contains(nat, "--dport 8090 ") {
 		t.Errorf("after re-Apply, the nat table is\n%s", nat)
 	}
@@ -393,7 +360,7 @@ func TestIptablesLabApplyRemove(t *testing.T) {
 		} else if !strings.Contains(err.Error(), msg) {
 			t.Errorf("%s: error %q does not say %q", what, err, msg)
 		}
-		if now := iptablesSave(t, host); now != applied {
+		if now := lab.IptablesSave(t, host); now != applied {
 			t.Errorf("%s changed the rules:\n%s\nwant\n%s", what, now, applied)
 		}
 	}
@@ -428,7 +395,7 @@ func TestIptablesLabApplyRemove(t *testing.T) {
 		t.Fatalf("Remove: %v", err)
 	}
 	removed = true
-	if now := iptablesSave(t, host); now != pristine {
+	if now := lab.IptablesSave(t, host); now != pristine {
 		t.Errorf("after Remove the rules are\n%s\nwant, as before Apply\n%s", now, pristine)
 	}
 	if err := dp.Remove(); err != nil {
@@ -441,7 +408,7 @@ func TestIptablesLabApplyRemove(t *testing.T) {
 	if err := other.Apply(context.Background(), good); err != nil {
 		t.Fatal(err)
 	}
-	if now := iptablesSave(t, host); now != applied {
+	if now := lab.IptablesSave(t, host); now != applied {
 		t.Errorf("Apply by a new datapath gives\n%s\nwant\n%s", now, applied)
 	}
 	fresh, err := New(Options{Netns: host.Path})
@@ -451,7 +418,7 @@ func TestIptablesLabApplyRemove(t *testing.T) {
 	if err := fresh.Remove(); err != nil {
 		t.Fatalf("Remove by another datapath: %v", err)
 	}
-	if now := iptablesSave(t, host); now != pristine {
+	if now := lab.IptablesSave(t, host); now != pristine {
 		t.Errorf("after Remove by another datapath the rules are\n%s\nwant\n%s", now, pristine)
 	}
 }
