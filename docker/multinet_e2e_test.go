@@ -1,0 +1,555 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package docker
+
+// Containers on several networks, end to end, with a dockerd of the
+// test's own and Source.Watch driving the eBPF datapath. The networks are
+// made as Docker Compose makes them (<project>_<name>, labelled
+// com.docker.compose.project and .network) and so are the containers
+// (<project>-<service>-<n>, labelled), so nothing may depend on Docker's
+// default network or on one network per container:
+//
+//   - a running container joins two more networks (docker network
+//     connect), one of them with enable_icc=false: within a second each
+//     new interface is an endpoint, its network's rules apply to it, its
+//     published port keeps answering; it leaves one again (docker network
+//     disconnect): within a second that endpoint is gone;
+//   - a container is created on one network, connected to a second and
+//     only then started: both interfaces are served from the start.
+//
+// What Docker's iptables rules do for a dual-homed container (Docker 28's
+// as 20.10's): the isolation rules match bridges (DOCKER-ISOLATION-STAGE-1
+// -i br-A ! -o br-A, STAGE-2 -o br-B -j DROP), and Docker 28's
+// direct-access rule drops a packet to a container address that does not
+// come in on that address's bridge. So a container only on A reaches the
+// dual-homed container's A address and not its B address, and never a
+// container only on B; the dual-homed container reaches both networks,
+// each through its own interface (bridged, never forwarded between
+// bridges). Its published ports are DNATed to its address on the
+// network of its gateway endpoint, the one its default route goes
+// through (libnetwork's ProgramExternalConnectivity), which moves when a
+// network sorting first is connected or disconnected.
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/go-connections/nat"
+	"github.com/vishvananda/netlink"
+
+	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/lab"
+	"github.com/bpfnet/bpfnet/loader"
+)
+
+// followWithin is how soon the datapath must follow a change of Docker's.
+const followWithin = time.Second
+
+// Compose's labels.
+const (
+	composeProject = "com.docker.compose.project"
+	composeNetwork = "com.docker.compose.network"
+	composeService = "com.docker.compose.service"
+	composeNumber  = "com.docker.compose.container-number"
+	composeOneoff  = "com.docker.compose.oneoff"
+)
+
+const mnProject = "mnproj"
+
+// mnLabels are the labels Compose gives the container of a service.
+func mnLabels(service string) map[string]string {
+	return map[string]string{composeProject: mnProject, composeService: service, composeNumber: "1", composeOneoff: "False"}
+}
+
+// mnAddrs returns a container's address on each network, from Docker.
+func mnAddrs(e *e2e, id string) map[string]netip.Addr {
+	e.t.Helper()
+	out := map[string]netip.Addr{}
+	for name, es := range e.d.Inspect(id).NetworkSettings.Networks {
+		if es != nil {
+			out[name] = parseAddr(es.IPAddress)
+		}
+	}
+	return out
+}
+
+// mnVeths returns, for each IPv4 address in ns, the ifindex of the peer of
+// the interface holding it: the host end of that interface's veth.
+func mnVeths(t *testing.T, ns *lab.Namespace) map[netip.Addr]uint32 {
+	t.Helper()
+	h, err := ns.Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[netip.Addr]uint32{}
+	for _, l := range links {
+		addrs, err := h.AddrList(l, netlink.FAMILY_V4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && l.Type() == "veth" {
+				out[ip] = uint32(l.Attrs().ParentIndex)
+			}
+		}
+	}
+	return out
+}
+
+// mnDefaultVia returns the gateway of ns's default route.
+func mnDefaultVia(t *testing.T, ns *lab.Namespace) netip.Addr {
+	t.Helper()
+	h, err := ns.Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	routes, err := h.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range routes {
+		if r.Dst == nil || r.Dst.String() == "0.0.0.0/0" {
+			if gw, ok := netip.AddrFromSlice(r.Gw.To4()); ok {
+				return gw
+			}
+		}
+	}
+	t.Fatalf("no default route in %s: %v", ns.Name, routes)
+	return netip.Addr{}
+}
+
+// followed polls the datapath's endpoints until ok holds of them and
+// fails the test if that takes longer than followWithin since since (when
+// the Docker command that changed things returned). It returns how long
+// it took.
+func (e *e2e) followed(t *testing.T, what string, since time.Time, ok func(map[netip.Addr]datapath.EndpointInfo) bool) time.Duration {
+	t.Helper()
+	deadline := since.Add(followWithin)
+	for {
+		eps, err := e.dp.Endpoints()
+		if err != nil {
+			t.Fatal(err)
+		}
+		byAddr := map[netip.Addr]datapath.EndpointInfo{}
+		for _, ep := range eps {
+			byAddr[ep.Addr] = ep
+		}
+		if ok(byAddr) {
+			d := time.Since(since)
+			t.Logf("the datapath followed %s in %v", what, d.Round(time.Millisecond))
+			return d
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the datapath did not follow %s within %v: endpoints %+v", what, followWithin, eps)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// mnProbe is a connection from a container to an address.
+type mnProbe struct {
+	from *isoCtr
+	to   netip.Addr
+}
+
+// expectReach: from reaches the echo server of who at to:80, which sees
+// the client as saw.
+func expectReach(t *testing.T, from *isoCtr, to netip.Addr, who string, saw netip.Addr) {
+	t.Helper()
+	dst := netip.AddrPortFrom(to, 80).String()
+	line, err := from.ns.Greeting(dst)
+	f := strings.Fields(line)
+	if err != nil || len(f) != 2 || f[1] != who {
+		t.Errorf("%s to %s: %q %v, want %s's answer", from.name, dst, line, err, who)
+		return
+	}
+	if ap, err := netip.ParseAddrPort(f[0]); err != nil || ap.Addr() != saw {
+		t.Errorf("%s to %s: %s saw the client as %s, want %s", from.name, dst, who, f[0], saw)
+	}
+}
+
+// expectBlocked: every probe's SYN to port 80 is dropped, each counted
+// under reason.
+func (e *e2e) expectBlocked(t *testing.T, reason datapath.DropReason, probes ...mnProbe) {
+	t.Helper()
+	before := e.drops(t)[reason]
+	for _, p := range probes {
+		dst := netip.AddrPortFrom(p.to, 80).String()
+		if line, err := p.from.ns.Greeting(dst); err == nil {
+			t.Errorf("%s: %s reached %s (%q), want it blocked", reason, p.from.name, dst, line)
+		} else if !lab.IsTimeout(err) {
+			t.Errorf("%s: %s to %s: %v, want a timeout (the SYN dropped)", reason, p.from.name, dst, err)
+		}
+	}
+	if after := e.drops(t)[reason]; after < before+uint64(len(probes)) {
+		t.Errorf("drops[%s] %d -> %d after %d blocked connections, want one drop each at least", reason, before, after, len(probes))
+	}
+}
+
+// lastState is the latest state Watch applied that holds ok.
+func (e *e2e) lastState(t *testing.T, ok func(datapath.State) bool) datapath.State {
+	t.Helper()
+	var st datapath.State
+	e.waitApplied(t, func(s datapath.State) bool {
+		if ok(s) {
+			st = s
+			return true
+		}
+		return false
+	})
+	return st
+}
+
+// expectPortsTo checks that every port of container name leads to addr.
+func expectPortsTo(t *testing.T, st datapath.State, name string, addr netip.Addr) {
+	t.Helper()
+	n := 0
+	for _, m := range st.Ports {
+		if m.Container != name {
+			continue
+		}
+		n++
+		if m.ContainerIP != addr {
+			t.Errorf("port %s of %s leads to %s, want %s (the gateway endpoint's address)", m, name, m.ContainerIP, addr)
+		}
+	}
+	if n == 0 {
+		t.Errorf("no port of %s in the state", name)
+	}
+}
+
+func TestDockerMultiNetE2E(t *testing.T) {
+	requireRoot(t)
+	requireTools(t, "dockerd", "containerd", "runc", "nsenter", "unshare", "busybox")
+	e := newWatchedE2E(t)
+	ctx := context.Background()
+
+	// Compose's networks: "back" sorts before "default", so connecting
+	// it moves the gateway endpoint, and the published ports, to it.
+	nets := []isoNet{
+		{name: mnProject + "_default", subnet: "172.30.40.0/24", masq: true},
+		{name: mnProject + "_back", subnet: "172.30.41.0/24", masq: true},
+		{name: mnProject + "_quiet", subnet: "172.30.42.0/24", opts: map[string]string{optICC: "false"}, masq: true, noICC: true},
+	}
+	netA, netB, netC := nets[0].name, nets[1].name, nets[2].name
+	ids := map[string]string{}
+	for _, n := range nets {
+		key := strings.TrimPrefix(n.name, mnProject+"_")
+		nw, err := e.d.cli.NetworkCreate(ctx, n.name, network.CreateOptions{
+			Driver: "bridge", Options: n.opts,
+			Labels: map[string]string{composeProject: mnProject, composeNetwork: key, "com.docker.compose.version": "2.29.1"},
+			IPAM:   &network.IPAM{Config: []network.IPAMConfig{{Subnet: n.subnet}}},
+		})
+		if err != nil {
+			t.Fatalf("creating network %s: %v", n.name, err)
+		}
+		ids[n.name] = nw.ID
+	}
+	e.waitApplied(t, func(st datapath.State) bool {
+		for _, n := range nets {
+			want := datapath.Network{Name: n.name, Bridge: "br-" + ids[n.name][:12], Subnet: netip.MustParsePrefix(n.subnet),
+				Gateway: n.gateway(), Masquerade: n.masq, NoICC: n.noICC}
+			if !slices.Contains(st.Networks, want) {
+				return false
+			}
+		}
+		return true
+	})
+
+	web := &isoCtr{name: mnProject + "-web-1", net: netA, publish: []string{"8090:80"}, labels: mnLabels("web")}
+	peerA := &isoCtr{name: mnProject + "-peera-1", net: netA, labels: mnLabels("peera")}
+	peerB := &isoCtr{name: mnProject + "-peerb-1", net: netB, labels: mnLabels("peerb")}
+	peerB2 := &isoCtr{name: mnProject + "-peerb2-1", net: netB, labels: mnLabels("peerb2")}
+	peerC := &isoCtr{name: mnProject + "-peerc-1", net: netC, labels: mnLabels("peerc")}
+	for _, c := range []*isoCtr{web, peerA, peerB, peerB2, peerC} {
+		isoRun(e, c)
+	}
+	e.waitApplied(t, func(s datapath.State) bool {
+		for _, c := range []*isoCtr{web, peerA, peerB, peerB2, peerC} {
+			if !hasEndpoint(s, c.name) {
+				return false
+			}
+		}
+		return true
+	})
+	e.expectEcho(t, "tcp", netip.AddrPortFrom(e.hostAddr, 8090), web.name, 2*time.Second)
+	isoServe(t, e.topo.Host, nets[2].gateway().String()+":7", "gateway")
+
+	// web's address on each network.
+	webAddr := map[string]netip.Addr{netA: web.addr}
+	gateway := map[netip.Addr]string{}
+	for _, n := range nets {
+		gateway[n.gateway()] = n.name
+	}
+	// gwAddr is the address of c on the network its default route goes
+	// through: where Docker sends its published ports.
+	gwAddr := func(t *testing.T, c *isoCtr, addrs map[string]netip.Addr) netip.Addr {
+		t.Helper()
+		via := mnDefaultVia(t, c.ns)
+		n, ok := gateway[via]
+		if !ok || !addrs[n].IsValid() {
+			t.Fatalf("%s's default route goes via %s, the gateway of none of its networks %v", c.name, via, addrs)
+		}
+		t.Logf("%s's gateway endpoint is on %s (default via %s)", c.name, n, via)
+		return addrs[n]
+	}
+
+	// Connect web to B, then to C (enable_icc=false), while it runs.
+	for _, n := range []string{netB, netC} {
+		if err := e.d.cli.NetworkConnect(ctx, ids[n], web.id, nil); err != nil {
+			t.Fatalf("docker network connect %s %s: %v", n, web.name, err)
+		}
+		t0 := time.Now()
+		addrs := mnAddrs(e, web.id)
+		a := addrs[n]
+		if !a.IsValid() {
+			t.Fatalf("%s has no address on %s after connecting: %v", web.name, n, addrs)
+		}
+		webAddr[n] = a
+		veth := mnVeths(t, web.ns)[a]
+		if veth == 0 {
+			t.Fatalf("no veth in %s holds its address %s on %s", web.name, a, n)
+		}
+		e.followed(t, "docker network connect "+n, t0, func(eps map[netip.Addr]datapath.EndpointInfo) bool {
+			ep, ok := eps[a]
+			return ok && ep.Ifindex == veth
+		})
+	}
+	t.Logf("%s: %v", web.name, webAddr)
+
+	t.Run("Connected", func(t *testing.T) {
+		st := e.lastState(t, func(s datapath.State) bool {
+			n := 0
+			for _, ep := range s.Endpoints {
+				if ep.Container == web.name && ep.Addr == webAddr[ep.Network] && ep.Labels[composeProject] == mnProject {
+					n++
+				}
+			}
+			return n == 3
+		})
+		// The programs are on each of its veths.
+		atts, err := loader.List(e.pin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ep := range st.Endpoints {
+			if ep.Container != web.name {
+				continue
+			}
+			for _, want := range []struct {
+				prog string
+				dir  loader.Direction
+			}{{datapath.ProgFromContainer, loader.Ingress}, {datapath.ProgToContainer, loader.Egress}} {
+				if !slices.ContainsFunc(atts, func(a loader.Attachment) bool {
+					return a.Interface == ep.HostVeth && a.Program == want.prog && a.Direction == want.dir && a.ProgramID != 0
+				}) {
+					t.Errorf("%s (%s on %s): no %s on %s", ep.HostVeth, web.name, ep.Network, want.prog, want.dir)
+				}
+			}
+		}
+		expectPortsTo(t, st, web.name, gwAddr(t, web, webAddr))
+		e.expectEcho(t, "tcp", netip.AddrPortFrom(e.hostAddr, 8090), web.name, followWithin)
+
+		// B's peer reaches it by its B address, and it the peer; A's
+		// peer by its A address.
+		expectReach(t, peerB, webAddr[netB], web.name, peerB.addr)
+		expectReach(t, web, peerB.addr, peerB.name, webAddr[netB])
+		expectReach(t, peerA, webAddr[netA], web.name, peerA.addr)
+		expectReach(t, web, peerA.addr, peerA.name, webAddr[netA])
+		// Between networks, isolation holds for those on one network.
+		e.expectBlocked(t, datapath.DropIsolation,
+			mnProbe{peerA, webAddr[netB]}, mnProbe{peerB, webAddr[netA]}, mnProbe{peerA, peerB.addr}, mnProbe{peerB, peerA.addr})
+		// C has no ICC, for web's interface in C as for any other; C's
+		// gateway, the host, is not another container (positive twin).
+		e.expectBlocked(t, datapath.DropICC, mnProbe{peerC, webAddr[netC]}, mnProbe{web, peerC.addr})
+		before := e.drops(t)
+		for _, c := range []*isoCtr{peerC, web} {
+			line, err := c.ns.Greeting(netip.AddrPortFrom(nets[2].gateway(), 7).String())
+			if f := strings.Fields(line); err != nil || len(f) != 2 || f[1] != "gateway" {
+				t.Errorf("%s to %s's gateway: %q %v, want the host's answer; drops %v", c.name, netC, line, err, dropsSince(before, e.drops(t)))
+			}
+		}
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	// Disconnect web from B.
+	oldB := webAddr[netB]
+	oldIfindex := mnVeths(t, web.ns)[oldB]
+	if err := e.d.cli.NetworkDisconnect(ctx, ids[netB], web.id, false); err != nil {
+		t.Fatalf("docker network disconnect %s %s: %v", netB, web.name, err)
+	}
+	t0 := time.Now()
+	delete(webAddr, netB)
+	e.followed(t, "docker network disconnect "+netB, t0, func(eps map[netip.Addr]datapath.EndpointInfo) bool {
+		if _, ok := eps[oldB]; ok {
+			return false
+		}
+		for _, ep := range eps {
+			if ep.Ifindex == oldIfindex {
+				return false
+			}
+		}
+		_, a := eps[webAddr[netA]]
+		_, c := eps[webAddr[netC]]
+		return a && c
+	})
+
+	t.Run("Disconnected", func(t *testing.T) {
+		if got := mnAddrs(e, web.id); got[netB].IsValid() {
+			t.Fatalf("%s still has %s on %s after the disconnect", web.name, got[netB], netB)
+		}
+		st := e.lastState(t, func(s datapath.State) bool {
+			return !slices.ContainsFunc(s.Endpoints, func(ep datapath.Endpoint) bool { return ep.Container == web.name && ep.Network == netB }) &&
+				slices.ContainsFunc(s.Endpoints, func(ep datapath.Endpoint) bool { return ep.Container == web.name && ep.Network == netA })
+		})
+		expectPortsTo(t, st, web.name, gwAddr(t, web, webAddr))
+		e.expectEcho(t, "tcp", netip.AddrPortFrom(e.hostAddr, 8090), web.name, followWithin)
+		expectReach(t, peerA, webAddr[netA], web.name, peerA.addr)
+
+		// Its old B address: B's peer no longer reaches it there, while
+		// it reaches the other peer of B.
+		expectReach(t, peerB, peerB2.addr, peerB2.name, peerB.addr)
+		if line, err := peerB.ns.Greeting(netip.AddrPortFrom(oldB, 80).String()); err == nil {
+			t.Errorf("%s reached %s's old address %s on %s: %q", peerB.name, web.name, oldB, netB, line)
+		}
+
+		// A packet forged from that address by another container of B is
+		// dropped as spoofed; the same container's own are delivered.
+		c, err := peerB2.ns.ListenUDP(netip.AddrPortFrom(peerB2.addr, 5000).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		got := map[netip.Addr]int{}
+		receive := func(src netip.Addr, want int) int {
+			deadline := time.Now().Add(3 * time.Second)
+			buf := make([]byte, 256)
+			for got[src] < want && time.Now().Before(deadline) {
+				c.SetReadDeadline(deadline)
+				_, from, err := c.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					break
+				}
+				got[from.Addr().Unmap()]++
+			}
+			return got[src]
+		}
+		send := func(src netip.Addr) {
+			t.Helper()
+			ds := make([][]byte, 20)
+			for i := range ds {
+				ds[i] = lab.UDPv4(src, peerB2.addr, 40000, 5000, []byte("from "+src.String()))
+			}
+			if err := peerB.ns.SendIPv4(peerB2.addr, ds...); err != nil {
+				t.Fatalf("sending from %s: %v", peerB.name, err)
+			}
+		}
+		before := e.drops(t)[datapath.DropSpoofed]
+		send(oldB)
+		send(peerB.addr)
+		if n := receive(peerB.addr, 20); n != 20 {
+			t.Errorf("%s received %d of %s's 20 datagrams from its own address, want all", peerB2.name, n, peerB.name)
+		}
+		if n := got[oldB]; n != 0 {
+			t.Errorf("%s received %d datagrams forged from %s's old address %s, want none", peerB2.name, n, web.name, oldB)
+		}
+		if n := e.drops(t)[datapath.DropSpoofed] - before; n < 20 {
+			t.Errorf("%d drops counted as spoofed after 20 datagrams forged from %s, want 20", n, oldB)
+		}
+	})
+
+	// Created on A, connected to B, then started: served from its start.
+	t.Run("TwoAtStart", func(t *testing.T) {
+		exposed, bindings, err := nat.ParsePortSpecs([]string{"8091:80"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dual := &isoCtr{name: mnProject + "-dual-1", net: netA, labels: mnLabels("dual")}
+		cfg := &container.Config{Image: testImage, Hostname: dual.name, Cmd: []string{"/bin/echo", "-tcp", "80"}, ExposedPorts: exposed, Labels: dual.labels}
+		hc := &container.HostConfig{PortBindings: bindings, NetworkMode: container.NetworkMode(netA)}
+		nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{netA: {}}}
+		created, err := e.d.cli.ContainerCreate(ctx, cfg, hc, nc, nil, dual.name)
+		if err != nil {
+			t.Fatalf("creating %s: %v", dual.name, err)
+		}
+		dual.id = created.ID
+		if err := e.d.cli.NetworkConnect(ctx, ids[netB], dual.id, nil); err != nil {
+			t.Fatalf("docker network connect %s %s (created): %v", netB, dual.name, err)
+		}
+		if err := e.d.cli.ContainerStart(ctx, dual.id, container.StartOptions{}); err != nil {
+			t.Fatalf("starting %s: %v", dual.name, err)
+		}
+		t0 := time.Now()
+		ci := e.d.Inspect(dual.id)
+		dual.ns = &lab.Namespace{Name: dual.name, Path: fmt.Sprintf("/proc/%d/ns/net", ci.State.Pid)}
+		addrs := mnAddrs(e, dual.id)
+		if len(addrs) != 2 || !addrs[netA].IsValid() || !addrs[netB].IsValid() {
+			t.Fatalf("%s's networks: %v, want %s and %s", dual.name, addrs, netA, netB)
+		}
+		dual.addr = addrs[netA]
+		veths := mnVeths(t, dual.ns)
+		e.followed(t, "docker start of a container on two networks", t0, func(eps map[netip.Addr]datapath.EndpointInfo) bool {
+			for _, a := range addrs {
+				if ep, ok := eps[a]; !ok || ep.Ifindex != veths[a] || veths[a] == 0 {
+					return false
+				}
+			}
+			return true
+		})
+		st := e.lastState(t, func(s datapath.State) bool {
+			n := 0
+			for _, ep := range s.Endpoints {
+				if ep.Container == dual.name && ep.Addr == addrs[ep.Network] {
+					n++
+				}
+			}
+			return n == 2
+		})
+		expectPortsTo(t, st, dual.name, gwAddr(t, dual, addrs))
+		e.expectEcho(t, "tcp", netip.AddrPortFrom(e.hostAddr, 8091), dual.name, followWithin)
+		e.expectEcho(t, "tcp", netip.AddrPortFrom(e.hostAddr, 8090), web.name, followWithin)
+
+		expectReach(t, peerA, addrs[netA], dual.name, peerA.addr)
+		expectReach(t, peerB, addrs[netB], dual.name, peerB.addr)
+		expectReach(t, dual, peerA.addr, peerA.name, addrs[netA])
+		expectReach(t, dual, peerB.addr, peerB.name, addrs[netB])
+		e.expectBlocked(t, datapath.DropIsolation,
+			mnProbe{peerA, addrs[netB]}, mnProbe{peerB, addrs[netA]}, mnProbe{peerA, peerB.addr}, mnProbe{peerB, peerA.addr})
+		// web, on A and C, is one of A's.
+		expectReach(t, dual, webAddr[netA], web.name, addrs[netA])
+		e.expectBlocked(t, datapath.DropIsolation, mnProbe{dual, webAddr[netC]})
+	})
+
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, err := range e.errs {
+		t.Errorf("applying a state from Watch: %v", err)
+	}
+}
+
+// dropsSince are the drop counters that grew from before to after, by
+// name.
+func dropsSince(before, after map[datapath.DropReason]uint64) map[string]uint64 {
+	out := map[string]uint64{}
+	for r, n := range after {
+		if n > before[r] {
+			out[r.String()] = n - before[r]
+		}
+	}
+	return out
+}
