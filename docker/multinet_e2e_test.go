@@ -34,8 +34,11 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -51,6 +54,10 @@ import (
 
 // followWithin is how soon the datapath must follow a change of Docker's.
 const followWithin = time.Second
+
+// mnOthers is how many more containers TestDaemonDockerMultiNet runs
+// (with 40, connect and disconnect were followed in 130 ms).
+const mnOthers = 12
 
 // Compose's labels.
 const (
@@ -552,4 +559,124 @@ func dropsSince(before, after map[datapath.DropReason]uint64) map[string]uint64 
 		}
 	}
 	return out
+}
+
+// TestDaemonDockerMultiNet runs `bpfnet run --docker`, whose reconcile
+// loop also follows the bridges' links: a running container connected to
+// a second network is served there within a second, and disconnected
+// loses that endpoint within a second while its first network and its
+// published port keep working, with a dozen more containers of the
+// project around, all of which every event reads again.
+func TestDaemonDockerMultiNet(t *testing.T) {
+	requireRoot(t)
+	requireTools(t, "dockerd", "containerd", "runc", "nsenter", "unshare")
+	bin := lab.BuildBpfnet(t)
+	sweepStale(t)
+	topo := lab.Setup(t, lab.Config{Bridges: []lab.BridgeConfig{{Subnet: "172.30.0.0/24"}}})
+	ext := topo.Externals[0]
+	pin := filepath.Join("/sys/fs/bpf", pinPrefix+topo.Prefix+"-daemon")
+	t.Cleanup(func() {
+		topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).Run()
+		os.RemoveAll(pin)
+	})
+	d := startDockerd(t, topo.Host, topo.Bridges[0].Name, topo.Prefix)
+	d.ImportImage()
+	run := topo.Host.Command(context.Background(), bin, "run", "--pin-path", pin,
+		"--docker=unix://"+d.sock, "--uplink", ext.Uplink, "--metrics-addr", "")
+	run.Stderr = os.Stderr
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		run.Process.Signal(syscall.SIGTERM)
+		run.Wait()
+	})
+	e := &e2e{t: t, topo: topo, ext: ext, d: d, hostAddr: addr4(ext.HostAddr)}
+	waitFor(t, "the daemon's pins", func() bool {
+		dp, err := datapath.OpenPinned(pin)
+		if err != nil {
+			return false
+		}
+		e.dp = dp
+		return true
+	})
+	t.Cleanup(func() { e.dp.Close() })
+
+	ctx := context.Background()
+	netA, netB := mnProject+"_default", mnProject+"_back"
+	ids := map[string]string{}
+	for _, n := range []isoNet{{name: netA, subnet: "172.30.50.0/24"}, {name: netB, subnet: "172.30.51.0/24"}} {
+		nw, err := d.cli.NetworkCreate(ctx, n.name, network.CreateOptions{
+			Driver: "bridge", Labels: map[string]string{composeProject: mnProject, composeNetwork: strings.TrimPrefix(n.name, mnProject+"_")},
+			IPAM: &network.IPAM{Config: []network.IPAMConfig{{Subnet: n.subnet}}},
+		})
+		if err != nil {
+			t.Fatalf("creating network %s: %v", n.name, err)
+		}
+		ids[n.name] = nw.ID
+	}
+	web := &isoCtr{name: mnProject + "-web-1", net: netA, publish: []string{"8090:80"}, labels: mnLabels("web")}
+	peerA := &isoCtr{name: mnProject + "-peera-1", net: netA, labels: mnLabels("peera")}
+	peerB := &isoCtr{name: mnProject + "-peerb-1", net: netB, labels: mnLabels("peerb")}
+	for _, c := range []*isoCtr{web, peerA, peerB} {
+		isoRun(e, c)
+	}
+	// Others on both networks, as a Compose project has: each event
+	// reads them all.
+	var others []*isoCtr
+	for i := 0; i < mnOthers; i++ {
+		c := &isoCtr{name: fmt.Sprintf("%s-other-%d", mnProject, i+1), net: []string{netA, netB}[i%2], labels: mnLabels("other")}
+		isoRun(e, c)
+		others = append(others, c)
+	}
+	e.expectEcho(t, "tcp", netip.AddrPortFrom(e.hostAddr, 8090), web.name, 10*time.Second)
+	waitFor(t, "the containers' endpoints", func() bool {
+		eps, err := e.dp.Endpoints()
+		if err != nil {
+			t.Fatal(err)
+		}
+		have := map[netip.Addr]bool{}
+		for _, ep := range eps {
+			have[ep.Addr] = true
+		}
+		for _, c := range append([]*isoCtr{web, peerA, peerB}, others...) {
+			if !have[c.addr] {
+				return false
+			}
+		}
+		return true
+	})
+
+	if err := d.cli.NetworkConnect(ctx, ids[netB], web.id, nil); err != nil {
+		t.Fatalf("docker network connect %s %s: %v", netB, web.name, err)
+	}
+	t0 := time.Now()
+	webB := mnAddrs(e, web.id)[netB]
+	veth := mnVeths(t, web.ns)[webB]
+	if veth == 0 {
+		t.Fatalf("no veth of %s holds its address %s on %s", web.name, webB, netB)
+	}
+	e.followed(t, "docker network connect "+netB, t0, func(eps map[netip.Addr]datapath.EndpointInfo) bool {
+		ep, ok := eps[webB]
+		return ok && ep.Ifindex == veth
+	})
+	expectReach(t, peerB, webB, web.name, peerB.addr)
+	expectReach(t, peerA, web.addr, web.name, peerA.addr)
+	e.expectBlocked(t, datapath.DropIsolation, mnProbe{peerA, webB}, mnProbe{peerA, peerB.addr})
+	e.expectEcho(t, "tcp", netip.AddrPortFrom(e.hostAddr, 8090), web.name, followWithin)
+
+	if err := d.cli.NetworkDisconnect(ctx, ids[netB], web.id, false); err != nil {
+		t.Fatalf("docker network disconnect %s %s: %v", netB, web.name, err)
+	}
+	t0 = time.Now()
+	e.followed(t, "docker network disconnect "+netB, t0, func(eps map[netip.Addr]datapath.EndpointInfo) bool {
+		_, b := eps[webB]
+		_, a := eps[web.addr]
+		return !b && a
+	})
+	e.expectEcho(t, "tcp", netip.AddrPortFrom(e.hostAddr, 8090), web.name, followWithin)
+	expectReach(t, peerA, web.addr, web.name, peerA.addr)
+	if line, err := peerB.ns.Greeting(netip.AddrPortFrom(webB, 80).String()); err == nil {
+		t.Errorf("%s reached %s's old address %s on %s: %q", peerB.name, web.name, webB, netB, line)
+	}
 }
