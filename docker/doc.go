@@ -27,7 +27,9 @@
 //     com.docker.network.bridge.enable_ip_masquerade is "false" or the
 //     network is internal; Docker's default bridge network is the
 //     exception, see Source.DefaultBridgeMasquerade.
-//   - Endpoints: every running container's interface on such a network.
+//   - Endpoints: every running container's interface on such a network,
+//     one per network it is on, found in its namespace by the endpoint's
+//     MAC (by its address when Docker gives no MAC).
 //     A container labelled bpfnet.allow-foreign-source=true may send from
 //     addresses not its own (LabelAllowForeignSource); others may not.
 //   - Ports: the container's published ports (NetworkSettings.Ports), to

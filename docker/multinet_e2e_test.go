@@ -518,6 +518,27 @@ func TestDockerMultiNetE2E(t *testing.T) {
 			}
 			return true
 		})
+		// Without its MAC (an API that leaves it out) each interface is
+		// found by its address.
+		err = e.topo.Host.Do(func() error {
+			for n, a := range addrs {
+				name, _, err := (netlinkKernel{}).hostVeth(ci.State.Pid, nil, a)
+				if err != nil {
+					return fmt.Errorf("%s on %s: %w", a, n, err)
+				}
+				l, err := netlink.LinkByName(name)
+				if err != nil {
+					return err
+				}
+				if uint32(l.Attrs().Index) != veths[a] {
+					return fmt.Errorf("%s on %s: found %s (ifindex %d), want ifindex %d", a, n, name, l.Attrs().Index, veths[a])
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Errorf("the host veths of %s by address: %v", dual.name, err)
+		}
 		st := e.lastState(t, func(s datapath.State) bool {
 			n := 0
 			for _, ep := range s.Endpoints {
