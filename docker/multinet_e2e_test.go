@@ -369,6 +369,8 @@ func TestDockerMultiNetE2E(t *testing.T) {
 		}
 		expectPortsTo(t, st, web.name, gwAddr(t, web, webAddr))
 		e.expectEcho(t, "tcp", netip.AddrPortFrom(e.hostAddr, 8090), web.name, followWithin)
+		// Out through its new default route, B's, masqueraded.
+		e.expectMasquerade(t, web.id)
 
 		// B's peer reaches it by its B address, and it the peer; A's
 		// peer by its A address.
@@ -426,6 +428,7 @@ func TestDockerMultiNetE2E(t *testing.T) {
 		})
 		expectPortsTo(t, st, web.name, gwAddr(t, web, webAddr))
 		e.expectEcho(t, "tcp", netip.AddrPortFrom(e.hostAddr, 8090), web.name, followWithin)
+		e.expectMasquerade(t, web.id)
 		expectReach(t, peerA, webAddr[netA], web.name, peerA.addr)
 
 		// Its old B address: B's peer no longer reaches it there, while
@@ -550,6 +553,7 @@ func TestDockerMultiNetE2E(t *testing.T) {
 		})
 		expectPortsTo(t, st, dual.name, gwAddr(t, dual, addrs))
 		e.expectEcho(t, "tcp", netip.AddrPortFrom(e.hostAddr, 8091), dual.name, followWithin)
+		e.expectMasquerade(t, dual.id)
 		e.expectEcho(t, "tcp", netip.AddrPortFrom(e.hostAddr, 8090), web.name, followWithin)
 
 		expectReach(t, peerA, addrs[netA], dual.name, peerA.addr)
