@@ -15,7 +15,10 @@ package docker
 //     published port keeps answering; it leaves one again (docker network
 //     disconnect): within a second that endpoint is gone;
 //   - a container is created on one network, connected to a second and
-//     only then started: both interfaces are served from the start.
+//     only then started: both interfaces are served from the start;
+//   - the project goes down and up again (containers and networks
+//     removed, the networks made again with their names and subnets, new
+//     ids and bridges): its containers are served on the new bridges.
 //
 // What Docker's iptables rules do for a dual-homed container (Docker 28's
 // as 20.10's): the isolation rules match bridges (DOCKER-ISOLATION-STAGE-1
@@ -166,6 +169,54 @@ func (e *e2e) followed(t *testing.T, what string, since time.Time, ok func(map[n
 	}
 }
 
+// mnRunTwo creates c on c.net, connects it to second and only then starts
+// it, as Compose does with a service on two networks (before API 1.44,
+// which takes them all at create), and waits until the datapath serves
+// both interfaces, within followWithin of the start. It fills in c's id,
+// namespace and address (on c.net) and returns its addresses by network
+// and its pid.
+func mnRunTwo(t *testing.T, e *e2e, c *isoCtr, second string) (map[string]netip.Addr, int) {
+	t.Helper()
+	exposed, bindings, err := nat.ParsePortSpecs(c.publish)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := &container.Config{Image: testImage, Hostname: c.name, Cmd: []string{"/bin/echo", "-tcp", "80"}, ExposedPorts: exposed, Labels: c.labels}
+	hc := &container.HostConfig{PortBindings: bindings, NetworkMode: container.NetworkMode(c.net)}
+	nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{c.net: {}}}
+	created, err := e.d.cli.ContainerCreate(ctx, cfg, hc, nc, nil, c.name)
+	if err != nil {
+		t.Fatalf("creating %s: %v", c.name, err)
+	}
+	c.id = created.ID
+	if err := e.d.cli.NetworkConnect(ctx, second, c.id, nil); err != nil {
+		t.Fatalf("docker network connect %s %s (created): %v", second, c.name, err)
+	}
+	if err := e.d.cli.ContainerStart(ctx, c.id, container.StartOptions{}); err != nil {
+		t.Fatalf("starting %s: %v", c.name, err)
+	}
+	t0 := time.Now()
+	ci := e.d.Inspect(c.id)
+	c.ns = &lab.Namespace{Name: c.name, Path: fmt.Sprintf("/proc/%d/ns/net", ci.State.Pid)}
+	addrs := mnAddrs(e, c.id)
+	if len(addrs) != 2 || !addrs[c.net].IsValid() || !addrs[second].IsValid() {
+		t.Fatalf("%s's networks: %v, want %s and %s", c.name, addrs, c.net, second)
+	}
+	c.addr = addrs[c.net]
+	veths := mnVeths(t, c.ns)
+	e.followed(t, "docker start of "+c.name+" on two networks", t0, func(eps map[netip.Addr]datapath.EndpointInfo) bool {
+		for _, a := range addrs {
+			if ep, ok := eps[a]; !ok || ep.Ifindex != veths[a] || veths[a] == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	return addrs, ci.State.Pid
+}
+
 // mnProbe is a connection from a container to an address.
 type mnProbe struct {
 	from *isoCtr
@@ -253,28 +304,33 @@ func TestDockerMultiNetE2E(t *testing.T) {
 	}
 	netA, netB, netC := nets[0].name, nets[1].name, nets[2].name
 	ids := map[string]string{}
-	for _, n := range nets {
-		key := strings.TrimPrefix(n.name, mnProject+"_")
-		nw, err := e.d.cli.NetworkCreate(ctx, n.name, network.CreateOptions{
-			Driver: "bridge", Options: n.opts,
-			Labels: map[string]string{composeProject: mnProject, composeNetwork: key, "com.docker.compose.version": "2.29.1"},
-			IPAM:   &network.IPAM{Config: []network.IPAMConfig{{Subnet: n.subnet}}},
-		})
-		if err != nil {
-			t.Fatalf("creating network %s: %v", n.name, err)
-		}
-		ids[n.name] = nw.ID
-	}
-	e.waitApplied(t, func(st datapath.State) bool {
+	// up creates networks as Compose does and waits until Watch gives
+	// them to the datapath.
+	up := func(nets []isoNet) {
 		for _, n := range nets {
-			want := datapath.Network{Name: n.name, Bridge: "br-" + ids[n.name][:12], Subnet: netip.MustParsePrefix(n.subnet),
-				Gateway: n.gateway(), Masquerade: n.masq, NoICC: n.noICC}
-			if !slices.Contains(st.Networks, want) {
-				return false
+			key := strings.TrimPrefix(n.name, mnProject+"_")
+			nw, err := e.d.cli.NetworkCreate(ctx, n.name, network.CreateOptions{
+				Driver: "bridge", Options: n.opts,
+				Labels: map[string]string{composeProject: mnProject, composeNetwork: key, "com.docker.compose.version": "2.29.1"},
+				IPAM:   &network.IPAM{Config: []network.IPAMConfig{{Subnet: n.subnet}}},
+			})
+			if err != nil {
+				t.Fatalf("creating network %s: %v", n.name, err)
 			}
+			ids[n.name] = nw.ID
 		}
-		return true
-	})
+		e.waitApplied(t, func(st datapath.State) bool {
+			for _, n := range nets {
+				want := datapath.Network{Name: n.name, Bridge: "br-" + ids[n.name][:12], Subnet: netip.MustParsePrefix(n.subnet),
+					Gateway: n.gateway(), Masquerade: n.masq, NoICC: n.noICC}
+				if !slices.Contains(st.Networks, want) {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	up(nets)
 
 	web := &isoCtr{name: mnProject + "-web-1", net: netA, publish: []string{"8090:80"}, labels: mnLabels("web")}
 	peerA := &isoCtr{name: mnProject + "-peera-1", net: netA, labels: mnLabels("peera")}
@@ -485,47 +541,14 @@ func TestDockerMultiNetE2E(t *testing.T) {
 
 	// Created on A, connected to B, then started: served from its start.
 	t.Run("TwoAtStart", func(t *testing.T) {
-		exposed, bindings, err := nat.ParsePortSpecs([]string{"8091:80"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		dual := &isoCtr{name: mnProject + "-dual-1", net: netA, labels: mnLabels("dual")}
-		cfg := &container.Config{Image: testImage, Hostname: dual.name, Cmd: []string{"/bin/echo", "-tcp", "80"}, ExposedPorts: exposed, Labels: dual.labels}
-		hc := &container.HostConfig{PortBindings: bindings, NetworkMode: container.NetworkMode(netA)}
-		nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{netA: {}}}
-		created, err := e.d.cli.ContainerCreate(ctx, cfg, hc, nc, nil, dual.name)
-		if err != nil {
-			t.Fatalf("creating %s: %v", dual.name, err)
-		}
-		dual.id = created.ID
-		if err := e.d.cli.NetworkConnect(ctx, ids[netB], dual.id, nil); err != nil {
-			t.Fatalf("docker network connect %s %s (created): %v", netB, dual.name, err)
-		}
-		if err := e.d.cli.ContainerStart(ctx, dual.id, container.StartOptions{}); err != nil {
-			t.Fatalf("starting %s: %v", dual.name, err)
-		}
-		t0 := time.Now()
-		ci := e.d.Inspect(dual.id)
-		dual.ns = &lab.Namespace{Name: dual.name, Path: fmt.Sprintf("/proc/%d/ns/net", ci.State.Pid)}
-		addrs := mnAddrs(e, dual.id)
-		if len(addrs) != 2 || !addrs[netA].IsValid() || !addrs[netB].IsValid() {
-			t.Fatalf("%s's networks: %v, want %s and %s", dual.name, addrs, netA, netB)
-		}
-		dual.addr = addrs[netA]
+		dual := &isoCtr{name: mnProject + "-dual-1", net: netA, publish: []string{"8091:80"}, labels: mnLabels("dual")}
+		addrs, pid := mnRunTwo(t, e, dual, netB)
 		veths := mnVeths(t, dual.ns)
-		e.followed(t, "docker start of a container on two networks", t0, func(eps map[netip.Addr]datapath.EndpointInfo) bool {
-			for _, a := range addrs {
-				if ep, ok := eps[a]; !ok || ep.Ifindex != veths[a] || veths[a] == 0 {
-					return false
-				}
-			}
-			return true
-		})
 		// Without its MAC (an API that leaves it out) each interface is
 		// found by its address.
-		err = e.topo.Host.Do(func() error {
+		err := e.topo.Host.Do(func() error {
 			for n, a := range addrs {
-				name, _, err := (netlinkKernel{}).hostVeth(ci.State.Pid, nil, a)
+				name, _, err := (netlinkKernel{}).hostVeth(pid, nil, a)
 				if err != nil {
 					return fmt.Errorf("%s on %s: %w", a, n, err)
 				}
@@ -565,6 +588,90 @@ func TestDockerMultiNetE2E(t *testing.T) {
 		// web, on A and C, is one of A's.
 		expectReach(t, dual, webAddr[netA], web.name, addrs[netA])
 		e.expectBlocked(t, datapath.DropIsolation, mnProbe{dual, webAddr[netC]})
+	})
+
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	// docker compose down, then up: the project's networks come back
+	// with the same names and subnets, new ids and new bridges.
+	oldBridges := map[string]string{netA: "br-" + ids[netA][:12], netB: "br-" + ids[netB][:12]}
+	e.mu.Lock()
+	nerrs := len(e.errs)
+	e.mu.Unlock()
+	list, err := e.d.cli.ContainerList(ctx, container.ListOptions{All: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range list {
+		if err := e.d.cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range nets {
+		if err := e.d.cli.NetworkRemove(ctx, n.name); err != nil {
+			t.Fatalf("removing network %s: %v", n.name, err)
+		}
+	}
+	e.waitApplied(t, func(s datapath.State) bool {
+		return len(s.Endpoints) == 0 && !slices.ContainsFunc(s.Networks, func(n datapath.Network) bool { return strings.HasPrefix(n.Name, mnProject+"_") })
+	})
+	e.mu.Lock()
+	// A state read while Docker still listed what it was removing fails
+	// to apply; the next one, without them, applies.
+	kept := e.errs[:nerrs]
+	for _, err := range e.errs[nerrs:] {
+		if strings.Contains(err.Error(), "not found") {
+			t.Logf("transient, while Docker removed them: %v", err)
+			continue
+		}
+		kept = append(kept, err)
+	}
+	e.errs = kept
+	e.mu.Unlock()
+	up(nets[:2])
+	if ids[netA] == "" || "br-"+ids[netA][:12] == oldBridges[netA] {
+		t.Fatalf("%s came back with its old bridge %s", netA, oldBridges[netA])
+	}
+	web = &isoCtr{name: mnProject + "-web-1", net: netA, publish: []string{"8090:80"}, labels: mnLabels("web")}
+	addrs, _ := mnRunTwo(t, e, web, netB)
+	peerA = &isoCtr{name: mnProject + "-peera-1", net: netA, labels: mnLabels("peera")}
+	peerB = &isoCtr{name: mnProject + "-peerb-1", net: netB, labels: mnLabels("peerb")}
+	for _, c := range []*isoCtr{peerA, peerB} {
+		isoRun(e, c)
+	}
+	e.waitApplied(t, func(s datapath.State) bool { return hasEndpoint(s, peerA.name) && hasEndpoint(s, peerB.name) })
+	t.Run("ComposeUpAgain", func(t *testing.T) {
+		// web's endpoints are on the new bridges.
+		bridges := map[netip.Addr]int{}
+		err := e.topo.Host.Do(func() error {
+			for n, a := range addrs {
+				l, err := netlink.LinkByName("br-" + ids[n][:12])
+				if err != nil {
+					return err
+				}
+				bridges[a] = l.Attrs().Index
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		eps, err := e.dp.Endpoints()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for a, br := range bridges {
+			i := slices.IndexFunc(eps, func(ep datapath.EndpointInfo) bool { return ep.Addr == a })
+			if i < 0 || eps[i].BridgeIfindex != uint32(br) {
+				t.Errorf("endpoint %s: %+v, want it on bridge ifindex %d", a, eps, br)
+			}
+		}
+		e.expectEcho(t, "tcp", netip.AddrPortFrom(e.hostAddr, 8090), web.name, followWithin)
+		expectReach(t, peerA, addrs[netA], web.name, peerA.addr)
+		expectReach(t, peerB, addrs[netB], web.name, peerB.addr)
+		e.expectBlocked(t, datapath.DropIsolation, mnProbe{peerA, addrs[netB]}, mnProbe{peerA, peerB.addr})
 	})
 
 	e.mu.Lock()
