@@ -427,6 +427,12 @@ func TestDockerMultiNetE2E(t *testing.T) {
 		e.expectEcho(t, "tcp", netip.AddrPortFrom(e.hostAddr, 8090), web.name, followWithin)
 		// Out through its new default route, B's, masqueraded.
 		e.expectMasquerade(t, web.id)
+		// Its published port through the host from B, the network of
+		// its gateway endpoint (the answer goes back the same way).
+		line, err := peerB.ns.Greeting(netip.AddrPortFrom(e.hostAddr, 8090).String())
+		if f := strings.Fields(line); err != nil || len(f) != 2 || f[1] != web.name {
+			t.Errorf("%s to %s:8090: %q %v, want %s's answer", peerB.name, e.hostAddr, line, err, web.name)
+		}
 
 		// B's peer reaches it by its B address, and it the peer; A's
 		// peer by its A address.
