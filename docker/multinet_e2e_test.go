@@ -16,6 +16,8 @@ package docker
 //     disconnect): within a second that endpoint is gone;
 //   - a container is created on one network, connected to a second and
 //     only then started: both interfaces are served from the start;
+//   - a container on an internal network only publishes nothing until it
+//     joins a normal network, and nothing again once it leaves it;
 //   - the project goes down and up again (containers and networks
 //     removed, the networks made again with their names and subnets, new
 //     ids and bridges): its containers are served on the new bridges.
@@ -301,8 +303,9 @@ func TestDockerMultiNetE2E(t *testing.T) {
 		{name: mnProject + "_default", subnet: "172.30.40.0/24", masq: true},
 		{name: mnProject + "_back", subnet: "172.30.41.0/24", masq: true},
 		{name: mnProject + "_quiet", subnet: "172.30.42.0/24", opts: map[string]string{optICC: "false"}, masq: true, noICC: true},
+		{name: mnProject + "_inner", subnet: "172.30.43.0/24", internal: true},
 	}
-	netA, netB, netC := nets[0].name, nets[1].name, nets[2].name
+	netA, netB, netC, netI := nets[0].name, nets[1].name, nets[2].name, nets[3].name
 	ids := map[string]string{}
 	// up creates networks as Compose does and waits until Watch gives
 	// them to the datapath.
@@ -310,7 +313,7 @@ func TestDockerMultiNetE2E(t *testing.T) {
 		for _, n := range nets {
 			key := strings.TrimPrefix(n.name, mnProject+"_")
 			nw, err := e.d.cli.NetworkCreate(ctx, n.name, network.CreateOptions{
-				Driver: "bridge", Options: n.opts,
+				Driver: "bridge", Options: n.opts, Internal: n.internal,
 				Labels: map[string]string{composeProject: mnProject, composeNetwork: key, "com.docker.compose.version": "2.29.1"},
 				IPAM:   &network.IPAM{Config: []network.IPAMConfig{{Subnet: n.subnet}}},
 			})
@@ -322,7 +325,7 @@ func TestDockerMultiNetE2E(t *testing.T) {
 		e.waitApplied(t, func(st datapath.State) bool {
 			for _, n := range nets {
 				want := datapath.Network{Name: n.name, Bridge: "br-" + ids[n.name][:12], Subnet: netip.MustParsePrefix(n.subnet),
-					Gateway: n.gateway(), Masquerade: n.masq, NoICC: n.noICC}
+					Gateway: n.gateway(), Masquerade: n.masq, NoICC: n.noICC, Internal: n.internal}
 				if !slices.Contains(st.Networks, want) {
 					return false
 				}
@@ -594,6 +597,51 @@ func TestDockerMultiNetE2E(t *testing.T) {
 		// web, on A and C, is one of A's.
 		expectReach(t, dual, webAddr[netA], web.name, addrs[netA])
 		e.expectBlocked(t, datapath.DropIsolation, mnProbe{dual, webAddr[netC]})
+	})
+
+	// A container on an internal network only publishes nothing (Docker
+	// gives its ports no endpoint); connected to a normal network it
+	// publishes them there, disconnected no more.
+	inner := &isoCtr{name: mnProject + "-inner-1", net: netI, publish: []string{"8092:80"}, labels: mnLabels("inner")}
+	isoRun(e, inner)
+	e.waitApplied(t, func(s datapath.State) bool { return hasEndpoint(s, inner.name) })
+	isoServe(t, e.topo.Host, nets[3].gateway().String()+":80", "gateway")
+	t.Run("InternalThenConnected", func(t *testing.T) {
+		port := netip.AddrPortFrom(e.hostAddr, 8092)
+		// notServed checks that the port does not answer, and that
+		// 8090, web's, does (positive twin).
+		notServed := func(within time.Duration) {
+			t.Helper()
+			deadline := time.Now().Add(within)
+			for {
+				line, err := e.dial("tcp", port)
+				if err != nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s answered %q, want nothing there", port, line)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			e.expectEcho(t, "tcp", netip.AddrPortFrom(e.hostAddr, 8090), web.name, followWithin)
+		}
+		notServed(0)
+		if err := e.d.cli.NetworkConnect(ctx, ids[netA], inner.id, nil); err != nil {
+			t.Fatalf("docker network connect %s %s: %v", netA, inner.name, err)
+		}
+		t0 := time.Now()
+		e.expectEcho(t, "tcp", port, inner.name, followWithin)
+		t.Logf("%s answered %v after docker network connect returned", port, time.Since(t0).Round(time.Millisecond))
+		addrs := mnAddrs(e, inner.id)
+		st := e.lastState(t, func(s datapath.State) bool {
+			return slices.ContainsFunc(s.Ports, func(m datapath.PortMapping) bool { return m.Container == inner.name })
+		})
+		expectPortsTo(t, st, inner.name, addrs[netA])
+		if err := e.d.cli.NetworkDisconnect(ctx, ids[netA], inner.id, false); err != nil {
+			t.Fatalf("docker network disconnect %s %s: %v", netA, inner.name, err)
+		}
+		notServed(followWithin)
+		expectReach(t, inner, nets[3].gateway(), "gateway", addrs[netI])
 	})
 
 	if t.Failed() {
