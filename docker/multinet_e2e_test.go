@@ -40,6 +40,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -904,5 +905,198 @@ func daemonMultiNet(t *testing.T, bin, dp string) {
 	expectReach(t, peerB, others[1].addr, others[1].name, peerB.addr)
 	if line, err := peerB.ns.Greeting(netip.AddrPortFrom(webB, 80).String()); err == nil {
 		t.Errorf("%s reached %s's old address %s on %s: %q", peerB.name, web.name, webB, netB, line)
+	}
+}
+
+// mnComposeFile is a Compose application on two networks: web on both,
+// publishing a port, api on back only, edge on front only.
+const mnComposeFile = `version: "2.4"
+services:
+  web:
+    image: ` + testImage + `
+    hostname: web
+    command: ["/bin/echo", "-tcp", "80"]
+    ports: ["8093:80"]
+    networks: [front, back]
+  api:
+    image: ` + testImage + `
+    hostname: api
+    command: ["/bin/echo", "-tcp", "80"]
+    networks: [back]
+  edge:
+    image: ` + testImage + `
+    hostname: edge
+    command: ["/bin/echo", "-tcp", "80"]
+    networks: [front]
+networks:
+  front:
+    ipam: {config: [{subnet: 172.30.60.0/24}]}
+  back:
+    ipam: {config: [{subnet: 172.30.61.0/24}]}
+`
+
+// TestDockerComposeMultiNet brings mnComposeFile up with docker-compose
+// (through the API, with the same names and labels, where it is not
+// installed or BPFNET_TEST_NO_COMPOSE=1): web is served on both networks
+// and reached on each by that network's service, its port is published to
+// its address on back (its gateway endpoint's network), and front and
+// back stay apart for the others; once the application is down, its
+// networks and endpoints leave the datapath.
+func TestDockerComposeMultiNet(t *testing.T) {
+	requireRoot(t)
+	requireTools(t, "dockerd", "containerd", "runc", "nsenter", "unshare")
+	e := newWatchedE2E(t)
+	ctx := context.Background()
+	const project = "mnc"
+	front, back := project+"_front", project+"_back"
+	services := map[string][]string{"web": {front, back}, "api": {back}, "edge": {front}}
+	dir := t.TempDir()
+	compose := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command(dockerCompose(), append([]string{"-H", "unix://" + e.d.sock, "-p", project}, args...)...)
+		cmd.Dir = dir
+		start := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("docker-compose %v: %v\n%s", args, err, out)
+		}
+		t.Logf("docker-compose %v: %v", args, time.Since(start).Round(time.Millisecond))
+	}
+	if dockerCompose() != "" {
+		if err := os.WriteFile(filepath.Join(dir, "docker-compose.yml"), []byte(mnComposeFile), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		compose("up", "-d")
+	} else {
+		t.Logf("without docker-compose (not installed, or BPFNET_TEST_NO_COMPOSE=1): the application is made through the API")
+		for n, subnet := range map[string]string{front: "172.30.60.0/24", back: "172.30.61.0/24"} {
+			if _, err := e.d.cli.NetworkCreate(ctx, n, network.CreateOptions{
+				Driver: "bridge", Labels: map[string]string{composeProject: project, composeNetwork: strings.TrimPrefix(n, project+"_")},
+				IPAM: &network.IPAM{Config: []network.IPAMConfig{{Subnet: subnet}}},
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for svc, nets := range services {
+			labels := map[string]string{composeProject: project, composeService: svc, composeNumber: "1", composeOneoff: "False"}
+			c := &isoCtr{name: svc, net: nets[0], labels: labels}
+			if svc == "web" {
+				c.publish = []string{"8093:80"}
+			}
+			cfg := &container.Config{Image: testImage, Hostname: svc, Cmd: []string{"/bin/echo", "-tcp", "80"}, Labels: labels}
+			exposed, bindings, err := nat.ParsePortSpecs(c.publish)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.ExposedPorts = exposed
+			hc := &container.HostConfig{PortBindings: bindings, NetworkMode: container.NetworkMode(nets[0])}
+			nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{nets[0]: {Aliases: []string{svc}}}}
+			created, err := e.d.cli.ContainerCreate(ctx, cfg, hc, nc, nil, project+"_"+svc+"_1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range nets[1:] {
+				if err := e.d.cli.NetworkConnect(ctx, n, created.ID, &network.EndpointSettings{Aliases: []string{svc}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := e.d.cli.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	// The application's containers, by service, with their addresses.
+	list, err := e.d.cli.ContainerList(ctx, container.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrs := map[string]*isoCtr{}
+	addrs := map[string]map[string]netip.Addr{}
+	names := map[string]string{} // service -> container name
+	for _, c := range list {
+		svc := c.Labels[composeService]
+		if c.Labels[composeProject] != project || services[svc] == nil {
+			continue
+		}
+		ci := e.d.Inspect(c.ID)
+		// The echo server answers with the hostname, the service's.
+		ctrs[svc] = &isoCtr{name: svc, id: c.ID, ns: &lab.Namespace{Name: svc, Path: fmt.Sprintf("/proc/%d/ns/net", ci.State.Pid)}}
+		addrs[svc] = mnAddrs(e, c.ID)
+		names[svc] = strings.TrimPrefix(ci.Name, "/")
+		for _, n := range services[svc] {
+			if !addrs[svc][n].IsValid() {
+				t.Fatalf("%s (%s) is not on %s: %v", svc, ci.Name, n, addrs[svc])
+			}
+		}
+		if len(addrs[svc]) != len(services[svc]) {
+			t.Fatalf("%s is on %v, want %v", svc, addrs[svc], services[svc])
+		}
+	}
+	if len(ctrs) != len(services) {
+		t.Fatalf("the application's containers: %v", names)
+	}
+	web, api, edge := ctrs["web"], ctrs["api"], ctrs["edge"]
+	st := e.lastState(t, func(s datapath.State) bool {
+		n := 0
+		for _, ep := range s.Endpoints {
+			for svc, name := range names {
+				if ep.Container == name && ep.Addr == addrs[svc][ep.Network] && ep.Labels[composeProject] == project && ep.Labels[composeService] == svc {
+					n++
+				}
+			}
+		}
+		return n == 4
+	})
+	t.Logf("the application: %v", addrs)
+	if via := mnDefaultVia(t, web.ns); via != netip.MustParseAddr("172.30.61.1") {
+		t.Errorf("web's default route goes via %s, want back's gateway", via)
+	}
+	expectPortsTo(t, st, names["web"], addrs["web"][back])
+	e.expectEcho(t, "tcp", netip.AddrPortFrom(e.hostAddr, 8093), "web", 2*time.Second)
+	e.expectMasquerade(t, web.id)
+
+	expectReach(t, edge, addrs["web"][front], "web", addrs["edge"][front])
+	expectReach(t, api, addrs["web"][back], "web", addrs["api"][back])
+	expectReach(t, web, addrs["edge"][front], "edge", addrs["web"][front])
+	expectReach(t, web, addrs["api"][back], "api", addrs["web"][back])
+	e.expectBlocked(t, datapath.DropIsolation,
+		mnProbe{edge, addrs["web"][back]}, mnProbe{api, addrs["web"][front]},
+		mnProbe{edge, addrs["api"][back]}, mnProbe{api, addrs["edge"][front]})
+
+	// Down: the networks and endpoints leave the datapath. A state read
+	// while Docker still listed what it was removing fails to apply; the
+	// next one, without them, applies.
+	e.mu.Lock()
+	nerrs := len(e.errs)
+	e.mu.Unlock()
+	if dockerCompose() != "" {
+		compose("down")
+	} else {
+		for _, c := range ctrs {
+			if err := e.d.cli.ContainerRemove(ctx, c.id, container.RemoveOptions{Force: true}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, n := range []string{front, back} {
+			if err := e.d.cli.NetworkRemove(ctx, n); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	e.waitApplied(t, func(s datapath.State) bool {
+		return len(s.Endpoints) == 0 && !slices.ContainsFunc(s.Networks, func(n datapath.Network) bool { return strings.HasPrefix(n.Name, project+"_") })
+	})
+	eps, err := e.dp.Endpoints()
+	if err != nil || len(eps) != 0 {
+		t.Errorf("endpoints after docker-compose down: %v %v", eps, err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i, err := range e.errs {
+		if i >= nerrs && strings.Contains(err.Error(), "not found") {
+			t.Logf("transient, while Docker removed them: %v", err)
+			continue
+		}
+		t.Errorf("applying a state from Watch: %v", err)
 	}
 }
