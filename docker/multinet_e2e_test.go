@@ -433,6 +433,11 @@ func TestDockerMultiNetE2E(t *testing.T) {
 		e.expectMasquerade(t, web.id)
 		// Its published port through the host from B, the network of
 		// its gateway endpoint (the answer goes back the same way).
+		// From A or C the answer would leave by web's interface there,
+		// from its B address, and the datapath drops it as spoofed: one
+		// address per veth (bpf src_allowed). Docker without
+		// docker-proxy drops the SYN instead (DOCKER-ISOLATION between
+		// the two bridges); docker-proxy would relay it.
 		line, err := peerB.ns.Greeting(netip.AddrPortFrom(e.hostAddr, 8090).String())
 		if f := strings.Fields(line); err != nil || len(f) != 2 || f[1] != web.name {
 			t.Errorf("%s to %s:8090: %q %v, want %s's answer", peerB.name, e.hostAddr, line, err, web.name)
