@@ -253,7 +253,7 @@ func convertContainer(k kernel, log *slog.Logger, byID, byName map[string]*bridg
 			}
 			mac = m
 		}
-		veth, master, err := k.hostVeth(c.State.Pid, mac)
+		veth, master, err := k.hostVeth(c.State.Pid, mac, a.addr)
 		if errors.Is(err, errGone) {
 			return nil, nil // it died since it was inspected
 		}

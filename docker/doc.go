@@ -27,13 +27,17 @@
 //     com.docker.network.bridge.enable_ip_masquerade is "false" or the
 //     network is internal; Docker's default bridge network is the
 //     exception, see Source.DefaultBridgeMasquerade.
-//   - Endpoints: every running container's interface on such a network.
+//   - Endpoints: every running container's interface on such a network,
+//     one per network it is on, found in its namespace by the endpoint's
+//     MAC (by its address when Docker gives no MAC).
 //     A container labelled bpfnet.allow-foreign-source=true may send from
 //     addresses not its own (LabelAllowForeignSource); others may not.
 //   - Ports: the container's published ports (NetworkSettings.Ports), to
-//     its address on its first non-internal bridge network by name (the
-//     one Docker gives the default gateway and the published ports to);
-//     IPv6 bindings are left out.
+//     its address on the network of Docker's gateway endpoint, the one
+//     its default route and its published ports go to: the highest
+//     gw-priority, then not internal, then the first by name; none when
+//     that network is internal. docker network connect and disconnect can
+//     move it, and the ports follow. IPv6 bindings are left out.
 //   - Containers without a veth on such a network (modes.go): in host mode
 //     or on macvlan and ipvlan networks, their cgroup v2 folder (from
 //     /proc/<pid>/cgroup) and, for macvlan and ipvlan, their device in

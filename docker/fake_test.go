@@ -314,7 +314,9 @@ func (f *fakeDocker) serveAPI(w http.ResponseWriter, r *http.Request, fx *apiFix
 	}
 }
 
-// fakeKernel stands in for netlink: bridges by name, veths by pid and MAC.
+// fakeKernel stands in for netlink: bridges by name, veths by pid and MAC
+// ("100/02:42:ac:11:00:02"), or pid and address for an endpoint without a
+// MAC ("100/172.17.0.2").
 type fakeKernel struct {
 	mu      sync.Mutex
 	bridges map[string]fakeBridge
@@ -342,13 +344,17 @@ func (k *fakeKernel) bridge(name string) (int, []netip.Prefix, error) {
 	return b.index, b.addrs, nil
 }
 
-func (k *fakeKernel) hostVeth(pid int, mac net.HardwareAddr) (string, int, error) {
+func (k *fakeKernel) hostVeth(pid int, mac net.HardwareAddr, addr netip.Addr) (string, int, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.gone[pid] {
 		return "", 0, errGone
 	}
-	v, ok := k.veths[fmt.Sprintf("%d/%s", pid, mac)]
+	key := fmt.Sprintf("%d/%s", pid, mac)
+	if mac == nil {
+		key = fmt.Sprintf("%d/%s", pid, addr)
+	}
+	v, ok := k.veths[key]
 	if !ok {
 		return "", 0, errors.New("no such veth")
 	}

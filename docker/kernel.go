@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -20,10 +21,11 @@ type kernel interface {
 	// calling thread's namespace, or an error matching errLinkNotFound.
 	bridge(name string) (index int, addrs []netip.Prefix, err error)
 	// hostVeth returns the host end, in the calling thread's namespace,
-	// of the interface with mac (eth0 when mac is nil) in the network
-	// namespace of process pid, and the ifindex of its master. An error
-	// matching errGone means the process or its namespace went away.
-	hostVeth(pid int, mac net.HardwareAddr) (name string, master int, err error)
+	// of the interface with mac (when mac is nil: the one holding addr)
+	// in the network namespace of process pid, and the ifindex of its
+	// master. An error matching errGone means the process or its
+	// namespace went away.
+	hostVeth(pid int, mac net.HardwareAddr, addr netip.Addr) (name string, master int, err error)
 }
 
 var (
@@ -59,7 +61,7 @@ func (netlinkKernel) bridge(name string) (int, []netip.Prefix, error) {
 	return l.Attrs().Index, out, nil
 }
 
-func (netlinkKernel) hostVeth(pid int, mac net.HardwareAddr) (string, int, error) {
+func (netlinkKernel) hostVeth(pid int, mac net.HardwareAddr, addr netip.Addr) (string, int, error) {
 	path := fmt.Sprintf("/proc/%d/ns/net", pid)
 	ns, err := netns.GetFromPath(path)
 	if err != nil {
@@ -78,15 +80,28 @@ func (netlinkKernel) hostVeth(pid int, mac net.HardwareAddr) (string, int, error
 	if err != nil {
 		return "", 0, fmt.Errorf("listing links of pid %d: %w", pid, err)
 	}
+	// A container has an interface for each of its networks: the one of
+	// this endpoint is found by its MAC, or without one (Docker did not
+	// say) by its address, never by its name (eth0 is only the first).
 	var inner netlink.Link
 	for _, l := range links {
-		a := l.Attrs()
-		if (mac != nil && a.HardwareAddr.String() == mac.String()) || (mac == nil && a.Name == "eth0") {
+		if mac != nil {
+			if l.Attrs().HardwareAddr.String() == mac.String() {
+				inner = l
+				break
+			}
+			continue
+		}
+		addrs, err := h.AddrList(l, netlink.FAMILY_V4)
+		if err != nil {
+			return "", 0, fmt.Errorf("listing the addresses of %s of pid %d: %w", l.Attrs().Name, pid, err)
+		}
+		if slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IP.Equal(addr.AsSlice()) }) {
 			inner = l
 			break
 		}
 	}
-	want := "eth0"
+	want := "address " + addr.String()
 	if mac != nil {
 		want = "MAC " + mac.String()
 	}
