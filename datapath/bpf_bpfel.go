@@ -102,6 +102,7 @@ type bpfEndpoint struct {
 	Flags         bpfNetFlags
 	Addr          uint32
 	EpFlags       bpfEpFlags
+	CtrId         uint32
 }
 
 type bpfEpFlags uint32

@@ -3,6 +3,7 @@
 package datapath
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -365,14 +366,37 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		info := bpfNetInfo{NetId: b.id, Flags: netFlags(n)}
 		r.nets[bpfNetKey{Prefixlen: uint32(n.Subnet.Bits()), Addr: be32(n.Subnet.Masked().Addr())}] = info
 	}
-	for _, e := range s.Endpoints {
-		b := bridges[e.Network]
+	// A container on several networks is one sender: it answers by the
+	// routes it has, from the address of one network out of the veth of
+	// another. Its endpoints share a container id, the lowest ifindex of
+	// its host veths (one veth is one container's, so no two containers
+	// share it), and from_container accepts on each of its veths the
+	// address of any of them. An endpoint with neither a container id nor
+	// a name is a container of its own.
+	links := make([]netlink.Link, len(s.Endpoints))
+	ctrIDs := map[string]uint32{}
+	ctrKey := func(e Endpoint) string { return cmp.Or(e.ContainerID, e.Container) }
+	for i, e := range s.Endpoints {
 		l, err := netlink.LinkByName(e.HostVeth)
 		if err != nil {
 			return nil, fmt.Errorf("endpoint %s: host veth %s: %w", e.Container, e.HostVeth, err)
 		}
+		links[i] = l
+		if k := ctrKey(e); k != "" {
+			if id, ok := ctrIDs[k]; !ok || uint32(l.Attrs().Index) < id {
+				ctrIDs[k] = uint32(l.Attrs().Index)
+			}
+		}
+	}
+	for i, e := range s.Endpoints {
+		b := bridges[e.Network]
+		l := links[i]
 		ep := endpointOn(b, l.Attrs().Index)
 		ep.Addr = be32(e.Addr)
+		ep.CtrId = ctrIDs[ctrKey(e)]
+		if ep.CtrId == 0 {
+			ep.CtrId = ep.Ifindex
+		}
 		if e.AllowForeignSource {
 			ep.EpFlags |= epFForeignSrc
 		}

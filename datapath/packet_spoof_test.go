@@ -333,3 +333,42 @@ func TestPacketForeignSourceAllowed(t *testing.T) {
 		e.expectDrops(map[DropReason]uint64{DropIsolation: 3, DropSpoofed: 1})
 	})
 }
+
+// TestPacketSameContainerSource: a container on two networks (A's and C's
+// endpoints here, one container id) answers by its routes, from the
+// address of one network out of the veth of the other, and is judged by
+// the network of that veth; another container (B) still may not send from
+// those addresses, and an endpoint without a container id shares nothing.
+func TestPacketSameContainerSource(t *testing.T) {
+	forBothPaths(t, func(t *testing.T, fast bool) {
+		e := newPacketEnv(t, Options{FastPath: fast})
+		setCtr := func(veth string, a netip.Addr, id uint32) {
+			var ep bpfEndpoint
+			if err := e.objs.Veths.Lookup(e.idx[veth], &ep); err != nil {
+				t.Fatal(err)
+			}
+			ep.CtrId = id
+			e.put(e.objs.Veths, e.idx[veth], ep)
+			e.put(e.objs.Endpoints, be32(a), ep)
+		}
+		setCtr("vetha", ctrA, 7)
+		setCtr("vethc", ctrC, 7)
+		redirect := uint32(TC_ACT_OK)
+		if fast {
+			redirect = TC_ACT_REDIRECT
+		}
+		e.probeVerdict(t, "A's address out of C's veth to the outside", "vethc", fromC(tcpPacket(ctrA, 40000, remoteIP, 443)).frame(), redirect, 0)
+		e.probeVerdict(t, "C's address out of A's veth to B", "vetha", fromA(udpPacket(ctrC, 40000, ctrB, 53)).frame(), redirect, 0)
+		// Judged by the veth's network: out of C's veth (net2), B (net1)
+		// is another network's, whatever the source.
+		e.probeVerdict(t, "A's address out of C's veth to B", "vethc", fromC(udpPacket(ctrA, 40000, ctrB, 53)).frame(), TC_ACT_SHOT, DropIsolation)
+		// B is another container; with no container id, neither is B one
+		// of A's.
+		e.probeSpoofed(t, "B sending from A's address", "vethb", fromB(udpPacket(ctrA, 40000, remoteIP, 53)).frame())
+		e.probeSpoofed(t, "B sending from C's address", "vethb", fromB(udpPacket(ctrC, 40000, ctrA, 53)).frame())
+		setCtr("vethb", ctrB, 8)
+		e.probeSpoofed(t, "B (another container id) sending from A's address", "vethb", fromB(udpPacket(ctrA, 40000, remoteIP, 53)).frame())
+		e.probeVerdict(t, "B from its own address", "vethb", fromB(udpPacket(ctrB, 40000, remoteIP, 53)).frame(), redirect, 0)
+		e.expectDrops(map[DropReason]uint64{DropIsolation: 1, DropSpoofed: 3})
+	})
+}

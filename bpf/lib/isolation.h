@@ -38,17 +38,24 @@ static __always_inline struct net_info *container_net(__be32 a)
 }
 
 /* src_allowed tells whether the endpoint ep may send from address a: its
- * own address only, any address with EP_F_FOREIGN_SRC (a container that
- * routes for others), and for a veth whose container is not known yet
+ * own address, or that of another endpoint of the same container (one on
+ * several networks answers from the address a flow came to, out of the
+ * veth its routes pick), any address with EP_F_FOREIGN_SRC (a container
+ * that routes for others), and for a veth whose container is not known yet
  * (address 0) an address of its bridge's network. */
 static __always_inline int src_allowed(const struct endpoint *ep, __be32 a)
 {
+	struct endpoint *other;
 	struct net_info *ni;
 
 	if (ep->ep_flags & EP_F_FOREIGN_SRC)
 		return 1;
-	if (ep->addr)
-		return a == ep->addr;
+	if (ep->addr) {
+		if (a == ep->addr)
+			return 1;
+		other = bpf_map_lookup_elem(&endpoints, &a);
+		return other && ep->ctr_id && other->ctr_id == ep->ctr_id;
+	}
 	ni = container_net(a);
 	return ni && ni->net_id == ep->net_id;
 }

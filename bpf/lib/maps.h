@@ -105,6 +105,7 @@ struct endpoint {
 	enum net_flags flags; /* of its network */
 	__be32 addr;	      /* the container's address; 0 while the runtime has not reported it */
 	enum ep_flags ep_flags;
+	__u32 ctr_id; /* the same for every endpoint of one container; 0 while it is not known */
 };
 
 /* Endpoints by container address: where a packet to a container goes. */
