@@ -37,7 +37,7 @@ func TestParsePublish(t *testing.T) {
 			continue
 		}
 		for i := range got {
-			if got[i] != tc.want[i] {
+			if !got[i].Equal(tc.want[i]) {
 				t.Errorf("%s[%d] = %v, want %v", tc.spec, i, got[i], tc.want[i])
 			}
 		}
