@@ -221,6 +221,11 @@ func New(s datapath.State) (*Plan, error) {
 		if !ok {
 			return nil, fmt.Errorf("port %s: container address %s is in none of the networks", m, m.ContainerIP)
 		}
+		if len(m.Allow) > 0 {
+			// Refused rather than rendered open: a list a datapath
+			// ignored would publish the port to every source.
+			return nil, fmt.Errorf("port %s: source allowlists are enforced by the ebpf datapath only; the iptables and nftables datapaths do not render them", m)
+		}
 		if m.HostIP.IsLoopback() {
 			p.LoopbackPorts = true
 		}

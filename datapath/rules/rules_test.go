@@ -189,3 +189,16 @@ func TestPlanRejectsPortOutsideNetworks(t *testing.T) {
 		t.Errorf("a port in the network: %v", err)
 	}
 }
+
+// TestPlanRefusesAllowlists: a port with a source allowlist is refused,
+// not planned open to all; the same port without one is planned.
+func TestPlanRefusesAllowlists(t *testing.T) {
+	s := datapath.State{Networks: []datapath.Network{network("net0", "br0", "172.30.0.0/24")}, Ports: ports(t, "8080:172.30.0.9:80,allow=192.0.2.0/24")}
+	if _, err := New(s); err == nil || !strings.Contains(err.Error(), "allowlists are enforced by the ebpf datapath only") {
+		t.Errorf("a port with an allowlist: %v, want a refusal", err)
+	}
+	s.Ports = ports(t, "8080:172.30.0.9:80")
+	if _, err := New(s); err != nil {
+		t.Errorf("the port without one: %v", err)
+	}
+}
