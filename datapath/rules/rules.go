@@ -65,6 +65,7 @@ const (
 	KindDNAT            Kind = "DNAT"                     // a published port
 	KindDirectAccess    Kind = "DROP DIRECT ACCESS"       // a published container's address from outside its bridge
 	KindRemoteLoopback  Kind = "DROP REMOTE LOOPBACK"     // a loopback-bound port from outside the host
+	KindAllowlist       Kind = "PORT ALLOWLIST"           // a new flow to a published port from a source not in its list: drop
 )
 
 // Verdict is what a rule does with a packet it matches.
@@ -94,6 +95,15 @@ type Match struct {
 	DPort    uint16
 	// Established matches conntrack states ESTABLISHED and RELATED.
 	Established bool
+	// NewDNAT matches the first packet of a flow whose destination was
+	// translated (conntrack states NEW and DNAT).
+	NewDNAT bool
+	// OrigDst and OrigDPort match the flow's destination before DNAT
+	// (conntrack --ctorigdst, --ctorigdstport; nft ct original).
+	OrigDst   netip.Prefix
+	OrigDPort uint16
+	// SrcNotIn matches a source in none of the prefixes.
+	SrcNotIn []netip.Prefix
 }
 
 // Rule is one rule of a chain.
@@ -141,6 +151,14 @@ type Plan struct {
 	LoopbackPorts bool
 	// Ports are the state's published ports, in order.
 	Ports []datapath.PortMapping
+	// Allowlists are the source allowlists of the published ports
+	// (PortMapping.Allow), by protocol, host port and host address, as a Docker user writes them
+	// by hand, since Docker has none: rules in DOCKER-USER (iptables) or
+	// in a forward chain of one's own before Docker's (nftables) that
+	// drop the first packet of a flow DNATed from the port's host port
+	// whose source is not in the list. Established flows pass, and so do
+	// the host's own connections, which never cross FORWARD.
+	Allowlists []Rule
 }
 
 // Chain returns the plan's chain of a kind and bridge, or nil.
@@ -222,9 +240,7 @@ func New(s datapath.State) (*Plan, error) {
 			return nil, fmt.Errorf("port %s: container address %s is in none of the networks", m, m.ContainerIP)
 		}
 		if len(m.Allow) > 0 {
-			// Refused rather than rendered open: a list a datapath
-			// ignored would publish the port to every source.
-			return nil, fmt.Errorf("port %s: source allowlists are enforced by the ebpf datapath only; the iptables and nftables datapaths do not render them", m)
+			p.Allowlists = append(p.Allowlists, allowRule(m, seq))
 		}
 		if m.HostIP.IsLoopback() {
 			p.LoopbackPorts = true
@@ -262,7 +278,43 @@ func New(s datapath.State) (*Plan, error) {
 			fin.Rules = append(fin.Rules, Rule{Kind: KindUnpublished, Verdict: Drop})
 		}
 	}
+	// Ordered by host binding, not by the ports' order: the rules of two
+	// bindings match disjoint flows, and an order that republishing a
+	// port does not change lets the incremental renderers keep the other
+	// rules where they are.
+	slices.SortStableFunc(p.Allowlists, func(a, b Rule) int {
+		x, y := a.Port, b.Port
+		if x.Proto != y.Proto {
+			return int(x.Proto) - int(y.Proto)
+		}
+		if x.HostPort != y.HostPort {
+			return int(x.HostPort) - int(y.HostPort)
+		}
+		return a.Match.OrigDst.Addr().Compare(b.Match.OrigDst.Addr())
+	})
 	return p, nil
+}
+
+// allowRule is the allowlist rule of m, the seq-th port.
+func allowRule(m *datapath.PortMapping, seq int) Rule {
+	r := Rule{Kind: KindAllowlist, Verdict: Drop, Port: m, Seq: seq, Match: Match{
+		Dst: host32(m.ContainerIP), Proto: m.Proto, DPort: m.ContainerPort,
+		NewDNAT: true, OrigDPort: m.HostPort,
+	}}
+	if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
+		r.Match.OrigDst = host32(m.HostIP)
+	}
+	for _, a := range m.Allow {
+		r.Match.SrcNotIn = append(r.Match.SrcNotIn, a.Masked())
+	}
+	slices.SortFunc(r.Match.SrcNotIn, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	r.Match.SrcNotIn = slices.Compact(r.Match.SrcNotIn)
+	return r
 }
 
 // networkOf returns the network an address belongs to.
