@@ -14,7 +14,9 @@
 // (PostroutingIn) and one for packets routed in from it (PostroutingOut);
 // one chain of DNAT rules for the published ports (NatLocal) and the raw
 // table's drops of direct access (RawPrerouting). A renderer places each
-// rule by its Kind.
+// rule by its Kind. The source allowlists of published ports, which Docker
+// does not have, are planned apart (Plan.Allowlists) as the rules a Docker
+// user writes by hand.
 //
 // The package needs no kernel and changes nothing; it does not do IPv6.
 package rules
