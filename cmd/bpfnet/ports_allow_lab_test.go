@@ -15,8 +15,9 @@ import (
 
 // TestRunPublishAllow: `bpfnet run --publish ...,allow=` limits a port to
 // its list (a client outside it times out, the same client reaches the
-// port without a list), and `bpfnet ports` shows the list and the count
-// of refused connections, in JSON and in its table.
+// port without a list), the host itself is not judged, and `bpfnet ports`
+// shows the list and the count of refused connections, in JSON and in its
+// table.
 func TestRunPublishAllow(t *testing.T) {
 	requireRoot(t)
 	bin := buildBinary(t)
@@ -51,6 +52,12 @@ func TestRunPublishAllow(t *testing.T) {
 		}
 	}
 
+	// The host is trusted: its own connection to 8080, whose list leaves
+	// out every address of the host, goes through.
+	if got, err := topo.Host.Greeting("127.0.0.1:8080"); err != nil || got != topo.Bridges[0].Gateway.String() {
+		t.Errorf("localhost:8080 from the host: %q %v, want it let through (from the bridge address)", got, err)
+	}
+
 	out, err := topo.Host.Command(context.Background(), bin, "ports", "--json", "--pin-path", pin).Output()
 	if err != nil {
 		t.Fatalf("bpfnet ports --json: %v", err)
@@ -63,8 +70,8 @@ func TestRunPublishAllow(t *testing.T) {
 	for _, p := range ports {
 		got[p.HostPort] = p
 	}
-	if p := got[8080]; strings.Join(p.Allow, ",") != "192.0.2.0/24,198.51.100.7/32" || p.Denied < 1 || p.Connections != 0 {
-		t.Errorf("port 8080: %+v, want its list, a denial and no connection", p)
+	if p := got[8080]; strings.Join(p.Allow, ",") != "192.0.2.0/24,198.51.100.7/32" || p.Denied < 1 || p.Connections != 1 {
+		t.Errorf("port 8080: %+v, want its list, a denial and one connection (the host's)", p)
 	}
 	if p := got[8081]; len(p.Allow) != 0 || p.Denied != 0 || p.Connections != 1 {
 		t.Errorf("port 8081: %+v, want no list, no denial, a connection", p)
