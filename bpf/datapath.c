@@ -29,6 +29,7 @@
 #include "lib/conntrack.h"
 #include "lib/icmp.h"
 #include "lib/isolation.h"
+#include "lib/allow.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -258,6 +259,9 @@ static __always_inline int handle_from_netdev(struct __sk_buff *ctx)
 			return -DROP_NOT_PUBLISHED;
 		if (!has_ports(p.t.proto) || p.frag == FRAG_LATER || !(t = published_lookup(&pk)))
 			goto unknown;
+		r = port_allowed(&pk, t, p.t.saddr);
+		if (r < 0)
+			return r;
 
 		ne.nsaddr = p.t.saddr;
 		ne.ndaddr = t->addr;
@@ -519,6 +523,9 @@ static __always_inline int handle_from_container(struct __sk_buff *ctx)
 			goto plain;
 		r = iso_hairpin(src, t->addr);
 		if (r)
+			return r;
+		r = port_allowed(&pk, t, p.t.saddr);
+		if (r < 0)
 			return r;
 		ne.nsaddr = p.t.saddr;
 		ne.ndaddr = t->addr;

@@ -31,6 +31,11 @@
  * refuses a loopback source off lo: connect fails with EINVAL), so it is
  * left untranslated and counted (SOCK_ST_BOUND_LO).
  *
+ * Source allowlists (lib/allow.h) do not apply here: the host is trusted,
+ * as in Docker, where the host's own connections to a published port
+ * never cross a DOCKER-USER rule. A port's list limits the sources of the
+ * outside and of containers only.
+ *
  * Not served: IPv6 destinations (::1, which docker-proxy also listens on):
  * a socket cannot change family and published ports are IPv4. sock_rev4 is
  * an LRU: a socket whose entry was pushed out by many newer ones still

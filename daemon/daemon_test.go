@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -61,17 +62,17 @@ func TestReconcileIncremental(t *testing.T) {
 	if incr, err := d.Reconcile(ctx, "test"); err != nil || !incr {
 		t.Fatalf("publishing one port: incremental %v, %v", incr, err)
 	}
-	if fp.applies != 1 || !slices.Equal(fp.published, []datapath.PortMapping{a53}) || len(fp.unpub) != 0 {
+	if fp.applies != 1 || !slices.EqualFunc(fp.published, []datapath.PortMapping{a53}, datapath.PortMapping.Equal) || len(fp.unpub) != 0 {
 		t.Errorf("publishing one port: %d applies, published %v, unpublished %v", fp.applies, fp.published, fp.unpub)
 	}
 	src.Set(baseState(a80))
 	if incr, err := d.Reconcile(ctx, "test"); err != nil || !incr {
 		t.Fatalf("removing one port: incremental %v, %v", incr, err)
 	}
-	if fp.applies != 1 || !slices.Equal(fp.unpub, []datapath.PortMapping{a53}) {
+	if fp.applies != 1 || !slices.EqualFunc(fp.unpub, []datapath.PortMapping{a53}, datapath.PortMapping.Equal) {
 		t.Errorf("removing one port: %d applies, unpublished %v", fp.applies, fp.unpub)
 	}
-	if got := d.Current().Ports; !slices.Equal(got, []datapath.PortMapping{a80}) {
+	if got := d.Current().Ports; !slices.EqualFunc(got, []datapath.PortMapping{a80}, datapath.PortMapping.Equal) {
 		t.Errorf("current ports %v, want %v", got, []datapath.PortMapping{a80})
 	}
 
@@ -104,7 +105,7 @@ func TestReconcileIncremental(t *testing.T) {
 	if _, err := d.Reconcile(ctx, "test"); err == nil {
 		t.Error("a port of an address in no network was accepted")
 	}
-	if got := d.Current().Ports; !slices.Equal(got, next.Ports) {
+	if got := d.Current().Ports; !slices.EqualFunc(got, next.Ports, datapath.PortMapping.Equal) {
 		t.Errorf("after a refused state the current ports are %v, want %v", got, next.Ports)
 	}
 
@@ -207,7 +208,7 @@ func TestReconcileMatchesApplyEBPF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(got, want) || len(want) != 1 {
+	if !reflect.DeepEqual(got, want) || len(want) != 1 {
 		t.Errorf("published map after incremental steps:\n%v\nafter a full Apply:\n%v", got, want)
 	}
 }

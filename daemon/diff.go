@@ -28,7 +28,7 @@ func bindingOf(m datapath.PortMapping) binding {
 // PortsDiff says whether want differs from have in the published ports
 // only (the warnings, which no datapath reads, aside), and if so which
 // mappings to unpublish (their binding is gone) and which to publish (new,
-// or changed). Unpublishing comes first: a port that moves between a
+// or changed, its allowlist included). Unpublishing comes first: a port that moves between a
 // specific address and every address must be free before it is taken.
 func PortsDiff(have, want datapath.State) (unpublish, publish []datapath.PortMapping, ok bool) {
 	a, b := have, want
@@ -47,7 +47,9 @@ func PortsDiff(have, want datapath.State) (unpublish, publish []datapath.PortMap
 			return nil, nil, false // given twice: Apply says what is wrong
 		}
 		keep[k] = true
-		if o, had := old[k]; !had || o != m {
+		// A changed allowlist is a change: the mapping is published
+		// again with its new list.
+		if o, had := old[k]; !had || !o.Equal(m) {
 			publish = append(publish, m)
 		}
 	}

@@ -33,6 +33,10 @@ func TestPortsDiff(t *testing.T) {
 	moved := pm(datapath.TCP, "", 8080, "172.30.0.3", 80)       // same binding, new container
 	wild := pm(datapath.TCP, "0.0.0.0", 8080, "172.30.0.2", 80) // 0.0.0.0 is every address
 	specific := pm(datapath.TCP, "10.0.0.1", 8080, "172.30.0.2", 80)
+	allowed := a80 // the same binding with a source allowlist
+	allowed.Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	reallowed := a80 // and with another one
+	reallowed.Allow = []netip.Prefix{netip.MustParsePrefix("198.51.100.7/32")}
 	for _, tc := range []struct {
 		name       string
 		have, want datapath.State
@@ -51,6 +55,10 @@ func TestPortsDiff(t *testing.T) {
 			m.Container = "web"
 			return baseState(m)
 		}(), pub: []datapath.PortMapping{func() datapath.PortMapping { m := a80; m.Container = "web"; return m }()}, ok: true},
+		{name: "allowlist added", have: baseState(a80), want: baseState(allowed), pub: []datapath.PortMapping{allowed}, ok: true},
+		{name: "allowlist changed", have: baseState(allowed), want: baseState(reallowed), pub: []datapath.PortMapping{reallowed}, ok: true},
+		{name: "allowlist removed", have: baseState(allowed), want: baseState(a80), pub: []datapath.PortMapping{a80}, ok: true},
+		{name: "allowlist same", have: baseState(allowed, a53), want: baseState(a53, allowed), ok: true},
 		{name: "warnings only", have: baseState(a80), want: func() datapath.State {
 			s := baseState(a80)
 			s.Warnings = []string{"a binding left out"}
@@ -78,7 +86,7 @@ func TestPortsDiff(t *testing.T) {
 			t.Errorf("%s: incremental %v, want %v", tc.name, ok, tc.ok)
 			continue
 		}
-		if !slices.Equal(unpub, tc.unpub) || !slices.Equal(pub, tc.pub) {
+		if !slices.EqualFunc(unpub, tc.unpub, datapath.PortMapping.Equal) || !slices.EqualFunc(pub, tc.pub, datapath.PortMapping.Equal) {
 			t.Errorf("%s: unpublish %v publish %v, want %v and %v", tc.name, unpub, pub, tc.unpub, tc.pub)
 		}
 	}

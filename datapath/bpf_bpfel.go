@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfAllowKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	List      uint32
+	Addr      uint32
+}
+
 type bpfConfig struct {
 	_               structs.HostLayout
 	FastPath        uint32
@@ -88,6 +95,7 @@ const (
 	bpfDropReasonDROP_INTERNAL      bpfDropReason = 10
 	bpfDropReasonDROP_SPOOFED       bpfDropReason = 11
 	bpfDropReasonDROP_MALFORMED     bpfDropReason = 12
+	bpfDropReasonDROP_PORT_DENIED   bpfDropReason = 14
 	bpfDropReasonDROP_MAX           bpfDropReason = 16
 )
 
@@ -173,11 +181,12 @@ type bpfPortKey struct {
 }
 
 type bpfPortTarget struct {
-	_    structs.HostLayout
-	Addr uint32
-	Port uint16
-	Pad  uint16
-	Id   uint32
+	_       structs.HostLayout
+	Addr    uint32
+	Port    uint16
+	Pad     uint16
+	Id      uint32
+	AllowId uint32
 }
 
 type bpfTraffic struct {
@@ -207,7 +216,9 @@ const (
 	bpfMapHostAddrs      = "host_addrs"
 	bpfMapIfStats        = "if_stats"
 	bpfMapNets           = "nets"
+	bpfMapPortAllow      = "port_allow"
 	bpfMapPortConns      = "port_conns"
+	bpfMapPortDenied     = "port_denied"
 	bpfMapPublished      = "published"
 	bpfMapUplinks        = "uplinks"
 	bpfMapVeths          = "veths"
@@ -270,19 +281,21 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Ct4       *ebpf.MapSpec `ebpf:"ct4"`
-	Ct4Syn    *ebpf.MapSpec `ebpf:"ct4_syn"`
-	Drops     *ebpf.MapSpec `ebpf:"drops"`
-	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	Frags4    *ebpf.MapSpec `ebpf:"frags4"`
-	HostAddrs *ebpf.MapSpec `ebpf:"host_addrs"`
-	IfStats   *ebpf.MapSpec `ebpf:"if_stats"`
-	Nets      *ebpf.MapSpec `ebpf:"nets"`
-	PortConns *ebpf.MapSpec `ebpf:"port_conns"`
-	Published *ebpf.MapSpec `ebpf:"published"`
-	Uplinks   *ebpf.MapSpec `ebpf:"uplinks"`
-	Veths     *ebpf.MapSpec `ebpf:"veths"`
+	Ct4        *ebpf.MapSpec `ebpf:"ct4"`
+	Ct4Syn     *ebpf.MapSpec `ebpf:"ct4_syn"`
+	Drops      *ebpf.MapSpec `ebpf:"drops"`
+	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
+	Events     *ebpf.MapSpec `ebpf:"events"`
+	Frags4     *ebpf.MapSpec `ebpf:"frags4"`
+	HostAddrs  *ebpf.MapSpec `ebpf:"host_addrs"`
+	IfStats    *ebpf.MapSpec `ebpf:"if_stats"`
+	Nets       *ebpf.MapSpec `ebpf:"nets"`
+	PortAllow  *ebpf.MapSpec `ebpf:"port_allow"`
+	PortConns  *ebpf.MapSpec `ebpf:"port_conns"`
+	PortDenied *ebpf.MapSpec `ebpf:"port_denied"`
+	Published  *ebpf.MapSpec `ebpf:"published"`
+	Uplinks    *ebpf.MapSpec `ebpf:"uplinks"`
+	Veths      *ebpf.MapSpec `ebpf:"veths"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -312,19 +325,21 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Ct4       *ebpf.Map `ebpf:"ct4"`
-	Ct4Syn    *ebpf.Map `ebpf:"ct4_syn"`
-	Drops     *ebpf.Map `ebpf:"drops"`
-	Endpoints *ebpf.Map `ebpf:"endpoints"`
-	Events    *ebpf.Map `ebpf:"events"`
-	Frags4    *ebpf.Map `ebpf:"frags4"`
-	HostAddrs *ebpf.Map `ebpf:"host_addrs"`
-	IfStats   *ebpf.Map `ebpf:"if_stats"`
-	Nets      *ebpf.Map `ebpf:"nets"`
-	PortConns *ebpf.Map `ebpf:"port_conns"`
-	Published *ebpf.Map `ebpf:"published"`
-	Uplinks   *ebpf.Map `ebpf:"uplinks"`
-	Veths     *ebpf.Map `ebpf:"veths"`
+	Ct4        *ebpf.Map `ebpf:"ct4"`
+	Ct4Syn     *ebpf.Map `ebpf:"ct4_syn"`
+	Drops      *ebpf.Map `ebpf:"drops"`
+	Endpoints  *ebpf.Map `ebpf:"endpoints"`
+	Events     *ebpf.Map `ebpf:"events"`
+	Frags4     *ebpf.Map `ebpf:"frags4"`
+	HostAddrs  *ebpf.Map `ebpf:"host_addrs"`
+	IfStats    *ebpf.Map `ebpf:"if_stats"`
+	Nets       *ebpf.Map `ebpf:"nets"`
+	PortAllow  *ebpf.Map `ebpf:"port_allow"`
+	PortConns  *ebpf.Map `ebpf:"port_conns"`
+	PortDenied *ebpf.Map `ebpf:"port_denied"`
+	Published  *ebpf.Map `ebpf:"published"`
+	Uplinks    *ebpf.Map `ebpf:"uplinks"`
+	Veths      *ebpf.Map `ebpf:"veths"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -338,7 +353,9 @@ func (m *bpfMaps) Close() error {
 		m.HostAddrs,
 		m.IfStats,
 		m.Nets,
+		m.PortAllow,
 		m.PortConns,
+		m.PortDenied,
 		m.Published,
 		m.Uplinks,
 		m.Veths,

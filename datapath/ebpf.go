@@ -318,6 +318,8 @@ type resolved struct {
 	// specific counts the bindings of ports to a specific host address,
 	// by protocol and port (ports.go); nil until needed.
 	specific map[bpfPortKey]int
+	// allow holds the source allowlists that ports name (allow.go).
+	allow *allowLists
 }
 
 func (d *EBPF) resolve(s State) (*resolved, error) {
@@ -492,8 +494,10 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 			return err
 		}
 	}
+	r.allow = d.assignAllow(prev.allow, s.Ports, r.ports)
 	// Flows of mappings whose container moved or went away are dropped,
 	// so the next packet of such a flow finds the new mapping at once.
+	// A changed allowlist drops none: it judges new flows only.
 	var gone []bpfPortTarget
 	for k, v := range prev.ports {
 		if nv, ok := r.ports[k]; !ok || nv.Addr != v.Addr || nv.Port != v.Port {
@@ -511,7 +515,9 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 		{"veths", func() error { return syncMap(&undo, d.objs.Veths, prev.veths, r.veths) }},
 		{"uplinks", func() error { return syncMap(&undo, d.objs.Uplinks, prev.uplinks, r.uplinks) }},
 		{"host addresses", func() error { return syncMap(&undo, d.objs.HostAddrs, prev.hostAddrs, r.hostAddrs) }},
+		{"allowlists", func() error { return syncAllowAdd(&undo, d.objs.PortAllow, prev.allow, r.allow) }},
 		{"published ports", func() error { return syncMap(&undo, d.objs.Published, prev.ports, r.ports) }},
+		{"old allowlists", func() error { return syncAllowDelete(&undo, d.objs.PortAllow, prev.allow, r.allow) }},
 	}
 	for _, st := range steps {
 		if err := st.fn(); err != nil {
@@ -565,6 +571,10 @@ func (d *EBPF) readApplied() (*resolved, error) {
 	if r.nets, err = readMap[bpfNetKey, bpfNetInfo](d.objs.Nets); err != nil {
 		return nil, fmt.Errorf("reading networks: %w", err)
 	}
+	if r.allow, err = readAllowLists(d.objs.PortAllow); err != nil {
+		return nil, err
+	}
+	r.allow.refs = allowRefs(r.ports)
 	return r, nil
 }
 
@@ -645,16 +655,18 @@ func (d *EBPF) dropStaleCounters(prev, r *resolved, first bool) error {
 		if err := it.Err(); err != nil {
 			return fmt.Errorf("reading traffic counters: %w", err)
 		}
-		var pk bpfPortKey
-		var counts []uint64
-		pit := d.objs.PortConns.Iterate()
-		for pit.Next(&pk, &counts) {
-			if _, ok := r.ports[pk]; !ok {
-				stalePorts = append(stalePorts, pk)
+		for _, m := range []*ebpf.Map{d.objs.PortConns, d.objs.PortDenied} {
+			var pk bpfPortKey
+			var counts []uint64
+			pit := m.Iterate()
+			for pit.Next(&pk, &counts) {
+				if _, ok := r.ports[pk]; !ok {
+					stalePorts = append(stalePorts, pk)
+				}
 			}
-		}
-		if err := pit.Err(); err != nil {
-			return fmt.Errorf("reading port counters: %w", err)
+			if err := pit.Err(); err != nil {
+				return fmt.Errorf("reading port counters: %w", err)
+			}
 		}
 	} else {
 		for _, dev := range prev.devs {
@@ -679,8 +691,8 @@ func (d *EBPF) dropStaleCounters(prev, r *resolved, first bool) error {
 		}
 	}
 	for _, k := range stalePorts {
-		if err := ignoreMissing(d.objs.PortConns.Delete(k)); err != nil {
-			return fmt.Errorf("dropping port counters: %w", err)
+		if err := d.deletePortCounters(k); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -833,13 +845,14 @@ func OpenPinned(pinPath string) (*EBPF, error) {
 		"ct4": &d.objs.Ct4, "ct4_syn": &d.objs.Ct4Syn, "drops": &d.objs.Drops, "endpoints": &d.objs.Endpoints, "events": &d.objs.Events,
 		"host_addrs": &d.objs.HostAddrs, "if_stats": &d.objs.IfStats, "nets": &d.objs.Nets,
 		"port_conns": &d.objs.PortConns, "published": &d.objs.Published, "uplinks": &d.objs.Uplinks,
+		"port_allow": &d.objs.PortAllow, "port_denied": &d.objs.PortDenied,
 	}
 	for name, dst := range maps {
 		if spec.Maps[name].Pinning != ebpf.PinByName {
 			continue
 		}
 		m, err := ebpf.LoadPinnedMap(loader.GlobalPin(pinPath, name), &ebpf.LoadPinOptions{ReadOnly: true})
-		if transientMaps[name] && errors.Is(err, os.ErrNotExist) {
+		if (transientMaps[name] || optionalPins[name]) && errors.Is(err, os.ErrNotExist) {
 			// Pinned by a version without it.
 			continue
 		}
@@ -854,7 +867,11 @@ func OpenPinned(pinPath string) (*EBPF, error) {
 
 // counterMaps only count: when a new version changes their layout, the
 // pinned ones are dropped and the counts start again.
-var counterMaps = map[string]bool{"drops": true, "events": true, "if_stats": true, "port_conns": true}
+var counterMaps = map[string]bool{"drops": true, "events": true, "if_stats": true, "port_conns": true, "port_denied": true}
+
+// optionalPins are maps that an older version did not pin: a reader of
+// such a version's pins (OpenPinned) goes without them.
+var optionalPins = map[string]bool{"port_allow": true, "port_denied": true}
 
 // rebuiltMaps are written whole from the State by every first Apply of a
 // process: when a new version changes their layout, the pinned ones are
@@ -863,6 +880,7 @@ var counterMaps = map[string]bool{"drops": true, "events": true, "if_stats": tru
 // state that would be lost, so a layout change there is an error.
 var rebuiltMaps = map[string]bool{
 	"endpoints": true, "veths": true, "nets": true, "published": true, "host_addrs": true, "uplinks": true,
+	"port_allow": true,
 }
 
 // transientMaps hold state that is rebuilt by itself: a new layout (a new

@@ -414,6 +414,7 @@ func TestPinMigrationRebuiltMaps(t *testing.T) {
 	objs := map[string]*ebpf.Map{
 		"endpoints": old.objs.Endpoints, "veths": old.objs.Veths, "nets": old.objs.Nets,
 		"published": old.objs.Published, "host_addrs": old.objs.HostAddrs, "uplinks": old.objs.Uplinks,
+		"port_allow": old.objs.PortAllow,
 	}
 	if len(objs) != len(rebuiltMaps) {
 		t.Fatalf("the test knows %d rebuilt maps, the datapath %d", len(objs), len(rebuiltMaps))
@@ -421,8 +422,11 @@ func TestPinMigrationRebuiltMaps(t *testing.T) {
 	for name, m := range objs {
 		oldSizes[name] = m.ValueSize()
 		k := make([]byte, m.KeySize())
-		if name == "nets" {
+		switch name {
+		case "nets":
 			k[0] = 24 // prefix length
+		case "port_allow":
+			k[0] = 40 // prefix length: the list id and 8 bits
 		}
 		if err := m.Put(k, make([]byte, m.ValueSize())); err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -446,6 +450,7 @@ func TestPinMigrationRebuiltMaps(t *testing.T) {
 	news := map[string]*ebpf.Map{
 		"endpoints": d.objs.Endpoints, "veths": d.objs.Veths, "nets": d.objs.Nets,
 		"published": d.objs.Published, "host_addrs": d.objs.HostAddrs, "uplinks": d.objs.Uplinks,
+		"port_allow": d.objs.PortAllow,
 	}
 	for name, m := range news {
 		if m.ValueSize() == oldSizes[name] {

@@ -118,6 +118,36 @@ func (d *EBPF) PublishPorts(ms ...PortMapping) error {
 		}
 		want[k] = bpfPortTarget{Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort)}
 	}
+	// Lists new to the trie are written in full before a mapping names
+	// them (allow.go).
+	lists := d.applied.allow
+	var added []uint32
+	forget := func() {
+		for _, id := range added {
+			delete(lists.ids, allowKeyOf(lists.prefixes[id]))
+			delete(lists.prefixes, id)
+		}
+	}
+	for _, m := range ms {
+		if len(m.Allow) == 0 {
+			continue
+		}
+		k := d.portKey(m)
+		id, isNew := lists.id(canonAllow(m.Allow), lists)
+		if isNew {
+			added = append(added, id)
+		}
+		t := want[k]
+		t.AllowId = id
+		want[k] = t
+	}
+	var undo undoLog
+	for _, id := range added {
+		if err := syncMapPart(&undo, d.objs.PortAllow, nil, allowEntries(id, lists.prefixes[id])); err != nil {
+			forget()
+			return errors.Join(fmt.Errorf("writing allowlists: %w", err), undo.run())
+		}
+	}
 	have := map[bpfPortKey]bpfPortTarget{}
 	var gone []bpfPortTarget
 	for k, v := range want {
@@ -128,8 +158,8 @@ func (d *EBPF) PublishPorts(ms ...PortMapping) error {
 			}
 		}
 	}
-	var undo undoLog
 	if err := syncMapPart(&undo, d.objs.Published, have, want); err != nil {
+		forget()
 		return errors.Join(fmt.Errorf("publishing ports: %w", err), undo.run())
 	}
 	counts := d.specificCounts()
@@ -138,6 +168,14 @@ func (d *EBPF) PublishPorts(ms ...PortMapping) error {
 			counts[bpfPortKey{Port: k.Port, Proto: k.Proto}]++
 		}
 		d.applied.ports[k] = v
+		if v.AllowId != 0 {
+			lists.refs[v.AllowId]++
+		}
+	}
+	for _, old := range have {
+		if err := d.releaseAllow(old.AllowId); err != nil {
+			return err
+		}
 	}
 	if len(gone) > 0 {
 		if _, err := d.flushBackends(gone); err != nil {
@@ -156,6 +194,7 @@ func (d *EBPF) UnpublishPorts(ms ...PortMapping) error {
 	var undo undoLog
 	var gone []bpfPortTarget
 	var keys []bpfPortKey
+	var released []uint32
 	for _, m := range ms {
 		k := d.portKey(m)
 		old, ok := d.applied.ports[k]
@@ -170,6 +209,12 @@ func (d *EBPF) UnpublishPorts(ms ...PortMapping) error {
 			gone = append(gone, old)
 		}
 		keys = append(keys, k)
+		released = append(released, old.AllowId)
+	}
+	for _, id := range released {
+		if err := d.releaseAllow(id); err != nil {
+			return err
+		}
 	}
 	counts := d.specificCounts()
 	for _, k := range keys {
@@ -177,8 +222,8 @@ func (d *EBPF) UnpublishPorts(ms ...PortMapping) error {
 		if k.Addr != 0 {
 			counts[bpfPortKey{Port: k.Port, Proto: k.Proto}]--
 		}
-		if err := ignoreMissing(d.objs.PortConns.Delete(k)); err != nil {
-			return fmt.Errorf("dropping port counters: %w", err)
+		if err := d.deletePortCounters(k); err != nil {
+			return err
 		}
 	}
 	if len(gone) > 0 {

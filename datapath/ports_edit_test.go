@@ -25,7 +25,7 @@ func TestWithWithoutPorts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []PortMapping{udp, moved, local}; !slices.Equal(got, want) {
+	if want := []PortMapping{udp, moved, local}; !slices.EqualFunc(got, want, PortMapping.Equal) {
 		t.Errorf("WithPorts = %v, want %v", got, want)
 	}
 	if _, err := WithPorts(ports, local, local); err == nil {
@@ -33,10 +33,10 @@ func TestWithWithoutPorts(t *testing.T) {
 	}
 	gone := udp
 	gone.ContainerPort = 9999 // the container side is not looked at
-	if got, want := WithoutPorts(ports, gone, local), []PortMapping{any}; !slices.Equal(got, want) {
+	if got, want := WithoutPorts(ports, gone, local), []PortMapping{any}; !slices.EqualFunc(got, want, PortMapping.Equal) {
 		t.Errorf("WithoutPorts = %v, want %v", got, want)
 	}
-	if !slices.Equal(ports, orig) {
+	if !slices.EqualFunc(ports, orig, PortMapping.Equal) {
 		t.Errorf("input changed: %v, was %v", ports, orig)
 	}
 }

@@ -14,6 +14,8 @@ type PublishedPort struct {
 	Binding       PortBinding
 	ContainerIP   netip.Addr
 	ContainerPort uint16
+	// Allow is the port's source allowlist; nil: open to every source.
+	Allow []netip.Prefix
 }
 
 // Published lists the published ports in the datapath, sorted.
@@ -21,12 +23,17 @@ func (d *EBPF) Published() ([]PublishedPort, error) {
 	var out []PublishedPort
 	var k bpfPortKey
 	var v bpfPortTarget
+	lists, err := d.allowOf()
+	if err != nil {
+		return nil, err
+	}
 	it := d.objs.Published.Iterate()
 	for it.Next(&k, &v) {
 		out = append(out, PublishedPort{
 			Binding:       PortBinding{Proto: Proto(k.Proto), HostIP: addrFrom(k.Addr), HostPort: port16(k.Port)},
 			ContainerIP:   addrFrom(v.Addr),
 			ContainerPort: port16(v.Port),
+			Allow:         lists[v.AllowId],
 		})
 	}
 	if err := it.Err(); err != nil {

@@ -22,11 +22,12 @@ type sockPortKey struct {
 }
 
 type sockPortTarget struct {
-	_    structs.HostLayout
-	Addr uint32
-	Port uint16
-	Pad  uint16
-	Id   uint32
+	_       structs.HostLayout
+	Addr    uint32
+	Port    uint16
+	Pad     uint16
+	Id      uint32
+	AllowId uint32
 }
 
 type sockSockRevKey struct {

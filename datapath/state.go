@@ -52,6 +52,12 @@ type PortMapping struct {
 	ContainerPort uint16
 	// Container names the container, for display and metrics.
 	Container string
+	// Allow lists the sources that may open new flows to the port (the
+	// container label bpfnet.allow, --publish ...,allow=); nil or empty
+	// leaves it open to every source. Established flows are not judged
+	// again when it changes. The host's own connections are not judged
+	// at all: the host is trusted, as in Docker. IPv4 prefixes only.
+	Allow []netip.Prefix
 }
 
 func (m PortMapping) String() string {
@@ -59,7 +65,69 @@ func (m PortMapping) String() string {
 	if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
 		host = m.HostIP.String() + ":"
 	}
-	return fmt.Sprintf("%s%d->%s:%d/%s", host, m.HostPort, m.ContainerIP, m.ContainerPort, m.Proto)
+	s := fmt.Sprintf("%s%d->%s:%d/%s", host, m.HostPort, m.ContainerIP, m.ContainerPort, m.Proto)
+	if len(m.Allow) > 0 {
+		s += " allow=" + FormatAllow(m.Allow)
+	}
+	return s
+}
+
+// Equal tells whether m and o are the same mapping, their allowlists
+// compared as given (PortMapping holds a slice, so == does not compile).
+func (m PortMapping) Equal(o PortMapping) bool {
+	return m.Proto == o.Proto && m.HostIP == o.HostIP && m.HostPort == o.HostPort &&
+		m.ContainerIP == o.ContainerIP && m.ContainerPort == o.ContainerPort &&
+		m.Container == o.Container && slices.Equal(m.Allow, o.Allow)
+}
+
+// ParseAllow parses a source allowlist: CIDR prefixes (a bare address is
+// a /32) separated by sep. An empty list, an empty item or an IPv6 prefix
+// is an error, so that a mistyped list never leaves a port open.
+func ParseAllow(s string, sep string) ([]netip.Prefix, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, fmt.Errorf("empty allowlist")
+	}
+	var out []netip.Prefix
+	for _, item := range strings.Split(s, sep) {
+		item = strings.TrimSpace(item)
+		p, err := netip.ParsePrefix(item)
+		if err != nil {
+			a, aerr := netip.ParseAddr(item)
+			if aerr != nil {
+				return nil, fmt.Errorf("allowlist item %q is not a CIDR prefix or an address", item)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if !p.Addr().Is4() {
+			return nil, fmt.Errorf("allowlist item %q: only IPv4 prefixes are supported", item)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// FormatAllow writes a list as ParseAllow reads it with sep ",".
+func FormatAllow(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
+}
+
+// canonAllow is a list in one form: masked, sorted, without duplicates.
+func canonAllow(ps []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, len(ps))
+	for i, p := range ps {
+		out[i] = p.Masked()
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return slices.Compact(out)
 }
 
 // Network is a bridge network whose containers the datapath serves.
@@ -207,6 +275,9 @@ func (t portTable) add(nets []Network, m PortMapping) error {
 	if !m.ContainerIP.Is4() {
 		return fmt.Errorf("port %s: container address must be IPv4", m)
 	}
+	if err := checkAllow(m); err != nil {
+		return err
+	}
 	n, ok := networkOf(nets, m.ContainerIP)
 	if !ok {
 		// Without a network the datapath would translate towards an
@@ -243,6 +314,17 @@ func (t portTable) add(nets []Network, m PortMapping) error {
 		}
 	}
 	t[k] = append(t[k], m)
+	return nil
+}
+
+// checkAllow checks the allowlist of a mapping: IPv4 prefixes only, for
+// now (IPv6 sources will get a trie of their own, bpf/lib/allow.h).
+func checkAllow(m PortMapping) error {
+	for _, p := range m.Allow {
+		if !p.IsValid() || !p.Addr().Is4() {
+			return fmt.Errorf("port %s: allowlist entry %s is not an IPv4 prefix", m, p)
+		}
+	}
 	return nil
 }
 
@@ -287,14 +369,35 @@ type Datapath interface {
 
 // ParsePublish parses a published port the way `bpfnet run --publish`
 // takes it: Docker's -p syntax with the container's address,
-// [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp].
+// [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp],
+// then options after commas, as in Docker's --mount: allow=CIDR[+CIDR...]
+// is the port's source allowlist (PortMapping.Allow).
 // A range gives one mapping per port; both ranges must have one length,
 // or the container side a single port.
 func ParsePublish(spec string) ([]PortMapping, error) {
 	bad := func(format string, a ...any) ([]PortMapping, error) {
 		return nil, fmt.Errorf("invalid --publish %q: %s", spec, fmt.Sprintf(format, a...))
 	}
-	rest, protoStr, _ := strings.Cut(spec, "/")
+	spec0, opts, hasOpts := strings.Cut(spec, ",")
+	var allow []netip.Prefix
+	if hasOpts {
+		for _, o := range strings.Split(opts, ",") {
+			key, val, _ := strings.Cut(o, "=")
+			switch key {
+			case "allow":
+				if allow != nil {
+					return bad("allow= given twice")
+				}
+				var err error
+				if allow, err = ParseAllow(val, "+"); err != nil {
+					return bad("%v", err)
+				}
+			default:
+				return bad("unknown option %q (want allow=CIDR[+CIDR...])", o)
+			}
+		}
+	}
+	rest, protoStr, _ := strings.Cut(spec0, "/")
 	proto, err := ParseProto(protoStr)
 	if err != nil {
 		return bad("%v", err)
@@ -333,7 +436,7 @@ func ParsePublish(spec string) ([]PortMapping, error) {
 		if chi != clo {
 			cp = clo + (p - hlo)
 		}
-		out = append(out, PortMapping{Proto: proto, HostIP: hostIP, HostPort: p, ContainerIP: cip, ContainerPort: cp})
+		out = append(out, PortMapping{Proto: proto, HostIP: hostIP, HostPort: p, ContainerIP: cip, ContainerPort: cp, Allow: allow})
 		if p == hhi {
 			break
 		}

@@ -22,6 +22,12 @@ func TestParsePublish(t *testing.T) {
 			{Proto: TCP, HostPort: 8001, ContainerIP: c, ContainerPort: 9001},
 			{Proto: TCP, HostPort: 8002, ContainerIP: c, ContainerPort: 9002},
 		}},
+		{"8080:172.17.0.2:80/tcp,allow=192.0.2.0/24+198.51.100.7", []PortMapping{{Proto: TCP, HostPort: 8080, ContainerIP: c, ContainerPort: 80,
+			Allow: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("198.51.100.7/32")}}}},
+		{"8000-8001:172.17.0.2:80,allow=10.0.0.0/8", []PortMapping{
+			{Proto: TCP, HostPort: 8000, ContainerIP: c, ContainerPort: 80, Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
+			{Proto: TCP, HostPort: 8001, ContainerIP: c, ContainerPort: 80, Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
+		}},
 		{"8000-8001:172.17.0.2:80/tcp", []PortMapping{
 			{Proto: TCP, HostPort: 8000, ContainerIP: c, ContainerPort: 80},
 			{Proto: TCP, HostPort: 8001, ContainerIP: c, ContainerPort: 80},
@@ -37,7 +43,7 @@ func TestParsePublish(t *testing.T) {
 			continue
 		}
 		for i := range got {
-			if got[i] != tc.want[i] {
+			if !got[i].Equal(tc.want[i]) {
 				t.Errorf("%s[%d] = %v, want %v", tc.spec, i, got[i], tc.want[i])
 			}
 		}
@@ -46,15 +52,21 @@ func TestParsePublish(t *testing.T) {
 
 func TestParsePublishErrors(t *testing.T) {
 	for spec, want := range map[string]string{
-		"8080:80":                        "want [hostIP:]",
-		"0:172.17.0.2:80":                "not a port",
-		"70000:172.17.0.2:80":            "not a port",
-		"8080:172.17.0.2:80/sctp":        "unknown protocol",
-		"8080:nothost:80":                "container address",
-		"::1:8080:172.17.0.2:80":         "want [hostIP:]",
-		"8002-8000:172.17.0.2:80":        "reversed",
-		"8000-8002:172.17.0.2:9000-9001": "differ in length",
-		"x:8080:172.17.0.2:80":           "host address",
+		"8080:80":                                          "want [hostIP:]",
+		"0:172.17.0.2:80":                                  "not a port",
+		"70000:172.17.0.2:80":                              "not a port",
+		"8080:172.17.0.2:80/sctp":                          "unknown protocol",
+		"8080:nothost:80":                                  "container address",
+		"::1:8080:172.17.0.2:80":                           "want [hostIP:]",
+		"8002-8000:172.17.0.2:80":                          "reversed",
+		"8000-8002:172.17.0.2:9000-9001":                   "differ in length",
+		"x:8080:172.17.0.2:80":                             "host address",
+		"8080:172.17.0.2:80,allow=":                        "empty allowlist",
+		"8080:172.17.0.2:80,allow=10.0.0.0/33":             "not a CIDR prefix",
+		"8080:172.17.0.2:80,allow=10.0.0.0/8+":             "not a CIDR prefix",
+		"8080:172.17.0.2:80,allow=2001:db8::/32":           "only IPv4",
+		"8080:172.17.0.2:80,allow=10.0.0.1,allow=10.0.0.2": "given twice",
+		"8080:172.17.0.2:80,deny=10.0.0.1":                 "unknown option",
 	} {
 		_, err := ParsePublish(spec)
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -76,8 +88,11 @@ func TestStateValidate(t *testing.T) {
 		t.Fatalf("valid state: %v", err)
 	}
 	for name, mutate := range map[string]func(*State){
-		"unknown network":   func(s *State) { s.Endpoints[0].Network = "nope" },
-		"outside subnet":    func(s *State) { s.Endpoints[0].Addr = netip.MustParseAddr("10.0.0.2") },
+		"unknown network": func(s *State) { s.Endpoints[0].Network = "nope" },
+		"outside subnet":  func(s *State) { s.Endpoints[0].Addr = netip.MustParseAddr("10.0.0.2") },
+		"ipv6 allowlist": func(s *State) {
+			s.Ports[0].Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("2001:db8::/32")}
+		},
 		"duplicate binding": func(s *State) { s.Ports = append(s.Ports, s.Ports[0]) },
 		"port zero":         func(s *State) { s.Ports[0].HostPort = 0 },
 		"bad proto":         func(s *State) { s.Ports[0].Proto = 1 },

@@ -32,7 +32,10 @@ const (
 	// DropSpoofed: a container sent from an address that is not its own
 	// (or from a veth the datapath does not know).
 	DropSpoofed = DropReason(bpfDropReasonDROP_SPOOFED)
-	dropMax     = int(bpfDropReasonDROP_MAX)
+	// DropPortDenied: a new flow to a published port from a source its
+	// allowlist leaves out (counted per port too: PortDenied).
+	DropPortDenied = DropReason(bpfDropReasonDROP_PORT_DENIED)
+	dropMax        = int(bpfDropReasonDROP_MAX)
 
 	// dropMalformedOld is the number that malformed drops had before
 	// they moved to DropMalformed, so that no drop reason is 0 (the
@@ -53,6 +56,7 @@ var dropNames = map[DropReason]string{
 	DropICC:          "icc_disabled",
 	DropInternal:     "internal",
 	DropSpoofed:      "spoofed",
+	DropPortDenied:   "port_denied",
 }
 
 func (r DropReason) String() string {
@@ -64,7 +68,7 @@ func (r DropReason) String() string {
 
 // DropReasons lists every reason the datapath knows.
 func DropReasons() []DropReason {
-	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropRewrite, DropCTMiss, DropIsolation, DropICC, DropInternal, DropSpoofed}
+	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropRewrite, DropCTMiss, DropIsolation, DropICC, DropInternal, DropSpoofed, DropPortDenied}
 }
 
 // Event is a counted datapath event: enum event_kind of

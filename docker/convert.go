@@ -24,6 +24,30 @@ import (
 // "true" sets datapath.Endpoint.AllowForeignSource on its endpoints.
 const LabelAllowForeignSource = "bpfnet.allow-foreign-source"
 
+// The container labels of published ports' source allowlists
+// (datapath.PortMapping.Allow): LabelAllow=CIDR[,CIDR...] for every
+// published port of the container, LabelAllowPort+"<hostPort>/<proto>"
+// (bpfnet.allow.8080/tcp; the protocol defaults to tcp) for one host
+// port, which wins over LabelAllow. A label whose list does not parse
+// fails closed: the ports it covers are not published at all, and the
+// error is logged.
+const (
+	LabelAllow     = "bpfnet.allow"
+	LabelAllowPort = "bpfnet.allow."
+)
+
+// portKey is a PortMapping as a map key, its allowlist as text.
+type portKey struct {
+	proto               datapath.Proto
+	hostIP, containerIP netip.Addr
+	hostPort, cport     uint16
+	container, allow    string
+}
+
+func keyOf(m datapath.PortMapping) portKey {
+	return portKey{m.Proto, m.HostIP, m.ContainerIP, m.HostPort, m.ContainerPort, m.Container, datapath.FormatAllow(m.Allow)}
+}
+
 // bridgeNet is a network of the snapshot with what build needs of it.
 type bridgeNet struct {
 	Network
@@ -67,7 +91,7 @@ func build(k kernel, log *slog.Logger, defaultMasq bool, nets []network.Summary,
 	})
 	usedAddr := map[netip.Addr]string{}
 	var ports []datapath.PortMapping
-	seenPort := map[datapath.PortMapping]bool{}
+	seenPort := map[portKey]bool{}
 	for _, c := range ctrs {
 		eps, cports := convertContainer(k, log, byID, byName, c)
 		for _, e := range eps {
@@ -79,8 +103,8 @@ func build(k kernel, log *slog.Logger, defaultMasq bool, nets []network.Summary,
 			snap.Endpoints = append(snap.Endpoints, e)
 		}
 		for _, m := range cports {
-			if !seenPort[m] {
-				seenPort[m] = true
+			if !seenPort[keyOf(m)] {
+				seenPort[keyOf(m)] = true
 				ports = append(ports, m)
 			}
 		}
@@ -286,7 +310,8 @@ func convertContainer(k kernel, log *slog.Logger, byID, byName map[string]*bridg
 	}
 	target := att[0].addr
 	var ports []datapath.PortMapping
-	seen := map[datapath.PortMapping]bool{}
+	seen := map[portKey]bool{}
+	usedLabels := map[string]bool{}
 	cports := slices.Sorted(maps.Keys(c.NetworkSettings.Ports))
 	for _, cp := range cports {
 		proto, err := datapath.ParseProto(cp.Proto())
@@ -312,15 +337,47 @@ func convertContainer(k kernel, log *slog.Logger, byID, byName map[string]*bridg
 			if err != nil || hport == 0 {
 				continue
 			}
+			allow, label, err := allowFor(labels, uint16(hport), proto)
+			usedLabels[label] = true
+			if err != nil {
+				log.Error("docker port not published: its allowlist label is invalid, so the port stays closed rather than open to all",
+					"container", name, "host_port", hport, "protocol", proto.String(), "label", label, "value", labels[label], "error", err)
+				continue
+			}
 			m := datapath.PortMapping{
 				Proto: proto, HostIP: hip, HostPort: uint16(hport),
 				ContainerIP: target, ContainerPort: uint16(cport), Container: name,
+				Allow: allow,
 			}
-			if !seen[m] {
-				seen[m] = true
+			if !seen[keyOf(m)] {
+				seen[keyOf(m)] = true
 				ports = append(ports, m)
 			}
 		}
 	}
+	for _, l := range slices.Sorted(maps.Keys(labels)) {
+		if strings.HasPrefix(l, LabelAllowPort) && !usedLabels[l] {
+			log.Warn("container label ignored: it names no published host port (want "+LabelAllowPort+"<hostPort>/<proto>)", "container", name, "label", l)
+		}
+	}
 	return eps, ports
+}
+
+// allowFor is the allowlist of a container's published host port from its
+// labels: the port's own label first, then the container's. label names
+// the label it came from ("" for none, and a nil list: open to all).
+func allowFor(labels map[string]string, hostPort uint16, proto datapath.Proto) (_ []netip.Prefix, label string, _ error) {
+	port := strconv.Itoa(int(hostPort))
+	for _, l := range []string{LabelAllowPort + port + "/" + proto.String(), LabelAllowPort + port, LabelAllow} {
+		if l == LabelAllowPort+port && proto != datapath.TCP {
+			continue // no protocol means tcp, as in docker run -p
+		}
+		v, ok := labels[l]
+		if !ok {
+			continue
+		}
+		ps, err := datapath.ParseAllow(v, ",")
+		return ps, l, err
+	}
+	return nil, "", nil
 }

@@ -3,7 +3,11 @@
 package docker
 
 import (
+	"fmt"
+	"log/slog"
+	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/docker/docker/api/types/container"
@@ -49,6 +53,93 @@ func TestBuildAllowForeignSource(t *testing.T) {
 	}
 	if seen["web"] != 2 {
 		t.Errorf("web has %d endpoints, want its 2", seen["web"])
+	}
+}
+
+// TestBuildAllowLabels: bpfnet.allow gives every published port of its
+// container a source allowlist, bpfnet.allow.<hostPort>/<proto> one host
+// port (and wins); a label that does not parse fails closed: the ports it
+// covers are not published, with an error in the log, while the others
+// of the container stay published.
+func TestBuildAllowLabels(t *testing.T) {
+	nets := []network.Summary{bridgeNetwork("bridge", 1, "172.17.0.0/16", "172.17.0.1", map[string]string{
+		optDefaultBridge: "true", optBridgeName: "docker0",
+	})}
+	k := &fakeKernel{
+		bridges: map[string]fakeBridge{"docker0": {index: 10, addrs: []netip.Prefix{pfx("172.17.0.1/16")}}},
+		veths: map[string]fakeVeth{
+			"100/02:42:ac:11:00:02": {"veth0", 10},
+			"200/02:42:ac:11:00:03": {"veth1", 10},
+			"300/02:42:ac:11:00:04": {"veth2", 10},
+			"400/02:42:ac:11:00:05": {"veth3", 10},
+		},
+	}
+	on := func(addr, m string) attach { return attach{net: "bridge", addr: addr, mac: m} }
+	bind := func(port string) []nat.PortBinding { return []nat.PortBinding{{HostIP: "0.0.0.0", HostPort: port}} }
+	ctrs := []container.InspectResponse{
+		runningContainer("good", 100, map[string]string{
+			LabelAllow:                   "192.0.2.0/24, 203.0.113.9",
+			LabelAllowPort + "8081/tcp":  "198.51.100.7/32",
+			LabelAllowPort + "5353/udp":  "198.51.100.0/24",
+			LabelAllowPort + "9999/tcp":  "10.0.0.0/8", // no such port: a warning
+			LabelAllowForeignSource:      "false",      // not an allowlist
+			LabelAllowPort + "8082":      "10.1.0.0/16",
+			LabelAllowPort + "8083/tcp/": "garbage", // names no port: a warning
+		}, nat.PortMap{
+			"80/tcp": append(append(bind("8080"), bind("8081")...), bind("8082")...), // three host ports, one container port
+			"53/udp": bind("5353"),
+			"54/udp": bind("5354"),
+		}, on("172.17.0.2", "02:42:ac:11:00:02")),
+		runningContainer("badall", 200, map[string]string{
+			LabelAllow:                  "192.0.2.0/24,not-a-cidr",
+			LabelAllowPort + "9001/tcp": "192.0.2.1",
+		}, nat.PortMap{"80/tcp": bind("9000"), "81/tcp": bind("9001")}, on("172.17.0.3", "02:42:ac:11:00:03")),
+		runningContainer("badport", 300, map[string]string{
+			LabelAllowPort + "7000/tcp": "10.0.0.0/33",
+			LabelAllowPort + "7002/tcp": "",
+			LabelAllowPort + "7003/tcp": "2001:db8::/32",
+		}, nat.PortMap{"80/tcp": bind("7000"), "81/tcp": bind("7001"), "82/tcp": bind("7002"), "83/tcp": bind("7003")},
+			on("172.17.0.4", "02:42:ac:11:00:04")),
+		runningContainer("open", 400, nil, nat.PortMap{"80/tcp": bind("6000")}, on("172.17.0.5", "02:42:ac:11:00:05")),
+	}
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	snap, err := build(k, log, true, nets, ctrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(logs.String())
+	got := map[string]string{}
+	for _, m := range snap.Ports {
+		got[fmt.Sprintf("%d/%s", m.HostPort, m.Proto)] = datapath.FormatAllow(m.Allow)
+	}
+	want := map[string]string{
+		"8080/tcp": "192.0.2.0/24,203.0.113.9/32",
+		"8081/tcp": "198.51.100.7/32",
+		"8082/tcp": "10.1.0.0/16", // no protocol in the label: tcp
+		"5353/udp": "198.51.100.0/24",
+		"5354/udp": "192.0.2.0/24,203.0.113.9/32",
+		"9001/tcp": "192.0.2.1/32", // its own label wins over the bad one
+		"7001/tcp": "",             // no label: open
+		"6000/tcp": "",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("published ports and their lists:\n got %v\nwant %v", got, want)
+	}
+	for _, w := range []string{
+		`level=ERROR msg="docker port not published: its allowlist label is invalid, so the port stays closed rather than open to all" container=badall host_port=9000 protocol=tcp label=bpfnet.allow`,
+		`container=badport host_port=7000 protocol=tcp label=bpfnet.allow.7000/tcp value=10.0.0.0/33 error="allowlist item \"10.0.0.0/33\" is not a CIDR prefix or an address"`,
+		`container=badport host_port=7002 protocol=tcp label=bpfnet.allow.7002/tcp value="" error="empty allowlist"`,
+		`container=badport host_port=7003 protocol=tcp label=bpfnet.allow.7003/tcp value=2001:db8::/32 error="allowlist item \"2001:db8::/32\": only IPv4 prefixes are supported"`,
+		`container label ignored: it names no published host port (want bpfnet.allow.<hostPort>/<proto>)" container=good label=bpfnet.allow.9999/tcp`,
+		`container=good label=bpfnet.allow.8083/tcp/`,
+	} {
+		if !strings.Contains(logs.String(), w) {
+			t.Errorf("log lacks %s", w)
+		}
+	}
+	if strings.Contains(logs.String(), "label=bpfnet.allow-foreign-source") {
+		t.Errorf("the foreign-source label was taken for an allowlist:\n%s", logs.String())
 	}
 }
 

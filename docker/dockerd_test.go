@@ -525,6 +525,7 @@ type ctr struct {
 	expose     []string // "7000/tcp": exposed, published by publishAll
 	publishAll bool     // docker run -P
 	cmd        []string
+	labels     map[string]string // docker run -l
 }
 
 // Run creates and starts a container and returns its id.
@@ -540,7 +541,7 @@ func (d *dockerd) Run(c ctr) string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cfg := &container.Config{Image: testImage, Hostname: c.name, Cmd: c.cmd, ExposedPorts: exposed}
+	cfg := &container.Config{Image: testImage, Hostname: c.name, Cmd: c.cmd, ExposedPorts: exposed, Labels: c.labels}
 	hc := &container.HostConfig{PortBindings: bindings, PublishAllPorts: c.publishAll}
 	created, err := d.cli.ContainerCreate(ctx, cfg, hc, nil, nil, c.name)
 	if err != nil {

@@ -86,6 +86,11 @@ func (r *mapReader) PortConnections() (map[datapath.PortBinding]uint64, error) {
 	return out, it.Err()
 }
 
+// PortDenied reads nothing: the benchmark publishes no allowlists.
+func (r *mapReader) PortDenied() (map[datapath.PortBinding]uint64, error) {
+	return map[datapath.PortBinding]uint64{}, nil
+}
+
 func (r *mapReader) CTUsage() (entries, capacity int, err error) {
 	k := make([]byte, r.ct4.KeySize())
 	v := make([]byte, r.ct4.ValueSize())

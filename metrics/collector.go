@@ -24,6 +24,9 @@ type Reader interface {
 	Drops() (map[datapath.DropReason]uint64, error)
 	Events() (map[datapath.Event]uint64, error)
 	PortConnections() (map[datapath.PortBinding]uint64, error)
+	// PortDenied counts the new flows each published port's source
+	// allowlist refused.
+	PortDenied() (map[datapath.PortBinding]uint64, error)
 	CTUsage() (entries, capacity int, err error)
 	// HalfOpenUsage is the table of unassured published-port flows.
 	HalfOpenUsage() (entries, capacity int, err error)
@@ -57,6 +60,7 @@ type Collector struct {
 
 	rxBytes, txBytes, rxPackets, txPackets *prometheus.Desc
 	portConns                              *prometheus.Desc
+	portDenied                             *prometheus.Desc
 	ctEntries, ctCapacity                  *prometheus.Desc
 	ctEvictions, ctNew                     *prometheus.Desc
 	ctHalfOpen, ctPromoted                 *prometheus.Desc
@@ -106,6 +110,9 @@ func NewCollector(r Reader, state func() datapath.State, attachments func() ([]l
 		portConns: prometheus.NewDesc(name("published_port_connections_total"),
 			"New connections (TCP) or flows (UDP) translated to a published port's container. host_ip is 0.0.0.0 for a port published on every host address.",
 			[]string{"protocol", "host_ip", "host_port", "container"}, nil),
+		portDenied: prometheus.NewDesc(name("published_port_denied_total"),
+			"New connections (TCP) or flows (UDP) to a published port dropped because their source is not in the port's allowlist (labels bpfnet.allow, bpfnet.allow.<port>/<proto>; --publish ...,allow=). host_ip is 0.0.0.0 for a port published on every host address.",
+			[]string{"protocol", "host_ip", "host_port", "container"}, nil),
 		ctEntries: prometheus.NewDesc(name("conntrack_entries"),
 			"Entries in the connection-tracking table (two per flow, one per direction), counted at scrape time. "+
 				"table=\"ct4\": established flows; table=\"ct4_syn\": published-port flows whose client has not answered the container yet (where a SYN flood stays).",
@@ -145,7 +152,7 @@ func NewCollector(r Reader, state func() datapath.State, attachments func() ([]l
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		c.rxBytes, c.txBytes, c.rxPackets, c.txPackets, c.portConns,
+		c.rxBytes, c.txBytes, c.rxPackets, c.txPackets, c.portConns, c.portDenied,
 		c.ctEntries, c.ctCapacity, c.ctEvictions, c.ctNew, c.ctHalfOpen, c.ctPromoted, c.natHostCollisions, c.drops,
 		c.attached, c.buildInfo, networkModeDesc,
 	} {
@@ -175,8 +182,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	emit(ch, ms, err, c.rxBytes, c.txBytes, c.rxPackets, c.txPackets)
 	emit(ch, c.networkModes(st), nil, networkModeDesc)
-	ms, err = c.ports(st)
+	ms, err = c.ports(st, c.portConns, "reading published port connections", c.r.PortConnections)
 	emit(ch, ms, err, c.portConns)
+	ms, err = c.ports(st, c.portDenied, "reading published port denials", c.r.PortDenied)
+	emit(ch, ms, err, c.portDenied)
 	ms, err = c.conntrack()
 	emit(ch, ms, err, c.ctEntries, c.ctCapacity)
 	ms, err = c.events()
@@ -274,13 +283,15 @@ func binding(m datapath.PortMapping) datapath.PortBinding {
 	return datapath.PortBinding{Proto: m.Proto, HostIP: ip.Unmap(), HostPort: m.HostPort}
 }
 
-func (c *Collector) ports(st datapath.State) ([]prometheus.Metric, error) {
+// ports is one series of desc per published port, read by read (what
+// says what it is, in the error).
+func (c *Collector) ports(st datapath.State, desc *prometheus.Desc, what string, read func() (map[datapath.PortBinding]uint64, error)) ([]prometheus.Metric, error) {
 	if len(st.Ports) == 0 {
 		return nil, nil
 	}
-	conns, err := c.r.PortConnections()
+	conns, err := read()
 	if err != nil {
-		return nil, fmt.Errorf("reading published port connections: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	byAddr := make(map[netip.Addr]string, len(st.Endpoints))
 	for _, e := range st.Endpoints {
@@ -298,7 +309,7 @@ func (c *Collector) ports(st datapath.State) ([]prometheus.Metric, error) {
 		if name == "" {
 			name = byAddr[m.ContainerIP]
 		}
-		out = append(out, prometheus.MustNewConstMetric(c.portConns, prometheus.CounterValue, float64(conns[b]),
+		out = append(out, prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(conns[b]),
 			b.Proto.String(), b.HostIP.String(), strconv.Itoa(int(b.HostPort)), label(containerName(name))))
 	}
 	return out, nil

@@ -33,6 +33,7 @@ type fakeReader struct {
 	drops     map[datapath.DropReason]uint64
 	events    map[datapath.Event]uint64
 	ports     map[datapath.PortBinding]uint64
+	denied    map[datapath.PortBinding]uint64
 	ctEntries int
 	ctCap     int
 	// the table of unassured flows
@@ -77,6 +78,13 @@ func (f *fakeReader) PortConnections() (map[datapath.PortBinding]uint64, error) 
 		return nil, err
 	}
 	return maps.Clone(f.ports), nil
+}
+
+func (f *fakeReader) PortDenied() (map[datapath.PortBinding]uint64, error) {
+	if err := f.fail("PortDenied"); err != nil {
+		return nil, err
+	}
+	return maps.Clone(f.denied), nil
 }
 
 func (f *fakeReader) CTUsage() (int, int, error) {
@@ -152,6 +160,10 @@ func newFixture(t *testing.T) *fixture {
 			{Proto: datapath.TCP, HostIP: ip("0.0.0.0"), HostPort: 8080}: 7,
 			{Proto: datapath.TCP, HostIP: ip("0.0.0.0"), HostPort: 9999}: 5, // unpublished since
 		},
+		denied: map[datapath.PortBinding]uint64{
+			{Proto: datapath.TCP, HostIP: ip("0.0.0.0"), HostPort: 8080}: 3,
+			{Proto: datapath.TCP, HostIP: ip("0.0.0.0"), HostPort: 9999}: 1, // unpublished since
+		},
 		ctEntries:   24,
 		ctCap:       262144,
 		halfEntries: 6,
@@ -200,6 +212,10 @@ const otherFamilies = `# HELP bpfnet_published_port_connections_total New connec
 # TYPE bpfnet_published_port_connections_total counter
 bpfnet_published_port_connections_total{container="shop-web-1",host_ip="0.0.0.0",host_port="8080",protocol="tcp"} 7
 bpfnet_published_port_connections_total{container="db",host_ip="127.0.0.1",host_port="5353",protocol="udp"} 0
+# HELP bpfnet_published_port_denied_total New connections (TCP) or flows (UDP) to a published port dropped because their source is not in the port's allowlist (labels bpfnet.allow, bpfnet.allow.<port>/<proto>; --publish ...,allow=). host_ip is 0.0.0.0 for a port published on every host address.
+# TYPE bpfnet_published_port_denied_total counter
+bpfnet_published_port_denied_total{container="shop-web-1",host_ip="0.0.0.0",host_port="8080",protocol="tcp"} 3
+bpfnet_published_port_denied_total{container="db",host_ip="127.0.0.1",host_port="5353",protocol="udp"} 0
 # HELP bpfnet_conntrack_entries Entries in the connection-tracking table (two per flow, one per direction), counted at scrape time. table="ct4": established flows; table="ct4_syn": published-port flows whose client has not answered the container yet (where a SYN flood stays).
 # TYPE bpfnet_conntrack_entries gauge
 bpfnet_conntrack_entries{table="ct4"} 24
@@ -238,6 +254,7 @@ bpfnet_drops_total{reason="isolation"} 0
 bpfnet_drops_total{reason="icc_disabled"} 0
 bpfnet_drops_total{reason="internal"} 0
 bpfnet_drops_total{reason="spoofed"} 0
+bpfnet_drops_total{reason="port_denied"} 0
 # HELP bpfnet_attached A program bpfnet attached: 1 when the kernel runs it, 0 when it is recorded but the kernel no longer runs it (its interface went away).
 # TYPE bpfnet_attached gauge
 bpfnet_attached{hook="ingress",interface="veth1a2b3c",mode="tcx",program="from_container"} 1
@@ -307,7 +324,7 @@ func TestCollectorReadErrors(t *testing.T) {
 		"bpfnet_published_port_connections_total", "bpfnet_conntrack_entries", "bpfnet_conntrack_capacity",
 		"bpfnet_conntrack_evictions_total", "bpfnet_conntrack_new_total",
 		"bpfnet_conntrack_half_open_total", "bpfnet_conntrack_promoted_total", "bpfnet_nat_host_collisions_total", "bpfnet_drops_total",
-		"bpfnet_attached", "bpfnet_build_info",
+		"bpfnet_attached", "bpfnet_build_info", "bpfnet_published_port_denied_total",
 	}
 	for _, tc := range []struct {
 		method  string
@@ -321,6 +338,7 @@ func TestCollectorReadErrors(t *testing.T) {
 		{"Events", "reading datapath events: map read failed", all[7:12]},
 		{"Drops", "reading drop counters: map read failed", all[12:13]},
 		{"attachments", "listing attachments: map read failed", all[13:14]},
+		{"PortDenied", "reading published port denials: map read failed", all[15:16]},
 	} {
 		t.Run(tc.method, func(t *testing.T) {
 			f := newFixture(t)

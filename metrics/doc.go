@@ -23,6 +23,7 @@
 //	container_receive_packets_total    counter    compose_service
 //	container_transmit_packets_total   counter
 //	published_port_connections_total   counter  protocol, host_ip, host_port, container
+//	published_port_denied_total        counter  protocol, host_ip, host_port, container
 //	conntrack_entries                  gauge    table
 //	conntrack_capacity                 gauge    table
 //	conntrack_evictions_total          counter

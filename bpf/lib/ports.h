@@ -19,7 +19,8 @@ struct port_target {
 	__be32 addr; /* container address */
 	__be16 port; /* container port */
 	__u16 pad;
-	__u32 id; /* mapping id, for counters and for dropping its flows */
+	__u32 id;	/* mapping id, for counters and for dropping its flows */
+	__u32 allow_id; /* source allowlist (allow.h, port_allow), 0: open to every source */
 };
 
 struct {

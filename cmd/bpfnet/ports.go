@@ -4,6 +4,8 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -19,6 +21,10 @@ type portJSON struct {
 	ContainerPort uint16 `json:"container_port"`
 	Container     string `json:"container,omitempty"`
 	Connections   uint64 `json:"connections"`
+	// Allow is the port's source allowlist; empty: open to every source.
+	Allow []string `json:"allow"`
+	// Denied counts the new connections the allowlist refused.
+	Denied uint64 `json:"denied"`
 }
 
 func newPortsCmd() *cobra.Command {
@@ -26,7 +32,7 @@ func newPortsCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "ports",
-		Short: "List the published ports with their containers and connection counts",
+		Short: "List the published ports with their containers, source allowlists and connection counts",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			dp, err := datapath.OpenPinned(pinPath)
 			if err != nil {
@@ -41,6 +47,10 @@ func newPortsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			denied, err := dp.PortDenied()
+			if err != nil {
+				return err
+			}
 			names := endpointNames(dp)
 			out := []portJSON{}
 			for _, p := range ports {
@@ -48,15 +58,20 @@ func newPortsCmd() *cobra.Command {
 					Proto: p.Binding.Proto.String(), HostIP: p.Binding.HostIP.String(), HostPort: p.Binding.HostPort,
 					ContainerIP: p.ContainerIP.String(), ContainerPort: p.ContainerPort,
 					Container: names[p.ContainerIP.String()], Connections: conns[p.Binding],
+					Allow: allowStrings(p.Allow), Denied: denied[p.Binding],
 				})
 			}
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), out)
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "PROTO\tHOST\tCONTAINER\tNAME\tCONNECTIONS")
+			fmt.Fprintln(w, "PROTO\tHOST\tCONTAINER\tNAME\tCONNECTIONS\tALLOW\tDENIED")
 			for _, p := range out {
-				fmt.Fprintf(w, "%s\t%s:%d\t%s:%d\t%s\t%d\n", p.Proto, p.HostIP, p.HostPort, p.ContainerIP, p.ContainerPort, p.Container, p.Connections)
+				allow := "all"
+				if len(p.Allow) > 0 {
+					allow = strings.Join(p.Allow, ",")
+				}
+				fmt.Fprintf(w, "%s\t%s:%d\t%s:%d\t%s\t%d\t%s\t%d\n", p.Proto, p.HostIP, p.HostPort, p.ContainerIP, p.ContainerPort, p.Container, p.Connections, allow, p.Denied)
 			}
 			return w.Flush()
 		},
@@ -64,6 +79,14 @@ func newPortsCmd() *cobra.Command {
 	cmd.Flags().StringVar(&pinPath, "pin-path", defaultPinPath, "bpffs folder of the datapath's state")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+func allowStrings(ps []netip.Prefix) []string {
+	out := []string{}
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
 }
 
 // endpointNames names container addresses by their host veth, the best a

@@ -59,7 +59,8 @@ func newRunCmd() *cobra.Command {
 published ports given, attaches it, and follows veths joining and leaving
 the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 'bpfnet down' removes it.`,
-		Example: `  bpfnet run --bridge docker0 --publish 8080:172.17.0.2:80 --publish 127.0.0.1:5353:172.17.0.3:53/udp`,
+		Example: `  bpfnet run --bridge docker0 --publish 8080:172.17.0.2:80 --publish 127.0.0.1:5353:172.17.0.3:53/udp
+  bpfnet run --bridge docker0 --publish 8443:172.17.0.2:443,allow=192.0.2.0/24+198.51.100.7`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runDaemon(cmd.Context(), f)
 		},
@@ -68,7 +69,8 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 	fl.StringArrayVar(&f.bridges, "bridge", nil, "bridge whose containers to serve (repeatable)")
 	fl.StringArrayVar(&f.uplinks, "uplink", nil, "interface towards the outside (repeatable; default: those of the default routes)")
 	fl.StringArrayVar(&f.masquerade, "masquerade", nil, "masquerade traffic from this CIDR (repeatable; default: the bridges' subnets)")
-	fl.StringArrayVar(&f.publish, "publish", nil, "publish a port: [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp] (repeatable)")
+	fl.StringArrayVar(&f.publish, "publish", nil, "publish a port: [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp][,allow=CIDR[+CIDR...]] (repeatable); "+
+		"allow= limits the sources that may open new connections to it (the host itself is always allowed; with --docker, the container label "+docker.LabelAllow+"=CIDR[,CIDR...] or "+docker.LabelAllowPort+"<hostPort>/<proto>=...)")
 	fl.StringVar(&f.pinPath, "pin-path", defaultPinPath, "bpffs folder of the datapath's state")
 	fl.BoolVar(&f.fastPath, "fast-path", true, "redirect translated packets around the bridge, routing and netfilter")
 	fl.StringVar(&f.natPorts, "nat-ports", fmt.Sprintf("%d-%d", datapath.DefaultNATPortMin, datapath.DefaultNATPortMax), "source ports masquerade may choose from")

@@ -87,7 +87,14 @@ type Options struct {
 //	DOCKER  ! -i <bridge> -o <bridge> -j DROP
 //	ISOLATION-STAGE-1 -i <bridge> ! -o <bridge> -j ISOLATION-STAGE-2, then RETURN
 //	ISOLATION-STAGE-2 -o <bridge> -j DROP, then RETURN
+//	DOCKER-USER -s <prefix> -d <cip>/32 -p <proto> --dport <cport> -m conntrack --ctstate NEW -m conntrack --ctstate DNAT [--ctorigdst <hostIP>] --ctorigdstport <hport> -j RETURN
+//	DOCKER-USER -d <cip>/32 -p <proto> --dport <cport> -m conntrack --ctstate NEW -m conntrack --ctstate DNAT [--ctorigdst <hostIP>] --ctorigdstport <hport> -j DROP
 //	DOCKER-USER -j RETURN
+//
+// The rules before DOCKER-USER's RETURN are the source allowlists of
+// published ports (one RETURN per allowed prefix, then a DROP), which
+// Docker does not have: what a Docker user writes in DOCKER-USER by hand
+// to the same effect (rules.Plan.Allowlists).
 //
 // The DROP closing DOCKER stands for the FORWARD policy DROP that Docker
 // sets when it turns forwarding on, confined to traffic into the bridges
@@ -325,7 +332,9 @@ func (o *Options) tables(s datapath.State) (map[string]*ipTable, error) {
 	filter.rules = append(filter.rules, iso1Rules...)
 	filter.rules = append(filter.rules, ipRule{iso1, "-j RETURN"})
 	filter.rules = append(filter.rules, iso2Rules...)
-	filter.rules = append(filter.rules, ipRule{iso2, "-j RETURN"}, ipRule{user, "-j RETURN"})
+	filter.rules = append(filter.rules, ipRule{iso2, "-j RETURN"})
+	filter.rules = append(filter.rules, allowRules(user, plan.Allowlists)...)
+	filter.rules = append(filter.rules, ipRule{user, "-j RETURN"})
 
 	bySeq := func(a, b rules.Rule) int { return a.Seq - b.Seq }
 	slices.SortStableFunc(hairpin, bySeq)
@@ -369,6 +378,28 @@ func (o *Options) tables(s datapath.State) (map[string]*ipTable, error) {
 		})
 	}
 	return map[string]*ipTable{"nat": nat, "filter": filter, "raw": raw}, nil
+}
+
+// allowRules are the source allowlists of the published ports as a
+// Docker user writes them in DOCKER-USER: for each port, a RETURN per
+// allowed prefix and a DROP, all matching only the first packet of a flow
+// DNATed from that host port to that container port.
+func allowRules(user string, rs []rules.Rule) []ipRule {
+	var out []ipRule
+	for _, r := range rs {
+		m := r.Match
+		orig := ""
+		if m.OrigDst.IsValid() {
+			orig = "--ctorigdst " + m.OrigDst.Addr().String() + " "
+		}
+		match := fmt.Sprintf("-d %s -p %s -m %s --dport %d -m conntrack --ctstate NEW -m conntrack --ctstate DNAT %s--ctorigdstport %d",
+			m.Dst, m.Proto, m.Proto, m.DPort, orig, m.OrigDPort)
+		for _, p := range m.SrcNotIn {
+			out = append(out, ipRule{user, fmt.Sprintf("-s %s %s -j RETURN", p, match)})
+		}
+		out = append(out, ipRule{user, match + " -j DROP"})
+	}
+	return out
 }
 
 // target is the iptables target of a verdict without arguments.

@@ -180,6 +180,7 @@ func render(p *rules.Plan) (*ruleset, error) {
 		&chain{"nat-POSTROUTING", "type nat hook postrouting priority srcnat; policy accept;",
 			[]string{"iifname vmap @nat-postrouting-out-jumps", "oifname vmap @nat-postrouting-in-jumps"}},
 		&chain{"nat-PREROUTING", "type nat hook prerouting priority dstnat; policy accept;", []string{local}})
+	rs.chains = append(rs.chains, allowChain(p.Allowlists))
 	for _, c := range p.Chains {
 		out := &chain{name: c.Name()}
 		if c.Kind == rules.RawPrerouting {
@@ -191,6 +192,40 @@ func render(p *rules.Plan) (*ruleset, error) {
 		rs.chains = append(rs.chains, out)
 	}
 	return rs, nil
+}
+
+// allowChainName is the chain of the published ports' source allowlists.
+const allowChainName = "user-forward-allowlists"
+
+// allowChain holds the source allowlists of the published ports, which
+// Docker does not have, as a Docker 29 user writes them by hand: a base
+// chain at the forward hook just before Docker's (priority filter - 1),
+// one rule per port that drops the first packet of a flow DNATed from
+// that host port whose source is in none of the prefixes. Established
+// flows, and the host's own connections (which never cross forward),
+// pass.
+func allowChain(rs []rules.Rule) *chain {
+	c := &chain{name: allowChainName, header: "type filter hook forward priority filter - 1; policy accept;"}
+	for _, r := range rs {
+		m := r.Match
+		f := []string{"ip daddr " + host(m.Dst), fmt.Sprintf("%s dport %d", m.Proto, m.DPort), "ct state new", "ct status dnat"}
+		if m.OrigDst.IsValid() {
+			f = append(f, "ct original ip daddr "+host(m.OrigDst))
+		}
+		f = append(f, fmt.Sprintf("ct original proto-dst %d", m.OrigDPort))
+		var el []string
+		for _, p := range m.SrcNotIn {
+			el = append(el, host(p))
+		}
+		if len(el) == 1 {
+			f = append(f, "ip saddr != "+el[0])
+		} else {
+			f = append(f, "ip saddr != { "+strings.Join(el, ", ")+" }")
+		}
+		f = append(f, "counter", string(r.Verdict), fmt.Sprintf("comment %q", string(r.Kind)))
+		c.rules = append(c.rules, strings.Join(f, " "))
+	}
+	return c
 }
 
 // host is a prefix as nft prints it: a single address without its /32.

@@ -82,6 +82,41 @@ func TestLabApplyPublishRemove(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(state(t, "5353:172.30.0.2:53/udp", "127.0.0.1:9000:172.30.0.3:90"))
+	// Source allowlists: one prefix, several, on a host address, and a
+	// list changed in place.
+	allow := []string{"5353:172.30.0.2:53/udp,allow=192.0.2.7", "127.0.0.1:9000:172.30.0.3:90",
+		"8080:172.30.0.2:80,allow=198.51.100.0/24+192.0.2.0/24", "10.0.0.1:8081:172.30.0.2:80,allow=203.0.113.0/24"}
+	for _, spec := range allow[2:] {
+		m, _ := datapath.ParsePublish(spec)
+		if err := dp.PublishPorts(m...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, _ = datapath.ParsePublish(allow[0])
+	if err := dp.PublishPorts(m...); err != nil {
+		t.Fatal(err)
+	}
+	// A rule whose text is unchanged stays where it is, so only the
+	// allowlist chain is compared here, whole.
+	rules, err := dp.Rules(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := want(state(t, allow[1], allow[2], allow[3], allow[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(rules[allowChainName]) != fmt.Sprint(w[allowChainName]) || len(w[allowChainName]) != 3 {
+		t.Errorf("allowlist chain holds\n%v\nwant\n%v", rules[allowChainName], w[allowChainName])
+	}
+	if got := strings.Join(rules[allowChainName], "\n"); !strings.Contains(got,
+		`ip daddr 172.30.0.2 tcp dport 80 ct state new ct status dnat ct original proto-dst 8080 ip saddr != { 192.0.2.0/24, 198.51.100.0/24 } counter drop comment "PORT ALLOWLIST"`) {
+		t.Errorf("allowlist chain holds\n%s", got)
+	}
+	if err := dp.Apply(context.Background(), state(t, allow...)); err != nil {
+		t.Fatal(err)
+	}
+	check(state(t, allow...))
 	if err := dp.Remove(); err != nil {
 		t.Fatal(err)
 	}

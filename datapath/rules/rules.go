@@ -14,7 +14,9 @@
 // (PostroutingIn) and one for packets routed in from it (PostroutingOut);
 // one chain of DNAT rules for the published ports (NatLocal) and the raw
 // table's drops of direct access (RawPrerouting). A renderer places each
-// rule by its Kind.
+// rule by its Kind. The source allowlists of published ports, which Docker
+// does not have, are planned apart (Plan.Allowlists) as the rules a Docker
+// user writes by hand.
 //
 // The package needs no kernel and changes nothing; it does not do IPv6.
 package rules
@@ -65,6 +67,7 @@ const (
 	KindDNAT            Kind = "DNAT"                     // a published port
 	KindDirectAccess    Kind = "DROP DIRECT ACCESS"       // a published container's address from outside its bridge
 	KindRemoteLoopback  Kind = "DROP REMOTE LOOPBACK"     // a loopback-bound port from outside the host
+	KindAllowlist       Kind = "PORT ALLOWLIST"           // a new flow to a published port from a source not in its list: drop
 )
 
 // Verdict is what a rule does with a packet it matches.
@@ -94,6 +97,15 @@ type Match struct {
 	DPort    uint16
 	// Established matches conntrack states ESTABLISHED and RELATED.
 	Established bool
+	// NewDNAT matches the first packet of a flow whose destination was
+	// translated (conntrack states NEW and DNAT).
+	NewDNAT bool
+	// OrigDst and OrigDPort match the flow's destination before DNAT
+	// (conntrack --ctorigdst, --ctorigdstport; nft ct original).
+	OrigDst   netip.Prefix
+	OrigDPort uint16
+	// SrcNotIn matches a source in none of the prefixes.
+	SrcNotIn []netip.Prefix
 }
 
 // Rule is one rule of a chain.
@@ -141,6 +153,14 @@ type Plan struct {
 	LoopbackPorts bool
 	// Ports are the state's published ports, in order.
 	Ports []datapath.PortMapping
+	// Allowlists are the source allowlists of the published ports
+	// (PortMapping.Allow), by protocol, host port and host address, as a Docker user writes them
+	// by hand, since Docker has none: rules in DOCKER-USER (iptables) or
+	// in a forward chain of one's own before Docker's (nftables) that
+	// drop the first packet of a flow DNATed from the port's host port
+	// whose source is not in the list. Established flows pass, and so do
+	// the host's own connections, which never cross FORWARD.
+	Allowlists []Rule
 }
 
 // Chain returns the plan's chain of a kind and bridge, or nil.
@@ -221,6 +241,9 @@ func New(s datapath.State) (*Plan, error) {
 		if !ok {
 			return nil, fmt.Errorf("port %s: container address %s is in none of the networks", m, m.ContainerIP)
 		}
+		if len(m.Allow) > 0 {
+			p.Allowlists = append(p.Allowlists, allowRule(m, seq))
+		}
 		if m.HostIP.IsLoopback() {
 			p.LoopbackPorts = true
 		}
@@ -257,7 +280,43 @@ func New(s datapath.State) (*Plan, error) {
 			fin.Rules = append(fin.Rules, Rule{Kind: KindUnpublished, Verdict: Drop})
 		}
 	}
+	// Ordered by host binding, not by the ports' order: the rules of two
+	// bindings match disjoint flows, and an order that republishing a
+	// port does not change lets the incremental renderers keep the other
+	// rules where they are.
+	slices.SortStableFunc(p.Allowlists, func(a, b Rule) int {
+		x, y := a.Port, b.Port
+		if x.Proto != y.Proto {
+			return int(x.Proto) - int(y.Proto)
+		}
+		if x.HostPort != y.HostPort {
+			return int(x.HostPort) - int(y.HostPort)
+		}
+		return a.Match.OrigDst.Addr().Compare(b.Match.OrigDst.Addr())
+	})
 	return p, nil
+}
+
+// allowRule is the allowlist rule of m, the seq-th port.
+func allowRule(m *datapath.PortMapping, seq int) Rule {
+	r := Rule{Kind: KindAllowlist, Verdict: Drop, Port: m, Seq: seq, Match: Match{
+		Dst: host32(m.ContainerIP), Proto: m.Proto, DPort: m.ContainerPort,
+		NewDNAT: true, OrigDPort: m.HostPort,
+	}}
+	if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
+		r.Match.OrigDst = host32(m.HostIP)
+	}
+	for _, a := range m.Allow {
+		r.Match.SrcNotIn = append(r.Match.SrcNotIn, a.Masked())
+	}
+	slices.SortFunc(r.Match.SrcNotIn, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	r.Match.SrcNotIn = slices.Compact(r.Match.SrcNotIn)
+	return r
 }
 
 // networkOf returns the network an address belongs to.

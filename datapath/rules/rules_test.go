@@ -189,3 +189,31 @@ func TestPlanRejectsPortOutsideNetworks(t *testing.T) {
 		t.Errorf("a port in the network: %v", err)
 	}
 }
+
+// TestPlanAllowlists: each port with a source allowlist gets one rule,
+// matching its own host port before DNAT (two host ports to one container
+// port keep their lists apart) and its host address when it has one; a
+// port without a list gets none.
+func TestPlanAllowlists(t *testing.T) {
+	s := datapath.State{Networks: []datapath.Network{network("net0", "br0", "172.30.0.0/24")}, Ports: ports(t,
+		"8080:172.30.0.9:80,allow=198.51.100.7+192.0.2.0/24+192.0.2.1/24",
+		"10.0.0.1:8081:172.30.0.9:80/tcp,allow=203.0.113.0/24",
+		"8082:172.30.0.9:80")}
+	p, err := New(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range p.Allowlists {
+		m := r.Match
+		got = append(got, fmt.Sprintf("%s seq=%d new-dnat=%v orig=%v:%d %s/%d dst=%s not-in=%v %s",
+			r.Kind, r.Seq, m.NewDNAT, m.OrigDst, m.OrigDPort, m.Proto, m.DPort, m.Dst, m.SrcNotIn, r.Verdict))
+	}
+	want := []string{
+		"PORT ALLOWLIST seq=1 new-dnat=true orig=invalid Prefix:8080 tcp/80 dst=172.30.0.9/32 not-in=[192.0.2.0/24 198.51.100.7/32] drop",
+		"PORT ALLOWLIST seq=2 new-dnat=true orig=10.0.0.1/32:8081 tcp/80 dst=172.30.0.9/32 not-in=[203.0.113.0/24] drop",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("allowlist rules:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
