@@ -44,6 +44,10 @@ type Config struct {
 	Metrics net.Listener
 	// Version is the build's, for the metrics.
 	Version string
+	// AllowDirectRouting is set on every state the daemon applies
+	// (datapath.State.AllowDirectRouting, bpfnet run
+	// --allow-direct-routing).
+	AllowDirectRouting bool
 	// HostFirewall is the host firewall's last check, for the metrics;
 	// nil leaves it out.
 	HostFirewall func() (hostfw.Status, bool)
@@ -93,6 +97,7 @@ func (d *Daemon) Current() datapath.State {
 func (d *Daemon) Start(ctx context.Context, s datapath.State) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	s.AllowDirectRouting = d.cfg.AllowDirectRouting
 	if err := d.cfg.Datapath.Apply(ctx, s); err != nil {
 		return err
 	}
@@ -113,13 +118,16 @@ func (d *Daemon) Reconcile(ctx context.Context, reason string) (incremental bool
 	if err != nil {
 		return false, err
 	}
+	s.AllowDirectRouting = d.cfg.AllowDirectRouting
 	return d.apply(ctx, s)
 }
 
 func (d *Daemon) apply(ctx context.Context, s datapath.State) (bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if pp, ok := d.cfg.Datapath.(datapath.PortPublisher); ok && d.applied != nil {
+	// The trusted interfaces of a network reach its published container
+	// ports: with any, a change of ports is a change of the whole state.
+	if pp, ok := d.cfg.Datapath.(datapath.PortPublisher); ok && d.applied != nil && !trustsInterfaces(s) {
 		if unpub, pub, ok := PortsDiff(*d.applied, s); ok {
 			if err := s.Validate(); err != nil {
 				return false, err
@@ -137,6 +145,20 @@ func (d *Daemon) apply(ctx context.Context, s datapath.State) (bool, error) {
 	}
 	d.store(s)
 	return false, nil
+}
+
+// trustsInterfaces tells whether a network of s has trusted host
+// interfaces that the protection of direct access applies to.
+func trustsInterfaces(s datapath.State) bool {
+	if s.AllowDirectRouting {
+		return false
+	}
+	for _, n := range s.Networks {
+		if n.TrustedHostInterfaces != "" {
+			return true
+		}
+	}
+	return false
 }
 
 func (d *Daemon) publish(pp datapath.PortPublisher, unpub, pub []datapath.PortMapping) error {

@@ -283,6 +283,8 @@ const (
 	netFMasq     = bpfNetFlagsNET_F_MASQ
 	netFNoICC    = bpfNetFlagsNET_F_NO_ICC
 	netFInternal = bpfNetFlagsNET_F_INTERNAL
+	// netFDirectOpen is --allow-direct-routing (State.AllowDirectRouting).
+	netFDirectOpen = bpfNetFlagsNET_F_DIRECT_OPEN
 )
 
 func netFlags(n Network) bpfNetFlags {
@@ -314,6 +316,9 @@ type resolved struct {
 	uplinks   map[uint32]bpfUplink
 	nets      map[bpfNetKey]bpfNetInfo
 	devs      map[string]attachedDev
+	// trusted are the published container ports the trusted interfaces
+	// of their networks may reach directly (lib/direct.h).
+	trusted map[bpfTrustedKey]uint32
 	// specific counts the bindings of ports to a specific host address,
 	// by protocol and port (ports.go); nil until needed.
 	specific map[bpfPortKey]int
@@ -328,6 +333,12 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		uplinks:   map[uint32]bpfUplink{},
 		nets:      map[bpfNetKey]bpfNetInfo{},
 		devs:      map[string]attachedDev{},
+		trusted:   map[bpfTrustedKey]uint32{},
+	}
+	// open is set on every network with --allow-direct-routing.
+	var open bpfNetFlags
+	if s.AllowDirectRouting {
+		open = netFDirectOpen
 	}
 	type bridge struct {
 		ifindex int
@@ -343,7 +354,7 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 			BridgeIfindex: uint32(b.ifindex),
 			GwAddr:        be32(b.net.Gateway),
 			NetId:         b.id,
-			Flags:         netFlags(b.net),
+			Flags:         netFlags(b.net) | open,
 		}
 		copy(ep.GwMac[:], b.mac)
 		return ep
@@ -362,7 +373,7 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		b := bridge{ifindex: l.Attrs().Index, mac: l.Attrs().HardwareAddr, net: n, id: uint32(l.Attrs().Index)}
 		bridges[n.Name] = b
 		bridgeByIndex[b.ifindex] = b
-		info := bpfNetInfo{NetId: b.id, Flags: netFlags(n)}
+		info := bpfNetInfo{NetId: b.id, Flags: netFlags(n) | open, HostAddr: be32(n.HostIPv4)}
 		r.nets[bpfNetKey{Prefixlen: uint32(n.Subnet.Bits()), Addr: be32(n.Subnet.Masked().Addr())}] = info
 	}
 	for _, e := range s.Endpoints {
@@ -437,6 +448,12 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 	for _, a := range hostAddrs {
 		r.hostAddrs[be32(a)] = 1
 	}
+	if err := CheckHostIPv4(s.Networks, hostAddrs); err != nil {
+		return nil, err
+	}
+	if err := r.resolveTrusted(s); err != nil {
+		return nil, err
+	}
 	for i, m := range s.Ports {
 		k := bpfPortKey{Port: be16(m.HostPort), Proto: uint8(m.Proto)}
 		if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
@@ -445,6 +462,46 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		r.ports[k] = bpfPortTarget{Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Id: uint32(i + 1)}
 	}
 	return r, nil
+}
+
+// resolveTrusted fills r.trusted: each published container port of a
+// network with trusted interfaces, once for each of those interfaces that
+// exists (one that does not yet is trusted by the Apply after it appears).
+// With AllowDirectRouting nothing is protected and the map stays empty.
+func (r *resolved) resolveTrusted(s State) error {
+	if s.AllowDirectRouting {
+		return nil
+	}
+	ifindexes := map[string]int{}
+	for _, n := range s.Networks {
+		for _, name := range n.Trusted() {
+			if _, done := ifindexes[name]; done {
+				continue
+			}
+			l, err := netlink.LinkByName(name)
+			if err != nil {
+				var nf netlink.LinkNotFoundError
+				if errors.As(err, &nf) {
+					ifindexes[name] = 0
+					continue
+				}
+				return fmt.Errorf("network %s: trusted host interface %s: %w", n.Name, name, err)
+			}
+			ifindexes[name] = l.Attrs().Index
+		}
+	}
+	for _, m := range s.Ports {
+		n, ok := networkOf(s.Networks, m.ContainerIP)
+		if !ok {
+			continue
+		}
+		for _, name := range n.Trusted() {
+			if idx := ifindexes[name]; idx != 0 {
+				r.trusted[bpfTrustedKey{Ifindex: uint32(idx), Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}] = 1
+			}
+		}
+	}
+	return nil
 }
 
 // Apply makes the maps and attachments match s. An invalid s, or one that
@@ -488,6 +545,7 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 		{"uplinks", func() error { return syncMap(&undo, d.objs.Uplinks, prev.uplinks, r.uplinks) }},
 		{"host addresses", func() error { return syncMap(&undo, d.objs.HostAddrs, prev.hostAddrs, r.hostAddrs) }},
 		{"published ports", func() error { return syncMap(&undo, d.objs.Published, prev.ports, r.ports) }},
+		{"trusted interfaces", func() error { return syncMap(&undo, d.objs.DirectTrusted, prev.trusted, r.trusted) }},
 	}
 	for _, st := range steps {
 		if err := st.fn(); err != nil {
@@ -540,6 +598,9 @@ func (d *EBPF) readApplied() (*resolved, error) {
 	}
 	if r.nets, err = readMap[bpfNetKey, bpfNetInfo](d.objs.Nets); err != nil {
 		return nil, fmt.Errorf("reading networks: %w", err)
+	}
+	if r.trusted, err = readMap[bpfTrustedKey, uint32](d.objs.DirectTrusted); err != nil {
+		return nil, fmt.Errorf("reading trusted interfaces: %w", err)
 	}
 	return r, nil
 }
@@ -809,13 +870,14 @@ func OpenPinned(pinPath string) (*EBPF, error) {
 		"ct4": &d.objs.Ct4, "ct4_syn": &d.objs.Ct4Syn, "drops": &d.objs.Drops, "endpoints": &d.objs.Endpoints, "events": &d.objs.Events,
 		"host_addrs": &d.objs.HostAddrs, "if_stats": &d.objs.IfStats, "nets": &d.objs.Nets,
 		"port_conns": &d.objs.PortConns, "published": &d.objs.Published, "uplinks": &d.objs.Uplinks,
+		"direct_trusted": &d.objs.DirectTrusted,
 	}
 	for name, dst := range maps {
 		if spec.Maps[name].Pinning != ebpf.PinByName {
 			continue
 		}
 		m, err := ebpf.LoadPinnedMap(loader.GlobalPin(pinPath, name), &ebpf.LoadPinOptions{ReadOnly: true})
-		if transientMaps[name] && errors.Is(err, os.ErrNotExist) {
+		if (transientMaps[name] || name == "direct_trusted") && errors.Is(err, os.ErrNotExist) {
 			// Pinned by a version without it.
 			continue
 		}
@@ -839,6 +901,7 @@ var counterMaps = map[string]bool{"drops": true, "events": true, "if_stats": tru
 // state that would be lost, so a layout change there is an error.
 var rebuiltMaps = map[string]bool{
 	"endpoints": true, "veths": true, "nets": true, "published": true, "host_addrs": true, "uplinks": true,
+	"direct_trusted": true,
 }
 
 // transientMaps hold state that is rebuilt by itself: a new layout (a new

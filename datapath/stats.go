@@ -32,7 +32,11 @@ const (
 	// DropSpoofed: a container sent from an address that is not its own
 	// (or from a veth the datapath does not know).
 	DropSpoofed = DropReason(bpfDropReasonDROP_SPOOFED)
-	dropMax     = int(bpfDropReasonDROP_MAX)
+	// DropDirectAccess: to a container's address from an interface that
+	// may not reach it directly (Docker 28's raw-table drop; from an
+	// uplink such packets count as DropNotPublished).
+	DropDirectAccess = DropReason(bpfDropReasonDROP_DIRECT_ACCESS)
+	dropMax          = int(bpfDropReasonDROP_MAX)
 
 	// dropMalformedOld is the number that malformed drops had before
 	// they moved to DropMalformed, so that no drop reason is 0 (the
@@ -53,6 +57,7 @@ var dropNames = map[DropReason]string{
 	DropICC:          "icc_disabled",
 	DropInternal:     "internal",
 	DropSpoofed:      "spoofed",
+	DropDirectAccess: "direct_access",
 }
 
 func (r DropReason) String() string {
@@ -64,7 +69,7 @@ func (r DropReason) String() string {
 
 // DropReasons lists every reason the datapath knows.
 func DropReasons() []DropReason {
-	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropRewrite, DropCTMiss, DropIsolation, DropICC, DropInternal, DropSpoofed}
+	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropRewrite, DropCTMiss, DropIsolation, DropICC, DropInternal, DropSpoofed, DropDirectAccess}
 }
 
 // Event is a counted datapath event: enum event_kind of
