@@ -125,8 +125,9 @@ func (d *Daemon) Reconcile(ctx context.Context, reason string) (incremental bool
 func (d *Daemon) apply(ctx context.Context, s datapath.State) (bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	// The trusted interfaces of a network reach its published container
-	// ports: with any, a change of ports is a change of the whole state.
+	// The trusted interfaces of a network (every interface with
+	// AllowDirectRouting) reach its published container ports: with any,
+	// a change of ports is a change of the whole state.
 	if pp, ok := d.cfg.Datapath.(datapath.PortPublisher); ok && d.applied != nil && !trustsInterfaces(s) {
 		if unpub, pub, ok := PortsDiff(*d.applied, s); ok {
 			if err := s.Validate(); err != nil {
@@ -147,11 +148,11 @@ func (d *Daemon) apply(ctx context.Context, s datapath.State) (bool, error) {
 	return false, nil
 }
 
-// trustsInterfaces tells whether a network of s has trusted host
-// interfaces that the protection of direct access applies to.
+// trustsInterfaces tells whether an interface of the host is trusted with
+// the published container ports of s.
 func trustsInterfaces(s datapath.State) bool {
 	if s.AllowDirectRouting {
-		return false
+		return true
 	}
 	for _, n := range s.Networks {
 		if n.TrustedHostInterfaces != "" {

@@ -467,9 +467,13 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 // resolveTrusted fills r.trusted: each published container port of a
 // network with trusted interfaces, once for each of those interfaces that
 // exists (one that does not yet is trusted by the Apply after it appears).
-// With AllowDirectRouting nothing is protected and the map stays empty.
+// With AllowDirectRouting every interface is trusted: each published
+// container port has one entry, of ifindex 0.
 func (r *resolved) resolveTrusted(s State) error {
 	if s.AllowDirectRouting {
+		for _, m := range s.Ports {
+			r.trusted[bpfTrustedKey{Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}] = 1
+		}
 		return nil
 	}
 	ifindexes := map[string]int{}

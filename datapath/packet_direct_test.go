@@ -60,8 +60,9 @@ func (e *packetEnv) trust(in string, proto uint8, a netip.Addr, port uint16) {
 // to_container from the container's bridge, a port of it, the host, an
 // uplink, and from a trusted interface to a published container port; from
 // any other interface (a second NIC, another network's bridge or veth) it
-// is dropped and counted as direct_access. Networks without masquerade
-// and --allow-direct-routing are not protected.
+// is dropped and counted as direct_access. --allow-direct-routing trusts
+// every interface with the published container ports; networks without
+// masquerade are not protected.
 func TestPacketDirectAccess(t *testing.T) {
 	outside := netip.MustParseAddr("10.99.0.5") // behind other0, not an uplink
 	type want struct {
@@ -69,6 +70,12 @@ func TestPacketDirectAccess(t *testing.T) {
 		direct  uint64 // direct_access drops counted
 	}
 	pass, drop := want{TC_ACT_OK, 0}, want{TC_ACT_SHOT, 1}
+	// allowDirect programs --allow-direct-routing as Apply does, with
+	// ctrA:80/tcp published.
+	allowDirect := func(e *packetEnv) {
+		e.setNetFlags(net1, netFMasq|netFDirectOpen)
+		e.trust("host", uint8(pTCP), ctrA, 80)
+	}
 	cases := []struct {
 		name  string
 		setup func(e *packetEnv)
@@ -133,15 +140,18 @@ func TestPacketDirectAccess(t *testing.T) {
 			setup: func(e *packetEnv) { e.trust("other0", uint8(pTCP), ctrA, 80) },
 			veth:  "vetha", in: "up1", p: tcpPacket(outside, 40000, ctrA, 80), want: drop,
 		},
+		// --allow-direct-routing: every interface is trusted (entries
+		// of ifindex 0) with the published container ports, and only
+		// with them, as Docker's filter table still drops the rest.
+		{name: "allow-direct-routing, a published port", setup: allowDirect, veth: "vetha", in: "other0", p: tcpPacket(outside, 40000, ctrA, 80), want: pass},
+		{name: "allow-direct-routing, another interface", setup: allowDirect, veth: "vetha", in: "up1", p: tcpPacket(outside, 40000, ctrA, 80), want: pass},
+		{name: "allow-direct-routing, another network's bridge", setup: allowDirect, veth: "vetha", in: "br1", p: tcpPacket(ctrC, 40000, ctrA, 80), want: pass},
+		{name: "allow-direct-routing, an unpublished port", setup: allowDirect, veth: "vetha", in: "other0", p: tcpPacket(outside, 40000, ctrA, 81), want: drop},
+		{name: "allow-direct-routing, echo", setup: allowDirect, veth: "vetha", in: "other0", p: echoPacket(outside, ctrA, 7), want: drop},
 		{
-			name:  "allow-direct-routing",
-			setup: func(e *packetEnv) { e.setNetFlags(net1, netFMasq|netFDirectOpen) },
-			veth:  "vetha", in: "other0", p: tcpPacket(outside, 40000, ctrA, 81), want: pass,
-		},
-		{
-			name:  "allow-direct-routing, echo",
-			setup: func(e *packetEnv) { e.setNetFlags(net1, netFMasq|netFDirectOpen) },
-			veth:  "vetha", in: "other0", p: echoPacket(outside, ctrA, 7), want: pass,
+			name:  "an entry of every interface without allow-direct-routing",
+			setup: func(e *packetEnv) { e.trust("host", uint8(pTCP), ctrA, 80) },
+			veth:  "vetha", in: "other0", p: tcpPacket(outside, 40000, ctrA, 80), want: drop,
 		},
 		{name: "a network without masquerade", veth: "vethc", in: "other0", p: tcpPacket(outside, 40000, ctrC, 80), want: pass},
 		{

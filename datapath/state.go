@@ -155,7 +155,11 @@ type State struct {
 	Warnings []string
 	// AllowDirectRouting turns the protection of container addresses from
 	// direct access (Network.TrustedHostInterfaces) off for every
-	// network, as dockerd --allow-direct-routing does.
+	// network, as dockerd --allow-direct-routing does: every interface
+	// reaches the published container ports by the containers' addresses
+	// (but the uplinks, which still reach containers through the host's
+	// published ports only); unpublished ports stay closed, as Docker's
+	// filter table keeps them.
 	AllowDirectRouting bool
 }
 

@@ -27,9 +27,11 @@
  *                   Docker's: dropped, but for a trusted interface of the
  *                   network to a published container port (direct_trusted)
  *
- * Networks without masquerade (Docker's routed networks) and internal ones
- * are not protected this way, nor is any with NET_F_DIRECT_OPEN
- * (--allow-direct-routing). */
+ * With NET_F_DIRECT_OPEN (--allow-direct-routing) Docker installs no raw
+ * drop, and its filter table lets every interface reach the published
+ * container ports, and no other: here every interface is trusted, through
+ * the entries of ifindex 0. Networks without masquerade (Docker's routed
+ * networks) and internal ones are not protected this way. */
 #pragma once
 
 #include "common.h"
@@ -39,7 +41,7 @@
 
 /* A published container port a trusted interface may reach directly. */
 struct trusted_key {
-	__u32 ifindex; /* the trusted interface */
+	__u32 ifindex; /* the trusted interface; 0: every one (--allow-direct-routing) */
 	__be32 addr;   /* container address */
 	__be16 port;   /* container port */
 	__u8 proto;
@@ -87,8 +89,7 @@ static __always_inline int direct_verdict(const struct pkt *p, __u32 ifindex, __
 	if (in_ifindex == 0 || in_ifindex == LOOPBACK_IFINDEX)
 		return 0;
 	net = container_net(p->t.daddr);
-	if (!net || (net->flags & (NET_F_INTERNAL | NET_F_DIRECT_OPEN)) ||
-	    !(net->flags & NET_F_MASQ))
+	if (!net || (net->flags & NET_F_INTERNAL) || !(net->flags & NET_F_MASQ))
 		return 0;
 	ep = bpf_map_lookup_elem(&veths, &ifindex);
 	if (!ep || in_ifindex == ep->bridge_ifindex)
@@ -101,7 +102,8 @@ static __always_inline int direct_verdict(const struct pkt *p, __u32 ifindex, __
 	if (direct_tracked(p, now))
 		return 0;
 	if (has_ports(p->t.proto)) {
-		struct trusted_key tk = {.ifindex = in_ifindex,
+		struct trusted_key tk = {.ifindex =
+						 (net->flags & NET_F_DIRECT_OPEN) ? 0 : in_ifindex,
 					 .addr = p->t.daddr,
 					 .port = p->t.dport,
 					 .proto = p->t.proto};

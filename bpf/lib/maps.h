@@ -93,7 +93,7 @@ enum net_flags : __u32 {
 	NET_F_INTERNAL =
 		0x4, /* no traffic leaves it or enters it (docker network create --internal) */
 	NET_F_DIRECT_OPEN =
-		0x100, /* its containers' addresses may be reached from any interface (--allow-direct-routing) */
+		0x100, /* its published container ports may be reached from any interface (--allow-direct-routing) */
 };
 
 /* A container's end of a veth. */
