@@ -23,6 +23,20 @@ func init() {
 		// direct access to a published container comes first, for
 		// packets from outside and from other bridges alike, and stands
 		// for both.
+		if reason == datapath.DropDirectAccess {
+			// The raw table's drop (none with --allow-direct-routing),
+			// and for a trusted interface's packet to an unpublished
+			// port, DOCKER's.
+			n := datapath.IptablesDrops(t, ns, "BPFNET-DOCKER")
+			raw, err := ns.Run(context.Background(), "iptables-save", "-t", "raw")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(string(raw), " -j DROP") {
+				n += datapath.IptablesDrops(t, ns, "raw:PREROUTING")
+			}
+			return n
+		}
 		chain := map[datapath.DropReason]string{
 			datapath.DropNotPublished: "BPFNET-DOCKER",
 			datapath.DropIsolation:    "BPFNET-ISOLATION-STAGE-2",
@@ -38,9 +52,12 @@ func init() {
 		// The drops by comment: UNPUBLISHED PORT DROP for not_published,
 		// ISOLATION for isolation, and the raw table's direct-access drop
 		// for both, as with iptables.
+		// direct_access: the raw drop, and for a trusted interface's
+		// packet to an unpublished port, the filter's.
 		kind := map[datapath.DropReason]string{
 			datapath.DropNotPublished: "UNPUBLISHED PORT DROP",
 			datapath.DropIsolation:    "ISOLATION",
+			datapath.DropDirectAccess: "UNPUBLISHED PORT DROP",
 		}[reason]
 		if kind == "" {
 			t.Fatalf("no nftables rule stands for drop reason %s", reason)
