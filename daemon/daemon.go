@@ -72,11 +72,14 @@ type Daemon struct {
 	stopWatch context.CancelFunc
 	watching  string
 	linkPoke  chan struct{}
+	// The watch of the trusted host interfaces (trusted.go).
+	stopTrusted     context.CancelFunc
+	trustedWatching string
 }
 
 // New returns a daemon that has applied nothing yet.
 func New(cfg Config) *Daemon {
-	d := &Daemon{cfg: cfg, log: cfg.Log, linkPoke: make(chan struct{}, 1), stopWatch: func() {}}
+	d := &Daemon{cfg: cfg, log: cfg.Log, linkPoke: make(chan struct{}, 1), stopWatch: func() {}, stopTrusted: func() {}}
 	if d.log == nil {
 		d.log = slog.Default()
 	}
@@ -204,7 +207,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	d.watchCtx = ctx
 	d.watch(bridgesOf(d.Current()))
-	defer func() { d.stopWatch() }()
+	d.watchTrusted(trustedOf(d.Current()))
+	defer func() { d.stopWatch(); d.stopTrusted() }()
 
 	var gcC <-chan time.Time
 	gc, _ := d.cfg.Datapath.(Collector)
@@ -244,6 +248,7 @@ func (d *Daemon) resync(ctx context.Context, reason string) {
 		d.cfg.Applied(s)
 	}
 	d.watch(bridgesOf(s))
+	d.watchTrusted(trustedOf(s))
 	d.log.Info("resynced", "reason", reason, "incremental", incr, "endpoints", len(s.Endpoints), "ports", len(s.Ports),
 		"pending_veths", len(s.PendingVeths), "cgroup_endpoints", len(s.CgroupEndpoints), "shared_netns", len(s.Shared),
 		"no_network", len(s.NoNetwork))
