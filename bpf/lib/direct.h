@@ -11,13 +11,14 @@
  * DROP_NOT_PUBLISHED); to_container, which every packet to a container
  * passes but for those the fast path redirects into its namespace (which
  * a hook of ours judged), judges the rest by skb->skb_iif
- * (__sk_buff.ingress_ifindex), the interface the packet last arrived on:
+ * (__sk_buff.ingress_ifindex), the interface the packet last arrived on
+ * (__netif_receive_skb_core sets it at every receive; a redirect keeps it):
  *
- *   0               sent by the host itself (and a packet redirected to
- *                   the host veth by from_container keeps its veth's)
+ *   0               sent by the host itself (never received)
  *   lo              looped back by the host
  *   the bridge      routed by the host from the bridge's own side
- *   a bridge port   bridged from a container, or redirected from its veth
+ *   a bridge port   bridged from a container, or redirected to this veth
+ *                   by from_container on that port (bpf_redirect)
  *   an uplink       judged by from_netdev
  *   another bridge  routed from another network: dropped but for the
  *                   flows a hook of ours tracks (a hairpin through a
