@@ -302,8 +302,19 @@ unknown:
 	{
 		struct net_info *net = container_net(p.t.daddr);
 
-		if (net && !bpf_map_lookup_elem(&host_addrs, &p.t.daddr))
-			return (net->flags & NET_F_INTERNAL) ? -DROP_INTERNAL : -DROP_NOT_PUBLISHED;
+		if (net && !bpf_map_lookup_elem(&host_addrs, &p.t.daddr)) {
+			if (net->flags & NET_F_INTERNAL)
+				return -DROP_INTERNAL;
+			/* But from a trusted uplink to a published container
+			 * port (lib/direct.h). */
+			r = direct_from_uplink(&p, net, ctx->ifindex, now);
+			if (r < 0)
+				return r;
+			if (!r)
+				return -DROP_NOT_PUBLISHED;
+			frag_record(&p, &orig);
+			goto out;
+		}
 	}
 	return TC_ACT_OK;
 }

@@ -108,10 +108,21 @@ func TestLabDirectAccess(t *testing.T) {
 				reaches(&x1.Namespace, directC0+":80", x1Addr, "the published container port from the trusted veth")
 				mustBeDropped(t, m.dropped, &x1.Namespace, directC0+":81", DropDirectAccess, "an unpublished container port from the trusted veth")
 			})
+			t.Run("trusted_uplink", func(t *testing.T) {
+				// From an uplink, direct access stays not_published
+				// unless the uplink is trusted too.
+				mustBeDropped(t, m.dropped, &x0.Namespace, directC0+":80", DropNotPublished, "a published container port from the uplink")
+				set("a trusted uplink", func(s *State) { s.Networks[0].TrustedHostInterfaces = x0.Uplink })
+				reaches(&x0.Namespace, directC0+":80", x0.Addr.String(), "the published container port from the trusted uplink")
+				mustBeDropped(t, m.dropped, &x0.Namespace, directC0+":81", DropNotPublished, "an unpublished container port from the trusted uplink")
+				reaches(&x0.Namespace, directUp+":8080", x0.Addr.String(), "the published host port from the trusted uplink")
+			})
 			t.Run("allow_direct_routing", func(t *testing.T) {
 				set("--allow-direct-routing", func(s *State) { s.AllowDirectRouting = true })
 				reaches(&x1.Namespace, directC0+":80", x1Addr, "the published container port with --allow-direct-routing")
 				mustBeDropped(t, m.dropped, &x1.Namespace, directC0+":81", DropDirectAccess, "an unpublished container port with --allow-direct-routing")
+				reaches(&x0.Namespace, directC0+":80", x0.Addr.String(), "the published container port from the uplink with --allow-direct-routing")
+				mustBeDropped(t, m.dropped, &x0.Namespace, directC0+":81", DropNotPublished, "an unpublished container port from the uplink with --allow-direct-routing")
 				// Back to protected: the drop comes back.
 				set("the lab's state", func(*State) {})
 				mustBeDropped(t, m.dropped, &x1.Namespace, directC0+":80", DropDirectAccess, "a published container port from a plain veth, protected again")

@@ -255,3 +255,61 @@ func TestPacketMasqHostAddr(t *testing.T) {
 		})
 	}
 }
+
+// TestPacketDirectTrustedUplink: an uplink that is a trusted interface of
+// the network (or every interface, with --allow-direct-routing) reaches a
+// published container port by the container's address: the flow is
+// tracked untranslated, unassured as a published port's, and its answer
+// leaves through to_netdev untouched instead of masqueraded. An
+// unpublished port, or an uplink that is not trusted, is dropped as
+// not_published, as before.
+func TestPacketDirectTrustedUplink(t *testing.T) {
+	cases := []struct {
+		name    string
+		setup   func(e *packetEnv)
+		dport   uint16
+		trusted bool
+	}{
+		{name: "not trusted", setup: func(e *packetEnv) {}, dport: 80},
+		{name: "trusted, published port", setup: func(e *packetEnv) { e.trust("up0", uint8(pTCP), ctrA, 80) }, dport: 80, trusted: true},
+		{name: "trusted, unpublished port", setup: func(e *packetEnv) { e.trust("up0", uint8(pTCP), ctrA, 80) }, dport: 81},
+		{name: "another uplink trusted", setup: func(e *packetEnv) { e.trust("up1", uint8(pTCP), ctrA, 80) }, dport: 80},
+		{name: "allow-direct-routing", setup: func(e *packetEnv) {
+			e.setNetFlags(net1, netFMasq|netFDirectOpen)
+			e.trust("host", uint8(pTCP), ctrA, 80)
+		}, dport: 80, trusted: true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := newPacketEnv(t, Options{FastPath: true})
+			c.setup(e)
+			v, out := e.fromNetdev(tcpPacket(remoteIP, 40000, ctrA, c.dport).frame())
+			if !c.trusted {
+				expectVerdict(t, v, TC_ACT_SHOT)
+				e.expectDrops(map[DropReason]uint64{DropNotPublished: 1})
+				if n := len(e.ctTable(e.objs.Ct4Syn)) + len(e.ct()); n != 0 {
+					t.Errorf("%d conntrack entries, want none:\n%s", n, e.ctDump())
+				}
+				return
+			}
+			expectVerdict(t, v, TC_ACT_REDIRECT)
+			d := decode(t, out)
+			checkFrame(t, out)
+			expectTuple(t, d, remoteIP, 40000, ctrA, c.dport)
+			e.expectDrops(map[DropReason]uint64{})
+			syn := e.ctTable(e.objs.Ct4Syn)
+			if _, ok := syn[ctKey(uint8(pTCP), remoteIP, 40000, ctrA, c.dport)]; !ok || len(syn) != 2 {
+				t.Fatalf("ct4_syn holds %d entries, want the flow's 2 (unassured):\n%s", len(syn), e.ctDump())
+			}
+			// The container's answer leaves with its own address.
+			r := replyPacket(pTCP, ctrA, c.dport, remoteIP, 40000).fromCtr(macA, gwMAC)
+			r.syn = true
+			v, out = e.toNetdev(r.frame())
+			expectVerdict(t, v, TC_ACT_OK)
+			expectTuple(t, decode(t, out), ctrA, c.dport, remoteIP, 40000)
+			if n := e.event(EventCTNewSNAT); n != 0 {
+				t.Errorf("ct_new_snat = %d, want 0: the answer was masqueraded", n)
+			}
+		})
+	}
+}

@@ -86,9 +86,10 @@ type Network struct {
 	// addresses, as Docker 28's
 	// com.docker.network.bridge.trusted_host_interfaces: packets to a
 	// container's address from any other interface but the bridge (and
-	// the uplinks, judged as the outside) are dropped (reason
-	// "direct_access"), and so are those from a trusted one to an
-	// unpublished port. An interface that does not exist yet is trusted
+	// the uplinks, whose drops count as "not_published") are dropped
+	// (reason "direct_access"), and so are those from a trusted one to an
+	// unpublished port. A trusted uplink reaches the published container
+	// ports too. An interface that does not exist yet is trusted
 	// once it does and the state is applied again. The names are
 	// colon-separated, as in Docker's option, so that a Network stays
 	// comparable; Trusted splits them.
@@ -155,10 +156,9 @@ type State struct {
 	Warnings []string
 	// AllowDirectRouting turns the protection of container addresses from
 	// direct access (Network.TrustedHostInterfaces) off for every
-	// network, as dockerd --allow-direct-routing does: every interface
-	// reaches the published container ports by the containers' addresses
-	// (but the uplinks, which still reach containers through the host's
-	// published ports only); unpublished ports stay closed, as Docker's
+	// network, as dockerd --allow-direct-routing does: every interface,
+	// the uplinks included, reaches the published container ports by the
+	// containers' addresses; unpublished ports stay closed, as Docker's
 	// filter table keeps them.
 	AllowDirectRouting bool
 }

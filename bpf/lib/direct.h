@@ -8,7 +8,8 @@
  *
  * with the filter table then letting a trusted interface reach the
  * published container ports only. Uplinks are judged by from_netdev (as
- * DROP_NOT_PUBLISHED); to_container, which every packet to a container
+ * DROP_NOT_PUBLISHED, but for a trusted uplink: direct_from_uplink);
+ * to_container, which every packet to a container
  * passes but for those the fast path redirects into its namespace (which
  * a hook of ours judged), judges the rest by skb->skb_iif
  * (__sk_buff.ingress_ifindex), the interface the packet last arrived on
@@ -113,4 +114,47 @@ static __always_inline int direct_verdict(const struct pkt *p, __u32 ifindex, __
 			return 0;
 	}
 	return -DROP_DIRECT_ACCESS;
+}
+
+/* direct_from_uplink judges a new flow from the uplink ifindex straight to
+ * container address p->t.daddr of net, which from_netdev drops
+ * (DROP_NOT_PUBLISHED) unless the uplink is a trusted interface of the
+ * network (every interface with NET_F_DIRECT_OPEN) and the port a
+ * published container port. Such a flow is tracked untranslated, as a
+ * published port's is (unassured until the client answers), so that its
+ * answers leave through to_netdev untouched rather than masqueraded.
+ * Returns 1 when it may go on, 0 when it is to be dropped, or a negative
+ * drop reason. */
+static __always_inline int direct_from_uplink(struct pkt *p, const struct net_info *net,
+					      __u32 ifindex, __u64 now)
+{
+	struct trusted_key tk = {.ifindex = (net->flags & NET_F_DIRECT_OPEN) ? 0 : ifindex,
+				 .addr = p->t.daddr,
+				 .port = p->t.dport,
+				 .proto = p->t.proto};
+	struct ct_entry ne = {};
+	struct endpoint *ep;
+	struct ct_entry *e;
+	int r;
+
+	if (!(net->flags & NET_F_MASQ) || !has_ports(p->t.proto) || p->frag == FRAG_LATER ||
+	    !bpf_map_lookup_elem(&direct_trusted, &tk))
+		return 0;
+	ne.nsaddr = p->t.saddr;
+	ne.ndaddr = p->t.daddr;
+	ne.nsport = p->t.sport;
+	ne.ndport = p->t.dport;
+	ne.flags = CT_AT_FROM_NETDEV;
+	ne.peer_flags = CT_AT_TO_NETDEV | CT_REPLY;
+	ne.kind = CT_ROUTED;
+	ep = bpf_map_lookup_elem(&endpoints, &p->t.daddr);
+	if (ep)
+		ne.ifindex = ep->ifindex;
+	r = ct_create_unassured(&p->t, &ne, now);
+	if (r < 0)
+		return r;
+	e = bpf_map_lookup_elem(&ct4_syn, &p->t);
+	if (e)
+		ct_touch(&p->t, e, p, now);
+	return 1;
 }

@@ -88,7 +88,7 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 	fl.DurationVar(&f.hostFWInterval, "host-firewall-interval", 30*time.Second, "how often the host firewall (DOCKER-USER, ufw, nftables forward chains) is checked for rules the fast path goes around (0: once, at start)")
 	fl.StringArrayVar(&f.containers, "container", nil, "name a container for metrics and status without a runtime: NAME=ADDRESS (repeatable)")
 	fl.StringArrayVar(&f.foreignSrc, "allow-foreign-source", nil, "let the container of this address send from addresses not its own, as a router does (repeatable; with --docker, the label "+docker.LabelAllowForeignSource+"=true)")
-	fl.BoolVar(&f.allowDirectRouting, "allow-direct-routing", false, "let every interface but the uplinks reach the published container ports by the containers' addresses, as dockerd --allow-direct-routing (default: only a network's trusted_host_interfaces may)")
+	fl.BoolVar(&f.allowDirectRouting, "allow-direct-routing", false, "let every interface reach the published container ports by the containers' addresses, as dockerd --allow-direct-routing (default: only a network's trusted_host_interfaces may)")
 	return cmd
 }
 
