@@ -85,12 +85,12 @@ type Network struct {
 	// published container ports of the network's containers by their
 	// addresses, as Docker 28's
 	// com.docker.network.bridge.trusted_host_interfaces: packets to a
-	// container's address from any other interface but the bridge (and
-	// the uplinks, whose drops count as "not_published") are dropped
-	// (reason "direct_access"), and so are those from a trusted one to an
-	// unpublished port. A trusted uplink reaches the published container
-	// ports too. An interface that does not exist yet is trusted
-	// once it does and the state is applied again. The names are
+	// container's address from any interface but the bridge are dropped
+	// (reason "direct_access"; from an uplink, "not_published"), and so
+	// are those from a trusted one to an unpublished port. A trusted
+	// uplink is trusted as any other interface. An interface that does
+	// not exist yet is trusted once it does and the state is applied
+	// again. The names are
 	// colon-separated, as in Docker's option, so that a Network stays
 	// comparable; Trusted splits them.
 	TrustedHostInterfaces string
