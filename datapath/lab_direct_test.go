@@ -134,15 +134,13 @@ func TestLabDirectAccess(t *testing.T) {
 				set("host_ipv4", func(s *State) { s.Networks[0].HostIPv4 = netip.MustParseAddr(directSNAT) })
 				reaches(&c0.Namespace, x0.Addr.String()+":9000", directSNAT, "masquerade with host_ipv4")
 				reaches(&x0.Namespace, directUp+":8080", x0.Addr.String(), "the published port with host_ipv4")
-				if _, ok := m.dp.(*EBPF); ok {
-					// An address that is not the host's is refused, and
-					// the state before stays.
-					err := m.applyWith(ports, func(s *State) { s.Networks[0].HostIPv4 = netip.MustParseAddr("10.231.0.77") })
-					if err == nil {
-						t.Error("host_ipv4 10.231.0.77, not a host address: applied")
-					}
-					reaches(&c0.Namespace, x0.Addr.String()+":9000", directSNAT, "masquerade after the refused state")
+				// An address that is not the host's is refused, and the
+				// state before stays.
+				err := m.applyWith(ports, func(s *State) { s.Networks[0].HostIPv4 = netip.MustParseAddr("10.231.0.77") })
+				if err == nil {
+					t.Error("host_ipv4 10.231.0.77, not a host address: applied")
 				}
+				reaches(&c0.Namespace, x0.Addr.String()+":9000", directSNAT, "masquerade after the refused state")
 			})
 			t.Run("masquerade_off", func(t *testing.T) {
 				set("enable_ip_masquerade=false", func(s *State) { s.Networks[0].Masquerade = false })

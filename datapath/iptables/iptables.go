@@ -557,6 +557,9 @@ func (d *Datapath) Apply(ctx context.Context, s datapath.State) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
+	if err := datapath.CheckHostIPv4In(d.opts.Netns, s); err != nil {
+		return err
+	}
 	want, err := d.opts.tables(s)
 	if err != nil {
 		return err

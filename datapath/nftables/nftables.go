@@ -344,6 +344,9 @@ func (d *Datapath) Apply(ctx context.Context, s datapath.State) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
+	if err := datapath.CheckHostIPv4In(d.opts.Netns, s); err != nil {
+		return err
+	}
 	p, err := rules.New(s)
 	if err != nil {
 		return err
