@@ -14,7 +14,8 @@
  *                   checked, hairpin, isolation (lib/isolation.h), transmit
  *                   counters, fast path out
  *   to_container    host veth egress, which is container ingress: reverse
- *                   hairpin, receive counters
+ *                   hairpin, direct access from other interfaces
+ *                   (lib/direct.h), receive counters
  *
  * Every translation happens at the hook in front of the packet's
  * destination, so the stack never sees a host address arrive from a
@@ -30,6 +31,7 @@
 #include "lib/icmp.h"
 #include "lib/isolation.h"
 #include "lib/allow.h"
+#include "lib/direct.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -304,8 +306,19 @@ unknown:
 	{
 		struct net_info *net = container_net(p.t.daddr);
 
-		if (net && !bpf_map_lookup_elem(&host_addrs, &p.t.daddr))
-			return (net->flags & NET_F_INTERNAL) ? -DROP_INTERNAL : -DROP_NOT_PUBLISHED;
+		if (net && !bpf_map_lookup_elem(&host_addrs, &p.t.daddr)) {
+			if (net->flags & NET_F_INTERNAL)
+				return -DROP_INTERNAL;
+			/* But from a trusted uplink to a published container
+			 * port (lib/direct.h). */
+			r = direct_from_uplink(&p, net, ctx->ifindex, now);
+			if (r < 0)
+				return r;
+			if (!r)
+				return -DROP_NOT_PUBLISHED;
+			frag_record(&p, &orig);
+			goto out;
+		}
 	}
 	return TC_ACT_OK;
 }
@@ -420,7 +433,9 @@ static __always_inline int handle_to_netdev(struct __sk_buff *ctx)
 		struct ct_entry ne = {};
 		struct endpoint *ep = net ? bpf_map_lookup_elem(&endpoints, &p.t.saddr) : 0;
 
-		ne.nsaddr = up->addr;
+		/* A network's own host address (host_ipv4), as Docker's SNAT
+		 * --to-source, else the uplink's. */
+		ne.nsaddr = net && net->host_addr ? net->host_addr : up->addr;
 		ne.ndaddr = p.t.daddr;
 		ne.ndport = p.t.dport;
 		ne.flags = CT_AT_TO_NETDEV;
@@ -611,6 +626,9 @@ static __always_inline int handle_to_container(struct __sk_buff *ctx)
 	if (CONFIG.redirect_only)
 		return TC_ACT_OK;
 	r = to_container_xlate(ctx, &p, now);
+	if (r < 0)
+		return r;
+	r = direct_verdict(&p, ctx->ifindex, ctx->ingress_ifindex, now);
 	return r < 0 ? r : TC_ACT_OK;
 }
 

@@ -44,6 +44,10 @@ type Config struct {
 	Metrics net.Listener
 	// Version is the build's, for the metrics.
 	Version string
+	// AllowDirectRouting is set on every state the daemon applies
+	// (datapath.State.AllowDirectRouting, bpfnet run
+	// --allow-direct-routing).
+	AllowDirectRouting bool
 	// HostFirewall is the host firewall's last check, for the metrics;
 	// nil leaves it out.
 	HostFirewall func() (hostfw.Status, bool)
@@ -68,11 +72,14 @@ type Daemon struct {
 	stopWatch context.CancelFunc
 	watching  string
 	linkPoke  chan struct{}
+	// The watch of the trusted host interfaces (trusted.go).
+	stopTrusted     context.CancelFunc
+	trustedWatching string
 }
 
 // New returns a daemon that has applied nothing yet.
 func New(cfg Config) *Daemon {
-	d := &Daemon{cfg: cfg, log: cfg.Log, linkPoke: make(chan struct{}, 1), stopWatch: func() {}}
+	d := &Daemon{cfg: cfg, log: cfg.Log, linkPoke: make(chan struct{}, 1), stopWatch: func() {}, stopTrusted: func() {}}
 	if d.log == nil {
 		d.log = slog.Default()
 	}
@@ -93,6 +100,7 @@ func (d *Daemon) Current() datapath.State {
 func (d *Daemon) Start(ctx context.Context, s datapath.State) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	s.AllowDirectRouting = d.cfg.AllowDirectRouting
 	if err := d.cfg.Datapath.Apply(ctx, s); err != nil {
 		return err
 	}
@@ -113,13 +121,17 @@ func (d *Daemon) Reconcile(ctx context.Context, reason string) (incremental bool
 	if err != nil {
 		return false, err
 	}
+	s.AllowDirectRouting = d.cfg.AllowDirectRouting
 	return d.apply(ctx, s)
 }
 
 func (d *Daemon) apply(ctx context.Context, s datapath.State) (bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if pp, ok := d.cfg.Datapath.(datapath.PortPublisher); ok && d.applied != nil {
+	// The trusted interfaces of a network (every interface with
+	// AllowDirectRouting) reach its published container ports: with any,
+	// a change of ports is a change of the whole state.
+	if pp, ok := d.cfg.Datapath.(datapath.PortPublisher); ok && d.applied != nil && !trustsInterfaces(s) {
 		if unpub, pub, ok := PortsDiff(*d.applied, s); ok {
 			if err := s.Validate(); err != nil {
 				return false, err
@@ -137,6 +149,20 @@ func (d *Daemon) apply(ctx context.Context, s datapath.State) (bool, error) {
 	}
 	d.store(s)
 	return false, nil
+}
+
+// trustsInterfaces tells whether an interface of the host is trusted with
+// the published container ports of s.
+func trustsInterfaces(s datapath.State) bool {
+	if s.AllowDirectRouting {
+		return true
+	}
+	for _, n := range s.Networks {
+		if n.TrustedHostInterfaces != "" {
+			return true
+		}
+	}
+	return false
 }
 
 func (d *Daemon) publish(pp datapath.PortPublisher, unpub, pub []datapath.PortMapping) error {
@@ -181,7 +207,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	d.watchCtx = ctx
 	d.watch(bridgesOf(d.Current()))
-	defer func() { d.stopWatch() }()
+	d.watchTrusted(trustedOf(d.Current()))
+	defer func() { d.stopWatch(); d.stopTrusted() }()
 
 	var gcC <-chan time.Time
 	gc, _ := d.cfg.Datapath.(Collector)
@@ -221,6 +248,7 @@ func (d *Daemon) resync(ctx context.Context, reason string) {
 		d.cfg.Applied(s)
 	}
 	d.watch(bridgesOf(s))
+	d.watchTrusted(trustedOf(s))
 	d.log.Info("resynced", "reason", reason, "incremental", incr, "endpoints", len(s.Endpoints), "ports", len(s.Ports),
 		"pending_veths", len(s.PendingVeths), "cgroup_endpoints", len(s.CgroupEndpoints), "shared_netns", len(s.Shared),
 		"no_network", len(s.NoNetwork))

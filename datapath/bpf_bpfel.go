@@ -95,6 +95,7 @@ const (
 	bpfDropReasonDROP_INTERNAL      bpfDropReason = 10
 	bpfDropReasonDROP_SPOOFED       bpfDropReason = 11
 	bpfDropReasonDROP_MALFORMED     bpfDropReason = 12
+	bpfDropReasonDROP_DIRECT_ACCESS bpfDropReason = 13
 	bpfDropReasonDROP_PORT_DENIED   bpfDropReason = 14
 	bpfDropReasonDROP_MAX           bpfDropReason = 16
 )
@@ -155,15 +156,17 @@ type bpfFragPorts struct {
 type bpfNetFlags uint32
 
 const (
-	bpfNetFlagsNET_F_MASQ     bpfNetFlags = 1
-	bpfNetFlagsNET_F_NO_ICC   bpfNetFlags = 2
-	bpfNetFlagsNET_F_INTERNAL bpfNetFlags = 4
+	bpfNetFlagsNET_F_MASQ        bpfNetFlags = 1
+	bpfNetFlagsNET_F_NO_ICC      bpfNetFlags = 2
+	bpfNetFlagsNET_F_INTERNAL    bpfNetFlags = 4
+	bpfNetFlagsNET_F_DIRECT_OPEN bpfNetFlags = 256
 )
 
 type bpfNetInfo struct {
-	_     structs.HostLayout
-	Flags bpfNetFlags
-	NetId uint32
+	_        structs.HostLayout
+	Flags    bpfNetFlags
+	NetId    uint32
+	HostAddr uint32
 }
 
 type bpfNetKey struct {
@@ -197,6 +200,15 @@ type bpfTraffic struct {
 	TxBytes   uint64
 }
 
+type bpfTrustedKey struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Addr    uint32
+	Port    uint16
+	Proto   uint8
+	Pad     uint8
+}
+
 type bpfUplink struct {
 	_     structs.HostLayout
 	Addr  uint32
@@ -209,6 +221,7 @@ type bpfUplink struct {
 const (
 	bpfMapCt4            = "ct4"
 	bpfMapCt4Syn         = "ct4_syn"
+	bpfMapDirectTrusted  = "direct_trusted"
 	bpfMapDrops          = "drops"
 	bpfMapEndpoints      = "endpoints"
 	bpfMapEvents         = "events"
@@ -281,21 +294,22 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Ct4        *ebpf.MapSpec `ebpf:"ct4"`
-	Ct4Syn     *ebpf.MapSpec `ebpf:"ct4_syn"`
-	Drops      *ebpf.MapSpec `ebpf:"drops"`
-	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	Frags4     *ebpf.MapSpec `ebpf:"frags4"`
-	HostAddrs  *ebpf.MapSpec `ebpf:"host_addrs"`
-	IfStats    *ebpf.MapSpec `ebpf:"if_stats"`
-	Nets       *ebpf.MapSpec `ebpf:"nets"`
-	PortAllow  *ebpf.MapSpec `ebpf:"port_allow"`
-	PortConns  *ebpf.MapSpec `ebpf:"port_conns"`
-	PortDenied *ebpf.MapSpec `ebpf:"port_denied"`
-	Published  *ebpf.MapSpec `ebpf:"published"`
-	Uplinks    *ebpf.MapSpec `ebpf:"uplinks"`
-	Veths      *ebpf.MapSpec `ebpf:"veths"`
+	Ct4           *ebpf.MapSpec `ebpf:"ct4"`
+	Ct4Syn        *ebpf.MapSpec `ebpf:"ct4_syn"`
+	DirectTrusted *ebpf.MapSpec `ebpf:"direct_trusted"`
+	Drops         *ebpf.MapSpec `ebpf:"drops"`
+	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	Frags4        *ebpf.MapSpec `ebpf:"frags4"`
+	HostAddrs     *ebpf.MapSpec `ebpf:"host_addrs"`
+	IfStats       *ebpf.MapSpec `ebpf:"if_stats"`
+	Nets          *ebpf.MapSpec `ebpf:"nets"`
+	PortAllow     *ebpf.MapSpec `ebpf:"port_allow"`
+	PortConns     *ebpf.MapSpec `ebpf:"port_conns"`
+	PortDenied    *ebpf.MapSpec `ebpf:"port_denied"`
+	Published     *ebpf.MapSpec `ebpf:"published"`
+	Uplinks       *ebpf.MapSpec `ebpf:"uplinks"`
+	Veths         *ebpf.MapSpec `ebpf:"veths"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -325,27 +339,29 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Ct4        *ebpf.Map `ebpf:"ct4"`
-	Ct4Syn     *ebpf.Map `ebpf:"ct4_syn"`
-	Drops      *ebpf.Map `ebpf:"drops"`
-	Endpoints  *ebpf.Map `ebpf:"endpoints"`
-	Events     *ebpf.Map `ebpf:"events"`
-	Frags4     *ebpf.Map `ebpf:"frags4"`
-	HostAddrs  *ebpf.Map `ebpf:"host_addrs"`
-	IfStats    *ebpf.Map `ebpf:"if_stats"`
-	Nets       *ebpf.Map `ebpf:"nets"`
-	PortAllow  *ebpf.Map `ebpf:"port_allow"`
-	PortConns  *ebpf.Map `ebpf:"port_conns"`
-	PortDenied *ebpf.Map `ebpf:"port_denied"`
-	Published  *ebpf.Map `ebpf:"published"`
-	Uplinks    *ebpf.Map `ebpf:"uplinks"`
-	Veths      *ebpf.Map `ebpf:"veths"`
+	Ct4           *ebpf.Map `ebpf:"ct4"`
+	Ct4Syn        *ebpf.Map `ebpf:"ct4_syn"`
+	DirectTrusted *ebpf.Map `ebpf:"direct_trusted"`
+	Drops         *ebpf.Map `ebpf:"drops"`
+	Endpoints     *ebpf.Map `ebpf:"endpoints"`
+	Events        *ebpf.Map `ebpf:"events"`
+	Frags4        *ebpf.Map `ebpf:"frags4"`
+	HostAddrs     *ebpf.Map `ebpf:"host_addrs"`
+	IfStats       *ebpf.Map `ebpf:"if_stats"`
+	Nets          *ebpf.Map `ebpf:"nets"`
+	PortAllow     *ebpf.Map `ebpf:"port_allow"`
+	PortConns     *ebpf.Map `ebpf:"port_conns"`
+	PortDenied    *ebpf.Map `ebpf:"port_denied"`
+	Published     *ebpf.Map `ebpf:"published"`
+	Uplinks       *ebpf.Map `ebpf:"uplinks"`
+	Veths         *ebpf.Map `ebpf:"veths"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Ct4,
 		m.Ct4Syn,
+		m.DirectTrusted,
 		m.Drops,
 		m.Endpoints,
 		m.Events,

@@ -23,14 +23,27 @@ func init() {
 		// direct access to a published container comes first, for
 		// packets from outside and from other bridges alike, and stands
 		// for both.
+		// direct_access: the raw drop, and for a trusted interface's
+		// packet to an unpublished port, DOCKER's.
 		chain := map[datapath.DropReason]string{
 			datapath.DropNotPublished: "BPFNET-DOCKER",
 			datapath.DropIsolation:    "BPFNET-ISOLATION-STAGE-2",
+			datapath.DropDirectAccess: "BPFNET-DOCKER",
 		}[reason]
 		if chain == "" {
 			t.Fatalf("no iptables rule stands for drop reason %s", reason)
 		}
-		return datapath.IptablesDrops(t, ns, chain) + datapath.IptablesDrops(t, ns, "raw:PREROUTING")
+		n := datapath.IptablesDrops(t, ns, chain)
+		// With --allow-direct-routing and no loopback-bound port, the
+		// raw table has no drop.
+		raw, err := ns.Run(context.Background(), "iptables-save", "-t", "raw")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(raw), " -j DROP") {
+			n += datapath.IptablesDrops(t, ns, "raw:PREROUTING")
+		}
+		return n
 	})
 	datapath.RegisterRuleDatapath("nftables", func(netns string) (datapath.Datapath, error) {
 		return nftables.New(nftables.Options{Netns: netns})
@@ -38,9 +51,12 @@ func init() {
 		// The drops by comment: UNPUBLISHED PORT DROP for not_published,
 		// ISOLATION for isolation, and the raw table's direct-access drop
 		// for both, as with iptables.
+		// direct_access: the raw drop, and for a trusted interface's
+		// packet to an unpublished port, the filter's.
 		kind := map[datapath.DropReason]string{
 			datapath.DropNotPublished: "UNPUBLISHED PORT DROP",
 			datapath.DropIsolation:    "ISOLATION",
+			datapath.DropDirectAccess: "UNPUBLISHED PORT DROP",
 		}[reason]
 		if kind == "" {
 			t.Fatalf("no nftables rule stands for drop reason %s", reason)

@@ -284,6 +284,8 @@ const (
 	netFMasq     = bpfNetFlagsNET_F_MASQ
 	netFNoICC    = bpfNetFlagsNET_F_NO_ICC
 	netFInternal = bpfNetFlagsNET_F_INTERNAL
+	// netFDirectOpen is --allow-direct-routing (State.AllowDirectRouting).
+	netFDirectOpen = bpfNetFlagsNET_F_DIRECT_OPEN
 )
 
 func netFlags(n Network) bpfNetFlags {
@@ -315,6 +317,9 @@ type resolved struct {
 	uplinks   map[uint32]bpfUplink
 	nets      map[bpfNetKey]bpfNetInfo
 	devs      map[string]attachedDev
+	// trusted are the published container ports the trusted interfaces
+	// of their networks may reach directly (lib/direct.h).
+	trusted map[bpfTrustedKey]uint32
 	// specific counts the bindings of ports to a specific host address,
 	// by protocol and port (ports.go); nil until needed.
 	specific map[bpfPortKey]int
@@ -331,6 +336,12 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		uplinks:   map[uint32]bpfUplink{},
 		nets:      map[bpfNetKey]bpfNetInfo{},
 		devs:      map[string]attachedDev{},
+		trusted:   map[bpfTrustedKey]uint32{},
+	}
+	// open is set on every network with --allow-direct-routing.
+	var open bpfNetFlags
+	if s.AllowDirectRouting {
+		open = netFDirectOpen
 	}
 	type bridge struct {
 		ifindex int
@@ -346,7 +357,7 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 			BridgeIfindex: uint32(b.ifindex),
 			GwAddr:        be32(b.net.Gateway),
 			NetId:         b.id,
-			Flags:         netFlags(b.net),
+			Flags:         netFlags(b.net) | open,
 		}
 		copy(ep.GwMac[:], b.mac)
 		return ep
@@ -365,7 +376,7 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		b := bridge{ifindex: l.Attrs().Index, mac: l.Attrs().HardwareAddr, net: n, id: uint32(l.Attrs().Index)}
 		bridges[n.Name] = b
 		bridgeByIndex[b.ifindex] = b
-		info := bpfNetInfo{NetId: b.id, Flags: netFlags(n)}
+		info := bpfNetInfo{NetId: b.id, Flags: netFlags(n) | open, HostAddr: be32(n.HostIPv4)}
 		r.nets[bpfNetKey{Prefixlen: uint32(n.Subnet.Bits()), Addr: be32(n.Subnet.Masked().Addr())}] = info
 	}
 	// A container on several networks is one sender: it answers by the
@@ -463,6 +474,12 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 	for _, a := range hostAddrs {
 		r.hostAddrs[be32(a)] = 1
 	}
+	if err := CheckHostIPv4(s.Networks, hostAddrs); err != nil {
+		return nil, err
+	}
+	if err := r.resolveTrusted(s); err != nil {
+		return nil, err
+	}
 	for i, m := range s.Ports {
 		k := bpfPortKey{Port: be16(m.HostPort), Proto: uint8(m.Proto)}
 		if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
@@ -471,6 +488,50 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		r.ports[k] = bpfPortTarget{Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Id: uint32(i + 1)}
 	}
 	return r, nil
+}
+
+// resolveTrusted fills r.trusted: each published container port of a
+// network with trusted interfaces, once for each of those interfaces that
+// exists (one that does not yet is trusted by the Apply after it appears).
+// With AllowDirectRouting every interface is trusted: each published
+// container port has one entry, of ifindex 0.
+func (r *resolved) resolveTrusted(s State) error {
+	if s.AllowDirectRouting {
+		for _, m := range s.Ports {
+			r.trusted[bpfTrustedKey{Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}] = 1
+		}
+		return nil
+	}
+	ifindexes := map[string]int{}
+	for _, n := range s.Networks {
+		for _, name := range n.Trusted() {
+			if _, done := ifindexes[name]; done {
+				continue
+			}
+			l, err := netlink.LinkByName(name)
+			if err != nil {
+				var nf netlink.LinkNotFoundError
+				if errors.As(err, &nf) {
+					ifindexes[name] = 0
+					continue
+				}
+				return fmt.Errorf("network %s: trusted host interface %s: %w", n.Name, name, err)
+			}
+			ifindexes[name] = l.Attrs().Index
+		}
+	}
+	for _, m := range s.Ports {
+		n, ok := networkOf(s.Networks, m.ContainerIP)
+		if !ok {
+			continue
+		}
+		for _, name := range n.Trusted() {
+			if idx := ifindexes[name]; idx != 0 {
+				r.trusted[bpfTrustedKey{Ifindex: uint32(idx), Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}] = 1
+			}
+		}
+	}
+	return nil
 }
 
 // Apply makes the maps and attachments match s. An invalid s, or one that
@@ -518,6 +579,7 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 		{"allowlists", func() error { return syncAllowAdd(&undo, d.objs.PortAllow, prev.allow, r.allow) }},
 		{"published ports", func() error { return syncMap(&undo, d.objs.Published, prev.ports, r.ports) }},
 		{"old allowlists", func() error { return syncAllowDelete(&undo, d.objs.PortAllow, prev.allow, r.allow) }},
+		{"trusted interfaces", func() error { return syncMap(&undo, d.objs.DirectTrusted, prev.trusted, r.trusted) }},
 	}
 	for _, st := range steps {
 		if err := st.fn(); err != nil {
@@ -575,6 +637,9 @@ func (d *EBPF) readApplied() (*resolved, error) {
 		return nil, err
 	}
 	r.allow.refs = allowRefs(r.ports)
+	if r.trusted, err = readMap[bpfTrustedKey, uint32](d.objs.DirectTrusted); err != nil {
+		return nil, fmt.Errorf("reading trusted interfaces: %w", err)
+	}
 	return r, nil
 }
 
@@ -846,6 +911,7 @@ func OpenPinned(pinPath string) (*EBPF, error) {
 		"host_addrs": &d.objs.HostAddrs, "if_stats": &d.objs.IfStats, "nets": &d.objs.Nets,
 		"port_conns": &d.objs.PortConns, "published": &d.objs.Published, "uplinks": &d.objs.Uplinks,
 		"port_allow": &d.objs.PortAllow, "port_denied": &d.objs.PortDenied,
+		"direct_trusted": &d.objs.DirectTrusted,
 	}
 	for name, dst := range maps {
 		if spec.Maps[name].Pinning != ebpf.PinByName {
@@ -871,7 +937,7 @@ var counterMaps = map[string]bool{"drops": true, "events": true, "if_stats": tru
 
 // optionalPins are maps that an older version did not pin: a reader of
 // such a version's pins (OpenPinned) goes without them.
-var optionalPins = map[string]bool{"port_allow": true, "port_denied": true}
+var optionalPins = map[string]bool{"port_allow": true, "port_denied": true, "direct_trusted": true}
 
 // rebuiltMaps are written whole from the State by every first Apply of a
 // process: when a new version changes their layout, the pinned ones are
@@ -880,7 +946,7 @@ var optionalPins = map[string]bool{"port_allow": true, "port_denied": true}
 // state that would be lost, so a layout change there is an error.
 var rebuiltMaps = map[string]bool{
 	"endpoints": true, "veths": true, "nets": true, "published": true, "host_addrs": true, "uplinks": true,
-	"port_allow": true,
+	"port_allow": true, "direct_trusted": true,
 }
 
 // transientMaps hold state that is rebuilt by itself: a new layout (a new

@@ -149,6 +149,24 @@ type Network struct {
 	// docker network create --internal. An internal network is not
 	// masqueraded and has no published ports.
 	Internal bool
+	// TrustedHostInterfaces are host interfaces that may reach the
+	// published container ports of the network's containers by their
+	// addresses, as Docker 28's
+	// com.docker.network.bridge.trusted_host_interfaces: packets to a
+	// container's address from any interface but the bridge are dropped
+	// (reason "direct_access"; from an uplink, "not_published"), and so
+	// are those from a trusted one to an unpublished port. A trusted
+	// uplink is trusted as any other interface. An interface that does
+	// not exist yet is trusted once it does and the state is applied
+	// again. The names are
+	// colon-separated, as in Docker's option, so that a Network stays
+	// comparable; Trusted splits them.
+	TrustedHostInterfaces string
+	// HostIPv4 is the host address the network's masqueraded traffic
+	// leaves with, as Docker's com.docker.network.host_ipv4 (SNAT
+	// --to-source); the zero Addr is the uplink's address. It must be one
+	// of the host's addresses (State.HostAddrs).
+	HostIPv4 netip.Addr
 }
 
 // Endpoint is a container's interface on a network.
@@ -204,6 +222,13 @@ type State struct {
 	// container's port binding that cannot be honoured): the daemon logs
 	// them and `bpfnet status` shows them; the datapaths ignore them.
 	Warnings []string
+	// AllowDirectRouting turns the protection of container addresses from
+	// direct access (Network.TrustedHostInterfaces) off for every
+	// network, as dockerd --allow-direct-routing does: every interface,
+	// the uplinks included, reaches the published container ports by the
+	// containers' addresses; unpublished ports stay closed, as Docker's
+	// filter table keeps them.
+	AllowDirectRouting bool
 }
 
 // Validate checks the state for contradictions before anything is applied.
@@ -221,6 +246,9 @@ func (s *State) Validate() error {
 		}
 		if n.Internal && n.Masquerade {
 			return fmt.Errorf("network %s: an internal network cannot be masqueraded", n.Name)
+		}
+		if err := n.validateDirect(); err != nil {
+			return err
 		}
 		nets[n.Name] = n
 	}
@@ -252,7 +280,52 @@ func (s *State) Validate() error {
 			return fmt.Errorf("uplink without a name")
 		}
 	}
+	if err := CheckHostIPv4(s.Networks, s.HostAddrs); err != nil {
+		return err
+	}
 	return s.validateModes()
+}
+
+// Trusted are the names of TrustedHostInterfaces.
+func (n Network) Trusted() []string {
+	var out []string
+	for _, name := range strings.Split(n.TrustedHostInterfaces, ":") {
+		if name != "" {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// validateDirect checks the trusted interfaces and the host address of n.
+func (n Network) validateDirect() error {
+	for _, name := range n.Trusted() {
+		if len(name) >= 16 || strings.ContainsAny(name, " /") {
+			return fmt.Errorf("network %s: trusted host interface %q is not an interface name", n.Name, name)
+		}
+	}
+	if n.HostIPv4.IsValid() && (!n.HostIPv4.Is4() || n.HostIPv4.IsUnspecified()) {
+		return fmt.Errorf("network %s: host_ipv4 %s is not an IPv4 host address", n.Name, n.HostIPv4)
+	}
+	return nil
+}
+
+// CheckHostIPv4 refuses a network whose HostIPv4 is none of hostAddrs:
+// its traffic would leave with an address whose answers never come back
+// to the host (Docker installs its SNAT --to-source rule as given, and
+// such a network's traffic is lost; bpfnet says so instead). A nil
+// hostAddrs (every address of the host, which the datapath lists itself)
+// checks nothing here.
+func CheckHostIPv4(nets []Network, hostAddrs []netip.Addr) error {
+	if hostAddrs == nil {
+		return nil
+	}
+	for _, n := range nets {
+		if n.HostIPv4.IsValid() && !slices.Contains(hostAddrs, n.HostIPv4) {
+			return fmt.Errorf("network %s: host_ipv4 %s is not an address of this host", n.Name, n.HostIPv4)
+		}
+	}
+	return nil
 }
 
 // portTable holds the host ports accepted so far, by protocol and port.

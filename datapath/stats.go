@@ -32,6 +32,10 @@ const (
 	// DropSpoofed: a container sent from an address that is not its own
 	// (or from a veth the datapath does not know).
 	DropSpoofed = DropReason(bpfDropReasonDROP_SPOOFED)
+	// DropDirectAccess: to a container's address from an interface that
+	// may not reach it directly (Docker 28's raw-table drop; from an
+	// uplink such packets count as DropNotPublished).
+	DropDirectAccess = DropReason(bpfDropReasonDROP_DIRECT_ACCESS)
 	// DropPortDenied: a new flow to a published port from a source its
 	// allowlist leaves out (counted per port too: PortDenied).
 	DropPortDenied = DropReason(bpfDropReasonDROP_PORT_DENIED)
@@ -56,6 +60,7 @@ var dropNames = map[DropReason]string{
 	DropICC:          "icc_disabled",
 	DropInternal:     "internal",
 	DropSpoofed:      "spoofed",
+	DropDirectAccess: "direct_access",
 	DropPortDenied:   "port_denied",
 }
 
@@ -68,7 +73,7 @@ func (r DropReason) String() string {
 
 // DropReasons lists every reason the datapath knows.
 func DropReasons() []DropReason {
-	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropRewrite, DropCTMiss, DropIsolation, DropICC, DropInternal, DropSpoofed, DropPortDenied}
+	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropRewrite, DropCTMiss, DropIsolation, DropICC, DropInternal, DropSpoofed, DropDirectAccess, DropPortDenied}
 }
 
 // Event is a counted datapath event: enum event_kind of

@@ -183,6 +183,14 @@ func convertNetwork(k kernel, defaultMasq bool, n network.Summary) (_ *bridgeNet
 		masq = false
 	}
 	icc := n.Options[optICC] != "false"
+	var hostIPv4 netip.Addr
+	if v := n.Options[optHostIPv4]; v != "" {
+		a, err := netip.ParseAddr(v)
+		if err != nil || !a.Is4() {
+			return nil, true, errors.New(optHostIPv4 + " " + strconv.Quote(v) + " is not an IPv4 address")
+		}
+		hostIPv4 = a
+	}
 	return &bridgeNet{
 		Network: Network{
 			Network: datapath.Network{
@@ -193,8 +201,10 @@ func convertNetwork(k kernel, defaultMasq bool, n network.Summary) (_ *bridgeNet
 				Masquerade: masq,
 				// Docker's isolation settings, which the datapath
 				// enforces.
-				NoICC:    !icc,
-				Internal: n.Internal,
+				NoICC:                 !icc,
+				Internal:              n.Internal,
+				TrustedHostInterfaces: n.Options[optTrustedIfaces],
+				HostIPv4:              hostIPv4,
 			},
 			ID:       n.ID,
 			Default:  def,

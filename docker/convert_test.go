@@ -195,3 +195,40 @@ func TestBuildTwoNetworksWithoutMAC(t *testing.T) {
 		t.Errorf("state does not validate: %v", err)
 	}
 }
+
+// TestBuildDirectOptions: trusted_host_interfaces and host_ipv4 reach the
+// network as given; a host_ipv4 that is no IPv4 address leaves the
+// network out; a network without them has neither.
+func TestBuildDirectOptions(t *testing.T) {
+	nets, ctrs, k := fixture()
+	for i, n := range nets {
+		switch n.Name {
+		case "appnet":
+			n.Options = map[string]string{optTrustedIfaces: "eth1:wg0", optHostIPv4: "192.0.2.9"}
+		case "aaa":
+			n.Options = map[string]string{optHostIPv4: "fe80::1"}
+		}
+		nets[i] = n
+	}
+	snap, err := build(k, testLogger(t), true, nets, ctrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]datapath.Network{}
+	for _, n := range snap.Networks {
+		got[n.Name] = n.Network
+	}
+	app, ok := got["appnet"]
+	if !ok {
+		t.Fatal("appnet left out")
+	}
+	if app.TrustedHostInterfaces != "eth1:wg0" || app.HostIPv4 != netip.MustParseAddr("192.0.2.9") {
+		t.Errorf("appnet: trusted %q, host_ipv4 %s; want eth1:wg0, 192.0.2.9", app.TrustedHostInterfaces, app.HostIPv4)
+	}
+	if _, ok := got["aaa"]; ok {
+		t.Error("aaa, whose host_ipv4 is IPv6, is in the snapshot")
+	}
+	if b, ok := got["bridge"]; !ok || b.TrustedHostInterfaces != "" || b.HostIPv4.IsValid() {
+		t.Errorf("bridge: %+v, want no trusted interfaces and no host_ipv4", b)
+	}
+}

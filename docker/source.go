@@ -128,6 +128,13 @@ const (
 	optMasquerade    = "com.docker.network.bridge.enable_ip_masquerade"
 	optICC           = "com.docker.network.bridge.enable_icc"
 	optDefaultBridge = "com.docker.network.bridge.default_bridge"
+	// optTrustedIfaces are interfaces that may reach the published
+	// container ports by the containers' addresses (Docker 28),
+	// colon-separated.
+	optTrustedIfaces = "com.docker.network.bridge.trusted_host_interfaces"
+	// optHostIPv4 is the address the network's masqueraded traffic
+	// leaves with (SNAT --to-source instead of MASQUERADE).
+	optHostIPv4 = "com.docker.network.host_ipv4"
 )
 
 // Network is a Docker bridge network: what the datapath is given, and

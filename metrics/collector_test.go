@@ -254,6 +254,7 @@ bpfnet_drops_total{reason="isolation"} 0
 bpfnet_drops_total{reason="icc_disabled"} 0
 bpfnet_drops_total{reason="internal"} 0
 bpfnet_drops_total{reason="spoofed"} 0
+bpfnet_drops_total{reason="direct_access"} 0
 bpfnet_drops_total{reason="port_denied"} 0
 # HELP bpfnet_attached A program bpfnet attached: 1 when the kernel runs it, 0 when it is recorded but the kernel no longer runs it (its interface went away).
 # TYPE bpfnet_attached gauge

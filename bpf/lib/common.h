@@ -70,6 +70,8 @@ enum drop_reason {
 	DROP_INTERNAL = 10, /* leaving or entering an internal network */
 	DROP_SPOOFED = 11, /* a container's source address is not its own, or its veth is unknown */
 	DROP_MALFORMED = 12, /* truncated or invalid headers */
+	DROP_DIRECT_ACCESS =
+		13, /* to a container's address from an interface that may not reach it (lib/direct.h) */
 	DROP_PORT_DENIED =
 		14, /* a new flow to a published port from a source its allowlist leaves out */
 	DROP_MAX = 16,

@@ -92,6 +92,8 @@ enum net_flags : __u32 {
 	NET_F_NO_ICC = 0x2, /* its containers may not reach each other (enable_icc=false) */
 	NET_F_INTERNAL =
 		0x4, /* no traffic leaves it or enters it (docker network create --internal) */
+	NET_F_DIRECT_OPEN =
+		0x100, /* its published container ports may be reached from any interface (--allow-direct-routing) */
 };
 
 /* A container's end of a veth. */
@@ -152,6 +154,7 @@ struct net_key {
 struct net_info {
 	enum net_flags flags;
 	__u32 net_id;
+	__be32 host_addr; /* source of its masqueraded traffic (host_ipv4); 0: the uplink's */
 };
 
 struct {

@@ -48,6 +48,9 @@ type runFlags struct {
 	// hostFWInterval is how often the host firewall is checked for rules
 	// the fast path takes packets around; 0 checks once, at start.
 	hostFWInterval time.Duration
+	// allowDirectRouting turns the protection of container addresses
+	// from direct access off, as dockerd --allow-direct-routing.
+	allowDirectRouting bool
 }
 
 func newRunCmd() *cobra.Command {
@@ -87,6 +90,7 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 	fl.DurationVar(&f.hostFWInterval, "host-firewall-interval", 30*time.Second, "how often the host firewall (DOCKER-USER, ufw, nftables forward chains) is checked for rules the fast path goes around (0: once, at start)")
 	fl.StringArrayVar(&f.containers, "container", nil, "name a container for metrics and status without a runtime: NAME=ADDRESS (repeatable)")
 	fl.StringArrayVar(&f.foreignSrc, "allow-foreign-source", nil, "let the container of this address send from addresses not its own, as a router does (repeatable; with --docker, the label "+docker.LabelAllowForeignSource+"=true)")
+	fl.BoolVar(&f.allowDirectRouting, "allow-direct-routing", false, "let every interface reach the published container ports by the containers' addresses, as dockerd --allow-direct-routing (default: only a network's trusted_host_interfaces may)")
 	return cmd
 }
 
@@ -257,7 +261,7 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 	hostFW := &hostFirewall{pinPath: f.pinPath, fastPath: f.fastPath}
 	d := daemon.New(daemon.Config{
 		Datapath: dp, Source: src, PinPath: f.pinPath, GCInterval: f.gcInterval, Metrics: metricsLn,
-		Version: version, HostFirewall: hostFW.status,
+		Version: version, HostFirewall: hostFW.status, AllowDirectRouting: f.allowDirectRouting,
 		Applied: func(s datapath.State) { recordWarnings(f.pinPath, s.Warnings) },
 	})
 	if err := d.Start(ctx, state); err != nil {

@@ -252,8 +252,10 @@ func ifaceArg(name string) error {
 // package rules, written in Docker's iptables layout.
 func (o *Options) tables(s datapath.State) (map[string]*ipTable, error) {
 	for _, n := range s.Networks {
-		if err := ifaceArg(n.Bridge); err != nil {
-			return nil, fmt.Errorf("network %s: %w", n.Name, err)
+		for _, name := range append([]string{n.Bridge}, n.Trusted()...) {
+			if err := ifaceArg(name); err != nil {
+				return nil, fmt.Errorf("network %s: %w", n.Name, err)
+			}
 		}
 	}
 	plan, err := rules.New(s)
@@ -282,7 +284,9 @@ func (o *Options) tables(s datapath.State) (map[string]*ipTable, error) {
 	for _, n := range plan.Networks {
 		br := n.Bridge
 		for _, r := range plan.Chain(rules.PostroutingOut, br).Rules {
-			if r.Kind == rules.KindMasquerade {
+			if r.Kind == rules.KindMasquerade && r.Verdict == rules.SNAT {
+				nat.builtin = append(nat.builtin, ipRule{"POSTROUTING", fmt.Sprintf("-s %s ! -o %s %s -j SNAT --to-source %s", r.Match.Src, br, mark, r.To.Addr())})
+			} else if r.Kind == rules.KindMasquerade {
 				nat.builtin = append(nat.builtin, ipRule{"POSTROUTING", fmt.Sprintf("-s %s ! -o %s %s -j MASQUERADE", r.Match.Src, br, mark)})
 			}
 		}
@@ -364,6 +368,8 @@ func (o *Options) tables(s datapath.State) (map[string]*ipTable, error) {
 	}
 	for _, r := range plan.Chain(rules.RawPrerouting, "").Rules {
 		switch r.Kind {
+		case rules.KindDirectTrusted:
+			raw.builtin = append(raw.builtin, ipRule{"PREROUTING", fmt.Sprintf("-d %s -i %s %s -j ACCEPT", r.Match.Dst, r.Match.InIface, mark)})
 		case rules.KindDirectAccess:
 			raw.builtin = append(raw.builtin, ipRule{"PREROUTING", fmt.Sprintf("-d %s ! -i %s %s -j DROP", r.Match.Dst, r.Match.InIface, mark)})
 		case rules.KindRemoteLoopback:
@@ -580,6 +586,9 @@ func (d *Datapath) snapshots(ctx context.Context) (map[string]*ipTable, error) {
 // iptables' message in the error.
 func (d *Datapath) Apply(ctx context.Context, s datapath.State) error {
 	if err := s.Validate(); err != nil {
+		return err
+	}
+	if err := datapath.CheckHostIPv4In(d.opts.Netns, s); err != nil {
 		return err
 	}
 	want, err := d.opts.tables(s)

@@ -157,8 +157,10 @@ func ifname(name string) error {
 func render(p *rules.Plan) (*ruleset, error) {
 	rs := &ruleset{}
 	for _, n := range p.Networks {
-		if err := ifname(n.Bridge); err != nil {
-			return nil, fmt.Errorf("network %s: %w", n.Name, err)
+		for _, name := range append([]string{n.Bridge}, n.Trusted()...) {
+			if err := ifname(name); err != nil {
+				return nil, fmt.Errorf("network %s: %w", n.Name, err)
+			}
 		}
 	}
 	for _, m := range vmaps {
@@ -272,6 +274,8 @@ func ruleText(r rules.Rule) string {
 	switch r.Verdict {
 	case rules.DNAT:
 		f = append(f, "dnat to "+r.To.String())
+	case rules.SNAT:
+		f = append(f, "snat to "+r.To.Addr().String())
 	default:
 		f = append(f, string(r.Verdict))
 	}
@@ -373,6 +377,9 @@ func normalize(rule string) string {
 // table nft rejects, changes nothing.
 func (d *Datapath) Apply(ctx context.Context, s datapath.State) error {
 	if err := s.Validate(); err != nil {
+		return err
+	}
+	if err := datapath.CheckHostIPv4In(d.opts.Netns, s); err != nil {
 		return err
 	}
 	p, err := rules.New(s)

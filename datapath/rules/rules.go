@@ -66,6 +66,7 @@ const (
 	KindMasquerade      Kind = "MASQUERADE"               // the subnet leaving the host
 	KindDNAT            Kind = "DNAT"                     // a published port
 	KindDirectAccess    Kind = "DROP DIRECT ACCESS"       // a published container's address from outside its bridge
+	KindDirectTrusted   Kind = "ACCEPT DIRECT ACCESS"     // ... but from a trusted host interface (filter judges the port)
 	KindRemoteLoopback  Kind = "DROP REMOTE LOOPBACK"     // a loopback-bound port from outside the host
 	KindAllowlist       Kind = "PORT ALLOWLIST"           // a new flow to a published port from a source not in its list: drop
 )
@@ -78,6 +79,8 @@ const (
 	Drop       Verdict = "drop"
 	DNAT       Verdict = "dnat"
 	Masquerade Verdict = "masquerade"
+	// SNAT translates the source to the address of To (host_ipv4).
+	SNAT Verdict = "snat"
 )
 
 // Match is what a rule matches; zero fields match anything. Each Not*
@@ -113,7 +116,8 @@ type Rule struct {
 	Kind    Kind
 	Match   Match
 	Verdict Verdict
-	// To is the DNAT destination.
+	// To is the DNAT destination, or for SNAT the source address (its
+	// port 0).
 	To netip.AddrPort
 	// Port is the published port the rule exists for (nil for the
 	// others); several host ports to one container port share the rules
@@ -219,7 +223,13 @@ func New(s datapath.State) (*Plan, error) {
 		fout.Rules = append(fout.Rules, Rule{Kind: KindOutgoing, Verdict: Accept})
 		pin.Rules = append(pin.Rules, Rule{Kind: KindMasqFromHost, Match: Match{SrcLocal: true}, Verdict: Masquerade})
 		if n.Masquerade {
-			pout.Rules = append(pout.Rules, Rule{Kind: KindMasquerade, Match: Match{OutIface: br, NotOutIface: true, Src: n.Subnet.Masked()}, Verdict: Masquerade})
+			// With host_ipv4, Docker's SNAT --to-source that address
+			// instead of MASQUERADE.
+			masq := Rule{Kind: KindMasquerade, Match: Match{OutIface: br, NotOutIface: true, Src: n.Subnet.Masked()}, Verdict: Masquerade}
+			if n.HostIPv4.IsValid() {
+				masq.Verdict, masq.To = SNAT, netip.AddrPortFrom(n.HostIPv4, 0)
+			}
+			pout.Rules = append(pout.Rules, masq)
 		}
 	}
 
@@ -264,8 +274,15 @@ func New(s datapath.State) (*Plan, error) {
 		}
 		// Docker drops packets to a published container's address
 		// that come from outside its bridge unless the network is
-		// routed (here: not masqueraded), before any NAT.
-		if n.Masquerade && once("direct "+m.ContainerIP.String()) {
+		// routed (here: not masqueraded) or the daemon allows direct
+		// routing, before any NAT. The network's trusted host
+		// interfaces are accepted first, as the bridge is; the filter
+		// rules then let them reach the published ports only.
+		if n.Masquerade && !s.AllowDirectRouting && once("direct "+m.ContainerIP.String()) {
+			for _, name := range n.Trusted() {
+				raw.Rules = append(raw.Rules, Rule{Kind: KindDirectTrusted,
+					Match: Match{Dst: host32(m.ContainerIP), InIface: name}, Verdict: Accept, Port: m, Seq: seq})
+			}
 			raw.Rules = append(raw.Rules, Rule{Kind: KindDirectAccess,
 				Match: Match{Dst: host32(m.ContainerIP), InIface: n.Bridge, NotInIface: true}, Verdict: Drop, Port: m, Seq: seq})
 		}

@@ -47,6 +47,9 @@ func show(r Rule) string {
 	if r.Verdict == DNAT {
 		v += " " + r.To.String()
 	}
+	if r.Verdict == SNAT {
+		v += " " + r.To.Addr().String()
+	}
 	return strings.TrimSpace(string(r.Kind) + ": " + strings.Join(append(f, v), " "))
 }
 
@@ -90,6 +93,10 @@ func TestPlan(t *testing.T) {
 	internal.Internal, internal.Masquerade = true, false
 	routed := br0
 	routed.Masquerade = false
+	trusted := br0
+	trusted.TrustedHostInterfaces = "eth1:tun0"
+	hostIP := br0
+	hostIP.HostIPv4 = netip.MustParseAddr("192.0.2.9")
 	type chainWant struct {
 		kind   ChainKind
 		bridge string
@@ -101,6 +108,8 @@ func TestPlan(t *testing.T) {
 		ports    []string
 		want     []chainWant
 		loopback bool
+		// allowDirect is --allow-direct-routing.
+		allowDirect bool
 	}{
 		{name: "one bridge with a published port", networks: []datapath.Network{br0}, ports: []string{"8080:172.30.0.2:80"}, want: []chainWant{
 			{NatLocal, "", []string{"DNAT: tcp/8080 dnat 172.30.0.2:80"}},
@@ -154,9 +163,48 @@ func TestPlan(t *testing.T) {
 			{ForwardIn, "br0", []string{"ISOLATION: iif=br1 drop", "ESTABLISHED: ct=established accept", "ICC: iif=br0 accept",
 				"PUBLISHED: dst=172.30.0.2/32 tcp/80 accept", "UNPUBLISHED PORT DROP: drop"}},
 		}},
+		// Docker 28's trusted_host_interfaces: accepted in raw before the
+		// drop, per container address; the filter rules still let only
+		// the published ports in.
+		{name: "trusted host interfaces", networks: []datapath.Network{trusted}, ports: []string{"8080:172.30.0.2:80", "8081:172.30.0.2:81", "8082:172.30.0.3:80"}, want: []chainWant{
+			{RawPrerouting, "", []string{
+				"ACCEPT DIRECT ACCESS: iif=eth1 dst=172.30.0.2/32 accept",
+				"ACCEPT DIRECT ACCESS: iif=tun0 dst=172.30.0.2/32 accept",
+				"DROP DIRECT ACCESS: !iif=br0 dst=172.30.0.2/32 drop",
+				"ACCEPT DIRECT ACCESS: iif=eth1 dst=172.30.0.3/32 accept",
+				"ACCEPT DIRECT ACCESS: iif=tun0 dst=172.30.0.3/32 accept",
+				"DROP DIRECT ACCESS: !iif=br0 dst=172.30.0.3/32 drop"}},
+			{ForwardIn, "br0", []string{"ESTABLISHED: ct=established accept", "ICC: iif=br0 accept",
+				"PUBLISHED: dst=172.30.0.2/32 tcp/80 accept", "PUBLISHED: dst=172.30.0.2/32 tcp/81 accept",
+				"PUBLISHED: dst=172.30.0.3/32 tcp/80 accept", "UNPUBLISHED PORT DROP: drop"}},
+		}},
+		// The twin of the first case: without trusted interfaces, the
+		// drop alone.
+		{name: "no trusted host interfaces", networks: []datapath.Network{br0}, ports: []string{"8080:172.30.0.2:80"}, want: []chainWant{
+			{RawPrerouting, "", []string{"DROP DIRECT ACCESS: !iif=br0 dst=172.30.0.2/32 drop"}},
+		}},
+		// dockerd --allow-direct-routing: no raw drops of direct access
+		// (the trusted interfaces need no exception), the loopback drop
+		// stays, and so does the filtering of unpublished ports.
+		{name: "allow direct routing", networks: []datapath.Network{trusted}, allowDirect: true, loopback: true,
+			ports: []string{"8080:172.30.0.2:80", "127.0.0.1:8081:172.30.0.3:80"}, want: []chainWant{
+				{RawPrerouting, "", []string{"DROP REMOTE LOOPBACK: !iif=lo dst=127.0.0.1/32 tcp/8081 drop"}},
+				{ForwardIn, "br0", []string{"ESTABLISHED: ct=established accept", "ICC: iif=br0 accept",
+					"PUBLISHED: dst=172.30.0.2/32 tcp/80 accept", "PUBLISHED: dst=172.30.0.3/32 tcp/80 accept", "UNPUBLISHED PORT DROP: drop"}},
+			}},
+		// com.docker.network.host_ipv4: SNAT to that address instead of
+		// MASQUERADE; the other networks keep masquerading.
+		{name: "host_ipv4", networks: []datapath.Network{hostIP, br1}, want: []chainWant{
+			{PostroutingOut, "br0", []string{"MASQUERADE: !oif=br0 src=172.30.0.0/24 snat 192.0.2.9"}},
+			{PostroutingOut, "br1", []string{"MASQUERADE: !oif=br1 src=172.30.1.0/24 masquerade"}},
+		}},
+		// enable_ip_masquerade=false: no source NAT, host_ipv4 or not.
+		{name: "masquerade off with host_ipv4", networks: []datapath.Network{func() datapath.Network { n := hostIP; n.Masquerade = false; return n }()}, want: []chainWant{
+			{PostroutingOut, "br0", nil},
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := datapath.State{Networks: tc.networks, Ports: ports(t, tc.ports...)}
+			s := datapath.State{Networks: tc.networks, Ports: ports(t, tc.ports...), AllowDirectRouting: tc.allowDirect}
 			if err := s.Validate(); err != nil {
 				t.Fatal(err)
 			}

@@ -1,0 +1,160 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Docker 28's protection of container addresses from direct access: a
+ * packet to a container's address that arrives on an interface other than
+ * its network's bridge is dropped, which Docker does in the raw table,
+ *
+ *   -t raw -A PREROUTING -d 172.17.0.2 -i <trusted> -j ACCEPT
+ *   -t raw -A PREROUTING -d 172.17.0.2 ! -i docker0 -j DROP
+ *
+ * with the filter table then letting a trusted interface reach the
+ * published container ports only. Uplinks are judged by from_netdev (as
+ * DROP_NOT_PUBLISHED, but for a trusted uplink: direct_from_uplink);
+ * to_container, which every packet to a container
+ * passes but for those the fast path redirects into its namespace (which
+ * a hook of ours judged), judges the rest by skb->skb_iif
+ * (__sk_buff.ingress_ifindex), the interface the packet last arrived on
+ * (__netif_receive_skb_core sets it at every receive; a redirect keeps it):
+ *
+ *   0               sent by the host itself (never received)
+ *   lo              looped back by the host
+ *   the bridge      routed by the host from the bridge's own side
+ *   a bridge port   bridged from a container, or redirected to this veth
+ *                   by from_container on that port (bpf_redirect)
+ *   an uplink       judged by from_netdev
+ *   another bridge  routed from another network: dropped but for the
+ *                   flows a hook of ours tracks (a hairpin through a
+ *                   published port, its answers), which from_container
+ *                   judged
+ *   anything else   a second NIC, a tunnel, a bridge or veth that is not
+ *                   Docker's: dropped, but for a trusted interface of the
+ *                   network to a published container port (direct_trusted)
+ *
+ * With NET_F_DIRECT_OPEN (--allow-direct-routing) Docker installs no raw
+ * drop, and its filter table lets every interface reach the published
+ * container ports, and no other: here every interface is trusted, through
+ * the entries of ifindex 0. Networks without masquerade (Docker's routed
+ * networks) and internal ones are not protected this way. */
+#pragma once
+
+#include "common.h"
+#include "maps.h"
+#include "packet.h"
+#include "isolation.h"
+
+/* A published container port a trusted interface may reach directly. */
+struct trusted_key {
+	__u32 ifindex; /* the trusted interface; 0: every one (--allow-direct-routing) */
+	__be32 addr;   /* container address */
+	__be16 port;   /* container port */
+	__u8 proto;
+	__u8 pad;
+};
+
+/* The network's com.docker.network.bridge.trusted_host_interfaces times its
+ * published container ports, resolved by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct trusted_key);
+	__type(value, __u32);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} direct_trusted SEC(".maps");
+
+#define LOOPBACK_IFINDEX 1
+
+/* direct_tracked tells whether a packet belongs to a live flow a hook of
+ * ours tracks: the entry of its answers is keyed by its reversed tuple. */
+static __always_inline int direct_tracked(const struct pkt *p, __u64 now)
+{
+	struct ct_key rk = {.saddr = p->t.daddr,
+			    .daddr = p->t.saddr,
+			    .sport = p->t.dport,
+			    .dport = p->t.sport,
+			    .proto = p->t.proto};
+	struct ct_entry *e = bpf_map_lookup_elem(&ct4, &rk);
+
+	return e && e->expires >= now;
+}
+
+/* direct_verdict judges a packet to_container hands to the container whose
+ * host veth is ifindex, which arrived on in_ifindex, after to_container's
+ * own translation: 0 when it may go on, else -DROP_DIRECT_ACCESS. A later
+ * fragment carries no port, and from a trusted interface only its first
+ * fragment passes. */
+static __always_inline int direct_verdict(const struct pkt *p, __u32 ifindex, __u32 in_ifindex,
+					  __u64 now)
+{
+	struct endpoint *ep, *from;
+	struct net_info *net;
+
+	if (in_ifindex == 0 || in_ifindex == LOOPBACK_IFINDEX)
+		return 0;
+	net = container_net(p->t.daddr);
+	if (!net || (net->flags & NET_F_INTERNAL) || !(net->flags & NET_F_MASQ))
+		return 0;
+	ep = bpf_map_lookup_elem(&veths, &ifindex);
+	if (!ep || in_ifindex == ep->bridge_ifindex)
+		return 0;
+	if (bpf_map_lookup_elem(&uplinks, &in_ifindex))
+		return 0;
+	from = bpf_map_lookup_elem(&veths, &in_ifindex);
+	if (from && from->bridge_ifindex == ep->bridge_ifindex)
+		return 0;
+	if (direct_tracked(p, now))
+		return 0;
+	if (has_ports(p->t.proto)) {
+		struct trusted_key tk = {.ifindex =
+						 (net->flags & NET_F_DIRECT_OPEN) ? 0 : in_ifindex,
+					 .addr = p->t.daddr,
+					 .port = p->t.dport,
+					 .proto = p->t.proto};
+
+		if (bpf_map_lookup_elem(&direct_trusted, &tk))
+			return 0;
+	}
+	return -DROP_DIRECT_ACCESS;
+}
+
+/* direct_from_uplink judges a new flow from the uplink ifindex straight to
+ * container address p->t.daddr of net, which from_netdev drops
+ * (DROP_NOT_PUBLISHED) unless the uplink is a trusted interface of the
+ * network (every interface with NET_F_DIRECT_OPEN) and the port a
+ * published container port. Such a flow is tracked untranslated, as a
+ * published port's is (unassured until the client answers), so that its
+ * answers leave through to_netdev untouched rather than masqueraded.
+ * Returns 1 when it may go on, 0 when it is to be dropped, or a negative
+ * drop reason. */
+static __always_inline int direct_from_uplink(struct pkt *p, const struct net_info *net,
+					      __u32 ifindex, __u64 now)
+{
+	struct trusted_key tk = {.ifindex = (net->flags & NET_F_DIRECT_OPEN) ? 0 : ifindex,
+				 .addr = p->t.daddr,
+				 .port = p->t.dport,
+				 .proto = p->t.proto};
+	struct ct_entry ne = {};
+	struct endpoint *ep;
+	struct ct_entry *e;
+	int r;
+
+	if (!(net->flags & NET_F_MASQ) || !has_ports(p->t.proto) || p->frag == FRAG_LATER ||
+	    !bpf_map_lookup_elem(&direct_trusted, &tk))
+		return 0;
+	ne.nsaddr = p->t.saddr;
+	ne.ndaddr = p->t.daddr;
+	ne.nsport = p->t.sport;
+	ne.ndport = p->t.dport;
+	ne.flags = CT_AT_FROM_NETDEV;
+	ne.peer_flags = CT_AT_TO_NETDEV | CT_REPLY;
+	ne.kind = CT_ROUTED;
+	ep = bpf_map_lookup_elem(&endpoints, &p->t.daddr);
+	if (ep)
+		ne.ifindex = ep->ifindex;
+	r = ct_create_unassured(&p->t, &ne, now);
+	if (r < 0)
+		return r;
+	e = bpf_map_lookup_elem(&ct4_syn, &p->t);
+	if (e)
+		ct_touch(&p->t, e, p, now);
+	return 1;
+}
