@@ -29,6 +29,7 @@
 #include "lib/conntrack.h"
 #include "lib/icmp.h"
 #include "lib/isolation.h"
+#include "lib/gwmode.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -300,8 +301,19 @@ unknown:
 	{
 		struct net_info *net = container_net(p.t.daddr);
 
-		if (net && !bpf_map_lookup_elem(&host_addrs, &p.t.daddr))
-			return (net->flags & NET_F_INTERNAL) ? -DROP_INTERNAL : -DROP_NOT_PUBLISHED;
+		if (net && !bpf_map_lookup_elem(&host_addrs, &p.t.daddr)) {
+			/* The network's gateway mode decides (lib/gwmode.h). */
+			r = gw_direct_allowed(&p, net->flags);
+			if (r < 0)
+				return r;
+			r = gw_direct_track(&p, now);
+			if (r < 0)
+				return r;
+			frag_record(&p, &orig);
+			ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
+			if (ep)
+				return deliver(ctx, &p, ep, DELIVER_ROUTED, now);
+		}
 	}
 	return TC_ACT_OK;
 }
@@ -562,6 +574,9 @@ plain:
 	/* Untranslated: Docker's isolation rules, then the fast path. */
 	dst = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
 	to_host = bpf_map_lookup_elem(&host_addrs, &p.t.daddr) != 0;
+	r = gw_isolated_from_container(src, p.t.daddr, to_host);
+	if (r)
+		return r;
 	r = iso_verdict(ctx, &p, src, dst, to_host, now);
 	if (r)
 		return r;
@@ -603,6 +618,9 @@ static __always_inline int handle_to_container(struct __sk_buff *ctx)
 		return TC_ACT_OK;
 	if (CONFIG.redirect_only)
 		return TC_ACT_OK;
+	r = gw_isolated_to_container(&p, ctx->ifindex);
+	if (r)
+		return r;
 	r = to_container_xlate(ctx, &p, now);
 	return r < 0 ? r : TC_ACT_OK;
 }

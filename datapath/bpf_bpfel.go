@@ -125,6 +125,7 @@ const (
 	bpfEventKindEV_NAT_HOST_REMAP   bpfEventKind = 9
 	bpfEventKindEV_CT_HALF_OPEN     bpfEventKind = 10
 	bpfEventKindEV_CT_PROMOTED      bpfEventKind = 11
+	bpfEventKindEV_CT_NEW_DIRECT    bpfEventKind = 12
 	bpfEventKindEV_MAX              bpfEventKind = 16
 )
 
@@ -146,9 +147,12 @@ type bpfFragPorts struct {
 type bpfNetFlags uint32
 
 const (
-	bpfNetFlagsNET_F_MASQ     bpfNetFlags = 1
-	bpfNetFlagsNET_F_NO_ICC   bpfNetFlags = 2
-	bpfNetFlagsNET_F_INTERNAL bpfNetFlags = 4
+	bpfNetFlagsNET_F_MASQ        bpfNetFlags = 1
+	bpfNetFlagsNET_F_NO_ICC      bpfNetFlags = 2
+	bpfNetFlagsNET_F_INTERNAL    bpfNetFlags = 4
+	bpfNetFlagsNET_F_UNPROTECTED bpfNetFlags = 16
+	bpfNetFlagsNET_F_ROUTED      bpfNetFlags = 32
+	bpfNetFlagsNET_F_ISOLATED    bpfNetFlags = 64
 )
 
 type bpfNetInfo struct {
@@ -208,6 +212,7 @@ const (
 	bpfMapNets           = "nets"
 	bpfMapPortConns      = "port_conns"
 	bpfMapPublished      = "published"
+	bpfMapRoutedPorts    = "routed_ports"
 	bpfMapUplinks        = "uplinks"
 	bpfMapVeths          = "veths"
 	bpfProgFromContainer = "from_container"
@@ -269,19 +274,20 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Ct4       *ebpf.MapSpec `ebpf:"ct4"`
-	Ct4Syn    *ebpf.MapSpec `ebpf:"ct4_syn"`
-	Drops     *ebpf.MapSpec `ebpf:"drops"`
-	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	Frags4    *ebpf.MapSpec `ebpf:"frags4"`
-	HostAddrs *ebpf.MapSpec `ebpf:"host_addrs"`
-	IfStats   *ebpf.MapSpec `ebpf:"if_stats"`
-	Nets      *ebpf.MapSpec `ebpf:"nets"`
-	PortConns *ebpf.MapSpec `ebpf:"port_conns"`
-	Published *ebpf.MapSpec `ebpf:"published"`
-	Uplinks   *ebpf.MapSpec `ebpf:"uplinks"`
-	Veths     *ebpf.MapSpec `ebpf:"veths"`
+	Ct4         *ebpf.MapSpec `ebpf:"ct4"`
+	Ct4Syn      *ebpf.MapSpec `ebpf:"ct4_syn"`
+	Drops       *ebpf.MapSpec `ebpf:"drops"`
+	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	Frags4      *ebpf.MapSpec `ebpf:"frags4"`
+	HostAddrs   *ebpf.MapSpec `ebpf:"host_addrs"`
+	IfStats     *ebpf.MapSpec `ebpf:"if_stats"`
+	Nets        *ebpf.MapSpec `ebpf:"nets"`
+	PortConns   *ebpf.MapSpec `ebpf:"port_conns"`
+	Published   *ebpf.MapSpec `ebpf:"published"`
+	RoutedPorts *ebpf.MapSpec `ebpf:"routed_ports"`
+	Uplinks     *ebpf.MapSpec `ebpf:"uplinks"`
+	Veths       *ebpf.MapSpec `ebpf:"veths"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -311,19 +317,20 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Ct4       *ebpf.Map `ebpf:"ct4"`
-	Ct4Syn    *ebpf.Map `ebpf:"ct4_syn"`
-	Drops     *ebpf.Map `ebpf:"drops"`
-	Endpoints *ebpf.Map `ebpf:"endpoints"`
-	Events    *ebpf.Map `ebpf:"events"`
-	Frags4    *ebpf.Map `ebpf:"frags4"`
-	HostAddrs *ebpf.Map `ebpf:"host_addrs"`
-	IfStats   *ebpf.Map `ebpf:"if_stats"`
-	Nets      *ebpf.Map `ebpf:"nets"`
-	PortConns *ebpf.Map `ebpf:"port_conns"`
-	Published *ebpf.Map `ebpf:"published"`
-	Uplinks   *ebpf.Map `ebpf:"uplinks"`
-	Veths     *ebpf.Map `ebpf:"veths"`
+	Ct4         *ebpf.Map `ebpf:"ct4"`
+	Ct4Syn      *ebpf.Map `ebpf:"ct4_syn"`
+	Drops       *ebpf.Map `ebpf:"drops"`
+	Endpoints   *ebpf.Map `ebpf:"endpoints"`
+	Events      *ebpf.Map `ebpf:"events"`
+	Frags4      *ebpf.Map `ebpf:"frags4"`
+	HostAddrs   *ebpf.Map `ebpf:"host_addrs"`
+	IfStats     *ebpf.Map `ebpf:"if_stats"`
+	Nets        *ebpf.Map `ebpf:"nets"`
+	PortConns   *ebpf.Map `ebpf:"port_conns"`
+	Published   *ebpf.Map `ebpf:"published"`
+	RoutedPorts *ebpf.Map `ebpf:"routed_ports"`
+	Uplinks     *ebpf.Map `ebpf:"uplinks"`
+	Veths       *ebpf.Map `ebpf:"veths"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -339,6 +346,7 @@ func (m *bpfMaps) Close() error {
 		m.Nets,
 		m.PortConns,
 		m.Published,
+		m.RoutedPorts,
 		m.Uplinks,
 		m.Veths,
 	)

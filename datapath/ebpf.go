@@ -283,11 +283,15 @@ const (
 	netFMasq     = bpfNetFlagsNET_F_MASQ
 	netFNoICC    = bpfNetFlagsNET_F_NO_ICC
 	netFInternal = bpfNetFlagsNET_F_INTERNAL
+	// Gateway modes (bpf/lib/gwmode.h).
+	netFUnprotected = bpfNetFlagsNET_F_UNPROTECTED
+	netFRouted      = bpfNetFlagsNET_F_ROUTED
+	netFIsolated    = bpfNetFlagsNET_F_ISOLATED
 )
 
 func netFlags(n Network) bpfNetFlags {
 	var f bpfNetFlags
-	if n.Masquerade && !n.Internal {
+	if n.masquerades() {
 		f |= netFMasq
 	}
 	if n.NoICC {
@@ -295,6 +299,14 @@ func netFlags(n Network) bpfNetFlags {
 	}
 	if n.Internal {
 		f |= netFInternal
+	}
+	switch n.GatewayMode {
+	case GatewayNATUnprotected:
+		f |= netFUnprotected
+	case GatewayRouted:
+		f |= netFRouted
+	case GatewayIsolated:
+		f |= netFIsolated | netFInternal
 	}
 	return f
 }
@@ -314,6 +326,9 @@ type resolved struct {
 	uplinks   map[uint32]bpfUplink
 	nets      map[bpfNetKey]bpfNetInfo
 	devs      map[string]attachedDev
+	// routedPorts are the published container ports of routed networks
+	// (routed_ports, bpf/lib/gwmode.h).
+	routedPorts map[bpfPortKey]uint32
 	// specific counts the bindings of ports to a specific host address,
 	// by protocol and port (ports.go); nil until needed.
 	specific map[bpfPortKey]int
@@ -328,6 +343,8 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		uplinks:   map[uint32]bpfUplink{},
 		nets:      map[bpfNetKey]bpfNetInfo{},
 		devs:      map[string]attachedDev{},
+
+		routedPorts: map[bpfPortKey]uint32{},
 	}
 	type bridge struct {
 		ifindex int
@@ -438,6 +455,12 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		r.hostAddrs[be32(a)] = 1
 	}
 	for i, m := range s.Ports {
+		if n, _ := networkOf(s.Networks, m.ContainerIP); n.GatewayMode == GatewayRouted {
+			// No host port: the container port is open to the
+			// outside by the container's address.
+			r.routedPorts[bpfPortKey{Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}] = uint32(i + 1)
+			continue
+		}
 		k := bpfPortKey{Port: be16(m.HostPort), Proto: uint8(m.Proto)}
 		if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
 			k.Addr = be32(m.HostIP)
@@ -488,6 +511,7 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 		{"uplinks", func() error { return syncMap(&undo, d.objs.Uplinks, prev.uplinks, r.uplinks) }},
 		{"host addresses", func() error { return syncMap(&undo, d.objs.HostAddrs, prev.hostAddrs, r.hostAddrs) }},
 		{"published ports", func() error { return syncMap(&undo, d.objs.Published, prev.ports, r.ports) }},
+		{"routed ports", func() error { return syncMap(&undo, d.objs.RoutedPorts, prev.routedPorts, r.routedPorts) }},
 	}
 	for _, st := range steps {
 		if err := st.fn(); err != nil {
@@ -540,6 +564,9 @@ func (d *EBPF) readApplied() (*resolved, error) {
 	}
 	if r.nets, err = readMap[bpfNetKey, bpfNetInfo](d.objs.Nets); err != nil {
 		return nil, fmt.Errorf("reading networks: %w", err)
+	}
+	if r.routedPorts, err = readMap[bpfPortKey, uint32](d.objs.RoutedPorts); err != nil {
+		return nil, fmt.Errorf("reading routed ports: %w", err)
 	}
 	return r, nil
 }
@@ -839,6 +866,7 @@ var counterMaps = map[string]bool{"drops": true, "events": true, "if_stats": tru
 // state that would be lost, so a layout change there is an error.
 var rebuiltMaps = map[string]bool{
 	"endpoints": true, "veths": true, "nets": true, "published": true, "host_addrs": true, "uplinks": true,
+	"routed_ports": true,
 }
 
 // transientMaps hold state that is rebuilt by itself: a new layout (a new

@@ -93,7 +93,10 @@ const (
 	// EventCTPromoted: an unassured flow whose client answered, moved into
 	// ct4.
 	EventCTPromoted = Event(bpfEventKindEV_CT_PROMOTED)
-	eventMax        = int(bpfEventKindEV_MAX)
+	// EventCTNewDirect: a new flow from the outside straight to a
+	// container address of a routed or nat-unprotected network.
+	EventCTNewDirect = Event(bpfEventKindEV_CT_NEW_DIRECT)
+	eventMax         = int(bpfEventKindEV_MAX)
 )
 
 var eventNames = map[Event]string{
@@ -109,6 +112,7 @@ var eventNames = map[Event]string{
 	EventNATHostRemap:   "nat_host_remap",
 	EventCTHalfOpen:     "ct_half_open",
 	EventCTPromoted:     "ct_promoted",
+	EventCTNewDirect:    "ct_new_direct",
 }
 
 func (e Event) String() string {
@@ -120,7 +124,7 @@ func (e Event) String() string {
 
 // Events lists every event the datapath counts.
 func Events() []Event {
-	return []Event{EventCTNewDNAT, EventCTNewSNAT, EventCTNewHairpin, EventCTRecreated, EventCTPeerRestored, EventRedirectPeer, EventRedirectNeigh, EventFragTracked, EventNATHostSocket, EventNATHostRemap, EventCTHalfOpen, EventCTPromoted}
+	return []Event{EventCTNewDNAT, EventCTNewSNAT, EventCTNewHairpin, EventCTRecreated, EventCTPeerRestored, EventRedirectPeer, EventRedirectNeigh, EventFragTracked, EventNATHostSocket, EventNATHostRemap, EventCTHalfOpen, EventCTPromoted, EventCTNewDirect}
 }
 
 // Traffic is what a container sent and received, summed over CPUs.

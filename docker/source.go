@@ -128,6 +128,10 @@ const (
 	optMasquerade    = "com.docker.network.bridge.enable_ip_masquerade"
 	optICC           = "com.docker.network.bridge.enable_icc"
 	optDefaultBridge = "com.docker.network.bridge.default_bridge"
+	// Docker 28's gateway modes, per family (nat, nat-unprotected,
+	// routed, isolated); Docker 20.10 keeps them as plain options.
+	optGatewayModeIPv4 = "com.docker.network.bridge.gateway_mode_ipv4"
+	optGatewayModeIPv6 = "com.docker.network.bridge.gateway_mode_ipv6"
 )
 
 // Network is a Docker bridge network: what the datapath is given, and
