@@ -348,9 +348,21 @@ func (o *Options) tables(s datapath.State) (map[string]*ipTable, error) {
 		filter.rules = append(filter.rules, ipRule{docker, fmt.Sprintf("-d %s ! -i %s -o %s -p %s -m %s --dport %d -j ACCEPT",
 			r.Match.Dst, n.Bridge, n.Bridge, r.Match.Proto, r.Match.Proto, r.Match.DPort)})
 	}
+	// Each network's default, after every published port's ACCEPT:
+	// DROP, or ACCEPT for nat-unprotected (setDefaultForwardRule); a
+	// routed network's ICMP ACCEPT comes right before it (setICMP).
 	for _, n := range plan.Networks {
-		if !n.Internal {
-			filter.rules = append(filter.rules, ipRule{docker, fmt.Sprintf("! -i %s -o %s -j DROP", n.Bridge, n.Bridge)})
+		for _, r := range plan.Chain(rules.ForwardIn, n.Bridge).Rules {
+			switch r.Kind {
+			case rules.KindICMP:
+				filter.rules = append(filter.rules, ipRule{docker, fmt.Sprintf("-o %s -p icmp -j ACCEPT", n.Bridge)})
+			}
+		}
+		for _, r := range plan.Chain(rules.ForwardIn, n.Bridge).Rules {
+			switch r.Kind {
+			case rules.KindUnpublished, rules.KindUnprotected:
+				filter.rules = append(filter.rules, ipRule{docker, fmt.Sprintf("! -i %s -o %s -j %s", n.Bridge, n.Bridge, target(r.Verdict))})
+			}
 		}
 	}
 	for _, r := range plan.Chain(rules.RawPrerouting, "").Rules {

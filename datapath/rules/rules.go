@@ -65,6 +65,9 @@ const (
 	KindDNAT            Kind = "DNAT"                     // a published port
 	KindDirectAccess    Kind = "DROP DIRECT ACCESS"       // a published container's address from outside its bridge
 	KindRemoteLoopback  Kind = "DROP REMOTE LOOPBACK"     // a loopback-bound port from outside the host
+	// Gateway modes (datapath.GatewayMode), as Docker 28/29 write them.
+	KindICMP        Kind = "ICMP"        // routed: ICMP into the bridge, every type: accept
+	KindUnprotected Kind = "UNPROTECTED" // nat-unprotected: into the bridge otherwise: accept
 )
 
 // Verdict is what a rule does with a packet it matches.
@@ -94,6 +97,8 @@ type Match struct {
 	DPort    uint16
 	// Established matches conntrack states ESTABLISHED and RELATED.
 	Established bool
+	// ICMP matches ICMP, every type (Proto names TCP and UDP only).
+	ICMP bool
 }
 
 // Rule is one rule of a chain.
@@ -184,6 +189,12 @@ func New(s datapath.State) (*Plan, error) {
 		}
 		fin.Rules = append(fin.Rules, Rule{Kind: KindEstablished, Match: Match{Established: true}, Verdict: Accept})
 		fout.Rules = append(fout.Rules, Rule{Kind: KindEstablished, Match: Match{Established: true}, Verdict: Accept})
+		if n.GatewayMode == datapath.GatewayRouted {
+			// Docker 28's "-A DOCKER -o br -p icmp -j ACCEPT"
+			// (setICMP), Docker 29's "ip protocol icmp accept
+			// comment ICMP".
+			fin.Rules = append(fin.Rules, Rule{Kind: KindICMP, Match: Match{ICMP: true}, Verdict: Accept})
+		}
 		icc := Accept
 		if n.NoICC {
 			icc = Drop
@@ -197,6 +208,11 @@ func New(s datapath.State) (*Plan, error) {
 		}
 		fin.Rules = append(fin.Rules, Rule{Kind: KindICC, Match: Match{InIface: br}, Verdict: icc})
 		fout.Rules = append(fout.Rules, Rule{Kind: KindOutgoing, Verdict: Accept})
+		if n.GatewayMode == datapath.GatewayRouted {
+			// No NAT at all: no MASQUERADE rule of the network
+			// (moby setupIPTablesInternal skips it for routed).
+			continue
+		}
 		pin.Rules = append(pin.Rules, Rule{Kind: KindMasqFromHost, Match: Match{SrcLocal: true}, Verdict: Masquerade})
 		if n.Masquerade {
 			pout.Rules = append(pout.Rules, Rule{Kind: KindMasquerade, Match: Match{OutIface: br, NotOutIface: true, Src: n.Subnet.Masked()}, Verdict: Masquerade})
@@ -221,6 +237,18 @@ func New(s datapath.State) (*Plan, error) {
 		if !ok {
 			return nil, fmt.Errorf("port %s: container address %s is in none of the networks", m, m.ContainerIP)
 		}
+		if n.GatewayMode == datapath.GatewayRouted {
+			// Docker maps nothing on the host for a routed network
+			// (no DNAT, no MASQUERADE of the hairpin: moby
+			// attemptBindHostPorts skips the mapping); the container
+			// port is accepted into the bridge, as in nat mode.
+			cport := fmt.Sprintf("%s:%d/%s", m.ContainerIP, m.ContainerPort, m.Proto)
+			if once("in " + cport) {
+				in[n.Bridge].Rules = append(in[n.Bridge].Rules, Rule{Kind: KindPublished,
+					Match: Match{Dst: host32(m.ContainerIP), Proto: m.Proto, DPort: m.ContainerPort}, Verdict: Accept, Port: m, Seq: seq})
+			}
+			continue
+		}
 		if m.HostIP.IsLoopback() {
 			p.LoopbackPorts = true
 		}
@@ -234,15 +262,21 @@ func New(s datapath.State) (*Plan, error) {
 		if once("in " + cport) {
 			fin := in[n.Bridge]
 			acc := Rule{Kind: KindPublished, Match: Match{Dst: host32(m.ContainerIP), Proto: m.Proto, DPort: m.ContainerPort}, Verdict: Accept, Port: m, Seq: seq}
-			fin.Rules = append(fin.Rules, acc)
+			if n.GatewayMode != datapath.GatewayNATUnprotected {
+				// nat-unprotected accepts every port (below):
+				// Docker's setPerPortIptables writes no rule.
+				fin.Rules = append(fin.Rules, acc)
+			}
 			post[n.Bridge].Rules = append(post[n.Bridge].Rules, Rule{Kind: KindHairpin,
 				Match:   Match{Src: host32(m.ContainerIP), Dst: host32(m.ContainerIP), Proto: m.Proto, DPort: m.ContainerPort},
 				Verdict: Masquerade, Port: m, Seq: seq})
 		}
 		// Docker drops packets to a published container's address
 		// that come from outside its bridge unless the network is
-		// routed (here: not masqueraded), before any NAT.
-		if n.Masquerade && once("direct "+m.ContainerIP.String()) {
+		// routed (here: not masqueraded), before any NAT; nor for
+		// nat-unprotected (Docker 28/29 write no DROP DIRECT ACCESS
+		// there).
+		if n.Masquerade && n.GatewayMode == datapath.GatewayNAT && once("direct "+m.ContainerIP.String()) {
 			raw.Rules = append(raw.Rules, Rule{Kind: KindDirectAccess,
 				Match: Match{Dst: host32(m.ContainerIP), InIface: n.Bridge, NotInIface: true}, Verdict: Drop, Port: m, Seq: seq})
 		}
@@ -254,6 +288,13 @@ func New(s datapath.State) (*Plan, error) {
 	for _, n := range s.Networks {
 		if !n.Internal {
 			fin := in[n.Bridge]
+			if n.GatewayMode == datapath.GatewayNATUnprotected {
+				// Docker 28's "-A DOCKER ! -i br -o br -j ACCEPT"
+				// (setDefaultForwardRule), 29's "accept comment
+				// UNPROTECTED".
+				fin.Rules = append(fin.Rules, Rule{Kind: KindUnprotected, Verdict: Accept})
+				continue
+			}
 			fin.Rules = append(fin.Rules, Rule{Kind: KindUnpublished, Verdict: Drop})
 		}
 	}
