@@ -30,7 +30,10 @@ func init() {
 		if chain == "" {
 			t.Fatalf("no iptables rule stands for drop reason %s", reason)
 		}
-		return datapath.IptablesDrops(t, ns, chain) + datapath.IptablesDrops(t, ns, "raw:PREROUTING")
+		// A routed or nat-unprotected network has no direct-access
+		// drop in the raw table.
+		raw, _ := datapath.IptablesDropCount(t, ns, "raw:PREROUTING")
+		return datapath.IptablesDrops(t, ns, chain) + raw
 	})
 	datapath.RegisterRuleDatapath("nftables", func(netns string) (datapath.Datapath, error) {
 		return nftables.New(nftables.Options{Netns: netns})

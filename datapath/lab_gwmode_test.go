@@ -48,7 +48,9 @@ func mustPing(t *testing.T, ns *lab.Namespace, addr string, want bool, msg strin
 	}
 }
 
-var gwModeDatapaths = []string{modeEBPFFast, modeEBPFSlow}
+// gwModeDatapaths: the eBPF datapath, and the iptables and nftables ones,
+// which render the modes as Docker 28 and 29 do.
+var gwModeDatapaths = modes
 
 // TestLabGatewayModes: nat, nat-unprotected and routed, as seen from the
 // outside.
@@ -126,8 +128,12 @@ func TestLabGatewayModes(t *testing.T) {
 // or its uplink address), and the host does not reach them. The same lab
 // with the network internal only is the positive twin: there the host and
 // its containers reach each other.
+//
+// Only the eBPF datapath runs it: Docker writes no rule that keeps the
+// host out (its isolated bridge has no address, so the host has no route),
+// and the lab's bridge has one.
 func TestLabGatewayModeIsolated(t *testing.T) {
-	for _, dpName := range gwModeDatapaths {
+	for _, dpName := range []string{modeEBPFFast, modeEBPFSlow} {
 		t.Run(dpName, func(t *testing.T) {
 			m := startMode(t, dpName, modesConfig())
 			c0, c1, ext := m.topo.Containers[0], m.topo.Containers[1], m.topo.Externals[0]
