@@ -118,6 +118,14 @@ func TestLabGatewayModes(t *testing.T) {
 				if got := tcpExchange(t, &c0.Namespace, ext.Addr.String()+":9000", 1000); got != wantSrc {
 					t.Errorf("the outside saw c0's flow from %s, want %s", got, wantSrc)
 				}
+				// A host port published next to the state: refused on
+				// a routed network, which maps none.
+				if dp, ok := m.dp.(*EBPF); ok {
+					err := dp.PublishPorts(publish(t, "8085:"+modeC0+":81")...)
+					if routed := c.mode == GatewayRouted; routed != (err != nil) {
+						t.Errorf("PublishPorts on a %s network: %v", c.mode, err)
+					}
+				}
 			})
 		}
 	}
