@@ -577,9 +577,14 @@ plain:
 	r = gw_isolated_from_container(src, p.t.daddr, to_host);
 	if (r)
 		return r;
-	r = iso_verdict(ctx, &p, src, dst, to_host, now);
-	if (r)
+	r = to_host ? 0 : gw_routed_from_other_net(&p, src, dst, now);
+	if (r < 0)
 		return r;
+	if (!r) {
+		r = iso_verdict(ctx, &p, src, dst, to_host, now);
+		if (r)
+			return r;
+	}
 	if (!CONFIG.fast_path)
 		return TC_ACT_OK;
 	if (dst) {

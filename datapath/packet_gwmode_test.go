@@ -271,3 +271,56 @@ func TestPacketGatewayModeIsolated(t *testing.T) {
 		})
 	}
 }
+
+// TestPacketGatewayModeRoutedFromOtherNetwork: a container of another
+// network reaches a routed network's container as the outside does
+// (Docker's ISOLATION-STAGE-1 "-o br -j RETURN"): on its published
+// container ports and by ICMP, tracked so the answers cross back; nothing
+// else, and the routed container opens nothing towards the other network.
+// Not routed, the same packets are isolated (the positive twin).
+func TestPacketGatewayModeRoutedFromOtherNetwork(t *testing.T) {
+	for _, proto := range []layers.IPProtocol{pTCP, pUDP, pICMP} {
+		t.Run(proto.String(), func(t *testing.T) {
+			e := newPacketEnv(t, Options{FastPath: true})
+			sport, dport := uint16(40001), uint16(80)
+			if proto == pICMP {
+				sport, dport = 9, 0
+			}
+			first := fromA(flowPacket(proto, ctrA, sport, ctrC, dport)).frame()
+			answer := fromC(replyPacket(proto, ctrC, dport, ctrA, sport)).frame()
+
+			// net2 not routed: isolated.
+			v, _ := e.fromContainer("vetha", first)
+			expectVerdict(t, v, TC_ACT_SHOT)
+			e.expectDrops(map[DropReason]uint64{DropIsolation: 1})
+
+			e.setNetFlags(net2, modeFlags[GatewayRouted])
+			e.routedPort(uint8(proto), ctrC, 80, 1)
+			v, out := e.fromContainer("vetha", first)
+			expectVerdict(t, v, TC_ACT_REDIRECT)
+			if d := decode(t, out); d.src() != ctrA || d.dst() != ctrC {
+				t.Errorf("delivered %s -> %s, want %s -> %s", d.src(), d.dst(), ctrA, ctrC)
+			}
+			k := ctKey(uint8(proto), ctrA, sport, ctrC, dport)
+			e.expectCT(k, ctWant{ctrA, ctrC, sport, dport, atFromContainer, atFromContainer | flagReply, KindRouted, e.idx["vetha"]})
+			v, out = e.fromContainer("vethc", answer)
+			expectVerdict(t, v, TC_ACT_REDIRECT)
+			if d := decode(t, out); d.src() != ctrC || d.dst() != ctrA {
+				t.Errorf("answer delivered %s -> %s, want %s -> %s", d.src(), d.dst(), ctrC, ctrA)
+			}
+			e.expectDrops(map[DropReason]uint64{DropIsolation: 1})
+
+			// An unpublished port; a flow the routed container opens.
+			if proto != pICMP {
+				v, _ = e.fromContainer("vetha", fromA(flowPacket(proto, ctrA, sport, ctrC, 22)).frame())
+				expectVerdict(t, v, TC_ACT_SHOT)
+				e.expectDrops(map[DropReason]uint64{DropIsolation: 1, DropNotPublished: 1})
+			}
+			v, _ = e.fromContainer("vethc", fromC(flowPacket(proto, ctrC, 41000, ctrA, 80)).frame())
+			expectVerdict(t, v, TC_ACT_SHOT)
+			if n := e.drops()[DropIsolation]; n != 2 {
+				t.Errorf("isolation drops %d, want 2", n)
+			}
+		})
+	}
+}

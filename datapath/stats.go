@@ -93,8 +93,9 @@ const (
 	// EventCTPromoted: an unassured flow whose client answered, moved into
 	// ct4.
 	EventCTPromoted = Event(bpfEventKindEV_CT_PROMOTED)
-	// EventCTNewDirect: a new flow from the outside straight to a
-	// container address of a routed or nat-unprotected network.
+	// EventCTNewDirect: a new flow from outside a routed or
+	// nat-unprotected network (the outside, or for a routed one another
+	// network's container) straight to its container's address.
 	EventCTNewDirect = Event(bpfEventKindEV_CT_NEW_DIRECT)
 	eventMax         = int(bpfEventKindEV_MAX)
 )

@@ -141,3 +141,50 @@ static __always_inline int gw_isolated_to_container(const struct pkt *p, __u32 i
 		return -DROP_INTERNAL;
 	return 0;
 }
+
+/* gw_routed_from_other_net judges a packet a container sends to a
+ * container of another, routed network (dst: its endpoint, if any). Docker
+ * lets it past the isolation of networks ("-A DOCKER-ISOLATION-STAGE-1 -o
+ * br -j RETURN") and filters it as it filters the outside: a published
+ * container port or ICMP is accepted, anything else dropped by the
+ * network's "! -i br -o br -j DROP". An accepted flow is tracked, both
+ * ways, so that its answers get back across the isolation ("-A
+ * DOCKER-ISOLATION-STAGE-1 -i br -m conntrack --ctstate
+ * RELATED,ESTABLISHED -j ACCEPT"): from_container then finds its entries
+ * first. Returns 1 when it may go on, 0 when this is no such packet (the
+ * isolation rules judge it), or a negative drop reason. An internal
+ * network's containers get no such way out. */
+static __always_inline int gw_routed_from_other_net(const struct pkt *p, const struct endpoint *src,
+						    const struct endpoint *dst, __u64 now)
+{
+	struct port_key k = {.addr = p->t.daddr, .port = p->t.dport, .proto = p->t.proto};
+	struct ct_entry ne = {};
+	struct ct_entry *e;
+	struct iso_net d;
+	int r;
+
+	if (!iso_net_of(p->t.daddr, dst, &d) || !(d.flags & NET_F_ROUTED) || d.id == src->net_id ||
+	    (src->flags & NET_F_INTERNAL))
+		return 0;
+	if (p->t.proto != IPPROTO_ICMP &&
+	    !(has_ports(p->t.proto) && bpf_map_lookup_elem(&routed_ports, &k)))
+		return -DROP_NOT_PUBLISHED;
+	if (p->frag == FRAG_LATER || (!has_ports(p->t.proto) && p->icmp != ICMP_K_ECHO_REQ))
+		return 1;
+	ne.nsaddr = p->t.saddr;
+	ne.ndaddr = p->t.daddr;
+	ne.nsport = p->t.sport;
+	ne.ndport = p->t.dport;
+	ne.flags = CT_AT_FROM_CONTAINER;
+	ne.peer_flags = CT_AT_FROM_CONTAINER | CT_REPLY;
+	ne.kind = CT_ROUTED;
+	ne.ifindex = src->ifindex;
+	r = ct_create(&p->t, &ne, now);
+	if (r < 0)
+		return r;
+	e = bpf_map_lookup_elem(&ct4, &p->t);
+	if (e)
+		ct_touch(&p->t, e, p, now);
+	count_event(EV_CT_NEW_DIRECT);
+	return 1;
+}
