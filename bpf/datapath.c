@@ -577,7 +577,8 @@ plain:
 	r = gw_isolated_from_container(src, p.t.daddr, to_host);
 	if (r)
 		return r;
-	r = to_host ? 0 : gw_routed_from_other_net(&p, src, dst, now);
+	/* (Redirect-only mode tracks nothing: there, networks stay apart.) */
+	r = (to_host || CONFIG.redirect_only) ? 0 : gw_routed_from_other_net(&p, src, dst, now);
 	if (r < 0)
 		return r;
 	if (!r) {
