@@ -169,3 +169,63 @@ func TestLabGatewayModeIsolated(t *testing.T) {
 		})
 	}
 }
+
+// TestLabGatewayModeRoutedFromOtherNetwork: c0, on a nat network, reaches
+// c1 on a routed one as the outside does: its published container port
+// and ping; an unpublished port is dropped, and c1 opens nothing towards
+// c0. With c1's network nat (the positive twin of the isolation), c0
+// reaches none of it.
+func TestLabGatewayModeRoutedFromOtherNetwork(t *testing.T) {
+	cfg := lab.Config{
+		Bridges:    []lab.BridgeConfig{{Subnet: "172.30.0.0/24"}, {Subnet: "172.30.1.0/24"}},
+		Containers: []lab.ContainerConfig{{Bridge: 0}, {Bridge: 1}},
+		Externals:  []lab.ExternalConfig{{Subnet: "10.231.0.0/24", HostAddr: modeHost}},
+	}
+	for _, dpName := range gwModeDatapaths {
+		t.Run(dpName, func(t *testing.T) {
+			m := startMode(t, dpName, cfg)
+			c0, c1 := m.topo.Containers[0], m.topo.Containers[1]
+			echoTCP(t, &c0.Namespace, c0.Addr.String()+":80")
+			echoTCP(t, &c1.Namespace, c1.Addr.String()+":80")
+			echoTCP(t, &c1.Namespace, c1.Addr.String()+":81")
+			ports := publish(t, "8080:"+c1.Addr.String()+":80")
+			to1 := func(port string) string { return c1.Addr.String() + ":" + port }
+
+			for _, routed := range []bool{false, true} {
+				err := m.topo.Host.Do(func() error {
+					s, err := discoverLab(m.topo, ports)
+					if err != nil {
+						return err
+					}
+					if routed {
+						s.Networks[1].GatewayMode = GatewayRouted
+					}
+					return m.dp.Apply(context.Background(), s)
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !routed {
+					mustBeDropped(t, m.dropped, &c0.Namespace, to1("80"), DropIsolation, "nat: c0 to c1's container port")
+					mustPing(t, &c0.Namespace, c1.Addr.String(), false, "nat: c0 to c1")
+					continue
+				}
+				// Docker's MASQUERADE of c0's network ("-s subnet ! -o
+				// br0") takes c0's flow into the routed network too:
+				// iptables and nftables show it to c1 from br1's
+				// gateway. The eBPF datapath masquerades only what
+				// leaves through an uplink: c1 sees c0's address.
+				seen := c0.Addr.String()
+				if _, isEBPF := m.dp.(*EBPF); !isEBPF {
+					seen = m.topo.Bridges[1].Gateway.String()
+				}
+				if got := tcpExchange(t, &c0.Namespace, to1("80"), 10000); got != seen {
+					t.Errorf("routed: c1 saw c0 as %s, want %s", got, seen)
+				}
+				mustPing(t, &c0.Namespace, c1.Addr.String(), true, "routed: c0 to c1")
+				mustBeDropped(t, m.dropped, &c0.Namespace, to1("81"), DropNotPublished, "routed: c0 to c1's unpublished port")
+				mustBeDropped(t, m.dropped, &c1.Namespace, c0.Addr.String()+":80", DropIsolation, "routed: c1 to c0")
+			}
+		})
+	}
+}

@@ -94,3 +94,34 @@ func TestPlanGatewayModes(t *testing.T) {
 		})
 	}
 }
+
+// TestPlanRoutedBetweenNetworks: a routed network is no isolation peer of
+// the others into it (they are filtered by its port rules), and the
+// answers of its containers cross back into the others; new flows from it
+// into them stay isolated.
+func TestPlanRoutedBetweenNetworks(t *testing.T) {
+	nat0 := network("net0", "br0", "172.30.0.0/24")
+	routed := network("net1", "br1", "172.30.1.0/24")
+	routed.GatewayMode = datapath.GatewayRouted
+	s := datapath.State{Networks: []datapath.Network{nat0, routed}, Ports: ports(t, "8080:172.30.1.2:80")}
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []struct {
+		bridge string
+		rules  []string
+	}{
+		{"br0", []string{"ROUTED ESTABLISHED: iif=br1 ct=established accept", "ISOLATION: iif=br1 drop",
+			"ESTABLISHED: ct=established accept", "ICC: iif=br0 accept", "UNPUBLISHED PORT DROP: drop"}},
+		{"br1", []string{"ESTABLISHED: ct=established accept", "ICMP: icmp accept", "ICC: iif=br1 accept",
+			"PUBLISHED: dst=172.30.1.2/32 tcp/80 accept", "UNPUBLISHED PORT DROP: drop"}},
+	} {
+		if got := showChain(p, ForwardIn, w.bridge); !slices.Equal(got, w.rules) {
+			t.Errorf("forward-in of %s:\n%s\nwant\n%s", w.bridge, strings.Join(got, "\n"), strings.Join(w.rules, "\n"))
+		}
+	}
+}

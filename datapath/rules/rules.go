@@ -66,8 +66,9 @@ const (
 	KindDirectAccess    Kind = "DROP DIRECT ACCESS"       // a published container's address from outside its bridge
 	KindRemoteLoopback  Kind = "DROP REMOTE LOOPBACK"     // a loopback-bound port from outside the host
 	// Gateway modes (datapath.GatewayMode), as Docker 28/29 write them.
-	KindICMP        Kind = "ICMP"        // routed: ICMP into the bridge, every type: accept
-	KindUnprotected Kind = "UNPROTECTED" // nat-unprotected: into the bridge otherwise: accept
+	KindICMP        Kind = "ICMP"               // routed: ICMP into the bridge, every type: accept
+	KindUnprotected Kind = "UNPROTECTED"        // nat-unprotected: into the bridge otherwise: accept
+	KindRoutedReply Kind = "ROUTED ESTABLISHED" // from a routed network, ct established,related: accept
 )
 
 // Verdict is what a rule does with a packet it matches.
@@ -177,12 +178,20 @@ func New(s datapath.State) (*Plan, error) {
 		pout := &Chain{Kind: PostroutingOut, Bridge: br}
 		p.Chains = append(p.Chains, fin, fout, pin, pout)
 		in[br], post[br] = fin, pin
-		if !n.Internal {
+		if !n.Internal && n.GatewayMode != datapath.GatewayRouted {
 			// Networks do not reach each other (Docker's
 			// DOCKER-ISOLATION-STAGE-1/2); internal networks are
-			// cut off by their own rules.
+			// cut off by their own rules. A routed network is
+			// filtered like the outside instead ("-A
+			// DOCKER-ISOLATION-STAGE-1 -o br -j RETURN"), and the
+			// answers of its containers cross back ("-A
+			// DOCKER-ISOLATION-STAGE-1 -i br -m conntrack --ctstate
+			// RELATED,ESTABLISHED -j ACCEPT").
 			for _, o := range s.Networks {
 				if o.Bridge != br && !o.Internal {
+					if o.GatewayMode == datapath.GatewayRouted {
+						fin.Rules = append(fin.Rules, Rule{Kind: KindRoutedReply, Match: Match{InIface: o.Bridge, Established: true}, Verdict: Accept})
+					}
 					fin.Rules = append(fin.Rules, Rule{Kind: KindIsolation, Match: Match{InIface: o.Bridge}, Verdict: Drop})
 				}
 			}
