@@ -31,6 +31,7 @@
 #include "lib/icmp.h"
 #include "lib/isolation.h"
 #include "lib/allow.h"
+#include "lib/gwmode.h"
 #include "lib/direct.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
@@ -307,15 +308,18 @@ unknown:
 		struct net_info *net = container_net(p.t.daddr);
 
 		if (net && !bpf_map_lookup_elem(&host_addrs, &p.t.daddr)) {
-			if (net->flags & NET_F_INTERNAL)
-				return -DROP_INTERNAL;
-			/* But from a trusted uplink to a published container
-			 * port (lib/direct.h). */
-			r = direct_from_uplink(&p, net, ctx->ifindex, now);
+			/* The network's gateway mode decides (lib/gwmode.h); on
+			 * a nat network a trusted uplink may still reach a
+			 * published container port (lib/direct.h). */
+			r = gw_direct_allowed(&p, net->flags);
+			if (r == -DROP_NOT_PUBLISHED &&
+			    direct_trusted_uplink(&p, net, ctx->ifindex))
+				r = 0;
 			if (r < 0)
 				return r;
-			if (!r)
-				return -DROP_NOT_PUBLISHED;
+			r = gw_direct_track(&p, now);
+			if (r < 0)
+				return r;
 			frag_record(&p, &orig);
 			goto out;
 		}
@@ -584,9 +588,18 @@ plain:
 	/* Untranslated: Docker's isolation rules, then the fast path. */
 	dst = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
 	to_host = bpf_map_lookup_elem(&host_addrs, &p.t.daddr) != 0;
-	r = iso_verdict(ctx, &p, src, dst, to_host, now);
+	r = gw_isolated_from_container(src, p.t.daddr, to_host);
 	if (r)
 		return r;
+	/* (Redirect-only mode tracks nothing: there, networks stay apart.) */
+	r = (to_host || CONFIG.redirect_only) ? 0 : gw_routed_from_other_net(&p, src, dst, now);
+	if (r < 0)
+		return r;
+	if (!r) {
+		r = iso_verdict(ctx, &p, src, dst, to_host, now);
+		if (r)
+			return r;
+	}
 	if (!CONFIG.fast_path)
 		return TC_ACT_OK;
 	if (dst) {
@@ -625,6 +638,9 @@ static __always_inline int handle_to_container(struct __sk_buff *ctx)
 		return TC_ACT_OK;
 	if (CONFIG.redirect_only)
 		return TC_ACT_OK;
+	r = gw_isolated_to_container(&p, ctx->ifindex);
+	if (r)
+		return r;
 	r = to_container_xlate(ctx, &p, now);
 	if (r < 0)
 		return r;

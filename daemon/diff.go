@@ -5,6 +5,7 @@ package daemon
 import (
 	"net/netip"
 	"reflect"
+	"slices"
 
 	"github.com/bpfnet/bpfnet/datapath"
 )
@@ -56,6 +57,15 @@ func PortsDiff(have, want datapath.State) (unpublish, publish []datapath.PortMap
 	for _, m := range have.Ports {
 		if !keep[bindingOf(m)] {
 			unpublish = append(unpublish, m)
+		}
+	}
+	// A routed network's mappings publish container ports, not host
+	// bindings (datapath.GatewayRouted): only Apply writes them.
+	for _, m := range slices.Concat(unpublish, publish) {
+		for _, n := range want.Networks {
+			if n.GatewayMode == datapath.GatewayRouted && n.Subnet.Contains(m.ContainerIP) {
+				return nil, nil, false
+			}
 		}
 	}
 	return unpublish, publish, true

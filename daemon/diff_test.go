@@ -91,3 +91,30 @@ func TestPortsDiff(t *testing.T) {
 		}
 	}
 }
+
+// TestPortsDiffRouted: a routed network's mappings (container ports, no
+// host binding) are never published incrementally; the nat network next
+// to it still is.
+func TestPortsDiffRouted(t *testing.T) {
+	st := func(ports ...datapath.PortMapping) datapath.State {
+		s := baseState(ports...)
+		s.Networks = append(s.Networks, datapath.Network{Name: "routed", Bridge: "br1", Subnet: netip.MustParsePrefix("172.30.1.0/24"),
+			Gateway: netip.MustParseAddr("172.30.1.1"), GatewayMode: datapath.GatewayRouted})
+		return s
+	}
+	a80 := pm(datapath.TCP, "", 8080, "172.30.0.2", 80)
+	r80 := pm(datapath.TCP, "", 0, "172.30.1.2", 80)
+	for _, tc := range []struct {
+		name       string
+		have, want datapath.State
+		ok         bool
+	}{
+		{"nat port published", st(r80), st(r80, a80), true},
+		{"routed port published", st(a80), st(a80, r80), false},
+		{"routed port removed", st(a80, r80), st(a80), false},
+	} {
+		if _, _, ok := PortsDiff(tc.have, tc.want); ok != tc.ok {
+			t.Errorf("%s: incremental %v, want %v", tc.name, ok, tc.ok)
+		}
+	}
+}

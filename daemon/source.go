@@ -36,6 +36,10 @@ type Standalone struct {
 	// ForeignSource are the addresses whose endpoints may send from
 	// addresses not their own.
 	ForeignSource []netip.Addr
+	// GatewayModes are the networks' gateway modes, by bridge name
+	// (--bridge NAME,gateway_mode=MODE); a bridge not listed is nat. An
+	// isolated network is internal too: nothing in or out.
+	GatewayModes map[string]datapath.GatewayMode
 }
 
 // State discovers the bridges and adds the names, exceptions and ports.
@@ -50,6 +54,15 @@ func (s *Standalone) State(context.Context) (datapath.State, error) {
 		}
 	}
 	MarkForeignSources(&st, s.ForeignSource)
+	for i := range st.Networks {
+		n := &st.Networks[i]
+		if m, ok := s.GatewayModes[n.Bridge]; ok {
+			n.GatewayMode = m
+			if m == datapath.GatewayIsolated {
+				n.Internal, n.Masquerade = true, false
+			}
+		}
+	}
 	ports := append([]datapath.PortMapping(nil), s.Ports...)
 	for i := range ports {
 		for _, e := range st.Endpoints {

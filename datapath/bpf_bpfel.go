@@ -135,6 +135,7 @@ const (
 	bpfEventKindEV_NAT_HOST_REMAP   bpfEventKind = 9
 	bpfEventKindEV_CT_HALF_OPEN     bpfEventKind = 10
 	bpfEventKindEV_CT_PROMOTED      bpfEventKind = 11
+	bpfEventKindEV_CT_NEW_DIRECT    bpfEventKind = 12
 	bpfEventKindEV_MAX              bpfEventKind = 16
 )
 
@@ -159,6 +160,9 @@ const (
 	bpfNetFlagsNET_F_MASQ        bpfNetFlags = 1
 	bpfNetFlagsNET_F_NO_ICC      bpfNetFlags = 2
 	bpfNetFlagsNET_F_INTERNAL    bpfNetFlags = 4
+	bpfNetFlagsNET_F_UNPROTECTED bpfNetFlags = 16
+	bpfNetFlagsNET_F_ROUTED      bpfNetFlags = 32
+	bpfNetFlagsNET_F_ISOLATED    bpfNetFlags = 64
 	bpfNetFlagsNET_F_DIRECT_OPEN bpfNetFlags = 256
 )
 
@@ -233,6 +237,7 @@ const (
 	bpfMapPortConns      = "port_conns"
 	bpfMapPortDenied     = "port_denied"
 	bpfMapPublished      = "published"
+	bpfMapRoutedPorts    = "routed_ports"
 	bpfMapUplinks        = "uplinks"
 	bpfMapVeths          = "veths"
 	bpfProgFromContainer = "from_container"
@@ -308,6 +313,7 @@ type bpfMapSpecs struct {
 	PortConns     *ebpf.MapSpec `ebpf:"port_conns"`
 	PortDenied    *ebpf.MapSpec `ebpf:"port_denied"`
 	Published     *ebpf.MapSpec `ebpf:"published"`
+	RoutedPorts   *ebpf.MapSpec `ebpf:"routed_ports"`
 	Uplinks       *ebpf.MapSpec `ebpf:"uplinks"`
 	Veths         *ebpf.MapSpec `ebpf:"veths"`
 }
@@ -353,6 +359,7 @@ type bpfMaps struct {
 	PortConns     *ebpf.Map `ebpf:"port_conns"`
 	PortDenied    *ebpf.Map `ebpf:"port_denied"`
 	Published     *ebpf.Map `ebpf:"published"`
+	RoutedPorts   *ebpf.Map `ebpf:"routed_ports"`
 	Uplinks       *ebpf.Map `ebpf:"uplinks"`
 	Veths         *ebpf.Map `ebpf:"veths"`
 }
@@ -373,6 +380,7 @@ func (m *bpfMaps) Close() error {
 		m.PortConns,
 		m.PortDenied,
 		m.Published,
+		m.RoutedPorts,
 		m.Uplinks,
 		m.Veths,
 	)

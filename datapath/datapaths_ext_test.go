@@ -33,17 +33,10 @@ func init() {
 		if chain == "" {
 			t.Fatalf("no iptables rule stands for drop reason %s", reason)
 		}
-		n := datapath.IptablesDrops(t, ns, chain)
-		// With --allow-direct-routing and no loopback-bound port, the
-		// raw table has no drop.
-		raw, err := ns.Run(context.Background(), "iptables-save", "-t", "raw")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if strings.Contains(string(raw), " -j DROP") {
-			n += datapath.IptablesDrops(t, ns, "raw:PREROUTING")
-		}
-		return n
+		// A routed or nat-unprotected network has no direct-access
+		// drop in the raw table.
+		raw, _ := datapath.IptablesDropCount(t, ns, "raw:PREROUTING")
+		return datapath.IptablesDrops(t, ns, chain) + raw
 	})
 	datapath.RegisterRuleDatapath("nftables", func(netns string) (datapath.Datapath, error) {
 		return nftables.New(nftables.Options{Netns: netns})

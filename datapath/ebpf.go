@@ -286,11 +286,15 @@ const (
 	netFInternal = bpfNetFlagsNET_F_INTERNAL
 	// netFDirectOpen is --allow-direct-routing (State.AllowDirectRouting).
 	netFDirectOpen = bpfNetFlagsNET_F_DIRECT_OPEN
+	// Gateway modes (bpf/lib/gwmode.h).
+	netFUnprotected = bpfNetFlagsNET_F_UNPROTECTED
+	netFRouted      = bpfNetFlagsNET_F_ROUTED
+	netFIsolated    = bpfNetFlagsNET_F_ISOLATED
 )
 
 func netFlags(n Network) bpfNetFlags {
 	var f bpfNetFlags
-	if n.Masquerade && !n.Internal {
+	if n.masquerades() {
 		f |= netFMasq
 	}
 	if n.NoICC {
@@ -298,6 +302,14 @@ func netFlags(n Network) bpfNetFlags {
 	}
 	if n.Internal {
 		f |= netFInternal
+	}
+	switch n.GatewayMode {
+	case GatewayNATUnprotected:
+		f |= netFUnprotected
+	case GatewayRouted:
+		f |= netFRouted
+	case GatewayIsolated:
+		f |= netFIsolated | netFInternal
 	}
 	return f
 }
@@ -320,6 +332,9 @@ type resolved struct {
 	// trusted are the published container ports the trusted interfaces
 	// of their networks may reach directly (lib/direct.h).
 	trusted map[bpfTrustedKey]uint32
+	// routedPorts are the published container ports of routed networks
+	// (routed_ports, bpf/lib/gwmode.h).
+	routedPorts map[bpfPortKey]uint32
 	// specific counts the bindings of ports to a specific host address,
 	// by protocol and port (ports.go); nil until needed.
 	specific map[bpfPortKey]int
@@ -337,6 +352,8 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		nets:      map[bpfNetKey]bpfNetInfo{},
 		devs:      map[string]attachedDev{},
 		trusted:   map[bpfTrustedKey]uint32{},
+
+		routedPorts: map[bpfPortKey]uint32{},
 	}
 	// open is set on every network with --allow-direct-routing.
 	var open bpfNetFlags
@@ -481,6 +498,12 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		return nil, err
 	}
 	for i, m := range s.Ports {
+		if n, _ := networkOf(s.Networks, m.ContainerIP); n.GatewayMode == GatewayRouted {
+			// No host port: the container port is open to the
+			// outside by the container's address.
+			r.routedPorts[bpfPortKey{Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}] = uint32(i + 1)
+			continue
+		}
 		k := bpfPortKey{Port: be16(m.HostPort), Proto: uint8(m.Proto)}
 		if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
 			k.Addr = be32(m.HostIP)
@@ -580,6 +603,7 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 		{"published ports", func() error { return syncMap(&undo, d.objs.Published, prev.ports, r.ports) }},
 		{"old allowlists", func() error { return syncAllowDelete(&undo, d.objs.PortAllow, prev.allow, r.allow) }},
 		{"trusted interfaces", func() error { return syncMap(&undo, d.objs.DirectTrusted, prev.trusted, r.trusted) }},
+		{"routed ports", func() error { return syncMap(&undo, d.objs.RoutedPorts, prev.routedPorts, r.routedPorts) }},
 	}
 	for _, st := range steps {
 		if err := st.fn(); err != nil {
@@ -639,6 +663,9 @@ func (d *EBPF) readApplied() (*resolved, error) {
 	r.allow.refs = allowRefs(r.ports)
 	if r.trusted, err = readMap[bpfTrustedKey, uint32](d.objs.DirectTrusted); err != nil {
 		return nil, fmt.Errorf("reading trusted interfaces: %w", err)
+	}
+	if r.routedPorts, err = readMap[bpfPortKey, uint32](d.objs.RoutedPorts); err != nil {
+		return nil, fmt.Errorf("reading routed ports: %w", err)
 	}
 	return r, nil
 }
@@ -946,7 +973,7 @@ var optionalPins = map[string]bool{"port_allow": true, "port_denied": true, "dir
 // state that would be lost, so a layout change there is an error.
 var rebuiltMaps = map[string]bool{
 	"endpoints": true, "veths": true, "nets": true, "published": true, "host_addrs": true, "uplinks": true,
-	"port_allow": true, "direct_trusted": true,
+	"port_allow": true, "direct_trusted": true, "routed_ports": true,
 }
 
 // transientMaps hold state that is rebuilt by itself: a new layout (a new

@@ -28,3 +28,6 @@ func RegisterRuleDatapath(mode string, newDP func(netns string) (Datapath, error
 // IptablesDrops sums the packet counters of the DROP rules of a filter
 // chain in ns.
 var IptablesDrops = iptablesDrops
+
+// IptablesDropCount: see iptablesDropCount.
+var IptablesDropCount = iptablesDropCount

@@ -63,8 +63,10 @@ var (
 	fuzzContainerIf = []string{"vetha", "vethb", "vethc", "vethd", "other0"}
 )
 
-// Another network on top of the packet tests' two: internal, without
-// inter-container communication, with one container D.
+// Another network on top of the packet tests' two: internal and isolated
+// (gateway mode), without inter-container communication, with one
+// container D. net2, not masqueraded, is routed (gateway mode), with C's
+// tcp/80 published as a container port.
 var (
 	gw3IP  = netip.MustParseAddr("172.19.0.1")
 	ctrD   = netip.MustParseAddr("172.19.0.2")
@@ -77,6 +79,8 @@ const (
 	netMasq     = netFMasq
 	netNoICC    = netFNoICC
 	netInternal = netFInternal
+	netRouted   = netFRouted
+	netIsolated = netFIsolated
 )
 
 // fuzzTopology writes the packet-test topology into the maps of objs:
@@ -103,8 +107,9 @@ func fuzzTopology(objs *bpfObjects, idx map[string]uint32) error {
 	puts := []put{
 		{objs.Uplinks, idx["up0"], bpfUplink{Addr: be32(hostIP)}},
 		{objs.Nets, bpfNetKey{Prefixlen: 16, Addr: be32(net1.Addr())}, bpfNetInfo{Flags: netMasq, NetId: 1}},
-		{objs.Nets, bpfNetKey{Prefixlen: 16, Addr: be32(net2.Addr())}, bpfNetInfo{Flags: 0, NetId: 2}},
-		{objs.Nets, bpfNetKey{Prefixlen: 16, Addr: be32(net3.Addr())}, bpfNetInfo{Flags: netInternal | netNoICC, NetId: 3}},
+		{objs.Nets, bpfNetKey{Prefixlen: 16, Addr: be32(net2.Addr())}, bpfNetInfo{Flags: netRouted, NetId: 2}},
+		{objs.Nets, bpfNetKey{Prefixlen: 16, Addr: be32(net3.Addr())}, bpfNetInfo{Flags: netInternal | netNoICC | netIsolated, NetId: 3}},
+		{objs.RoutedPorts, bpfPortKey{Addr: be32(ctrC), Port: be16(80), Proto: tcp}, uint32(7)},
 		pub(tcp, netip.Addr{}, 8080, ctrA, 80, 1),
 		pub(udp, netip.Addr{}, 5353, ctrB, 53, 2),
 		pub(tcp, hostIP2, 8081, ctrC, 80, 3),
@@ -116,8 +121,8 @@ func fuzzTopology(objs *bpfObjects, idx map[string]uint32) error {
 	for _, e := range []bpfEndpoint{
 		ep(ctrA, "vetha", "br0", gwIP, macA, gwMAC, 1, netMasq),
 		ep(ctrB, "vethb", "br0", gwIP, macB, gwMAC, 1, netMasq),
-		ep(ctrC, "vethc", "br1", gw2IP, macC, gw2MAC, 2, 0),
-		ep(ctrD, "vethd", "br2", gw3IP, macD, gw3MAC, 3, netInternal|netNoICC),
+		ep(ctrC, "vethc", "br1", gw2IP, macC, gw2MAC, 2, netRouted),
+		ep(ctrD, "vethd", "br2", gw3IP, macD, gw3MAC, 3, netInternal|netNoICC|netIsolated),
 	} {
 		puts = append(puts, put{objs.Endpoints, e.Addr, e}, put{objs.Veths, e.Ifindex, e})
 	}

@@ -415,6 +415,7 @@ func TestPinMigrationRebuiltMaps(t *testing.T) {
 		"endpoints": old.objs.Endpoints, "veths": old.objs.Veths, "nets": old.objs.Nets,
 		"published": old.objs.Published, "host_addrs": old.objs.HostAddrs, "uplinks": old.objs.Uplinks,
 		"port_allow": old.objs.PortAllow, "direct_trusted": old.objs.DirectTrusted,
+		"routed_ports": old.objs.RoutedPorts,
 	}
 	if len(objs) != len(rebuiltMaps) {
 		t.Fatalf("the test knows %d rebuilt maps, the datapath %d", len(objs), len(rebuiltMaps))

@@ -57,8 +57,13 @@ func (d *EBPF) checkPublish(m PortMapping, others map[bpfPortKey]bpfPortTarget) 
 		return err
 	}
 	in := false
-	for k := range d.applied.nets {
+	for k, n := range d.applied.nets {
 		if netip.PrefixFrom(addrFrom(k.Addr), int(k.Prefixlen)).Contains(m.ContainerIP) {
+			if n.Flags&netFRouted != 0 {
+				// A routed network maps nothing on the host; its
+				// container ports come with the state (Apply).
+				return fmt.Errorf("port %s: the network of %s is routed: no host port is published there", m, m.ContainerIP)
+			}
 			in = true
 			break
 		}

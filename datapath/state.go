@@ -167,6 +167,71 @@ type Network struct {
 	// --to-source); the zero Addr is the uplink's address. It must be one
 	// of the host's addresses (State.HostAddrs).
 	HostIPv4 netip.Addr
+	// GatewayMode is the network's IPv4 gateway mode, Docker 28's
+	// com.docker.network.bridge.gateway_mode_ipv4 (the zero value is
+	// GatewayNAT): routed turns Masquerade off and publishes container
+	// ports instead of host ports, isolated needs Internal.
+	GatewayMode GatewayMode
+	// GatewayModeIPv6 is com.docker.network.bridge.gateway_mode_ipv6,
+	// kept for when the datapath does IPv6; nothing reads it yet.
+	GatewayModeIPv6 GatewayMode
+}
+
+// GatewayMode is how a network reaches and is reached from the outside,
+// as Docker 28's bridge driver has it (moby libnetwork/drivers/bridge,
+// gwMode).
+type GatewayMode uint8
+
+const (
+	// GatewayNAT (Docker's "nat", the default): published ports are
+	// DNATed from the host, egress is masqueraded, and nothing from the
+	// outside reaches a container address.
+	GatewayNAT GatewayMode = iota
+	// GatewayNATUnprotected ("nat-unprotected"): the same NAT, but every
+	// port of a container is reachable from the outside by its address.
+	GatewayNATUnprotected
+	// GatewayRouted ("routed"): no NAT. Egress keeps the container's
+	// address; the host port of a published port is ignored and the
+	// container port (with ICMP) is reachable by the container's address,
+	// nothing else.
+	GatewayRouted
+	// GatewayIsolated ("isolated"): an internal network whose bridge has
+	// no address: nothing gets in or out, the host included; its
+	// containers reach each other.
+	GatewayIsolated
+)
+
+var gatewayModeNames = [...]string{
+	GatewayNAT:            "nat",
+	GatewayNATUnprotected: "nat-unprotected",
+	GatewayRouted:         "routed",
+	GatewayIsolated:       "isolated",
+}
+
+func (m GatewayMode) String() string {
+	if int(m) < len(gatewayModeNames) {
+		return gatewayModeNames[m]
+	}
+	return "gateway-mode-" + strconv.Itoa(int(m))
+}
+
+// ParseGatewayMode parses Docker's names of gateway modes; "" is nat.
+func ParseGatewayMode(s string) (GatewayMode, error) {
+	if s == "" {
+		return GatewayNAT, nil
+	}
+	for m, name := range gatewayModeNames {
+		if s == name {
+			return GatewayMode(m), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown gateway mode %q (want nat, nat-unprotected, routed or isolated)", s)
+}
+
+// masquerades tells whether traffic from n to the outside is masqueraded:
+// Masquerade asks for it, and a routed or internal network has no NAT.
+func (n Network) masquerades() bool {
+	return n.Masquerade && !n.Internal && n.GatewayMode != GatewayRouted
 }
 
 // Endpoint is a container's interface on a network.
@@ -249,6 +314,14 @@ func (s *State) Validate() error {
 		}
 		if err := n.validateDirect(); err != nil {
 			return err
+		}
+		if int(n.GatewayMode) >= len(gatewayModeNames) || int(n.GatewayModeIPv6) >= len(gatewayModeNames) {
+			return fmt.Errorf("network %s: unknown gateway mode %s", n.Name, n.GatewayMode)
+		}
+		if n.GatewayMode == GatewayIsolated && !n.Internal {
+			// As Docker 28: "gateway mode 'isolated' can only be used
+			// for an internal network".
+			return fmt.Errorf("network %s: gateway mode isolated needs an internal network", n.Name)
 		}
 		nets[n.Name] = n
 	}
@@ -342,7 +415,11 @@ func (t portTable) add(nets []Network, m PortMapping) error {
 	if m.Proto != TCP && m.Proto != UDP {
 		return fmt.Errorf("port %s: protocol must be tcp or udp", m)
 	}
-	if m.HostPort == 0 || m.ContainerPort == 0 {
+	routed := false
+	if n, ok := networkOf(nets, m.ContainerIP); ok && m.ContainerIP.Is4() {
+		routed = n.GatewayMode == GatewayRouted
+	}
+	if (m.HostPort == 0 && !routed) || m.ContainerPort == 0 {
 		return fmt.Errorf("port %s: port 0 cannot be published", m)
 	}
 	if !m.ContainerIP.Is4() {
@@ -359,6 +436,12 @@ func (t portTable) add(nets []Network, m PortMapping) error {
 	}
 	if n.Internal {
 		return fmt.Errorf("port %s: network %s is internal and cannot publish ports", m, n.Name)
+	}
+	if routed {
+		// Docker maps nothing on the host for a routed network: the
+		// host port is ignored (moby's routed port mapper), so it takes
+		// none, and the container port is what is published.
+		return nil
 	}
 	hip := m.HostIP
 	if !hip.IsValid() {

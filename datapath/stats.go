@@ -102,7 +102,11 @@ const (
 	// EventCTPromoted: an unassured flow whose client answered, moved into
 	// ct4.
 	EventCTPromoted = Event(bpfEventKindEV_CT_PROMOTED)
-	eventMax        = int(bpfEventKindEV_MAX)
+	// EventCTNewDirect: a new flow from outside a routed or
+	// nat-unprotected network (the outside, or for a routed one another
+	// network's container) straight to its container's address.
+	EventCTNewDirect = Event(bpfEventKindEV_CT_NEW_DIRECT)
+	eventMax         = int(bpfEventKindEV_MAX)
 )
 
 var eventNames = map[Event]string{
@@ -118,6 +122,7 @@ var eventNames = map[Event]string{
 	EventNATHostRemap:   "nat_host_remap",
 	EventCTHalfOpen:     "ct_half_open",
 	EventCTPromoted:     "ct_promoted",
+	EventCTNewDirect:    "ct_new_direct",
 }
 
 func (e Event) String() string {
@@ -129,7 +134,7 @@ func (e Event) String() string {
 
 // Events lists every event the datapath counts.
 func Events() []Event {
-	return []Event{EventCTNewDNAT, EventCTNewSNAT, EventCTNewHairpin, EventCTRecreated, EventCTPeerRestored, EventRedirectPeer, EventRedirectNeigh, EventFragTracked, EventNATHostSocket, EventNATHostRemap, EventCTHalfOpen, EventCTPromoted}
+	return []Event{EventCTNewDNAT, EventCTNewSNAT, EventCTNewHairpin, EventCTRecreated, EventCTPeerRestored, EventRedirectPeer, EventRedirectNeigh, EventFragTracked, EventNATHostSocket, EventNATHostRemap, EventCTHalfOpen, EventCTPromoted, EventCTNewDirect}
 }
 
 // Traffic is what a container sent and received, summed over CPUs.

@@ -149,6 +149,21 @@ func convertNetwork(k kernel, defaultMasq bool, n network.Summary) (_ *bridgeNet
 	if !subnet.IsValid() {
 		return nil, false, nil
 	}
+	gwMode, err := datapath.ParseGatewayMode(n.Options[optGatewayModeIPv4])
+	if err != nil {
+		return nil, true, errors.New(optGatewayModeIPv4 + ": " + err.Error())
+	}
+	gwMode6, err := datapath.ParseGatewayMode(n.Options[optGatewayModeIPv6])
+	if err != nil {
+		return nil, true, errors.New(optGatewayModeIPv6 + ": " + err.Error())
+	}
+	if gwMode == datapath.GatewayIsolated && !n.Internal {
+		// Docker 28 refuses to create such a network ("gateway mode
+		// 'isolated' can only be used for an internal network"); one
+		// made by an older dockerd, which keeps the option as it is,
+		// is left out rather than served with the host open.
+		return nil, true, errors.New(optGatewayModeIPv4 + "=isolated needs an internal network (docker network create --internal)")
+	}
 	bridge := n.Options[optBridgeName]
 	if bridge == "" {
 		if len(n.ID) < 12 {
@@ -171,7 +186,12 @@ func convertNetwork(k kernel, defaultMasq bool, n network.Summary) (_ *bridgeNet
 			}
 		}
 	}
-	if !gw.IsValid() || !subnet.Contains(gw) {
+	if gwMode == datapath.GatewayIsolated {
+		// Docker 28 gives an isolated network's bridge no address
+		// (GetSkipGwAlloc): whatever the IPAM says, there is no gateway
+		// the containers may reach.
+		gw = netip.Addr{}
+	} else if !gw.IsValid() || !subnet.Contains(gw) {
 		return nil, true, errors.New("no gateway in " + subnet.String() + " (none in IPAM, none on bridge " + bridge + ")")
 	}
 	def := n.Options[optDefaultBridge] == "true"
@@ -205,6 +225,8 @@ func convertNetwork(k kernel, defaultMasq bool, n network.Summary) (_ *bridgeNet
 				Internal:              n.Internal,
 				TrustedHostInterfaces: n.Options[optTrustedIfaces],
 				HostIPv4:              hostIPv4,
+				GatewayMode:           gwMode,
+				GatewayModeIPv6:       gwMode6,
 			},
 			ID:       n.ID,
 			Default:  def,
@@ -353,6 +375,12 @@ func convertContainer(k kernel, log *slog.Logger, byID, byName map[string]*bridg
 				log.Error("docker port not published: its allowlist label is invalid, so the port stays closed rather than open to all",
 					"container", name, "host_port", hport, "protocol", proto.String(), "label", label, "value", labels[label], "error", err)
 				continue
+			}
+			if att[0].net.GatewayMode == datapath.GatewayRouted {
+				// Docker 28 maps nothing on the host for a routed
+				// network (its routed port mapper ignores the host
+				// port): the binding publishes the container port.
+				hip, hport = netip.Addr{}, 0
 			}
 			m := datapath.PortMapping{
 				Proto: proto, HostIP: hip, HostPort: uint16(hport),

@@ -135,6 +135,10 @@ const (
 	// optHostIPv4 is the address the network's masqueraded traffic
 	// leaves with (SNAT --to-source instead of MASQUERADE).
 	optHostIPv4 = "com.docker.network.host_ipv4"
+	// Docker 28's gateway modes, per family (nat, nat-unprotected,
+	// routed, isolated); Docker 20.10 keeps them as plain options.
+	optGatewayModeIPv4 = "com.docker.network.bridge.gateway_mode_ipv4"
+	optGatewayModeIPv6 = "com.docker.network.bridge.gateway_mode_ipv6"
 )
 
 // Network is a Docker bridge network: what the datapath is given, and

@@ -95,5 +95,7 @@ enum event_kind {
 		9, /* a host flow whose tuple a translation holds got another source port */
 	EV_CT_HALF_OPEN = 10, /* new published-port flow, in ct4_syn until the client answers */
 	EV_CT_PROMOTED = 11,  /* unassured flow moved into ct4 */
+	EV_CT_NEW_DIRECT =
+		12, /* new flow from outside a routed or nat-unprotected network straight to its container */
 	EV_MAX = 16,
 };

@@ -73,7 +73,8 @@ static __always_inline struct ct_entry *ct_lookup_live(const struct ct_key *k, _
 }
 
 /* CT_AT_UNASSURED: the hooks that apply the entries of ct4_syn, which holds
- * only published-port flows. */
+ * only flows from the outside: published ports' and, on routed and
+ * nat-unprotected networks, those straight to a container (gwmode.h). */
 #define CT_AT_UNASSURED (CT_AT_FROM_NETDEV | CT_AT_TO_NETDEV)
 
 /* ct_lookup returns the live entry for k that hook `at` applies: the one

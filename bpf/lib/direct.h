@@ -8,7 +8,7 @@
  *
  * with the filter table then letting a trusted interface reach the
  * published container ports only. Uplinks are judged by from_netdev (as
- * DROP_NOT_PUBLISHED, but for a trusted uplink: direct_from_uplink);
+ * DROP_NOT_PUBLISHED, but for a trusted uplink: direct_trusted_uplink);
  * to_container, which every packet to a container
  * passes but for those the fast path redirects into its namespace (which
  * a hook of ours judged), judges the rest by skb->skb_iif
@@ -33,13 +33,15 @@
  * drop, and its filter table lets every interface reach the published
  * container ports, and no other: here every interface is trusted, through
  * the entries of ifindex 0. Networks without masquerade (Docker's routed
- * networks) and internal ones are not protected this way. */
+ * networks), nat-unprotected and internal ones are not protected this
+ * way. */
 #pragma once
 
 #include "common.h"
 #include "maps.h"
 #include "packet.h"
 #include "isolation.h"
+#include "gwmode.h"
 
 /* A published container port a trusted interface may reach directly. */
 struct trusted_key {
@@ -79,7 +81,8 @@ static __always_inline int direct_tracked(const struct pkt *p, __u64 now)
 
 /* direct_verdict judges a packet to_container hands to the container whose
  * host veth is ifindex, which arrived on in_ifindex, after to_container's
- * own translation: 0 when it may go on, else -DROP_DIRECT_ACCESS. A later
+ * own translation: 0 when it may go on, else -DROP_DIRECT_ACCESS (for a
+ * routed network, what gw_direct_allowed gives). A later
  * fragment carries no port, and from a trusted interface only its first
  * fragment passes. */
 static __always_inline int direct_verdict(const struct pkt *p, __u32 ifindex, __u32 in_ifindex,
@@ -91,7 +94,11 @@ static __always_inline int direct_verdict(const struct pkt *p, __u32 ifindex, __
 	if (in_ifindex == 0 || in_ifindex == LOOPBACK_IFINDEX)
 		return 0;
 	net = container_net(p->t.daddr);
-	if (!net || (net->flags & NET_F_INTERNAL) || !(net->flags & NET_F_MASQ))
+	/* Docker writes no direct-access drop for internal and
+	 * nat-unprotected networks (lib/gwmode.h), nor for one without
+	 * masquerade; a routed network's filter rules are judged below. */
+	if (!net || (net->flags & (NET_F_INTERNAL | NET_F_UNPROTECTED)) ||
+	    !(net->flags & (NET_F_MASQ | NET_F_ROUTED)))
 		return 0;
 	ep = bpf_map_lookup_elem(&veths, &ifindex);
 	if (!ep || in_ifindex == ep->bridge_ifindex)
@@ -103,6 +110,11 @@ static __always_inline int direct_verdict(const struct pkt *p, __u32 ifindex, __
 		return 0;
 	if (direct_tracked(p, now))
 		return 0;
+	/* routed: from any interface but its bridge, what its DOCKER chain
+	 * lets in from an uplink, as from_netdev judges it (gw_direct_allowed:
+	 * published container ports and ICMP). */
+	if (net->flags & NET_F_ROUTED)
+		return gw_direct_allowed(p, net->flags);
 	if (has_ports(p->t.proto)) {
 		struct trusted_key tk = {.ifindex =
 						 (net->flags & NET_F_DIRECT_OPEN) ? 0 : in_ifindex,
@@ -116,45 +128,21 @@ static __always_inline int direct_verdict(const struct pkt *p, __u32 ifindex, __
 	return -DROP_DIRECT_ACCESS;
 }
 
-/* direct_from_uplink judges a new flow from the uplink ifindex straight to
- * container address p->t.daddr of net, which from_netdev drops
- * (DROP_NOT_PUBLISHED) unless the uplink is a trusted interface of the
- * network (every interface with NET_F_DIRECT_OPEN) and the port a
- * published container port. Such a flow is tracked untranslated, as a
- * published port's is (unassured until the client answers), so that its
- * answers leave through to_netdev untouched rather than masqueraded.
- * Returns 1 when it may go on, 0 when it is to be dropped, or a negative
- * drop reason. */
-static __always_inline int direct_from_uplink(struct pkt *p, const struct net_info *net,
-					      __u32 ifindex, __u64 now)
+/* direct_trusted_uplink tells whether a new flow from the uplink ifindex
+ * straight to container address p->t.daddr of net, which from_netdev drops
+ * on a nat network (DROP_NOT_PUBLISHED), may go in: the uplink is a
+ * trusted interface of the network (every interface with
+ * NET_F_DIRECT_OPEN) and the port a published container port. from_netdev
+ * then tracks it untranslated (gw_direct_track), so that its answers leave
+ * through to_netdev untouched rather than masqueraded. */
+static __always_inline int direct_trusted_uplink(const struct pkt *p, const struct net_info *net,
+						 __u32 ifindex)
 {
 	struct trusted_key tk = {.ifindex = (net->flags & NET_F_DIRECT_OPEN) ? 0 : ifindex,
 				 .addr = p->t.daddr,
 				 .port = p->t.dport,
 				 .proto = p->t.proto};
-	struct ct_entry ne = {};
-	struct endpoint *ep;
-	struct ct_entry *e;
-	int r;
 
-	if (!(net->flags & NET_F_MASQ) || !has_ports(p->t.proto) || p->frag == FRAG_LATER ||
-	    !bpf_map_lookup_elem(&direct_trusted, &tk))
-		return 0;
-	ne.nsaddr = p->t.saddr;
-	ne.ndaddr = p->t.daddr;
-	ne.nsport = p->t.sport;
-	ne.ndport = p->t.dport;
-	ne.flags = CT_AT_FROM_NETDEV;
-	ne.peer_flags = CT_AT_TO_NETDEV | CT_REPLY;
-	ne.kind = CT_ROUTED;
-	ep = bpf_map_lookup_elem(&endpoints, &p->t.daddr);
-	if (ep)
-		ne.ifindex = ep->ifindex;
-	r = ct_create_unassured(&p->t, &ne, now);
-	if (r < 0)
-		return r;
-	e = bpf_map_lookup_elem(&ct4_syn, &p->t);
-	if (e)
-		ct_touch(&p->t, e, p, now);
-	return 1;
+	return (net->flags & NET_F_MASQ) && has_ports(p->t.proto) && p->frag != FRAG_LATER &&
+	       bpf_map_lookup_elem(&direct_trusted, &tk);
 }

@@ -92,6 +92,11 @@ enum net_flags : __u32 {
 	NET_F_NO_ICC = 0x2, /* its containers may not reach each other (enable_icc=false) */
 	NET_F_INTERNAL =
 		0x4, /* no traffic leaves it or enters it (docker network create --internal) */
+	/* Gateway modes (com.docker.network.bridge.gateway_mode_ipv4, lib/gwmode.h): */
+	NET_F_UNPROTECTED = 0x10, /* nat-unprotected: every port reachable by container address */
+	NET_F_ROUTED =
+		0x20, /* routed: no NAT; published container ports and ICMP reachable directly */
+	NET_F_ISOLATED = 0x40, /* isolated: internal, and the host itself is cut off too */
 	NET_F_DIRECT_OPEN =
 		0x100, /* its published container ports may be reached from any interface (--allow-direct-routing) */
 };

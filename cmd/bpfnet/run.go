@@ -69,7 +69,7 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringArrayVar(&f.bridges, "bridge", nil, "bridge whose containers to serve (repeatable)")
+	fl.StringArrayVar(&f.bridges, "bridge", nil, "bridge whose containers to serve: NAME[,gateway_mode=nat|nat-unprotected|routed|isolated] (repeatable; Docker's com.docker.network.bridge.gateway_mode_ipv4)")
 	fl.StringArrayVar(&f.uplinks, "uplink", nil, "interface towards the outside (repeatable; default: those of the default routes)")
 	fl.StringArrayVar(&f.masquerade, "masquerade", nil, "masquerade traffic from this CIDR (repeatable; default: the bridges' subnets)")
 	fl.StringArrayVar(&f.publish, "publish", nil, "publish a port: [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp][,allow=CIDR[+CIDR...]] (repeatable); "+
@@ -136,6 +136,9 @@ func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
 		}
 		ports = append(ports, m...)
 	}
+	if _, _, err := bridgeSpecs(f.bridges); err != nil {
+		return opts, nil, err
+	}
 	for _, c := range f.masquerade {
 		if _, err := netip.ParsePrefix(c); err != nil {
 			return opts, nil, fmt.Errorf("invalid --masquerade %q: %w", c, err)
@@ -175,6 +178,36 @@ func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
 	return opts, ports, nil
 }
 
+// bridgeSpecs parses the --bridge values, NAME[,gateway_mode=MODE]: the
+// names, and the gateway modes of those that give one.
+func bridgeSpecs(specs []string) (names []string, modes map[string]datapath.GatewayMode, _ error) {
+	for _, spec := range specs {
+		name, rest, _ := strings.Cut(spec, ",")
+		if name == "" {
+			return nil, nil, fmt.Errorf("invalid --bridge %q: no bridge name", spec)
+		}
+		names = append(names, name)
+		if rest == "" {
+			continue
+		}
+		for _, field := range strings.Split(rest, ",") {
+			k, v, _ := strings.Cut(field, "=")
+			if k != "gateway_mode" {
+				return nil, nil, fmt.Errorf("invalid --bridge %q: unknown field %q (want gateway_mode=MODE)", spec, field)
+			}
+			m, err := datapath.ParseGatewayMode(v)
+			if err != nil || v == "" {
+				return nil, nil, fmt.Errorf("invalid --bridge %q: gateway_mode: want nat, nat-unprotected, routed or isolated", spec)
+			}
+			if modes == nil {
+				modes = map[string]datapath.GatewayMode{}
+			}
+			modes[name] = m
+		}
+	}
+	return names, modes, nil
+}
+
 // masqueradePrefixes are the --masquerade CIDRs, checked by options.
 func masqueradePrefixes(f *runFlags) []netip.Prefix {
 	var masq []netip.Prefix
@@ -187,7 +220,8 @@ func masqueradePrefixes(f *runFlags) []netip.Prefix {
 
 // standalone is the source the flags name, checked by options.
 func standalone(f *runFlags, ports []datapath.PortMapping) *daemon.Standalone {
-	s := &daemon.Standalone{Bridges: f.bridges, Uplinks: f.uplinks, Masquerade: masqueradePrefixes(f), Ports: ports,
+	names, modes, _ := bridgeSpecs(f.bridges)
+	s := &daemon.Standalone{Bridges: names, GatewayModes: modes, Uplinks: f.uplinks, Masquerade: masqueradePrefixes(f), Ports: ports,
 		Containers: map[netip.Addr]string{}}
 	for _, c := range f.containers {
 		name, addr, _ := strings.Cut(c, "=")

@@ -4,10 +4,14 @@ package main
 
 import (
 	"bytes"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/bpfnet/bpfnet/datapath"
 )
 
 // Bad flags are refused before anything touches the kernel: no pin folder
@@ -35,6 +39,10 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{[]string{"--bridge", "br0", "--allow-foreign-source", "web"}, "invalid --allow-foreign-source"},
 		{[]string{"--bridge", "br0", "--allow-foreign-source", "fd00::2"}, "invalid --allow-foreign-source"},
 		{[]string{"--docker", "--allow-foreign-source", "172.17.0.2"}, "bpfnet.allow-foreign-source=true"},
+		{[]string{"--bridge", "br0,gateway_mode=bridged"}, "gateway_mode: want nat"},
+		{[]string{"--bridge", "br0,gateway_mode="}, "gateway_mode: want nat"},
+		{[]string{"--bridge", "br0,mtu=1500"}, "unknown field"},
+		{[]string{"--bridge", ",gateway_mode=routed"}, "no bridge name"},
 	} {
 		root := newRootCmd()
 		var out bytes.Buffer
@@ -48,5 +56,22 @@ func TestRunRejectsBadInput(t *testing.T) {
 		if _, serr := os.Stat(pin); !os.IsNotExist(serr) {
 			t.Fatalf("run %v left %s behind", tc.args, pin)
 		}
+	}
+}
+
+// TestBridgeSpecs: --bridge NAME[,gateway_mode=MODE] gives the names in
+// order and the modes of those that name one.
+func TestBridgeSpecs(t *testing.T) {
+	names, modes, err := bridgeSpecs([]string{"br0", "br1,gateway_mode=routed", "br2,gateway_mode=nat-unprotected", "br3,gateway_mode=isolated", "br4,gateway_mode=nat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"br0", "br1", "br2", "br3", "br4"}; !slices.Equal(names, want) {
+		t.Errorf("names %v, want %v", names, want)
+	}
+	want := map[string]datapath.GatewayMode{"br1": datapath.GatewayRouted, "br2": datapath.GatewayNATUnprotected,
+		"br3": datapath.GatewayIsolated, "br4": datapath.GatewayNAT}
+	if !maps.Equal(modes, want) {
+		t.Errorf("modes %v, want %v", modes, want)
 	}
 }

@@ -281,6 +281,13 @@ func (o *Options) tables(s datapath.State) (map[string]*ipTable, error) {
 	// Rules of published ports, in the order of the state's ports.
 	var hairpin, published []rules.Rule
 	var isoIn, iso1Rules, iso2Rules []ipRule
+	// With a routed network, every bridge's jump to DOCKER comes before
+	// any bridge's ACCEPT of what leaves it, as in Docker 28's
+	// DOCKER-FORWARD ("-m set --match-set docker-ext-bridges-v4 dst -j
+	// DOCKER" first): another network's packet into a routed one must
+	// meet its port rules. Without one, Docker 20.10's per-bridge order.
+	routedNet := slices.ContainsFunc(plan.Networks, func(n datapath.Network) bool { return n.GatewayMode == datapath.GatewayRouted })
+	var leaving []ipRule
 	for _, n := range plan.Networks {
 		br := n.Bridge
 		for _, r := range plan.Chain(rules.PostroutingOut, br).Rules {
@@ -317,22 +324,36 @@ func (o *Options) tables(s datapath.State) (map[string]*ipTable, error) {
 		for _, r := range plan.Chain(rules.ForwardOut, br).Rules {
 			switch r.Kind {
 			case rules.KindOutgoing:
-				filter.builtin = append(filter.builtin, ipRule{"FORWARD", fmt.Sprintf("-i %s ! -o %s %s -j ACCEPT", br, br, mark)})
+				leaving = append(leaving, ipRule{"FORWARD", fmt.Sprintf("-i %s ! -o %s %s -j ACCEPT", br, br, mark)})
 			case rules.KindInternalEgress:
 				isoIn = append(isoIn, ipRule{iso1, fmt.Sprintf("! -d %s -i %s -j DROP", n.Subnet.Masked(), br)})
 			}
 		}
 		for _, r := range plan.Chain(rules.ForwardIn, br).Rules {
 			if r.Kind == rules.KindICC {
-				filter.builtin = append(filter.builtin, ipRule{"FORWARD", fmt.Sprintf("-i %s -o %s %s -j %s", br, br, mark, target(r.Verdict))})
+				leaving = append(leaving, ipRule{"FORWARD", fmt.Sprintf("-i %s -o %s %s -j %s", br, br, mark, target(r.Verdict))})
 			}
+		}
+		if !routedNet {
+			filter.builtin = append(filter.builtin, leaving...)
+			leaving = nil
 		}
 		if !n.Internal {
 			iso1Rules = append(iso1Rules, ipRule{iso1, fmt.Sprintf("-i %s ! -o %s -j %s", br, br, iso2)})
 			iso2Rules = append(iso2Rules, ipRule{iso2, fmt.Sprintf("-o %s -j DROP", br)})
 		}
 	}
+	filter.builtin = append(filter.builtin, leaving...)
 	filter.rules = append(filter.rules, isoIn...)
+	// A routed network: its containers' answers cross the isolation,
+	// and packets into it skip it (the DOCKER chain filters them).
+	for _, n := range plan.Networks {
+		if n.GatewayMode == datapath.GatewayRouted && !n.Internal {
+			filter.rules = append(filter.rules,
+				ipRule{iso1, fmt.Sprintf("-i %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", n.Bridge)},
+				ipRule{iso1, fmt.Sprintf("-o %s -j RETURN", n.Bridge)})
+		}
+	}
 	filter.rules = append(filter.rules, iso1Rules...)
 	filter.rules = append(filter.rules, ipRule{iso1, "-j RETURN"})
 	filter.rules = append(filter.rules, iso2Rules...)
@@ -361,9 +382,21 @@ func (o *Options) tables(s datapath.State) (map[string]*ipTable, error) {
 		filter.rules = append(filter.rules, ipRule{docker, fmt.Sprintf("-d %s ! -i %s -o %s -p %s -m %s --dport %d -j ACCEPT",
 			r.Match.Dst, n.Bridge, n.Bridge, r.Match.Proto, r.Match.Proto, r.Match.DPort)})
 	}
+	// Each network's default, after every published port's ACCEPT:
+	// DROP, or ACCEPT for nat-unprotected (setDefaultForwardRule); a
+	// routed network's ICMP ACCEPT comes right before it (setICMP).
 	for _, n := range plan.Networks {
-		if !n.Internal {
-			filter.rules = append(filter.rules, ipRule{docker, fmt.Sprintf("! -i %s -o %s -j DROP", n.Bridge, n.Bridge)})
+		for _, r := range plan.Chain(rules.ForwardIn, n.Bridge).Rules {
+			switch r.Kind {
+			case rules.KindICMP:
+				filter.rules = append(filter.rules, ipRule{docker, fmt.Sprintf("-o %s -p icmp -j ACCEPT", n.Bridge)})
+			}
+		}
+		for _, r := range plan.Chain(rules.ForwardIn, n.Bridge).Rules {
+			switch r.Kind {
+			case rules.KindUnpublished, rules.KindUnprotected:
+				filter.rules = append(filter.rules, ipRule{docker, fmt.Sprintf("! -i %s -o %s -j %s", n.Bridge, n.Bridge, target(r.Verdict))})
+			}
 		}
 	}
 	for _, r := range plan.Chain(rules.RawPrerouting, "").Rules {

@@ -267,6 +267,9 @@ func ruleText(r rules.Rule) string {
 	if m.Established {
 		f = append(f, "ct state established,related")
 	}
+	if m.ICMP {
+		f = append(f, "ip protocol icmp")
+	}
 	if m.Proto != 0 {
 		f = append(f, fmt.Sprintf("%s dport %d", m.Proto, m.DPort))
 	}

@@ -69,6 +69,10 @@ const (
 	KindDirectTrusted   Kind = "ACCEPT DIRECT ACCESS"     // ... but from a trusted host interface (filter judges the port)
 	KindRemoteLoopback  Kind = "DROP REMOTE LOOPBACK"     // a loopback-bound port from outside the host
 	KindAllowlist       Kind = "PORT ALLOWLIST"           // a new flow to a published port from a source not in its list: drop
+	// Gateway modes (datapath.GatewayMode), as Docker 28/29 write them.
+	KindICMP        Kind = "ICMP"               // routed: ICMP into the bridge, every type: accept
+	KindUnprotected Kind = "UNPROTECTED"        // nat-unprotected: into the bridge otherwise: accept
+	KindRoutedReply Kind = "ROUTED ESTABLISHED" // from a routed network, ct established,related: accept
 )
 
 // Verdict is what a rule does with a packet it matches.
@@ -109,6 +113,8 @@ type Match struct {
 	OrigDPort uint16
 	// SrcNotIn matches a source in none of the prefixes.
 	SrcNotIn []netip.Prefix
+	// ICMP matches ICMP, every type (Proto names TCP and UDP only).
+	ICMP bool
 }
 
 // Rule is one rule of a chain.
@@ -196,18 +202,32 @@ func New(s datapath.State) (*Plan, error) {
 		pout := &Chain{Kind: PostroutingOut, Bridge: br}
 		p.Chains = append(p.Chains, fin, fout, pin, pout)
 		in[br], post[br] = fin, pin
-		if !n.Internal {
+		if !n.Internal && n.GatewayMode != datapath.GatewayRouted {
 			// Networks do not reach each other (Docker's
 			// DOCKER-ISOLATION-STAGE-1/2); internal networks are
-			// cut off by their own rules.
+			// cut off by their own rules. A routed network is
+			// filtered like the outside instead ("-A
+			// DOCKER-ISOLATION-STAGE-1 -o br -j RETURN"), and the
+			// answers of its containers cross back ("-A
+			// DOCKER-ISOLATION-STAGE-1 -i br -m conntrack --ctstate
+			// RELATED,ESTABLISHED -j ACCEPT").
 			for _, o := range s.Networks {
 				if o.Bridge != br && !o.Internal {
+					if o.GatewayMode == datapath.GatewayRouted {
+						fin.Rules = append(fin.Rules, Rule{Kind: KindRoutedReply, Match: Match{InIface: o.Bridge, Established: true}, Verdict: Accept})
+					}
 					fin.Rules = append(fin.Rules, Rule{Kind: KindIsolation, Match: Match{InIface: o.Bridge}, Verdict: Drop})
 				}
 			}
 		}
 		fin.Rules = append(fin.Rules, Rule{Kind: KindEstablished, Match: Match{Established: true}, Verdict: Accept})
 		fout.Rules = append(fout.Rules, Rule{Kind: KindEstablished, Match: Match{Established: true}, Verdict: Accept})
+		if n.GatewayMode == datapath.GatewayRouted {
+			// Docker 28's "-A DOCKER -o br -p icmp -j ACCEPT"
+			// (setICMP), Docker 29's "ip protocol icmp accept
+			// comment ICMP".
+			fin.Rules = append(fin.Rules, Rule{Kind: KindICMP, Match: Match{ICMP: true}, Verdict: Accept})
+		}
 		icc := Accept
 		if n.NoICC {
 			icc = Drop
@@ -221,6 +241,11 @@ func New(s datapath.State) (*Plan, error) {
 		}
 		fin.Rules = append(fin.Rules, Rule{Kind: KindICC, Match: Match{InIface: br}, Verdict: icc})
 		fout.Rules = append(fout.Rules, Rule{Kind: KindOutgoing, Verdict: Accept})
+		if n.GatewayMode == datapath.GatewayRouted {
+			// No NAT at all: no MASQUERADE rule of the network
+			// (moby setupIPTablesInternal skips it for routed).
+			continue
+		}
 		pin.Rules = append(pin.Rules, Rule{Kind: KindMasqFromHost, Match: Match{SrcLocal: true}, Verdict: Masquerade})
 		if n.Masquerade {
 			// With host_ipv4, Docker's SNAT --to-source that address
@@ -254,6 +279,18 @@ func New(s datapath.State) (*Plan, error) {
 		if len(m.Allow) > 0 {
 			p.Allowlists = append(p.Allowlists, allowRule(m, seq))
 		}
+		if n.GatewayMode == datapath.GatewayRouted {
+			// Docker maps nothing on the host for a routed network
+			// (no DNAT, no MASQUERADE of the hairpin: moby
+			// attemptBindHostPorts skips the mapping); the container
+			// port is accepted into the bridge, as in nat mode.
+			cport := fmt.Sprintf("%s:%d/%s", m.ContainerIP, m.ContainerPort, m.Proto)
+			if once("in " + cport) {
+				in[n.Bridge].Rules = append(in[n.Bridge].Rules, Rule{Kind: KindPublished,
+					Match: Match{Dst: host32(m.ContainerIP), Proto: m.Proto, DPort: m.ContainerPort}, Verdict: Accept, Port: m, Seq: seq})
+			}
+			continue
+		}
 		if m.HostIP.IsLoopback() {
 			p.LoopbackPorts = true
 		}
@@ -267,18 +304,23 @@ func New(s datapath.State) (*Plan, error) {
 		if once("in " + cport) {
 			fin := in[n.Bridge]
 			acc := Rule{Kind: KindPublished, Match: Match{Dst: host32(m.ContainerIP), Proto: m.Proto, DPort: m.ContainerPort}, Verdict: Accept, Port: m, Seq: seq}
-			fin.Rules = append(fin.Rules, acc)
+			if n.GatewayMode != datapath.GatewayNATUnprotected {
+				// nat-unprotected accepts every port (below):
+				// Docker's setPerPortIptables writes no rule.
+				fin.Rules = append(fin.Rules, acc)
+			}
 			post[n.Bridge].Rules = append(post[n.Bridge].Rules, Rule{Kind: KindHairpin,
 				Match:   Match{Src: host32(m.ContainerIP), Dst: host32(m.ContainerIP), Proto: m.Proto, DPort: m.ContainerPort},
 				Verdict: Masquerade, Port: m, Seq: seq})
 		}
 		// Docker drops packets to a published container's address
 		// that come from outside its bridge unless the network is
-		// routed (here: not masqueraded) or the daemon allows direct
+		// routed (here: not masqueraded), nat-unprotected (Docker 28/29
+		// write no DROP DIRECT ACCESS there) or the daemon allows direct
 		// routing, before any NAT. The network's trusted host
 		// interfaces are accepted first, as the bridge is; the filter
 		// rules then let them reach the published ports only.
-		if n.Masquerade && !s.AllowDirectRouting && once("direct "+m.ContainerIP.String()) {
+		if n.Masquerade && n.GatewayMode == datapath.GatewayNAT && !s.AllowDirectRouting && once("direct "+m.ContainerIP.String()) {
 			for _, name := range n.Trusted() {
 				raw.Rules = append(raw.Rules, Rule{Kind: KindDirectTrusted,
 					Match: Match{Dst: host32(m.ContainerIP), InIface: name}, Verdict: Accept, Port: m, Seq: seq})
@@ -294,6 +336,13 @@ func New(s datapath.State) (*Plan, error) {
 	for _, n := range s.Networks {
 		if !n.Internal {
 			fin := in[n.Bridge]
+			if n.GatewayMode == datapath.GatewayNATUnprotected {
+				// Docker 28's "-A DOCKER ! -i br -o br -j ACCEPT"
+				// (setDefaultForwardRule), 29's "accept comment
+				// UNPROTECTED".
+				fin.Rules = append(fin.Rules, Rule{Kind: KindUnprotected, Verdict: Accept})
+				continue
+			}
 			fin.Rules = append(fin.Rules, Rule{Kind: KindUnpublished, Verdict: Drop})
 		}
 	}

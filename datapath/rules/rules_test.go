@@ -37,6 +37,9 @@ func show(r Rule) string {
 	if m.SrcLocal {
 		f = append(f, "src=local")
 	}
+	if m.ICMP {
+		f = append(f, "icmp")
+	}
 	if m.Proto != 0 {
 		f = append(f, fmt.Sprintf("%s/%d", m.Proto, m.DPort))
 	}
