@@ -14,6 +14,7 @@ package docker
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -116,11 +117,14 @@ func isoNetsMap(t *testing.T, pin string) map[netip.Prefix]uint32 {
 		Prefixlen uint32
 		Addr      [4]byte
 	}
-	var v struct{ Flags, NetID uint32 }
+	// struct net_info begins with its flags; the fields after them grow
+	// with the datapath, so the value is read whole and only they are
+	// taken.
+	v := make([]byte, m.ValueSize())
 	out := map[netip.Prefix]uint32{}
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		out[netip.PrefixFrom(netip.AddrFrom4(k.Addr), int(k.Prefixlen))] = v.Flags
+		out[netip.PrefixFrom(netip.AddrFrom4(k.Addr), int(k.Prefixlen))] = binary.NativeEndian.Uint32(v[:4])
 	}
 	if err := it.Err(); err != nil {
 		t.Fatal(err)
