@@ -194,24 +194,10 @@ func (d *EBPF) allowOf() (map[uint32][]netip.Prefix, error) {
 // PortDenied returns the new flows refused per published port binding by
 // the port's source allowlist (the drop reason port_denied, per port).
 func (d *EBPF) PortDenied() (map[PortBinding]uint64, error) {
-	out := map[PortBinding]uint64{}
 	if d.objs.PortDenied == nil {
-		return out, nil
+		return map[PortBinding]uint64{}, nil
 	}
-	var k bpfPortKey
-	var vals []uint64
-	it := d.objs.PortDenied.Iterate()
-	for it.Next(&k, &vals) {
-		var n uint64
-		for _, v := range vals {
-			n += v
-		}
-		out[PortBinding{Proto: Proto(k.Proto), HostIP: addrFrom(k.Addr), HostPort: port16(k.Port)}] = n
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("reading denied-flow counters: %w", err)
-	}
-	return out, nil
+	return sumPortCounters(d.objs.PortDenied, "denied-flow counters")
 }
 
 // deletePortCounters forgets the counters of a published binding.

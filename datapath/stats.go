@@ -217,10 +217,16 @@ func (d *EBPF) Traffic() (map[uint32]Traffic, error) {
 // PortConnections returns the new connections counted per published port
 // binding (host address, zero for every address, port and protocol).
 func (d *EBPF) PortConnections() (map[PortBinding]uint64, error) {
+	return sumPortCounters(d.objs.PortConns, "port counters")
+}
+
+// sumPortCounters reads a per-CPU counter map keyed by host binding,
+// summed over CPUs.
+func sumPortCounters(m *ebpf.Map, what string) (map[PortBinding]uint64, error) {
 	out := map[PortBinding]uint64{}
 	var k bpfPortKey
 	var vals []uint64
-	it := d.objs.PortConns.Iterate()
+	it := m.Iterate()
 	for it.Next(&k, &vals) {
 		var n uint64
 		for _, v := range vals {
@@ -229,7 +235,7 @@ func (d *EBPF) PortConnections() (map[PortBinding]uint64, error) {
 		out[PortBinding{Proto: Proto(k.Proto), HostIP: addrFrom(k.Addr), HostPort: port16(k.Port)}] = n
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("reading port counters: %w", err)
+		return nil, fmt.Errorf("reading %s: %w", what, err)
 	}
 	return out, nil
 }
