@@ -6,14 +6,26 @@ ARCH_INCLUDE := /usr/include/$(shell uname -m)-linux-gnu
 export BPF2GO_CC ?= clang
 export BPF2GO_CFLAGS ?= -O2 -g -Wall -Werror -I$(ARCH_INCLUDE)
 BIN := bin/bpfnet
-DEPS := clang clang-format llvm libbpf-dev bpftool iproute2 iptables nftables iperf3 busybox-static util-linux prometheus docker.io docker-compose
+DEPS := clang systemd clang-format llvm libbpf-dev bpftool iproute2 iptables nftables iperf3 busybox-static util-linux prometheus docker.io docker-compose
 TEST_TIMEOUT ?= 60m
 # Time each fuzz target runs under make fuzz; make test runs each for TEST_FUZZTIME.
 FUZZTIME ?= 60s
 TEST_FUZZTIME ?= 20s
 FUZZ_TARGETS := FuzzSockAddr FuzzFromNetdev FuzzToNetdev FuzzFromContainer FuzzToContainer FuzzCgroupSkb
 
-.PHONY: help deps generate build test test-unit fuzz demo bench lint format clean
+.PHONY: help deps generate build install uninstall test test-unit fuzz demo bench lint format clean
+
+# make install: PREFIX, BINDIR, UNITDIR and DESTDIR as the GNU coding
+# standards and Debian's packaging tools use them. A local install
+# (PREFIX=/usr/local) puts the unit in /usr/local/lib/systemd/system, a
+# folder systemd reads (systemd-analyze unit-paths) and no package owns;
+# PREFIX=/usr, as a Debian package builds, puts it where systemd.pc says
+# packages' units go (/lib/systemd/system on Debian 12, where
+# dh_installsystemd looks for them).
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+UNITDIR ?= $(if $(filter /usr,$(PREFIX)),$(or $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null),/lib/systemd/system),$(PREFIX)/lib/systemd/system)
+UNIT := deploy/systemd/bpfnet.service
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -31,6 +43,16 @@ generate: ## Compile bpf/*.c into datapath/*_bpfel.{go,o} with bpf2go
 
 build: ## Build bin/bpfnet
 	$(GO) build -o $(BIN) ./cmd/bpfnet
+
+install: build ## Install bin/bpfnet in $(BINDIR) and bpfnet.service in $(UNITDIR) (DESTDIR honoured)
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/bpfnet
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	sed 's|@BINDIR@|$(BINDIR)|g' $(UNIT) > $(DESTDIR)$(UNITDIR)/bpfnet.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/bpfnet.service
+	@test -n "$(DESTDIR)" || echo 'next: /etc/docker/daemon.json (README.md, "Running bpfnet as a service"), then: systemctl daemon-reload && systemctl enable --now bpfnet'
+
+uninstall: ## Remove what make install installed (stop the service first: systemctl disable --now bpfnet)
+	rm -f $(DESTDIR)$(BINDIR)/bpfnet $(DESTDIR)$(UNITDIR)/bpfnet.service
 
 test: deps ## Run every test (root: namespaces, BPF, dockerd), then each fuzz target for TEST_FUZZTIME
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -p 1 ./...
