@@ -220,6 +220,7 @@ type apiFixture struct {
 	Containers []byte            // GET /containers/json
 	Inspect    map[string][]byte // GET /containers/{id}/json, by id
 	Events     [][]byte          // GET /events, a line each
+	Info       []byte            // GET /info, when a test sets it (testdata/info)
 }
 
 // loadAPIFixture reads testdata/api/<version>.
@@ -309,6 +310,8 @@ func (f *fakeDocker) serveAPI(w http.ResponseWriter, r *http.Request, fx *apiFix
 		fmt.Fprintf(w, `{"message":"No such container: %s"}`, id)
 	case path == "/events":
 		f.streamEvents(w, r)
+	case path == "/info" && fx.Info != nil:
+		body(fx.Info)
 	default:
 		http.NotFound(w, r)
 	}
