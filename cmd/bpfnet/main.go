@@ -34,6 +34,6 @@ func main() {
 	defer stop()
 	if err := newRootCmd().ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "bpfnet:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
 }

@@ -51,6 +51,9 @@ type runFlags struct {
 	// allowDirectRouting turns the protection of container addresses
 	// from direct access off, as dockerd --allow-direct-routing.
 	allowDirectRouting bool
+	// ignoreDockerFirewall starts under --docker even when Docker does
+	// NAT itself (dockercheck.go).
+	ignoreDockerFirewall bool
 }
 
 func newRunCmd() *cobra.Command {
@@ -91,6 +94,7 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 	fl.StringArrayVar(&f.containers, "container", nil, "name a container for metrics and status without a runtime: NAME=ADDRESS (repeatable)")
 	fl.StringArrayVar(&f.foreignSrc, "allow-foreign-source", nil, "let the container of this address send from addresses not its own, as a router does (repeatable; with --docker, the label "+docker.LabelAllowForeignSource+"=true)")
 	fl.BoolVar(&f.allowDirectRouting, "allow-direct-routing", false, "let every interface reach the published container ports by the containers' addresses, as dockerd --allow-direct-routing (default: only a network's trusted_host_interfaces may)")
+	fl.BoolVar(&f.ignoreDockerFirewall, "ignore-docker-firewall", false, "with --docker, start even when dockerd does NAT itself (iptables on, its NAT rules for the bridges present): both would translate the same packets")
 	return cmd
 }
 
@@ -162,6 +166,9 @@ func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
 		if ip, err := netip.ParseAddr(a); err != nil || !ip.Is4() {
 			return opts, nil, fmt.Errorf("invalid --allow-foreign-source %q: want the IPv4 address of a container", a)
 		}
+	}
+	if f.docker == "" && f.ignoreDockerFirewall {
+		return opts, nil, errors.New("--ignore-docker-firewall is for --docker")
 	}
 	if f.docker != "" {
 		if len(f.bridges) > 0 || len(f.publish) > 0 || len(f.masquerade) > 0 {
@@ -239,12 +246,13 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 		return err
 	}
 	var src daemon.Source
+	var ds *docker.Source
 	if f.docker != "" {
 		host := f.docker
 		if host == "default" {
 			host = ""
 		}
-		ds, err := docker.New(host)
+		ds, err = docker.New(host)
 		if err != nil {
 			return err
 		}
@@ -271,6 +279,11 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 	}
 	// Everything that can be checked is, before anything is loaded,
 	// pinned, attached or written: a refused start leaves no trace.
+	if ds != nil {
+		if err := checkDocker(ctx, ds, state, f.ignoreDockerFirewall); err != nil {
+			return err
+		}
+	}
 	if err := datapath.Preflight(state, datapath.PreflightOptions{PinPath: f.pinPath, Masquerade: masqueradePrefixes(f)}); err != nil {
 		return err
 	}

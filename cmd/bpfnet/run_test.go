@@ -39,6 +39,7 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{[]string{"--bridge", "br0", "--allow-foreign-source", "web"}, "invalid --allow-foreign-source"},
 		{[]string{"--bridge", "br0", "--allow-foreign-source", "fd00::2"}, "invalid --allow-foreign-source"},
 		{[]string{"--docker", "--allow-foreign-source", "172.17.0.2"}, "bpfnet.allow-foreign-source=true"},
+		{[]string{"--bridge", "br0", "--ignore-docker-firewall"}, "--ignore-docker-firewall is for --docker"},
 		{[]string{"--bridge", "br0,gateway_mode=bridged"}, "gateway_mode: want nat"},
 		{[]string{"--bridge", "br0,gateway_mode="}, "gateway_mode: want nat"},
 		{[]string{"--bridge", "br0,mtu=1500"}, "unknown field"},
