@@ -65,6 +65,9 @@ type dockerd struct {
 	sock   string
 	cgroup string // cgroup parent, e.g. /bpfnet-test-bn3k9x
 	driver string // storage driver in use
+	// netFlags replace --iptables=false --ip-masq=false
+	// --userland-proxy=false when set (startDockerdWith).
+	netFlags []string
 
 	cmd    *exec.Cmd
 	exited chan struct{}
@@ -76,6 +79,13 @@ type dockerd struct {
 // trying the overlay2 storage driver first, then vfs.
 func startDockerd(t *testing.T, ns *lab.Namespace, bridge, prefix string) *dockerd {
 	t.Helper()
+	return startDockerdWith(t, ns, bridge, prefix, nil)
+}
+
+// startDockerdWith is startDockerd with netFlags instead of
+// --iptables=false --ip-masq=false --userland-proxy=false.
+func startDockerdWith(t *testing.T, ns *lab.Namespace, bridge, prefix string, netFlags []string) *dockerd {
+	t.Helper()
 	requireTools(t, "dockerd", "containerd", "runc", "nsenter", "unshare")
 	// Names carry the lab's prefix so that sweepStale can tell what a
 	// test that died left behind.
@@ -84,7 +94,7 @@ func startDockerd(t *testing.T, ns *lab.Namespace, bridge, prefix string) *docke
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	d := &dockerd{t: t, ns: ns, bridge: bridge, dir: dir, sock: filepath.Join(dir, "docker.sock"), cgroup: "/" + cgroupPrefix + prefix}
+	d := &dockerd{t: t, ns: ns, bridge: bridge, dir: dir, sock: filepath.Join(dir, "docker.sock"), cgroup: "/" + cgroupPrefix + prefix, netFlags: netFlags}
 	// Cleanups run last-registered first: stop, then cgroups, then dir.
 	t.Cleanup(func() {
 		if err := os.RemoveAll(dir); err != nil {
@@ -121,21 +131,27 @@ func startDockerd(t *testing.T, ns *lab.Namespace, bridge, prefix string) *docke
 // launch starts dockerd with a storage driver and waits until it answers.
 func (d *dockerd) launch(driver string) error {
 	d.driver = driver
+	netFlags := d.netFlags
+	if netFlags == nil {
+		netFlags = []string{"--iptables=false", "--ip-masq=false", "--userland-proxy=false"}
+	}
 	args := []string{
 		"--net=" + d.ns.Path, "--",
 		"unshare", "--mount", "--propagation", "private", "--",
 		"sh", "-c", `mount -t tmpfs -o mode=0755,size=64m bpfnet-dockerd-run /run && exec "$@"`, "sh",
 		"dockerd",
 		"--config-file", filepath.Join(d.dir, "daemon.json"),
-		"--iptables=false", "--ip-masq=false", "--userland-proxy=false",
-		"--bridge=" + d.bridge,
+	}
+	args = append(args, netFlags...)
+	args = append(args,
+		"--bridge="+d.bridge,
 		"--data-root", filepath.Join(d.dir, "data"),
 		"--exec-root", "/run/bnd",
 		"--pidfile", filepath.Join(d.dir, "docker.pid"),
-		"-H", "unix://" + d.sock,
+		"-H", "unix://"+d.sock,
 		"--storage-driver", driver,
 		"--cgroup-parent", d.cgroup,
-	}
+	)
 	logf, err := os.OpenFile(filepath.Join(d.dir, "dockerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
