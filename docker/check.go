@@ -266,7 +266,11 @@ func (h hostFirewall) facts(ctx context.Context, host string, info system.Info, 
 	if err != nil {
 		f.DaemonErr = err.Error()
 	} else {
-		d.OtherNetns = self == 0 || h.netnsIno(strconv.Itoa(d.PID)) != self
+		// Another namespace only when both are known to differ: a
+		// namespace that cannot be read (no CAP_SYS_PTRACE) leaves
+		// dockerd's settings judged, not waved through.
+		theirs := h.netnsIno(strconv.Itoa(d.PID))
+		d.OtherNetns = self != 0 && theirs != 0 && theirs != self
 		f.Daemon = d
 	}
 	for _, pid := range h.pids("docker-proxy") {

@@ -320,7 +320,7 @@ func TestReadDockerd(t *testing.T) {
 	})
 	proc.add("12", "dockerd", "host", []string{"dockerd", "--config-file=/srv/missing.json"}, nil)
 	proc.add("13", "dockerd", "host", []string{"dockerd"}, map[string]string{"etc/docker/daemon.json": `{"iptables": fals`})
-	h := hostFirewall{proc: proc.dir}
+	h := hostFirewall{proc: proc.dir, save: func(context.Context) (map[string][]byte, []string, []string) { return nil, nil, nil }}
 	d, err := h.readDockerd(10, "20.10.24+dfsg1")
 	if err != nil || d.DataRoot != "/var/lib/docker" || !d.IPTables.On || d.IP6Tables.On || !d.UserlandProxy.On || d.IPTables.From != "default" {
 		t.Errorf("no flags, no file, 20.10: %+v %v", d, err)
@@ -343,6 +343,13 @@ func TestReadDockerd(t *testing.T) {
 		if err != nil || d.PID != 11 {
 			t.Errorf("dockerd of %s: %+v %v, want pid 11", root, d, err)
 		}
+	}
+	// A dockerd whose namespace cannot be read is judged as one in
+	// bpfnet's.
+	os.Remove(filepath.Join(proc.dir, "11", "ns", "net"))
+	f := h.facts(context.Background(), "unix:///x", system.Info{DockerRootDir: "/srv/docker", ServerVersion: "28.5.2"}, checkNets)
+	if f.Daemon == nil || f.Daemon.OtherNetns {
+		t.Errorf("dockerd with an unreadable namespace: %+v (%s), want it judged as in this one", f.Daemon, f.DaemonErr)
 	}
 	if d, err := h.findDockerd(system.Info{DockerRootDir: "/elsewhere"}); err == nil {
 		t.Errorf("dockerd of /elsewhere: %+v, want none", d)
