@@ -112,7 +112,8 @@ func unitCapabilities(t *testing.T) string {
 // put in daemon.json, exits 78 and installs nothing, and
 // --ignore-docker-firewall starts it in that same setup; with dockerd as
 // documented (iptables and userland-proxy off), it starts, under the
-// systemd unit's capabilities, and serves a published port.
+// systemd unit's capabilities, and serves a published port; with the
+// userland proxy on, it warns and serves.
 func TestDockerFirewallCheck(t *testing.T) {
 	requireRoot(t)
 	requireTools(t, "dockerd", "containerd", "runc", "nsenter", "unshare", "setpriv")
@@ -170,6 +171,47 @@ func TestDockerFirewallCheck(t *testing.T) {
 		})
 		if !strings.Contains(log.String(), "--ignore-docker-firewall") {
 			t.Errorf("the overridden start did not log the conflict:\n%s", log)
+		}
+	})
+
+	// The userland proxy only warns: docker-proxy holds the published
+	// port, and bpfnet answers it first, with the client's address.
+	t.Run("userland_proxy_on", func(t *testing.T) {
+		sweepStale(t)
+		topo := lab.Setup(t, lab.Config{Bridges: []lab.BridgeConfig{{Subnet: "172.30.0.0/24"}}})
+		ext := topo.Externals[0]
+		pin := filepath.Join("/sys/fs/bpf", pinPrefix+topo.Prefix+"-check")
+		t.Cleanup(func() {
+			topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).Run()
+			os.RemoveAll(pin)
+		})
+		d := startDockerdWith(t, topo.Host, topo.Bridges[0].Name, topo.Prefix, []string{"--iptables=false", "--ip-masq=false"})
+		d.ImportImage()
+		d.Run(ctr{name: "web", publish: []string{"8080:80"}, cmd: []string{"/bin/echo", "-tcp", "80"}})
+		e := &e2e{t: t, topo: topo, ext: ext, d: d, hostAddr: addr4(ext.HostAddr)}
+		to := netip.AddrPortFrom(e.hostAddr, 8080)
+		// Without bpfnet, docker-proxy answers, and the container sees
+		// the proxy's address (the bridge's), not the client's.
+		var proxied string
+		waitFor(t, "docker-proxy's answer", func() bool {
+			line, err := e.dial("tcp", to)
+			proxied = strings.TrimSpace(line)
+			return err == nil && strings.HasSuffix(proxied, " web")
+		})
+		if strings.HasPrefix(proxied, ext.Addr.String()+":") {
+			t.Errorf("through docker-proxy the container saw %q: the client's own address", proxied)
+		}
+		log := &lockedBuffer{}
+		startRun(t, topo.Host, log, bin, "run", "--pin-path", pin, "--docker=unix://"+d.sock, "--uplink", ext.Uplink, "--metrics-addr", "")
+		// Until bpfnet is there, docker-proxy answers, with its own
+		// address as the client's: wait for the datapath first.
+		waitFor(t, "the datapath attached", func() bool { return strings.Contains(log.String(), `msg="datapath attached"`) })
+		e.expectEcho(t, "tcp", to, "web", 20*time.Second)
+		out := log.String()
+		for _, want := range []string{"runs with userland-proxy true (Docker's default) (", "docker-proxy processes here)", `set \"userland-proxy\": false`, "docker leaves NAT to bpfnet"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("run's log does not say %q:\n%s", want, out)
+			}
 		}
 	})
 

@@ -6,7 +6,8 @@
 // date from its event stream.
 //
 // It is meant for a dockerd started with --iptables=false
-// --userland-proxy=false, whose NAT bpfnet does instead.
+// --ip6tables=false --userland-proxy=false, whose NAT bpfnet does
+// instead; CheckFirewall and Decide (check.go) tell whether it is.
 //
 // # Namespaces
 //
