@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -164,13 +165,29 @@ func TestDockerFirewallCheck(t *testing.T) {
 		// The same setup, with the override: it starts, and the same
 		// probes see what it installs.
 		log := &lockedBuffer{}
-		startRun(t, topo.Host, log, bin, append(args, "--ignore-docker-firewall")...)
+		run := startRun(t, topo.Host, log, bin, append(args, "--ignore-docker-firewall")...)
 		waitFor(t, "bpfnet's pins and programs", func() bool {
 			_, err := os.Stat(pin)
 			return err == nil && bpfPrograms(t, topo.Host) != ""
 		})
 		if !strings.Contains(log.String(), "--ignore-docker-firewall") {
 			t.Errorf("the overridden start did not log the conflict:\n%s", log)
+		}
+
+		// A restart without the override, as systemd's would be: refused,
+		// the datapath of the first start left as it is, and said so.
+		run.Process.Signal(syscall.SIGTERM)
+		run.Wait()
+		progs := bpfPrograms(t, topo.Host)
+		out, err = topo.Host.Command(ctx, bin, args...).CombinedOutput()
+		if !errors.As(err, &ee) || ee.ExitCode() != ExitConfig || !strings.Contains(string(out), "still pinned at "+pin) {
+			t.Errorf("restart without the override: %v, want exit status %d and the pinned datapath named:\n%s", err, ExitConfig, out)
+		}
+		if _, err := os.Stat(pin); err != nil {
+			t.Errorf("the refused restart removed the pins: %v", err)
+		}
+		if now := bpfPrograms(t, topo.Host); now != progs || now == "" {
+			t.Errorf("the refused restart changed the programs attached: %q, before %q", now, progs)
 		}
 	})
 

@@ -5,7 +5,9 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
 
 	"github.com/bpfnet/bpfnet/datapath"
 	"github.com/bpfnet/bpfnet/docker"
@@ -20,7 +22,10 @@ import (
 // are logged as errors and the start goes on: for rules of the user's
 // own that look like Docker's (a MASQUERADE of a Docker subnet), which
 // the check cannot tell apart.
-func checkDocker(ctx context.Context, ds *docker.Source, state datapath.State, ignore bool) error {
+//
+// A refused restart leaves the datapath pinned at pinPath by an earlier
+// start as it is, forwarding; the error says so.
+func checkDocker(ctx context.Context, ds *docker.Source, state datapath.State, pinPath string, ignore bool) error {
 	facts, err := ds.CheckFirewall(ctx, state.Networks)
 	if err != nil {
 		return err
@@ -43,7 +48,11 @@ func checkDocker(ctx context.Context, ds *docker.Source, state datapath.State, i
 		}
 		return nil
 	}
-	return &docker.FirewallError{Facts: facts, Verdict: v}
+	ferr := &docker.FirewallError{Facts: facts, Verdict: v}
+	if _, err := os.Stat(pinPath); err == nil {
+		return fmt.Errorf("%w\nThe datapath of an earlier start is still pinned at %s and forwarding, next to Docker's NAT: 'bpfnet down --pin-path %s' removes it", ferr, pinPath, pinPath)
+	}
+	return ferr
 }
 
 // exitCode is the process's exit status for err: its ExitCode() if it

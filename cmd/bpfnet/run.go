@@ -280,7 +280,7 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 	// Everything that can be checked is, before anything is loaded,
 	// pinned, attached or written: a refused start leaves no trace.
 	if ds != nil {
-		if err := checkDocker(ctx, ds, state, f.ignoreDockerFirewall); err != nil {
+		if err := checkDocker(ctx, ds, state, f.pinPath, f.ignoreDockerFirewall); err != nil {
 			return err
 		}
 	}
