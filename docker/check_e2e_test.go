@@ -110,8 +110,9 @@ func unitCapabilities(t *testing.T) string {
 
 // TestDockerFirewallCheck runs bpfnet run --docker next to a dockerd of
 // the test's own: with iptables on, it refuses to start, says what to
-// put in daemon.json, exits 78 and installs nothing, and
-// --ignore-docker-firewall starts it in that same setup; with dockerd as
+// put in daemon.json, exits 78 and installs nothing,
+// --ignore-docker-firewall starts it in that same setup, and a restart
+// without it is refused and leaves that datapath be; with dockerd as
 // documented (iptables and userland-proxy off), it starts, under the
 // systemd unit's capabilities, and serves a published port; with the
 // userland proxy on, it warns and serves.

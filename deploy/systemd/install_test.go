@@ -176,6 +176,7 @@ func checkUnitKeys(t *testing.T, u unit) {
 		"Unit.Wants":                       "docker.service",
 		"Unit.RequiresMountsFor":           "/sys/fs/bpf",
 		"Service.Restart":                  "on-failure",
+		"Unit.StartLimitIntervalSec":       "0",
 		"Service.RestartPreventExitStatus": "78",
 		"Service.NoNewPrivileges":          "yes",
 		"Install.WantedBy":                 "multi-user.target",
