@@ -51,6 +51,8 @@ type runFlags struct {
 	// allowDirectRouting turns the protection of container addresses
 	// from direct access off, as dockerd --allow-direct-routing.
 	allowDirectRouting bool
+	// cni serves the chained CNI plugin (run_cni.go).
+	cni cniFlags
 }
 
 func newRunCmd() *cobra.Command {
@@ -90,6 +92,7 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 	fl.DurationVar(&f.hostFWInterval, "host-firewall-interval", 30*time.Second, "how often the host firewall (DOCKER-USER, ufw, nftables forward chains) is checked for rules the fast path goes around (0: once, at start)")
 	fl.StringArrayVar(&f.containers, "container", nil, "name a container for metrics and status without a runtime: NAME=ADDRESS (repeatable)")
 	fl.StringArrayVar(&f.foreignSrc, "allow-foreign-source", nil, "let the container of this address send from addresses not its own, as a router does (repeatable; with --docker, the label "+docker.LabelAllowForeignSource+"=true)")
+	addCNIFlags(cmd, &f.cni)
 	fl.BoolVar(&f.allowDirectRouting, "allow-direct-routing", false, "let every interface reach the published container ports by the containers' addresses, as dockerd --allow-direct-routing (default: only a network's trusted_host_interfaces may)")
 	return cmd
 }
@@ -172,8 +175,14 @@ func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
 		}
 		return opts, nil, nil
 	}
+	if f.cni.on {
+		if len(f.bridges) > 0 || len(f.publish) > 0 || len(f.masquerade) > 0 {
+			return opts, nil, errors.New("--bridge, --publish and --masquerade are for standalone mode: with --cni, the pods' networks and ports come from the plugin")
+		}
+		return opts, nil, nil
+	}
 	if len(f.bridges) == 0 {
-		return opts, nil, errors.New("at least one --bridge is required (or --docker)")
+		return opts, nil, errors.New("at least one --bridge is required (or --docker, or --cni)")
 	}
 	return opts, ports, nil
 }
@@ -250,8 +259,16 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 		}
 		defer ds.Close()
 		src = &daemon.Docker{Source: ds, Uplinks: f.uplinks}
-	} else {
+	} else if !f.cni.on {
 		src = standalone(f, ports)
+	}
+	var cniSrv *cniServer
+	if f.cni.on {
+		if cniSrv, err = newCNIServer(&f.cni, src, f.uplinks, f.pinPath); err != nil {
+			return err
+		}
+		defer cniSrv.close()
+		src = cniSrv.src
 	}
 	state, err := src.State(ctx)
 	if err != nil {
@@ -313,6 +330,9 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 		if err := applied(); err != nil {
 			return errors.Join(fmt.Errorf("recording the %s datapath: %w", dp.Name(), err), dp.Remove())
 		}
+	}
+	if cniSrv != nil {
+		cniSrv.serve(ctx, d, dp)
 	}
 	if dp.Name() == "ebpf" {
 		// The fast path is the eBPF datapath's: only it takes packets
