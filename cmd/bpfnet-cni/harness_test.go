@@ -304,6 +304,10 @@ func cniCode(err error) int {
 	if errors.As(err, &e) {
 		return int(e.Code)
 	}
+	var ce *cni.Error
+	if errors.As(err, &ce) {
+		return int(ce.Code)
+	}
 	return -1
 }
 
