@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/metrics"
 )
 
 // Defaults of the agent and the plugin.
@@ -87,8 +88,8 @@ func (a Attachment) Name() string {
 // Labels on the endpoints of pods, as Kubernetes runtimes label their
 // containers; metrics reads them for the pod and namespace labels.
 const (
-	LabelPodName      = "io.kubernetes.pod.name"
-	LabelPodNamespace = "io.kubernetes.pod.namespace"
+	LabelPodName      = metrics.LabelPodName
+	LabelPodNamespace = metrics.LabelPodNamespace
 )
 
 // CNI's rule for container ids (SPEC.md, "Parameters"): letters, digits,

@@ -36,6 +36,17 @@ func (n *node) agentCheck(p *pod, veth string) error {
 	return err
 }
 
+// grepLines are the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 // hostVeth is the host veth the agent keeps for p.
 func (n *node) hostVeth(p *pod) string {
 	n.t.Helper()
@@ -104,6 +115,12 @@ func TestCNIHostPort(t *testing.T) {
 		t.Errorf("bpfnet ct --json: %d dnat flows to %s:80, want 1: %+v", dnat, p.addr, flows)
 	}
 	c.Close()
+	// Per-pod series, labelled from CNI_ARGS as kubelet passes them.
+	id := p.rt.ContainerID[:12]
+	series := fmt.Sprintf(`bpfnet_container_receive_bytes_total{compose_project="",compose_service="",container="default/web",container_id="%s",interface="%s",namespace="default",network="pods",pod="web"} `, id, veth)
+	if body := n.scrape(); !strings.Contains(body, series) {
+		t.Errorf("/metrics lacks %s:\n%s", series, grepLines(body, "bpfnet_container_"))
+	}
 
 	if err := n.del(p); err != nil {
 		t.Fatalf("DEL: %v", err)

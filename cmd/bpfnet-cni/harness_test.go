@@ -376,6 +376,28 @@ func (n *node) portsJSON() []map[string]any {
 	return out
 }
 
+// scrape reads the agent's /metrics in the host namespace.
+func (n *node) scrape() string {
+	n.t.Helper()
+	var body string
+	err := n.topo.Host.Do(func() error {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:19477", 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprint(c, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+		b, err := io.ReadAll(c)
+		body = string(b)
+		return err
+	})
+	if err != nil {
+		n.t.Fatalf("scraping the agent: %v", err)
+	}
+	return body
+}
+
 // stateFiles are the agent's attachment files.
 func (n *node) stateFiles() []string {
 	ents, err := os.ReadDir(n.state)
