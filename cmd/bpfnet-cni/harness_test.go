@@ -106,12 +106,20 @@ type node struct {
 	lo     *libcni.NetworkConfigList
 	agent  *exec.Cmd
 	exited chan error
+	conf   string // the conflist
 }
 
 const podSubnet = "10.88.0.0/24"
 
-// newNode builds the lab and starts the agent.
+// newNode builds the lab and starts the agent; the conflist speaks CNI
+// 1.1.0.
 func newNode(t *testing.T) *node {
+	t.Helper()
+	return newNodeVersion(t, "1.1.0")
+}
+
+// newNodeVersion is newNode with a conflist of cniVersion version.
+func newNodeVersion(t *testing.T, version string) *node {
 	t.Helper()
 	lab.RequireRoot(t)
 	lab.RequireTools(t, "nsenter", "ip")
@@ -126,11 +134,12 @@ func newNode(t *testing.T) *node {
 		topo.Host.Command(context.Background(), agentBin, "down", "--pin-path", n.pin).Run()
 		os.RemoveAll(n.pin)
 	})
-	conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"pods","plugins":[
+	conf := fmt.Sprintf(`{"cniVersion":%q,"name":"pods","plugins":[
 	{"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":false,"hairpinMode":true,
 	 "ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]],"routes":[{"dst":"0.0.0.0/0"}]}},
 	{"type":"bpfnet","capabilities":{"portMappings":true},"pinPath":%q,"socket":%q}]}`,
-		n.bridge, n.ipam, podSubnet, n.pin, n.socket)
+		version, n.bridge, n.ipam, podSubnet, n.pin, n.socket)
+	n.conf = conf
 	var err error
 	if n.list, err = libcni.ConfListFromBytes([]byte(conf)); err != nil {
 		t.Fatal(err)
