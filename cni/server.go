@@ -48,10 +48,7 @@ type Server struct {
 	Datapath datapath.Datapath
 	// PinPath is the datapath's bpffs folder.
 	PinPath string
-	// Changed, when set, is called after each change the server applied
-	// (the daemon's loop then keeps its link watch and status in step).
-	Changed func()
-	Log     *slog.Logger
+	Log *slog.Logger
 
 	mu sync.Mutex // one request at a time
 }
@@ -156,11 +153,9 @@ func (s *Server) Handle(ctx context.Context, req Request) Response {
 	return resp
 }
 
-func (s *Server) changed() {
-	if s.Changed != nil {
-		s.Changed()
-	}
-}
+// changed tells the source's watchers (the daemon's loop) of a change
+// applied.
+func (s *Server) changed() { s.Source.Notify() }
 
 func (s *Server) add(ctx context.Context, a Attachment) *Error {
 	if err := a.Check(); err != nil {

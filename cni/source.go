@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 
@@ -23,6 +24,10 @@ type Source struct {
 	// Uplinks are the interfaces towards the outside; nil: those of the
 	// default routes.
 	Uplinks []string
+
+	mu       sync.Mutex
+	watchers map[int]func()
+	next     int
 }
 
 var _ daemon.Source = (*Source)(nil)
@@ -134,11 +139,37 @@ func add(st *datapath.State, a Attachment) error {
 	return nil
 }
 
-// Watch follows Base. The attachments change by the server's requests,
-// each applied by the server itself.
+// Watch follows Base, and calls changed after each change of the
+// attachments that Notify reports, until ctx is done. The server applies
+// each change itself before it answers; the daemon's loop, told, keeps
+// its watch of the bridges' links (a pod's bridge appears with its first
+// pod) and the status record in step.
 func (s *Source) Watch(ctx context.Context, changed func()) error {
+	s.mu.Lock()
+	if s.watchers == nil {
+		s.watchers = map[int]func(){}
+	}
+	id := s.next
+	s.next++
+	s.watchers[id] = changed
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.watchers, id)
+		s.mu.Unlock()
+	}()
 	if s.Base != nil {
 		return s.Base.Watch(ctx, changed)
 	}
+	<-ctx.Done()
 	return nil
+}
+
+// Notify tells the watchers that the attachments changed.
+func (s *Source) Notify() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, fn := range s.watchers {
+		fn()
+	}
 }
