@@ -48,7 +48,7 @@ type Server struct {
 	Datapath datapath.Datapath
 	// PinPath is the datapath's bpffs folder.
 	PinPath string
-	Log *slog.Logger
+	Log     *slog.Logger
 
 	mu sync.Mutex // one request at a time
 }
