@@ -286,8 +286,9 @@ func TestCNIConcurrent(t *testing.T) {
 }
 
 // TestCNIGC: GC, as containerd and CRI-O call it through libcni with the
-// attachments still valid, removes a pod whose DEL never came even when
-// the runtime's cache has forgotten it, and keeps the valid one.
+// attachments still valid, removes the pods whose DEL never came (one
+// still running, one whose namespace is gone) even when the runtime's
+// cache has forgotten them, and keeps the valid ones.
 func TestCNIGC(t *testing.T) {
 	n := newNode(t)
 	keep := n.newPod("keep", port(8080, 80, "tcp", ""))
@@ -297,17 +298,45 @@ func TestCNIGC(t *testing.T) {
 	greet(t, &keep.Namespace, ":80")
 	greet(t, &lost.Namespace, ":80")
 	wantGreeting(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8081", n.ext.Addr.String())
+	// A pod whose node-side namespace went away with its veth (a crash):
+	// its attachment stays kept, and does not keep the others from being
+	// served.
+	dead := n.newPod("dead", port(8082, 80, "tcp", ""))
+	n.mustAdd(dead)
+	if out, err := exec.Command("ip", "netns", "del", dead.Name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns del %s: %v\n%s", dead.Name, err, out)
+	}
+	late := n.newPod("late", port(8083, 80, "tcp", ""))
+	n.mustAdd(late)
+	greet(t, &late.Namespace, ":80")
+	wantGreeting(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8083", n.ext.Addr.String())
+	if f := n.stateFiles(); len(f) != 4 {
+		t.Fatalf("state files %v, want 4", f)
+	}
 	// libcni's GC deletes what its cache holds itself: forget the lost
-	// pod there, so that only the plugin's GC can remove it.
-	cached, _ := filepath.Glob(filepath.Join(n.cache, "results", "*"+lost.rt.ContainerID+"*"))
-	if len(cached) == 0 {
-		t.Fatalf("no cached result of %s in %s", lost.name, n.cache)
+	// and the dead pods there, so that only the plugin's GC can remove
+	// them.
+	for _, p := range []*pod{lost, dead} {
+		cached, _ := filepath.Glob(filepath.Join(n.cache, "results", "*"+p.rt.ContainerID+"*"))
+		if len(cached) == 0 {
+			t.Fatalf("no cached result of %s in %s", p.name, n.cache)
+		}
+		for _, f := range cached {
+			os.Remove(f)
+		}
 	}
-	for _, f := range cached {
-		os.Remove(f)
-	}
-	if err := n.gc(keep); err != nil {
+	if err := n.gc(keep, late); err != nil {
 		t.Fatalf("GC: %v", err)
+	}
+	if f := n.stateFiles(); len(f) != 2 {
+		t.Errorf("state files after GC: %v, want %s's and %s's", f, keep.name, late.name)
+	}
+	wantGreeting(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8083", n.ext.Addr.String())
+	if err := n.del(late); err != nil {
+		t.Fatal(err)
+	}
+	if ps := n.portsJSON(); len(ps) != 1 || ps[0]["host_port"] != 8080.0 {
+		t.Errorf("bpfnet ports after GC: %v, want only 8080", ps)
 	}
 	if f := n.stateFiles(); len(f) != 1 || !strings.HasPrefix(f[0], keep.rt.ContainerID+"_") {
 		t.Errorf("state files after GC: %v, want only %s's", f, keep.name)
