@@ -422,3 +422,29 @@ func TestCNIAgentRestart(t *testing.T) {
 	}
 	wantNoAnswer(t, &n.ext.Namespace, hostPort)
 }
+
+// TestCNIVersions: the older spec versions the plugin speaks, 0.4.0 and
+// 1.0.0 (prevResult in their formats), through ADD, CHECK and DEL: the
+// hostPort answers, then no longer does.
+func TestCNIVersions(t *testing.T) {
+	for _, v := range []string{"0.4.0", "1.0.0"} {
+		t.Run(v, func(t *testing.T) {
+			n := newNodeVersion(t, v)
+			p := n.newPod("web", port(8080, 80, "tcp", ""))
+			n.mustAdd(p)
+			greet(t, &p.Namespace, ":80")
+			hostPort := n.ext.HostAddr.String() + ":8080"
+			wantGreeting(t, &n.ext.Namespace, hostPort, n.ext.Addr.String())
+			if err := n.check(p); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			if err := n.del(p); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			wantNoAnswer(t, &n.ext.Namespace, hostPort)
+			if f := n.stateFiles(); len(f) != 0 {
+				t.Errorf("state files after DEL: %v", f)
+			}
+		})
+	}
+}
