@@ -189,11 +189,22 @@ func (s *Server) add(ctx context.Context, a Attachment) *Error {
 		undo()
 		return &Error{Code: CodeApply, Msg: "applying the datapath", Details: err.Error()}
 	}
-	if !slices.ContainsFunc(s.Daemon.Current().Endpoints, func(e datapath.Endpoint) bool {
+	// What changed between the check and the apply (the veth went away,
+	// a Docker container took the port meanwhile) left the attachment
+	// out of the state applied, or some of its ports: refuse it whole.
+	cur := s.Daemon.Current()
+	if !slices.ContainsFunc(cur.Endpoints, func(e datapath.Endpoint) bool {
 		return e.Addr == a.Addr && e.HostVeth == a.HostVeth
 	}) {
 		undo()
 		return errorf(CodeApply, "the state applied does not serve %s (its veth went away?)", a.HostVeth)
+	}
+	want, _ := a.Mappings()
+	for _, m := range want {
+		if !slices.ContainsFunc(cur.Ports, m.Equal) {
+			undo()
+			return errorf(CodePortTaken, "port %s was taken while the attachment was applied", m)
+		}
 	}
 	s.changed()
 	return nil
