@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package cnilab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/bpfnet/bpfnet/lab"
+)
+
+func goCmd() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	return filepath.Join(runtime.GOROOT(), "bin", "go")
+}
+
+// TestNodes: both ways of serving pods, side by side as the benchmark
+// runs them: a hostPort answers an external client with its address
+// kept, and the pod's connection out leaves with the host's address.
+func TestNodes(t *testing.T) {
+	lab.RequireRoot(t)
+	lab.RequireTools(t, "ip", "nsenter", "iptables")
+	bin := t.TempDir()
+	if err := BuildPlugins(goCmd(), bin); err != nil {
+		t.Fatal(err)
+	}
+	agent := lab.BuildBpfnet(t)
+	for _, plugin := range []Plugin{Portmap, Bpfnet} {
+		t.Run(string(plugin), func(t *testing.T) {
+			topo := lab.Setup(t, lab.Config{})
+			ext := topo.Externals[0]
+			n, err := Start(Config{Topo: topo, Plugin: plugin, BinDir: bin, Agent: agent, Dir: t.TempDir()})
+			if n != nil {
+				t.Cleanup(func() {
+					if err := n.Close(); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			p, err := n.AddPod(ctx, "web", PortMapping{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			greet := func(c net.Conn) { fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP) }
+			p.ServeTCP(t, ":80", greet)
+			ext.ServeTCP(t, ext.Addr.String()+":9000", greet)
+			var got string
+			for i := 0; i < 5 && got != ext.Addr.String(); i++ {
+				got, err = ext.Greeting(ext.HostAddr.String() + ":8080")
+			}
+			if got != ext.Addr.String() {
+				t.Errorf("hostPort from outside: greeting %q (%v), want the client's %s", got, err, ext.Addr)
+			}
+			if got, err := p.Greeting(ext.Addr.String() + ":9000"); got != ext.HostAddr.String() {
+				t.Errorf("the pod's connection out: seen as %q (%v), want the host's %s", got, err, ext.HostAddr)
+			}
+			if err := n.DelPod(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(p.Path); !os.IsNotExist(err) {
+				t.Errorf("the pod's namespace is still there: %v", err)
+			}
+		})
+	}
+}
