@@ -77,3 +77,73 @@ func TestNodes(t *testing.T) {
 		})
 	}
 }
+
+// TestNodesManyPods: the benchmark's sequence, without measuring and
+// with fewer pods (the benchmark's 100 take a minute with portmap): a
+// target pod, removed, then pods of 10 hostPorts each, then the target
+// again, attached last, whose hostPort answers, as do the others'.
+func TestNodesManyPods(t *testing.T) {
+	lab.RequireRoot(t)
+	lab.RequireTools(t, "ip", "nsenter", "iptables")
+	bin := t.TempDir()
+	if err := BuildPlugins(goCmd(), bin); err != nil {
+		t.Fatal(err)
+	}
+	agent := lab.BuildBpfnet(t)
+	greet := func(c net.Conn) { fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP) }
+	for _, plugin := range []Plugin{Portmap, Bpfnet} {
+		t.Run(string(plugin), func(t *testing.T) {
+			topo := lab.Setup(t, lab.Config{})
+			ext := topo.Externals[0]
+			n, err := Start(Config{Topo: topo, Plugin: plugin, BinDir: bin, Agent: agent, Dir: t.TempDir()})
+			if n != nil {
+				t.Cleanup(func() {
+					if err := n.Close(); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			target := PortMapping{HostPort: 5001, ContainerPort: 5001, Protocol: "tcp"}
+			p, err := n.AddPod(ctx, "t0", target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := n.DelPod(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+			began := time.Now()
+			var last *Pod
+			const pods = 20
+			for i := range pods {
+				var ports []PortMapping
+				for j := range 10 {
+					ports = append(ports, PortMapping{HostPort: 30000 + i*10 + j, ContainerPort: 80, Protocol: "tcp"})
+				}
+				if last, err = n.AddPod(ctx, fmt.Sprintf("o%d", i), ports...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			t.Logf("%s: %d pods of 10 hostPorts in %v", plugin, pods, time.Since(began))
+			if p, err = n.AddPod(ctx, "t1", target); err != nil {
+				t.Fatal(err)
+			}
+			p.ServeTCP(t, ":5001", greet)
+			last.ServeTCP(t, ":80", greet)
+			for _, port := range []int{5001, 30000 + pods*10 - 1} {
+				addr := fmt.Sprintf("%s:%d", ext.HostAddr, port)
+				var got string
+				for i := 0; i < 5 && got != ext.Addr.String(); i++ {
+					got, err = ext.Greeting(addr)
+				}
+				if got != ext.Addr.String() {
+					t.Errorf("%s from outside: greeting %q (%v), want %s", addr, got, err, ext.Addr)
+				}
+			}
+		})
+	}
+}
