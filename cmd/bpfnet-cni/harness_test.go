@@ -25,23 +25,16 @@ import (
 
 	"github.com/bpfnet/bpfnet/cni"
 	"github.com/bpfnet/bpfnet/lab"
+	"github.com/bpfnet/bpfnet/lab/cnilab"
 )
 
 // The tests drive the plugin exactly as a runtime does: libcni runs the
 // reference plugins (bridge, host-local, loopback, portmap, built from
 // github.com/containernetworking/plugins at the version go.mod's tool
-// block pins, which speaks CNI 1.1.0) and this plugin as processes, in a
+// block pins, which speaks CNI 1.1.0: cnilab.BuildPlugins) and this
+// plugin as processes, in a
 // lab's host namespace, for pods that are namespaces of the lab's prefix;
 // the agent is `bpfnet run --cni` in the same namespace.
-
-// referencePlugins are the packages of the reference plugins the tests
-// use, each built as the binary named after its last element.
-var referencePlugins = []string{
-	"github.com/containernetworking/plugins/plugins/main/bridge",
-	"github.com/containernetworking/plugins/plugins/ipam/host-local",
-	"github.com/containernetworking/plugins/plugins/main/loopback",
-	"github.com/containernetworking/plugins/plugins/meta/portmap",
-}
 
 var (
 	binDir     string // the plugins, this one as "bpfnet"
@@ -72,16 +65,13 @@ func plugins(t *testing.T) {
 		if binDir, buildError = os.MkdirTemp("", "bpfnet-cni-bin-"); buildError != nil {
 			return
 		}
-		steps := [][]string{
-			append([]string{"build", "-o", binDir + "/"}, referencePlugins...),
-			{"build", "-o", filepath.Join(binDir, "bpfnet"), "github.com/bpfnet/bpfnet/cmd/bpfnet-cni"},
-			{"build", "-o", filepath.Join(binDir, "bpfnet-agent"), "github.com/bpfnet/bpfnet/cmd/bpfnet"},
+		if buildError = cnilab.BuildPlugins(goCmd(), binDir); buildError != nil {
+			return
 		}
-		for _, args := range steps {
-			if out, err := exec.Command(goCmd(), args...).CombinedOutput(); err != nil {
-				buildError = fmt.Errorf("go %v: %v\n%s", args, err, out)
-				return
-			}
+		args := []string{"build", "-o", filepath.Join(binDir, "bpfnet-agent"), "github.com/bpfnet/bpfnet/cmd/bpfnet"}
+		if out, err := exec.Command(goCmd(), args...).CombinedOutput(); err != nil {
+			buildError = fmt.Errorf("go %v: %v\n%s", args, err, out)
+			return
 		}
 		agentBin = filepath.Join(binDir, "bpfnet-agent")
 	})
