@@ -6,6 +6,8 @@ ARCH_INCLUDE := /usr/include/$(shell uname -m)-linux-gnu
 export BPF2GO_CC ?= clang
 export BPF2GO_CFLAGS ?= -O2 -g -Wall -Werror -I$(ARCH_INCLUDE)
 BIN := bin/bpfnet
+# The CNI plugin's binary is named after its CNI type, bpfnet, in a folder of its own.
+CNI_BIN := bin/cni/bpfnet
 DEPS := clang systemd clang-format llvm libbpf-dev bpftool iproute2 iptables nftables iperf3 busybox-static util-linux prometheus docker.io docker-compose
 TEST_TIMEOUT ?= 60m
 # Time each fuzz target runs under make fuzz; make test runs each for TEST_FUZZTIME.
@@ -41,8 +43,9 @@ deps: ## Install every Debian package the project needs (idempotent)
 generate: ## Compile bpf/*.c into datapath/*_bpfel.{go,o} with bpf2go
 	cd datapath && $(GO) generate ./...
 
-build: ## Build bin/bpfnet
+build: ## Build bin/bpfnet and the CNI plugin bin/cni/bpfnet (its CNI type is bpfnet)
 	$(GO) build -o $(BIN) ./cmd/bpfnet
+	$(GO) build -o $(CNI_BIN) ./cmd/bpfnet-cni
 
 install: build ## Install bin/bpfnet in $(BINDIR) and bpfnet.service in $(UNITDIR) (DESTDIR honoured)
 	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/bpfnet

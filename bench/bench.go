@@ -89,6 +89,12 @@ type Options struct {
 	// iptables modes; FloodSYNs is its size (default 100,000).
 	Flood     bool
 	FloodSYNs int
+	// CNI adds the CNI measurement (cni.go) to the iptables and ebpf
+	// modes: a pod's hostPort through portmap and through bpfnet-cni.
+	// CNIBinDir holds the plugins (bridge, host-local, portmap, bpfnet)
+	// at a version that speaks CNI 1.1.0.
+	CNI       bool
+	CNIBinDir string
 }
 
 func (o *Options) defaults() error {
@@ -192,6 +198,13 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		rep.Notes = append(rep.Notes, floodNotes...)
 		rep.Settings.FloodSYNs = opts.FloodSYNs
 	}
+	if opts.CNI {
+		if err := checkCNI(&opts); err != nil {
+			return nil, err
+		}
+		rep.Scenarios = append(rep.Scenarios, CNIScenarios()...)
+		rep.Notes = append(rep.Notes, cniNotes...)
+	}
 	if err := lab.Sweep(); err != nil {
 		return nil, fmt.Errorf("removing leftover labs: %w", err)
 	}
@@ -212,6 +225,9 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 			r := measureMode(ctx, &opts, run, m)
 			if opts.Flood && floodModes[m] {
 				measureFlood(ctx, &opts, m, &r)
+			}
+			if _, ok := cniPlugins[m]; opts.CNI && ok {
+				measureCNI(ctx, &opts, m, &r)
 			}
 			for k, e := range r.Errors {
 				fmt.Fprintf(opts.Progress, "  %s FAILED: %s\n", k, e)

@@ -116,7 +116,13 @@ func (d *Daemon) store(s datapath.State) {
 // Reconcile reads the source and makes the datapath match it: what the
 // daemon does on every update of the source and every link event. It
 // returns whether it went incrementally (published ports only).
+//
+// The source is read under the lock of the apply: two reconciles at once
+// (the loop's, and a CNI request's, cni.Server) apply their states in the
+// order they read them, so an older state never lands after a newer one.
 func (d *Daemon) Reconcile(ctx context.Context, reason string) (incremental bool, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	s, err := d.cfg.Source.State(ctx)
 	if err != nil {
 		return false, err
@@ -125,9 +131,8 @@ func (d *Daemon) Reconcile(ctx context.Context, reason string) (incremental bool
 	return d.apply(ctx, s)
 }
 
+// apply makes the datapath match s; d.mu is held.
 func (d *Daemon) apply(ctx context.Context, s datapath.State) (bool, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	// The trusted interfaces of a network (every interface with
 	// AllowDirectRouting) reach its published container ports: with any,
 	// a change of ports is a change of the whole state.

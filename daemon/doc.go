@@ -4,7 +4,8 @@
 // datapath.
 //
 // A Daemon reads the wanted state from a Source (the flags and the kernel
-// in standalone mode, Docker's Engine API with --docker), completes it
+// in standalone mode, Docker's Engine API with --docker, the CNI plugin's
+// attachments with --cni, package cni), completes it
 // with what only the kernel knows (uplinks, veths the runtime has not
 // reported yet), and makes a datapath.Datapath match it: at start, on each
 // update of the source, and whenever a link joins or leaves one of the

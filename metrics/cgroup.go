@@ -58,6 +58,7 @@ func (c *Collector) cgroupTraffic(st datapath.State) ([]prometheus.Metric, error
 		lv := []string{
 			label(containerName(e.Container)), label(shortID(e.ContainerID)), label(e.Network), label(e.Interface),
 			label(e.Labels[LabelComposeProject]), label(e.Labels[LabelComposeService]),
+			label(e.Labels[LabelPodName]), label(e.Labels[LabelPodNamespace]),
 		}
 		out = append(out, c.trafficSeries(t, lv)...)
 	}

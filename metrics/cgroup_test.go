@@ -76,8 +76,8 @@ func TestCollectorCgroupSeries(t *testing.T) {
 	}
 	want := helpTraffic +
 		trafficText(webLabels, 15000, 10, 3000, 20) +
-		trafficText(`compose_project="shop",compose_service="metricsd",container="nodeexp",container_id="111122223333",interface="",network="host"`, 400, 4, 600, 6) +
-		trafficText(`compose_project="",compose_service="",container="mvc",container_id="aaaabbbbcccc",interface="eth0",network="lan"`, 500, 5, 600, 6)
+		trafficText(`compose_project="shop",compose_service="metricsd",container="nodeexp",container_id="111122223333",interface="",namespace="",network="host",pod=""`, 400, 4, 600, 6) +
+		trafficText(`compose_project="",compose_service="",container="mvc",container_id="aaaabbbbcccc",interface="eth0",namespace="",network="lan",pod=""`, 500, 5, 600, 6)
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {
 		t.Error(err)
 	}

@@ -48,6 +48,15 @@ const (
 	LabelComposeService = "com.docker.compose.service"
 )
 
+// Pod labels: the endpoint labels of a Kubernetes pod's attachment (the
+// CNI plugin sets them from K8S_POD_NAME and K8S_POD_NAMESPACE, as
+// Kubernetes runtimes label their containers); the series' pod and
+// namespace labels.
+const (
+	LabelPodName      = "io.kubernetes.pod.name"
+	LabelPodNamespace = "io.kubernetes.pod.namespace"
+)
+
 const namespace = "bpfnet"
 
 // Collector is a prometheus.Collector reading the datapath's maps at
@@ -72,7 +81,7 @@ type Collector struct {
 
 var _ prometheus.Collector = (*Collector)(nil)
 
-var containerLabels = []string{"container", "container_id", "network", "interface", "compose_project", "compose_service"}
+var containerLabels = []string{"container", "container_id", "network", "interface", "compose_project", "compose_service", "pod", "namespace"}
 
 // NewCollector returns a collector reading r. state returns the daemon's
 // current desired state; it names the containers behind the host veths
@@ -268,6 +277,7 @@ func (c *Collector) traffic(st datapath.State, atts []loader.Attachment) ([]prom
 		lv := []string{
 			label(containerName(e.Container)), label(shortID(e.ContainerID)), label(e.Network), label(e.HostVeth),
 			label(e.Labels[LabelComposeProject]), label(e.Labels[LabelComposeService]),
+			label(e.Labels[LabelPodName]), label(e.Labels[LabelPodNamespace]),
 		}
 		out = append(out, c.trafficSeries(t, lv)...)
 	}

@@ -195,9 +195,9 @@ const (
 # TYPE bpfnet_container_transmit_packets_total counter
 `
 	// Labels in the order the comparison prints them: sorted by name.
-	webLabels = `compose_project="shop",compose_service="web",container="shop-web-1",container_id="3f4e5d6c7b8a",interface="veth1a2b3c",network="bridge"`
-	dbLabels  = `compose_project="",compose_service="",container="db",container_id="9a8b7c6d5e4f",interface="veth9f8e7d",network="bridge"`
-	loLabels  = `compose_project="",compose_service="",container="lo",container_id="",interface="lo",network="bridge"`
+	webLabels = `compose_project="shop",compose_service="web",container="shop-web-1",container_id="3f4e5d6c7b8a",interface="veth1a2b3c",namespace="",network="bridge",pod=""`
+	dbLabels  = `compose_project="",compose_service="",container="db",container_id="9a8b7c6d5e4f",interface="veth9f8e7d",namespace="",network="bridge",pod=""`
+	loLabels  = `compose_project="",compose_service="",container="lo",container_id="",interface="lo",namespace="",network="bridge",pod=""`
 )
 
 func trafficText(labels string, rxB, rxP, txB, txP int) string {
@@ -309,7 +309,7 @@ func TestCollectorContainerGone(t *testing.T) {
 	f.state.Endpoints = append(f.state.Endpoints, datapath.Endpoint{Container: "/new", ContainerID: "feedfacecafebeef00", Network: "bridge", HostVeth: "vethnew"})
 	f.atts = append(f.atts, loader.Attachment{Interface: "vethnew", Ifindex: 13, Direction: loader.Ingress, Program: datapath.ProgFromContainer, Mode: loader.ModeTCX, ProgramID: 43})
 	f.mu.Unlock()
-	want += trafficText(`compose_project="",compose_service="",container="new",container_id="feedfacecafe",interface="vethnew",network="bridge"`, 0, 0, 0, 0)
+	want += trafficText(`compose_project="",compose_service="",container="new",container_id="feedfacecafe",interface="vethnew",namespace="",network="bridge",pod=""`, 0, 0, 0, 0)
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
 	}
@@ -392,7 +392,7 @@ func TestHandler(t *testing.T) {
 		t.Fatalf("status %d:\n%s", status, body)
 	}
 	for _, want := range []string{
-		`bpfnet_container_receive_bytes_total{compose_project="shop",compose_service="web",container="shop-web-1",container_id="3f4e5d6c7b8a",interface="veth1a2b3c",network="bridge"} 15000`,
+		`bpfnet_container_receive_bytes_total{compose_project="shop",compose_service="web",container="shop-web-1",container_id="3f4e5d6c7b8a",interface="veth1a2b3c",namespace="",network="bridge",pod=""} 15000`,
 		`bpfnet_build_info{go_version="go1.26.8",version="1.2.3"} 1`,
 		"go_goroutines ", "process_resident_memory_bytes ",
 	} {

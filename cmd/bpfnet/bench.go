@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bpfnet/bpfnet/bench"
+	"github.com/bpfnet/bpfnet/lab/cnilab"
 )
 
 // benchFlags are the settings of `bpfnet bench`.
@@ -31,6 +32,8 @@ type benchFlags struct {
 	cc       string
 	flood    bool
 	syns     int
+	cni      bool
+	cniBin   string
 }
 
 func newBenchCmd() *cobra.Command {
@@ -46,7 +49,11 @@ published ports, and the control plane (installing, publishing and removing
 ports; memory per port). --flood adds, for iptables and ebpf, a SYN flood
 from forged sources at a published port, in a lab of its own: the rate it
 reached, the table it fills, the established connections that survived it
-and the latency of new connections made during it.
+and the latency of new connections made during it. --cni adds, for
+iptables and ebpf, a pod's hostPort on a CNI node (TCP_RR and TCP_CRR, with
+no other pod and with 1,000 other pods' hostPorts): the reference portmap
+plugin after bridge with ipMasq in the iptables column, bpfnet-cni in the
+ebpf column.
 
 Modes: routing (no datapath; the external host routes to the container's
 address: the ceiling), iptables (Docker's NAT rules, kernel only),
@@ -80,6 +87,18 @@ ebpf/iptables, ebpf/routing, ebpf/ebpf-redirect, ebpf/nftables); progress to std
 			opts, err := f.options(cmd)
 			if err != nil {
 				return err
+			}
+			if opts.CNI && opts.CNIBinDir == "" {
+				dir, err := os.MkdirTemp("", "bpfnet-bench-cni-bin-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(dir)
+				fmt.Fprintln(cmd.ErrOrStderr(), "building the CNI plugins (go build, from this checkout)")
+				if err := cnilab.BuildPlugins("go", dir); err != nil {
+					return fmt.Errorf("building the CNI plugins (or give --cni-bin-dir): %w", err)
+				}
+				opts.CNIBinDir = dir
 			}
 			opts.Command = "bpfnet " + strings.Join(os.Args[1:], " ")
 			opts.Progress = cmd.ErrOrStderr()
@@ -115,6 +134,8 @@ ebpf/iptables, ebpf/routing, ebpf/ebpf-redirect, ebpf/nftables); progress to std
 	fl.StringSliceVar(&f.modes, "mode", nil, "measure only these modes (routing, iptables, ebpf, ebpf-redirect, nftables)")
 	fl.BoolVar(&f.flood, "flood", false, "also measure a SYN flood from forged sources at a published port (iptables and ebpf): rate, table use, established flows kept, new-connection latency")
 	fl.IntVar(&f.syns, "flood-syns", 100000, "SYNs of the --flood measurement")
+	fl.BoolVar(&f.cni, "cni", false, "also measure a pod's hostPort on a CNI node: the reference portmap plugin (iptables column) against bpfnet-cni (ebpf column)")
+	fl.StringVar(&f.cniBin, "cni-bin-dir", "", "folder of the CNI plugins for --cni: bridge, host-local, portmap (speaking CNI 1.1.0, not Debian's 1.1.1) and bpfnet (default: built with go from this checkout)")
 	return cmd
 }
 
@@ -142,6 +163,7 @@ func (f *benchFlags) options(cmd *cobra.Command) (bench.Options, error) {
 		return opts, fmt.Errorf("invalid --flood-syns %d: at least 1000", f.syns)
 	}
 	opts.FloodSYNs = f.syns
+	opts.CNI, opts.CNIBinDir = f.cni, f.cniBin
 	opts.Congestion = f.cc
 	for _, m := range f.modes {
 		opts.Modes = append(opts.Modes, bench.Mode(m))

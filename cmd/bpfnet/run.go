@@ -54,6 +54,8 @@ type runFlags struct {
 	// ignoreDockerFirewall starts under --docker even when Docker does
 	// NAT itself (dockercheck.go).
 	ignoreDockerFirewall bool
+	// cni serves the chained CNI plugin (run_cni.go).
+	cni cniFlags
 }
 
 func newRunCmd() *cobra.Command {
@@ -93,6 +95,7 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 	fl.DurationVar(&f.hostFWInterval, "host-firewall-interval", 30*time.Second, "how often the host firewall (DOCKER-USER, ufw, nftables forward chains) is checked for rules the fast path goes around (0: once, at start)")
 	fl.StringArrayVar(&f.containers, "container", nil, "name a container for metrics and status without a runtime: NAME=ADDRESS (repeatable)")
 	fl.StringArrayVar(&f.foreignSrc, "allow-foreign-source", nil, "let the container of this address send from addresses not its own, as a router does (repeatable; with --docker, the label "+docker.LabelAllowForeignSource+"=true)")
+	addCNIFlags(cmd, &f.cni)
 	fl.BoolVar(&f.allowDirectRouting, "allow-direct-routing", false, "let every interface reach the published container ports by the containers' addresses, as dockerd --allow-direct-routing (default: only a network's trusted_host_interfaces may)")
 	fl.BoolVar(&f.ignoreDockerFirewall, "ignore-docker-firewall", false, "with --docker, start even when dockerd does NAT itself (iptables on, its NAT rules for the bridges present): both would translate the same packets")
 	return cmd
@@ -179,8 +182,14 @@ func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
 		}
 		return opts, nil, nil
 	}
+	if f.cni.on {
+		if len(f.bridges) > 0 || len(f.publish) > 0 || len(f.masquerade) > 0 {
+			return opts, nil, errors.New("--bridge, --publish and --masquerade are for standalone mode: with --cni, the pods' networks and ports come from the plugin")
+		}
+		return opts, nil, nil
+	}
 	if len(f.bridges) == 0 {
-		return opts, nil, errors.New("at least one --bridge is required (or --docker)")
+		return opts, nil, errors.New("at least one --bridge is required (or --docker, or --cni)")
 	}
 	return opts, ports, nil
 }
@@ -258,8 +267,16 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 		}
 		defer ds.Close()
 		src = &daemon.Docker{Source: ds, Uplinks: f.uplinks}
-	} else {
+	} else if !f.cni.on {
 		src = standalone(f, ports)
+	}
+	var cniSrv *cniServer
+	if f.cni.on {
+		if cniSrv, err = newCNIServer(&f.cni, src, f.uplinks, f.pinPath); err != nil {
+			return err
+		}
+		defer cniSrv.close()
+		src = cniSrv.src
 	}
 	state, err := src.State(ctx)
 	if err != nil {
@@ -326,6 +343,9 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 		if err := applied(); err != nil {
 			return errors.Join(fmt.Errorf("recording the %s datapath: %w", dp.Name(), err), dp.Remove())
 		}
+	}
+	if cniSrv != nil {
+		cniSrv.serve(ctx, d, dp)
 	}
 	if dp.Name() == "ebpf" {
 		// The fast path is the eBPF datapath's: only it takes packets

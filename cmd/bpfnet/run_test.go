@@ -44,6 +44,8 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{[]string{"--bridge", "br0,gateway_mode="}, "gateway_mode: want nat"},
 		{[]string{"--bridge", "br0,mtu=1500"}, "unknown field"},
 		{[]string{"--bridge", ",gateway_mode=routed"}, "no bridge name"},
+		{[]string{"--cni", "--bridge", "br0"}, "with --cni"},
+		{[]string{"--cni", "--publish", "8080:172.17.0.2:80"}, "with --cni"},
 	} {
 		root := newRootCmd()
 		var out bytes.Buffer

@@ -1,0 +1,450 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bpfnet/bpfnet/cni"
+)
+
+// agentCheck is CHECK as the agent answers it, without libcni's cache
+// in front (libcni refuses a CHECK it has no cached result for itself).
+func (n *node) agentCheck(p *pod, veth string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a := cni.Attachment{ContainerID: p.rt.ContainerID, IfName: p.rt.IfName, Network: n.list.Name,
+		HostVeth: veth, Addr: netip.MustParseAddr(p.addr.String())}
+	for _, m := range p.ports {
+		a.Ports = append(a.Ports, cni.Port{HostPort: m["hostPort"].(int), ContainerPort: m["containerPort"].(int),
+			Protocol: m["protocol"].(string), HostIP: fmt.Sprint(m["hostIP"])})
+		if _, ok := m["hostIP"]; !ok {
+			a.Ports[len(a.Ports)-1].HostIP = ""
+		}
+	}
+	_, err := cni.Call(ctx, n.socket, cni.Request{Command: cni.CmdCheck, Attachment: a})
+	return err
+}
+
+// grepLines are the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// hostVeth is the host veth the agent keeps for p.
+func (n *node) hostVeth(p *pod) string {
+	n.t.Helper()
+	b, err := os.ReadFile(filepath.Join(n.state, p.rt.ContainerID+"_"+p.rt.IfName+".json"))
+	if err != nil {
+		n.t.Fatalf("the agent keeps no attachment of %s: %v", p.name, err)
+	}
+	var a cni.Attachment
+	if err := json.Unmarshal(b, &a); err != nil {
+		n.t.Fatal(err)
+	}
+	return a.HostVeth
+}
+
+// TestCNIHostPort: a pod's hostPort answers an external client, which the
+// pod sees with its own address; CHECK passes; the operator commands show
+// the pod's endpoint, port and flow. DEL takes the port away (it no longer
+// answers, and the agent's CHECK fails), and a second DEL succeeds.
+func TestCNIHostPort(t *testing.T) {
+	n := newNode(t)
+	p := n.newPod("web", port(8080, 80, "tcp", ""))
+	n.mustAdd(p)
+	greet(t, &p.Namespace, ":80")
+	hostPort := n.ext.HostAddr.String() + ":8080"
+	c, who := dial(t, &n.ext.Namespace, hostPort)
+	if who != n.ext.Addr.String() {
+		t.Errorf("the pod saw the client as %s, want its own address %s", who, n.ext.Addr)
+	}
+	c.echo(t, "through the hostPort")
+	if err := n.check(p); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	veth := n.hostVeth(p)
+	if err := n.agentCheck(p, veth); err != nil {
+		t.Fatalf("the agent's CHECK: %v", err)
+	}
+
+	// The operator commands show the pod as they show a Docker container.
+	ports := n.portsJSON()
+	if len(ports) != 1 || ports[0]["host_port"] != 8080.0 || ports[0]["container_ip"] != p.addr.String() || ports[0]["container"] != veth {
+		t.Errorf("bpfnet ports --json = %v, want 8080 -> %s on %s", ports, p.addr, veth)
+	}
+	var st struct {
+		Endpoints []struct {
+			Addr string `json:"address"`
+		} `json:"endpoints"`
+	}
+	if err := json.Unmarshal(n.bpfnet("status", "--json"), &st); err != nil || len(st.Endpoints) != 1 || st.Endpoints[0].Addr != p.addr.String() {
+		t.Errorf("bpfnet status --json endpoints %+v (%v), want %s", st.Endpoints, err, p.addr)
+	}
+	var flows []struct {
+		Kind   string `json:"kind"`
+		Reply  bool   `json:"reply"`
+		NewDst string `json:"translated_dst"`
+	}
+	if err := json.Unmarshal(n.bpfnet("ct", "--json", "--addr", n.ext.Addr.String()), &flows); err != nil {
+		t.Fatal(err)
+	}
+	dnat := 0
+	for _, f := range flows {
+		if f.Kind == "dnat" && !f.Reply && f.NewDst == p.addr.String()+":80" {
+			dnat++
+		}
+	}
+	if dnat != 1 {
+		t.Errorf("bpfnet ct --json: %d dnat flows to %s:80, want 1: %+v", dnat, p.addr, flows)
+	}
+	c.Close()
+	// Per-pod series, labelled from CNI_ARGS as kubelet passes them.
+	id := p.rt.ContainerID[:12]
+	series := fmt.Sprintf(`bpfnet_container_receive_bytes_total{compose_project="",compose_service="",container="default/web",container_id="%s",interface="%s",namespace="default",network="pods",pod="web"} `, id, veth)
+	if body := n.scrape(); !strings.Contains(body, series) {
+		t.Errorf("/metrics lacks %s:\n%s", series, grepLines(body, "bpfnet_container_"))
+	}
+
+	if err := n.del(p); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	wantNoAnswer(t, &n.ext.Namespace, hostPort)
+	if err := n.agentCheck(p, veth); cniCode(err) != cni.CodeNotServed {
+		t.Errorf("the agent's CHECK after DEL: %v, want code %d", err, cni.CodeNotServed)
+	}
+	if err := n.del(p); err != nil {
+		t.Errorf("second DEL: %v", err)
+	}
+	if f := n.stateFiles(); len(f) != 0 {
+		t.Errorf("agent state files %v after DEL", f)
+	}
+	if ps := n.portsJSON(); len(ps) != 0 {
+		t.Errorf("bpfnet ports after DEL: %v", ps)
+	}
+	if err := json.Unmarshal(n.bpfnet("ct", "--json", "--addr", p.addr.String()), &flows); err != nil || len(flows) != 0 {
+		t.Errorf("bpfnet ct --addr %s after DEL: %+v (%v), want none", p.addr, flows, err)
+	}
+}
+
+// TestCNIEgressHairpin: a pod's connections to the outside leave with the
+// host's address (the network's subnet is masqueraded, the bridge's
+// ipMasq being off), and a pod reaches its own hostPort through the
+// host's address (hairpin), as does another pod.
+func TestCNIEgressHairpin(t *testing.T) {
+	n := newNode(t)
+	p := n.newPod("web", port(8080, 80, "tcp", ""))
+	q := n.newPod("client")
+	n.mustAdd(p)
+	n.mustAdd(q)
+	greet(t, &p.Namespace, ":80")
+	greet(t, &n.ext.Namespace, n.ext.Addr.String()+":9000")
+
+	wantGreeting(t, &p.Namespace, n.ext.Addr.String()+":9000", n.ext.HostAddr.String())
+	hostPort := n.ext.HostAddr.String() + ":8080"
+	for _, from := range []*pod{p, q} {
+		c, who := dial(t, &from.Namespace, hostPort)
+		if who == "" {
+			t.Errorf("hairpin from %s: no greeting", from.name)
+		}
+		c.echo(t, "hairpin from "+from.name)
+		c.Close()
+	}
+}
+
+// TestCNIHostIP: a port bound to one host address answers there and not
+// on the host's other address, where a port bound to every address
+// answers.
+func TestCNIHostIP(t *testing.T) {
+	n := newNode(t)
+	second := netip.MustParseAddr(n.ext.HostAddr.String()).Next().Next()
+	if _, err := n.topo.Host.Run(context.Background(), "ip", "addr", "add", second.String()+"/24", "dev", n.ext.Uplink); err != nil {
+		t.Fatal(err)
+	}
+	p := n.newPod("web", port(8081, 80, "tcp", n.ext.HostAddr.String()), port(8082, 80, "tcp", ""))
+	n.mustAdd(p)
+	greet(t, &p.Namespace, ":80")
+	wantGreeting(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8081", n.ext.Addr.String())
+	wantGreeting(t, &n.ext.Namespace, second.String()+":8082", n.ext.Addr.String())
+	wantNoAnswer(t, &n.ext.Namespace, second.String()+":8081")
+}
+
+// TestCNIPortTaken: a hostPort mapped by a pod is refused to another with
+// a CNI error, and the first pod keeps it; the refused pod, once deleted,
+// is added again with a free port.
+func TestCNIPortTaken(t *testing.T) {
+	n := newNode(t)
+	a := n.newPod("first", port(8080, 80, "tcp", ""))
+	b := n.newPod("second", port(8080, 80, "tcp", ""))
+	n.mustAdd(a)
+	greet(t, &a.Namespace, ":80")
+	err := n.add(b)
+	if cniCode(err) != cni.CodePortTaken {
+		t.Fatalf("ADD of a second pod on 8080: %v, want CNI error %d", err, cni.CodePortTaken)
+	}
+	t.Logf("refused as wanted: %v", err)
+	if err := n.del(b); err != nil {
+		t.Fatalf("DEL of the refused pod: %v", err)
+	}
+	wantGreeting(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8080", n.ext.Addr.String())
+	if err := n.check(a); err != nil {
+		t.Errorf("CHECK of the first pod: %v", err)
+	}
+
+	b = n.newPod("third", port(8090, 80, "tcp", ""))
+	n.mustAdd(b)
+	greet(t, &b.Namespace, ":80")
+	wantGreeting(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8090", n.ext.Addr.String())
+}
+
+// TestCNIConcurrent: 40 pods added at once, as a runtime starting a node's
+// pods does, each served on its hostPort; then deleted at once, leaving
+// no port, endpoint, flow or file behind.
+func TestCNIConcurrent(t *testing.T) {
+	n := newNode(t)
+	const count = 40
+	pods := make([]*pod, count)
+	for i := range pods {
+		pods[i] = n.newPod(fmt.Sprintf("p%d", i), port(20000+i, 80, "tcp", ""))
+	}
+	parallel := func(what string, fn func(*pod) error) {
+		t.Helper()
+		var wg sync.WaitGroup
+		errs := make([]error, count)
+		for i, p := range pods {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = fn(p)
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("%s %s: %v", what, pods[i].name, err)
+			}
+		}
+	}
+	began := time.Now()
+	parallel("ADD", n.add)
+	t.Logf("%d ADDs in %v", count, time.Since(began))
+	if ps := n.portsJSON(); len(ps) != count {
+		t.Fatalf("bpfnet ports: %d ports, want %d", len(ps), count)
+	}
+	if f := n.stateFiles(); len(f) != count {
+		t.Fatalf("%d state files, want %d", len(f), count)
+	}
+	for _, i := range []int{0, count / 2, count - 1} {
+		greet(t, &pods[i].Namespace, ":80")
+		wantGreeting(t, &n.ext.Namespace, fmt.Sprintf("%s:%d", n.ext.HostAddr, 20000+i), n.ext.Addr.String())
+	}
+	// The agent's CHECK: the bridge plugin's own fails here, its cached
+	// results holding the bridge's MAC of before the later pods' veths
+	// joined it (the bridge takes the lowest MAC of its ports).
+	veths := map[*pod]string{}
+	for _, p := range pods {
+		veths[p] = n.hostVeth(p)
+	}
+	parallel("CHECK", func(p *pod) error { return n.agentCheck(p, veths[p]) })
+
+	began = time.Now()
+	parallel("DEL", n.del)
+	t.Logf("%d DELs in %v", count, time.Since(began))
+	if ps := n.portsJSON(); len(ps) != 0 {
+		t.Errorf("bpfnet ports after DEL: %v", ps)
+	}
+	var st struct {
+		Endpoints []any `json:"endpoints"`
+	}
+	if err := json.Unmarshal(n.bpfnet("status", "--json"), &st); err != nil || len(st.Endpoints) != 0 {
+		t.Errorf("bpfnet status endpoints after DEL: %v (%v)", st.Endpoints, err)
+	}
+	var flows []any
+	if err := json.Unmarshal(n.bpfnet("ct", "--json", "--addr", n.ext.Addr.String()), &flows); err != nil || len(flows) != 0 {
+		t.Errorf("bpfnet ct after DEL: %v (%v)", flows, err)
+	}
+	if f := n.stateFiles(); len(f) != 0 {
+		t.Errorf("state files after DEL: %v", f)
+	}
+	wantNoAnswer(t, &n.ext.Namespace, fmt.Sprintf("%s:%d", n.ext.HostAddr, 20000))
+}
+
+// TestCNIGC: GC, as containerd and CRI-O call it through libcni with the
+// attachments still valid, removes the pods whose DEL never came (one
+// still running, one whose namespace is gone) even when the runtime's
+// cache has forgotten them, and keeps the valid ones.
+func TestCNIGC(t *testing.T) {
+	n := newNode(t)
+	keep := n.newPod("keep", port(8080, 80, "tcp", ""))
+	lost := n.newPod("lost", port(8081, 80, "tcp", ""))
+	n.mustAdd(keep)
+	n.mustAdd(lost)
+	greet(t, &keep.Namespace, ":80")
+	greet(t, &lost.Namespace, ":80")
+	wantGreeting(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8081", n.ext.Addr.String())
+	// A pod whose node-side namespace went away with its veth (a crash):
+	// its attachment stays kept, and does not keep the others from being
+	// served.
+	dead := n.newPod("dead", port(8082, 80, "tcp", ""))
+	n.mustAdd(dead)
+	if out, err := exec.Command("ip", "netns", "del", dead.Name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns del %s: %v\n%s", dead.Name, err, out)
+	}
+	late := n.newPod("late", port(8083, 80, "tcp", ""))
+	n.mustAdd(late)
+	greet(t, &late.Namespace, ":80")
+	wantGreeting(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8083", n.ext.Addr.String())
+	if f := n.stateFiles(); len(f) != 4 {
+		t.Fatalf("state files %v, want 4", f)
+	}
+	// libcni's GC deletes what its cache holds itself: forget the lost
+	// and the dead pods there, so that only the plugin's GC can remove
+	// them.
+	for _, p := range []*pod{lost, dead} {
+		cached, _ := filepath.Glob(filepath.Join(n.cache, "results", "*"+p.rt.ContainerID+"*"))
+		if len(cached) == 0 {
+			t.Fatalf("no cached result of %s in %s", p.name, n.cache)
+		}
+		for _, f := range cached {
+			os.Remove(f)
+		}
+	}
+	if err := n.gc(keep, late); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if f := n.stateFiles(); len(f) != 2 {
+		t.Errorf("state files after GC: %v, want %s's and %s's", f, keep.name, late.name)
+	}
+	wantGreeting(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8083", n.ext.Addr.String())
+	if err := n.del(late); err != nil {
+		t.Fatal(err)
+	}
+	if ps := n.portsJSON(); len(ps) != 1 || ps[0]["host_port"] != 8080.0 {
+		t.Errorf("bpfnet ports after GC: %v, want only 8080", ps)
+	}
+	if f := n.stateFiles(); len(f) != 1 || !strings.HasPrefix(f[0], keep.rt.ContainerID+"_") {
+		t.Errorf("state files after GC: %v, want only %s's", f, keep.name)
+	}
+	wantNoAnswer(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8081")
+	wantGreeting(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8080", n.ext.Addr.String())
+	if err := n.check(keep); err != nil {
+		t.Errorf("CHECK of the kept pod after GC: %v", err)
+	}
+}
+
+// TestCNIStatus: STATUS passes while the agent runs; with the agent
+// stopped, the plugin's own answer is CNI error 50, through libcni and
+// read from the plugin's JSON on its stdout.
+func TestCNIStatus(t *testing.T) {
+	n := newNode(t)
+	if err := n.status(); err != nil {
+		t.Fatalf("STATUS with the agent running: %v", err)
+	}
+	n.stopAgent()
+	if err := n.status(); cniCode(err) != 50 {
+		t.Errorf("STATUS with the agent stopped: %v, want CNI error 50", err)
+	}
+	// The plugin run by hand, as libcni runs it.
+	conf := n.list.Plugins[1].Bytes
+	var m map[string]any
+	json.Unmarshal(conf, &m)
+	m["name"], m["cniVersion"] = n.list.Name, n.list.CNIVersion
+	conf, _ = json.Marshal(m)
+	cmd := exec.Command(filepath.Join(binDir, "bpfnet"))
+	cmd.Env = append(os.Environ(), "CNI_COMMAND=STATUS", "CNI_PATH="+binDir)
+	cmd.Stdin = strings.NewReader(string(conf))
+	out, err := cmd.Output()
+	var answer struct {
+		CNIVersion string `json:"cniVersion"`
+		Code       int    `json:"code"`
+		Msg        string `json:"msg"`
+	}
+	if jerr := json.Unmarshal(out, &answer); err == nil || jerr != nil || answer.Code != 50 || answer.Msg == "" {
+		t.Errorf("the plugin's STATUS without the agent: exit %v, stdout %q, want a JSON error of code 50", err, out)
+	}
+	n.startAgent()
+	if err := n.status(); err != nil {
+		t.Errorf("STATUS with the agent started again: %v", err)
+	}
+}
+
+// TestCNIAgentRestart: a connection through a pod's hostPort lives on
+// while the agent is stopped and after a new one starts, which serves
+// the pods of the old one from its files (CHECK, DEL) and new ones.
+func TestCNIAgentRestart(t *testing.T) {
+	n := newNode(t)
+	p := n.newPod("web", port(8080, 80, "tcp", ""))
+	n.mustAdd(p)
+	greet(t, &p.Namespace, ":80")
+	hostPort := n.ext.HostAddr.String() + ":8080"
+	c, _ := dial(t, &n.ext.Namespace, hostPort)
+	defer c.Close()
+	c.echo(t, "before the restart")
+	old := n.agent.Process.Pid
+
+	n.stopAgent()
+	if err := n.agent; err != nil {
+		t.Fatal("the agent is still recorded as running")
+	}
+	c.echo(t, "while no agent runs")
+	n.startAgent()
+	if n.agent.Process.Pid == old {
+		t.Fatal("the same agent process answers")
+	}
+	c.echo(t, "after the restart")
+	if err := n.check(p); err != nil {
+		t.Errorf("CHECK through the new agent: %v", err)
+	}
+	q := n.newPod("late", port(8081, 80, "tcp", ""))
+	n.mustAdd(q)
+	greet(t, &q.Namespace, ":80")
+	wantGreeting(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8081", n.ext.Addr.String())
+	c.echo(t, "after another pod came")
+
+	if err := n.del(p); err != nil {
+		t.Fatalf("DEL through the new agent: %v", err)
+	}
+	wantNoAnswer(t, &n.ext.Namespace, hostPort)
+}
+
+// TestCNIVersions: the older spec versions the plugin speaks, 0.4.0 and
+// 1.0.0 (prevResult in their formats), through ADD, CHECK and DEL: the
+// hostPort answers, then no longer does.
+func TestCNIVersions(t *testing.T) {
+	for _, v := range []string{"0.4.0", "1.0.0"} {
+		t.Run(v, func(t *testing.T) {
+			n := newNodeVersion(t, v)
+			p := n.newPod("web", port(8080, 80, "tcp", ""))
+			n.mustAdd(p)
+			greet(t, &p.Namespace, ":80")
+			hostPort := n.ext.HostAddr.String() + ":8080"
+			wantGreeting(t, &n.ext.Namespace, hostPort, n.ext.Addr.String())
+			if err := n.check(p); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			if err := n.del(p); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			wantNoAnswer(t, &n.ext.Namespace, hostPort)
+			if f := n.stateFiles(); len(f) != 0 {
+				t.Errorf("state files after DEL: %v", f)
+			}
+		})
+	}
+}

@@ -1,0 +1,257 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package cni
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/metrics"
+)
+
+// Defaults of the agent and the plugin.
+const (
+	DefaultSocket   = "/run/bpfnet/cni.sock"
+	DefaultStateDir = "/var/lib/bpfnet/cni"
+)
+
+// Attachment is one container interface that the plugin attached: what
+// the agent keeps for it and serves. It is the body of an ADD.
+type Attachment struct {
+	// ContainerID and IfName identify the attachment, as CNI does
+	// (CNI_CONTAINERID, CNI_IFNAME); Network is the CNI network's name.
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+	Network     string `json:"network"`
+	Netns       string `json:"netns,omitempty"`
+	// Bridge and HostVeth are the host side: the bridge plugin's bridge
+	// and the host end of the container's veth.
+	Bridge   string `json:"bridge"`
+	HostVeth string `json:"hostVeth"`
+	// Addr is the container's IPv4 address, in Subnet, whose gateway is
+	// Gateway; MAC is the container interface's.
+	Addr    netip.Addr   `json:"addr"`
+	Subnet  netip.Prefix `json:"subnet"`
+	Gateway netip.Addr   `json:"gateway"`
+	MAC     string       `json:"mac,omitempty"`
+	// Ports are runtimeConfig.portMappings.
+	Ports []Port `json:"ports,omitempty"`
+	// Pod and Namespace are K8S_POD_NAME and K8S_POD_NAMESPACE from
+	// CNI_ARGS, for status and metrics.
+	Pod       string `json:"pod,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+}
+
+// Port is one entry of runtimeConfig.portMappings, as the portMappings
+// capability has it.
+type Port struct {
+	HostPort      int    `json:"hostPort"`
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol"`
+	HostIP        string `json:"hostIP,omitempty"`
+}
+
+// Key identifies an attachment: its container id and interface.
+type Key struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+func (k Key) String() string { return k.ContainerID + "/" + k.IfName }
+
+// Key is a's.
+func (a Attachment) Key() Key { return Key{a.ContainerID, a.IfName} }
+
+// Name is how the attachment's container is shown: namespace/pod when
+// the runtime said (Kubernetes), else the container id, shortened.
+func (a Attachment) Name() string {
+	if a.Pod != "" {
+		if a.Namespace != "" {
+			return a.Namespace + "/" + a.Pod
+		}
+		return a.Pod
+	}
+	if len(a.ContainerID) > 12 {
+		return a.ContainerID[:12]
+	}
+	return a.ContainerID
+}
+
+// Labels on the endpoints of pods, as Kubernetes runtimes label their
+// containers; metrics reads them for the pod and namespace labels.
+const (
+	LabelPodName      = metrics.LabelPodName
+	LabelPodNamespace = metrics.LabelPodNamespace
+)
+
+// CNI's rule for container ids (SPEC.md, "Parameters"): letters, digits,
+// and '_', '.', '-' after the first.
+var containerIDRe = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`)
+
+// CheckKey refuses a key that is not a CNI container id and interface
+// name (and so no safe file name).
+func CheckKey(k Key) error {
+	if !containerIDRe.MatchString(k.ContainerID) || len(k.ContainerID) > 200 {
+		return fmt.Errorf("container id %q: want letters, digits, '_', '.' and '-'", k.ContainerID)
+	}
+	if k.IfName == "" || len(k.IfName) > 15 || strings.ContainsAny(k.IfName, "/ :") || k.IfName == "." || k.IfName == ".." {
+		return fmt.Errorf("interface name %q is not an interface name", k.IfName)
+	}
+	return nil
+}
+
+// Mappings are a's ports as the datapath takes them. A hostIP of "" or
+// 0.0.0.0 is every host address; IPv6 host addresses are refused.
+func (a Attachment) Mappings() ([]datapath.PortMapping, error) {
+	var out []datapath.PortMapping
+	for _, p := range a.Ports {
+		proto, err := datapath.ParseProto(p.Protocol)
+		if err != nil {
+			return nil, fmt.Errorf("port mapping %d: %w", p.HostPort, err)
+		}
+		if p.HostPort < 1 || p.HostPort > 65535 || p.ContainerPort < 1 || p.ContainerPort > 65535 {
+			return nil, fmt.Errorf("port mapping %d:%d: ports must be within 1-65535", p.HostPort, p.ContainerPort)
+		}
+		var hip netip.Addr
+		if p.HostIP != "" {
+			if hip, err = netip.ParseAddr(p.HostIP); err != nil || !hip.Is4() {
+				return nil, fmt.Errorf("port mapping %d: host address %q is not IPv4", p.HostPort, p.HostIP)
+			}
+			if hip.IsUnspecified() {
+				hip = netip.Addr{}
+			}
+		}
+		out = append(out, datapath.PortMapping{Proto: proto, HostIP: hip, HostPort: uint16(p.HostPort),
+			ContainerIP: a.Addr, ContainerPort: uint16(p.ContainerPort), Container: a.Name()})
+	}
+	return out, nil
+}
+
+// Check refuses an attachment the agent could not serve, before anything
+// is kept.
+func (a Attachment) Check() error {
+	if err := CheckKey(a.Key()); err != nil {
+		return err
+	}
+	if a.Network == "" {
+		return errors.New("no network name")
+	}
+	if a.Bridge == "" || a.HostVeth == "" {
+		return errors.New("no bridge and host veth: bpfnet must be chained after the bridge plugin")
+	}
+	if !a.Addr.Is4() || !a.Subnet.IsValid() || !a.Subnet.Addr().Is4() || !a.Subnet.Contains(a.Addr) {
+		return fmt.Errorf("address %s in %s: want an IPv4 address in its subnet", a.Addr, a.Subnet)
+	}
+	if a.Gateway.IsValid() && !a.Subnet.Contains(a.Gateway) {
+		return fmt.Errorf("gateway %s is outside %s", a.Gateway, a.Subnet)
+	}
+	_, err := a.Mappings()
+	return err
+}
+
+// Store keeps attachments as one JSON file each in a folder, written
+// whole (a temporary file renamed over the old), so that a crash leaves
+// either the old attachment or the new one.
+type Store struct{ Dir string }
+
+func (s Store) path(k Key) string { return filepath.Join(s.Dir, k.ContainerID+"_"+k.IfName+".json") }
+
+// Put writes a.
+func (s Store) Put(a Attachment) error {
+	if err := CheckKey(a.Key()); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(a, "", "  ")
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(s.Dir, ".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), s.path(a.Key()))
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("keeping attachment %s: %w", a.Key(), err)
+	}
+	return nil
+}
+
+// Get reads the attachment of k; ok is false when there is none.
+func (s Store) Get(k Key) (a Attachment, ok bool, err error) {
+	if err := CheckKey(k); err != nil {
+		return a, false, err
+	}
+	b, err := os.ReadFile(s.path(k))
+	if errors.Is(err, os.ErrNotExist) {
+		return a, false, nil
+	}
+	if err != nil {
+		return a, false, err
+	}
+	if err := json.Unmarshal(b, &a); err != nil {
+		return a, false, fmt.Errorf("reading attachment %s: %w", k, err)
+	}
+	return a, true, nil
+}
+
+// Delete removes the attachment of k; one that is not there is no error.
+func (s Store) Delete(k Key) error {
+	if err := CheckKey(k); err != nil {
+		return err
+	}
+	if err := os.Remove(s.path(k)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// List reads every attachment, in the order of their keys. A file that
+// cannot be read is an error: the agent does not serve a state it only
+// partly knows.
+func (s Store) List() ([]Attachment, error) {
+	ents, err := os.ReadDir(s.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []Attachment
+	for _, e := range ents {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), ".json") || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(s.Dir, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		var a Attachment
+		if err := json.Unmarshal(b, &a); err != nil {
+			return nil, fmt.Errorf("reading %s: %w", e.Name(), err)
+		}
+		out = append(out, a)
+	}
+	slices.SortFunc(out, func(x, y Attachment) int { return strings.Compare(x.Key().String(), y.Key().String()) })
+	return out, nil
+}

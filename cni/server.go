@@ -1,0 +1,338 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package cni
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/bpfnet/bpfnet/datapath"
+)
+
+// Applier is the daemon as the server drives it: daemon.Daemon.
+type Applier interface {
+	// Reconcile makes the datapath match the source's state now.
+	Reconcile(ctx context.Context, reason string) (bool, error)
+	// Current is the state last applied.
+	Current() datapath.State
+}
+
+// Maps reads what the datapath holds, for CHECK: datapath.EBPF.
+type Maps interface {
+	Published() ([]datapath.PublishedPort, error)
+	Endpoints() ([]datapath.EndpointInfo, error)
+}
+
+// Flusher drops the flows of an address, for DEL: datapath.EBPF.
+type Flusher interface {
+	FlushAddr(netip.Addr) (int, error)
+}
+
+// Server answers the plugin's requests on the agent's socket.
+type Server struct {
+	Source *Source
+	Daemon Applier
+	// Datapath is the daemon's; its maps are read by CHECK when it is a
+	// Maps, and its flows dropped by DEL when it is a Flusher.
+	Datapath datapath.Datapath
+	// PinPath is the datapath's bpffs folder.
+	PinPath string
+	Log     *slog.Logger
+
+	mu sync.Mutex // one request at a time
+}
+
+// Listen makes the socket at path, replacing one a previous agent left,
+// reachable by root only.
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("%s: another agent answers there", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+// Serve answers on ln until ctx is done, then closes it.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	go func() {
+		<-ctx.Done()
+		ln.Close()
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		go s.serveConn(ctx, c)
+	}
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.Default()
+	}
+	return s.Log
+}
+
+func (s *Server) serveConn(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Minute))
+	var req Request
+	var resp Response
+	if err := json.NewDecoder(c).Decode(&req); err != nil {
+		resp.Error = errorf(6, "decoding the request: %v", err)
+	} else {
+		resp = s.Handle(ctx, req)
+	}
+	if resp.Error != nil {
+		s.log().Warn("cni request refused", "command", req.Command, "container_id", req.Attachment.ContainerID,
+			"ifname", req.Attachment.IfName, "code", resp.Error.Code, "error", resp.Error.Error())
+	} else {
+		s.log().Info("cni request", "command", req.Command, "container_id", req.Attachment.ContainerID,
+			"ifname", req.Attachment.IfName, "pod", req.Attachment.Pod, "namespace", req.Attachment.Namespace)
+	}
+	json.NewEncoder(c).Encode(resp)
+}
+
+// Handle answers one request.
+func (s *Server) Handle(ctx context.Context, req Request) Response {
+	if req.PinPath != "" && s.PinPath != "" && filepath.Clean(req.PinPath) != filepath.Clean(s.PinPath) {
+		return Response{Error: errorf(CodeInvalidConfig, "pinPath %s: this agent's datapath is at %s", req.PinPath, s.PinPath)}
+	}
+	if req.Command == CmdStatus {
+		if len(s.Daemon.Current().Uplinks) == 0 {
+			return Response{Error: errorf(CodePluginNotAvailable, "the bpfnet agent has no uplink to serve")}
+		}
+		return Response{}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var err *Error
+	var resp Response
+	switch req.Command {
+	case CmdAdd:
+		err = s.add(ctx, req.Attachment)
+	case CmdDel:
+		err = s.del(ctx, req.Attachment.Key())
+	case CmdCheck:
+		err = s.check(req.Attachment)
+	case CmdGC:
+		resp.Removed, err = s.gc(ctx, req.Attachment.Network, req.Valid)
+	default:
+		err = errorf(CodeInvalidConfig, "unknown command %q", req.Command)
+	}
+	resp.Error = err
+	return resp
+}
+
+// changed tells the source's watchers (the daemon's loop) of a change
+// applied.
+func (s *Server) changed() { s.Source.Notify() }
+
+func (s *Server) add(ctx context.Context, a Attachment) *Error {
+	if err := a.Check(); err != nil {
+		return errorf(CodeInvalidConfig, "%v", err)
+	}
+	if _, err := s.Source.With(ctx, a); err != nil {
+		code := uint(CodeApply)
+		if strings.Contains(err.Error(), "already published") {
+			code = CodePortTaken
+		}
+		return &Error{Code: code, Msg: "bpfnet cannot serve this attachment", Details: err.Error()}
+	}
+	prev, had, err := s.Source.Store.Get(a.Key())
+	if err != nil {
+		return errorf(5, "%v", err)
+	}
+	if err := s.Source.Store.Put(a); err != nil {
+		return errorf(5, "%v", err)
+	}
+	undo := func() {
+		if had {
+			s.Source.Store.Put(prev)
+		} else {
+			s.Source.Store.Delete(a.Key())
+		}
+		if _, err := s.Daemon.Reconcile(ctx, "cni add undone"); err != nil {
+			s.log().Error("applying the state without a refused attachment", "error", err)
+		}
+	}
+	if _, err := s.Daemon.Reconcile(ctx, "cni add"); err != nil {
+		undo()
+		return &Error{Code: CodeApply, Msg: "applying the datapath", Details: err.Error()}
+	}
+	// What changed between the check and the apply (the veth went away,
+	// a Docker container took the port meanwhile) left the attachment
+	// out of the state applied, or some of its ports: refuse it whole.
+	cur := s.Daemon.Current()
+	if !slices.ContainsFunc(cur.Endpoints, func(e datapath.Endpoint) bool {
+		return e.Addr == a.Addr && e.HostVeth == a.HostVeth
+	}) {
+		undo()
+		return errorf(CodeApply, "the state applied does not serve %s (its veth went away?)", a.HostVeth)
+	}
+	want, _ := a.Mappings()
+	for _, m := range want {
+		if !slices.ContainsFunc(cur.Ports, m.Equal) {
+			undo()
+			return errorf(CodePortTaken, "port %s was taken while the attachment was applied", m)
+		}
+	}
+	s.changed()
+	return nil
+}
+
+func (s *Server) del(ctx context.Context, k Key) *Error {
+	if err := CheckKey(k); err != nil {
+		return errorf(CodeInvalidConfig, "%v", err)
+	}
+	a, had, err := s.Source.Store.Get(k)
+	if err != nil {
+		return errorf(5, "%v", err)
+	}
+	if !had {
+		return nil // DEL is idempotent
+	}
+	if err := s.remove(ctx, []Attachment{a}); err != nil {
+		return err
+	}
+	s.changed()
+	return nil
+}
+
+// remove deletes the attachments, applies, and drops their flows; when
+// the datapath refuses, it keeps them.
+func (s *Server) remove(ctx context.Context, as []Attachment) *Error {
+	for _, a := range as {
+		if err := s.Source.Store.Delete(a.Key()); err != nil {
+			return errorf(5, "%v", err)
+		}
+	}
+	if _, err := s.Daemon.Reconcile(ctx, "cni del"); err != nil {
+		for _, a := range as {
+			s.Source.Store.Put(a)
+		}
+		return &Error{Code: CodeTryAgainLater, Msg: "applying the datapath without the attachment", Details: err.Error()}
+	}
+	if f, ok := s.Datapath.(Flusher); ok {
+		for _, a := range as {
+			if slices.ContainsFunc(s.Daemon.Current().Endpoints, func(e datapath.Endpoint) bool { return e.Addr == a.Addr }) {
+				continue // the address is someone else's already
+			}
+			if _, err := f.FlushAddr(a.Addr); err != nil {
+				s.log().Warn("dropping the flows of a removed attachment", "addr", a.Addr, "error", err)
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Server) check(a Attachment) *Error {
+	if err := CheckKey(a.Key()); err != nil {
+		return errorf(CodeInvalidConfig, "%v", err)
+	}
+	kept, had, err := s.Source.Store.Get(a.Key())
+	if err != nil {
+		return errorf(5, "%v", err)
+	}
+	if !had {
+		return errorf(CodeNotServed, "bpfnet keeps no attachment %s", a.Key())
+	}
+	if kept.Addr != a.Addr || kept.HostVeth != a.HostVeth || !slices.Equal(kept.Ports, a.Ports) {
+		return errorf(CodeNotServed, "attachment %s: bpfnet keeps %s on %s with %d ports, the runtime says %s on %s with %d",
+			a.Key(), kept.Addr, kept.HostVeth, len(kept.Ports), a.Addr, a.HostVeth, len(a.Ports))
+	}
+	cur := s.Daemon.Current()
+	if !slices.ContainsFunc(cur.Endpoints, func(e datapath.Endpoint) bool { return e.Addr == a.Addr && e.HostVeth == a.HostVeth }) {
+		return errorf(CodeNotServed, "attachment %s: %s on %s is not in the applied state", a.Key(), a.Addr, a.HostVeth)
+	}
+	want, _ := kept.Mappings()
+	for _, m := range want {
+		if !slices.ContainsFunc(cur.Ports, m.Equal) {
+			return errorf(CodeNotServed, "attachment %s: port %s is not in the applied state", a.Key(), m)
+		}
+	}
+	m, ok := s.Datapath.(Maps)
+	if !ok {
+		return nil
+	}
+	eps, err := m.Endpoints()
+	if err != nil {
+		return errorf(5, "%v", err)
+	}
+	if !slices.ContainsFunc(eps, func(e datapath.EndpointInfo) bool { return e.Addr == a.Addr }) {
+		return errorf(CodeNotServed, "attachment %s: %s is not in the endpoints map", a.Key(), a.Addr)
+	}
+	pub, err := m.Published()
+	if err != nil {
+		return errorf(5, "%v", err)
+	}
+	for _, w := range want {
+		hip := w.HostIP
+		if !hip.IsValid() {
+			hip = netip.IPv4Unspecified()
+		}
+		if !slices.ContainsFunc(pub, func(p datapath.PublishedPort) bool {
+			return p.Binding.Proto == w.Proto && p.Binding.HostPort == w.HostPort && p.Binding.HostIP == hip &&
+				p.ContainerIP == w.ContainerIP && p.ContainerPort == w.ContainerPort
+		}) {
+			return errorf(CodeNotServed, "attachment %s: port %s is not in the published map", a.Key(), w)
+		}
+	}
+	return nil
+}
+
+// gc removes the attachments of network that are not in valid.
+func (s *Server) gc(ctx context.Context, network string, valid []Key) ([]Key, *Error) {
+	if network == "" {
+		return nil, errorf(CodeInvalidConfig, "GC needs the network's name")
+	}
+	all, err := s.Source.Store.List()
+	if err != nil {
+		return nil, errorf(5, "%v", err)
+	}
+	var doomed []Attachment
+	var keys []Key
+	for _, a := range all {
+		if a.Network == network && !slices.Contains(valid, a.Key()) {
+			doomed = append(doomed, a)
+			keys = append(keys, a.Key())
+		}
+	}
+	if len(doomed) == 0 {
+		return nil, nil
+	}
+	if err := s.remove(ctx, doomed); err != nil {
+		return nil, err
+	}
+	s.changed()
+	return keys, nil
+}

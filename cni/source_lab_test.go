@@ -1,0 +1,91 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package cni
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/bpfnet/bpfnet/daemon"
+	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/lab"
+)
+
+// TestSourceBesideDocker: pods' attachments join a runtime's state (here
+// a Docker-like one on another bridge): a hostPort that a Docker
+// container holds is refused to a pod, through the server too, with
+// nothing kept; a free one is served beside Docker's.
+func TestSourceBesideDocker(t *testing.T) {
+	lab.RequireRoot(t)
+	topo := lab.Setup(t, lab.Config{
+		Bridges:    []lab.BridgeConfig{{Subnet: "172.30.0.0/24"}, {Subnet: "10.88.0.0/24"}},
+		Containers: []lab.ContainerConfig{{Bridge: 0}, {Bridge: 1}},
+	})
+	dockerCtr, podNS := topo.Containers[0], topo.Containers[1]
+	addr := func(ip []byte) netip.Addr { a, _ := netip.AddrFromSlice(ip); return a.Unmap() }
+	br0, br1 := topo.Bridges[0], topo.Bridges[1]
+	var docker daemon.Static
+	docker.Set(datapath.State{
+		Networks: []datapath.Network{{Name: "bridge", Bridge: br0.Name, Subnet: netip.MustParsePrefix("172.30.0.0/24"),
+			Gateway: addr(br0.Gateway), Masquerade: true}},
+		Endpoints: []datapath.Endpoint{{Container: "nginx", Network: "bridge", Addr: addr(dockerCtr.Addr), HostVeth: dockerCtr.HostVeth}},
+		Ports:     []datapath.PortMapping{{Proto: datapath.TCP, HostPort: 8080, ContainerIP: addr(dockerCtr.Addr), ContainerPort: 80, Container: "nginx"}},
+	})
+	src := &Source{Store: Store{Dir: t.TempDir()}, Base: &docker}
+	pod := Attachment{ContainerID: "pod1", IfName: "eth0", Network: "pods", Bridge: br1.Name, HostVeth: podNS.HostVeth,
+		Addr: addr(podNS.Addr), Subnet: netip.MustParsePrefix("10.88.0.0/24"), Gateway: addr(br1.Gateway),
+		Ports: []Port{{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}}, Pod: "web", Namespace: "default"}
+
+	err := topo.Host.Do(func() error {
+		_, err := src.With(context.Background(), pod)
+		if err == nil || !strings.Contains(err.Error(), "already published") {
+			t.Errorf("a pod on Docker's 8080: %v, want it refused", err)
+		}
+		srv := &Server{Source: src}
+		resp := srv.Handle(context.Background(), Request{Command: CmdAdd, Attachment: pod})
+		if resp.Error == nil || resp.Error.Code != CodePortTaken {
+			t.Errorf("the server's ADD on Docker's 8080: %+v, want code %d", resp.Error, CodePortTaken)
+		}
+		if l, _ := src.Store.List(); len(l) != 0 {
+			t.Errorf("a refused ADD kept %v", l)
+		}
+
+		pod.Ports[0].HostPort = 8081
+		st, err := src.With(context.Background(), pod)
+		if err != nil {
+			t.Fatalf("a pod on 8081: %v", err)
+		}
+		if len(st.Networks) != 2 || len(st.Endpoints) != 2 || len(st.Ports) != 2 || len(st.Uplinks) == 0 {
+			t.Errorf("Docker's and the pod's state together: %+v", st)
+		}
+		for _, e := range st.Endpoints {
+			if e.Addr == pod.Addr && (e.ContainerID != "pod1" || e.Labels[LabelPodName] != "web" || e.Container != "default/web") {
+				t.Errorf("the pod's endpoint: %+v", e)
+			}
+		}
+		// Kept, then served by State; a pod whose veth is gone is left
+		// out with a warning, not failing the others.
+		if err := src.Store.Put(pod); err != nil {
+			t.Fatal(err)
+		}
+		gone := pod
+		gone.ContainerID, gone.HostVeth, gone.Addr = "pod2", "nosuchveth", netip.MustParseAddr("10.88.0.77")
+		gone.Ports = nil
+		if err := src.Store.Put(gone); err != nil {
+			t.Fatal(err)
+		}
+		st, err = src.State(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Endpoints) != 2 || len(st.Warnings) != 1 || !strings.Contains(st.Warnings[0], "pod2") {
+			t.Errorf("State with a pod whose veth is gone: endpoints %+v warnings %q", st.Endpoints, st.Warnings)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

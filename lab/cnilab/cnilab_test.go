@@ -1,0 +1,149 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package cnilab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/bpfnet/bpfnet/lab"
+)
+
+func goCmd() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	return filepath.Join(runtime.GOROOT(), "bin", "go")
+}
+
+// TestNodes: both ways of serving pods, side by side as the benchmark
+// runs them: a hostPort answers an external client with its address
+// kept, and the pod's connection out leaves with the host's address.
+func TestNodes(t *testing.T) {
+	lab.RequireRoot(t)
+	lab.RequireTools(t, "ip", "nsenter", "iptables")
+	bin := t.TempDir()
+	if err := BuildPlugins(goCmd(), bin); err != nil {
+		t.Fatal(err)
+	}
+	agent := lab.BuildBpfnet(t)
+	for _, plugin := range []Plugin{Portmap, Bpfnet} {
+		t.Run(string(plugin), func(t *testing.T) {
+			topo := lab.Setup(t, lab.Config{})
+			ext := topo.Externals[0]
+			n, err := Start(Config{Topo: topo, Plugin: plugin, BinDir: bin, Agent: agent, Dir: t.TempDir()})
+			if n != nil {
+				t.Cleanup(func() {
+					if err := n.Close(); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			p, err := n.AddPod(ctx, "web", PortMapping{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			greet := func(c net.Conn) { fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP) }
+			p.ServeTCP(t, ":80", greet)
+			ext.ServeTCP(t, ext.Addr.String()+":9000", greet)
+			var got string
+			for i := 0; i < 5 && got != ext.Addr.String(); i++ {
+				got, err = ext.Greeting(ext.HostAddr.String() + ":8080")
+			}
+			if got != ext.Addr.String() {
+				t.Errorf("hostPort from outside: greeting %q (%v), want the client's %s", got, err, ext.Addr)
+			}
+			if got, err := p.Greeting(ext.Addr.String() + ":9000"); got != ext.HostAddr.String() {
+				t.Errorf("the pod's connection out: seen as %q (%v), want the host's %s", got, err, ext.HostAddr)
+			}
+			if err := n.DelPod(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(p.Path); !os.IsNotExist(err) {
+				t.Errorf("the pod's namespace is still there: %v", err)
+			}
+		})
+	}
+}
+
+// TestNodesManyPods: the benchmark's sequence, without measuring and
+// with fewer pods (the benchmark's 100 take a minute with portmap): a
+// target pod, removed, then pods of 10 hostPorts each, then the target
+// again, attached last, whose hostPort answers, as do the others'.
+func TestNodesManyPods(t *testing.T) {
+	lab.RequireRoot(t)
+	lab.RequireTools(t, "ip", "nsenter", "iptables")
+	bin := t.TempDir()
+	if err := BuildPlugins(goCmd(), bin); err != nil {
+		t.Fatal(err)
+	}
+	agent := lab.BuildBpfnet(t)
+	greet := func(c net.Conn) { fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP) }
+	for _, plugin := range []Plugin{Portmap, Bpfnet} {
+		t.Run(string(plugin), func(t *testing.T) {
+			topo := lab.Setup(t, lab.Config{})
+			ext := topo.Externals[0]
+			n, err := Start(Config{Topo: topo, Plugin: plugin, BinDir: bin, Agent: agent, Dir: t.TempDir()})
+			if n != nil {
+				t.Cleanup(func() {
+					if err := n.Close(); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			target := PortMapping{HostPort: 5001, ContainerPort: 5001, Protocol: "tcp"}
+			p, err := n.AddPod(ctx, "t0", target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := n.DelPod(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+			began := time.Now()
+			var last *Pod
+			const pods = 20
+			for i := range pods {
+				var ports []PortMapping
+				for j := range 10 {
+					ports = append(ports, PortMapping{HostPort: 30000 + i*10 + j, ContainerPort: 80, Protocol: "tcp"})
+				}
+				if last, err = n.AddPod(ctx, fmt.Sprintf("o%d", i), ports...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			t.Logf("%s: %d pods of 10 hostPorts in %v", plugin, pods, time.Since(began))
+			if p, err = n.AddPod(ctx, "t1", target); err != nil {
+				t.Fatal(err)
+			}
+			p.ServeTCP(t, ":5001", greet)
+			last.ServeTCP(t, ":80", greet)
+			for _, port := range []int{5001, 30000 + pods*10 - 1} {
+				addr := fmt.Sprintf("%s:%d", ext.HostAddr, port)
+				var got string
+				for i := 0; i < 5 && got != ext.Addr.String(); i++ {
+					got, err = ext.Greeting(addr)
+				}
+				if got != ext.Addr.String() {
+					t.Errorf("%s from outside: greeting %q (%v), want %s", addr, got, err, ext.Addr)
+				}
+			}
+		})
+	}
+}
