@@ -27,7 +27,10 @@ FUZZ_TARGETS := FuzzSockAddr FuzzFromNetdev FuzzToNetdev FuzzFromContainer FuzzT
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 UNITDIR ?= $(if $(filter /usr,$(PREFIX)),$(or $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null),/lib/systemd/system),$(PREFIX)/lib/systemd/system)
-UNIT := deploy/systemd/bpfnet.service
+UNITS := deploy/systemd/bpfnet.service deploy/systemd/bpfnet-cni.service
+# The CNI plugin's folder: the reference plugins' and Kubernetes' default
+# (Debian's containerd and Podman read /usr/lib/cni: CNI_BINDIR=/usr/lib/cni).
+CNI_BINDIR ?= /opt/cni/bin
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -47,15 +50,18 @@ build: ## Build bin/bpfnet and the CNI plugin bin/cni/bpfnet (its CNI type is bp
 	$(GO) build -o $(BIN) ./cmd/bpfnet
 	$(GO) build -o $(CNI_BIN) ./cmd/bpfnet-cni
 
-install: build ## Install bin/bpfnet in $(BINDIR) and bpfnet.service in $(UNITDIR) (DESTDIR honoured)
+install: build ## Install bpfnet in $(BINDIR), the CNI plugin in $(CNI_BINDIR), bpfnet.service and bpfnet-cni.service in $(UNITDIR) (DESTDIR honoured)
 	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/bpfnet
+	install -D -m 0755 $(CNI_BIN) $(DESTDIR)$(CNI_BINDIR)/bpfnet
 	install -d -m 0755 $(DESTDIR)$(UNITDIR)
-	sed 's|@BINDIR@|$(BINDIR)|g' $(UNIT) > $(DESTDIR)$(UNITDIR)/bpfnet.service
-	chmod 0644 $(DESTDIR)$(UNITDIR)/bpfnet.service
-	@test -n "$(DESTDIR)" || echo 'next: /etc/docker/daemon.json (README.md, "Running bpfnet as a service"), then: systemctl daemon-reload && systemctl enable --now bpfnet'
+	for u in $(UNITS); do \
+		sed 's|@BINDIR@|$(BINDIR)|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u) && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$u) || exit 1; \
+	done
+	@test -n "$(DESTDIR)" || echo 'next: /etc/docker/daemon.json (README.md, "Running bpfnet as a service"), then: systemctl daemon-reload && systemctl enable --now bpfnet (or, on a CNI node, bpfnet-cni)'
 
 uninstall: ## Remove what make install installed (stop the service first: systemctl disable --now bpfnet)
-	rm -f $(DESTDIR)$(BINDIR)/bpfnet $(DESTDIR)$(UNITDIR)/bpfnet.service
+	rm -f $(DESTDIR)$(BINDIR)/bpfnet $(DESTDIR)$(CNI_BINDIR)/bpfnet $(foreach u,$(UNITS),$(DESTDIR)$(UNITDIR)/$(notdir $(u)))
 
 test: deps ## Run every test (root: namespaces, BPF, dockerd), then each fuzz target for TEST_FUZZTIME
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -p 1 ./...

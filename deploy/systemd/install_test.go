@@ -139,6 +139,46 @@ func TestInstall(t *testing.T) {
 	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
 		t.Errorf("systemd-analyze verify %s: %v\n%s", vunit, err, out)
 	}
+
+	// The CNI node agent's unit and the plugin, named after its CNI type.
+	plugin := filepath.Join(dest, "opt/cni/bin/bpfnet")
+	cniUnitPath := filepath.Join(dest, "usr/local/lib/systemd/system/bpfnet-cni.service")
+	mode(t, plugin, 0o755)
+	mode(t, cniUnitPath, 0o644)
+	cu := parseUnit(t, cniUnitPath)
+	if got := cu.one(t, "Service.ExecStart"); got != "/usr/local/bin/bpfnet run --cni" {
+		t.Errorf("bpfnet-cni.service ExecStart=%s, want /usr/local/bin/bpfnet run --cni", got)
+	}
+	for key, want := range map[string]string{
+		"Unit.RequiresMountsFor": "/sys/fs/bpf", "Unit.Conflicts": "bpfnet.service",
+		"Service.Restart": "on-failure", "Service.RestartPreventExitStatus": "78",
+	} {
+		if got := cu.one(t, key); got != want {
+			t.Errorf("bpfnet-cni.service %s=%s, want %s", key, got, want)
+		}
+	}
+	if !slices.Equal(cu.words("Service.CapabilityBoundingSet"), u.words("Service.CapabilityBoundingSet")) {
+		t.Errorf("bpfnet-cni.service has capabilities %v, bpfnet.service %v: the agent needs the same", cu.words("Service.CapabilityBoundingSet"), u.words("Service.CapabilityBoundingSet"))
+	}
+	cdata, err := os.ReadFile(cniUnitPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cvunit := filepath.Join(vdir, "bpfnet-cni.service")
+	if err := os.WriteFile(cvunit, []byte(strings.ReplaceAll(string(cdata), "/usr/local/bin/bpfnet", bin)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("systemd-analyze", "verify", cvunit).CombinedOutput(); err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Errorf("systemd-analyze verify %s: %v\n%s", cvunit, err, out)
+	}
+	// The installed plugin is the CNI plugin: asked for its versions with
+	// no runtime around, it answers as skel does.
+	vcmd := exec.Command(plugin)
+	vcmd.Env = []string{"CNI_COMMAND=VERSION"}
+	vcmd.Stdin = strings.NewReader(`{"cniVersion":"1.1.0"}`)
+	if vout, err := vcmd.Output(); err != nil || !strings.Contains(string(vout), `"1.1.0"`) || !strings.Contains(string(vout), `"0.4.0"`) {
+		t.Errorf("%s VERSION: %v %s, want supportedVersions 0.4.0 to 1.1.0", plugin, err, vout)
+	}
 	// Its positive twin: a unit with a bad value does fail this check.
 	bad := filepath.Join(t.TempDir(), "bpfnet.service")
 	os.WriteFile(bad, []byte(strings.ReplaceAll(strings.ReplaceAll(string(data), "/usr/local/bin/bpfnet", bin), "Restart=on-failure", "Restart=sometimes")), 0o644)
@@ -150,7 +190,7 @@ func TestInstall(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("make uninstall: %v\n%s", err, out)
 	}
-	for _, p := range []string{bin, unitPath} {
+	for _, p := range []string{bin, unitPath, plugin, cniUnitPath} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("after make uninstall, %s: %v, want it gone", p, err)
 		}
