@@ -254,3 +254,21 @@ func TestRoutedAllowUnion(t *testing.T) {
 		t.Errorf("refs %v, read back as %v", l.refs, refs)
 	}
 }
+
+// TestBindingOfRouted: the counters of a routed network's port are read
+// under the container's address and port, those of a nat network's under
+// the host binding.
+func TestBindingOfRouted(t *testing.T) {
+	nets := []Network{
+		{Name: "routed", Subnet: netip.MustParsePrefix("172.30.0.0/24"), GatewayMode: GatewayRouted},
+		{Name: "nat", Subnet: netip.MustParsePrefix("172.31.0.0/24"), Masquerade: true},
+	}
+	routed := PortMapping{Proto: TCP, HostPort: 8080, ContainerIP: netip.MustParseAddr("172.30.0.2"), ContainerPort: 80}
+	nat := PortMapping{Proto: UDP, HostPort: 5353, ContainerIP: netip.MustParseAddr("172.31.0.2"), ContainerPort: 53}
+	if got, want := BindingOf(nets, routed), (PortBinding{Proto: TCP, HostIP: routed.ContainerIP, HostPort: 80}); got != want {
+		t.Errorf("routed: %+v, want %+v", got, want)
+	}
+	if got, want := BindingOf(nets, nat), (PortBinding{Proto: UDP, HostIP: netip.IPv4Unspecified(), HostPort: 5353}); got != want {
+		t.Errorf("nat: %+v, want %+v", got, want)
+	}
+}
