@@ -16,7 +16,8 @@
 // table's drops of direct access (RawPrerouting). A renderer places each
 // rule by its Kind. The source allowlists of published ports, which Docker
 // does not have, are planned apart (Plan.Allowlists) as the rules a Docker
-// user writes by hand.
+// user writes by hand, and so is the host's cut-off from isolated networks
+// (Plan.HostCutOff), which Docker gets from a bridge without an address.
 //
 // The package needs no kernel and changes nothing; it does not do IPv6.
 package rules
