@@ -311,13 +311,14 @@ unknown:
 			/* The network's gateway mode decides (lib/gwmode.h); on
 			 * a nat network a trusted uplink may still reach a
 			 * published container port (lib/direct.h). */
-			r = gw_direct_allowed(&p, net->flags);
-			if (r == -DROP_NOT_PUBLISHED &&
+			int how = gw_direct_allowed(&p, net->flags);
+
+			if (how == -DROP_NOT_PUBLISHED &&
 			    direct_trusted_uplink(&p, net, ctx->ifindex))
-				r = 0;
-			if (r < 0)
-				return r;
-			r = gw_direct_track(&p, now);
+				how = GW_OPEN;
+			if (how < 0)
+				return how;
+			r = gw_direct_track(&p, how, now);
 			if (r < 0)
 				return r;
 			frag_record(&p, &orig);

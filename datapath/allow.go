@@ -104,13 +104,14 @@ func readAllowLists(m *ebpf.Map) (*allowLists, error) {
 	return l, nil
 }
 
-// assignAllow gives the mappings of ms their list ids in ports (keyed as
-// resolve keys them) and returns the lists they use, reusing the ids of
-// prev for lists it has.
-func (d *EBPF) assignAllow(prev *allowLists, ms []PortMapping, ports map[bpfPortKey]bpfPortTarget) *allowLists {
+// assignAllow gives the mappings of s their list ids: those of nat
+// networks in ports (keyed as resolve keys them), those of routed networks
+// in routed (see routedAllow). It returns the lists they use, reusing the
+// ids of prev for lists it has.
+func (d *EBPF) assignAllow(prev *allowLists, s State, ports, routed map[bpfPortKey]bpfPortTarget) *allowLists {
 	l := newAllowLists()
-	for _, m := range ms {
-		if len(m.Allow) == 0 {
+	for _, m := range s.Ports {
+		if len(m.Allow) == 0 || isRouted(s.Networks, m) {
 			continue
 		}
 		k := d.portKey(m)
@@ -123,7 +124,59 @@ func (d *EBPF) assignAllow(prev *allowLists, ms []PortMapping, ports map[bpfPort
 		ports[k] = t
 		l.refs[id]++
 	}
+	for k, ps := range routedAllow(s) {
+		t, ok := routed[k]
+		if !ok || len(ps) == 0 {
+			continue
+		}
+		id, _ := l.id(ps, prev)
+		t.AllowId = id
+		routed[k] = t
+		l.refs[id]++
+	}
 	return l
+}
+
+// isRouted tells whether m publishes a container port of a routed network.
+func isRouted(nets []Network, m PortMapping) bool {
+	n, ok := networkOf(nets, m.ContainerIP)
+	return ok && n.GatewayMode == GatewayRouted
+}
+
+// routedAllow gives the allowlist of each published container port of a
+// routed network (keyed as routed_ports is: container address, port and
+// protocol), nil for one open to every source.
+//
+// On a routed network the host port of a binding is ignored: every
+// binding of a container port opens that same port, at the container's
+// address. Its list is therefore the union of the bindings' lists, and a
+// binding without a list opens it to all: a source may open a flow
+// exactly when one of the bindings would let it in, which is what the
+// bindings give on a nat network, where each host port leads to the
+// container port behind its own list. (Docker 28 opens the container port
+// if any binding publishes it; the intersection would close a port to a
+// source a binding names.)
+func routedAllow(s State) map[bpfPortKey][]netip.Prefix {
+	out := map[bpfPortKey][]netip.Prefix{}
+	open := map[bpfPortKey]bool{}
+	for _, m := range s.Ports {
+		if !isRouted(s.Networks, m) {
+			continue
+		}
+		k := bpfPortKey{Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}
+		if len(m.Allow) == 0 {
+			open[k] = true
+		}
+		out[k] = append(out[k], m.Allow...)
+	}
+	for k, ps := range out {
+		if open[k] {
+			out[k] = nil
+		} else {
+			out[k] = canonAllow(ps)
+		}
+	}
+	return out
 }
 
 // syncAllowAdd writes the entries of want's lists that have lacks:
@@ -171,12 +224,14 @@ func (d *EBPF) releaseAllow(id uint32) error {
 	return nil
 }
 
-// allowRefs counts the mappings of ports naming each list.
-func allowRefs(ports map[bpfPortKey]bpfPortTarget) map[uint32]int {
+// allowRefs counts the mappings of the port maps naming each list.
+func allowRefs(maps ...map[bpfPortKey]bpfPortTarget) map[uint32]int {
 	out := map[uint32]int{}
-	for _, t := range ports {
-		if t.AllowId != 0 {
-			out[t.AllowId]++
+	for _, ports := range maps {
+		for _, t := range ports {
+			if t.AllowId != 0 {
+				out[t.AllowId]++
+			}
 		}
 	}
 	return out
@@ -192,7 +247,9 @@ func (d *EBPF) allowOf() (map[uint32][]netip.Prefix, error) {
 }
 
 // PortDenied returns the new flows refused per published port binding by
-// the port's source allowlist (the drop reason port_denied, per port).
+// the port's source allowlist (the drop reason port_denied, per port). A
+// published container port of a routed network counts under its container
+// address and port (RoutedBinding).
 func (d *EBPF) PortDenied() (map[PortBinding]uint64, error) {
 	if d.objs.PortDenied == nil {
 		return map[PortBinding]uint64{}, nil

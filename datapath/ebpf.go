@@ -333,8 +333,9 @@ type resolved struct {
 	// of their networks may reach directly (lib/direct.h).
 	trusted map[bpfTrustedKey]uint32
 	// routedPorts are the published container ports of routed networks
-	// (routed_ports, bpf/lib/gwmode.h).
-	routedPorts map[bpfPortKey]uint32
+	// (routed_ports, bpf/lib/gwmode.h), one for all the bindings of a
+	// container port.
+	routedPorts map[bpfPortKey]bpfPortTarget
 	// specific counts the bindings of ports to a specific host address,
 	// by protocol and port (ports.go); nil until needed.
 	specific map[bpfPortKey]int
@@ -353,7 +354,7 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		devs:      map[string]attachedDev{},
 		trusted:   map[bpfTrustedKey]uint32{},
 
-		routedPorts: map[bpfPortKey]uint32{},
+		routedPorts: map[bpfPortKey]bpfPortTarget{},
 	}
 	// open is set on every network with --allow-direct-routing.
 	var open bpfNetFlags
@@ -500,8 +501,12 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 	for i, m := range s.Ports {
 		if n, _ := networkOf(s.Networks, m.ContainerIP); n.GatewayMode == GatewayRouted {
 			// No host port: the container port is open to the
-			// outside by the container's address.
-			r.routedPorts[bpfPortKey{Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}] = uint32(i + 1)
+			// outside by the container's address. Its bindings
+			// share the entry, under the first one's id.
+			k := bpfPortKey{Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}
+			if _, ok := r.routedPorts[k]; !ok {
+				r.routedPorts[k] = bpfPortTarget{Addr: k.Addr, Port: k.Port, Id: uint32(i + 1)}
+			}
 			continue
 		}
 		k := bpfPortKey{Port: be16(m.HostPort), Proto: uint8(m.Proto)}
@@ -578,7 +583,7 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 			return err
 		}
 	}
-	r.allow = d.assignAllow(prev.allow, s.Ports, r.ports)
+	r.allow = d.assignAllow(prev.allow, s, r.ports, r.routedPorts)
 	// Flows of mappings whose container moved or went away are dropped,
 	// so the next packet of such a flow finds the new mapping at once.
 	// A changed allowlist drops none: it judges new flows only.
@@ -601,9 +606,9 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 		{"host addresses", func() error { return syncMap(&undo, d.objs.HostAddrs, prev.hostAddrs, r.hostAddrs) }},
 		{"allowlists", func() error { return syncAllowAdd(&undo, d.objs.PortAllow, prev.allow, r.allow) }},
 		{"published ports", func() error { return syncMap(&undo, d.objs.Published, prev.ports, r.ports) }},
+		{"routed ports", func() error { return syncMap(&undo, d.objs.RoutedPorts, prev.routedPorts, r.routedPorts) }},
 		{"old allowlists", func() error { return syncAllowDelete(&undo, d.objs.PortAllow, prev.allow, r.allow) }},
 		{"trusted interfaces", func() error { return syncMap(&undo, d.objs.DirectTrusted, prev.trusted, r.trusted) }},
-		{"routed ports", func() error { return syncMap(&undo, d.objs.RoutedPorts, prev.routedPorts, r.routedPorts) }},
 	}
 	for _, st := range steps {
 		if err := st.fn(); err != nil {
@@ -660,13 +665,13 @@ func (d *EBPF) readApplied() (*resolved, error) {
 	if r.allow, err = readAllowLists(d.objs.PortAllow); err != nil {
 		return nil, err
 	}
-	r.allow.refs = allowRefs(r.ports)
 	if r.trusted, err = readMap[bpfTrustedKey, uint32](d.objs.DirectTrusted); err != nil {
 		return nil, fmt.Errorf("reading trusted interfaces: %w", err)
 	}
-	if r.routedPorts, err = readMap[bpfPortKey, uint32](d.objs.RoutedPorts); err != nil {
+	if r.routedPorts, err = readMap[bpfPortKey, bpfPortTarget](d.objs.RoutedPorts); err != nil {
 		return nil, fmt.Errorf("reading routed ports: %w", err)
 	}
+	r.allow.refs = allowRefs(r.ports, r.routedPorts)
 	return r, nil
 }
 
@@ -752,7 +757,9 @@ func (d *EBPF) dropStaleCounters(prev, r *resolved, first bool) error {
 			var counts []uint64
 			pit := m.Iterate()
 			for pit.Next(&pk, &counts) {
-				if _, ok := r.ports[pk]; !ok {
+				_, nat := r.ports[pk]
+				_, routed := r.routedPorts[pk]
+				if !nat && !routed {
 					stalePorts = append(stalePorts, pk)
 				}
 			}
@@ -773,6 +780,11 @@ func (d *EBPF) dropStaleCounters(prev, r *resolved, first bool) error {
 		}
 		for k := range prev.ports {
 			if _, ok := r.ports[k]; !ok {
+				stalePorts = append(stalePorts, k)
+			}
+		}
+		for k := range prev.routedPorts {
+			if _, ok := r.routedPorts[k]; !ok {
 				stalePorts = append(stalePorts, k)
 			}
 		}
@@ -938,7 +950,7 @@ func OpenPinned(pinPath string) (*EBPF, error) {
 		"host_addrs": &d.objs.HostAddrs, "if_stats": &d.objs.IfStats, "nets": &d.objs.Nets,
 		"port_conns": &d.objs.PortConns, "published": &d.objs.Published, "uplinks": &d.objs.Uplinks,
 		"port_allow": &d.objs.PortAllow, "port_denied": &d.objs.PortDenied,
-		"direct_trusted": &d.objs.DirectTrusted,
+		"direct_trusted": &d.objs.DirectTrusted, "routed_ports": &d.objs.RoutedPorts,
 	}
 	for name, dst := range maps {
 		if spec.Maps[name].Pinning != ebpf.PinByName {
@@ -964,7 +976,7 @@ var counterMaps = map[string]bool{"drops": true, "events": true, "if_stats": tru
 
 // optionalPins are maps that an older version did not pin: a reader of
 // such a version's pins (OpenPinned) goes without them.
-var optionalPins = map[string]bool{"port_allow": true, "port_denied": true, "direct_trusted": true}
+var optionalPins = map[string]bool{"port_allow": true, "port_denied": true, "direct_trusted": true, "routed_ports": true}
 
 // rebuiltMaps are written whole from the State by every first Apply of a
 // process: when a new version changes their layout, the pinned ones are

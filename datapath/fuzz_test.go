@@ -109,7 +109,7 @@ func fuzzTopology(objs *bpfObjects, idx map[string]uint32) error {
 		{objs.Nets, bpfNetKey{Prefixlen: 16, Addr: be32(net1.Addr())}, bpfNetInfo{Flags: netMasq, NetId: 1}},
 		{objs.Nets, bpfNetKey{Prefixlen: 16, Addr: be32(net2.Addr())}, bpfNetInfo{Flags: netRouted, NetId: 2}},
 		{objs.Nets, bpfNetKey{Prefixlen: 16, Addr: be32(net3.Addr())}, bpfNetInfo{Flags: netInternal | netNoICC | netIsolated, NetId: 3}},
-		{objs.RoutedPorts, bpfPortKey{Addr: be32(ctrC), Port: be16(80), Proto: tcp}, uint32(7)},
+		{objs.RoutedPorts, bpfPortKey{Addr: be32(ctrC), Port: be16(80), Proto: tcp}, bpfPortTarget{Addr: be32(ctrC), Port: be16(80), Id: 7}},
 		pub(tcp, netip.Addr{}, 8080, ctrA, 80, 1),
 		pub(udp, netip.Addr{}, 5353, ctrB, 53, 2),
 		pub(tcp, hostIP2, 8081, ctrC, 80, 3),

@@ -11,6 +11,7 @@ package datapath
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/bpfnet/bpfnet/lab"
@@ -40,6 +41,26 @@ func (m *modeLab) applyGatewayMode(t *testing.T, mode GatewayMode, internal bool
 func mustPing(t *testing.T, ns *lab.Namespace, addr string, want bool, msg string) {
 	t.Helper()
 	got, err := ns.Ping(context.Background(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Errorf("%s: ping %s answered %v, want %v", msg, addr, got, want)
+	}
+}
+
+// mustPingFromHost is mustPing from the host namespace. Where a rule
+// datapath's filter OUTPUT drops the echo request (an isolated network's
+// cut-off), the kernel refuses the send itself: busybox ping reports
+// "Operation not permitted", as it reports "Network unreachable" on Docker
+// 28's bridge without an address. That refusal, and only it, is no answer
+// there; the eBPF datapath drops on the veth, so its ping times out.
+func (m *modeLab) mustPingFromHost(t *testing.T, addr string, want bool, msg string) {
+	t.Helper()
+	got, err := m.topo.Host.Ping(context.Background(), addr)
+	if _, isEBPF := m.dp.(*EBPF); err != nil && !want && !isEBPF && strings.Contains(err.Error(), "not permitted") {
+		return
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,11 +158,13 @@ func TestLabGatewayModes(t *testing.T) {
 // with the network internal only is the positive twin: there the host and
 // its containers reach each other.
 //
-// Only the eBPF datapath runs it: Docker writes no rule that keeps the
-// host out (its isolated bridge has no address, so the host has no route),
-// and the lab's bridge has one.
+// Every datapath runs it: Docker writes no rule that keeps the host out
+// (its isolated bridge has no address, so the host has no route), and the
+// lab's bridge has one, so the iptables and nftables datapaths drop in
+// filter INPUT and OUTPUT what Docker 28 leaves unroutable
+// (rules.Plan.HostCutOff).
 func TestLabGatewayModeIsolated(t *testing.T) {
-	for _, dpName := range []string{modeEBPFFast, modeEBPFSlow} {
+	for _, dpName := range gwModeDatapaths {
 		t.Run(dpName, func(t *testing.T) {
 			m := startMode(t, dpName, modesConfig())
 			c0, c1, ext := m.topo.Containers[0], m.topo.Containers[1], m.topo.Externals[0]
@@ -158,10 +181,13 @@ func TestLabGatewayModeIsolated(t *testing.T) {
 				m.applyGatewayMode(t, mode, true, nil)
 				mustPing(t, &c0.Namespace, modeC1, true, mode.String()+": c0 to c1")
 				mustPing(t, &c1.Namespace, modeC0, true, mode.String()+": c1 to c0")
-				mustPing(t, m.topo.Host, modeC0, !isolated, mode.String()+": host to c0")
+				m.mustPingFromHost(t, modeC0, !isolated, mode.String()+": host to c0")
 				mustPing(t, &c0.Namespace, gw, !isolated, mode.String()+": c0 to the gateway")
 				mustPing(t, &c0.Namespace, modeHost, !isolated, mode.String()+": c0 to the host's uplink address")
 				mustPing(t, &ext.Namespace, modeC0, false, mode.String()+": outside to c0")
+			}
+			if _, ok := m.dp.(*EBPF); !ok {
+				return
 			}
 			if n := m.dropped(t, DropInternal); n == 0 {
 				t.Errorf("no drop counted as internal")

@@ -25,9 +25,15 @@ var modeFlags = map[GatewayMode]bpfNetFlags{
 }
 
 // routedPort opens a published container port of a routed network, as
-// Apply does (routed_ports).
+// Apply does (routed_ports), open to every source.
 func (e *packetEnv) routedPort(proto uint8, ctr netip.Addr, port uint16, id uint32) {
-	e.put(e.objs.RoutedPorts, bpfPortKey{Addr: be32(ctr), Port: be16(port), Proto: proto}, id)
+	e.routedPortAllow(proto, ctr, port, id, 0)
+}
+
+// routedPortAllow is routedPort behind the allowlist allowID (0: none).
+func (e *packetEnv) routedPortAllow(proto uint8, ctr netip.Addr, port uint16, id, allowID uint32) {
+	e.put(e.objs.RoutedPorts, bpfPortKey{Addr: be32(ctr), Port: be16(port), Proto: proto},
+		bpfPortTarget{Addr: be32(ctr), Port: be16(port), Id: id, AllowId: allowID})
 }
 
 func TestNetFlagsOfGatewayModes(t *testing.T) {

@@ -3,6 +3,7 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -16,6 +17,32 @@ type PublishedPort struct {
 	ContainerPort uint16
 	// Allow is the port's source allowlist; nil: open to every source.
 	Allow []netip.Prefix
+	// Routed: a container port of a routed network, reached at the
+	// container's address; Binding is then RoutedBinding's (the
+	// container address and port), one for all the bindings of the
+	// port, and Allow the union of their lists (routedAllow).
+	Routed bool
+}
+
+// RoutedBinding is the binding under which the datapath counts the flows of
+// a published container port of a routed network (PortConnections,
+// PortDenied, Published): the container's address and port, where the
+// outside reaches it, since such a network maps nothing on the host.
+func RoutedBinding(m PortMapping) PortBinding {
+	return PortBinding{Proto: m.Proto, HostIP: m.ContainerIP.Unmap(), HostPort: m.ContainerPort}
+}
+
+// BindingOf is the binding under which the datapath counts the flows of m,
+// a mapping of s: its host binding, or on a routed network RoutedBinding.
+func BindingOf(nets []Network, m PortMapping) PortBinding {
+	if isRouted(nets, m) {
+		return RoutedBinding(m)
+	}
+	ip := m.HostIP
+	if !ip.IsValid() {
+		ip = netip.IPv4Unspecified()
+	}
+	return PortBinding{Proto: m.Proto, HostIP: ip.Unmap(), HostPort: m.HostPort}
 }
 
 // Published lists the published ports in the datapath, sorted.
@@ -38,6 +65,22 @@ func (d *EBPF) Published() ([]PublishedPort, error) {
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading published ports: %w", err)
+	}
+	// (Pinned by a version whose routed_ports held the id alone: no lists.)
+	if d.objs.RoutedPorts != nil && d.objs.RoutedPorts.ValueSize() == uint32(binary.Size(v)) {
+		it = d.objs.RoutedPorts.Iterate()
+		for it.Next(&k, &v) {
+			out = append(out, PublishedPort{
+				Binding:       PortBinding{Proto: Proto(k.Proto), HostIP: addrFrom(k.Addr), HostPort: port16(k.Port)},
+				ContainerIP:   addrFrom(v.Addr),
+				ContainerPort: port16(v.Port),
+				Allow:         lists[v.AllowId],
+				Routed:        true,
+			})
+		}
+		if err := it.Err(); err != nil {
+			return nil, fmt.Errorf("reading routed ports: %w", err)
+		}
 	}
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i].Binding, out[j].Binding

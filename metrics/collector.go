@@ -284,15 +284,6 @@ func (c *Collector) traffic(st datapath.State, atts []loader.Attachment) ([]prom
 	return out, nil
 }
 
-// binding is the key of a published port in the datapath.
-func binding(m datapath.PortMapping) datapath.PortBinding {
-	ip := m.HostIP
-	if !ip.IsValid() {
-		ip = netip.IPv4Unspecified()
-	}
-	return datapath.PortBinding{Proto: m.Proto, HostIP: ip.Unmap(), HostPort: m.HostPort}
-}
-
 // ports is one series of desc per published port, read by read (what
 // says what it is, in the error).
 func (c *Collector) ports(st datapath.State, desc *prometheus.Desc, what string, read func() (map[datapath.PortBinding]uint64, error)) ([]prometheus.Metric, error) {
@@ -310,7 +301,7 @@ func (c *Collector) ports(st datapath.State, desc *prometheus.Desc, what string,
 	seen := make(map[datapath.PortBinding]bool, len(st.Ports))
 	out := make([]prometheus.Metric, 0, len(st.Ports))
 	for _, m := range st.Ports {
-		b := binding(m)
+		b := datapath.BindingOf(st.Networks, m)
 		if seen[b] {
 			continue
 		}

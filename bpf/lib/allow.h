@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Source allowlists of published ports (the container label bpfnet.allow,
  * standalone --publish ...,allow=): a published port whose port_target
- * names a list (allow_id) opens new flows only from the sources in it.
- * Checked on a flow's first packet only, where the mapping is looked up:
+ * names a list (allow_id) opens new flows only from the sources in it;
+ * so does a routed network's container port, whose routed_ports entry is
+ * a port_target too (gwmode.h). Checked on a flow's first packet only,
+ * where the mapping is looked up:
  * an established flow keeps going when its port's list changes, as
  * conntrack keeps a flow that a changed iptables rule would refuse.
  *

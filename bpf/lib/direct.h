@@ -112,9 +112,13 @@ static __always_inline int direct_verdict(const struct pkt *p, __u32 ifindex, __
 		return 0;
 	/* routed: from any interface but its bridge, what its DOCKER chain
 	 * lets in from an uplink, as from_netdev judges it (gw_direct_allowed:
-	 * published container ports and ICMP). */
-	if (net->flags & NET_F_ROUTED)
-		return gw_direct_allowed(p, net->flags);
+	 * published container ports, behind their allowlists, and ICMP). Nothing
+	 * tracks such a flow: each of its packets is judged here. */
+	if (net->flags & NET_F_ROUTED) {
+		int r = gw_direct_allowed(p, net->flags);
+
+		return r < 0 ? r : 0;
+	}
 	if (has_ports(p->t.proto)) {
 		struct trusted_key tk = {.ifindex =
 						 (net->flags & NET_F_DIRECT_OPEN) ? 0 : in_ifindex,

@@ -27,27 +27,56 @@
 #include "packet.h"
 #include "conntrack.h"
 #include "isolation.h"
+#include "allow.h"
 
 /* Published container ports of routed networks, keyed by container
  * address, container port and protocol (port_key with the container's
  * address): what Docker's per-port ACCEPT rule of a routed network lets in
- * straight from the outside. The value is the mapping id. Written whole by
- * every first Apply, as published is. */
+ * straight from the outside. The value is a port_target naming the
+ * container port itself, the mapping id and the source allowlist
+ * (allow.h): several bindings of one container port are one entry, whose
+ * list is the union of theirs, open to all when one of them has none
+ * (datapath/allow.go, routedAllow). New flows refused by it are counted
+ * in port_denied under this key, the container address and port. Written
+ * whole by every first Apply, as published is. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct port_key);
-	__type(value, __u32);
+	__type(value, struct port_target);
 	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } routed_ports SEC(".maps");
 
-/* gw_direct_allowed tells whether a packet from the outside straight to a
- * container address of a network with flags may go in when no tracked flow
- * claims it: 0 when it may, else the negative drop reason. */
-static __always_inline int gw_direct_allowed(const struct pkt *p, __u32 flags)
+/* How gw_direct_allowed lets a packet in. */
+enum {
+	GW_OPEN = 0,	  /* ICMP, or a nat-unprotected network */
+	GW_PUBLISHED = 1, /* a published container port of a routed network */
+};
+
+/* gw_routed_port judges a packet to a container port of a routed network:
+ * GW_PUBLISHED when the port is published and the source in its
+ * allowlist, -DROP_PORT_DENIED (counted for the port) when it is
+ * published to other sources, else -DROP_NOT_PUBLISHED. Only a flow's
+ * first packet gets here: later ones find their conntrack entries. */
+static __always_inline int gw_routed_port(const struct pkt *p)
 {
 	struct port_key k = {.addr = p->t.daddr, .port = p->t.dport, .proto = p->t.proto};
+	struct port_target *t;
+	int r;
+
+	if (!has_ports(p->t.proto) || !(t = bpf_map_lookup_elem(&routed_ports, &k)))
+		return -DROP_NOT_PUBLISHED;
+	r = port_allowed(&k, t, p->t.saddr);
+	return r < 0 ? r : GW_PUBLISHED;
+}
+
+/* gw_direct_allowed tells whether a packet from the outside straight to a
+ * container address of a network with flags may go in when no tracked flow
+ * claims it: GW_OPEN or GW_PUBLISHED when it may, else the negative drop
+ * reason. */
+static __always_inline int gw_direct_allowed(const struct pkt *p, __u32 flags)
+{
 
 	/* --internal (and isolated): DOCKER-ISOLATION-STAGE-1
 	 * "! -s subnet -o br -j DROP". */
@@ -62,15 +91,13 @@ static __always_inline int gw_direct_allowed(const struct pkt *p, __u32 flags)
 		return -DROP_NOT_PUBLISHED;
 	/* routed: DOCKER "-o br -p icmp -j ACCEPT", every ICMP type. */
 	if (p->t.proto == IPPROTO_ICMP)
-		return 0;
+		return GW_OPEN;
 	/* routed: DOCKER "-d cip ! -i br -o br -p proto --dport cport -j
-	 * ACCEPT" of each published container port. A later fragment of a
+	 * ACCEPT" of each published container port, behind its allowlist;
+	 * else DOCKER "! -i br -o br -j DROP". A later fragment of a
 	 * datagram whose first one was let in carries the ports frags4 kept
 	 * for it (parse), and finds its flow before it gets here. */
-	if (has_ports(p->t.proto) && bpf_map_lookup_elem(&routed_ports, &k))
-		return 0;
-	/* routed: DOCKER "! -i br -o br -j DROP". */
-	return -DROP_NOT_PUBLISHED;
+	return gw_routed_port(p);
 }
 
 /* gw_direct_track tracks a new flow from the outside straight to a
@@ -80,8 +107,10 @@ static __always_inline int gw_direct_allowed(const struct pkt *p, __u32 flags)
  * Docker's conntrack "RELATED,ESTABLISHED -j ACCEPT" of the reply
  * direction. Like a published port's flow it starts unassured, in ct4_syn.
  * ICMP errors and later fragments are not flows: they pass untracked.
+ * how is what gw_direct_allowed gave: a published port's flow is counted
+ * for the port (port_conns, under the routed_ports key).
  * Returns 0 or a negative drop reason. */
-static __always_inline int gw_direct_track(struct pkt *p, __u64 now)
+static __always_inline int gw_direct_track(struct pkt *p, int how, __u64 now)
 {
 	struct ct_entry ne = {};
 	struct ct_entry *e;
@@ -107,6 +136,11 @@ static __always_inline int gw_direct_track(struct pkt *p, __u64 now)
 	if (e)
 		ct_touch(&p->t, e, p, now);
 	count_event(EV_CT_NEW_DIRECT);
+	if (how == GW_PUBLISHED) {
+		struct port_key k = {.addr = ne.ndaddr, .port = ne.ndport, .proto = p->t.proto};
+
+		count_port_conn(&k);
+	}
 	return 0;
 }
 
@@ -147,7 +181,8 @@ static __always_inline int gw_isolated_to_container(const struct pkt *p, __u32 i
  * lets it past the isolation of networks ("-A DOCKER-ISOLATION-STAGE-1 -o
  * br -j RETURN") and filters it as it filters the outside: a published
  * container port or ICMP is accepted, anything else dropped by the
- * network's "! -i br -o br -j DROP". An accepted flow is tracked, both
+ * network's "! -i br -o br -j DROP"; a published port's allowlist judges
+ * the sender's address as it judges the outside's. An accepted flow is tracked, both
  * ways, so that its answers get back across the isolation ("-A
  * DOCKER-ISOLATION-STAGE-1 -i br -m conntrack --ctstate
  * RELATED,ESTABLISHED -j ACCEPT"): from_container then finds its entries
@@ -157,18 +192,20 @@ static __always_inline int gw_isolated_to_container(const struct pkt *p, __u32 i
 static __always_inline int gw_routed_from_other_net(const struct pkt *p, const struct endpoint *src,
 						    const struct endpoint *dst, __u64 now)
 {
-	struct port_key k = {.addr = p->t.daddr, .port = p->t.dport, .proto = p->t.proto};
 	struct ct_entry ne = {};
 	struct ct_entry *e;
 	struct iso_net d;
+	int how = GW_OPEN;
 	int r;
 
 	if (!iso_net_of(p->t.daddr, dst, &d) || !(d.flags & NET_F_ROUTED) || d.id == src->net_id ||
 	    (src->flags & NET_F_INTERNAL))
 		return 0;
-	if (p->t.proto != IPPROTO_ICMP &&
-	    !(has_ports(p->t.proto) && bpf_map_lookup_elem(&routed_ports, &k)))
-		return -DROP_NOT_PUBLISHED;
+	if (p->t.proto != IPPROTO_ICMP) {
+		how = gw_routed_port(p);
+		if (how < 0)
+			return how;
+	}
 	if (p->frag == FRAG_LATER || (!has_ports(p->t.proto) && p->icmp != ICMP_K_ECHO_REQ))
 		return 1;
 	ne.nsaddr = p->t.saddr;
@@ -186,5 +223,10 @@ static __always_inline int gw_routed_from_other_net(const struct pkt *p, const s
 	if (e)
 		ct_touch(&p->t, e, p, now);
 	count_event(EV_CT_NEW_DIRECT);
+	if (how == GW_PUBLISHED) {
+		struct port_key k = {.addr = p->t.daddr, .port = p->t.dport, .proto = p->t.proto};
+
+		count_port_conn(&k);
+	}
 	return 1;
 }

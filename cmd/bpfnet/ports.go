@@ -25,6 +25,10 @@ type portJSON struct {
 	Allow []string `json:"allow"`
 	// Denied counts the new connections the allowlist refused.
 	Denied uint64 `json:"denied"`
+	// Routed: a container port of a routed network, reached at the
+	// container's address; host_ip and host_port are then that address
+	// and port (no host port is published).
+	Routed bool `json:"routed,omitempty"`
 }
 
 func newPortsCmd() *cobra.Command {
@@ -58,7 +62,7 @@ func newPortsCmd() *cobra.Command {
 					Proto: p.Binding.Proto.String(), HostIP: p.Binding.HostIP.String(), HostPort: p.Binding.HostPort,
 					ContainerIP: p.ContainerIP.String(), ContainerPort: p.ContainerPort,
 					Container: names[p.ContainerIP.String()], Connections: conns[p.Binding],
-					Allow: allowStrings(p.Allow), Denied: denied[p.Binding],
+					Allow: allowStrings(p.Allow), Denied: denied[p.Binding], Routed: p.Routed,
 				})
 			}
 			if asJSON {
@@ -71,7 +75,11 @@ func newPortsCmd() *cobra.Command {
 				if len(p.Allow) > 0 {
 					allow = strings.Join(p.Allow, ",")
 				}
-				fmt.Fprintf(w, "%s\t%s:%d\t%s:%d\t%s\t%d\t%s\t%d\n", p.Proto, p.HostIP, p.HostPort, p.ContainerIP, p.ContainerPort, p.Container, p.Connections, allow, p.Denied)
+				host := fmt.Sprintf("%s:%d", p.HostIP, p.HostPort)
+				if p.Routed {
+					host = "routed" // no host port: the container's own address
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s:%d\t%s\t%d\t%s\t%d\n", p.Proto, host, p.ContainerIP, p.ContainerPort, p.Container, p.Connections, allow, p.Denied)
 			}
 			return w.Flush()
 		},

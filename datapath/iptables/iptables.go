@@ -89,12 +89,22 @@ type Options struct {
 //	ISOLATION-STAGE-2 -o <bridge> -j DROP, then RETURN
 //	DOCKER-USER -s <prefix> -d <cip>/32 -p <proto> --dport <cport> -m conntrack --ctstate NEW -m conntrack --ctstate DNAT [--ctorigdst <hostIP>] --ctorigdstport <hport> -j RETURN
 //	DOCKER-USER -d <cip>/32 -p <proto> --dport <cport> -m conntrack --ctstate NEW -m conntrack --ctstate DNAT [--ctorigdst <hostIP>] --ctorigdstport <hport> -j DROP
+//	DOCKER-USER -s <prefix> -d <cip>/32 ! -i <bridge> -o <bridge> -p <proto> --dport <cport> -m conntrack --ctstate NEW -j RETURN   (routed)
+//	DOCKER-USER -d <cip>/32 ! -i <bridge> -o <bridge> -p <proto> --dport <cport> -m conntrack --ctstate NEW -j DROP                 (routed)
 //	DOCKER-USER -j RETURN
+//	INPUT  -i <bridge> -j DROP   (isolated)
+//	OUTPUT -o <bridge> -j DROP   (isolated)
 //
 // The rules before DOCKER-USER's RETURN are the source allowlists of
 // published ports (one RETURN per allowed prefix, then a DROP), which
 // Docker does not have: what a Docker user writes in DOCKER-USER by hand
-// to the same effect (rules.Plan.Allowlists).
+// to the same effect (rules.Plan.Allowlists). On a routed network, which
+// maps nothing on the host, they judge new flows into the bridge to the
+// container port, whose list is the union of its bindings' lists.
+//
+// INPUT's and OUTPUT's drops keep the host off an isolated network
+// (rules.Plan.HostCutOff): Docker 28 gives its bridge no address, which
+// this datapath's bridges have.
 //
 // The DROP closing DOCKER stands for the FORWARD policy DROP that Docker
 // sets when it turns forwarding on, confined to traffic into the bridges
@@ -359,6 +369,18 @@ func (o *Options) tables(s datapath.State) (map[string]*ipTable, error) {
 	filter.rules = append(filter.rules, iso2Rules...)
 	filter.rules = append(filter.rules, ipRule{iso2, "-j RETURN"})
 	filter.rules = append(filter.rules, allowRules(user, plan.Allowlists)...)
+	// INPUT's before FORWARD's and OUTPUT's after, as iptables-save
+	// lists the built-in chains.
+	var cutIn []ipRule
+	for _, r := range plan.HostCutOff {
+		switch r.Kind {
+		case rules.KindHostCutOffIn:
+			cutIn = append(cutIn, ipRule{"INPUT", fmt.Sprintf("-i %s %s -j DROP", r.Match.InIface, mark)})
+		case rules.KindHostCutOffOut:
+			filter.builtin = append(filter.builtin, ipRule{"OUTPUT", fmt.Sprintf("-o %s %s -j DROP", r.Match.OutIface, mark)})
+		}
+	}
+	filter.builtin = append(cutIn, filter.builtin...)
 	filter.rules = append(filter.rules, ipRule{user, "-j RETURN"})
 
 	bySeq := func(a, b rules.Rule) int { return a.Seq - b.Seq }
@@ -422,17 +444,24 @@ func (o *Options) tables(s datapath.State) (map[string]*ipTable, error) {
 // allowRules are the source allowlists of the published ports as a
 // Docker user writes them in DOCKER-USER: for each port, a RETURN per
 // allowed prefix and a DROP, all matching only the first packet of a flow
-// DNATed from that host port to that container port.
+// DNATed from that host port to that container port, or for a routed
+// network's, of a flow from outside its bridge to that container port.
 func allowRules(user string, rs []rules.Rule) []ipRule {
 	var out []ipRule
 	for _, r := range rs {
 		m := r.Match
-		orig := ""
-		if m.OrigDst.IsValid() {
-			orig = "--ctorigdst " + m.OrigDst.Addr().String() + " "
+		var match string
+		if m.NewDNAT {
+			orig := ""
+			if m.OrigDst.IsValid() {
+				orig = "--ctorigdst " + m.OrigDst.Addr().String() + " "
+			}
+			match = fmt.Sprintf("-d %s -p %s -m %s --dport %d -m conntrack --ctstate NEW -m conntrack --ctstate DNAT %s--ctorigdstport %d",
+				m.Dst, m.Proto, m.Proto, m.DPort, orig, m.OrigDPort)
+		} else {
+			match = fmt.Sprintf("-d %s ! -i %s -o %s -p %s -m %s --dport %d -m conntrack --ctstate NEW",
+				m.Dst, m.InIface, m.OutIface, m.Proto, m.Proto, m.DPort)
 		}
-		match := fmt.Sprintf("-d %s -p %s -m %s --dport %d -m conntrack --ctstate NEW -m conntrack --ctstate DNAT %s--ctorigdstport %d",
-			m.Dst, m.Proto, m.Proto, m.DPort, orig, m.OrigDPort)
 		for _, p := range m.SrcNotIn {
 			out = append(out, ipRule{user, fmt.Sprintf("-s %s %s -j RETURN", p, match)})
 		}

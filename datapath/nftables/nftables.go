@@ -6,7 +6,10 @@
 // maps by bridge name that send forwarded and NATed packets to per-bridge
 // chains, one chain of DNAT rules for the published ports, and the raw
 // table's drops of direct access, as in moby's
-// integration/network/bridge/nftablesdoc.
+// integration/network/bridge/nftablesdoc. Three base chains of its own
+// hold what Docker has no rule for: the published ports' source
+// allowlists (user-forward-allowlists) and the host's cut-off from
+// isolated networks (user-input-isolated, user-output-isolated).
 //
 // It needs the nft binary (package nftables) and a kernel with nf_tables,
 // fib and nat expressions; it does not do IPv6, and it leaves every other
@@ -183,6 +186,7 @@ func render(p *rules.Plan) (*ruleset, error) {
 			[]string{"iifname vmap @nat-postrouting-out-jumps", "oifname vmap @nat-postrouting-in-jumps"}},
 		&chain{"nat-PREROUTING", "type nat hook prerouting priority dstnat; policy accept;", []string{local}})
 	rs.chains = append(rs.chains, allowChain(p.Allowlists))
+	rs.chains = append(rs.chains, cutOffChains(p.HostCutOff)...)
 	for _, c := range p.Chains {
 		out := &chain{name: c.Name()}
 		if c.Kind == rules.RawPrerouting {
@@ -203,18 +207,25 @@ const allowChainName = "user-forward-allowlists"
 // Docker does not have, as a Docker 29 user writes them by hand: a base
 // chain at the forward hook just before Docker's (priority filter - 1),
 // one rule per port that drops the first packet of a flow DNATed from
-// that host port whose source is in none of the prefixes. Established
-// flows, and the host's own connections (which never cross forward),
-// pass.
+// that host port whose source is in none of the prefixes, or for a
+// routed network's container port (which no host port maps), of a flow
+// from outside its bridge to that port. Established flows, and the host's
+// own connections (which never cross forward), pass.
 func allowChain(rs []rules.Rule) *chain {
 	c := &chain{name: allowChainName, header: "type filter hook forward priority filter - 1; policy accept;"}
 	for _, r := range rs {
 		m := r.Match
-		f := []string{"ip daddr " + host(m.Dst), fmt.Sprintf("%s dport %d", m.Proto, m.DPort), "ct state new", "ct status dnat"}
-		if m.OrigDst.IsValid() {
-			f = append(f, "ct original ip daddr "+host(m.OrigDst))
+		var f []string
+		if m.NewDNAT {
+			f = []string{"ip daddr " + host(m.Dst), fmt.Sprintf("%s dport %d", m.Proto, m.DPort), "ct state new", "ct status dnat"}
+			if m.OrigDst.IsValid() {
+				f = append(f, "ct original ip daddr "+host(m.OrigDst))
+			}
+			f = append(f, fmt.Sprintf("ct original proto-dst %d", m.OrigDPort))
+		} else {
+			f = []string{fmt.Sprintf("iifname != %q oifname %q ip daddr %s %s dport %d ct state new",
+				m.InIface, m.OutIface, host(m.Dst), m.Proto, m.DPort)}
 		}
-		f = append(f, fmt.Sprintf("ct original proto-dst %d", m.OrigDPort))
 		var el []string
 		for _, p := range m.SrcNotIn {
 			el = append(el, host(p))
@@ -228,6 +239,32 @@ func allowChain(rs []rules.Rule) *chain {
 		c.rules = append(c.rules, strings.Join(f, " "))
 	}
 	return c
+}
+
+// Chains of the host's cut-off from isolated networks.
+const (
+	cutOffInName  = "user-input-isolated"
+	cutOffOutName = "user-output-isolated"
+)
+
+// cutOffChains keep the host off the isolated networks (rules.Plan.HostCutOff),
+// which Docker 29 does by giving their bridges no address: base chains
+// at the input and output hooks that drop what comes from such a bridge
+// to the host and what the host sends into it. They are there, empty,
+// without an isolated network, so that the table's chains do not depend
+// on the networks' modes.
+func cutOffChains(rs []rules.Rule) []*chain {
+	in := &chain{name: cutOffInName, header: "type filter hook input priority filter; policy accept;"}
+	out := &chain{name: cutOffOutName, header: "type filter hook output priority filter; policy accept;"}
+	for _, r := range rs {
+		switch r.Kind {
+		case rules.KindHostCutOffIn:
+			in.rules = append(in.rules, fmt.Sprintf("iifname %q counter drop comment %q", r.Match.InIface, string(r.Kind)))
+		case rules.KindHostCutOffOut:
+			out.rules = append(out.rules, fmt.Sprintf("oifname %q counter drop comment %q", r.Match.OutIface, string(r.Kind)))
+		}
+	}
+	return []*chain{in, out}
 }
 
 // host is a prefix as nft prints it: a single address without its /32.

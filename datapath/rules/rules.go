@@ -16,7 +16,8 @@
 // table's drops of direct access (RawPrerouting). A renderer places each
 // rule by its Kind. The source allowlists of published ports, which Docker
 // does not have, are planned apart (Plan.Allowlists) as the rules a Docker
-// user writes by hand.
+// user writes by hand, and so is the host's cut-off from isolated networks
+// (Plan.HostCutOff), which Docker gets from a bridge without an address.
 //
 // The package needs no kernel and changes nothing; it does not do IPv6.
 package rules
@@ -69,6 +70,8 @@ const (
 	KindDirectTrusted   Kind = "ACCEPT DIRECT ACCESS"     // ... but from a trusted host interface (filter judges the port)
 	KindRemoteLoopback  Kind = "DROP REMOTE LOOPBACK"     // a loopback-bound port from outside the host
 	KindAllowlist       Kind = "PORT ALLOWLIST"           // a new flow to a published port from a source not in its list: drop
+	KindHostCutOffIn    Kind = "ISOLATED FROM HOST"       // isolated: into the host from the bridge: drop
+	KindHostCutOffOut   Kind = "HOST TO ISOLATED"         // isolated: from the host into the bridge: drop
 	// Gateway modes (datapath.GatewayMode), as Docker 28/29 write them.
 	KindICMP        Kind = "ICMP"               // routed: ICMP into the bridge, every type: accept
 	KindUnprotected Kind = "UNPROTECTED"        // nat-unprotected: into the bridge otherwise: accept
@@ -104,6 +107,9 @@ type Match struct {
 	DPort    uint16
 	// Established matches conntrack states ESTABLISHED and RELATED.
 	Established bool
+	// New matches the first packet of a flow (conntrack state NEW),
+	// translated or not.
+	New bool
 	// NewDNAT matches the first packet of a flow whose destination was
 	// translated (conntrack states NEW and DNAT).
 	NewDNAT bool
@@ -170,7 +176,21 @@ type Plan struct {
 	// drop the first packet of a flow DNATed from the port's host port
 	// whose source is not in the list. Established flows pass, and so do
 	// the host's own connections, which never cross FORWARD.
+	//
+	// A routed network maps nothing on the host: its container ports
+	// come after, one rule per container port (Match.New, no NewDNAT)
+	// for a new flow from outside the bridge into it, whose list is the
+	// union of its bindings' lists; a binding without a list opens the
+	// port to all, and it has no rule (routedAllowRules).
 	Allowlists []Rule
+	// HostCutOff keeps the host off each isolated network, in filter
+	// INPUT (from the bridge: KindHostCutOffIn) and OUTPUT (into it:
+	// KindHostCutOffOut), the gateway's address included. Docker 28 and
+	// 29 write no such rule: they give an isolated network's bridge no
+	// address, so that the host has no route to it and its containers
+	// none to the host. A bridge that has one (Docker 20.10's, this
+	// datapath's State) needs the rules to the same effect.
+	HostCutOff []Rule
 }
 
 // Chain returns the plan's chain of a kind and bridge, or nil.
@@ -232,6 +252,11 @@ func New(s datapath.State) (*Plan, error) {
 		if n.NoICC {
 			icc = Drop
 		}
+		if n.GatewayMode == datapath.GatewayIsolated {
+			p.HostCutOff = append(p.HostCutOff,
+				Rule{Kind: KindHostCutOffIn, Match: Match{InIface: br}, Verdict: Drop},
+				Rule{Kind: KindHostCutOffOut, Match: Match{OutIface: br}, Verdict: Drop})
+		}
 		if n.Internal {
 			fin.Rules = append(fin.Rules,
 				Rule{Kind: KindInternalIngress, Match: Match{InIface: br, NotInIface: true}, Verdict: Drop},
@@ -276,9 +301,6 @@ func New(s datapath.State) (*Plan, error) {
 		if !ok {
 			return nil, fmt.Errorf("port %s: container address %s is in none of the networks", m, m.ContainerIP)
 		}
-		if len(m.Allow) > 0 {
-			p.Allowlists = append(p.Allowlists, allowRule(m, seq))
-		}
 		if n.GatewayMode == datapath.GatewayRouted {
 			// Docker maps nothing on the host for a routed network
 			// (no DNAT, no MASQUERADE of the hairpin: moby
@@ -290,6 +312,9 @@ func New(s datapath.State) (*Plan, error) {
 					Match: Match{Dst: host32(m.ContainerIP), Proto: m.Proto, DPort: m.ContainerPort}, Verdict: Accept, Port: m, Seq: seq})
 			}
 			continue
+		}
+		if len(m.Allow) > 0 {
+			p.Allowlists = append(p.Allowlists, allowRule(m, seq))
 		}
 		if m.HostIP.IsLoopback() {
 			p.LoopbackPorts = true
@@ -360,7 +385,92 @@ func New(s datapath.State) (*Plan, error) {
 		}
 		return a.Match.OrigDst.Addr().Compare(b.Match.OrigDst.Addr())
 	})
+	p.Allowlists = append(p.Allowlists, routedAllowRules(s, p.Ports)...)
 	return p, nil
+}
+
+// routedAllowRules are the allowlist rules of the published container
+// ports of routed networks, ordered by container address, protocol and
+// port. The bindings of a container port open that one port (the host
+// port is ignored), so a source may open a flow to it when one binding
+// would let it in: the union of their lists, no rule when one has none.
+// This is what the bindings give on a nat network, where each host port
+// leads to the container port behind its own list, and what the eBPF
+// datapath's routed_ports holds (datapath/allow.go, routedAllow).
+func routedAllowRules(s datapath.State, ms []datapath.PortMapping) []Rule {
+	type key struct {
+		addr  netip.Addr
+		proto datapath.Proto
+		port  uint16
+	}
+	var order []key
+	rs := map[key]*Rule{}
+	open := map[key]bool{}
+	for i := range ms {
+		m := &ms[i]
+		n, ok := networkOf(s.Networks, m.ContainerIP)
+		if !ok || n.GatewayMode != datapath.GatewayRouted {
+			continue
+		}
+		k := key{m.ContainerIP, m.Proto, m.ContainerPort}
+		if len(m.Allow) == 0 {
+			open[k] = true
+		}
+		r, ok := rs[k]
+		if !ok {
+			r = &Rule{Kind: KindAllowlist, Verdict: Drop, Port: m, Seq: i + 1, Match: Match{
+				InIface: n.Bridge, NotInIface: true, OutIface: n.Bridge,
+				Dst: host32(m.ContainerIP), Proto: m.Proto, DPort: m.ContainerPort, New: true,
+			}}
+			rs[k] = r
+			order = append(order, k)
+		}
+		for _, a := range m.Allow {
+			r.Match.SrcNotIn = append(r.Match.SrcNotIn, a.Masked())
+		}
+	}
+	slices.SortFunc(order, func(a, b key) int {
+		if c := a.addr.Compare(b.addr); c != 0 {
+			return c
+		}
+		if a.proto != b.proto {
+			return int(a.proto) - int(b.proto)
+		}
+		return int(a.port) - int(b.port)
+	})
+	var out []Rule
+	for _, k := range order {
+		if open[k] {
+			continue
+		}
+		r := rs[k]
+		r.Match.SrcNotIn = outermost(r.Match.SrcNotIn)
+		out = append(out, *r)
+	}
+	return out
+}
+
+// outermost sorts ps and leaves out the prefixes another of them covers:
+// a union of lists, whose anonymous nft set may hold no overlapping
+// intervals.
+func outermost(ps []netip.Prefix) []netip.Prefix {
+	sortPrefixes(ps)
+	var out []netip.Prefix
+	for _, p := range ps {
+		if !slices.ContainsFunc(out, func(o netip.Prefix) bool { return o.Bits() <= p.Bits() && o.Contains(p.Addr()) }) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func sortPrefixes(ps []netip.Prefix) {
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
 }
 
 // allowRule is the allowlist rule of m, the seq-th port.
@@ -375,12 +485,7 @@ func allowRule(m *datapath.PortMapping, seq int) Rule {
 	for _, a := range m.Allow {
 		r.Match.SrcNotIn = append(r.Match.SrcNotIn, a.Masked())
 	}
-	slices.SortFunc(r.Match.SrcNotIn, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
-		}
-		return a.Bits() - b.Bits()
-	})
+	sortPrefixes(r.Match.SrcNotIn)
 	r.Match.SrcNotIn = slices.Compact(r.Match.SrcNotIn)
 	return r
 }
