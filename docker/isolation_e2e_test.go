@@ -56,9 +56,11 @@ var isoNets = []isoNet{
 
 func (n isoNet) gateway() netip.Addr { return netip.MustParsePrefix(n.subnet).Addr().Next() }
 
-// isoCtr is a container of the test: the echo server on port 80.
+// isoCtr is a container of the test: the echo server on port 80, and on
+// the ports of tcp instead when it is set ("80,81").
 type isoCtr struct {
 	name, net string
+	tcp       string
 	publish   []string
 	labels    map[string]string
 	id        string
@@ -77,7 +79,11 @@ func isoRun(e *e2e, c *isoCtr) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cfg := &container.Config{Image: testImage, Hostname: c.name, Cmd: []string{"/bin/echo", "-tcp", "80"}, ExposedPorts: exposed, Labels: c.labels}
+	ports := c.tcp
+	if ports == "" {
+		ports = "80"
+	}
+	cfg := &container.Config{Image: testImage, Hostname: c.name, Cmd: []string{"/bin/echo", "-tcp", ports}, ExposedPorts: exposed, Labels: c.labels}
 	hc := &container.HostConfig{PortBindings: bindings, NetworkMode: container.NetworkMode(c.net)}
 	nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{c.net: {}}}
 	created, err := e.d.cli.ContainerCreate(ctx, cfg, hc, nc, nil, c.name)
