@@ -56,6 +56,24 @@ var isoNets = []isoNet{
 
 func (n isoNet) gateway() netip.Addr { return netip.MustParsePrefix(n.subnet).Addr().Next() }
 
+// isoCreate creates the networks through the API and returns their ids
+// by name.
+func isoCreate(e *e2e, nets []isoNet) map[string]string {
+	e.t.Helper()
+	ids := map[string]string{}
+	for _, n := range nets {
+		nw, err := e.d.cli.NetworkCreate(context.Background(), n.name, network.CreateOptions{
+			Driver: "bridge", Internal: n.internal, Options: n.opts,
+			IPAM: &network.IPAM{Config: []network.IPAMConfig{{Subnet: n.subnet}}},
+		})
+		if err != nil {
+			e.t.Fatalf("creating network %s: %v", n.name, err)
+		}
+		ids[n.name] = nw.ID
+	}
+	return ids
+}
+
 // isoCtr is a container of the test: the echo server on port 80, and on
 // the ports of tcp instead when it is set ("80,81").
 type isoCtr struct {
@@ -156,17 +174,7 @@ func TestDockerIsolationE2E(t *testing.T) {
 
 	// Networks: created through the API, given to the datapath by Watch
 	// with Docker's settings.
-	ids := map[string]string{}
-	for _, n := range isoNets {
-		nw, err := e.d.cli.NetworkCreate(ctx, n.name, network.CreateOptions{
-			Driver: "bridge", Internal: n.internal, Options: n.opts,
-			IPAM: &network.IPAM{Config: []network.IPAMConfig{{Subnet: n.subnet}}},
-		})
-		if err != nil {
-			t.Fatalf("creating network %s: %v", n.name, err)
-		}
-		ids[n.name] = nw.ID
-	}
+	ids := isoCreate(e, isoNets)
 	e.waitApplied(t, func(st datapath.State) bool {
 		for _, n := range isoNets {
 			want := datapath.Network{Name: n.name, Bridge: "br-" + ids[n.name][:12], Subnet: netip.MustParsePrefix(n.subnet),
