@@ -52,6 +52,27 @@ type e2e struct {
 	notify  chan struct{}
 }
 
+// addUplinkAddr gives ext's uplink, in the host namespace, a second
+// address, .3 of its subnet (the host's is .1, the external end .2), and
+// returns it.
+func addUplinkAddr(t *testing.T, topo *lab.Topology, ext *lab.External) netip.Addr {
+	t.Helper()
+	a := addr4(ext.HostAddr).Next().Next()
+	h, err := topo.Host.Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	up, err := h.LinkByName(ext.Uplink)
+	if err == nil {
+		err = h.AddrAdd(up, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: ext.Subnet.Mask}})
+	}
+	if err != nil {
+		t.Fatalf("adding %s to the uplink %s: %v", a, ext.Uplink, err)
+	}
+	return a
+}
+
 func addr4(ip net.IP) netip.Addr {
 	a, _ := netip.AddrFromSlice(ip.To4())
 	return a
@@ -69,19 +90,8 @@ func TestDockerE2E(t *testing.T) {
 	e.topo = lab.Setup(t, lab.Config{Bridges: []lab.BridgeConfig{{Subnet: "172.30.0.0/24"}}})
 	e.ext = e.topo.Externals[0]
 	e.hostAddr = addr4(e.ext.HostAddr)
-	e.extra = e.hostAddr.Next().Next() // .3; the external end is .2
-	h, err := e.topo.Host.Handle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	up, err := h.LinkByName(e.ext.Uplink)
-	if err == nil {
-		err = h.AddrAdd(up, &netlink.Addr{IPNet: &net.IPNet{IP: e.extra.AsSlice(), Mask: e.ext.Subnet.Mask}})
-	}
-	h.Close()
-	if err != nil {
-		t.Fatalf("adding %s to the uplink: %v", e.extra, err)
-	}
+	e.extra = addUplinkAddr(t, e.topo, e.ext)
+	var err error
 
 	e.d = startDockerd(t, e.topo.Host, e.topo.Bridges[0].Name, e.topo.Prefix)
 	e.d.ImportImage()

@@ -56,9 +56,29 @@ var isoNets = []isoNet{
 
 func (n isoNet) gateway() netip.Addr { return netip.MustParsePrefix(n.subnet).Addr().Next() }
 
-// isoCtr is a container of the test: the echo server on port 80.
+// isoCreate creates the networks through the API and returns their ids
+// by name.
+func isoCreate(e *e2e, nets []isoNet) map[string]string {
+	e.t.Helper()
+	ids := map[string]string{}
+	for _, n := range nets {
+		nw, err := e.d.cli.NetworkCreate(context.Background(), n.name, network.CreateOptions{
+			Driver: "bridge", Internal: n.internal, Options: n.opts,
+			IPAM: &network.IPAM{Config: []network.IPAMConfig{{Subnet: n.subnet}}},
+		})
+		if err != nil {
+			e.t.Fatalf("creating network %s: %v", n.name, err)
+		}
+		ids[n.name] = nw.ID
+	}
+	return ids
+}
+
+// isoCtr is a container of the test: the echo server on port 80, and on
+// the ports of tcp instead when it is set ("80,81").
 type isoCtr struct {
 	name, net string
+	tcp       string
 	publish   []string
 	labels    map[string]string
 	id        string
@@ -77,7 +97,11 @@ func isoRun(e *e2e, c *isoCtr) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cfg := &container.Config{Image: testImage, Hostname: c.name, Cmd: []string{"/bin/echo", "-tcp", "80"}, ExposedPorts: exposed, Labels: c.labels}
+	ports := c.tcp
+	if ports == "" {
+		ports = "80"
+	}
+	cfg := &container.Config{Image: testImage, Hostname: c.name, Cmd: []string{"/bin/echo", "-tcp", ports}, ExposedPorts: exposed, Labels: c.labels}
 	hc := &container.HostConfig{PortBindings: bindings, NetworkMode: container.NetworkMode(c.net)}
 	nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{c.net: {}}}
 	created, err := e.d.cli.ContainerCreate(ctx, cfg, hc, nc, nil, c.name)
@@ -150,17 +174,7 @@ func TestDockerIsolationE2E(t *testing.T) {
 
 	// Networks: created through the API, given to the datapath by Watch
 	// with Docker's settings.
-	ids := map[string]string{}
-	for _, n := range isoNets {
-		nw, err := e.d.cli.NetworkCreate(ctx, n.name, network.CreateOptions{
-			Driver: "bridge", Internal: n.internal, Options: n.opts,
-			IPAM: &network.IPAM{Config: []network.IPAMConfig{{Subnet: n.subnet}}},
-		})
-		if err != nil {
-			t.Fatalf("creating network %s: %v", n.name, err)
-		}
-		ids[n.name] = nw.ID
-	}
+	ids := isoCreate(e, isoNets)
 	e.waitApplied(t, func(st datapath.State) bool {
 		for _, n := range isoNets {
 			want := datapath.Network{Name: n.name, Bridge: "br-" + ids[n.name][:12], Subnet: netip.MustParsePrefix(n.subnet),

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/bpfnet/bpfnet/lab"
@@ -165,31 +163,17 @@ func checkUntouched(t *testing.T, topo *lab.Topology) {
 		if len(links) < 4 {
 			return fmt.Errorf("only %d interfaces in the lab's host namespace: the check would prove nothing", len(links))
 		}
-		for _, l := range links {
-			name := l.Attrs().Name
-			for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
-				q, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: at})
-				if err != nil {
-					return fmt.Errorf("querying tcx of %s: %w", name, err)
-				}
-				if len(q.Programs) > 0 {
-					t.Errorf("%s has %d tcx programs on %s", name, len(q.Programs), at)
-				}
-			}
-			qdiscs, err := netlink.QdiscList(l)
-			if err != nil {
-				return fmt.Errorf("listing qdiscs of %s: %w", name, err)
-			}
-			for _, q := range qdiscs {
-				if _, ok := q.(*netlink.Clsact); ok {
-					t.Errorf("%s has a clsact qdisc", name)
-				}
-			}
-		}
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	atts, err := topo.Host.TCAttachments()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range atts {
+		t.Errorf("attached in the lab's host namespace: %s", a)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
