@@ -306,24 +306,37 @@ func TestPacketNoICC(t *testing.T) {
 		expectVerdict(t, v, TC_ACT_OK)
 		expectTuple(t, decode(t, out), hostIP, 40000, remoteIP, 443)
 
-		// A port B publishes is the host's: open to A as to anyone, and
-		// B's answers come back.
+		// A port B publishes is closed to A too: Docker DNATs A's packet
+		// to B and its "-i br -o br -j DROP" drops it (no userland proxy
+		// carries it around), and so is A's own port, reached through the
+		// host. Its twin: A reaches a port C publishes on another network,
+		// and C's answers come back.
 		e.publish(uint8(pTCP), netip.Addr{}, 8080, ctrB, 80, 1)
-		v, out = e.fromContainer("vetha", fromA(tcpPacket(ctrA, 40001, hostIP, 8080)).frame())
-		if want := (isoCase{fast: TC_ACT_REDIRECT, slow: TC_ACT_OK}).want(fast); v != want {
-			t.Errorf("hairpin to B: verdict %s, want %s", verdictName(v), verdictName(want))
+		e.publish(uint8(pTCP), netip.Addr{}, 8081, ctrA, 80, 2)
+		e.publish(uint8(pTCP), netip.Addr{}, 8082, ctrC, 80, 3)
+		e.runIso(t, fast, []isoCase{
+			shot("A to B's published port", "vetha", fromA(tcpPacket(ctrA, 40001, hostIP, 8080))),
+			shot("A to its own published port", "vetha", fromA(tcpPacket(ctrA, 40002, hostIP, 8081))),
+		})
+		if tr := e.traffic("vethb"); tr.RxPackets != 0 {
+			t.Errorf("vethb received %d packets, want none", tr.RxPackets)
 		}
-		expectTuple(t, decode(t, out), ctrA, 40001, ctrB, 80)
-		reply := fromB(replyPacket(pTCP, ctrB, 80, ctrA, 40001)).frame()
-		v, out = e.fromContainer("vethb", reply)
+		e.expectDrops(map[DropReason]uint64{DropICC: uint64(len(cases)) + 2, DropIsolation: 1})
+		v, out = e.fromContainer("vetha", fromA(tcpPacket(ctrA, 40003, hostIP, 8082)).frame())
+		if want := (isoCase{fast: TC_ACT_REDIRECT, slow: TC_ACT_OK}).want(fast); v != want {
+			t.Errorf("hairpin to C: verdict %s, want %s", verdictName(v), verdictName(want))
+		}
+		expectTuple(t, decode(t, out), ctrA, 40003, ctrC, 80)
+		reply := fromC(replyPacket(pTCP, ctrC, 80, ctrA, 40003)).frame()
+		v, out = e.fromContainer("vethc", reply)
 		if fast {
 			expectVerdict(t, v, TC_ACT_REDIRECT)
 		} else {
 			expectVerdict(t, v, TC_ACT_OK)
 			_, out = e.toContainer("vetha", out)
 		}
-		expectTuple(t, decode(t, out), hostIP, 8080, ctrA, 40001)
-		e.expectDrops(map[DropReason]uint64{DropICC: uint64(len(cases)), DropIsolation: 1})
+		expectTuple(t, decode(t, out), hostIP, 8082, ctrA, 40003)
+		e.expectDrops(map[DropReason]uint64{DropICC: uint64(len(cases)) + 2, DropIsolation: 1})
 	})
 }
 

@@ -30,8 +30,8 @@ package docker
 // down` runs, and the host namespace's rules (iptables-save, nft list
 // ruleset) and BPF attachments must be what they were before it started.
 //
-// pendingRouted lists the rows a datapath is known to fail until the
-// work of another branch lands; nothing else is skipped.
+// knownDifferences lists the rows where a datapath is known to differ
+// from Docker; nothing else is excused.
 
 import (
 	"context"
@@ -57,45 +57,21 @@ import (
 	"github.com/bpfnet/bpfnet/lab"
 )
 
-// pendingRouted are the rows each datapath fails until branch routedallow
-// (allowlists on routed networks, the isolated network's host cut-off in
-// the comparators) is merged; the integrator empties it then. A row
-// listed here that passes fails the test, so the list cannot go stale.
-var pendingRouted = map[string]map[string]string{
-	"ebpf": {
-		"routed-allow-denied": "allowlists on routed networks: a routed network's published container port is let in by address whatever its bpfnet.allow list (bpf/lib/gwmode.h does not consult allow.h)",
-	},
-	"iptables": {
-		"routed-allow-denied": "allowlists on routed networks: the rule plan's allowlist rules match DNATed flows only (ctstate DNAT, ctorigdstport), and a routed port is never DNATed",
-		"isolated-from-host":  "the isolated network's host cut-off: the rule plan renders isolated as internal, which Docker's rules do not cut off from the host",
-	},
-	"nftables": {
-		"routed-allow-denied": "allowlists on routed networks: as iptables (ct status dnat, ct original proto-dst)",
-		"isolated-from-host":  "the isolated network's host cut-off: as iptables",
-	},
-}
-
-// pendingBPF are the rows the eBPF datapath fails by a bug in bpf/ C code,
-// which this test's branch reports rather than fixes (helpers leave bpf/
-// to its owners); like pendingRouted, a listed row that passes fails the
-// test. It is the integrator's to empty, with the fix.
-var pendingBPF = map[string]map[string]string{
+// knownDifferences are the rows where a datapath is known to differ from
+// Docker's rules, each with why; nothing else is excused. A listed row
+// that passes fails the test, so the list cannot go stale.
+var knownDifferences = map[string]map[string]string{
 	"ebpf": {
 		"routed-from-other-net": "no masquerade between bridges: a container of a nat network reaching a routed network's published container port " +
 			"(n2 -> r1:80) keeps its own address, where Docker's MASQUERADE -s <nat subnet> ! -o <its bridge> gives it the routed bridge's (r1 sees 172.30.72.1); " +
-			"the eBPF datapath masquerades on uplinks only (to_netdev)",
-		"noicc-via-port": "bpf/lib/isolation.h iso_hairpin lets a container reach a peer on its own enable_icc=false network through a published host port " +
-			"(c1 -> host:8095 DNAT c2:80, the SYN delivered); Docker with --userland-proxy=false DNATs it and drops it by its ICC rule (-i br -o br -j DROP)",
+			"the eBPF datapath masquerades on uplinks only (to_netdev). The connection is let through either way.",
 	},
 }
 
 // pending returns why a row is expected to fail with a datapath, if it is.
 func pending(dp, row string) (string, bool) {
-	if why, ok := pendingRouted[dp][row]; ok {
-		return "pendingRouted: " + why, true
-	}
-	why, ok := pendingBPF[dp][row]
-	return "pendingBPF: " + why, ok
+	why, ok := knownDifferences[dp][row]
+	return why, ok
 }
 
 // tableWant is what a row expects.
@@ -358,12 +334,10 @@ func checkTableRows(t *testing.T) {
 			}
 		}
 	}
-	for _, list := range []map[string]map[string]string{pendingRouted, pendingBPF} {
-		for dp, rows := range list {
-			for r := range rows {
-				if !names[r] {
-					t.Fatalf("a pending list names %s for %s, which is no row", r, dp)
-				}
+	for dp, rows := range knownDifferences {
+		for r := range rows {
+			if !names[r] {
+				t.Fatalf("knownDifferences names %s for %s, which is no row", r, dp)
 			}
 		}
 	}

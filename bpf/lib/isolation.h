@@ -140,15 +140,20 @@ static __always_inline int iso_verdict(struct __sk_buff *ctx, const struct pkt *
 
 /* iso_hairpin judges a new hairpin flow from the endpoint src to a
  * published port of container address target: 0 when it may go on, else
- * the negative drop reason. Only an internal network keeps its containers from the
- * published ports of others. */
+ * the negative drop reason. An internal network keeps its containers from
+ * the published ports of others; a network without inter-container
+ * communication keeps them from its own containers' published ports, the
+ * sender's own included, as Docker's "-i br -o br -j DROP" does to the
+ * DNATed packet (with --userland-proxy=false nothing else carries it). */
 static __always_inline int iso_hairpin(const struct endpoint *src, __be32 target)
 {
 	struct iso_net d;
+	int same;
 
-	if (!(src->flags & NET_F_INTERNAL))
+	if (!(src->flags & (NET_F_INTERNAL | NET_F_NO_ICC)))
 		return 0;
-	if (iso_net_of(target, bpf_map_lookup_elem(&endpoints, &target), &d) && d.id == src->net_id)
-		return 0;
-	return -DROP_INTERNAL;
+	same = iso_net_of(target, bpf_map_lookup_elem(&endpoints, &target), &d) && d.id == src->net_id;
+	if (same)
+		return (src->flags & NET_F_NO_ICC) ? -DROP_ICC : 0;
+	return (src->flags & NET_F_INTERNAL) ? -DROP_INTERNAL : 0;
 }
