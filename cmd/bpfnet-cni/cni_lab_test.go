@@ -84,40 +84,60 @@ func TestCNIHostPort(t *testing.T) {
 		t.Fatalf("the agent's CHECK: %v", err)
 	}
 
-	// The operator commands show the pod as they show a Docker container.
+	// The operator commands show the pod as namespace/pod, from CNI_ARGS,
+	// with its container id in their JSON.
+	const name = "default/web"
+	id := p.rt.ContainerID
 	ports := n.portsJSON()
-	if len(ports) != 1 || ports[0]["host_port"] != 8080.0 || ports[0]["container_ip"] != p.addr.String() || ports[0]["container"] != veth {
-		t.Errorf("bpfnet ports --json = %v, want 8080 -> %s on %s", ports, p.addr, veth)
+	if len(ports) != 1 || ports[0]["host_port"] != 8080.0 || ports[0]["container_ip"] != p.addr.String() ||
+		ports[0]["container"] != name || ports[0]["container_id"] != id {
+		t.Errorf("bpfnet ports --json = %v, want 8080 -> %s of %s (%s)", ports, p.addr, name, id)
 	}
 	var st struct {
 		Endpoints []struct {
-			Addr string `json:"address"`
+			Addr        string `json:"address"`
+			Container   string `json:"container"`
+			ContainerID string `json:"container_id"`
 		} `json:"endpoints"`
 	}
-	if err := json.Unmarshal(n.bpfnet("status", "--json"), &st); err != nil || len(st.Endpoints) != 1 || st.Endpoints[0].Addr != p.addr.String() {
-		t.Errorf("bpfnet status --json endpoints %+v (%v), want %s", st.Endpoints, err, p.addr)
+	if err := json.Unmarshal(n.bpfnet("status", "--json"), &st); err != nil || len(st.Endpoints) != 1 || st.Endpoints[0].Addr != p.addr.String() ||
+		st.Endpoints[0].Container != name || st.Endpoints[0].ContainerID != id {
+		t.Errorf("bpfnet status --json endpoints %+v (%v), want %s of %s (%s)", st.Endpoints, err, p.addr, name, id)
 	}
 	var flows []struct {
-		Kind   string `json:"kind"`
-		Reply  bool   `json:"reply"`
-		NewDst string `json:"translated_dst"`
+		Kind        string `json:"kind"`
+		Reply       bool   `json:"reply"`
+		NewDst      string `json:"translated_dst"`
+		Container   string `json:"container"`
+		ContainerID string `json:"container_id"`
 	}
 	if err := json.Unmarshal(n.bpfnet("ct", "--json", "--addr", n.ext.Addr.String()), &flows); err != nil {
 		t.Fatal(err)
 	}
 	dnat := 0
 	for _, f := range flows {
-		if f.Kind == "dnat" && !f.Reply && f.NewDst == p.addr.String()+":80" {
+		if f.Kind == "dnat" && !f.Reply && f.NewDst == p.addr.String()+":80" && f.Container == name && f.ContainerID == id {
 			dnat++
 		}
 	}
 	if dnat != 1 {
-		t.Errorf("bpfnet ct --json: %d dnat flows to %s:80, want 1: %+v", dnat, p.addr, flows)
+		t.Errorf("bpfnet ct --json: %d dnat flows of %s (%s) to %s:80, want 1: %+v", dnat, name, id, p.addr, flows)
+	}
+	// The tables name the pod where they named its veth.
+	for _, cmd := range []string{"status", "ports", "ct"} {
+		out := string(n.bpfnet(cmd))
+		if line := grepLines(out, p.addr.String()); !strings.Contains(line, name) || strings.Contains(line, veth) {
+			t.Errorf("bpfnet %s: the lines of %s are %q, want them to name %s, not %s:\n%s", cmd, p.addr, line, name, veth, out)
+		}
+	}
+	// Without the agent's folder, the pod is named by its veth.
+	out, err := n.topo.Host.Command(context.Background(), agentBin, "ports", "--json", "--pin-path", n.pin, "--cni-state-dir", t.TempDir()).Output()
+	if err != nil || !strings.Contains(string(out), `"container": "`+veth+`"`) {
+		t.Errorf("bpfnet ports --json with an empty state folder: %s (%v), want the pod named %s", out, err, veth)
 	}
 	c.Close()
 	// Per-pod series, labelled from CNI_ARGS as kubelet passes them.
-	id := p.rt.ContainerID[:12]
-	series := fmt.Sprintf(`bpfnet_container_receive_bytes_total{compose_project="",compose_service="",container="default/web",container_id="%s",interface="%s",namespace="default",network="pods",pod="web"} `, id, veth)
+	series := fmt.Sprintf(`bpfnet_container_receive_bytes_total{compose_project="",compose_service="",container="default/web",container_id="%s",interface="%s",namespace="default",network="pods",pod="web"} `, id[:12], veth)
 	if body := n.scrape(); !strings.Contains(body, series) {
 		t.Errorf("/metrics lacks %s:\n%s", series, grepLines(body, "bpfnet_container_"))
 	}
@@ -146,13 +166,36 @@ func TestCNIHostPort(t *testing.T) {
 // TestCNIEgressHairpin: a pod's connections to the outside leave with the
 // host's address (the network's subnet is masqueraded, the bridge's
 // ipMasq being off), and a pod reaches its own hostPort through the
-// host's address (hairpin), as does another pod.
+// host's address (hairpin), as does another pod. A pod that the runtime
+// does not name (no K8S_POD_* in CNI_ARGS, as with ctr or Podman) shows
+// by its container id, shortened as Docker's are.
 func TestCNIEgressHairpin(t *testing.T) {
 	n := newNode(t)
 	p := n.newPod("web", port(8080, 80, "tcp", ""))
 	q := n.newPod("client")
+	q.rt.Args = nil
 	n.mustAdd(p)
 	n.mustAdd(q)
+	var st struct {
+		Endpoints []struct {
+			Addr        string `json:"address"`
+			Container   string `json:"container"`
+			ContainerID string `json:"container_id"`
+		} `json:"endpoints"`
+	}
+	if err := json.Unmarshal(n.bpfnet("status", "--json"), &st); err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]string{}
+	for _, e := range st.Endpoints {
+		names[e.Addr] = e.Container + " " + e.ContainerID
+	}
+	if want := "default/web " + p.rt.ContainerID; names[p.addr.String()] != want {
+		t.Errorf("bpfnet status --json names %s %q, want %q", p.addr, names[p.addr.String()], want)
+	}
+	if want := q.rt.ContainerID[:12] + " " + q.rt.ContainerID; names[q.addr.String()] != want {
+		t.Errorf("bpfnet status --json names %s %q, want %q", q.addr, names[q.addr.String()], want)
+	}
 	greet(t, &p.Namespace, ":80")
 	greet(t, &n.ext.Namespace, n.ext.Addr.String()+":9000")
 

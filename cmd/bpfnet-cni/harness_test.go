@@ -356,10 +356,11 @@ func wantNoAnswer(t *testing.T, ns *lab.Namespace, addr string) {
 	}
 }
 
-// bpfnet runs the agent binary's operator command in the host namespace.
+// bpfnet runs the agent binary's operator command in the host namespace,
+// on the agent's pin path and state folder.
 func (n *node) bpfnet(args ...string) []byte {
 	n.t.Helper()
-	out, err := n.topo.Host.Command(context.Background(), agentBin, append(args, "--pin-path", n.pin)...).Output()
+	out, err := n.topo.Host.Command(context.Background(), agentBin, append(args, "--pin-path", n.pin, "--cni-state-dir", n.state)...).Output()
 	if err != nil {
 		n.t.Fatalf("bpfnet %v: %v", args, err)
 	}

@@ -26,6 +26,11 @@ type ctJSON struct {
 	Packets    uint64 `json:"packets"`
 	Bytes      uint64 `json:"bytes"`
 	ExpiresSec int64  `json:"expires_in_seconds"`
+	// Container is the flow's container (the endpoint whose address the
+	// entry holds), named as status names it; ContainerID is a pod's CNI
+	// container id.
+	Container   string `json:"container,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
 }
 
 func protoName(p uint8) string {
@@ -41,7 +46,7 @@ func protoName(p uint8) string {
 }
 
 func newCTCmd() *cobra.Command {
-	var pinPath, proto, addr string
+	var pinPath, proto, addr, stateDir string
 	var port uint16
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -67,6 +72,13 @@ func newCTCmd() *cobra.Command {
 			entries, err := dp.Conntrack()
 			if err != nil {
 				return err
+			}
+			names, warnings, err := endpointNamesOf(dp, stateDir)
+			if err != nil {
+				return err
+			}
+			for _, w := range warnings {
+				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
 			}
 			match := func(e datapath.CTEntry) bool {
 				if proto != "" && protoName(e.Key.Proto) != proto {
@@ -98,12 +110,19 @@ func newCTCmd() *cobra.Command {
 				if !match(e) {
 					continue
 				}
-				out = append(out, ctJSON{
+				j := ctJSON{
 					Kind: e.Kind.String(), Reply: e.Reply, Unassured: e.Unassured, Proto: e.Key.Proto,
 					Src: e.Key.Src.String(), Dst: e.Key.Dst.String(),
 					NewSrc: e.Translated.Src.String(), NewDst: e.Translated.Dst.String(),
 					Packets: e.Packets, Bytes: e.Bytes, ExpiresSec: int64(e.Expires / time.Second),
-				})
+				}
+				for _, t := range []netip.AddrPort{e.Key.Src, e.Key.Dst, e.Translated.Src, e.Translated.Dst} {
+					if n, ok := names[t.Addr()]; ok {
+						j.Container, j.ContainerID = n.Name, n.ContainerID
+						break
+					}
+				}
+				out = append(out, j)
 			}
 			sort.Slice(out, func(i, j int) bool {
 				if out[i].Src != out[j].Src {
@@ -118,7 +137,7 @@ func newCTCmd() *cobra.Command {
 				return writeJSON(cmd.OutOrStdout(), out)
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "KIND\tDIR\tPROTO\tTUPLE\tTRANSLATED\tPKTS\tBYTES\tEXPIRES")
+			fmt.Fprintln(w, "KIND\tDIR\tPROTO\tTUPLE\tTRANSLATED\tCONTAINER\tPKTS\tBYTES\tEXPIRES")
 			for _, e := range out {
 				dir := "orig"
 				if e.Reply {
@@ -129,7 +148,11 @@ func newCTCmd() *cobra.Command {
 					// answered the container yet.
 					dir += ",unassured"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s -> %s\t%s -> %s\t%d\t%d\t%ds\n", e.Kind, dir, protoName(e.Proto), e.Src, e.Dst, e.NewSrc, e.NewDst, e.Packets, e.Bytes, e.ExpiresSec)
+				name := e.Container
+				if name == "" {
+					name = "-"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s -> %s\t%s -> %s\t%s\t%d\t%d\t%ds\n", e.Kind, dir, protoName(e.Proto), e.Src, e.Dst, e.NewSrc, e.NewDst, name, e.Packets, e.Bytes, e.ExpiresSec)
 			}
 			return w.Flush()
 		},
@@ -139,5 +162,6 @@ func newCTCmd() *cobra.Command {
 	cmd.Flags().StringVar(&addr, "addr", "", "only entries with this address on either side")
 	cmd.Flags().Uint16Var(&port, "port", 0, "only entries with this port on either side")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	addCNIStateDirFlag(cmd, &stateDir)
 	return cmd
 }

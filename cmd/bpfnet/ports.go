@@ -20,7 +20,9 @@ type portJSON struct {
 	ContainerIP   string `json:"container_ip"`
 	ContainerPort uint16 `json:"container_port"`
 	Container     string `json:"container,omitempty"`
-	Connections   uint64 `json:"connections"`
+	// ContainerID is a pod's CNI container id.
+	ContainerID string `json:"container_id,omitempty"`
+	Connections uint64 `json:"connections"`
 	// Allow is the port's source allowlist; empty: open to every source.
 	Allow []string `json:"allow"`
 	// Denied counts the new connections the allowlist refused.
@@ -32,7 +34,7 @@ type portJSON struct {
 }
 
 func newPortsCmd() *cobra.Command {
-	var pinPath string
+	var pinPath, stateDir string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "ports",
@@ -55,13 +57,19 @@ func newPortsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			names := endpointNames(dp)
+			names, warnings, err := endpointNamesOf(dp, stateDir)
+			if err != nil {
+				return err
+			}
+			for _, w := range warnings {
+				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
+			}
 			out := []portJSON{}
 			for _, p := range ports {
 				out = append(out, portJSON{
 					Proto: p.Binding.Proto.String(), HostIP: p.Binding.HostIP.String(), HostPort: p.Binding.HostPort,
 					ContainerIP: p.ContainerIP.String(), ContainerPort: p.ContainerPort,
-					Container: names[p.ContainerIP.String()], Connections: conns[p.Binding],
+					Container: names[p.ContainerIP].Name, ContainerID: names[p.ContainerIP].ContainerID, Connections: conns[p.Binding],
 					Allow: allowStrings(p.Allow), Denied: denied[p.Binding], Routed: p.Routed,
 				})
 			}
@@ -86,6 +94,7 @@ func newPortsCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&pinPath, "pin-path", defaultPinPath, "bpffs folder of the datapath's state")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	addCNIStateDirFlag(cmd, &stateDir)
 	return cmd
 }
 
@@ -93,22 +102,6 @@ func allowStrings(ps []netip.Prefix) []string {
 	out := []string{}
 	for _, p := range ps {
 		out = append(out, p.String())
-	}
-	return out
-}
-
-// endpointNames names container addresses by their host veth, the best a
-// reader of the pinned maps alone knows.
-func endpointNames(dp *datapath.EBPF) map[string]string {
-	out := map[string]string{}
-	eps, err := dp.Endpoints()
-	if err != nil {
-		return out
-	}
-	for _, e := range eps {
-		if name := ifName(int(e.Ifindex)); name != "" {
-			out[e.Addr.String()] = name
-		}
 	}
 	return out
 }

@@ -109,9 +109,13 @@ type attachmentJSON struct {
 }
 
 type endpointJSON struct {
-	Addr    netip.Addr `json:"address"`
-	Ifindex uint32     `json:"ifindex"`
-	MAC     string     `json:"mac"`
+	Addr netip.Addr `json:"address"`
+	// Container names the endpoint's container: a pod of the CNI agent
+	// as namespace/pod, with its CNI container id; another by its veth.
+	Container   string `json:"container,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
+	Ifindex     uint32 `json:"ifindex"`
+	MAC         string `json:"mac"`
 	// AllowForeignSource: it may send from addresses not its own.
 	AllowForeignSource bool `json:"allow_foreign_source,omitempty"`
 }
@@ -124,7 +128,7 @@ type trafficJSON struct {
 }
 
 func newStatusCmd() *cobra.Command {
-	var pinPath string
+	var pinPath, stateDir string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
@@ -147,8 +151,11 @@ func newStatusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			names, nameWarnings := endpointNames(eps, stateDir)
 			for _, e := range eps {
-				r.Endpoints = append(r.Endpoints, endpointJSON{e.Addr, e.Ifindex, e.MAC.String(), e.AllowForeignSource})
+				n := names[e.Addr]
+				r.Endpoints = append(r.Endpoints, endpointJSON{Addr: e.Addr, Container: n.Name, ContainerID: n.ContainerID,
+					Ifindex: e.Ifindex, MAC: e.MAC.String(), AllowForeignSource: e.AllowForeignSource})
 			}
 			ports, err := dp.Published()
 			if err != nil {
@@ -191,6 +198,7 @@ func newStatusCmd() *cobra.Command {
 			if r.Warnings, err = readWarnings(pinPath); err != nil {
 				return err
 			}
+			r.Warnings = append(r.Warnings, nameWarnings...)
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), r)
 			}
@@ -199,6 +207,7 @@ func newStatusCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&pinPath, "pin-path", defaultPinPath, "bpffs folder of the datapath's state")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	addCNIStateDirFlag(cmd, &stateDir)
 	return cmd
 }
 
@@ -213,10 +222,14 @@ func printStatus(out io.Writer, r statusReport) error {
 	for _, a := range r.Attachments {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", a.Interface, a.Direction, a.Program, a.Mode, a.ProgramID)
 	}
-	fmt.Fprintln(w, "\nENDPOINT\tIFINDEX\tMAC\tRX PKTS\tRX BYTES\tTX PKTS\tTX BYTES")
+	fmt.Fprintln(w, "\nENDPOINT\tCONTAINER\tIFINDEX\tMAC\tRX PKTS\tRX BYTES\tTX PKTS\tTX BYTES")
 	for _, e := range r.Endpoints {
 		t := r.Traffic[fmt.Sprint(e.Ifindex)]
-		fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%d\t%d\t%d\n", e.Addr, e.Ifindex, e.MAC, t.RxPackets, t.RxBytes, t.TxPackets, t.TxBytes)
+		name := e.Container
+		if name == "" {
+			name = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\n", e.Addr, name, e.Ifindex, e.MAC, t.RxPackets, t.RxBytes, t.TxPackets, t.TxBytes)
 	}
 	var foreign []string
 	for _, e := range r.Endpoints {
