@@ -252,9 +252,9 @@ type Endpoint struct {
 	Addr        netip.Addr
 	// Addr6 is the container's IPv6 address on a dual-stack network,
 	// in Network.Subnet6; the zero Addr when it has none.
-	Addr6 netip.Addr
-	MAC         net.HardwareAddr // the container's eth0
-	HostVeth    string           // the host end of its veth pair
+	Addr6    netip.Addr
+	MAC      net.HardwareAddr // the container's eth0
+	HostVeth string           // the host end of its veth pair
 	// AllowForeignSource lets the container send from addresses that are
 	// not Addr, for a container that routes for others; off, such packets
 	// are dropped (reason "spoofed"). Its packets are judged by its
