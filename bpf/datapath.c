@@ -33,6 +33,7 @@
 #include "lib/allow.h"
 #include "lib/gwmode.h"
 #include "lib/direct.h"
+#include "lib/datapath6.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -222,8 +223,11 @@ static __always_inline int handle_from_netdev(struct __sk_buff *ctx)
 	struct ct_key orig;
 	struct ct_entry *e;
 	struct endpoint *ep;
-	int r = parse(ctx, &p);
+	int r;
 
+	if (ctx->protocol == bpf_htons(ETH_P_IPV6))
+		return CONFIG.redirect_only ? TC_ACT_OK : v6_from_netdev(ctx);
+	r = parse(ctx, &p);
 	if (r < 0)
 		return r;
 	if (r == PARSE_PASS)
@@ -373,6 +377,8 @@ static __always_inline int handle_to_netdev(struct __sk_buff *ctx)
 
 	if (CONFIG.redirect_only)
 		return TC_ACT_OK;
+	if (ctx->protocol == bpf_htons(ETH_P_IPV6))
+		return v6_to_netdev(ctx);
 	r = parse(ctx, &p);
 	if (r < 0)
 		return r;
@@ -482,6 +488,8 @@ static __always_inline int handle_from_container(struct __sk_buff *ctx)
 	int r, to_host;
 
 	count_if(ifindex, ctx->len, 0);
+	if (ctx->protocol == bpf_htons(ETH_P_IPV6))
+		return CONFIG.redirect_only ? TC_ACT_OK : v6_from_container(ctx);
 	r = parse(ctx, &p);
 	if (r < 0)
 		return r;
@@ -631,6 +639,8 @@ static __always_inline int handle_to_container(struct __sk_buff *ctx)
 	int r;
 
 	count_if(ctx->ifindex, ctx->len, 1);
+	if (ctx->protocol == bpf_htons(ETH_P_IPV6))
+		return CONFIG.redirect_only ? TC_ACT_OK : v6_to_container(ctx);
 	r = parse(ctx, &p);
 	if (r < 0)
 		return r;

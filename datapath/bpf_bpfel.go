@@ -97,6 +97,7 @@ const (
 	bpfDropReasonDROP_MALFORMED     bpfDropReason = 12
 	bpfDropReasonDROP_DIRECT_ACCESS bpfDropReason = 13
 	bpfDropReasonDROP_PORT_DENIED   bpfDropReason = 14
+	bpfDropReasonDROP_IPV6EXTHDR    bpfDropReason = 15
 	bpfDropReasonDROP_MAX           bpfDropReason = 16
 )
 
