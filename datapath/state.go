@@ -452,15 +452,20 @@ func (t portTable) add(nets []Network, m PortMapping) error {
 	if m.Proto != TCP && m.Proto != UDP {
 		return fmt.Errorf("port %s: protocol must be tcp or udp", m)
 	}
+	v6 := m.ContainerIP.Is6() && !m.ContainerIP.Is4In6()
 	routed := false
-	if n, ok := networkOf(nets, m.ContainerIP); ok && m.ContainerIP.Is4() {
-		routed = n.GatewayMode == GatewayRouted
+	if n, ok := networkOf(nets, m.ContainerIP); ok {
+		if v6 {
+			routed = n.GatewayModeIPv6 == GatewayRouted
+		} else if m.ContainerIP.Is4() {
+			routed = n.GatewayMode == GatewayRouted
+		}
 	}
 	if (m.HostPort == 0 && !routed) || m.ContainerPort == 0 {
 		return fmt.Errorf("port %s: port 0 cannot be published", m)
 	}
-	if !m.ContainerIP.Is4() {
-		return fmt.Errorf("port %s: container address must be IPv4", m)
+	if !m.ContainerIP.Is4() && !v6 {
+		return fmt.Errorf("port %s: container address must be IPv4 or IPv6", m)
 	}
 	if err := checkAllow(m); err != nil {
 		return err
@@ -480,12 +485,21 @@ func (t portTable) add(nets []Network, m PortMapping) error {
 		// none, and the container port is what is published.
 		return nil
 	}
+	// Host and container address are of one family (no NAT64): the
+	// zero HostIP is the wildcard of the container's, 0.0.0.0 or ::.
+	unspec := netip.IPv4Unspecified()
+	if v6 {
+		unspec = netip.IPv6Unspecified()
+	}
 	hip := m.HostIP
 	if !hip.IsValid() {
-		hip = netip.IPv4Unspecified()
+		hip = unspec
 	}
-	if !hip.Is4() {
-		return fmt.Errorf("port %s: host address must be IPv4", m)
+	if v6 && (!hip.Is6() || hip.Is4In6()) {
+		return fmt.Errorf("port %s: host address must be IPv6, as the container's", m)
+	}
+	if !v6 && !hip.Is4() {
+		return fmt.Errorf("port %s: host address must be IPv4, as the container's", m)
 	}
 	// A binding to every address takes the port on each address, so a
 	// wildcard and a specific binding of one port and protocol collide,
@@ -493,17 +507,25 @@ func (t portTable) add(nets []Network, m PortMapping) error {
 	// (libnetwork/portallocator/portallocator.go, RequestPortsInRange)
 	// wants a port requested on 0.0.0.0 free in every address's map, and
 	// one requested on an address free on that address and on 0.0.0.0.
+	// The wildcards are per family: :: collides only with IPv6 bindings
+	// of the port, 0.0.0.0 only with IPv4 ones.
 	k := protoPort{m.Proto, m.HostPort}
 	for _, o := range t[k] {
 		ohip := o.HostIP
 		if !ohip.IsValid() {
 			ohip = netip.IPv4Unspecified()
+			if o.ContainerIP.Is6() && !o.ContainerIP.Is4In6() {
+				ohip = netip.IPv6Unspecified()
+			}
+		}
+		if ohip.Is4() != hip.Is4() {
+			continue
 		}
 		switch {
 		case ohip == hip:
 			return fmt.Errorf("port %s: host port already published by %s", m, o)
 		case ohip.IsUnspecified() || hip.IsUnspecified():
-			return fmt.Errorf("port %s: host port already published by %s (a port on 0.0.0.0 takes it on every address)", m, o)
+			return fmt.Errorf("port %s: host port already published by %s (a port on %s takes it on every address)", m, o, unspec)
 		}
 	}
 	t[k] = append(t[k], m)

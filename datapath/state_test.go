@@ -238,3 +238,53 @@ func TestStateValidateDualStack(t *testing.T) {
 		}
 	}
 }
+
+// TestStateValidatePortsIPv6: IPv6 mappings take host and container
+// address of one family; :: collides with IPv6 bindings of its port only,
+// so a port published on 0.0.0.0 and on :: (Docker's -p 8080:80 on a
+// dual-stack network) is two bindings.
+func TestStateValidatePortsIPv6(t *testing.T) {
+	c4, c6 := netip.MustParseAddr("172.17.0.2"), netip.MustParseAddr("fd00:17::2")
+	port := func(host string, hp uint16, cip netip.Addr) PortMapping {
+		m := PortMapping{Proto: TCP, HostPort: hp, ContainerIP: cip, ContainerPort: 80}
+		if host != "" {
+			m.HostIP = netip.MustParseAddr(host)
+		}
+		return m
+	}
+	for _, tc := range []struct {
+		name  string
+		ports []PortMapping
+		want  string
+	}{
+		{"0.0.0.0 and :: of one port", []PortMapping{port("", 8080, c4), port("", 8080, c6)}, ""},
+		{"explicit :: beside 0.0.0.0", []PortMapping{port("0.0.0.0", 8080, c4), port("::", 8080, c6)}, ""},
+		{"specific IPv6 beside 0.0.0.0", []PortMapping{port("", 8080, c4), port("2001:db8::1", 8080, c6)}, ""},
+		{"two specific IPv6", []PortMapping{port("2001:db8::1", 8080, c6), port("2001:db8::2", 8080, c6)}, ""},
+		{":: then specific IPv6", []PortMapping{port("", 8080, c6), port("2001:db8::1", 8080, c6)},
+			"port " + port("2001:db8::1", 8080, c6).String() + ": host port already published by 8080->fd00:17::2:80/tcp (a port on :: takes it on every address)"},
+		{":: twice", []PortMapping{port("::", 8080, c6), port("", 8080, c6)},
+			"port 8080->fd00:17::2:80/tcp: host port already published by 8080->fd00:17::2:80/tcp"},
+		{"IPv4 host, IPv6 container", []PortMapping{port("10.0.0.1", 8080, c6)},
+			"port 10.0.0.1:8080->fd00:17::2:80/tcp: host address must be IPv6, as the container's"},
+		{"IPv6 host, IPv4 container", []PortMapping{port("2001:db8::1", 8080, c4)},
+			"port " + port("2001:db8::1", 8080, c4).String() + ": host address must be IPv4, as the container's"},
+		{"0.0.0.0, IPv6 container", []PortMapping{port("0.0.0.0", 8080, c6)},
+			"port 8080->fd00:17::2:80/tcp: host address must be IPv6, as the container's"},
+	} {
+		s := State{
+			Networks: []Network{{Name: "br", Bridge: "br0",
+				Subnet: netip.MustParsePrefix("172.17.0.0/16"), Gateway: netip.MustParseAddr("172.17.0.1"),
+				Subnet6: netip.MustParsePrefix("fd00:17::/64"), Gateway6: netip.MustParseAddr("fd00:17::1")}},
+			Endpoints: []Endpoint{{Container: "a", Network: "br", Addr: c4, Addr6: c6, HostVeth: "veth0"}},
+			Ports:     tc.ports,
+		}
+		err := s.Validate()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.want != "" && (err == nil || err.Error() != tc.want):
+			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}

@@ -263,3 +263,87 @@ static __always_inline int parse6(struct __sk_buff *ctx, struct pkt6 *p)
 	}
 	return PARSE_OK;
 }
+
+static __always_inline __u32 l4_csum_off6(__u8 proto)
+{
+	if (proto == IPPROTO_TCP)
+		return offsetof(struct tcphdr, check);
+	if (proto == IPPROTO_UDP)
+		return offsetof(struct udphdr, check);
+	return offsetof(struct icmphdr, checksum);
+}
+
+/* l4_csummed6: the packet carries an L4 checksum that covers the
+ * pseudo-header (a later fragment carries none). */
+static __always_inline int l4_csummed6(const struct pkt6 *p)
+{
+	return p->frag != FRAG_LATER && (has_ports(p->t.proto) || p->t.proto == IPPROTO_ICMPV6);
+}
+
+/* rewrite6_addr writes address `to` at off in place of *cur (the tuple's),
+ * fixing the L4 checksum over the pseudo-header; IPv6 has no header
+ * checksum. Returns 0 or -DROP_REWRITE. */
+static __always_inline int rewrite6_addr(struct __sk_buff *ctx, struct pkt6 *p, __u32 off,
+					 __be32 *cur, const __be32 *to)
+{
+	if (ip6_eq(cur, to))
+		return 0;
+	if (l4_csummed6(p)) {
+		__s64 d = bpf_csum_diff(cur, 16, (__be32 *)to, 16, 0);
+		__u64 fl = BPF_F_PSEUDO_HDR;
+
+		if (p->t.proto == IPPROTO_UDP)
+			fl |= BPF_F_MARK_MANGLED_0;
+		if (d < 0 ||
+		    bpf_l4_csum_replace(ctx, p->l4_off + l4_csum_off6(p->t.proto), 0, d, fl) < 0)
+			return -DROP_REWRITE;
+	}
+	if (bpf_skb_store_bytes(ctx, off, to, 16, 0) < 0)
+		return -DROP_REWRITE;
+	ip6_copy(cur, to);
+	return 0;
+}
+
+static __always_inline int rewrite6_port(struct __sk_buff *ctx, struct pkt6 *p, __u32 field,
+					 __be16 from, __be16 to)
+{
+	__u64 fl = sizeof(to);
+
+	if (from == to || p->frag == FRAG_LATER)
+		return 0;
+	if (p->t.proto == IPPROTO_UDP)
+		fl |= BPF_F_MARK_MANGLED_0;
+	if (bpf_l4_csum_replace(ctx, p->l4_off + l4_csum_off6(p->t.proto), from, to, fl) < 0)
+		return -DROP_REWRITE;
+	if (bpf_skb_store_bytes(ctx, p->l4_off + field, &to, sizeof(to), 0) < 0)
+		return -DROP_REWRITE;
+	return 0;
+}
+
+/* rewrite6 turns the packet's tuple into (saddr:sport -> daddr:dport), as
+ * rewrite does for IPv4 (ICMPv6 echo: the identifier). Returns 0 or
+ * -DROP_REWRITE. */
+static __always_inline int rewrite6(struct __sk_buff *ctx, struct pkt6 *p, const __be32 *saddr,
+				    const __be32 *daddr, __be16 sport, __be16 dport)
+{
+	if (rewrite6_addr(ctx, p, IP6_SADDR_OFF, p->t.saddr, saddr) < 0 ||
+	    rewrite6_addr(ctx, p, IP6_DADDR_OFF, p->t.daddr, daddr) < 0)
+		return -DROP_REWRITE;
+	if (has_ports(p->t.proto)) {
+		if (rewrite6_port(ctx, p, 0, p->t.sport, sport) < 0 ||
+		    rewrite6_port(ctx, p, 2, p->t.dport, dport) < 0)
+			return -DROP_REWRITE;
+	} else if (p->t.proto == IPPROTO_ICMPV6) {
+		__u32 id_off = offsetof(struct icmphdr, un.echo.id);
+
+		if (p->icmp == ICMP_K_ECHO_REQ &&
+		    rewrite6_port(ctx, p, id_off, p->t.sport, sport) < 0)
+			return -DROP_REWRITE;
+		if (p->icmp == ICMP_K_ECHO_REPLY &&
+		    rewrite6_port(ctx, p, id_off, p->t.dport, dport) < 0)
+			return -DROP_REWRITE;
+	}
+	p->t.sport = sport;
+	p->t.dport = dport;
+	return 0;
+}
