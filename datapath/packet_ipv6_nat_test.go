@@ -6,10 +6,13 @@ package datapath
 // reverse), tracked in ct6.
 
 import (
+	"net"
 	"net/netip"
 	"testing"
 
 	"github.com/google/gopacket/layers"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // installTopology6 adds the IPv6 side of the test topology: host6 and
@@ -196,4 +199,200 @@ func TestPacketIPv6Fragments(t *testing.T) {
 	if n := e.event(EventFragTracked); n != 1 {
 		t.Errorf("%d fragments tracked, want 1", n)
 	}
+}
+
+// addAddrs6 puts addresses on the test namespace's loopback (up), so
+// that host sockets can bind them.
+func (e *packetEnv) addAddrs6(addrs ...netip.Addr) {
+	e.t.Helper()
+	e.inNetns("IPv6 addresses on loopback", func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(lo); err != nil {
+			return err
+		}
+		for _, a := range addrs {
+			if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(128, 128)}, Flags: unix.IFA_F_NODAD}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// TestPacketIPv6Masquerade: container IPv6 egress leaves with the
+// uplink's IPv6 address, its own source port (or ICMPv6 echo identifier)
+// kept when free, and its answers come back to the container; checksums
+// are right both ways. A TCP segment of no flow is never masqueraded, and
+// a network without masquerade leaves with its own address, tracked.
+func TestPacketIPv6Masquerade(t *testing.T) {
+	e := newPacketEnv(t, Options{})
+	e.installTopology6()
+	tcp, udp := uint8(layers.IPProtocolTCP), uint8(layers.IPProtocolUDP)
+	out := func(p packet6) []byte { return p.fromCtr(upMAC, routerMAC).frame() }
+
+	for _, c := range []struct {
+		name   string
+		req    packet6
+		answer packet6
+		rport  uint16
+	}{
+		{"tcp", tcp6(ctrA6, 40000, remote6, 443), func() packet6 { p := tcp6(remote6, 443, host6, 40000); p.ack = true; return p }(), 443},
+		{"udp", udp6(ctrA6, 40001, remote6, 53), udp6(remote6, 53, host6, 40001), 53},
+	} {
+		v, o := e.toNetdev(out(c.req))
+		expectVerdict(t, v, TC_ACT_OK)
+		expectTuple6(t, c.name+" out", parse6Frame(t, c.name, o), host6, c.req.sport, remote6, c.rport)
+		v, o = e.fromNetdev(c.answer.frame())
+		expectVerdict(t, v, TC_ACT_OK)
+		expectTuple6(t, c.name+" answer", parse6Frame(t, c.name+" answer", o), remote6, c.rport, ctrA6, c.req.sport)
+	}
+	// ICMPv6 echo by identifier.
+	v, o := e.toNetdev(out(echo6(ctrA6, remote6, 77, false)))
+	expectVerdict(t, v, TC_ACT_OK)
+	got := parse6Frame(t, "echo", o)
+	expectTuple6(t, "echo", got, host6, 77, remote6, 0)
+	v, o = e.fromNetdev(echo6(remote6, host6, 77, true).frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	expectTuple6(t, "echo reply", parse6Frame(t, "echo reply", o), remote6, 77, ctrA6, 0)
+
+	// A second container on the same source port and destination gets
+	// another port: never a tuple another flow holds.
+	v, o = e.toNetdev(out(udp6(ctrB6, 40001, remote6, 53)))
+	expectVerdict(t, v, TC_ACT_OK)
+	got = parse6Frame(t, "udp clash", o)
+	if got.src != host6 || got.sport == 40001 || got.sport < DefaultNATPortMin || got.sport > DefaultNATPortMax {
+		t.Errorf("clashing flow left as [%s]:%d, want host6 and another port of the range", got.src, got.sport)
+	}
+	if n := e.event(EventCTNewSNAT); n != 4 {
+		t.Errorf("%d new masqueraded flows, want 4", n)
+	}
+
+	// A host flow whose reply tuple the TCP flow holds ([remote6]:443 ->
+	// [host6]:40000) gets a port of its own; one on a free port is left
+	// alone.
+	v, o = e.toNetdev(out(tcp6(host6, 40000, remote6, 443)))
+	expectVerdict(t, v, TC_ACT_OK)
+	if got := parse6Frame(t, "host remap", o); got.sport == 40000 || got.src != host6 {
+		t.Errorf("the host flow left as [%s]:%d, want host6 and another port", got.src, got.sport)
+	}
+	if n := e.event(EventNATHostRemap); n != 1 {
+		t.Errorf("%d host flows remapped, want 1", n)
+	}
+	v, o = e.toNetdev(out(tcp6(host6, 40500, remote6, 443)))
+	expectVerdict(t, v, TC_ACT_OK)
+	expectTuple6(t, "free host flow", parse6Frame(t, "free host flow", o), host6, 40500, remote6, 443)
+
+	// TCP without SYN and without a flow: dropped, never masqueraded.
+	mid := tcp6(ctrA6, 40100, remote6, 443)
+	mid.syn, mid.ack = false, true
+	v, _ = e.toNetdev(out(mid))
+	expectVerdict(t, v, TC_ACT_SHOT)
+	e.expectDrops(map[DropReason]uint64{DropCTMiss: 1})
+
+	// br1 does not masquerade: C leaves as itself, and its answer gets
+	// in (tracked), where a packet of no flow straight to C would not.
+	v, o = e.toNetdev(out(tcp6(ctrC6, 42000, remote6, 443)))
+	expectVerdict(t, v, TC_ACT_OK)
+	expectTuple6(t, "unmasqueraded", parse6Frame(t, "unmasqueraded", o), ctrC6, 42000, remote6, 443)
+	if _, ok := e.ct6()[ct6Key(tcp, remote6, 443, ctrC6, 42000)]; !ok {
+		t.Errorf("the unmasqueraded flow's answer has no ct6 entry")
+	}
+	ans := tcp6(remote6, 443, ctrC6, 42000)
+	ans.ack = true
+	v, _ = e.fromNetdev(ans.frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	v, _ = e.fromNetdev(tcp6(remote6, 443, ctrC6, 42001).frame())
+	expectVerdict(t, v, TC_ACT_SHOT)
+	e.expectDrops(map[DropReason]uint64{DropCTMiss: 1, DropNotPublished: 1})
+
+	// host_ipv6: the network's own host address instead of the uplink's.
+	e.put(e.objs.Nets6, bpfNet6Key{Prefixlen: 64, Addr: be128(net6a.Addr())}, bpfNet6Info{Flags: netFMasq, NetId: 1, HostAddr: be128(host6b)})
+	v, o = e.toNetdev(out(udp6(ctrA6, 40600, remote6, 53)))
+	expectVerdict(t, v, TC_ACT_OK)
+	expectTuple6(t, "host_ipv6", parse6Frame(t, "host_ipv6", o), host6b, 40600, remote6, 53)
+	v, o = e.fromNetdev(udp6(remote6, 53, host6b, 40600).frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	expectTuple6(t, "host_ipv6 answer", parse6Frame(t, "host_ipv6 answer", o), remote6, 53, ctrA6, 40600)
+	if _, ok := e.ct6()[ct6Key(udp, remote6, 53, host6b, 40600)]; !ok {
+		t.Errorf("no reply entry on host6b")
+	}
+}
+
+// TestPacketIPv6MasqueradeCollisions: a masqueraded IPv6 flow never takes
+// a port a host socket uses, a published IPv6 port's, or one another flow
+// holds: with a range of one port, the flow whose own port is taken gets
+// that one, and the next one finds none and is dropped. Each refusal's
+// twin (the free port) is taken.
+func TestPacketIPv6MasqueradeCollisions(t *testing.T) {
+	const spare = 41000
+	e := newPacketEnv(t, Options{NATPortMin: spare, NATPortMax: spare})
+	e.installTopology6()
+	e.addAddrs6(host6, remote6)
+	udp := uint8(layers.IPProtocolUDP)
+	out := func(p packet6) []byte { return p.fromCtr(upMAC, routerMAC).frame() }
+
+	// Free: kept.
+	v, o := e.toNetdev(out(udp6(ctrA6, 40000, remote6, 53)))
+	expectVerdict(t, v, TC_ACT_OK)
+	expectTuple6(t, "free port", parse6Frame(t, "free", o), host6, 40000, remote6, 53)
+
+	// A host socket on [host6]:40001 connected to [remote6]:53: the
+	// container's flow from 40001 gets the spare port.
+	e.inNetns("host UDP socket", func() error {
+		c, err := net.DialUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(host6, 40001)), net.UDPAddrFromAddrPort(netip.AddrPortFrom(remote6, 53)))
+		if err == nil {
+			t.Cleanup(func() { c.Close() })
+		}
+		return err
+	})
+	v, o = e.toNetdev(out(udp6(ctrA6, 40001, remote6, 53)))
+	expectVerdict(t, v, TC_ACT_OK)
+	expectTuple6(t, "host socket's port", parse6Frame(t, "host socket", o), host6, spare, remote6, 53)
+	if e.event(EventNATHostSocket) == 0 {
+		t.Errorf("the host socket's port was not refused as such")
+	}
+
+	// A published IPv6 port (on ::) is never a masquerade port: with the
+	// spare port held too, the flow is dropped.
+	e.publish6(udp, netip.Addr{}, 40002, ctrB6, 53, 1)
+	v, _ = e.toNetdev(out(udp6(ctrA6, 40002, remote6, 53)))
+	expectVerdict(t, v, TC_ACT_SHOT)
+	e.expectDrops(map[DropReason]uint64{DropNATExhausted: 1})
+	// Its twin: port 40003, free, is kept.
+	v, o = e.toNetdev(out(udp6(ctrA6, 40003, remote6, 53)))
+	expectVerdict(t, v, TC_ACT_OK)
+	expectTuple6(t, "free port 40003", parse6Frame(t, "free", o), host6, 40003, remote6, 53)
+
+	// A host flow whose reply tuple a translation holds ([remote6]:53 ->
+	// [host6]:40000, the first flow's) gets a port of its own.
+	// the only spare port is held, so it cannot be remapped: dropped,
+	// never sent on the held tuple.
+	v, _ = e.toNetdev(out(udp6(host6, 40000, remote6, 53)))
+	expectVerdict(t, v, TC_ACT_SHOT)
+	e.expectDrops(map[DropReason]uint64{DropNATExhausted: 2})
+}
+
+// TestPacketIPv6Spoofed: a container's IPv6 egress from its own address
+// passes its veth; from another container's address, or from an address
+// no endpoint has, it is dropped as spoofed.
+func TestPacketIPv6Spoofed(t *testing.T) {
+	e := newPacketEnv(t, Options{})
+	e.installTopology6()
+	e.installTopology()
+	e.put(e.objs.Veths, e.idx["vetha"], bpfEndpoint{Ifindex: e.idx["vetha"], BridgeIfindex: e.idx["br0"], NetId: 1, Addr: be32(ctrA), CtrId: 1})
+	e.put(e.objs.Endpoints6, bpfIn6Key{A: be128(ctrA6)}, bpfEndpoint6{Ep: bpfEndpoint{Ifindex: e.idx["vetha"], NetId: 1, CtrId: 1}})
+	e.put(e.objs.Endpoints6, bpfIn6Key{A: be128(ctrB6)}, bpfEndpoint6{Ep: bpfEndpoint{Ifindex: e.idx["vethb"], NetId: 1, CtrId: 2}})
+	v, _ := e.fromContainer("vetha", tcp6(ctrA6, 40000, remote6, 443).fromCtr(macA, gwMAC).frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	for _, src := range []netip.Addr{ctrB6, netip.MustParseAddr("fd00:17::99"), client6} {
+		v, _ = e.fromContainer("vetha", tcp6(src, 40000, remote6, 443).fromCtr(macA, gwMAC).frame())
+		expectVerdict(t, v, TC_ACT_SHOT)
+	}
+	e.expectDrops(map[DropReason]uint64{DropSpoofed: 3})
+	// Neighbour Discovery from the veth is never judged.
+	v, _ = e.fromContainer("vetha", nd6(ctrB6, gw6, 136).fromCtr(macA, gwMAC).frame())
+	expectVerdict(t, v, TC_ACT_OK)
 }

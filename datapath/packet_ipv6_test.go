@@ -293,12 +293,25 @@ func (e *packetEnv) runAll6(frame []byte) map[string][2]any {
 	return out
 }
 
+// parseOnly lets vetha send from any address, so that the parsing tests
+// run the same frames through every hook without the sender check
+// (TestPacketIPv6Spoofed has that).
+func (e *packetEnv) parseOnly() {
+	var ep bpfEndpoint
+	if err := e.objs.Veths.Lookup(e.idx["vetha"], &ep); err != nil {
+		e.t.Fatal(err)
+	}
+	ep.EpFlags |= epFForeignSrc
+	e.put(e.objs.Veths, e.idx["vetha"], ep)
+}
+
 // TestPacketIPv6NDPassthrough: Neighbour Discovery, MLD and link-local
 // traffic pass every hook untouched, and are counted nowhere as drops;
 // their twin, a global TCP SYN with the same addresses but one, passes
 // too and is what the translations of later tests act on.
 func TestPacketIPv6NDPassthrough(t *testing.T) {
 	e := newPacketEnv(t, Options{})
+	e.parseOnly()
 	cases := map[string]packet6{
 		"router solicitation":    nd6(linkLoc6, netip.MustParseAddr("ff02::2"), 133),
 		"router advertisement":   nd6(netip.MustParseAddr("fe80::1"), netip.MustParseAddr("ff02::1"), 134),
@@ -341,6 +354,7 @@ func TestPacketIPv6NDPassthrough(t *testing.T) {
 // are dropped as malformed. Nothing changes a frame it passes.
 func TestPacketIPv6ExtHeaders(t *testing.T) {
 	e := newPacketEnv(t, Options{})
+	e.parseOnly()
 	chain := func(n int) []v6Ext {
 		out := []v6Ext{extOpts(0)}
 		for len(out) < n {
@@ -406,6 +420,7 @@ func TestPacketIPv6ExtHeaders(t *testing.T) {
 // passes.
 func TestPacketIPv6Malformed(t *testing.T) {
 	e := newPacketEnv(t, Options{})
+	e.parseOnly()
 	whole := tcp6(client6, 40000, remote6, 80).frame()
 	udpWhole := udp6(client6, 40000, remote6, 53).frame()
 	cases := map[string][]byte{

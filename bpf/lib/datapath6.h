@@ -8,10 +8,12 @@
  * the 512 bytes a program may have).
  *
  * What IPv6 has so far: published ports (DNAT at from_netdev, its
- * reverse at to_netdev) tracked in ct6, later fragments following their
- * first by fragment identification, and the nat gateway mode's refusal
- * of direct access from the outside. Packets go through the stack (no
- * fast path for IPv6 yet). */
+ * reverse at to_netdev) and masquerade of container egress (TCP, UDP,
+ * ICMPv6 echo by identifier, ports allocated as for IPv4, never one a host
+ * socket or another flow holds), tracked in ct6; later fragments follow
+ * their first by fragment identification; the sender check of container
+ * egress; the gateway modes' judgement of direct access from the outside.
+ * Packets go through the stack (no fast path for IPv6 yet). */
 #pragma once
 
 #include "common.h"
@@ -79,6 +81,84 @@ static __always_inline struct port6_target *published6_lookup(struct port6_key *
 		return t;
 	__builtin_memset(k->addr, 0, sizeof(k->addr));
 	return bpf_map_lookup_elem(&published6, k);
+}
+
+/* track6_untranslated tracks a flow that crosses the uplink with its own
+ * addresses, seen first at hook `at` (CT_AT_TO_NETDEV: from a network
+ * without masquerade; CT_AT_FROM_NETDEV: from the outside straight to a
+ * container its gateway mode lets in), so that its answers get through
+ * unchanged (track_routed and gw_direct_track for IPv4). Returns 0 or
+ * -DROP_CT_FULL. */
+static __always_inline int track6_untranslated(struct pkt6 *p, __u8 at, __u64 now)
+{
+	struct ct6_entry ne = {};
+	struct ct6_entry *e;
+	struct endpoint6 *ep;
+	int r;
+
+	if (p->frag == FRAG_LATER ||
+	    !(has_ports(p->t.proto) || p->icmp == ICMP_K_ECHO_REQ))
+		return 0;
+	ip6_copy(ne.nsaddr, p->t.saddr);
+	ip6_copy(ne.ndaddr, p->t.daddr);
+	ne.nsport = p->t.sport;
+	ne.ndport = p->t.dport;
+	ne.flags = at;
+	ne.peer_flags = (at == CT_AT_TO_NETDEV ? CT_AT_FROM_NETDEV : CT_AT_TO_NETDEV) | CT_REPLY;
+	ne.kind = CT_ROUTED;
+	ep = bpf_map_lookup_elem(&endpoints6, at == CT_AT_TO_NETDEV ? p->t.saddr : p->t.daddr);
+	if (ep)
+		ne.ifindex = ep->ep.ifindex;
+	r = ct6_create(&p->t, &ne, now);
+	if (r < 0)
+		return r;
+	e = bpf_map_lookup_elem(&ct6, &p->t);
+	if (e)
+		ct6_touch(&p->t, e, p, now);
+	if (at == CT_AT_FROM_NETDEV)
+		count_event(EV_CT_NEW_DIRECT);
+	return 0;
+}
+
+/* host6_flow_collides is host_flow_collides (datapath.c) for IPv6: a host
+ * flow that opens with a reply tuple a translated flow holds gets a
+ * source port of its own. */
+static __always_inline int host6_flow_collides(const struct pkt6 *p, __u64 now)
+{
+	struct ct6_key rk = {.sport = p->t.dport, .dport = p->t.sport, .proto = p->t.proto};
+
+	if (p->frag == FRAG_LATER)
+		return 0;
+	if (p->t.proto == IPPROTO_TCP) {
+		if ((p->tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
+			return 0;
+	} else if (p->t.proto != IPPROTO_UDP && p->icmp != ICMP_K_ECHO_REQ) {
+		return 0;
+	}
+	ip6_copy(rk.saddr, p->t.daddr);
+	ip6_copy(rk.daddr, p->t.saddr);
+	return ct6_lookup(&rk, CT_AT_FROM_NETDEV, now) != 0;
+}
+
+/* src6_allowed is src_allowed (lib/isolation.h) for IPv6: the endpoint ep
+ * of the veth may send from a: its own IPv6 address (or another endpoint's
+ * of the same container), any with EP_F_FOREIGN_SRC, and for a veth whose
+ * container is not known yet an address of its bridge's network. */
+static __always_inline int src6_allowed(const struct endpoint *ep, const __be32 *a)
+{
+	struct endpoint6 *other;
+	struct net6_info *ni;
+
+	if (ep->ep_flags & EP_F_FOREIGN_SRC)
+		return 1;
+	other = bpf_map_lookup_elem(&endpoints6, a);
+	if (other)
+		return other->ep.ifindex == ep->ifindex ||
+		       (ep->ctr_id && other->ep.ctr_id == ep->ctr_id);
+	if (ep->addr)
+		return 0;
+	ni = container_net6(a);
+	return ni && ni->net_id == ep->net_id;
 }
 
 /* v6_direct_allowed is gw_direct_allowed (lib/gwmode.h) for IPv6: a packet
@@ -166,6 +246,12 @@ unknown:
 			r = v6_direct_allowed(&p, net->flags);
 			if (r < 0)
 				return r;
+			/* Tracked untranslated, so that the container's answers
+			 * leave as they are instead of being masqueraded. */
+			r = track6_untranslated(&p, CT_AT_FROM_NETDEV, now);
+			if (r < 0)
+				return r;
+			frag6_record(&p, &orig);
 		}
 	}
 	return TC_ACT_OK;
@@ -178,6 +264,9 @@ static __always_inline int handle6_to_netdev(struct __sk_buff *ctx)
 	struct pkt6 p = {};
 	struct ct6_key orig;
 	struct ct6_entry *e;
+	struct net6_info *net;
+	struct uplink6 *up;
+	__be16 own;
 	int r = parse6_flow(ctx, &p);
 
 	if (r < 0)
@@ -195,18 +284,88 @@ static __always_inline int handle6_to_netdev(struct __sk_buff *ctx)
 		if (r < 0)
 			return r;
 		frag6_record(&p, &orig);
+		return TC_ACT_OK;
 	}
+
+	/* Masquerade: a new flow from a container network, or a host flow
+	 * that needs a port of its own. A bridge's gateway address is the
+	 * host's, not a container's. */
+	net = container_net6(p.t.saddr);
+	if (net && bpf_map_lookup_elem(&host_addrs6, p.t.saddr))
+		net = 0;
+	if (!net) {
+		if (!host6_flow_collides(&p, now))
+			return TC_ACT_OK;
+		own = 0;
+	} else {
+		if (p.frag == FRAG_LATER)
+			return TC_ACT_OK;
+		if (!has_ports(p.t.proto) && p.icmp != ICMP_K_ECHO_REQ)
+			return TC_ACT_OK;
+		if (!(net->flags & NET_F_MASQ)) {
+			if (net->flags & NET_F_INTERNAL)
+				return TC_ACT_OK;
+			r = track6_untranslated(&p, CT_AT_TO_NETDEV, now);
+			return r < 0 ? r : TC_ACT_OK;
+		}
+		if (p.t.proto == IPPROTO_TCP && (p.tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
+			return -DROP_CT_MISS;
+		own = p.t.sport;
+	}
+	{
+		__u32 ifindex = ctx->ifindex;
+
+		up = bpf_map_lookup_elem(&uplinks6, &ifindex);
+	}
+	if (!up || ip6_is_zero(up->addr) || (!net && !ip6_eq(up->addr, p.t.saddr)))
+		return TC_ACT_OK;
+	{
+		struct ct6_entry ne = {};
+		struct endpoint6 *ep = net ? bpf_map_lookup_elem(&endpoints6, p.t.saddr) : 0;
+
+		/* A network's own host address (host_ipv6), else the uplink's. */
+		if (net && !ip6_is_zero(net->host_addr))
+			ip6_copy(ne.nsaddr, net->host_addr);
+		else
+			ip6_copy(ne.nsaddr, up->addr);
+		ip6_copy(ne.ndaddr, p.t.daddr);
+		ne.ndport = p.t.dport;
+		ne.flags = CT_AT_TO_NETDEV;
+		ne.peer_flags = CT_AT_FROM_NETDEV | CT_REPLY;
+		ne.kind = CT_SNAT;
+		if (ep)
+			ne.ifindex = ep->ep.ifindex;
+		r = ct6_create_nat(ctx, &p.t, &ne, own, now);
+		if (r < 0)
+			return r;
+		e = bpf_map_lookup_elem(&ct6, &p.t);
+		if (e)
+			ct6_touch(&p.t, e, &p, now);
+		count_event(net ? EV_CT_NEW_SNAT : EV_NAT_HOST_REMAP);
+		r = apply6(ctx, &p, &ne);
+		if (r < 0)
+			return r;
+	}
+	frag6_record(&p, &orig);
 	return TC_ACT_OK;
 }
 
 /* handle6_from_container: the body of from_container6, from_container for IPv6. */
 static __always_inline int handle6_from_container(struct __sk_buff *ctx)
 {
+	__u32 ifindex = ctx->ifindex;
+	struct endpoint *src;
 	struct pkt6 p = {};
 	int r = parse6(ctx, &p);
 
 	if (r < 0)
 		return r;
+	if (r == PARSE_PASS)
+		return TC_ACT_OK;
+	/* A veth nobody told us about fails closed, as for IPv4. */
+	src = bpf_map_lookup_elem(&veths, &ifindex);
+	if (!src || !src6_allowed(src, p.t.saddr))
+		return -DROP_SPOOFED;
 	return TC_ACT_OK;
 }
 
