@@ -985,6 +985,11 @@ func fuzzSeeds6() [][]byte {
 		withExt(tcp6(client6, 50002, host6, 8080), extOpts(0), extOpts(60), extRouting(), extFrag(0, true, 5), extAuth(), extOpts(60)),
 		withExt(udp6(client6, 50003, host6, 5353), extFrag(2, false, 5)),
 		withExt(tcp6(client6, 50004, host6, 8080), extOpts(60), extOpts(0)),
+		tcp6(ctrA6, 40000, host6, 8080).fromCtr(macA, gwMAC).frame(),
+		udp6(ctrA6, 40001, remote6, 53).fromCtr(upMAC, routerMAC).frame(),
+		echo6(ctrA6, remote6, 78, false).fromCtr(upMAC, routerMAC).frame(),
+		echo6(remote6, host6, 78, true).frame(),
+		tcp6(client6, 50006, ctrA6, 80).frame(),
 	}
 	cut := tcp6(client6, 50005, host6, 8080).frame()
 	return append(seeds, cut[:14+40+8])

@@ -120,8 +120,8 @@ func dualStackLab(t *testing.T, ports []PortMapping) (*labDatapath, *lab.Externa
 // TestLabIPv6DualStack: on one dual-stack network, the IPv4 and the IPv6
 // published port of a container answer in the same run, each with the
 // client's own address; straight to the container's IPv6 address is
-// refused (its twin, through the published port, gets in); the
-// container's IPv6 egress reaches the outside with the uplink's address,
+// refused (its twin, through the published port, gets in); hairpin from
+// the other container and from itself; the container's IPv6 egress reaches the outside with the uplink's address,
 // TCP and ping -6 alike, and the flows show in ct6.
 func TestLabIPv6DualStack(t *testing.T) {
 	lab.RequireTools(t, "busybox")
@@ -186,6 +186,28 @@ func TestLabIPv6DualStack(t *testing.T) {
 	out, err = ext.Command(ctx, "busybox", "ping", "-6", "-c", "1", "-W", "1", labCtr6[0].String()).CombinedOutput()
 	if err == nil {
 		t.Errorf("ping -6 of the container from the outside answered:\n%s", out)
+	}
+
+	// Hairpin: the other container through the host's IPv6 published
+	// port, seen with its own address; the container to itself, seen
+	// from the gateway.
+	c1 := l.topo.Containers[1]
+	for _, c := range []struct {
+		from *lab.Container
+		want netip.Addr
+	}{{c1, labCtr6[1]}, {c0, labGw6}} {
+		got, err := c.from.Greeting("[" + labHost6.String() + "]:8080")
+		if err != nil {
+			t.Errorf("hairpin from %s: %v", c.from.Name, err)
+			continue
+		}
+		if got != c.want.String() {
+			t.Errorf("hairpin from %s: the container saw %s, want %s", c.from.Name, got, c.want)
+		}
+	}
+	// Its twin: a port not published on the host's address is refused.
+	if _, err := c1.Greeting("[" + labHost6.String() + "]:8090"); err == nil {
+		t.Errorf("an unpublished host port answered the container")
 	}
 
 	ct := mustRead(t, l.dp.Conntrack)

@@ -396,3 +396,112 @@ func TestPacketIPv6Spoofed(t *testing.T) {
 	v, _ = e.fromContainer("vetha", nd6(ctrB6, gw6, 136).fromCtr(macA, gwMAC).frame())
 	expectVerdict(t, v, TC_ACT_OK)
 }
+
+// setVethFlags sets the network flags of veth's endpoint (as Apply
+// copies its network's).
+func (e *packetEnv) setVethFlags(veth string, f bpfNetFlags) {
+	e.t.Helper()
+	var ep bpfEndpoint
+	if err := e.objs.Veths.Lookup(e.idx[veth], &ep); err != nil {
+		e.t.Fatal(err)
+	}
+	ep.Flags = f
+	e.put(e.objs.Veths, e.idx[veth], ep)
+}
+
+// TestPacketIPv6Hairpin: a container to a published IPv6 port of the host
+// reaches the target container with its own address kept, the answer
+// comes back from the published address at the client's veth; to its own
+// published port it comes from the gateway, and the answer to the gateway
+// goes back through from_container. Checksums are right all along.
+func TestPacketIPv6Hairpin(t *testing.T) {
+	e := newPacketEnv(t, Options{})
+	e.installTopology6()
+	tcp := uint8(layers.IPProtocolTCP)
+	e.publish6(tcp, netip.Addr{}, 8080, ctrB6, 80, 1)
+	e.publish6(tcp, netip.Addr{}, 8081, ctrA6, 81, 2)
+
+	v, o := e.fromContainer("vetha", tcp6(ctrA6, 40000, host6, 8080).fromCtr(macA, gwMAC).frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	expectTuple6(t, "hairpin", parse6Frame(t, "hairpin", o), ctrA6, 40000, ctrB6, 80)
+	ans := tcp6(ctrB6, 80, ctrA6, 40000)
+	ans.ack = true
+	// B answers A on the bridge: from_container passes it (a tracked
+	// answer), to_container on A's veth puts the published address back.
+	v, o = e.fromContainer("vethb", ans.fromCtr(macB, macA).frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	expectTuple6(t, "answer at B's veth", parse6Frame(t, "answer", o), ctrB6, 80, ctrA6, 40000)
+	v, o = e.toContainer("vetha", o[:len(ans.frame())])
+	expectVerdict(t, v, TC_ACT_OK)
+	expectTuple6(t, "answer into A", parse6Frame(t, "answer into A", o), host6, 8080, ctrA6, 40000)
+
+	// To itself: from the gateway.
+	v, o = e.fromContainer("vetha", tcp6(ctrA6, 40001, host6, 8081).fromCtr(macA, gwMAC).frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	got := parse6Frame(t, "hairpin to itself", o)
+	if got.src != gw6 || got.dst != ctrA6 || got.dport != 81 {
+		t.Fatalf("hairpin to itself: [%s]:%d -> [%s]:%d, want from %s to [%s]:81", got.src, got.sport, got.dst, got.dport, gw6, ctrA6)
+	}
+	self := tcp6(ctrA6, 81, gw6, got.sport)
+	self.ack = true
+	v, o = e.fromContainer("vetha", self.fromCtr(macA, gwMAC).frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	expectTuple6(t, "answer to itself", parse6Frame(t, "answer to itself", o), host6, 8081, ctrA6, 40001)
+	if n := e.event(EventCTNewHairpin); n != 2 {
+		t.Errorf("%d hairpin flows, want 2", n)
+	}
+	e.expectDrops(nil)
+}
+
+// TestPacketIPv6Isolation: between the IPv6 addresses of two networks,
+// dropped as isolation (the same container to its own network passes);
+// with enable_icc=false, between containers of one network, dropped as
+// icc (to the host it passes); from an internal network out, dropped as
+// internal (inside it passes); a hairpin answer between networks is
+// tracked and passes.
+func TestPacketIPv6Isolation(t *testing.T) {
+	e := newPacketEnv(t, Options{})
+	e.installTopology6()
+	send := func(dst netip.Addr) uint32 {
+		v, _ := e.fromContainer("vetha", tcp6(ctrA6, 40000, dst, 80).fromCtr(macA, gwMAC).frame())
+		return v
+	}
+	expectVerdict(t, send(ctrC6), TC_ACT_SHOT)
+	expectVerdict(t, send(ctrB6), TC_ACT_OK)
+	e.expectDrops(map[DropReason]uint64{DropIsolation: 1})
+
+	e.setVethFlags("vetha", netFMasq|netFNoICC)
+	expectVerdict(t, send(ctrB6), TC_ACT_SHOT)
+	expectVerdict(t, send(host6), TC_ACT_OK)
+	expectVerdict(t, send(gw6), TC_ACT_OK)
+	e.expectDrops(map[DropReason]uint64{DropIsolation: 1, DropICC: 1})
+
+	e.setVethFlags("vetha", netFInternal)
+	expectVerdict(t, send(remote6), TC_ACT_SHOT)
+	expectVerdict(t, send(ctrB6), TC_ACT_OK)
+	e.expectDrops(map[DropReason]uint64{DropIsolation: 1, DropICC: 1, DropInternal: 1})
+	// An internal network's container may not reach another network's
+	// published port either; its own network's it may.
+	tcp := uint8(layers.IPProtocolTCP)
+	e.publish6(tcp, netip.Addr{}, 8080, ctrC6, 80, 1)
+	e.publish6(tcp, netip.Addr{}, 8081, ctrB6, 80, 2)
+	expectVerdict(t, func() uint32 {
+		v, _ := e.fromContainer("vetha", tcp6(ctrA6, 40001, host6, 8080).fromCtr(macA, gwMAC).frame())
+		return v
+	}(), TC_ACT_SHOT)
+	expectVerdict(t, func() uint32 {
+		v, _ := e.fromContainer("vetha", tcp6(ctrA6, 40002, host6, 8081).fromCtr(macA, gwMAC).frame())
+		return v
+	}(), TC_ACT_OK)
+	e.expectDrops(map[DropReason]uint64{DropIsolation: 1, DropICC: 1, DropInternal: 2})
+
+	// A hairpin from C (br1) to B's published port: B's answer to C
+	// crosses networks, and passes as the answer of a tracked flow.
+	v, _ := e.fromContainer("vethc", tcp6(ctrC6, 40003, host6, 8081).fromCtr(macC, gw2MAC).frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	ans := tcp6(ctrB6, 80, ctrC6, 40003)
+	ans.ack = true
+	v, _ = e.fromContainer("vethb", ans.fromCtr(macB, gwMAC).frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	e.expectDrops(map[DropReason]uint64{DropIsolation: 1, DropICC: 1, DropInternal: 2})
+}

@@ -12,7 +12,9 @@
  * ICMPv6 echo by identifier, ports allocated as for IPv4, never one a host
  * socket or another flow holds), tracked in ct6; later fragments follow
  * their first by fragment identification; the sender check of container
- * egress; the gateway modes' judgement of direct access from the outside.
+ * egress; hairpin, the isolation of networks, enable_icc=false and
+ * internal networks; the gateway modes' judgement of direct access from
+ * the outside.
  * Packets go through the stack (no fast path for IPv6 yet). */
 #pragma once
 
@@ -350,13 +352,67 @@ static __always_inline int handle6_to_netdev(struct __sk_buff *ctx)
 	return TC_ACT_OK;
 }
 
-/* handle6_from_container: the body of from_container6, from_container for IPv6. */
+/* iso6_verdict is iso_verdict (lib/isolation.h) for IPv6: a packet a
+ * container sends that no translation claimed, judged by the network of
+ * the veth it came from (src) against that of its destination (dst, its
+ * endpoint, else the IPv6 prefix holding it). 0 when it may go on, else
+ * the negative drop reason. Link-local and multicast never get here
+ * (parse6). */
+static __always_inline int iso6_verdict(const struct pkt6 *p, const struct endpoint *src,
+					const struct endpoint6 *dst, int to_host, __u64 now)
+{
+	struct ct6_entry *e;
+	__u32 id;
+	int reason;
+
+	if (to_host)
+		return 0;
+	if (dst) {
+		id = dst->ep.net_id;
+	} else {
+		struct net6_info *ni = container_net6(p->t.daddr);
+
+		if (!ni)
+			return (src->flags & NET_F_INTERNAL) ? -DROP_INTERNAL : 0;
+		id = ni->net_id;
+	}
+	if (id == src->net_id) {
+		if (!(src->flags & NET_F_NO_ICC))
+			return 0;
+		reason = -DROP_ICC;
+	} else {
+		reason = -DROP_ISOLATION;
+	}
+	/* The answer of a tracked flow (a hairpin's) may go back. */
+	e = bpf_map_lookup_elem(&ct6, &p->t);
+	return e && e->expires >= now ? 0 : reason;
+}
+
+/* iso6_hairpin is iso_hairpin for IPv6: only an internal network keeps
+ * its containers from the published ports of others. */
+static __always_inline int iso6_hairpin(const struct endpoint *src, const __be32 *target)
+{
+	struct endpoint6 *d;
+
+	if (!(src->flags & NET_F_INTERNAL))
+		return 0;
+	d = bpf_map_lookup_elem(&endpoints6, target);
+	return d && d->ep.net_id == src->net_id ? 0 : -DROP_INTERNAL;
+}
+
+/* handle6_from_container: the body of from_container6, from_container for
+ * IPv6: the sender check, hairpin to published IPv6 ports of the host,
+ * the isolation of networks, enable_icc=false and internal networks. */
 static __always_inline int handle6_from_container(struct __sk_buff *ctx)
 {
+	__u64 now = bpf_ktime_get_ns();
 	__u32 ifindex = ctx->ifindex;
 	struct endpoint *src;
+	struct endpoint6 *dst;
+	struct ct6_key orig;
+	struct ct6_entry *e;
 	struct pkt6 p = {};
-	int r = parse6(ctx, &p);
+	int r = parse6_flow(ctx, &p);
 
 	if (r < 0)
 		return r;
@@ -366,16 +422,110 @@ static __always_inline int handle6_from_container(struct __sk_buff *ctx)
 	src = bpf_map_lookup_elem(&veths, &ifindex);
 	if (!src || !src6_allowed(src, p.t.saddr))
 		return -DROP_SPOOFED;
+	orig = p.t;
+	if (p.icmp == ICMP_K_ERROR || (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport))
+		goto plain;
+
+	e = bpf_map_lookup_elem(&ct6, &p.t);
+	if (e && e->expires < now)
+		e = 0;
+	if (e && !(e->flags & CT_AT_FROM_CONTAINER)) {
+		/* A flow the uplink's egress translates (an answer of a
+		 * published port, a masqueraded or routed connection): it goes
+		 * out, but for an internal network's. */
+		if ((e->flags & CT_AT_TO_NETDEV) && !(src->flags & NET_F_INTERNAL))
+			return TC_ACT_OK;
+		e = 0;
+	}
+	if (e && p.t.proto == IPPROTO_TCP && (p.tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN &&
+	    (e->tcp_seen & (TCPF_FIN | TCPF_RST))) {
+		struct ct6_key pk;
+
+		ct6_peer_key(e, p.t.proto, &pk);
+		bpf_map_delete_elem(&ct6, &pk);
+		bpf_map_delete_elem(&ct6, &p.t);
+		e = 0;
+	}
+	if (!e) {
+		/* Hairpin: a container to a published port of the host. */
+		struct port6_key pk = {.port = p.t.dport, .proto = p.t.proto};
+		struct ct6_entry ne = {};
+		struct port6_target *t;
+
+		ip6_copy(pk.addr, p.t.daddr);
+		if (!has_ports(p.t.proto) || p.frag == FRAG_LATER || !(t = published6_lookup(&pk)))
+			goto plain;
+		r = iso6_hairpin(src, t->addr);
+		if (r)
+			return r;
+		if (t->allow_id)
+			return -DROP_PORT_DENIED;
+		ip6_copy(ne.nsaddr, p.t.saddr);
+		ip6_copy(ne.ndaddr, t->addr);
+		ne.nsport = p.t.sport;
+		ne.ndport = t->port;
+		ne.flags = CT_AT_FROM_CONTAINER;
+		ne.peer_flags = CT_AT_TO_CONTAINER | CT_REPLY;
+		ne.kind = CT_HAIRPIN;
+		ne.ifindex = src->ifindex;
+		if (ip6_eq(t->addr, p.t.saddr)) {
+			/* To itself: from the gateway, as Docker's MASQUERADE of
+			 * hairpin traffic; the answer comes back through this
+			 * hook. */
+			struct endpoint6 *me = bpf_map_lookup_elem(&endpoints6, p.t.saddr);
+
+			if (!me || ip6_is_zero(me->gw6))
+				goto plain;
+			ip6_copy(ne.nsaddr, me->gw6);
+			ne.peer_flags = CT_AT_FROM_CONTAINER | CT_REPLY;
+			r = ct6_create_nat(ctx, &p.t, &ne, p.t.sport, now);
+		} else {
+			r = ct6_create(&p.t, &ne, now);
+		}
+		if (r < 0)
+			return r;
+		count_event(EV_CT_NEW_HAIRPIN);
+		e = bpf_map_lookup_elem(&ct6, &p.t);
+		if (!e)
+			return -DROP_CT_FULL;
+	}
+	ct6_touch(&orig, e, &p, now);
+	r = apply6(ctx, &p, e);
+	if (r < 0)
+		return r;
+	frag6_record(&p, &orig);
 	return TC_ACT_OK;
+
+plain:
+	dst = bpf_map_lookup_elem(&endpoints6, p.t.daddr);
+	r = iso6_verdict(&p, src, dst, bpf_map_lookup_elem(&host_addrs6, p.t.daddr) != 0, now);
+	return r < 0 ? r : TC_ACT_OK;
 }
 
-/* handle6_to_container: the body of to_container6, to_container for IPv6. */
+/* handle6_to_container: the body of to_container6, to_container for IPv6:
+ * the reverse of a hairpin. */
 static __always_inline int handle6_to_container(struct __sk_buff *ctx)
 {
+	__u64 now = bpf_ktime_get_ns();
+	struct ct6_key orig;
+	struct ct6_entry *e;
 	struct pkt6 p = {};
-	int r = parse6(ctx, &p);
+	int r = parse6_flow(ctx, &p);
 
 	if (r < 0)
 		return r;
+	if (r == PARSE_PASS || p.icmp == ICMP_K_ERROR)
+		return TC_ACT_OK;
+	if (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport)
+		return TC_ACT_OK;
+	orig = p.t;
+	e = ct6_lookup(&p.t, CT_AT_TO_CONTAINER, now);
+	if (!e)
+		return TC_ACT_OK;
+	ct6_touch(&orig, e, &p, now);
+	r = apply6(ctx, &p, e);
+	if (r < 0)
+		return r;
+	frag6_record(&p, &orig);
 	return TC_ACT_OK;
 }
