@@ -990,6 +990,9 @@ func fuzzSeeds6() [][]byte {
 		echo6(ctrA6, remote6, 78, false).fromCtr(upMAC, routerMAC).frame(),
 		echo6(remote6, host6, 78, true).frame(),
 		tcp6(client6, 50006, ctrA6, 80).frame(),
+		icmp6Error(remote6, host6, 2, 0, 1280, tcp6(host6, 40000, remote6, 443).datagram()).frame(),
+		icmp6Error(remote6, host6, 3, 0, 0, echo6(host6, remote6, 78, false).datagram()[:48]).frame(),
+		icmp6Error(ctrA6, client6, 1, 4, 0, udp6(client6, 50001, ctrA6, 53).datagram()).fromCtr(macA, gwMAC).frame(),
 	}
 	cut := tcp6(client6, 50005, host6, 8080).frame()
 	return append(seeds, cut[:14+40+8])

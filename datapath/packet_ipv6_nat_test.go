@@ -6,6 +6,7 @@ package datapath
 // reverse), tracked in ct6.
 
 import (
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"testing"
@@ -504,4 +505,118 @@ func TestPacketIPv6Isolation(t *testing.T) {
 	v, _ = e.fromContainer("vethb", ans.fromCtr(macB, gwMAC).frame())
 	expectVerdict(t, v, TC_ACT_OK)
 	e.expectDrops(map[DropReason]uint64{DropIsolation: 1, DropICC: 1, DropInternal: 2})
+}
+
+// icmp6Error is an ICMPv6 error from src to dst of type/code, rest the
+// 32-bit field after the checksum (Packet Too Big's MTU), quoting quote.
+func icmp6Error(src, dst netip.Addr, typ, code uint8, rest uint32, quote []byte) packet6 {
+	p := base6(layers.IPProtocolICMPv6, src, 0, dst, 0)
+	p.icmpType, p.icmpCode = typ, code
+	p.icmpID, p.icmpSeq = uint16(rest>>16), uint16(rest)
+	p.payload = quote
+	return p
+}
+
+// checkQuote checks the tuple of the quote of an ICMPv6 error frame
+// (whose own checksums parse6Frame checks), and the quoted L4 checksum
+// when the quote is whole.
+func checkQuote(t *testing.T, what string, frame []byte, src netip.Addr, sport uint16, dst netip.Addr, dport uint16) {
+	t.Helper()
+	outer := parse6Frame(t, what, frame)
+	q := outer.l4[8:]
+	var got parsed6
+	got.src, _ = netip.AddrFromSlice(q[8:24])
+	got.dst, _ = netip.AddrFromSlice(q[24:40])
+	seg := q[40:]
+	switch q[6] {
+	case 6, 17:
+		got.sport, got.dport = binary.BigEndian.Uint16(seg), binary.BigEndian.Uint16(seg[2:])
+	case 58:
+		got.sport = binary.BigEndian.Uint16(seg[4:])
+	}
+	expectTuple6(t, what+" quote", got, src, sport, dst, dport)
+	if n := int(binary.BigEndian.Uint16(q[4:])); n == len(seg) {
+		if s := l4Sum6(q[8:24], q[24:40], q[6], seg); s != 0xffff {
+			t.Errorf("%s: bad quoted L4 checksum (sum %#04x)", what, s)
+		}
+	} else if q[6] == 6 {
+		// Cut: the TCP checksum cannot be verified, but it must have
+		// moved by what the addresses and ports did (checked by the
+		// whole quotes of the other cases).
+		t.Logf("%s: quote cut at %d of %d bytes", what, len(seg), n)
+	}
+}
+
+// TestPacketIPv6ICMPErrors: an ICMPv6 error about a translated flow is
+// translated with it: a Packet Too Big and a Time Exceeded about a
+// masqueraded flow reach the container with the quote of its own packet,
+// a container's Port Unreachable about a published port's datagram
+// leaves with the published address; both checksums are right, the
+// ICMPv6 one over the pseudo-header. An error about no flow is left
+// alone.
+func TestPacketIPv6ICMPErrors(t *testing.T) {
+	e := newPacketEnv(t, Options{})
+	e.installTopology6()
+	udp := uint8(layers.IPProtocolUDP)
+	out := func(p packet6) []byte { return p.fromCtr(upMAC, routerMAC).frame() }
+	router6 := netip.MustParseAddr("2001:db8:1::fe")
+
+	// A masqueraded TCP flow, and the quote of its packet as it left.
+	req := tcp6(ctrA6, 40000, remote6, 443)
+	req.payload = make([]byte, 1400)
+	v, o := e.toNetdev(out(req))
+	expectVerdict(t, v, TC_ACT_OK)
+	sent := o[14 : 14+40+20+1400]
+	ptb := icmp6Error(router6, host6, 2, 0, 1280, sent[:1232-8-40+40])
+	v, o = e.fromNetdev(ptb.frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	got := parse6Frame(t, "packet too big", o)
+	if got.dst != ctrA6 || got.src != router6 {
+		t.Errorf("packet too big: %s -> %s, want %s -> %s", got.src, got.dst, router6, ctrA6)
+	}
+	checkQuote(t, "packet too big", o[:len(ptb.frame())], ctrA6, 40000, remote6, 443)
+
+	// Destination unreachable quoting a whole TCP SYN: its checksum,
+	// past the 8 bytes every quote has, is translated too.
+	v, o = e.toNetdev(out(tcp6(ctrA6, 40010, remote6, 443)))
+	expectVerdict(t, v, TC_ACT_OK)
+	syn := append([]byte(nil), o[14:14+40+20+len("bpfnet IPv6 packet test payload")]...)
+	du := icmp6Error(router6, host6, 1, 1, 0, syn)
+	v, o = e.fromNetdev(du.frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	checkQuote(t, "destination unreachable", o[:len(du.frame())], ctrA6, 40010, remote6, 443)
+
+	// Echo, time exceeded by a router, quoting 8 bytes of ICMPv6.
+	v, o = e.toNetdev(out(echo6(ctrA6, remote6, 77, false)))
+	expectVerdict(t, v, TC_ACT_OK)
+	echoSent := append([]byte(nil), o[14:14+40+8+len("bpfnet IPv6 packet test payload")]...)
+	te := icmp6Error(router6, host6, 3, 0, 0, echoSent)
+	v, o = e.fromNetdev(te.frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	checkQuote(t, "time exceeded", o[:len(te.frame())], ctrA6, 77, remote6, 0)
+
+	// A published UDP port; the container answers a datagram with port
+	// unreachable: it leaves from the published address, quoting it.
+	e.publish6(udp, host6b, 8081, ctrB6, 81, 1)
+	v, o = e.fromNetdev(udp6(client6, 5000, host6b, 8081).frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	in := append([]byte(nil), o[14:14+40+8+len("bpfnet IPv6 packet test payload")]...)
+	pu := icmp6Error(ctrB6, client6, 1, 4, 0, in)
+	v, o = e.toNetdev(out(pu))
+	expectVerdict(t, v, TC_ACT_OK)
+	got = parse6Frame(t, "port unreachable", o)
+	if got.src != host6b || got.dst != client6 {
+		t.Errorf("port unreachable: %s -> %s, want %s -> %s", got.src, got.dst, host6b, client6)
+	}
+	checkQuote(t, "port unreachable", o[:len(pu.frame())], client6, 5000, host6b, 8081)
+
+	// About no flow: untouched.
+	stray := icmp6Error(router6, host6, 2, 0, 1280, udp6(host6, 9999, remote6, 53).datagram())
+	frame := stray.frame()
+	v, o = e.fromNetdev(frame)
+	expectVerdict(t, v, TC_ACT_OK)
+	if string(o[:len(frame)]) != string(frame) {
+		t.Errorf("an error about no flow was changed")
+	}
+	e.expectDrops(nil)
 }

@@ -22,6 +22,7 @@
 #include "ipv6.h"
 #include "maps6.h"
 #include "conntrack6.h"
+#include "icmp6.h"
 
 /* frag6_ports gives a later fragment the ports its first fragment had. */
 static __always_inline void frag6_ports(struct pkt6 *p)
@@ -189,9 +190,17 @@ static __always_inline int handle6_from_netdev(struct __sk_buff *ctx)
 
 	if (r < 0)
 		return r;
-	if (r == PARSE_PASS || p.icmp == ICMP_K_ERROR)
+	if (r == PARSE_PASS)
 		return TC_ACT_OK;
 	orig = p.t;
+	if (p.icmp == ICMP_K_ERROR) {
+		r = icmp6_error_xlate(ctx, &p, CT_AT_FROM_NETDEV, now);
+		if (r < 0)
+			return r;
+		if (r == 0)
+			goto unknown;
+		return TC_ACT_OK;
+	}
 	if (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport)
 		goto unknown;
 
@@ -250,6 +259,8 @@ unknown:
 				return r;
 			/* Tracked untranslated, so that the container's answers
 			 * leave as they are instead of being masqueraded. */
+			if (p.icmp == ICMP_K_ERROR)
+				return TC_ACT_OK;
 			r = track6_untranslated(&p, CT_AT_FROM_NETDEV, now);
 			if (r < 0)
 				return r;
@@ -273,8 +284,12 @@ static __always_inline int handle6_to_netdev(struct __sk_buff *ctx)
 
 	if (r < 0)
 		return r;
-	if (r == PARSE_PASS || p.icmp == ICMP_K_ERROR)
+	if (r == PARSE_PASS)
 		return TC_ACT_OK;
+	if (p.icmp == ICMP_K_ERROR) {
+		r = icmp6_error_xlate(ctx, &p, CT_AT_TO_NETDEV, now);
+		return r < 0 ? r : TC_ACT_OK;
+	}
 	if (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport)
 		return TC_ACT_OK;
 	orig = p.t;
