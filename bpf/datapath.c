@@ -33,6 +33,7 @@
 #include "lib/allow.h"
 #include "lib/gwmode.h"
 #include "lib/direct.h"
+#include "lib/datapath6.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -45,6 +46,69 @@ static __always_inline int verdict(int r)
 		return TC_ACT_SHOT;
 	}
 	return r;
+}
+
+/* The IPv6 programs (lib/datapath6.h), which each entry program
+ * tail-calls for an IPv6 frame through tc6. The loader never attaches
+ * them; cilium/ebpf fills tc6 from its initializer at load. */
+enum tc6_index {
+	TC6_FROM_NETDEV,
+	TC6_TO_NETDEV,
+	TC6_FROM_CONTAINER,
+	TC6_TO_CONTAINER,
+	TC6_MAX,
+};
+
+int from_netdev6(struct __sk_buff *ctx);
+int to_netdev6(struct __sk_buff *ctx);
+int from_container6(struct __sk_buff *ctx);
+int to_container6(struct __sk_buff *ctx);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, TC6_MAX);
+	__uint(key_size, sizeof(__u32));
+	__array(values, int(struct __sk_buff *));
+} tc6 SEC(".maps") = {
+	.values =
+		{
+			[TC6_FROM_NETDEV] = (void *)&from_netdev6,
+			[TC6_TO_NETDEV] = (void *)&to_netdev6,
+			[TC6_FROM_CONTAINER] = (void *)&from_container6,
+			[TC6_TO_CONTAINER] = (void *)&to_container6,
+		},
+};
+
+/* to_v6 hands an IPv6 frame to its program; with none there (a failed
+ * tail call) the frame passes, as it did before IPv6 was handled. */
+static __always_inline int to_v6(struct __sk_buff *ctx, __u32 idx)
+{
+	bpf_tail_call(ctx, &tc6, idx);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int from_netdev6(struct __sk_buff *ctx)
+{
+	return verdict(handle6_from_netdev(ctx));
+}
+
+SEC("tc")
+int to_netdev6(struct __sk_buff *ctx)
+{
+	return verdict(handle6_to_netdev(ctx));
+}
+
+SEC("tc")
+int from_container6(struct __sk_buff *ctx)
+{
+	return verdict(handle6_from_container(ctx));
+}
+
+SEC("tc")
+int to_container6(struct __sk_buff *ctx)
+{
+	return verdict(handle6_to_container(ctx));
 }
 
 static __always_inline int is_loopback(__be32 a)
@@ -222,8 +286,11 @@ static __always_inline int handle_from_netdev(struct __sk_buff *ctx)
 	struct ct_key orig;
 	struct ct_entry *e;
 	struct endpoint *ep;
-	int r = parse(ctx, &p);
+	int r;
 
+	if (ctx->protocol == bpf_htons(ETH_P_IPV6))
+		return CONFIG.redirect_only ? TC_ACT_OK : to_v6(ctx, TC6_FROM_NETDEV);
+	r = parse(ctx, &p);
 	if (r < 0)
 		return r;
 	if (r == PARSE_PASS)
@@ -374,6 +441,8 @@ static __always_inline int handle_to_netdev(struct __sk_buff *ctx)
 
 	if (CONFIG.redirect_only)
 		return TC_ACT_OK;
+	if (ctx->protocol == bpf_htons(ETH_P_IPV6))
+		return to_v6(ctx, TC6_TO_NETDEV);
 	r = parse(ctx, &p);
 	if (r < 0)
 		return r;
@@ -483,6 +552,8 @@ static __always_inline int handle_from_container(struct __sk_buff *ctx)
 	int r, to_host;
 
 	count_if(ifindex, ctx->len, 0);
+	if (ctx->protocol == bpf_htons(ETH_P_IPV6))
+		return CONFIG.redirect_only ? TC_ACT_OK : to_v6(ctx, TC6_FROM_CONTAINER);
 	r = parse(ctx, &p);
 	if (r < 0)
 		return r;
@@ -632,6 +703,8 @@ static __always_inline int handle_to_container(struct __sk_buff *ctx)
 	int r;
 
 	count_if(ctx->ifindex, ctx->len, 1);
+	if (ctx->protocol == bpf_htons(ETH_P_IPV6))
+		return CONFIG.redirect_only ? TC_ACT_OK : to_v6(ctx, TC6_TO_CONTAINER);
 	r = parse(ctx, &p);
 	if (r < 0)
 		return r;

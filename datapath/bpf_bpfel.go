@@ -35,6 +35,33 @@ type bpfConfig struct {
 	HalfOpenTimeout uint64
 }
 
+type bpfCt6Entry struct {
+	_         structs.HostLayout
+	Nsaddr    [4]uint32
+	Ndaddr    [4]uint32
+	Nsport    uint16
+	Ndport    uint16
+	Flags     bpfCtFlags
+	Kind      bpfCtKind
+	TcpSeen   uint8
+	PeerFlags bpfCtFlags
+	Ifindex   uint32
+	Pad       uint32
+	Expires   uint64
+	Packets   uint64
+	Bytes     uint64
+}
+
+type bpfCt6Key struct {
+	_     structs.HostLayout
+	Saddr [4]uint32
+	Daddr [4]uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Pad   [3]uint8
+}
+
 type bpfCtEntry struct {
 	_         structs.HostLayout
 	Nsaddr    uint32
@@ -97,6 +124,7 @@ const (
 	bpfDropReasonDROP_MALFORMED     bpfDropReason = 12
 	bpfDropReasonDROP_DIRECT_ACCESS bpfDropReason = 13
 	bpfDropReasonDROP_PORT_DENIED   bpfDropReason = 14
+	bpfDropReasonDROP_IPV6EXTHDR    bpfDropReason = 15
 	bpfDropReasonDROP_MAX           bpfDropReason = 16
 )
 
@@ -112,6 +140,12 @@ type bpfEndpoint struct {
 	Addr          uint32
 	EpFlags       bpfEpFlags
 	CtrId         uint32
+}
+
+type bpfEndpoint6 struct {
+	_   structs.HostLayout
+	Ep  bpfEndpoint
+	Gw6 [4]uint32
 }
 
 type bpfEpFlags uint32
@@ -139,6 +173,15 @@ const (
 	bpfEventKindEV_MAX              bpfEventKind = 16
 )
 
+type bpfFrag6Key struct {
+	_     structs.HostLayout
+	Saddr [4]uint32
+	Daddr [4]uint32
+	Id    uint32
+	Proto uint8
+	Pad   [3]uint8
+}
+
 type bpfFragKey struct {
 	_     structs.HostLayout
 	Saddr uint32
@@ -152,6 +195,24 @@ type bpfFragPorts struct {
 	_     structs.HostLayout
 	Sport uint16
 	Dport uint16
+}
+
+type bpfIn6Key struct {
+	_ structs.HostLayout
+	A [4]uint32
+}
+
+type bpfNet6Info struct {
+	_        structs.HostLayout
+	Flags    bpfNetFlags
+	NetId    uint32
+	HostAddr [4]uint32
+}
+
+type bpfNet6Key struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [4]uint32
 }
 
 type bpfNetFlags uint32
@@ -177,6 +238,23 @@ type bpfNetKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
 	Addr      uint32
+}
+
+type bpfPort6Key struct {
+	_     structs.HostLayout
+	Addr  [4]uint32
+	Port  uint16
+	Proto uint8
+	Pad   uint8
+}
+
+type bpfPort6Target struct {
+	_       structs.HostLayout
+	Addr    [4]uint32
+	Port    uint16
+	Pad     uint16
+	Id      uint32
+	AllowId uint32
 }
 
 type bpfPortKey struct {
@@ -219,32 +297,49 @@ type bpfUplink struct {
 	Flags uint32
 }
 
+type bpfUplink6 struct {
+	_    structs.HostLayout
+	Addr [4]uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapCt4            = "ct4"
-	bpfMapCt4Syn         = "ct4_syn"
-	bpfMapDirectTrusted  = "direct_trusted"
-	bpfMapDrops          = "drops"
-	bpfMapEndpoints      = "endpoints"
-	bpfMapEvents         = "events"
-	bpfMapFrags4         = "frags4"
-	bpfMapHostAddrs      = "host_addrs"
-	bpfMapIfStats        = "if_stats"
-	bpfMapNets           = "nets"
-	bpfMapPortAllow      = "port_allow"
-	bpfMapPortConns      = "port_conns"
-	bpfMapPortDenied     = "port_denied"
-	bpfMapPublished      = "published"
-	bpfMapRoutedPorts    = "routed_ports"
-	bpfMapUplinks        = "uplinks"
-	bpfMapVeths          = "veths"
-	bpfProgFromContainer = "from_container"
-	bpfProgFromNetdev    = "from_netdev"
-	bpfProgToContainer   = "to_container"
-	bpfProgToNetdev      = "to_netdev"
-	bpfVarCONFIG         = "CONFIG"
+	bpfMapCt4             = "ct4"
+	bpfMapCt4Syn          = "ct4_syn"
+	bpfMapCt6             = "ct6"
+	bpfMapDirectTrusted   = "direct_trusted"
+	bpfMapDrops           = "drops"
+	bpfMapEndpoints       = "endpoints"
+	bpfMapEndpoints6      = "endpoints6"
+	bpfMapEvents          = "events"
+	bpfMapFrags4          = "frags4"
+	bpfMapFrags6          = "frags6"
+	bpfMapHostAddrs       = "host_addrs"
+	bpfMapHostAddrs6      = "host_addrs6"
+	bpfMapIfStats         = "if_stats"
+	bpfMapNets            = "nets"
+	bpfMapNets6           = "nets6"
+	bpfMapPortAllow       = "port_allow"
+	bpfMapPortConns       = "port_conns"
+	bpfMapPortDenied      = "port_denied"
+	bpfMapPublished       = "published"
+	bpfMapPublished6      = "published6"
+	bpfMapRoutedPorts     = "routed_ports"
+	bpfMapTc6             = "tc6"
+	bpfMapUplinks         = "uplinks"
+	bpfMapUplinks6        = "uplinks6"
+	bpfMapVeths           = "veths"
+	bpfProgFromContainer  = "from_container"
+	bpfProgFromContainer6 = "from_container6"
+	bpfProgFromNetdev     = "from_netdev"
+	bpfProgFromNetdev6    = "from_netdev6"
+	bpfProgToContainer    = "to_container"
+	bpfProgToContainer6   = "to_container6"
+	bpfProgToNetdev       = "to_netdev"
+	bpfProgToNetdev6      = "to_netdev6"
+	bpfVarCONFIG          = "CONFIG"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -289,10 +384,14 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
-	FromContainer *ebpf.ProgramSpec `ebpf:"from_container"`
-	FromNetdev    *ebpf.ProgramSpec `ebpf:"from_netdev"`
-	ToContainer   *ebpf.ProgramSpec `ebpf:"to_container"`
-	ToNetdev      *ebpf.ProgramSpec `ebpf:"to_netdev"`
+	FromContainer  *ebpf.ProgramSpec `ebpf:"from_container"`
+	FromContainer6 *ebpf.ProgramSpec `ebpf:"from_container6"`
+	FromNetdev     *ebpf.ProgramSpec `ebpf:"from_netdev"`
+	FromNetdev6    *ebpf.ProgramSpec `ebpf:"from_netdev6"`
+	ToContainer    *ebpf.ProgramSpec `ebpf:"to_container"`
+	ToContainer6   *ebpf.ProgramSpec `ebpf:"to_container6"`
+	ToNetdev       *ebpf.ProgramSpec `ebpf:"to_netdev"`
+	ToNetdev6      *ebpf.ProgramSpec `ebpf:"to_netdev6"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
@@ -301,20 +400,28 @@ type bpfProgramSpecs struct {
 type bpfMapSpecs struct {
 	Ct4           *ebpf.MapSpec `ebpf:"ct4"`
 	Ct4Syn        *ebpf.MapSpec `ebpf:"ct4_syn"`
+	Ct6           *ebpf.MapSpec `ebpf:"ct6"`
 	DirectTrusted *ebpf.MapSpec `ebpf:"direct_trusted"`
 	Drops         *ebpf.MapSpec `ebpf:"drops"`
 	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
+	Endpoints6    *ebpf.MapSpec `ebpf:"endpoints6"`
 	Events        *ebpf.MapSpec `ebpf:"events"`
 	Frags4        *ebpf.MapSpec `ebpf:"frags4"`
+	Frags6        *ebpf.MapSpec `ebpf:"frags6"`
 	HostAddrs     *ebpf.MapSpec `ebpf:"host_addrs"`
+	HostAddrs6    *ebpf.MapSpec `ebpf:"host_addrs6"`
 	IfStats       *ebpf.MapSpec `ebpf:"if_stats"`
 	Nets          *ebpf.MapSpec `ebpf:"nets"`
+	Nets6         *ebpf.MapSpec `ebpf:"nets6"`
 	PortAllow     *ebpf.MapSpec `ebpf:"port_allow"`
 	PortConns     *ebpf.MapSpec `ebpf:"port_conns"`
 	PortDenied    *ebpf.MapSpec `ebpf:"port_denied"`
 	Published     *ebpf.MapSpec `ebpf:"published"`
+	Published6    *ebpf.MapSpec `ebpf:"published6"`
 	RoutedPorts   *ebpf.MapSpec `ebpf:"routed_ports"`
+	Tc6           *ebpf.MapSpec `ebpf:"tc6"`
 	Uplinks       *ebpf.MapSpec `ebpf:"uplinks"`
+	Uplinks6      *ebpf.MapSpec `ebpf:"uplinks6"`
 	Veths         *ebpf.MapSpec `ebpf:"veths"`
 }
 
@@ -347,20 +454,28 @@ func (o *bpfObjects) Close() error {
 type bpfMaps struct {
 	Ct4           *ebpf.Map `ebpf:"ct4"`
 	Ct4Syn        *ebpf.Map `ebpf:"ct4_syn"`
+	Ct6           *ebpf.Map `ebpf:"ct6"`
 	DirectTrusted *ebpf.Map `ebpf:"direct_trusted"`
 	Drops         *ebpf.Map `ebpf:"drops"`
 	Endpoints     *ebpf.Map `ebpf:"endpoints"`
+	Endpoints6    *ebpf.Map `ebpf:"endpoints6"`
 	Events        *ebpf.Map `ebpf:"events"`
 	Frags4        *ebpf.Map `ebpf:"frags4"`
+	Frags6        *ebpf.Map `ebpf:"frags6"`
 	HostAddrs     *ebpf.Map `ebpf:"host_addrs"`
+	HostAddrs6    *ebpf.Map `ebpf:"host_addrs6"`
 	IfStats       *ebpf.Map `ebpf:"if_stats"`
 	Nets          *ebpf.Map `ebpf:"nets"`
+	Nets6         *ebpf.Map `ebpf:"nets6"`
 	PortAllow     *ebpf.Map `ebpf:"port_allow"`
 	PortConns     *ebpf.Map `ebpf:"port_conns"`
 	PortDenied    *ebpf.Map `ebpf:"port_denied"`
 	Published     *ebpf.Map `ebpf:"published"`
+	Published6    *ebpf.Map `ebpf:"published6"`
 	RoutedPorts   *ebpf.Map `ebpf:"routed_ports"`
+	Tc6           *ebpf.Map `ebpf:"tc6"`
 	Uplinks       *ebpf.Map `ebpf:"uplinks"`
+	Uplinks6      *ebpf.Map `ebpf:"uplinks6"`
 	Veths         *ebpf.Map `ebpf:"veths"`
 }
 
@@ -368,20 +483,28 @@ func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.Ct4,
 		m.Ct4Syn,
+		m.Ct6,
 		m.DirectTrusted,
 		m.Drops,
 		m.Endpoints,
+		m.Endpoints6,
 		m.Events,
 		m.Frags4,
+		m.Frags6,
 		m.HostAddrs,
+		m.HostAddrs6,
 		m.IfStats,
 		m.Nets,
+		m.Nets6,
 		m.PortAllow,
 		m.PortConns,
 		m.PortDenied,
 		m.Published,
+		m.Published6,
 		m.RoutedPorts,
+		m.Tc6,
 		m.Uplinks,
+		m.Uplinks6,
 		m.Veths,
 	)
 }
@@ -397,18 +520,26 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
-	FromContainer *ebpf.Program `ebpf:"from_container"`
-	FromNetdev    *ebpf.Program `ebpf:"from_netdev"`
-	ToContainer   *ebpf.Program `ebpf:"to_container"`
-	ToNetdev      *ebpf.Program `ebpf:"to_netdev"`
+	FromContainer  *ebpf.Program `ebpf:"from_container"`
+	FromContainer6 *ebpf.Program `ebpf:"from_container6"`
+	FromNetdev     *ebpf.Program `ebpf:"from_netdev"`
+	FromNetdev6    *ebpf.Program `ebpf:"from_netdev6"`
+	ToContainer    *ebpf.Program `ebpf:"to_container"`
+	ToContainer6   *ebpf.Program `ebpf:"to_container6"`
+	ToNetdev       *ebpf.Program `ebpf:"to_netdev"`
+	ToNetdev6      *ebpf.Program `ebpf:"to_netdev6"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
 		p.FromContainer,
+		p.FromContainer6,
 		p.FromNetdev,
+		p.FromNetdev6,
 		p.ToContainer,
+		p.ToContainer6,
 		p.ToNetdev,
+		p.ToNetdev6,
 	)
 }
 

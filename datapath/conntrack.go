@@ -96,9 +96,83 @@ func tupleOf(proto uint8, saddr, daddr uint32, sport, dport uint16) Tuple {
 }
 
 // Conntrack lists every entry of the connection-tracking tables: the
-// established flows of ct4, then the unassured ones of ct4_syn.
+// established flows of ct4, then the unassured ones of ct4_syn, then the
+// IPv6 flows of ct6.
 func (d *EBPF) Conntrack() ([]CTEntry, error) {
-	return readConntrack(d.ctTables()...)
+	out, err := readConntrack(d.ctTables()...)
+	if err != nil || d.objs.Ct6 == nil {
+		return out, err
+	}
+	now, err := monotonicNow()
+	if err != nil {
+		return out, err
+	}
+	err = walkCT6(d.objs.Ct6, func(k bpfCt6Key, v bpfCt6Entry) { out = append(out, ct6EntryOf(k, v, now)) })
+	return out, err
+}
+
+func tuple6Of(proto uint8, saddr, daddr [4]uint32, sport, dport uint16) Tuple {
+	return Tuple{
+		Proto: proto,
+		Src:   netip.AddrPortFrom(addr6From(saddr), port16(sport)),
+		Dst:   netip.AddrPortFrom(addr6From(daddr), port16(dport)),
+	}
+}
+
+func ct6EntryOf(k bpfCt6Key, v bpfCt6Entry, now uint64) CTEntry {
+	return CTEntry{
+		Kind:       FlowKind(v.Kind),
+		Reply:      v.Flags&ctReply != 0,
+		Key:        tuple6Of(k.Proto, k.Saddr, k.Daddr, k.Sport, k.Dport),
+		Translated: tuple6Of(k.Proto, v.Nsaddr, v.Ndaddr, v.Nsport, v.Ndport),
+		TCPFlags:   v.TcpSeen,
+		Ifindex:    v.Ifindex,
+		Packets:    v.Packets,
+		Bytes:      v.Bytes,
+		Expires:    time.Duration(int64(v.Expires) - int64(now)),
+	}
+}
+
+// walkCT6 is walkCT for ct6 (key by key: the table of IPv6 flows is
+// usually small).
+func walkCT6(m *ebpf.Map, fn func(bpfCt6Key, bpfCt6Entry)) error {
+	var k bpfCt6Key
+	var v bpfCt6Entry
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		fn(k, v)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading IPv6 conntrack: %w", err)
+	}
+	return nil
+}
+
+// deleteCT6 deletes the entries of ct6 that match, and the other half of
+// each.
+func (d *EBPF) deleteCT6(match func(bpfCt6Key, bpfCt6Entry) bool) (int, error) {
+	if d.objs.Ct6 == nil {
+		return 0, nil
+	}
+	var doomed []bpfCt6Key
+	err := walkCT6(d.objs.Ct6, func(k bpfCt6Key, v bpfCt6Entry) {
+		if match(k, v) {
+			doomed = append(doomed, k, bpfCt6Key{Saddr: v.Ndaddr, Daddr: v.Nsaddr, Sport: v.Ndport, Dport: v.Nsport, Proto: k.Proto})
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, k := range doomed {
+		err := d.objs.Ct6.Delete(k)
+		if err == nil {
+			n++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("deleting IPv6 conntrack entry: %w", err)
+		}
+	}
+	return n, nil
 }
 
 // ctTables are the connection-tracking tables, ct4 first. A datapath
@@ -176,14 +250,19 @@ func walkCT(m *ebpf.Map, fn func(bpfCtKey, bpfCtEntry)) error {
 	return nil
 }
 
-// GC deletes the expired entries of both tables and returns how many it
-// deleted.
+// GC deletes the expired entries of every table (ct4, ct4_syn, ct6) and
+// returns how many it deleted.
 func (d *EBPF) GC() (int, error) {
 	now, err := monotonicNow()
 	if err != nil {
 		return 0, err
 	}
-	return d.deleteCT(func(k bpfCtKey, v bpfCtEntry) bool { return v.Expires < now })
+	n, err := d.deleteCT(func(k bpfCtKey, v bpfCtEntry) bool { return v.Expires < now })
+	if err != nil {
+		return n, err
+	}
+	n6, err := d.deleteCT6(func(k bpfCt6Key, v bpfCt6Entry) bool { return v.Expires < now })
+	return n + n6, err
 }
 
 // CTUsage returns the number of entries and the capacity of the table of

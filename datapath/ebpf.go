@@ -186,6 +186,8 @@ func Spec(opts Options) (*ebpf.CollectionSpec, error) {
 		spec.Maps["ct4"].MaxEntries = opts.CTSize
 	}
 	spec.Maps["ct4_syn"].MaxEntries = opts.halfOpenSize(spec.Maps["ct4"].MaxEntries)
+	// IPv6 flows get a table of their own, as big as ct4.
+	spec.Maps["ct6"].MaxEntries = spec.Maps["ct4"].MaxEntries
 	if opts.mutateSpec != nil {
 		opts.mutateSpec(spec)
 	}
@@ -341,6 +343,14 @@ type resolved struct {
 	specific map[bpfPortKey]int
 	// allow holds the source allowlists that ports name (allow.go).
 	allow *allowLists
+
+	// The IPv6 twins of ports, endpoints, hostAddrs, uplinks and nets
+	// (bpf/lib/maps6.h).
+	ports6     map[bpfPort6Key]bpfPort6Target
+	endpoints6 map[bpfIn6Key]bpfEndpoint6
+	hostAddrs6 map[bpfIn6Key]uint32
+	uplinks6   map[uint32]bpfUplink6
+	nets6      map[bpfNet6Key]bpfNet6Info
 }
 
 func (d *EBPF) resolve(s State) (*resolved, error) {
@@ -355,6 +365,12 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		trusted:   map[bpfTrustedKey]uint32{},
 
 		routedPorts: map[bpfPortKey]bpfPortTarget{},
+
+		ports6:     map[bpfPort6Key]bpfPort6Target{},
+		endpoints6: map[bpfIn6Key]bpfEndpoint6{},
+		hostAddrs6: map[bpfIn6Key]uint32{},
+		uplinks6:   map[uint32]bpfUplink6{},
+		nets6:      map[bpfNet6Key]bpfNet6Info{},
 	}
 	// open is set on every network with --allow-direct-routing.
 	var open bpfNetFlags
@@ -396,6 +412,12 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		bridgeByIndex[b.ifindex] = b
 		info := bpfNetInfo{NetId: b.id, Flags: netFlags(n) | open, HostAddr: be32(n.HostIPv4)}
 		r.nets[bpfNetKey{Prefixlen: uint32(n.Subnet.Bits()), Addr: be32(n.Subnet.Masked().Addr())}] = info
+		if n.Subnet6.IsValid() {
+			n6 := n
+			n6.GatewayMode = n.GatewayModeIPv6
+			r.nets6[bpfNet6Key{Prefixlen: uint32(n.Subnet6.Bits()), Addr: be128(n.Subnet6.Masked().Addr())}] =
+				bpfNet6Info{NetId: b.id, Flags: netFlags(n6) | open, HostAddr: be128(n.HostIPv6)}
+		}
 	}
 	// A container on several networks is one sender: it answers by the
 	// routes it has, from the address of one network out of the veth of
@@ -439,6 +461,9 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		}
 		r.endpoints[ep.Addr] = ep
 		r.veths[ep.Ifindex] = ep
+		if e.Addr6.IsValid() {
+			r.endpoints6[bpfIn6Key{A: be128(e.Addr6)}] = bpfEndpoint6{Ep: ep, Gw6: be128(b.net.Gateway6)}
+		}
 		r.devs[e.HostVeth] = attachedDev{ifindex: l.Attrs().Index}
 	}
 	for _, name := range s.PendingVeths {
@@ -474,6 +499,18 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 			addr, _ = netip.AddrFromSlice(addrs[0].IP.To4())
 		}
 		r.uplinks[uint32(l.Attrs().Index)] = bpfUplink{Addr: be32(addr)}
+		addr6 := u.Addr6
+		if !addr6.IsValid() {
+			addr6, err = firstGlobal6(l)
+			if err != nil {
+				return nil, fmt.Errorf("uplink %s: %w", u.Name, err)
+			}
+		}
+		if addr6.IsValid() {
+			// An uplink without a global IPv6 address has no entry:
+			// IPv6 leaves it unmasqueraded.
+			r.uplinks6[uint32(l.Attrs().Index)] = bpfUplink6{Addr: be128(addr6)}
+		}
 		r.devs[u.Name] = attachedDev{ifindex: l.Attrs().Index, uplink: true}
 	}
 	hostAddrs := s.HostAddrs
@@ -489,7 +526,18 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 			}
 		}
 	}
+	if s.HostAddrs == nil {
+		more, err := hostAddrs6()
+		if err != nil {
+			return nil, err
+		}
+		hostAddrs = append(hostAddrs, more...)
+	}
 	for _, a := range hostAddrs {
+		if a.Is6() && !a.Is4In6() {
+			r.hostAddrs6[bpfIn6Key{A: be128(a)}] = 1
+			continue
+		}
 		r.hostAddrs[be32(a)] = 1
 	}
 	if err := CheckHostIPv4(s.Networks, hostAddrs); err != nil {
@@ -499,6 +547,24 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		return nil, err
 	}
 	for i, m := range s.Ports {
+		if m.ContainerIP.Is6() {
+			// IPv6 routed networks publish nothing on the host; their
+			// container ports are not opened yet (routed_ports is IPv4).
+			if n, _ := networkOf(s.Networks, m.ContainerIP); n.GatewayModeIPv6 == GatewayRouted {
+				continue
+			}
+			k := bpfPort6Key{Port: be16(m.HostPort), Proto: uint8(m.Proto)}
+			if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
+				k.Addr = be128(m.HostIP)
+			}
+			t := bpfPort6Target{Addr: be128(m.ContainerIP), Port: be16(m.ContainerPort), Id: uint32(i + 1)}
+			if len(m.Allow) > 0 {
+				// Allowlists hold IPv4 prefixes: closed to IPv6.
+				t.AllowId = 1
+			}
+			r.ports6[k] = t
+			continue
+		}
 		if n, _ := networkOf(s.Networks, m.ContainerIP); n.GatewayMode == GatewayRouted {
 			// No host port: the container port is open to the
 			// outside by the container's address. Its bindings
@@ -594,6 +660,17 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 		}
 	}
 
+	type backend6 struct {
+		addr [4]uint32
+		port uint16
+	}
+	gone6 := map[backend6]bool{}
+	for k, v := range prev.ports6 {
+		if nv, ok := r.ports6[k]; !ok || nv.Addr != v.Addr || nv.Port != v.Port {
+			gone6[backend6{v.Addr, v.Port}] = true
+		}
+	}
+
 	var undo undoLog
 	steps := []struct {
 		what string
@@ -609,6 +686,11 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 		{"routed ports", func() error { return syncMap(&undo, d.objs.RoutedPorts, prev.routedPorts, r.routedPorts) }},
 		{"old allowlists", func() error { return syncAllowDelete(&undo, d.objs.PortAllow, prev.allow, r.allow) }},
 		{"trusted interfaces", func() error { return syncMap(&undo, d.objs.DirectTrusted, prev.trusted, r.trusted) }},
+		{"IPv6 networks", func() error { return syncMap(&undo, d.objs.Nets6, prev.nets6, r.nets6) }},
+		{"IPv6 endpoints", func() error { return syncMap(&undo, d.objs.Endpoints6, prev.endpoints6, r.endpoints6) }},
+		{"IPv6 uplinks", func() error { return syncMap(&undo, d.objs.Uplinks6, prev.uplinks6, r.uplinks6) }},
+		{"IPv6 host addresses", func() error { return syncMap(&undo, d.objs.HostAddrs6, prev.hostAddrs6, r.hostAddrs6) }},
+		{"IPv6 published ports", func() error { return syncMap(&undo, d.objs.Published6, prev.ports6, r.ports6) }},
 	}
 	for _, st := range steps {
 		if err := st.fn(); err != nil {
@@ -621,6 +703,19 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 	d.applied = r
 	if len(gone) > 0 {
 		if _, err := d.flushBackends(gone); err != nil {
+			return err
+		}
+	}
+	if len(gone6) > 0 {
+		if _, err := d.deleteCT6(func(k bpfCt6Key, v bpfCt6Entry) bool {
+			if v.Kind != bpfCtKind(KindDNAT) && v.Kind != bpfCtKind(KindHairpin) {
+				return false
+			}
+			if v.Flags&ctReply != 0 {
+				return gone6[backend6{k.Saddr, k.Sport}]
+			}
+			return gone6[backend6{v.Ndaddr, v.Ndport}]
+		}); err != nil {
 			return err
 		}
 	}
@@ -670,6 +765,21 @@ func (d *EBPF) readApplied() (*resolved, error) {
 	}
 	if r.routedPorts, err = readMap[bpfPortKey, bpfPortTarget](d.objs.RoutedPorts); err != nil {
 		return nil, fmt.Errorf("reading routed ports: %w", err)
+	}
+	if r.ports6, err = readMap[bpfPort6Key, bpfPort6Target](d.objs.Published6); err != nil {
+		return nil, fmt.Errorf("reading IPv6 published ports: %w", err)
+	}
+	if r.endpoints6, err = readMap[bpfIn6Key, bpfEndpoint6](d.objs.Endpoints6); err != nil {
+		return nil, fmt.Errorf("reading IPv6 endpoints: %w", err)
+	}
+	if r.hostAddrs6, err = readMap[bpfIn6Key, uint32](d.objs.HostAddrs6); err != nil {
+		return nil, fmt.Errorf("reading IPv6 host addresses: %w", err)
+	}
+	if r.uplinks6, err = readMap[uint32, bpfUplink6](d.objs.Uplinks6); err != nil {
+		return nil, fmt.Errorf("reading IPv6 uplinks: %w", err)
+	}
+	if r.nets6, err = readMap[bpfNet6Key, bpfNet6Info](d.objs.Nets6); err != nil {
+		return nil, fmt.Errorf("reading IPv6 networks: %w", err)
 	}
 	r.allow.refs = allowRefs(r.ports, r.routedPorts)
 	return r, nil
@@ -951,6 +1061,8 @@ func OpenPinned(pinPath string) (*EBPF, error) {
 		"port_conns": &d.objs.PortConns, "published": &d.objs.Published, "uplinks": &d.objs.Uplinks,
 		"port_allow": &d.objs.PortAllow, "port_denied": &d.objs.PortDenied,
 		"direct_trusted": &d.objs.DirectTrusted, "routed_ports": &d.objs.RoutedPorts,
+		"ct6": &d.objs.Ct6, "published6": &d.objs.Published6, "host_addrs6": &d.objs.HostAddrs6,
+		"endpoints6": &d.objs.Endpoints6, "uplinks6": &d.objs.Uplinks6, "nets6": &d.objs.Nets6,
 	}
 	for name, dst := range maps {
 		if spec.Maps[name].Pinning != ebpf.PinByName {
@@ -976,7 +1088,10 @@ var counterMaps = map[string]bool{"drops": true, "events": true, "if_stats": tru
 
 // optionalPins are maps that an older version did not pin: a reader of
 // such a version's pins (OpenPinned) goes without them.
-var optionalPins = map[string]bool{"port_allow": true, "port_denied": true, "direct_trusted": true, "routed_ports": true}
+var optionalPins = map[string]bool{
+	"port_allow": true, "port_denied": true, "direct_trusted": true, "routed_ports": true,
+	"ct6": true, "published6": true, "host_addrs6": true, "endpoints6": true, "uplinks6": true, "nets6": true,
+}
 
 // rebuiltMaps are written whole from the State by every first Apply of a
 // process: when a new version changes their layout, the pinned ones are
@@ -986,6 +1101,7 @@ var optionalPins = map[string]bool{"port_allow": true, "port_denied": true, "dir
 var rebuiltMaps = map[string]bool{
 	"endpoints": true, "veths": true, "nets": true, "published": true, "host_addrs": true, "uplinks": true,
 	"port_allow": true, "direct_trusted": true, "routed_ports": true,
+	"published6": true, "host_addrs6": true, "endpoints6": true, "uplinks6": true, "nets6": true,
 }
 
 // transientMaps hold state that is rebuilt by itself: a new layout (a new

@@ -968,7 +968,34 @@ func fuzzSeeds() [][]byte {
 	seeds = append(seeds, cutQuote(tcpPacket(hostIP, fuzzNATPort, remoteIP, 443)))
 	arp := ethFrame(routerMAC, upMAC, layers.EthernetTypeARP, make([]byte, 28))
 	seeds = append(seeds, arp)
-	return seeds
+	return append(seeds, fuzzSeeds6()...)
+}
+
+// fuzzSeeds6 are the IPv6 frames of the packet tests (packet_ipv6_test.go):
+// Neighbour Discovery, extension-header chains at and past the bound, and
+// broken headers.
+func fuzzSeeds6() [][]byte {
+	withExt := func(p packet6, ext ...v6Ext) []byte { p.ext = ext; return p.frame() }
+	seeds := [][]byte{
+		tcp6(client6, 50000, host6, 8080).frame(),
+		udp6(client6, 50001, host6, 5353).frame(),
+		echo6(client6, host6, 9, false).frame(),
+		nd6(ctrA6, netip.MustParseAddr("ff02::1:ff00:1"), 135).fromCtr(macA, gwMAC).frame(),
+		nd6(ctrA6, gw6, 136).fromCtr(macA, gwMAC).frame(),
+		withExt(tcp6(client6, 50002, host6, 8080), extOpts(0), extOpts(60), extRouting(), extFrag(0, true, 5), extAuth(), extOpts(60)),
+		withExt(udp6(client6, 50003, host6, 5353), extFrag(2, false, 5)),
+		withExt(tcp6(client6, 50004, host6, 8080), extOpts(60), extOpts(0)),
+		tcp6(ctrA6, 40000, host6, 8080).fromCtr(macA, gwMAC).frame(),
+		udp6(ctrA6, 40001, remote6, 53).fromCtr(upMAC, routerMAC).frame(),
+		echo6(ctrA6, remote6, 78, false).fromCtr(upMAC, routerMAC).frame(),
+		echo6(remote6, host6, 78, true).frame(),
+		tcp6(client6, 50006, ctrA6, 80).frame(),
+		icmp6Error(remote6, host6, 2, 0, 1280, tcp6(host6, 40000, remote6, 443).datagram()).frame(),
+		icmp6Error(remote6, host6, 3, 0, 0, echo6(host6, remote6, 78, false).datagram()[:48]).frame(),
+		icmp6Error(ctrA6, client6, 1, 4, 0, udp6(client6, 50001, ctrA6, 53).datagram()).fromCtr(macA, gwMAC).frame(),
+	}
+	cut := tcp6(client6, 50005, host6, 8080).frame()
+	return append(seeds, cut[:14+40+8])
 }
 
 // cutQuote is an ICMP error from remoteIP quoting the IP header of q, with

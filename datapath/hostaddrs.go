@@ -50,3 +50,39 @@ func CheckHostIPv4In(nsPath string, s State) error {
 	}
 	return CheckHostIPv4(s.Networks, host)
 }
+
+// global6 tells whether a is an IPv6 address the datapath translates to
+// or from: not IPv4, loopback, link-local or multicast.
+func global6(a netip.Addr) bool {
+	return a.Is6() && !a.Is4In6() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsMulticast() && !a.IsUnspecified()
+}
+
+// firstGlobal6 is the first global IPv6 address of l, the zero Addr if it
+// has none.
+func firstGlobal6(l netlink.Link) (netip.Addr, error) {
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("listing IPv6 addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && global6(ip) {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, nil
+}
+
+// hostAddrs6 lists the global IPv6 addresses of the namespace.
+func hostAddrs6() ([]netip.Addr, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V6)
+	if err != nil {
+		return nil, fmt.Errorf("listing host IPv6 addresses: %w", err)
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && global6(ip) {
+			out = append(out, ip)
+		}
+	}
+	return out, nil
+}

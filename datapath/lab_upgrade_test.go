@@ -416,6 +416,8 @@ func TestPinMigrationRebuiltMaps(t *testing.T) {
 		"published": old.objs.Published, "host_addrs": old.objs.HostAddrs, "uplinks": old.objs.Uplinks,
 		"port_allow": old.objs.PortAllow, "direct_trusted": old.objs.DirectTrusted,
 		"routed_ports": old.objs.RoutedPorts,
+		"published6":   old.objs.Published6, "host_addrs6": old.objs.HostAddrs6, "endpoints6": old.objs.Endpoints6,
+		"uplinks6": old.objs.Uplinks6, "nets6": old.objs.Nets6,
 	}
 	if len(objs) != len(rebuiltMaps) {
 		t.Fatalf("the test knows %d rebuilt maps, the datapath %d", len(objs), len(rebuiltMaps))
@@ -426,6 +428,8 @@ func TestPinMigrationRebuiltMaps(t *testing.T) {
 		switch name {
 		case "nets":
 			k[0] = 24 // prefix length
+		case "nets6":
+			k[0] = 64 // prefix length
 		case "port_allow":
 			k[0] = 40 // prefix length: the list id and 8 bits
 		}
@@ -452,6 +456,8 @@ func TestPinMigrationRebuiltMaps(t *testing.T) {
 		"endpoints": d.objs.Endpoints, "veths": d.objs.Veths, "nets": d.objs.Nets,
 		"published": d.objs.Published, "host_addrs": d.objs.HostAddrs, "uplinks": d.objs.Uplinks,
 		"port_allow": d.objs.PortAllow,
+		"published6": d.objs.Published6, "host_addrs6": d.objs.HostAddrs6, "endpoints6": d.objs.Endpoints6,
+		"uplinks6": d.objs.Uplinks6, "nets6": d.objs.Nets6,
 	}
 	for name, m := range news {
 		if m.ValueSize() == oldSizes[name] {

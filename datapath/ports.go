@@ -290,6 +290,9 @@ func bindingOf(m PortMapping) hostBinding {
 	ip := m.HostIP
 	if !ip.IsValid() {
 		ip = netip.IPv4Unspecified()
+		if m.ContainerIP.Is6() && !m.ContainerIP.Is4In6() {
+			ip = netip.IPv6Unspecified()
+		}
 	}
 	return hostBinding{m.Proto, ip, m.HostPort}
 }

@@ -136,6 +136,11 @@ type Network struct {
 	Bridge  string // the bridge device
 	Subnet  netip.Prefix
 	Gateway netip.Addr // the bridge's address in Subnet
+	// Subnet6 and Gateway6 are the network's IPv6 prefix and the bridge's
+	// address in it, for a dual-stack network (docker network create
+	// --ipv6); the zero Prefix is an IPv4-only network.
+	Subnet6  netip.Prefix
+	Gateway6 netip.Addr
 	// Masquerade translates traffic from Subnet leaving through an uplink;
 	// without it, that traffic leaves with the containers' addresses (and
 	// their answers are let back in).
@@ -167,13 +172,18 @@ type Network struct {
 	// --to-source); the zero Addr is the uplink's address. It must be one
 	// of the host's addresses (State.HostAddrs).
 	HostIPv4 netip.Addr
+	// HostIPv6 is HostIPv4's twin for the network's IPv6 egress
+	// (com.docker.network.host_ipv6); the zero Addr is the uplink's
+	// IPv6 address.
+	HostIPv6 netip.Addr
 	// GatewayMode is the network's IPv4 gateway mode, Docker 28's
 	// com.docker.network.bridge.gateway_mode_ipv4 (the zero value is
 	// GatewayNAT): routed turns Masquerade off and publishes container
 	// ports instead of host ports, isolated needs Internal.
 	GatewayMode GatewayMode
 	// GatewayModeIPv6 is com.docker.network.bridge.gateway_mode_ipv6,
-	// kept for when the datapath does IPv6; nothing reads it yet.
+	// the gateway mode of Subnet6's traffic; isolated, as for IPv4,
+	// needs Internal.
 	GatewayModeIPv6 GatewayMode
 }
 
@@ -240,8 +250,11 @@ type Endpoint struct {
 	ContainerID string // the runtime's full id; "" without a runtime
 	Network     string // Network.Name
 	Addr        netip.Addr
-	MAC         net.HardwareAddr // the container's eth0
-	HostVeth    string           // the host end of its veth pair
+	// Addr6 is the container's IPv6 address on a dual-stack network,
+	// in Network.Subnet6; the zero Addr when it has none.
+	Addr6    netip.Addr
+	MAC      net.HardwareAddr // the container's eth0
+	HostVeth string           // the host end of its veth pair
 	// AllowForeignSource lets the container send from addresses that are
 	// not Addr, for a container that routes for others; off, such packets
 	// are dropped (reason "spoofed"). Its packets are judged by its
@@ -258,6 +271,9 @@ type Uplink struct {
 	// Addr is the address masqueraded traffic leaves with; the zero Addr
 	// means the interface's first IPv4 address.
 	Addr netip.Addr
+	// Addr6 is Addr's twin for IPv6: the zero Addr means the
+	// interface's first global IPv6 address.
+	Addr6 netip.Addr
 }
 
 // State is what the datapath is asked to do.
@@ -306,6 +322,12 @@ func (s *State) Validate() error {
 		if !n.Subnet.IsValid() || !n.Subnet.Addr().Is4() {
 			return fmt.Errorf("network %s: subnet %s is not an IPv4 prefix", n.Name, n.Subnet)
 		}
+		if n.Subnet6.IsValid() && (!n.Subnet6.Addr().Is6() || n.Subnet6.Addr().Is4In6()) {
+			return fmt.Errorf("network %s: subnet6 %s is not an IPv6 prefix", n.Name, n.Subnet6)
+		}
+		if n.Gateway6.IsValid() && !n.Subnet6.Contains(n.Gateway6) {
+			return fmt.Errorf("network %s: IPv6 gateway %s is outside %s", n.Name, n.Gateway6, n.Subnet6)
+		}
 		if _, dup := nets[n.Name]; dup {
 			return fmt.Errorf("network %s: defined twice", n.Name)
 		}
@@ -318,7 +340,7 @@ func (s *State) Validate() error {
 		if int(n.GatewayMode) >= len(gatewayModeNames) || int(n.GatewayModeIPv6) >= len(gatewayModeNames) {
 			return fmt.Errorf("network %s: unknown gateway mode %s", n.Name, n.GatewayMode)
 		}
-		if n.GatewayMode == GatewayIsolated && !n.Internal {
+		if (n.GatewayMode == GatewayIsolated || n.GatewayModeIPv6 == GatewayIsolated) && !n.Internal {
 			// As Docker 28: "gateway mode 'isolated' can only be used
 			// for an internal network".
 			return fmt.Errorf("network %s: gateway mode isolated needs an internal network", n.Name)
@@ -338,6 +360,15 @@ func (s *State) Validate() error {
 			return fmt.Errorf("endpoint %s: address %s used twice", e.Container, e.Addr)
 		}
 		addrs[e.Addr] = true
+		if e.Addr6.IsValid() {
+			if !n.Subnet6.IsValid() || !n.Subnet6.Contains(e.Addr6) {
+				return fmt.Errorf("endpoint %s: IPv6 address %s is outside the network's IPv6 subnet %s", e.Container, e.Addr6, n.Subnet6)
+			}
+			if addrs[e.Addr6] {
+				return fmt.Errorf("endpoint %s: address %s used twice", e.Container, e.Addr6)
+			}
+			addrs[e.Addr6] = true
+		}
 		if e.HostVeth == "" {
 			return fmt.Errorf("endpoint %s: host veth is required", e.Container)
 		}
@@ -380,6 +411,9 @@ func (n Network) validateDirect() error {
 	if n.HostIPv4.IsValid() && (!n.HostIPv4.Is4() || n.HostIPv4.IsUnspecified()) {
 		return fmt.Errorf("network %s: host_ipv4 %s is not an IPv4 host address", n.Name, n.HostIPv4)
 	}
+	if n.HostIPv6.IsValid() && (!n.HostIPv6.Is6() || n.HostIPv6.Is4In6() || n.HostIPv6.IsUnspecified() || n.HostIPv6.IsLinkLocalUnicast()) {
+		return fmt.Errorf("network %s: host_ipv6 %s is not a global IPv6 host address", n.Name, n.HostIPv6)
+	}
 	return nil
 }
 
@@ -396,6 +430,9 @@ func CheckHostIPv4(nets []Network, hostAddrs []netip.Addr) error {
 	for _, n := range nets {
 		if n.HostIPv4.IsValid() && !slices.Contains(hostAddrs, n.HostIPv4) {
 			return fmt.Errorf("network %s: host_ipv4 %s is not an address of this host", n.Name, n.HostIPv4)
+		}
+		if n.HostIPv6.IsValid() && !slices.Contains(hostAddrs, n.HostIPv6) {
+			return fmt.Errorf("network %s: host_ipv6 %s is not an address of this host", n.Name, n.HostIPv6)
 		}
 	}
 	return nil
@@ -415,15 +452,20 @@ func (t portTable) add(nets []Network, m PortMapping) error {
 	if m.Proto != TCP && m.Proto != UDP {
 		return fmt.Errorf("port %s: protocol must be tcp or udp", m)
 	}
+	v6 := m.ContainerIP.Is6() && !m.ContainerIP.Is4In6()
 	routed := false
-	if n, ok := networkOf(nets, m.ContainerIP); ok && m.ContainerIP.Is4() {
-		routed = n.GatewayMode == GatewayRouted
+	if n, ok := networkOf(nets, m.ContainerIP); ok {
+		if v6 {
+			routed = n.GatewayModeIPv6 == GatewayRouted
+		} else if m.ContainerIP.Is4() {
+			routed = n.GatewayMode == GatewayRouted
+		}
 	}
 	if (m.HostPort == 0 && !routed) || m.ContainerPort == 0 {
 		return fmt.Errorf("port %s: port 0 cannot be published", m)
 	}
-	if !m.ContainerIP.Is4() {
-		return fmt.Errorf("port %s: container address must be IPv4", m)
+	if !m.ContainerIP.Is4() && !v6 {
+		return fmt.Errorf("port %s: container address must be IPv4 or IPv6", m)
 	}
 	if err := checkAllow(m); err != nil {
 		return err
@@ -443,12 +485,21 @@ func (t portTable) add(nets []Network, m PortMapping) error {
 		// none, and the container port is what is published.
 		return nil
 	}
+	// Host and container address are of one family (no NAT64): the
+	// zero HostIP is the wildcard of the container's, 0.0.0.0 or ::.
+	unspec := netip.IPv4Unspecified()
+	if v6 {
+		unspec = netip.IPv6Unspecified()
+	}
 	hip := m.HostIP
 	if !hip.IsValid() {
-		hip = netip.IPv4Unspecified()
+		hip = unspec
 	}
-	if !hip.Is4() {
-		return fmt.Errorf("port %s: host address must be IPv4", m)
+	if v6 && (!hip.Is6() || hip.Is4In6()) {
+		return fmt.Errorf("port %s: host address must be IPv6, as the container's", m)
+	}
+	if !v6 && !hip.Is4() {
+		return fmt.Errorf("port %s: host address must be IPv4, as the container's", m)
 	}
 	// A binding to every address takes the port on each address, so a
 	// wildcard and a specific binding of one port and protocol collide,
@@ -456,17 +507,25 @@ func (t portTable) add(nets []Network, m PortMapping) error {
 	// (libnetwork/portallocator/portallocator.go, RequestPortsInRange)
 	// wants a port requested on 0.0.0.0 free in every address's map, and
 	// one requested on an address free on that address and on 0.0.0.0.
+	// The wildcards are per family: :: collides only with IPv6 bindings
+	// of the port, 0.0.0.0 only with IPv4 ones.
 	k := protoPort{m.Proto, m.HostPort}
 	for _, o := range t[k] {
 		ohip := o.HostIP
 		if !ohip.IsValid() {
 			ohip = netip.IPv4Unspecified()
+			if o.ContainerIP.Is6() && !o.ContainerIP.Is4In6() {
+				ohip = netip.IPv6Unspecified()
+			}
+		}
+		if ohip.Is4() != hip.Is4() {
+			continue
 		}
 		switch {
 		case ohip == hip:
 			return fmt.Errorf("port %s: host port already published by %s", m, o)
 		case ohip.IsUnspecified() || hip.IsUnspecified():
-			return fmt.Errorf("port %s: host port already published by %s (a port on 0.0.0.0 takes it on every address)", m, o)
+			return fmt.Errorf("port %s: host port already published by %s (a port on %s takes it on every address)", m, o, unspec)
 		}
 	}
 	t[k] = append(t[k], m)
@@ -619,9 +678,9 @@ func parseRange(s string) (lo, hi uint16, err error) {
 	return uint16(l), uint16(h), nil
 }
 
-// networkOf returns the network an address belongs to.
+// networkOf returns the network an address of either family belongs to.
 func networkOf(nets []Network, a netip.Addr) (Network, bool) {
-	i := slices.IndexFunc(nets, func(n Network) bool { return n.Subnet.Contains(a) })
+	i := slices.IndexFunc(nets, func(n Network) bool { return n.Subnet.Contains(a) || n.Subnet6.Contains(a) })
 	if i < 0 {
 		return Network{}, false
 	}

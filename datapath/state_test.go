@@ -171,3 +171,120 @@ func TestStateValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestStateValidateDualStack checks the IPv6 half of a dual-stack
+// network, endpoint and host address, each refusal beside the state it
+// breaks being accepted.
+func TestStateValidateDualStack(t *testing.T) {
+	good := func() State {
+		return State{
+			Networks: []Network{{Name: "br", Bridge: "br0",
+				Subnet: netip.MustParsePrefix("172.17.0.0/16"), Gateway: netip.MustParseAddr("172.17.0.1"),
+				Subnet6: netip.MustParsePrefix("fd00:17::/64"), Gateway6: netip.MustParseAddr("fd00:17::1")}},
+			Endpoints: []Endpoint{{Container: "a", Network: "br", Addr: netip.MustParseAddr("172.17.0.2"),
+				Addr6: netip.MustParseAddr("fd00:17::2"), HostVeth: "veth0"}},
+		}
+	}
+	s := good()
+	if err := s.Validate(); err != nil {
+		t.Fatalf("valid dual-stack state: %v", err)
+	}
+	if n, ok := networkOf(s.Networks, netip.MustParseAddr("fd00:17::9")); !ok || n.Name != "br" {
+		t.Errorf("networkOf(fd00:17::9) = %v, %v; want br", n.Name, ok)
+	}
+	for _, tc := range []struct {
+		name   string
+		mutate func(*State)
+		want   string
+	}{
+		{"ipv4 prefix as subnet6", func(s *State) { s.Networks[0].Subnet6 = netip.MustParsePrefix("10.0.0.0/8") },
+			"network br: subnet6 10.0.0.0/8 is not an IPv6 prefix"},
+		{"gateway6 outside", func(s *State) { s.Networks[0].Gateway6 = netip.MustParseAddr("fd00:18::1") },
+			"network br: IPv6 gateway fd00:18::1 is outside fd00:17::/64"},
+		{"addr6 outside", func(s *State) { s.Endpoints[0].Addr6 = netip.MustParseAddr("fd00:18::2") },
+			"endpoint a: IPv6 address fd00:18::2 is outside the network's IPv6 subnet fd00:17::/64"},
+		{"addr6 on an IPv4-only network", func(s *State) {
+			s.Networks[0].Subnet6, s.Networks[0].Gateway6 = netip.Prefix{}, netip.Addr{}
+		}, "endpoint a: IPv6 address fd00:17::2 is outside the network's IPv6 subnet invalid Prefix"},
+		{"addr6 twice", func(s *State) {
+			s.Endpoints = append(s.Endpoints, Endpoint{Container: "b", Network: "br", Addr: netip.MustParseAddr("172.17.0.3"),
+				Addr6: netip.MustParseAddr("fd00:17::2"), HostVeth: "veth1"})
+		}, "endpoint b: address fd00:17::2 used twice"},
+		{"link-local host_ipv6", func(s *State) { s.Networks[0].HostIPv6 = netip.MustParseAddr("fe80::1") },
+			"network br: host_ipv6 fe80::1 is not a global IPv6 host address"},
+		{"host_ipv6 not the host's", func(s *State) {
+			s.Networks[0].HostIPv6 = netip.MustParseAddr("2001:db8::5")
+			s.HostAddrs = []netip.Addr{netip.MustParseAddr("2001:db8::6")}
+		}, "network br: host_ipv6 2001:db8::5 is not an address of this host"},
+		{"isolated ipv6 needs internal", func(s *State) { s.Networks[0].GatewayModeIPv6 = GatewayIsolated },
+			"network br: gateway mode isolated needs an internal network"},
+		{"host_ipv6 of the host", func(s *State) {
+			s.Networks[0].HostIPv6 = netip.MustParseAddr("2001:db8::5")
+			s.HostAddrs = []netip.Addr{netip.MustParseAddr("2001:db8::5")}
+		}, ""},
+		{"second dual-stack endpoint", func(s *State) {
+			s.Endpoints = append(s.Endpoints, Endpoint{Container: "b", Network: "br", Addr: netip.MustParseAddr("172.17.0.3"),
+				Addr6: netip.MustParseAddr("fd00:17::3"), HostVeth: "veth1"})
+		}, ""},
+	} {
+		s := good()
+		tc.mutate(&s)
+		err := s.Validate()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.want != "" && (err == nil || err.Error() != tc.want):
+			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// TestStateValidatePortsIPv6: IPv6 mappings take host and container
+// address of one family; :: collides with IPv6 bindings of its port only,
+// so a port published on 0.0.0.0 and on :: (Docker's -p 8080:80 on a
+// dual-stack network) is two bindings.
+func TestStateValidatePortsIPv6(t *testing.T) {
+	c4, c6 := netip.MustParseAddr("172.17.0.2"), netip.MustParseAddr("fd00:17::2")
+	port := func(host string, hp uint16, cip netip.Addr) PortMapping {
+		m := PortMapping{Proto: TCP, HostPort: hp, ContainerIP: cip, ContainerPort: 80}
+		if host != "" {
+			m.HostIP = netip.MustParseAddr(host)
+		}
+		return m
+	}
+	for _, tc := range []struct {
+		name  string
+		ports []PortMapping
+		want  string
+	}{
+		{"0.0.0.0 and :: of one port", []PortMapping{port("", 8080, c4), port("", 8080, c6)}, ""},
+		{"explicit :: beside 0.0.0.0", []PortMapping{port("0.0.0.0", 8080, c4), port("::", 8080, c6)}, ""},
+		{"specific IPv6 beside 0.0.0.0", []PortMapping{port("", 8080, c4), port("2001:db8::1", 8080, c6)}, ""},
+		{"two specific IPv6", []PortMapping{port("2001:db8::1", 8080, c6), port("2001:db8::2", 8080, c6)}, ""},
+		{":: then specific IPv6", []PortMapping{port("", 8080, c6), port("2001:db8::1", 8080, c6)},
+			"port " + port("2001:db8::1", 8080, c6).String() + ": host port already published by 8080->fd00:17::2:80/tcp (a port on :: takes it on every address)"},
+		{":: twice", []PortMapping{port("::", 8080, c6), port("", 8080, c6)},
+			"port 8080->fd00:17::2:80/tcp: host port already published by 8080->fd00:17::2:80/tcp"},
+		{"IPv4 host, IPv6 container", []PortMapping{port("10.0.0.1", 8080, c6)},
+			"port 10.0.0.1:8080->fd00:17::2:80/tcp: host address must be IPv6, as the container's"},
+		{"IPv6 host, IPv4 container", []PortMapping{port("2001:db8::1", 8080, c4)},
+			"port " + port("2001:db8::1", 8080, c4).String() + ": host address must be IPv4, as the container's"},
+		{"0.0.0.0, IPv6 container", []PortMapping{port("0.0.0.0", 8080, c6)},
+			"port 8080->fd00:17::2:80/tcp: host address must be IPv6, as the container's"},
+	} {
+		s := State{
+			Networks: []Network{{Name: "br", Bridge: "br0",
+				Subnet: netip.MustParsePrefix("172.17.0.0/16"), Gateway: netip.MustParseAddr("172.17.0.1"),
+				Subnet6: netip.MustParsePrefix("fd00:17::/64"), Gateway6: netip.MustParseAddr("fd00:17::1")}},
+			Endpoints: []Endpoint{{Container: "a", Network: "br", Addr: c4, Addr6: c6, HostVeth: "veth0"}},
+			Ports:     tc.ports,
+		}
+		err := s.Validate()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.want != "" && (err == nil || err.Error() != tc.want):
+			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}

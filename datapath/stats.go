@@ -39,6 +39,10 @@ const (
 	// DropPortDenied: a new flow to a published port from a source its
 	// allowlist leaves out (counted per port too: PortDenied).
 	DropPortDenied = DropReason(bpfDropReasonDROP_PORT_DENIED)
+	// DropIPv6ExtHdr: an IPv6 packet with more extension headers than the
+	// datapath walks (IPV6_EXT_MAX in bpf/lib/ipv6.h), whose flow it
+	// therefore cannot tell.
+	DropIPv6ExtHdr = DropReason(bpfDropReasonDROP_IPV6EXTHDR)
 	dropMax        = int(bpfDropReasonDROP_MAX)
 
 	// dropMalformedOld is the number that malformed drops had before
@@ -62,6 +66,7 @@ var dropNames = map[DropReason]string{
 	DropSpoofed:      "spoofed",
 	DropDirectAccess: "direct_access",
 	DropPortDenied:   "port_denied",
+	DropIPv6ExtHdr:   "ipv6_ext_headers",
 }
 
 func (r DropReason) String() string {
@@ -73,7 +78,7 @@ func (r DropReason) String() string {
 
 // DropReasons lists every reason the datapath knows.
 func DropReasons() []DropReason {
-	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropRewrite, DropCTMiss, DropIsolation, DropICC, DropInternal, DropSpoofed, DropDirectAccess, DropPortDenied}
+	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropRewrite, DropCTMiss, DropIsolation, DropICC, DropInternal, DropSpoofed, DropDirectAccess, DropPortDenied, DropIPv6ExtHdr}
 }
 
 // Event is a counted datapath event: enum event_kind of

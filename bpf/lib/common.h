@@ -74,6 +74,8 @@ enum drop_reason {
 		13, /* to a container's address from an interface that may not reach it (lib/direct.h) */
 	DROP_PORT_DENIED =
 		14, /* a new flow to a published port from a source its allowlist leaves out */
+	DROP_IPV6_EXTHDR =
+		15, /* an IPv6 extension-header chain longer than the datapath walks (lib/ipv6.h) */
 	DROP_MAX = 16,
 };
 
