@@ -52,6 +52,7 @@ func keyOf(m datapath.PortMapping) portKey {
 type bridgeNet struct {
 	Network
 	ifindex int
+	warn6   string // why its IPv6 half is left out, if it is
 }
 
 // build turns Docker's networks and inspected containers into a
@@ -77,6 +78,9 @@ func build(k kernel, log *slog.Logger, defaultMasq bool, nets []network.Summary,
 			}
 			log.Warn("docker network left out", "network", n.Name, "error", err)
 			continue
+		}
+		if bn.warn6 != "" {
+			log.Warn("docker network's IPv6 left out", "network", n.Name, "reason", bn.warn6)
 		}
 		byID[n.ID] = bn
 		byName[n.Name] = bn
@@ -228,10 +232,13 @@ func convertNetwork(k kernel, defaultMasq bool, n network.Summary) (_ *bridgeNet
 			}
 		}
 	}
+	var warn6 string
 	if gwMode6 == datapath.GatewayIsolated {
 		gw6 = netip.Addr{}
 	} else if subnet6.IsValid() && !gw6.IsValid() {
-		return nil, true, errors.New("no IPv6 gateway in " + subnet6.String() + " (none in IPAM, none on bridge " + bridge + ")")
+		// Its IPv4 half is served still.
+		warn6 = "no IPv6 gateway in " + subnet6.String() + " (none in IPAM, none on bridge " + bridge + "): served without IPv6"
+		subnet6 = netip.Prefix{}
 	}
 	def := n.Options[optDefaultBridge] == "true"
 	masq := n.Options[optMasquerade] != "false"
@@ -284,6 +291,7 @@ func convertNetwork(k kernel, defaultMasq bool, n network.Summary) (_ *bridgeNet
 			ICC:      icc,
 		},
 		ifindex: idx,
+		warn6:   warn6,
 	}, true, nil
 }
 

@@ -28,7 +28,8 @@ func dualStackNetwork(name string, id int, subnet, gw, subnet6, gw6 string, opts
 // their GlobalIPv6Address, and the bindings on :: (and on "", both
 // families) IPv6 mappings to the container's IPv6 address; an IPv4-only
 // network's :: binding (Docker's userland proxy's) is left out, and so is
-// an IPv6 config of a network without EnableIPv6.
+// an IPv6 config of a network without EnableIPv6, and the IPv6 half of a
+// network whose IPv6 gateway is nowhere.
 func TestBuildDualStack(t *testing.T) {
 	nets := []network.Summary{
 		dualStackNetwork("v6net", 1, "172.30.1.0/24", "172.30.1.1", "fd00:251::/64", "fd00:251::1",
@@ -37,6 +38,8 @@ func TestBuildDualStack(t *testing.T) {
 		bridgeNetwork("v4net", 3, "172.30.3.0/24", "172.30.3.1", nil),
 		dualStackNetwork("disabled", 4, "172.30.4.0/24", "172.30.4.1", "fd00:254::/64", "fd00:254::1", nil),
 		dualStackNetwork("badhost6", 5, "172.30.5.0/24", "172.30.5.1", "fd00:255::/64", "fd00:255::1", map[string]string{optHostIPv6: "192.0.2.1"}),
+		// No IPv6 gateway in IPAM nor on the bridge: IPv4 only.
+		dualStackNetwork("v6lost", 6, "172.30.6.0/24", "172.30.6.1", "fd00:256::/64", "", nil),
 	}
 	nets[3].EnableIPv6 = false
 	k := &fakeKernel{bridges: map[string]fakeBridge{}, veths: map[string]fakeVeth{}}
@@ -77,6 +80,7 @@ func TestBuildDualStack(t *testing.T) {
 	want := []string{
 		"disabled 172.30.4.0/24 172.30.4.1 invalid Prefix invalid IP host6=invalid IP gw6mode=nat",
 		"v4net 172.30.3.0/24 172.30.3.1 invalid Prefix invalid IP host6=invalid IP gw6mode=nat",
+		"v6lost 172.30.6.0/24 172.30.6.1 invalid Prefix invalid IP host6=invalid IP gw6mode=nat",
 		"v6net 172.30.1.0/24 172.30.1.1 fd00:251::/64 fd00:251::1 host6=2001:db8::5 gw6mode=nat-unprotected",
 		"v6nogw 172.30.2.0/24 172.30.2.1 fd00:252::/64 fd00:252::1 host6=invalid IP gw6mode=nat",
 	}
