@@ -71,7 +71,10 @@ func dualStackState(t *testing.T, m *modeLab, masq bool, specs ...string) State 
 		if n.Bridge == m.topo.Bridges[1].Name {
 			sub, gw = "fd00:31::/64", v6Br1
 		}
-		n.Subnet6, n.Gateway6 = netip.MustParsePrefix(sub), netip.MustParseAddr(gw)
+		// Discover reads them from the bridge.
+		if n.Subnet6 != netip.MustParsePrefix(sub) || n.Gateway6 != netip.MustParseAddr(gw) {
+			t.Errorf("Discover: bridge %s has IPv6 %s %s, want %s %s", n.Bridge, n.Subnet6, n.Gateway6, sub, gw)
+		}
 		if n.Bridge == m.topo.Bridges[0].Name {
 			n.Masquerade = masq
 		}

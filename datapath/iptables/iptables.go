@@ -224,6 +224,9 @@ func (o Options) withDefaults() Options {
 
 func (d *Datapath) Name() string { return "iptables" }
 
+// PublishesIPv6 is true: the IPv6 ports go to the IPv6 tables.
+func (d *Datapath) PublishesIPv6() bool { return true }
+
 // Close does nothing: the rules stay and keep forwarding.
 func (d *Datapath) Close() error { return nil }
 

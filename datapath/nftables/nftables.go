@@ -126,6 +126,9 @@ func (d *Datapath) Name() string { return "nftables" }
 // Table is the name of the datapath's table.
 func (d *Datapath) Table() string { return d.opts.Table }
 
+// PublishesIPv6 is true: the IPv6 ports go to the IPv6 tables.
+func (d *Datapath) PublishesIPv6() bool { return true }
+
 // Close does nothing: the table stays and keeps forwarding.
 func (d *Datapath) Close() error { return nil }
 
