@@ -4,9 +4,10 @@ package docker
 
 // A dual-stack network end to end on a dockerd of the test's own:
 // docker network create --ipv6 with a subnet of each family, a container
-// publishing ports on both, and the State Source builds from it. The
-// traffic of IPv6 published ports waits for the eBPF IPv6 datapath
-// (issue 14): this test asserts the conversion only.
+// publishing ports on both, and the State Source builds from it; then
+// that state on each comparator (iptables, nftables), with IPv6 traffic
+// from an external host. The eBPF datapath's IPv6 traffic waits for its
+// IPv6 programs (issue 14).
 
 import (
 	"context"
@@ -16,10 +17,13 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/docker/docker/api/types/network"
 
 	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/datapath/iptables"
+	"github.com/bpfnet/bpfnet/datapath/nftables"
 	"github.com/bpfnet/bpfnet/lab"
 )
 
@@ -55,7 +59,7 @@ func TestDockerIPv6StateE2E(t *testing.T) {
 			t.Fatalf("creating network %s: %v", name, err)
 		}
 	}
-	create("v6net", "172.30.40.0/24", "fd00:251::/64", map[string]string{optGatewayModeIPv6: "nat-unprotected"})
+	create("v6net", "172.30.40.0/24", "fd00:251::/64", map[string]string{optHostIPv6: "fd00:99::1"})
 	create("v4net", "172.30.41.0/24", "", nil)
 
 	web := &isoCtr{name: "web6", net: "v6net", publish: []string{"8080:80", "[::]:8081:81", "0.0.0.0:8082:82/udp"}}
@@ -82,8 +86,8 @@ func TestDockerIPv6StateE2E(t *testing.T) {
 		nets[n.Name] = n
 	}
 	v6, v4 := nets["v6net"], nets["v4net"]
-	if v6.Subnet6 != netip.MustParsePrefix("fd00:251::/64") || v6.Gateway6 != netip.MustParseAddr("fd00:251::1") || v6.GatewayModeIPv6 != datapath.GatewayNATUnprotected {
-		t.Errorf("v6net: subnet6 %s gateway6 %s mode6 %s, want fd00:251::/64 fd00:251::1 nat-unprotected", v6.Subnet6, v6.Gateway6, v6.GatewayModeIPv6)
+	if v6.Subnet6 != netip.MustParsePrefix("fd00:251::/64") || v6.Gateway6 != netip.MustParseAddr("fd00:251::1") || v6.HostIPv6 != netip.MustParseAddr("fd00:99::1") {
+		t.Errorf("v6net: subnet6 %s gateway6 %s host_ipv6 %s, want fd00:251::/64 fd00:251::1 fd00:99::1", v6.Subnet6, v6.Gateway6, v6.HostIPv6)
 	}
 	// Its positive twin: the IPv4-only network has no IPv6 half.
 	if v4.Name != "v4net" || v4.Subnet6.IsValid() || v4.Gateway6.IsValid() {
@@ -127,7 +131,84 @@ func TestDockerIPv6StateE2E(t *testing.T) {
 	}
 	st.Uplinks = []datapath.Uplink{{Name: e.ext.Uplink}}
 	if err := st.Validate(); err != nil {
-		t.Errorf("the state is refused: %v", err)
+		t.Fatalf("the state is refused: %v", err)
+	}
+
+	// The external host and the uplink get IPv6 addresses; the external
+	// host routes the network's IPv6 subnet through the host only for
+	// the direct-access probe.
+	for _, c := range []struct {
+		ns   *lab.Namespace
+		args []string
+	}{
+		{e.topo.Host, []string{"-6", "addr", "add", "fd00:99::1/64", "dev", e.ext.Uplink, "nodad"}},
+		{&e.ext.Namespace, []string{"-6", "addr", "add", "fd00:99::2/64", "dev", "eth0", "nodad"}},
+		{&e.ext.Namespace, []string{"-6", "route", "add", "fd00:251::/64", "via", "fd00:99::1"}},
+	} {
+		if out, err := c.ns.Command(ctx, "ip", c.args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v\n%s", c.args, err, out)
+		}
+	}
+	isoServe(t, &e.ext.Namespace, "[fd00:99::2]:9000", "external")
+	for _, name := range []string{"iptables", "nftables"} {
+		t.Run(name, func(t *testing.T) { ipv6Traffic(t, e, name, st, web, addr6) })
+	}
+}
+
+// ipv6Traffic applies st with the comparator name in the dockerd's
+// namespace and tries its IPv6 half from the external host and from web:
+// the published ports answer with the client's address kept, the
+// container's address is dropped from outside, egress is masqueraded.
+func ipv6Traffic(t *testing.T, e *e2e, name string, st datapath.State, web *isoCtr, addr6 netip.Addr) {
+	var dp datapath.Datapath
+	var err error
+	switch name {
+	case "iptables":
+		dp, err = iptables.New(iptables.Options{Netns: e.topo.Host.Path})
+	case "nftables":
+		dp, err = nftables.New(nftables.Options{Netns: e.topo.Host.Path})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := dp.Remove(); err != nil {
+			t.Errorf("removing the %s datapath: %v", name, err)
+		}
+	})
+	if err := dp.Apply(context.Background(), st); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	greet := func(ns *lab.Namespace, to string) ([]string, error) {
+		var line string
+		var err error
+		// dockerd's sockets that reserve the ports accept until the
+		// rules are in: a few tries.
+		for i := 0; i < 20; i++ {
+			if line, err = ns.Greeting(to); err == nil && len(strings.Fields(line)) == 2 {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return strings.Fields(line), err
+	}
+	// (web6 serves port 80 only: [::]:8081 leads to a closed port.)
+	if f, err := greet(&e.ext.Namespace, "[fd00:99::1]:8080"); err != nil || len(f) != 2 || f[1] != "web6" || !strings.HasPrefix(f[0], "[fd00:99::2]:") {
+		t.Errorf("[fd00:99::1]:8080 from outside: %q %v, want web6 seeing the client [fd00:99::2]", f, err)
+	}
+	// The IPv4 binding of the same port, in the same run.
+	if f, err := greet(&e.ext.Namespace, netip.AddrPortFrom(addr4(e.ext.HostAddr), 8080).String()); err != nil || len(f) != 2 || f[1] != "web6" ||
+		!strings.HasPrefix(f[0], addr4(e.ext.Addr).String()+":") {
+		t.Errorf("IPv4 8080 from outside: %q %v", f, err)
+	}
+	// The container's IPv6 address from outside: dropped (DROP DIRECT
+	// ACCESS), where the published port above answers.
+	if line, err := e.ext.Greeting(netip.AddrPortFrom(addr6, 80).String()); err == nil || !lab.IsTimeout(err) {
+		t.Errorf("[%s]:80 from outside: %q %v, want the SYN dropped", addr6, line, err)
+	}
+	// Egress over IPv6, SNATed to host_ipv6 (the uplink's address).
+	if f, err := greet(web.ns, "[fd00:99::2]:9000"); err != nil || len(f) != 2 || !strings.HasPrefix(f[0], "[fd00:99::1]:") {
+		t.Errorf("web6 to the outside over IPv6: %q %v, want seen as [fd00:99::1]", f, err)
 	}
 }
 
