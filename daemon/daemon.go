@@ -101,11 +101,24 @@ func (d *Daemon) Start(ctx context.Context, s datapath.State) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	s.AllowDirectRouting = d.cfg.AllowDirectRouting
+	d.servable(&s)
 	if err := d.cfg.Datapath.Apply(ctx, s); err != nil {
 		return err
 	}
 	d.store(s)
 	return nil
+}
+
+// servable leaves out of s the ports the datapath cannot publish (those
+// of IPv6 containers, for a datapath without IPv6), each with a warning.
+func (d *Daemon) servable(s *datapath.State) {
+	if datapath.PublishesIPv6(d.cfg.Datapath) {
+		return
+	}
+	for _, w := range s.DropIPv6Ports(d.cfg.Datapath.Name()) {
+		d.log.Warn("port left out", "reason", w)
+		s.Warnings = append(s.Warnings, w)
+	}
 }
 
 func (d *Daemon) store(s datapath.State) {
@@ -133,6 +146,7 @@ func (d *Daemon) Reconcile(ctx context.Context, reason string) (incremental bool
 
 // apply makes the datapath match s; d.mu is held.
 func (d *Daemon) apply(ctx context.Context, s datapath.State) (bool, error) {
+	d.servable(&s)
 	// The trusted interfaces of a network (every interface with
 	// AllowDirectRouting) reach its published container ports: with any,
 	// a change of ports is a change of the whole state.

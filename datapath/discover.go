@@ -14,6 +14,8 @@ import (
 
 // Discover builds the State of the calling thread's namespace without a
 // container runtime: each bridge's subnet and gateway from its address,
+// its IPv6 subnet and gateway from its first global IPv6 address, if it
+// has one (a dual-stack network; link-local addresses are not one),
 // the containers behind its ports from their own namespaces, and the
 // uplinks (those of the default routes when none are named). Networks are
 // masqueraded when one of masq overlaps them, or all when masq is empty.
@@ -36,6 +38,9 @@ func Discover(bridges, uplinks []string, masq []netip.Prefix) (State, error) {
 		gw, _ := netip.AddrFromSlice(addrs[0].IP.To4())
 		ones, _ := addrs[0].Mask.Size()
 		n := Network{Name: br, Bridge: br, Subnet: netip.PrefixFrom(gw, ones).Masked(), Gateway: gw}
+		if n.Subnet6, n.Gateway6, err = bridgeIPv6(l); err != nil {
+			return s, fmt.Errorf("bridge %s: %w", br, err)
+		}
 		n.Masquerade = len(masq) == 0
 		for i, m := range masq {
 			if m.Masked().Overlaps(n.Subnet) {
@@ -71,6 +76,24 @@ func Discover(bridges, uplinks []string, masq []netip.Prefix) (State, error) {
 		s.Uplinks = append(s.Uplinks, Uplink{Name: u})
 	}
 	return s, nil
+}
+
+// bridgeIPv6 is the prefix and address of the bridge's first global
+// IPv6 address, or zero values when it has none.
+func bridgeIPv6(l netlink.Link) (netip.Prefix, netip.Addr, error) {
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("listing IPv6 addresses: %w", err)
+	}
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || ip.Is4In6() || !ip.IsGlobalUnicast() {
+			continue
+		}
+		ones, _ := a.Mask.Size()
+		return netip.PrefixFrom(ip, ones).Masked(), ip, nil
+	}
+	return netip.Prefix{}, netip.Addr{}, nil
 }
 
 // AddPendingVeths lists in PendingVeths the veth ports of the networks'

@@ -14,14 +14,14 @@ import (
 // not list the host's addresses themselves: with s.HostAddrs nil, the
 // IPv4 addresses of the network namespace at nsPath ("" for the calling
 // thread's) but loopback ones stand for them, as the eBPF datapath takes
-// them.
+// them; with a host_ipv6, its global IPv6 addresses too.
 func CheckHostIPv4In(nsPath string, s State) error {
 	if s.HostAddrs != nil {
 		return CheckHostIPv4(s.Networks, s.HostAddrs)
 	}
 	need := false
 	for _, n := range s.Networks {
-		need = need || n.HostIPv4.IsValid()
+		need = need || n.HostIPv4.IsValid() || n.HostIPv6.IsValid()
 	}
 	if !need {
 		return nil
@@ -38,13 +38,15 @@ func CheckHostIPv4In(nsPath string, s State) error {
 		}
 		defer h.Close()
 	}
-	addrs, err := h.AddrList(nil, netlink.FAMILY_V4)
+	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return fmt.Errorf("listing host addresses: %w", err)
 	}
 	host := []netip.Addr{}
 	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && !ip.IsLoopback() {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		ip = ip.Unmap()
+		if ok && !ip.IsLoopback() && (ip.Is4() || !ip.IsLinkLocalUnicast()) {
 			host = append(host, ip)
 		}
 	}

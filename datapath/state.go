@@ -63,13 +63,22 @@ type PortMapping struct {
 func (m PortMapping) String() string {
 	host := ""
 	if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
-		host = m.HostIP.String() + ":"
+		host = BracketAddr(m.HostIP) + ":"
 	}
-	s := fmt.Sprintf("%s%d->%s:%d/%s", host, m.HostPort, m.ContainerIP, m.ContainerPort, m.Proto)
+	s := fmt.Sprintf("%s%d->%s:%d/%s", host, m.HostPort, BracketAddr(m.ContainerIP), m.ContainerPort, m.Proto)
 	if len(m.Allow) > 0 {
 		s += " allow=" + FormatAllow(m.Allow)
 	}
 	return s
+}
+
+// BracketAddr writes an address as it stands before a port: an IPv6
+// one in brackets ([fd00::2]), an IPv4 one bare.
+func BracketAddr(a netip.Addr) string {
+	if a.Is6() && !a.Is4In6() {
+		return "[" + a.String() + "]"
+	}
+	return a.String()
 }
 
 // Equal tells whether m and o are the same mapping, their allowlists
@@ -464,7 +473,7 @@ func (t portTable) add(nets []Network, m PortMapping) error {
 	if (m.HostPort == 0 && !routed) || m.ContainerPort == 0 {
 		return fmt.Errorf("port %s: port 0 cannot be published", m)
 	}
-	if !m.ContainerIP.Is4() && !v6 {
+	if !m.ContainerIP.Is4() && (!m.ContainerIP.Is6() || m.ContainerIP.Is4In6() || m.ContainerIP.Zone() != "") {
 		return fmt.Errorf("port %s: container address must be IPv4 or IPv6", m)
 	}
 	if err := checkAllow(m); err != nil {
@@ -485,51 +494,51 @@ func (t portTable) add(nets []Network, m PortMapping) error {
 		// none, and the container port is what is published.
 		return nil
 	}
-	// Host and container address are of one family (no NAT64): the
-	// zero HostIP is the wildcard of the container's, 0.0.0.0 or ::.
-	unspec := netip.IPv4Unspecified()
-	if v6 {
-		unspec = netip.IPv6Unspecified()
+	hip := wildcardOf(m)
+	if hip.Is4In6() || hip.Zone() != "" {
+		return fmt.Errorf("port %s: host address must be IPv4 or IPv6, without a zone", m)
 	}
-	hip := m.HostIP
-	if !hip.IsValid() {
-		hip = unspec
+	if hip.Is4() != m.ContainerIP.Is4() {
+		return fmt.Errorf("port %s: host address %s and container address %s are of different families", m, hip, m.ContainerIP)
 	}
-	if v6 && (!hip.Is6() || hip.Is4In6()) {
-		return fmt.Errorf("port %s: host address must be IPv6, as the container's", m)
-	}
-	if !v6 && !hip.Is4() {
-		return fmt.Errorf("port %s: host address must be IPv4, as the container's", m)
-	}
-	// A binding to every address takes the port on each address, so a
-	// wildcard and a specific binding of one port and protocol collide,
-	// as in Docker: moby's port allocator
+	// A binding to every address takes the port on each address of its
+	// family, so a wildcard and a specific binding of one port and
+	// protocol collide, as in Docker: moby's port allocator
 	// (libnetwork/portallocator/portallocator.go, RequestPortsInRange)
 	// wants a port requested on 0.0.0.0 free in every address's map, and
 	// one requested on an address free on that address and on 0.0.0.0.
-	// The wildcards are per family: :: collides only with IPv6 bindings
-	// of the port, 0.0.0.0 only with IPv4 ones.
+	// 0.0.0.0 and :: are two bindings (Docker publishes -p 8080:80 on
+	// both) and do not collide.
 	k := protoPort{m.Proto, m.HostPort}
 	for _, o := range t[k] {
-		ohip := o.HostIP
-		if !ohip.IsValid() {
-			ohip = netip.IPv4Unspecified()
-			if o.ContainerIP.Is6() && !o.ContainerIP.Is4In6() {
-				ohip = netip.IPv6Unspecified()
-			}
-		}
-		if ohip.Is4() != hip.Is4() {
-			continue
-		}
+		ohip := wildcardOf(o)
 		switch {
+		case ohip.Is4() != hip.Is4():
 		case ohip == hip:
 			return fmt.Errorf("port %s: host port already published by %s", m, o)
 		case ohip.IsUnspecified() || hip.IsUnspecified():
-			return fmt.Errorf("port %s: host port already published by %s (a port on %s takes it on every address)", m, o, unspec)
+			return fmt.Errorf("port %s: host port already published by %s (a port on %s takes it on every address)", m, o, unspecifiedOf(hip))
 		}
 	}
 	t[k] = append(t[k], m)
 	return nil
+}
+
+// wildcardOf is the host address of m, the zero Addr read as the
+// wildcard of the container address's family.
+func wildcardOf(m PortMapping) netip.Addr {
+	if m.HostIP.IsValid() {
+		return m.HostIP
+	}
+	return unspecifiedOf(m.ContainerIP)
+}
+
+// unspecifiedOf is 0.0.0.0 for an IPv4 address, :: for an IPv6 one.
+func unspecifiedOf(a netip.Addr) netip.Addr {
+	if a.Is6() && !a.Is4In6() {
+		return netip.IPv6Unspecified()
+	}
+	return netip.IPv4Unspecified()
 }
 
 // checkAllow checks the allowlist of a mapping: IPv4 prefixes only, for
@@ -585,10 +594,14 @@ type Datapath interface {
 // ParsePublish parses a published port the way `bpfnet run --publish`
 // takes it: Docker's -p syntax with the container's address,
 // [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp],
-// then options after commas, as in Docker's --mount: allow=CIDR[+CIDR...]
-// is the port's source allowlist (PortMapping.Allow).
+// IPv6 addresses in brackets as Docker writes them
+// ([::]:8080:[fd00::2]:80), then options after commas, as in Docker's
+// --mount: allow=CIDR[+CIDR...] is the port's source allowlist
+// (PortMapping.Allow, IPv4 prefixes only for now).
 // A range gives one mapping per port; both ranges must have one length,
-// or the container side a single port.
+// or the container side a single port. The host and container addresses
+// are of one family; without a host address, an IPv6 container's port is
+// published on [::].
 func ParsePublish(spec string) ([]PortMapping, error) {
 	bad := func(format string, a ...any) ([]PortMapping, error) {
 		return nil, fmt.Errorf("invalid --publish %q: %s", spec, fmt.Sprintf(format, a...))
@@ -617,26 +630,34 @@ func ParsePublish(spec string) ([]PortMapping, error) {
 	if err != nil {
 		return bad("%v", err)
 	}
-	parts := strings.Split(rest, ":")
+	parts, err := splitPublish(rest)
+	if err != nil {
+		return bad("%v", err)
+	}
 	var hostIP netip.Addr
 	switch len(parts) {
 	case 3:
 	case 4:
-		hostIP, err = netip.ParseAddr(parts[0])
-		if err != nil || !hostIP.Is4() {
-			return bad("host address %q is not IPv4", parts[0])
+		if hostIP, err = parsePublishAddr(parts[0]); err != nil {
+			return bad("host address: %v", err)
 		}
 		parts = parts[1:]
 	default:
-		return bad("want [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/proto]")
+		return bad("want [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/proto], IPv6 addresses in brackets")
 	}
 	hlo, hhi, err := parseRange(parts[0])
 	if err != nil {
 		return bad("host port: %v", err)
 	}
-	cip, err := netip.ParseAddr(parts[1])
-	if err != nil || !cip.Is4() {
-		return bad("container address %q is not IPv4", parts[1])
+	cip, err := parsePublishAddr(parts[1])
+	if err != nil {
+		return bad("container address: %v", err)
+	}
+	if hostIP.IsValid() && hostIP.Is4() != cip.Is4() {
+		return bad("host address %s and container address %s are of different families", hostIP, cip)
+	}
+	if !hostIP.IsValid() && cip.Is6() {
+		hostIP = netip.IPv6Unspecified()
 	}
 	clo, chi, err := parseRange(parts[2])
 	if err != nil {
@@ -657,6 +678,66 @@ func ParsePublish(spec string) ([]PortMapping, error) {
 		}
 	}
 	return out, nil
+}
+
+// splitPublish splits a --publish spec at its colons, keeping an
+// address in brackets whole (without its brackets, which stay on it as
+// the mark of an IPv6 address: "[fd00::2]").
+func splitPublish(s string) ([]string, error) {
+	var parts []string
+	for {
+		if strings.HasPrefix(s, "[") {
+			end := strings.IndexByte(s, ']')
+			if end < 0 {
+				return nil, fmt.Errorf("%q has no closing bracket", s)
+			}
+			field := s[:end+1]
+			if strings.Contains(field[1:], "[") {
+				return nil, fmt.Errorf("%q: a bracket opens inside brackets", field)
+			}
+			s = s[end+1:]
+			if s != "" && s[0] != ':' {
+				return nil, fmt.Errorf("%q: a colon must follow the closing bracket", field+s)
+			}
+			parts = append(parts, field)
+			if s == "" {
+				return parts, nil
+			}
+			s = s[1:]
+			continue
+		}
+		field, next, more := strings.Cut(s, ":")
+		if strings.ContainsAny(field, "[]") {
+			return nil, fmt.Errorf("stray bracket in %q", field)
+		}
+		parts = append(parts, field)
+		if !more {
+			return parts, nil
+		}
+		s = next
+	}
+}
+
+// parsePublishAddr parses an address of a --publish spec: IPv4 bare,
+// IPv6 in brackets, without a zone (a published port is on every link,
+// and Docker refuses zones alike).
+func parsePublishAddr(s string) (netip.Addr, error) {
+	inner, bracketed := strings.CutPrefix(s, "[")
+	if bracketed {
+		inner = strings.TrimSuffix(inner, "]")
+	}
+	a, err := netip.ParseAddr(inner)
+	switch {
+	case err != nil:
+		return netip.Addr{}, fmt.Errorf("%q is not an IP address", s)
+	case a.Zone() != "":
+		return netip.Addr{}, fmt.Errorf("%s: zone ids are not supported", s)
+	case bracketed && (a.Is4() || a.Is4In6()):
+		return netip.Addr{}, fmt.Errorf("%s: only IPv6 addresses go in brackets, and not IPv4-mapped ones", s)
+	case !bracketed && a.Is6():
+		return netip.Addr{}, fmt.Errorf("IPv6 address %s must be in brackets ([%s])", s, s)
+	}
+	return a, nil
 }
 
 func parseRange(s string) (lo, hi uint16, err error) {

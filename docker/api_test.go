@@ -31,14 +31,14 @@ var apiVersions = []string{"1.41", "1.44", "1.47", "1.48", "1.51", "1.52"}
 // What the fixtures' dockerd has (testdata/api/README.md): the ids,
 // bridges, pids and MACs of the recording. Re-recording changes them.
 const (
-	fxWebID    = "3acfdd66d33c87747652a6244b8d2ef9b91fa365d9ccd464ee749a3d194ec0f8"
-	fxDBID     = "57570940f5dd73611b2eb780ca0225ef36e73aad35e07181e02dd9d82e14bb11"
-	fxAppnetID = "a93fd1c7506e0e9d43931bda83197e972a1e9903cc8e7af0cc85764d83527ee3"
-	fxBridgeID = "32e0b80a537d"
-	fxDocker0  = "bnhexc-br0" // the default bridge, --bridge
-	fxAppnetBr = "br-a93fd1c7506e"
-	fxWebPid   = 14163
-	fxDBPid    = 14248
+	fxWebID    = "78fe0f6532b75f1dc16b389c374b175bd92b13061a294c9bc5ef8b1f1373013c"
+	fxDBID     = "703953db9147440fe943b8b21a007f35950e6295d620af3725c1437d28052a1a"
+	fxAppnetID = "32274fded75c71e241390fc03da3e088825e94953d0e2385363bcf56c4b8ccfd"
+	fxBridgeID = "f2e2c1ee3e97"
+	fxDocker0  = "bnbcd5-br0" // the default bridge, --bridge
+	fxAppnetBr = "br-32274fded75c"
+	fxWebPid   = 24431
+	fxDBPid    = 24527
 )
 
 // fxKernel has the bridges and veths of the fixtures' dockerd.
@@ -46,34 +46,40 @@ func fxKernel() *fakeKernel {
 	return &fakeKernel{
 		bridges: map[string]fakeBridge{
 			fxDocker0:  {index: 10, addrs: []netip.Prefix{pfx("172.30.0.1/24")}},
-			fxAppnetBr: {index: 11, addrs: []netip.Prefix{pfx("172.30.5.1/24")}},
+			fxAppnetBr: {index: 11, addrs: []netip.Prefix{pfx("172.30.5.1/24"), pfx("fd00:5::1/64")}},
 		},
 		veths: map[string]fakeVeth{
-			"14163/02:42:ac:1e:00:02": {"vethweb0", 10},
-			"14163/02:42:ac:1e:05:02": {"vethweb1", 11},
-			"14248/02:42:ac:1e:05:03": {"vethdb", 11},
+			"24431/02:42:ac:1e:00:02": {"vethweb0", 10},
+			"24431/02:42:ac:1e:05:02": {"vethweb1", 11},
+			"24527/02:42:ac:1e:05:03": {"vethdb", 11},
 		},
 	}
 }
 
 // fxState is the datapath's state of the fixtures, the same for every
-// API version.
+// API version. appnet is dual-stack: its endpoints have IPv6 addresses,
+// and web's bindings on :: (Docker lists them once the container has an
+// IPv6 endpoint) are IPv6 mappings to its IPv6 address there.
 func fxState() datapath.State {
 	web := ip("172.30.5.2") // appnet sorts before bridge: its address gets the ports
+	web6 := ip("fd00:5::2")
 	return datapath.State{
 		Networks: []datapath.Network{
-			{Name: "appnet", Bridge: fxAppnetBr, Subnet: pfx("172.30.5.0/24"), Gateway: ip("172.30.5.1"), Masquerade: true},
+			{Name: "appnet", Bridge: fxAppnetBr, Subnet: pfx("172.30.5.0/24"), Gateway: ip("172.30.5.1"),
+				Subnet6: pfx("fd00:5::/64"), Gateway6: ip("fd00:5::1"), Masquerade: true},
 			{Name: "bridge", Bridge: fxDocker0, Subnet: pfx("172.30.0.0/24"), Gateway: ip("172.30.0.1"), Masquerade: true},
 		},
 		Endpoints: []datapath.Endpoint{
-			{Container: "db", ContainerID: fxDBID, Network: "appnet", Addr: ip("172.30.5.3"), MAC: mac("02:42:ac:1e:05:03"), HostVeth: "vethdb", Labels: map[string]string{"com.docker.compose.service": "db"}},
-			{Container: "web", ContainerID: fxWebID, Network: "appnet", Addr: web, MAC: mac("02:42:ac:1e:05:02"), HostVeth: "vethweb1"},
+			{Container: "db", ContainerID: fxDBID, Network: "appnet", Addr: ip("172.30.5.3"), Addr6: ip("fd00:5::3"), MAC: mac("02:42:ac:1e:05:03"), HostVeth: "vethdb", Labels: map[string]string{"com.docker.compose.service": "db"}},
+			{Container: "web", ContainerID: fxWebID, Network: "appnet", Addr: web, Addr6: web6, MAC: mac("02:42:ac:1e:05:02"), HostVeth: "vethweb1"},
 			{Container: "web", ContainerID: fxWebID, Network: "bridge", Addr: ip("172.30.0.2"), MAC: mac("02:42:ac:1e:00:02"), HostVeth: "vethweb0"},
 		},
 		Ports: []datapath.PortMapping{
 			{Proto: datapath.TCP, HostPort: 8080, ContainerIP: web, ContainerPort: 80, Container: "web"},
+			{Proto: datapath.TCP, HostIP: ip("::"), HostPort: 8080, ContainerIP: web6, ContainerPort: 80, Container: "web"},
 			{Proto: datapath.TCP, HostIP: ip("127.0.0.1"), HostPort: 8081, ContainerIP: web, ContainerPort: 81, Container: "web"},
 			{Proto: datapath.UDP, HostPort: 5353, ContainerIP: web, ContainerPort: 53, Container: "web"},
+			{Proto: datapath.UDP, HostIP: ip("::"), HostPort: 5353, ContainerIP: web6, ContainerPort: 53, Container: "web"},
 		},
 	}
 }

@@ -49,7 +49,7 @@ const recordedVersion = "1.41"
 const apiTestdata = "testdata/api"
 
 // TestAPIFixturesRecorded runs the scenario of the fixtures against a
-// private dockerd: a user bridge network "appnet" beside the default
+// private dockerd: a dual-stack user bridge network "appnet" beside the default
 // bridge, a container "web" with published ports on both, a container
 // "db" on appnet only. It records the answers to what Source asks (and
 // /_ping, /version and the events of the scenario) and checks that the
@@ -123,9 +123,16 @@ func TestAPIFixturesRecorded(t *testing.T) {
 func recordScenario(t *testing.T, d *dockerd, dir string, since time.Time) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	// appnet is dual-stack (docker network create --ipv6), so that the
+	// fixtures have an IPv6 network's shapes: EnableIPv6, an IPAM config
+	// of each family, the endpoints' GlobalIPv6Address.
+	enable6 := true
 	nw, err := d.cli.NetworkCreate(ctx, "appnet", network.CreateOptions{
-		Driver: "bridge",
-		IPAM:   &network.IPAM{Config: []network.IPAMConfig{{Subnet: "172.30.5.0/24", Gateway: "172.30.5.1"}}},
+		Driver: "bridge", EnableIPv6: &enable6,
+		IPAM: &network.IPAM{Config: []network.IPAMConfig{
+			{Subnet: "172.30.5.0/24", Gateway: "172.30.5.1"},
+			{Subnet: "fd00:5::/64", Gateway: "fd00:5::1"},
+		}},
 		Labels: map[string]string{"com.docker.compose.network": "appnet"},
 	})
 	if err != nil {

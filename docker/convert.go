@@ -52,6 +52,7 @@ func keyOf(m datapath.PortMapping) portKey {
 type bridgeNet struct {
 	Network
 	ifindex int
+	warn6   string // why its IPv6 half is left out, if it is
 }
 
 // build turns Docker's networks and inspected containers into a
@@ -78,6 +79,9 @@ func build(k kernel, log *slog.Logger, defaultMasq bool, nets []network.Summary,
 			log.Warn("docker network left out", "network", n.Name, "error", err)
 			continue
 		}
+		if bn.warn6 != "" {
+			log.Warn("docker network's IPv6 left out", "network", n.Name, "reason", bn.warn6)
+		}
 		byID[n.ID] = bn
 		byName[n.Name] = bn
 		snap.Networks = append(snap.Networks, bn.Network)
@@ -99,7 +103,14 @@ func build(k kernel, log *slog.Logger, defaultMasq bool, nets []network.Summary,
 				log.Warn("docker endpoint left out: address already used", "container", e.Container, "network", e.Network, "addr", e.Addr, "by", other)
 				continue
 			}
+			if other, dup := usedAddr[e.Addr6]; dup && e.Addr6.IsValid() {
+				log.Warn("docker endpoint left out: IPv6 address already used", "container", e.Container, "network", e.Network, "addr", e.Addr6, "by", other)
+				continue
+			}
 			usedAddr[e.Addr] = e.Container
+			if e.Addr6.IsValid() {
+				usedAddr[e.Addr6] = e.Container
+			}
 			snap.Endpoints = append(snap.Endpoints, e)
 		}
 		for _, m := range cports {
@@ -130,7 +141,9 @@ func build(k kernel, log *slog.Logger, defaultMasq bool, nets []network.Summary,
 
 // convertNetwork maps a Docker network. ok is false for networks bpfnet
 // does not serve (other drivers, no IPv4 subnet), err is set when a
-// network it should serve cannot be.
+// network it should serve cannot be. A network with IPv6 gets its IPv6
+// subnet and gateway too (an IPv6-only one, Docker 28's
+// --ipv4=false, is not served).
 func convertNetwork(k kernel, defaultMasq bool, n network.Summary) (_ *bridgeNet, ok bool, _ error) {
 	if n.Driver != "bridge" {
 		return nil, false, nil
@@ -148,6 +161,20 @@ func convertNetwork(k kernel, defaultMasq bool, n network.Summary) (_ *bridgeNet
 	}
 	if !subnet.IsValid() {
 		return nil, false, nil
+	}
+	// A network created with --ipv6 (the default bridge with dockerd's
+	// "ipv6": true and "fixed-cidr-v6") has an IPAM config of each
+	// family; without EnableIPv6 an IPv6 config is not used by Docker.
+	var subnet6 netip.Prefix
+	var gw6 netip.Addr
+	for _, c := range n.IPAM.Config {
+		p, err := netip.ParsePrefix(c.Subnet)
+		if !n.EnableIPv6 || err != nil || !p.Addr().Is6() || p.Addr().Is4In6() {
+			continue
+		}
+		subnet6 = p.Masked()
+		gw6 = parseAddr(c.Gateway)
+		break
 	}
 	gwMode, err := datapath.ParseGatewayMode(n.Options[optGatewayModeIPv4])
 	if err != nil {
@@ -194,6 +221,25 @@ func convertNetwork(k kernel, defaultMasq bool, n network.Summary) (_ *bridgeNet
 	} else if !gw.IsValid() || !subnet.Contains(gw) {
 		return nil, true, errors.New("no gateway in " + subnet.String() + " (none in IPAM, none on bridge " + bridge + ")")
 	}
+	if subnet6.IsValid() && (!gw6.IsValid() || !subnet6.Contains(gw6)) {
+		// Docker puts the first address of the subnet on the bridge
+		// when IPAM names none; the bridge has it.
+		gw6 = netip.Addr{}
+		for _, a := range addrs {
+			if subnet6.Contains(a.Addr()) {
+				gw6 = a.Addr()
+				break
+			}
+		}
+	}
+	var warn6 string
+	if gwMode6 == datapath.GatewayIsolated {
+		gw6 = netip.Addr{}
+	} else if subnet6.IsValid() && !gw6.IsValid() {
+		// Its IPv4 half is served still.
+		warn6 = "no IPv6 gateway in " + subnet6.String() + " (none in IPAM, none on bridge " + bridge + "): served without IPv6"
+		subnet6 = netip.Prefix{}
+	}
 	def := n.Options[optDefaultBridge] == "true"
 	masq := n.Options[optMasquerade] != "false"
 	if def {
@@ -211,6 +257,14 @@ func convertNetwork(k kernel, defaultMasq bool, n network.Summary) (_ *bridgeNet
 		}
 		hostIPv4 = a
 	}
+	var hostIPv6 netip.Addr
+	if v := n.Options[optHostIPv6]; v != "" {
+		a, err := netip.ParseAddr(v)
+		if err != nil || !a.Is6() || a.Is4In6() {
+			return nil, true, errors.New(optHostIPv6 + " " + strconv.Quote(v) + " is not an IPv6 address")
+		}
+		hostIPv6 = a
+	}
 	return &bridgeNet{
 		Network: Network{
 			Network: datapath.Network{
@@ -218,6 +272,8 @@ func convertNetwork(k kernel, defaultMasq bool, n network.Summary) (_ *bridgeNet
 				Bridge:     bridge,
 				Subnet:     subnet,
 				Gateway:    gw,
+				Subnet6:    subnet6,
+				Gateway6:   gw6,
 				Masquerade: masq,
 				// Docker's isolation settings, which the datapath
 				// enforces.
@@ -225,6 +281,7 @@ func convertNetwork(k kernel, defaultMasq bool, n network.Summary) (_ *bridgeNet
 				Internal:              n.Internal,
 				TrustedHostInterfaces: n.Options[optTrustedIfaces],
 				HostIPv4:              hostIPv4,
+				HostIPv6:              hostIPv6,
 				GatewayMode:           gwMode,
 				GatewayModeIPv6:       gwMode6,
 			},
@@ -234,6 +291,7 @@ func convertNetwork(k kernel, defaultMasq bool, n network.Summary) (_ *bridgeNet
 			ICC:      icc,
 		},
 		ifindex: idx,
+		warn6:   warn6,
 	}, true, nil
 }
 
@@ -257,9 +315,10 @@ func convertContainer(k kernel, log *slog.Logger, byID, byName map[string]*bridg
 		foreign = b
 	}
 	type attached struct {
-		net  *bridgeNet
-		es   *network.EndpointSettings
-		addr netip.Addr
+		net   *bridgeNet
+		es    *network.EndpointSettings
+		addr  netip.Addr
+		addr6 netip.Addr // on a dual-stack network; the zero Addr if none
 	}
 	var att []attached
 	for netName, es := range c.NetworkSettings.Networks {
@@ -280,7 +339,16 @@ func convertContainer(k kernel, log *slog.Logger, byID, byName map[string]*bridg
 			}
 			continue
 		}
-		att = append(att, attached{n, es, addr})
+		var addr6 netip.Addr
+		if es.GlobalIPv6Address != "" {
+			a := parseAddr(es.GlobalIPv6Address)
+			if a.Is6() && n.Subnet6.Contains(a) {
+				addr6 = a
+			} else {
+				log.Warn("docker endpoint's IPv6 address left out: outside the network's IPv6 subnet", "container", name, "network", n.Name, "addr", es.GlobalIPv6Address, "subnet6", n.Subnet6)
+			}
+		}
+		att = append(att, attached{n, es, addr, addr6})
 	}
 	// Docker's order of a container's endpoints: the one that gets the
 	// default gateway and the published ports comes first.
@@ -326,6 +394,7 @@ func convertContainer(k kernel, log *slog.Logger, byID, byName map[string]*bridg
 			ContainerID: c.ID,
 			Network:     a.net.Name,
 			Addr:        a.addr,
+			Addr6:       a.addr6,
 			MAC:         mac,
 			HostVeth:    veth,
 			Labels:      labels,
@@ -340,7 +409,7 @@ func convertContainer(k kernel, log *slog.Logger, byID, byName map[string]*bridg
 		// endpoint left out would lead nowhere.
 		return eps, nil
 	}
-	target := att[0].addr
+	target, target6 := att[0].addr, att[0].addr6
 	var ports []datapath.PortMapping
 	seen := map[portKey]bool{}
 	usedLabels := map[string]bool{}
@@ -355,41 +424,49 @@ func convertContainer(k kernel, log *slog.Logger, byID, byName map[string]*bridg
 			continue
 		}
 		for _, b := range c.NetworkSettings.Ports[cp] {
-			var hip netip.Addr
-			if b.HostIP != "" {
-				hip, err = netip.ParseAddr(b.HostIP)
-				if err != nil || !hip.Is4() {
-					continue // IPv6 ("::"), which the datapath does not do
+			// The host addresses of the binding: an empty HostIP is
+			// every address of both families, as Docker publishes it
+			// on a network with IPv6 (0.0.0.0 and ::).
+			var hips []netip.Addr
+			switch b.HostIP {
+			case "":
+				hips = []netip.Addr{{}, netip.IPv6Unspecified()}
+			default:
+				hip, err := netip.ParseAddr(b.HostIP)
+				if err != nil || hip.Zone() != "" || hip.Is4In6() {
+					continue
 				}
-				if hip.IsUnspecified() {
+				if hip.Is4() && hip.IsUnspecified() {
 					hip = netip.Addr{}
 				}
+				hips = []netip.Addr{hip}
 			}
 			hport, err := strconv.ParseUint(b.HostPort, 10, 16)
 			if err != nil || hport == 0 {
 				continue
 			}
-			allow, label, err := allowFor(labels, uint16(hport), proto)
-			usedLabels[label] = true
-			if err != nil {
-				log.Error("docker port not published: its allowlist label is invalid, so the port stays closed rather than open to all",
-					"container", name, "host_port", hport, "protocol", proto.String(), "label", label, "value", labels[label], "error", err)
-				continue
-			}
-			if att[0].net.GatewayMode == datapath.GatewayRouted {
-				// Docker 28 maps nothing on the host for a routed
-				// network (its routed port mapper ignores the host
-				// port): the binding publishes the container port.
-				hip, hport = netip.Addr{}, 0
-			}
-			m := datapath.PortMapping{
-				Proto: proto, HostIP: hip, HostPort: uint16(hport),
-				ContainerIP: target, ContainerPort: uint16(cport), Container: name,
-				Allow: allow,
-			}
-			if !seen[keyOf(m)] {
-				seen[keyOf(m)] = true
-				ports = append(ports, m)
+			for _, hip := range hips {
+				cip := target
+				if hip.Is6() {
+					// An IPv6 binding of a container without an IPv6
+					// address is Docker's userland proxy's (it
+					// forwards to the IPv4 address, losing the
+					// client's): nothing the datapath translates.
+					if !target6.IsValid() {
+						continue
+					}
+					if att[0].net.GatewayModeIPv6 == datapath.GatewayRouted {
+						// A routed IPv6 network publishes container
+						// ports, which the datapath does not do for
+						// IPv6 yet.
+						continue
+					}
+					cip = target6
+				}
+				if m, ok := portMapping(log, name, labels, usedLabels, att[0].net, proto, hip, uint16(hport), cip, uint16(cport)); ok && !seen[keyOf(m)] {
+					seen[keyOf(m)] = true
+					ports = append(ports, m)
+				}
 			}
 		}
 	}
@@ -399,6 +476,31 @@ func convertContainer(k kernel, log *slog.Logger, byID, byName map[string]*bridg
 		}
 	}
 	return eps, ports
+}
+
+// portMapping is one published port of container name towards cip, from
+// one of its bindings: ok is false when its allowlist label does not
+// parse, so that the port stays closed.
+func portMapping(log *slog.Logger, name string, labels map[string]string, usedLabels map[string]bool, n *bridgeNet,
+	proto datapath.Proto, hip netip.Addr, hport uint16, cip netip.Addr, cport uint16) (_ datapath.PortMapping, ok bool) {
+	allow, label, err := allowFor(labels, hport, proto)
+	usedLabels[label] = true
+	if err != nil {
+		log.Error("docker port not published: its allowlist label is invalid, so the port stays closed rather than open to all",
+			"container", name, "host_port", hport, "protocol", proto.String(), "label", label, "value", labels[label], "error", err)
+		return datapath.PortMapping{}, false
+	}
+	if cip.Is4() && n.GatewayMode == datapath.GatewayRouted {
+		// Docker 28 maps nothing on the host for a routed network (its
+		// routed port mapper ignores the host port): the binding
+		// publishes the container port.
+		hip, hport = netip.Addr{}, 0
+	}
+	return datapath.PortMapping{
+		Proto: proto, HostIP: hip, HostPort: hport,
+		ContainerIP: cip, ContainerPort: cport, Container: name,
+		Allow: allow,
+	}, true
 }
 
 // allowFor is the allowlist of a container's published host port from its

@@ -45,16 +45,19 @@ func (netlinkKernel) bridge(name string) (int, []netip.Prefix, error) {
 		}
 		return 0, nil, fmt.Errorf("bridge %s: %w", name, err)
 	}
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	// Both families: a dual-stack network's IPv6 gateway is on the
+	// bridge too.
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		return 0, nil, fmt.Errorf("bridge %s: listing addresses: %w", name, err)
 	}
 	var out []netip.Prefix
 	for _, a := range addrs {
-		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		ip, ok := netip.AddrFromSlice(a.IP)
 		if !ok {
 			continue
 		}
+		ip = ip.Unmap()
 		ones, _ := a.Mask.Size()
 		out = append(out, netip.PrefixFrom(ip, ones))
 	}

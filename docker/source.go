@@ -135,6 +135,8 @@ const (
 	// optHostIPv4 is the address the network's masqueraded traffic
 	// leaves with (SNAT --to-source instead of MASQUERADE).
 	optHostIPv4 = "com.docker.network.host_ipv4"
+	// optHostIPv6 is optHostIPv4's twin for the network's IPv6 egress.
+	optHostIPv6 = "com.docker.network.host_ipv6"
 	// Docker 28's gateway modes, per family (nat, nat-unprotected,
 	// routed, isolated); Docker 20.10 keeps them as plain options.
 	optGatewayModeIPv4 = "com.docker.network.bridge.gateway_mode_ipv4"

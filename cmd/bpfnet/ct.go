@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net/netip"
 	"sort"
 	"text/tabwriter"
@@ -110,12 +111,7 @@ func newCTCmd() *cobra.Command {
 				if !match(e) {
 					continue
 				}
-				j := ctJSON{
-					Kind: e.Kind.String(), Reply: e.Reply, Unassured: e.Unassured, Proto: e.Key.Proto,
-					Src: e.Key.Src.String(), Dst: e.Key.Dst.String(),
-					NewSrc: e.Translated.Src.String(), NewDst: e.Translated.Dst.String(),
-					Packets: e.Packets, Bytes: e.Bytes, ExpiresSec: int64(e.Expires / time.Second),
-				}
+				j := ctRow(e)
 				for _, t := range []netip.AddrPort{e.Key.Src, e.Key.Dst, e.Translated.Src, e.Translated.Dst} {
 					if n, ok := names[t.Addr()]; ok {
 						j.Container, j.ContainerID = n.Name, n.ContainerID
@@ -136,25 +132,7 @@ func newCTCmd() *cobra.Command {
 				}
 				return writeJSON(cmd.OutOrStdout(), out)
 			}
-			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "KIND\tDIR\tPROTO\tTUPLE\tTRANSLATED\tCONTAINER\tPKTS\tBYTES\tEXPIRES")
-			for _, e := range out {
-				dir := "orig"
-				if e.Reply {
-					dir = "reply"
-				}
-				if e.Unassured {
-					// In the table of unassured flows: the client has not
-					// answered the container yet.
-					dir += ",unassured"
-				}
-				name := e.Container
-				if name == "" {
-					name = "-"
-				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s -> %s\t%s -> %s\t%s\t%d\t%d\t%ds\n", e.Kind, dir, protoName(e.Proto), e.Src, e.Dst, e.NewSrc, e.NewDst, name, e.Packets, e.Bytes, e.ExpiresSec)
-			}
-			return w.Flush()
+			return printCT(cmd.OutOrStdout(), out)
 		},
 	}
 	cmd.Flags().StringVar(&pinPath, "pin-path", defaultPinPath, "bpffs folder of the datapath's state")
@@ -164,4 +142,38 @@ func newCTCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	addCNIStateDirFlag(cmd, &stateDir)
 	return cmd
+}
+
+// ctRow is an entry as ct prints it: each address with its port as it is
+// dialled, an IPv6 one in brackets ([fd00::2]:80), in JSON too.
+func ctRow(e datapath.CTEntry) ctJSON {
+	return ctJSON{
+		Kind: e.Kind.String(), Reply: e.Reply, Unassured: e.Unassured, Proto: e.Key.Proto,
+		Src: e.Key.Src.String(), Dst: e.Key.Dst.String(),
+		NewSrc: e.Translated.Src.String(), NewDst: e.Translated.Dst.String(),
+		Packets: e.Packets, Bytes: e.Bytes, ExpiresSec: int64(e.Expires / time.Second),
+	}
+}
+
+// printCT writes the entries as a table.
+func printCT(out io.Writer, entries []ctJSON) error {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "KIND\tDIR\tPROTO\tTUPLE\tTRANSLATED\tCONTAINER\tPKTS\tBYTES\tEXPIRES")
+	for _, e := range entries {
+		dir := "orig"
+		if e.Reply {
+			dir = "reply"
+		}
+		if e.Unassured {
+			// In the table of unassured flows: the client has not
+			// answered the container yet.
+			dir += ",unassured"
+		}
+		name := e.Container
+		if name == "" {
+			name = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s -> %s\t%s -> %s\t%s\t%d\t%d\t%ds\n", e.Kind, dir, protoName(e.Proto), e.Src, e.Dst, e.NewSrc, e.NewDst, name, e.Packets, e.Bytes, e.ExpiresSec)
+	}
+	return w.Flush()
 }

@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net/netip"
 	"strings"
 	"text/tabwriter"
@@ -76,26 +77,42 @@ func newPortsCmd() *cobra.Command {
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), out)
 			}
-			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "PROTO\tHOST\tCONTAINER\tNAME\tCONNECTIONS\tALLOW\tDENIED")
-			for _, p := range out {
-				allow := "all"
-				if len(p.Allow) > 0 {
-					allow = strings.Join(p.Allow, ",")
-				}
-				host := fmt.Sprintf("%s:%d", p.HostIP, p.HostPort)
-				if p.Routed {
-					host = "routed" // no host port: the container's own address
-				}
-				fmt.Fprintf(w, "%s\t%s\t%s:%d\t%s\t%d\t%s\t%d\n", p.Proto, host, p.ContainerIP, p.ContainerPort, p.Container, p.Connections, allow, p.Denied)
-			}
-			return w.Flush()
+			return printPorts(cmd.OutOrStdout(), out)
 		},
 	}
 	cmd.Flags().StringVar(&pinPath, "pin-path", defaultPinPath, "bpffs folder of the datapath's state")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	addCNIStateDirFlag(cmd, &stateDir)
 	return cmd
+}
+
+// printPorts writes the published ports as a table, each address with
+// its port as it is dialled: an IPv6 one in brackets ([fd00::2]:80).
+func printPorts(out io.Writer, ports []portJSON) error {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "PROTO\tHOST\tCONTAINER\tNAME\tCONNECTIONS\tALLOW\tDENIED")
+	for _, p := range ports {
+		allow := "all"
+		if len(p.Allow) > 0 {
+			allow = strings.Join(p.Allow, ",")
+		}
+		host := joinHostPort(p.HostIP, p.HostPort)
+		if p.Routed {
+			host = "routed" // no host port: the container's own address
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%d\n", p.Proto, host, joinHostPort(p.ContainerIP, p.ContainerPort),
+			p.Container, p.Connections, allow, p.Denied)
+	}
+	return w.Flush()
+}
+
+// joinHostPort is an address and a port as they are dialled, an IPv6
+// address in brackets; an address that does not parse is written as is.
+func joinHostPort(addr string, port uint16) string {
+	if a, err := netip.ParseAddr(addr); err == nil {
+		return netip.AddrPortFrom(a, port).String()
+	}
+	return fmt.Sprintf("%s:%d", addr, port)
 }
 
 func allowStrings(ps []netip.Prefix) []string {

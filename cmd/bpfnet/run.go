@@ -77,7 +77,7 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 	fl.StringArrayVar(&f.bridges, "bridge", nil, "bridge whose containers to serve: NAME[,gateway_mode=nat|nat-unprotected|routed|isolated] (repeatable; Docker's com.docker.network.bridge.gateway_mode_ipv4)")
 	fl.StringArrayVar(&f.uplinks, "uplink", nil, "interface towards the outside (repeatable; default: those of the default routes)")
 	fl.StringArrayVar(&f.masquerade, "masquerade", nil, "masquerade traffic from this CIDR (repeatable; default: the bridges' subnets)")
-	fl.StringArrayVar(&f.publish, "publish", nil, "publish a port: [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp][,allow=CIDR[+CIDR...]] (repeatable); "+
+	fl.StringArrayVar(&f.publish, "publish", nil, "publish a port: [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp][,allow=CIDR[+CIDR...]] (repeatable), IPv6 addresses in brackets ([::]:8080:[fd00::2]:80); "+
 		"allow= limits the sources that may open new connections to it (the host itself is always allowed; with --docker, the container label "+docker.LabelAllow+"=CIDR[,CIDR...] or "+docker.LabelAllowPort+"<hostPort>/<proto>=...)")
 	fl.StringVar(&f.pinPath, "pin-path", defaultPinPath, "bpffs folder of the datapath's state")
 	fl.BoolVar(&f.fastPath, "fast-path", true, "redirect translated packets around the bridge, routing and netfilter")

@@ -34,8 +34,10 @@ type statusReport struct {
 	Attachments []attachmentJSON `json:"attachments"`
 	Endpoints   []endpointJSON   `json:"endpoints"`
 	Ports       int              `json:"published_ports"`
-	CTEntries   int              `json:"conntrack_entries"`
-	CTCapacity  int              `json:"conntrack_capacity"`
+	// PortsIPv6 are those of Ports to IPv6 container addresses.
+	PortsIPv6  int `json:"published_ports_ipv6"`
+	CTEntries  int `json:"conntrack_entries"`
+	CTCapacity int `json:"conntrack_capacity"`
 	// HalfOpen* are the table of unassured published-port flows.
 	HalfOpenEntries  int                    `json:"conntrack_half_open_entries"`
 	HalfOpenCapacity int                    `json:"conntrack_half_open_capacity"`
@@ -162,6 +164,11 @@ func newStatusCmd() *cobra.Command {
 				return err
 			}
 			r.Ports = len(ports)
+			for _, p := range ports {
+				if p.ContainerIP.Is6() && !p.ContainerIP.Is4In6() {
+					r.PortsIPv6++
+				}
+			}
 			if r.CTEntries, r.CTCapacity, err = dp.CTUsage(); err != nil {
 				return err
 			}
@@ -214,7 +221,11 @@ func newStatusCmd() *cobra.Command {
 func printStatus(out io.Writer, r statusReport) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "pin path\t%s\n", r.PinPath)
-	fmt.Fprintf(w, "published ports\t%d\n", r.Ports)
+	if r.PortsIPv6 > 0 {
+		fmt.Fprintf(w, "published ports\t%d (%d IPv6)\n", r.Ports, r.PortsIPv6)
+	} else {
+		fmt.Fprintf(w, "published ports\t%d\n", r.Ports)
+	}
 	fmt.Fprintf(w, "conntrack\t%d / %d entries, %d / %d unassured\n", r.CTEntries, r.CTCapacity, r.HalfOpenEntries, r.HalfOpenCapacity)
 	printHostFirewall(w, r.HostFirewall)
 	fmt.Fprintln(w)

@@ -3,9 +3,11 @@
 // Package iptables is the iptables implementation of datapath.Datapath:
 // the rules Docker 20.10-28 installs with --userland-proxy=false, rendered
 // from the plan of package datapath/rules into chains of its own, and
-// applied with iptables-restore, one table at a time. It works with the
-// nft and the legacy iptables backends; it needs the iptables binaries and
-// the nat, filter and raw tables, and does not do IPv6.
+// applied with iptables-restore, one table at a time; the IPv6 rules of
+// dual-stack networks (Docker's ip6tables=true) go the same way through
+// ip6tables-restore. It works with the nft and the legacy iptables
+// backends; it needs the iptables binaries and the nat, filter and raw
+// tables, and for IPv6 the ip6tables ones.
 package iptables
 
 import (
@@ -48,6 +50,10 @@ type Options struct {
 	// Debian; "iptables-legacy-restore" and "iptables-legacy-save" for the
 	// legacy one).
 	Restore, Save string
+	// Restore6 and Save6 are the ip6tables ones (default: Restore and
+	// Save with "iptables" turned into "ip6tables"). Without them, a
+	// state with IPv6 is refused.
+	Restore6, Save6 string
 }
 
 // Iptables is the iptables implementation of Datapath: the rules Docker
@@ -125,7 +131,18 @@ type Options struct {
 // Rules in built-in chains go at their top, in the order above, and carry
 // the comment of Options.Comment.
 //
-// Apply also sets net.ipv4.ip_forward=1 and, on the bridges of containers
+// IPv6: the networks with an IPv6 subnet get the same rules in the
+// ip6tables tables, with their IPv6 subnet and the published ports of
+// IPv6 container addresses (rules.NewFamily), as Docker 28 writes them
+// with ip6tables=true: the DNAT rules carry "! -s fe80::/10", OUTPUT has
+// no loopback exclusion, a routed network's ICMP rule is "-p ipv6-icmp"
+// and a port on ::1 has no raw drop (the kernel never routes ::1 in).
+// Both families are written in one Apply, IPv4 first; a table that fails
+// puts back every table written before it, of both families. Without the
+// ip6tables binaries a state with IPv6 is refused.
+//
+// Apply also sets net.ipv4.ip_forward=1 (net.ipv6.conf.all.forwarding=1
+// for a dual-stack state) and, on the bridges of containers
 // with a port bound to a loopback address, net.ipv4.conf.<bridge>.route_localnet=1
 // (needed to route 127.0.0.1-sourced packets out of the bridge), which Remove
 // sets back. Uplinks and HostAddrs of the State are not used: MASQUERADE
@@ -140,6 +157,10 @@ type Datapath struct {
 	// applied is the last state applied (nil before the first Apply and
 	// after Remove); PublishPorts and UnpublishPorts change it.
 	applied *datapath.State
+	// no6 says why the ip6tables binaries cannot be used (nil when they
+	// can): IPv6 tables are then neither read nor written, and a state
+	// with IPv6 is refused.
+	no6 error
 }
 
 var _ datapath.Datapath = (*Datapath)(nil)
@@ -179,7 +200,13 @@ func New(opts Options) (*Datapath, error) {
 			return nil, fmt.Errorf("iptables datapath: %w", err)
 		}
 	}
-	return &Datapath{opts: opts, kernel: sysctl.New(opts.Netns)}, nil
+	d := &Datapath{opts: opts, kernel: sysctl.New(opts.Netns)}
+	_, err1 := exec.LookPath(opts.Restore6)
+	_, err2 := exec.LookPath(opts.Save6)
+	if err := errors.Join(err1, err2); err != nil {
+		d.no6 = fmt.Errorf("iptables datapath: IPv6 needs %s and %s: %w", opts.Restore6, opts.Save6, err)
+	}
+	return d, nil
 }
 
 // withDefaults fills in the unset options.
@@ -196,10 +223,19 @@ func (o Options) withDefaults() Options {
 	if o.Save == "" {
 		o.Save = "iptables-save"
 	}
+	if o.Restore6 == "" {
+		o.Restore6 = strings.Replace(o.Restore, "iptables", "ip6tables", 1)
+	}
+	if o.Save6 == "" {
+		o.Save6 = strings.Replace(o.Save, "iptables", "ip6tables", 1)
+	}
 	return o
 }
 
 func (d *Datapath) Name() string { return "iptables" }
+
+// PublishesIPv6 is true: the IPv6 ports go to the IPv6 tables.
+func (d *Datapath) PublishesIPv6() bool { return true }
 
 // Close does nothing: the rules stay and keep forwarding.
 func (d *Datapath) Close() error { return nil }
@@ -235,6 +271,37 @@ var builtinChains = map[string][]string{
 // port's ACCEPT is in place when its DNAT appears.
 var ipTables = []string{"filter", "nat", "raw"}
 
+// famTable names a table of one family: the IPv4 one (iptables) or the
+// IPv6 one (ip6tables).
+type famTable struct {
+	fam   rules.Family
+	table string
+}
+
+func (t famTable) String() string {
+	if t.fam == rules.IPv6 {
+		return "ip6 " + t.table
+	}
+	return t.table
+}
+
+// tableSet are the datapath's parts of every table of both families.
+type tableSet map[famTable]*ipTable
+
+// families are the families the datapath reads and writes.
+func (d *Datapath) families() []rules.Family {
+	if d.no6 != nil {
+		return []rules.Family{rules.IPv4}
+	}
+	return []rules.Family{rules.IPv4, rules.IPv6}
+}
+
+// hasIPv6 tells whether s has anything for the IPv6 tables.
+func hasIPv6(s datapath.State) bool {
+	v := rules.View(s, rules.IPv6)
+	return len(v.Networks) > 0 || len(v.Ports) > 0
+}
+
 // ownChains returns the chains the datapath creates in a table.
 func (o *Options) ownChains(table string) []string {
 	p := o.ChainPrefix
@@ -258,9 +325,30 @@ func ifaceArg(name string) error {
 	return nil
 }
 
-// tables computes the rules for s (which must be valid): the plan of
-// package rules, written in Docker's iptables layout.
+// tables computes the IPv4 rules for s, by table.
 func (o *Options) tables(s datapath.State) (map[string]*ipTable, error) {
+	return o.familyTables(s, rules.IPv4)
+}
+
+// allTables computes the rules of the families fams for s (which must be
+// valid).
+func (o *Options) allTables(s datapath.State, fams []rules.Family) (tableSet, error) {
+	out := tableSet{}
+	for _, fam := range fams {
+		ts, err := o.familyTables(s, fam)
+		if err != nil {
+			return nil, err
+		}
+		for name, t := range ts {
+			out[famTable{fam, name}] = t
+		}
+	}
+	return out, nil
+}
+
+// familyTables computes the rules of one family for s: the plan of
+// package rules, written in Docker's iptables (or ip6tables) layout.
+func (o *Options) familyTables(s datapath.State, fam rules.Family) (map[string]*ipTable, error) {
 	for _, n := range s.Networks {
 		for _, name := range append([]string{n.Bridge}, n.Trusted()...) {
 			if err := ifaceArg(name); err != nil {
@@ -268,9 +356,13 @@ func (o *Options) tables(s datapath.State) (map[string]*ipTable, error) {
 			}
 		}
 	}
-	plan, err := rules.New(s)
+	plan, err := rules.NewFamily(s, fam)
 	if err != nil {
 		return nil, err
+	}
+	icmp := "icmp"
+	if fam == rules.IPv6 {
+		icmp = "ipv6-icmp" // as ip6tables-save prints -p icmpv6
 	}
 	p := o.ChainPrefix
 	docker, user, iso1, iso2 := p+chainDocker, p+chainUser, p+chainIso1, p+chainIso2
@@ -393,8 +485,12 @@ func (o *Options) tables(s datapath.State) (map[string]*ipTable, error) {
 	}
 	for _, r := range plan.Chain(rules.NatLocal, "").Rules {
 		dst := ""
+		if r.Match.Src.IsValid() && r.Match.NotSrc {
+			// IPv6: Docker's "! -s fe80::/10".
+			dst = fmt.Sprintf("! -s %s ", r.Match.Src)
+		}
 		if r.Match.Dst.IsValid() {
-			dst = fmt.Sprintf("-d %s ", r.Match.Dst)
+			dst += fmt.Sprintf("-d %s ", r.Match.Dst)
 		}
 		nat.rules = append(nat.rules, ipRule{docker, fmt.Sprintf("%s-p %s -m %s --dport %d -j DNAT --to-destination %s",
 			dst, r.Match.Proto, r.Match.Proto, r.Match.DPort, r.To)})
@@ -411,7 +507,7 @@ func (o *Options) tables(s datapath.State) (map[string]*ipTable, error) {
 		for _, r := range plan.Chain(rules.ForwardIn, n.Bridge).Rules {
 			switch r.Kind {
 			case rules.KindICMP:
-				filter.rules = append(filter.rules, ipRule{docker, fmt.Sprintf("-o %s -p icmp -j ACCEPT", n.Bridge)})
+				filter.rules = append(filter.rules, ipRule{docker, fmt.Sprintf("-o %s -p %s -j ACCEPT", n.Bridge, icmp)})
 			}
 		}
 		for _, r := range plan.Chain(rules.ForwardIn, n.Bridge).Rules {
@@ -574,24 +670,35 @@ func (d *Datapath) command(ctx context.Context, name string, args ...string) *ex
 	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + d.opts.Netns, "--", name}, args...)...)
 }
 
+// bins are the save and restore binaries of a family.
+func (o *Options) bins(fam rules.Family) (save, restore string) {
+	if fam == rules.IPv6 {
+		return o.Save6, o.Restore6
+	}
+	return o.Save, o.Restore
+}
+
 // snapshot reads what a table holds of the datapath.
-func (d *Datapath) snapshot(ctx context.Context, table string) (*ipTable, error) {
+func (d *Datapath) snapshot(ctx context.Context, t famTable) (*ipTable, error) {
 	var stderr bytes.Buffer
-	cmd := d.command(ctx, d.opts.Save, "-t", table)
+	save, _ := d.opts.bins(t.fam)
+	cmd := d.command(ctx, save, "-t", t.table)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("reading the %s table with %s: %w: %s", table, d.opts.Save, err, strings.TrimSpace(stderr.String()))
+		return nil, fmt.Errorf("reading the %s table with %s: %w: %s", t, save, err, strings.TrimSpace(stderr.String()))
 	}
-	return d.opts.parseSave(table, string(out)), nil
+	return d.opts.parseSave(t.table, string(out)), nil
 }
 
 var restoreLineRe = regexp.MustCompile(`line:? (\d+)`)
 
-// restore feeds input to iptables-restore --noflush in one run.
-func (d *Datapath) restore(ctx context.Context, table, input string) error {
+// restore feeds input to iptables-restore (ip6tables-restore) --noflush
+// in one run.
+func (d *Datapath) restore(ctx context.Context, t famTable, input string) error {
 	var stderr bytes.Buffer
-	cmd := d.command(ctx, d.opts.Restore, "-w", "--noflush")
+	_, restore := d.opts.bins(t.fam)
+	cmd := d.command(ctx, restore, "-w", "--noflush")
 	cmd.Stdin = strings.NewReader(input)
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
@@ -603,42 +710,63 @@ func (d *Datapath) restore(ctx context.Context, table, input string) error {
 				}
 			}
 		}
-		return fmt.Errorf("writing the %s table with %s: %w: %s", table, d.opts.Restore, err, msg)
+		return fmt.Errorf("writing the %s table with %s: %w: %s", t, restore, err, msg)
 	}
 	return nil
 }
 
-// write brings each table from have to want, in the order of ipTables.
-// When a table fails, those already written are put back as they were.
-func (d *Datapath) write(ctx context.Context, want, have map[string]*ipTable) error {
-	var done []string
-	for _, table := range ipTables {
-		w, h := want[table], have[table]
+// order is the order tables are written in: each family's in the order
+// of ipTables, IPv4 first.
+func (d *Datapath) order() []famTable {
+	var out []famTable
+	for _, fam := range d.families() {
+		for _, table := range ipTables {
+			out = append(out, famTable{fam, table})
+		}
+	}
+	return out
+}
+
+// write brings each table from have to want, in order. When a table
+// fails, those already written (of either family) are put back as they
+// were.
+func (d *Datapath) write(ctx context.Context, want, have tableSet) error {
+	var done []famTable
+	for _, t := range d.order() {
+		w, h := want.get(t), have.get(t)
 		if w.empty() && h.empty() {
 			continue
 		}
-		if err := d.restore(ctx, table, restoreInput(w, h)); err != nil {
+		if err := d.restore(ctx, t, restoreInput(w, h)); err != nil {
 			for _, prev := range slices.Backward(done) {
 				// The rollback must run even when ctx is what failed.
-				if rerr := d.restore(context.Background(), prev, restoreInput(have[prev], want[prev])); rerr != nil {
+				if rerr := d.restore(context.Background(), prev, restoreInput(have.get(prev), want.get(prev))); rerr != nil {
 					err = errors.Join(err, fmt.Errorf("putting the %s table back: %w", prev, rerr))
 				}
 			}
 			return err
 		}
-		done = append(done, table)
+		done = append(done, t)
 	}
 	return nil
 }
 
-func (d *Datapath) snapshots(ctx context.Context) (map[string]*ipTable, error) {
-	have := map[string]*ipTable{}
-	for _, table := range ipTables {
-		t, err := d.snapshot(ctx, table)
+// get is the set's part of table t, an empty one if it has none.
+func (ts tableSet) get(t famTable) *ipTable {
+	if x := ts[t]; x != nil {
+		return x
+	}
+	return &ipTable{name: t.table}
+}
+
+func (d *Datapath) snapshots(ctx context.Context) (tableSet, error) {
+	have := tableSet{}
+	for _, t := range d.order() {
+		x, err := d.snapshot(ctx, t)
 		if err != nil {
 			return nil, err
 		}
-		have[table] = t
+		have[t] = x
 	}
 	return have, nil
 }
@@ -653,7 +781,10 @@ func (d *Datapath) Apply(ctx context.Context, s datapath.State) error {
 	if err := datapath.CheckHostIPv4In(d.opts.Netns, s); err != nil {
 		return err
 	}
-	want, err := d.opts.tables(s)
+	if d.no6 != nil && hasIPv6(s) {
+		return d.no6
+	}
+	want, err := d.opts.allTables(s, d.families())
 	if err != nil {
 		return err
 	}
@@ -682,11 +813,7 @@ func (d *Datapath) Remove() error {
 	if err != nil {
 		return err
 	}
-	want := map[string]*ipTable{}
-	for _, table := range ipTables {
-		want[table] = &ipTable{name: table}
-	}
-	err = d.write(ctx, want, have)
+	err = d.write(ctx, tableSet{}, have)
 	d.applied = nil
 	return errors.Join(err, d.kernel.Restore())
 }

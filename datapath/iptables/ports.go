@@ -42,24 +42,27 @@ func (d *Datapath) changePorts(edit func(datapath.State) (datapath.State, error)
 	if err != nil {
 		return err
 	}
-	have, err := d.opts.tables(*d.applied)
+	if d.no6 != nil && hasIPv6(next) {
+		return d.no6
+	}
+	have, err := d.opts.allTables(*d.applied, d.families())
 	if err != nil {
 		return err
 	}
-	want, err := d.opts.tables(next)
+	want, err := d.opts.allTables(next, d.families())
 	if err != nil {
 		return err
 	}
 	ctx := context.Background()
-	var done []string
-	for _, table := range ipTables {
-		input, changed := diffInput(want[table], have[table])
+	var done []famTable
+	for _, table := range d.order() {
+		input, changed := diffInput(want.get(table), have.get(table))
 		if !changed {
 			continue
 		}
 		if err := d.restore(ctx, table, input); err != nil {
 			for _, prev := range slices.Backward(done) {
-				back, _ := diffInput(have[prev], want[prev])
+				back, _ := diffInput(have.get(prev), want.get(prev))
 				if rerr := d.restore(ctx, prev, back); rerr != nil {
 					err = errors.Join(err, fmt.Errorf("putting the %s table back: %w", prev, rerr))
 				}

@@ -11,9 +11,16 @@
 // allowlists (user-forward-allowlists) and the host's cut-off from
 // isolated networks (user-input-isolated, user-output-isolated).
 //
+// The IPv6 half of dual-stack networks is an `ip6` table of the same
+// name and layout, as Docker 29's `ip6 docker-bridges` (moby's nftabler
+// golden files of the ip6 family): IPv6 addresses, DNAT not of fe80::/10
+// sources, nat-OUTPUT without the loopback exclusion, a routed network's
+// ICMP rule of ipv6-icmp. It is written in the same transaction as the
+// `ip` one, and only for a state with IPv6.
+//
 // It needs the nft binary (package nftables) and a kernel with nf_tables,
-// fib and nat expressions; it does not do IPv6, and it leaves every other
-// table alone.
+// fib and nat expressions (for IPv6, of the ip6 family); it leaves every
+// other table alone.
 package nftables
 
 import (
@@ -73,7 +80,8 @@ func (o Options) withDefaults() Options {
 // way. PublishPorts and UnpublishPorts change only the rules of the
 // ports given, by handle, in one transaction too.
 //
-// Like the iptables datapath, Apply sets net.ipv4.ip_forward=1 and
+// Like the iptables datapath, Apply sets net.ipv4.ip_forward=1
+// (net.ipv6.conf.all.forwarding=1 for a dual-stack state) and
 // route_localnet on the bridges of containers with a port bound to a
 // loopback address, which Remove sets back.
 type Datapath struct {
@@ -121,6 +129,9 @@ func (d *Datapath) Name() string { return "nftables" }
 // Table is the name of the datapath's table.
 func (d *Datapath) Table() string { return d.opts.Table }
 
+// PublishesIPv6 is true: the IPv6 ports go to the IPv6 tables.
+func (d *Datapath) PublishesIPv6() bool { return true }
+
 // Close does nothing: the table stays and keeps forwarding.
 func (d *Datapath) Close() error { return nil }
 
@@ -133,8 +144,42 @@ type chain struct {
 
 // ruleset is the table of a plan: its verdict maps and its chains.
 type ruleset struct {
+	fam    family
 	maps   [][2]string // name, elements
 	chains []*chain
+}
+
+// family is an nftables family, and the keyword of its addresses in a
+// rule: "ip" (ip saddr) or "ip6" (ip6 saddr).
+type family string
+
+const (
+	famIP  family = "ip"
+	famIP6 family = "ip6"
+)
+
+func familyOf(f rules.Family) family {
+	if f == rules.IPv6 {
+		return famIP6
+	}
+	return famIP
+}
+
+// key is the name of a chain in the maps of Rules and want: the chain's
+// name in the ip table, "ip6 " and its name in the ip6 one.
+func (f family) key(chain string) string {
+	if f == famIP6 {
+		return "ip6 " + chain
+	}
+	return chain
+}
+
+// splitKey is key's inverse.
+func splitKey(k string) (family, string) {
+	if c, ok := strings.CutPrefix(k, "ip6 "); ok {
+		return famIP6, c
+	}
+	return famIP, k
 }
 
 // The verdict maps and the per-bridge chain kinds they jump to.
@@ -156,9 +201,9 @@ func ifname(name string) error {
 	return nil
 }
 
-// render writes the plan as Docker 29's table.
+// render writes the plan as Docker 29's table of the plan's family.
 func render(p *rules.Plan) (*ruleset, error) {
-	rs := &ruleset{}
+	rs := &ruleset{fam: familyOf(p.Family)}
 	for _, n := range p.Networks {
 		for _, name := range append([]string{n.Bridge}, n.Trusted()...) {
 			if err := ifname(name); err != nil {
@@ -174,7 +219,7 @@ func render(p *rules.Plan) (*ruleset, error) {
 		rs.maps = append(rs.maps, [2]string{m.name, strings.Join(el, ", ")})
 	}
 	local := "fib daddr type local counter jump " + string(rules.NatLocal)
-	output := "ip daddr != 127.0.0.0/8 " + local
+	output := string(rs.fam) + " daddr != 127.0.0.0/8 " + local
 	if p.LoopbackPorts {
 		output = local
 	}
@@ -185,7 +230,7 @@ func render(p *rules.Plan) (*ruleset, error) {
 		&chain{"nat-POSTROUTING", "type nat hook postrouting priority srcnat; policy accept;",
 			[]string{"iifname vmap @nat-postrouting-out-jumps", "oifname vmap @nat-postrouting-in-jumps"}},
 		&chain{"nat-PREROUTING", "type nat hook prerouting priority dstnat; policy accept;", []string{local}})
-	rs.chains = append(rs.chains, allowChain(p.Allowlists))
+	rs.chains = append(rs.chains, allowChain(rs.fam, p.Allowlists))
 	rs.chains = append(rs.chains, cutOffChains(p.HostCutOff)...)
 	for _, c := range p.Chains {
 		out := &chain{name: c.Name()}
@@ -193,7 +238,7 @@ func render(p *rules.Plan) (*ruleset, error) {
 			out.header = "type filter hook prerouting priority raw; policy accept;"
 		}
 		for _, r := range c.Rules {
-			out.rules = append(out.rules, ruleText(r))
+			out.rules = append(out.rules, ruleText(rs.fam, r))
 		}
 		rs.chains = append(rs.chains, out)
 	}
@@ -211,29 +256,35 @@ const allowChainName = "user-forward-allowlists"
 // routed network's container port (which no host port maps), of a flow
 // from outside its bridge to that port. Established flows, and the host's
 // own connections (which never cross forward), pass.
-func allowChain(rs []rules.Rule) *chain {
+//
+// An IPv6 port whose list has no IPv6 prefix (lists are IPv4 for now)
+// has no source match: every new flow to it is dropped.
+func allowChain(fam family, rs []rules.Rule) *chain {
 	c := &chain{name: allowChainName, header: "type filter hook forward priority filter - 1; policy accept;"}
+	ip := string(fam)
 	for _, r := range rs {
 		m := r.Match
 		var f []string
 		if m.NewDNAT {
-			f = []string{"ip daddr " + host(m.Dst), fmt.Sprintf("%s dport %d", m.Proto, m.DPort), "ct state new", "ct status dnat"}
+			f = []string{ip + " daddr " + host(m.Dst), fmt.Sprintf("%s dport %d", m.Proto, m.DPort), "ct state new", "ct status dnat"}
 			if m.OrigDst.IsValid() {
-				f = append(f, "ct original ip daddr "+host(m.OrigDst))
+				f = append(f, "ct original "+ip+" daddr "+host(m.OrigDst))
 			}
 			f = append(f, fmt.Sprintf("ct original proto-dst %d", m.OrigDPort))
 		} else {
-			f = []string{fmt.Sprintf("iifname != %q oifname %q ip daddr %s %s dport %d ct state new",
-				m.InIface, m.OutIface, host(m.Dst), m.Proto, m.DPort)}
+			f = []string{fmt.Sprintf("iifname != %q oifname %q %s daddr %s %s dport %d ct state new",
+				m.InIface, m.OutIface, ip, host(m.Dst), m.Proto, m.DPort)}
 		}
 		var el []string
 		for _, p := range m.SrcNotIn {
 			el = append(el, host(p))
 		}
-		if len(el) == 1 {
-			f = append(f, "ip saddr != "+el[0])
-		} else {
-			f = append(f, "ip saddr != { "+strings.Join(el, ", ")+" }")
+		switch len(el) {
+		case 0:
+		case 1:
+			f = append(f, ip+" saddr != "+el[0])
+		default:
+			f = append(f, ip+" saddr != { "+strings.Join(el, ", ")+" }")
 		}
 		f = append(f, "counter", string(r.Verdict), fmt.Sprintf("comment %q", string(r.Kind)))
 		c.rules = append(c.rules, strings.Join(f, " "))
@@ -277,8 +328,9 @@ func host(p netip.Prefix) string {
 
 // ruleText is a rule in nft's listing syntax (without counter values),
 // so that a listing of the table reads back as the text written.
-func ruleText(r rules.Rule) string {
+func ruleText(fam family, r rules.Rule) string {
 	var f []string
+	ip := string(fam)
 	neq := func(not bool) string {
 		if not {
 			return "!= "
@@ -293,10 +345,10 @@ func ruleText(r rules.Rule) string {
 		f = append(f, fmt.Sprintf("oifname %s%q", neq(m.NotOutIface), m.OutIface))
 	}
 	if m.Src.IsValid() {
-		f = append(f, "ip saddr "+neq(m.NotSrc)+host(m.Src))
+		f = append(f, ip+" saddr "+neq(m.NotSrc)+host(m.Src))
 	}
 	if m.Dst.IsValid() {
-		f = append(f, "ip daddr "+neq(m.NotDst)+host(m.Dst))
+		f = append(f, ip+" daddr "+neq(m.NotDst)+host(m.Dst))
 	}
 	if m.SrcLocal {
 		f = append(f, "fib saddr type local")
@@ -304,7 +356,9 @@ func ruleText(r rules.Rule) string {
 	if m.Established {
 		f = append(f, "ct state established,related")
 	}
-	if m.ICMP {
+	if m.ICMP && fam == famIP6 {
+		f = append(f, "meta l4proto ipv6-icmp")
+	} else if m.ICMP {
 		f = append(f, "ip protocol icmp")
 	}
 	if m.Proto != 0 {
@@ -326,7 +380,7 @@ func ruleText(r rules.Rule) string {
 // text is the table block of the ruleset.
 func (rs *ruleset) text(table string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "table ip %s {\n", table)
+	fmt.Fprintf(&b, "table %s %s {\n", rs.fam, table)
 	for _, m := range rs.maps {
 		fmt.Fprintf(&b, "\tmap %s {\n\t\ttype ifname : verdict\n", m[0])
 		if m[1] != "" {
@@ -348,7 +402,7 @@ func (rs *ruleset) text(table string) string {
 	return b.String()
 }
 
-// ruleKey names a rule by its chain and text.
+// ruleKey names a rule by its chain (family.key) and text.
 type ruleKey struct{ chain, rule string }
 
 // command runs name with args in the datapath's namespace.
@@ -387,8 +441,16 @@ func (d *Datapath) parseHandles(out string) map[ruleKey]uint64 {
 		line = strings.TrimSpace(line)
 		var rest string
 		var ok bool
-		for _, p := range []string{"add rule ip " + d.opts.Table + " ", "insert rule ip " + d.opts.Table + " "} {
-			if rest, ok = strings.CutPrefix(line, p); ok {
+		fam := famIP
+		for _, p := range []struct {
+			prefix string
+			fam    family
+		}{
+			{"add rule ip " + d.opts.Table + " ", famIP}, {"insert rule ip " + d.opts.Table + " ", famIP},
+			{"add rule ip6 " + d.opts.Table + " ", famIP6}, {"insert rule ip6 " + d.opts.Table + " ", famIP6},
+		} {
+			if rest, ok = strings.CutPrefix(line, p.prefix); ok {
+				fam = p.fam
 				break
 			}
 		}
@@ -403,7 +465,7 @@ func (d *Datapath) parseHandles(out string) map[ruleKey]uint64 {
 		ch, rule, _ := strings.Cut(rest, " ")
 		rule = positionRe.ReplaceAllString(rule, "")
 		n, _ := strconv.ParseUint(m[1], 10, 64)
-		h[ruleKey{ch, normalize(rule)}] = n
+		h[ruleKey{fam.key(ch), normalize(rule)}] = n
 	}
 	return h
 }
@@ -422,18 +484,24 @@ func (d *Datapath) Apply(ctx context.Context, s datapath.State) error {
 	if err := datapath.CheckHostIPv4In(d.opts.Netns, s); err != nil {
 		return err
 	}
-	p, err := rules.New(s)
-	if err != nil {
-		return err
-	}
-	rs, err := render(p)
-	if err != nil {
-		return err
-	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.applyLocked(ctx, s)
+}
+
+// applyLocked writes the tables of s, valid, with d.mu held.
+func (d *Datapath) applyLocked(ctx context.Context, s datapath.State) error {
+	rss, err := renderState(s)
+	if err != nil {
+		return err
+	}
 	t := d.opts.Table
-	input := fmt.Sprintf("add table ip %s\ndelete table ip %s\n", t, t) + rs.text(t)
+	// Both tables in one transaction; the ip6 one is only written for
+	// a state with IPv6, and deleted otherwise.
+	input := clearTables(t)
+	for _, rs := range rss {
+		input += rs.text(t)
+	}
 	h, err := d.nft(ctx, input)
 	if err != nil {
 		return err
@@ -443,45 +511,90 @@ func (d *Datapath) Apply(ctx context.Context, s datapath.State) error {
 	return d.kernel.Apply(s)
 }
 
-// Remove deletes the datapath's table, and nothing else, and sets back
-// the route_localnet values Apply changed; ip_forward stays on.
+// clearTables is the nft input that deletes the datapath's tables of
+// both families, whether they exist or not.
+func clearTables(t string) string {
+	return fmt.Sprintf("add table ip %s\ndelete table ip %s\nadd table ip6 %s\ndelete table ip6 %s\n", t, t, t, t)
+}
+
+// renderState renders the plans of s: the ip table, and the ip6 one
+// when s has IPv6 networks or ports.
+func renderState(s datapath.State) ([]*ruleset, error) {
+	fams := []rules.Family{rules.IPv4}
+	if hasIPv6(s) {
+		fams = append(fams, rules.IPv6)
+	}
+	var out []*ruleset
+	for _, fam := range fams {
+		p, err := rules.NewFamily(s, fam)
+		if err != nil {
+			return nil, err
+		}
+		rs, err := render(p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rs)
+	}
+	return out, nil
+}
+
+// hasIPv6 tells whether s has anything for the ip6 table.
+func hasIPv6(s datapath.State) bool {
+	v := rules.View(s, rules.IPv6)
+	return len(v.Networks) > 0 || len(v.Ports) > 0
+}
+
+// Remove deletes the datapath's tables (ip and ip6), and nothing else,
+// and sets back the route_localnet values Apply changed; ip_forward
+// stays on.
 func (d *Datapath) Remove() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	t := d.opts.Table
-	_, err := d.nft(context.Background(), fmt.Sprintf("add table ip %s\ndelete table ip %s\n", t, t))
+	_, err := d.nft(context.Background(), clearTables(t))
 	if err == nil {
 		d.applied, d.handles = nil, nil
 	}
 	return errors.Join(err, d.kernel.Restore())
 }
 
-// Rules lists the datapath's table as nft holds it: by chain, the rules
-// in order, without counter values and handles (nil when there is no
-// table).
+// Rules lists the datapath's tables as nft holds them: by chain (the ip6
+// table's named "ip6 <chain>"), the rules in order, without counter
+// values and handles (nil when there is no table).
 func (d *Datapath) Rules(ctx context.Context) (map[string][]string, error) {
-	var stderr bytes.Buffer
-	cmd := d.command(ctx, d.opts.Nft, "list", "table", "ip", d.opts.Table)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		if strings.Contains(stderr.String(), "No such file or directory") {
-			return nil, nil
+	var got map[string][]string
+	for _, fam := range []family{famIP, famIP6} {
+		var stderr bytes.Buffer
+		cmd := d.command(ctx, d.opts.Nft, "list", "table", string(fam), d.opts.Table)
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			if strings.Contains(stderr.String(), "No such file or directory") {
+				continue
+			}
+			return nil, fmt.Errorf("nft list table %s: %w: %s", fam, err, strings.TrimSpace(stderr.String()))
 		}
-		return nil, fmt.Errorf("nft list table: %w: %s", err, strings.TrimSpace(stderr.String()))
+		if got == nil {
+			got = map[string][]string{}
+		}
+		for c, rs := range parseListing(fam, string(out)) {
+			got[c] = rs
+		}
 	}
-	return parseListing(string(out)), nil
+	return got, nil
 }
 
-// parseListing reads the chains' rules of an `nft list table` output.
-func parseListing(out string) map[string][]string {
+// parseListing reads the chains' rules of an `nft list table` output of
+// family fam, by family.key.
+func parseListing(fam family, out string) map[string][]string {
 	got := map[string][]string{}
 	cur := ""
 	for _, line := range strings.Split(out, "\n") {
 		line = strings.TrimSpace(line)
 		switch {
 		case strings.HasPrefix(line, "chain "):
-			cur = strings.TrimSuffix(strings.TrimPrefix(line, "chain "), " {")
+			cur = fam.key(strings.TrimSuffix(strings.TrimPrefix(line, "chain "), " {"))
 			got[cur] = []string{}
 		case line == "}":
 			cur = ""
@@ -495,17 +608,15 @@ func parseListing(out string) map[string][]string {
 
 // want is what Rules returns once s is applied.
 func want(s datapath.State) (map[string][]string, error) {
-	p, err := rules.New(s)
-	if err != nil {
-		return nil, err
-	}
-	rs, err := render(p)
+	rss, err := renderState(s)
 	if err != nil {
 		return nil, err
 	}
 	w := map[string][]string{}
-	for _, c := range rs.chains {
-		w[c.name] = append([]string{}, c.rules...)
+	for _, rs := range rss {
+		for _, c := range rs.chains {
+			w[rs.fam.key(c.name)] = append([]string{}, c.rules...)
+		}
 	}
 	return w, nil
 }

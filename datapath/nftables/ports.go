@@ -36,6 +36,10 @@ func (d *Datapath) changePorts(edit func(datapath.State) (datapath.State, error)
 	if err != nil {
 		return err
 	}
+	if hasIPv6(next) != hasIPv6(*d.applied) {
+		// The ip6 table comes or goes: the whole transaction of Apply.
+		return d.applyLocked(context.Background(), next)
+	}
 	have, err := want(*d.applied)
 	if err != nil {
 		return err
@@ -92,7 +96,8 @@ func (d *Datapath) diffInput(want, have map[string][]string) (string, []ruleKey,
 			if !ok {
 				return "", nil, fmt.Errorf("chain %s: no handle of rule %q", c, r)
 			}
-			fmt.Fprintf(&b, "delete rule ip %s %s handle %d\n", t, c, handle)
+			fam, name := splitKey(c)
+			fmt.Fprintf(&b, "delete rule %s %s %s handle %d\n", fam, t, name, handle)
 			gone = append(gone, k)
 		}
 		for i, r := range w {
@@ -107,10 +112,11 @@ func (d *Datapath) diffInput(want, have map[string][]string) (string, []ruleKey,
 					break
 				}
 			}
+			fam, name := splitKey(c)
 			if anchor != 0 {
-				fmt.Fprintf(&b, "insert rule ip %s %s position %d %s\n", t, c, anchor, r)
+				fmt.Fprintf(&b, "insert rule %s %s %s position %d %s\n", fam, t, name, anchor, r)
 			} else {
-				fmt.Fprintf(&b, "add rule ip %s %s %s\n", t, c, r)
+				fmt.Fprintf(&b, "add rule %s %s %s %s\n", fam, t, name, r)
 			}
 		}
 	}

@@ -19,7 +19,16 @@
 // user writes by hand, and so is the host's cut-off from isolated networks
 // (Plan.HostCutOff), which Docker gets from a bridge without an address.
 //
-// The package needs no kernel and changes nothing; it does not do IPv6.
+// A plan is of one family: New plans IPv4, NewFamily(s, IPv6) the IPv6
+// rules Docker writes with ip6tables=true (ip6tables, the ip6
+// docker-bridges table) for the networks with an IPv6 subnet and the
+// published ports of IPv6 container addresses. The two differ as Docker's
+// do (moby's iptabler and nftabler golden files of each family): an IPv6
+// DNAT leaves link-local sources alone, a port bound to ::1 has no
+// remote-loopback drop (the kernel never routes ::1 from outside), and
+// OUTPUT always sends local destinations to the DNAT rules.
+//
+// The package needs no kernel and changes nothing.
 package rules
 
 import (
@@ -157,8 +166,24 @@ func (c *Chain) Name() string {
 	return string(c.Kind) + "__" + c.Bridge
 }
 
-// Plan is what Docker installs for a State.
+// Family is the IP family of a plan.
+type Family uint8
+
+const (
+	IPv4 Family = 4
+	IPv6 Family = 6
+)
+
+func (f Family) String() string {
+	if f == IPv6 {
+		return "ipv6"
+	}
+	return "ipv4"
+}
+
+// Plan is what Docker installs for a State, in one family.
 type Plan struct {
+	Family Family
 	// Networks are the state's, in order; each has its four chains.
 	Networks []datapath.Network
 	// Chains are NatLocal, RawPrerouting, then for each network
@@ -203,12 +228,27 @@ func (p *Plan) Chain(kind ChainKind, bridge string) *Chain {
 	return nil
 }
 
-// host32 is the prefix of one address.
-func host32(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, 32) }
+// host32 is the prefix of one address (a /32, or a /128 for IPv6).
+func host32(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
 
-// New builds the plan of s, which must be valid (s.Validate).
-func New(s datapath.State) (*Plan, error) {
-	p := &Plan{Networks: slices.Clone(s.Networks), Ports: slices.Clone(s.Ports)}
+// linkLocal6 are the IPv6 sources Docker does not DNAT ("! -s fe80::/10",
+// "ip6 saddr != fe80::/10").
+var linkLocal6 = netip.MustParsePrefix("fe80::/10")
+
+// New builds the IPv4 plan of s, which must be valid (s.Validate).
+func New(s datapath.State) (*Plan, error) { return NewFamily(s, IPv4) }
+
+// NewFamily builds the plan of s of one family. The IPv6 plan's Networks
+// are the state's networks with an IPv6 subnet, seen in IPv6: each one's
+// Subnet, Gateway, HostIPv4 and GatewayMode are its Subnet6, Gateway6,
+// HostIPv6 and GatewayModeIPv6; its Ports are those to IPv6 container
+// addresses. The IPv4 plan's Ports are those to IPv4 ones.
+func NewFamily(s datapath.State, fam Family) (*Plan, error) {
+	s = View(s, fam)
+	p := &Plan{Family: fam, Networks: slices.Clone(s.Networks), Ports: slices.Clone(s.Ports)}
+	// Docker's IPv6 OUTPUT rule has no loopback exclusion: ::1 is
+	// DNATed as any local address.
+	p.LoopbackPorts = fam == IPv6
 	nat := &Chain{Kind: NatLocal}
 	raw := &Chain{Kind: RawPrerouting}
 	p.Chains = append(p.Chains, nat, raw)
@@ -314,13 +354,16 @@ func New(s datapath.State) (*Plan, error) {
 			continue
 		}
 		if len(m.Allow) > 0 {
-			p.Allowlists = append(p.Allowlists, allowRule(m, seq))
+			p.Allowlists = append(p.Allowlists, allowRule(m, seq, fam))
 		}
 		if m.HostIP.IsLoopback() {
 			p.LoopbackPorts = true
 		}
 		dnat := Rule{Kind: KindDNAT, Match: Match{Proto: m.Proto, DPort: m.HostPort}, Verdict: DNAT,
 			To: netip.AddrPortFrom(m.ContainerIP, m.ContainerPort), Port: m, Seq: seq}
+		if fam == IPv6 {
+			dnat.Match.Src, dnat.Match.NotSrc = linkLocal6, true
+		}
 		if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
 			dnat.Match.Dst = host32(m.HostIP)
 		}
@@ -353,7 +396,7 @@ func New(s datapath.State) (*Plan, error) {
 			raw.Rules = append(raw.Rules, Rule{Kind: KindDirectAccess,
 				Match: Match{Dst: host32(m.ContainerIP), InIface: n.Bridge, NotInIface: true}, Verdict: Drop, Port: m, Seq: seq})
 		}
-		if m.HostIP.IsLoopback() {
+		if m.HostIP.IsLoopback() && fam == IPv4 {
 			raw.Rules = append(raw.Rules, Rule{Kind: KindRemoteLoopback,
 				Match: Match{InIface: "lo", NotInIface: true, Dst: host32(m.HostIP), Proto: m.Proto, DPort: m.HostPort}, Verdict: Drop, Port: m, Seq: seq})
 		}
@@ -426,7 +469,9 @@ func routedAllowRules(s datapath.State, ms []datapath.PortMapping) []Rule {
 			order = append(order, k)
 		}
 		for _, a := range m.Allow {
-			r.Match.SrcNotIn = append(r.Match.SrcNotIn, a.Masked())
+			if a.Addr().Is6() == m.ContainerIP.Is6() {
+				r.Match.SrcNotIn = append(r.Match.SrcNotIn, a.Masked())
+			}
 		}
 	}
 	slices.SortFunc(order, func(a, b key) int {
@@ -473,8 +518,45 @@ func sortPrefixes(ps []netip.Prefix) {
 	})
 }
 
-// allowRule is the allowlist rule of m, the seq-th port.
-func allowRule(m *datapath.PortMapping, seq int) Rule {
+// View is s as the plan of family fam sees it: for IPv4, s with its
+// ports to IPv4 containers; for IPv6, its networks with an IPv6 subnet,
+// their IPv6 fields in the place of the IPv4 ones, their endpoints'
+// Addr6 as Addr, and its ports to IPv6 containers.
+func View(s datapath.State, fam Family) datapath.State {
+	v := s
+	v.Ports = nil
+	for _, m := range s.Ports {
+		if m.ContainerIP.Is6() == (fam == IPv6) {
+			v.Ports = append(v.Ports, m)
+		}
+	}
+	if fam == IPv4 {
+		return v
+	}
+	v.Networks, v.Endpoints = nil, nil
+	has6 := map[string]bool{}
+	for _, n := range s.Networks {
+		if !n.Subnet6.IsValid() {
+			continue
+		}
+		has6[n.Name] = true
+		n.Subnet, n.Gateway, n.HostIPv4, n.GatewayMode = n.Subnet6, n.Gateway6, n.HostIPv6, n.GatewayModeIPv6
+		n.Subnet6, n.Gateway6, n.HostIPv6 = netip.Prefix{}, netip.Addr{}, netip.Addr{}
+		v.Networks = append(v.Networks, n)
+	}
+	for _, e := range s.Endpoints {
+		if has6[e.Network] && e.Addr6.IsValid() {
+			e.Addr, e.Addr6 = e.Addr6, netip.Addr{}
+			v.Endpoints = append(v.Endpoints, e)
+		}
+	}
+	return v
+}
+
+// allowRule is the allowlist rule of m, the seq-th port, in family fam:
+// the prefixes of the other family are left out (no source of fam is in
+// them), so a list of none of fam drops every new flow, failing closed.
+func allowRule(m *datapath.PortMapping, seq int, fam Family) Rule {
 	r := Rule{Kind: KindAllowlist, Verdict: Drop, Port: m, Seq: seq, Match: Match{
 		Dst: host32(m.ContainerIP), Proto: m.Proto, DPort: m.ContainerPort,
 		NewDNAT: true, OrigDPort: m.HostPort,
@@ -483,7 +565,9 @@ func allowRule(m *datapath.PortMapping, seq int) Rule {
 		r.Match.OrigDst = host32(m.HostIP)
 	}
 	for _, a := range m.Allow {
-		r.Match.SrcNotIn = append(r.Match.SrcNotIn, a.Masked())
+		if a.Addr().Is6() == (fam == IPv6) {
+			r.Match.SrcNotIn = append(r.Match.SrcNotIn, a.Masked())
+		}
 	}
 	sortPrefixes(r.Match.SrcNotIn)
 	r.Match.SrcNotIn = slices.Compact(r.Match.SrcNotIn)

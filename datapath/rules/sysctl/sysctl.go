@@ -4,8 +4,10 @@
 // (datapath/iptables, datapath/nftables) need besides their rules, as
 // Docker sets them: net.ipv4.ip_forward on, and route_localnet on the
 // bridges of containers with a port bound to a loopback address, set back
-// to what it was when no such port is left. It writes /proc/sys in a
-// network namespace given by path (or the caller's), and does not do IPv6.
+// to what it was when no such port is left, and net.ipv6.conf.all.forwarding
+// on when a network has an IPv6 subnet (as dockerd does for a network
+// with IPv6). It writes /proc/sys in a network namespace given by path
+// (or the caller's).
 package sysctl
 
 import (
@@ -36,7 +38,8 @@ func New(path string) *Settings {
 	return &Settings{netns: path, localnet: map[string]string{}}
 }
 
-// Apply turns forwarding on, and route_localnet on the bridges that serve
+// Apply turns forwarding on (IPv6 forwarding too for a dual-stack state),
+// and route_localnet on the bridges that serve
 // a port of s bound to a loopback address (and back off on the others).
 func (k *Settings) Apply(s datapath.State) error {
 	need := map[string]bool{}
@@ -50,6 +53,11 @@ func (k *Settings) Apply(s datapath.State) error {
 	err := InNetns(k.netns, func() error {
 		if err := set("net/ipv4/ip_forward", "1"); err != nil {
 			return err
+		}
+		if slices.ContainsFunc(s.Networks, func(n datapath.Network) bool { return n.Subnet6.IsValid() }) {
+			if err := set("net/ipv6/conf/all/forwarding", "1"); err != nil {
+				return err
+			}
 		}
 		for br := range need {
 			if _, ours := k.localnet[br]; ours {

@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package docker
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/go-connections/nat"
+)
+
+// dualStackNetwork is a network as `docker network create --ipv6
+// --subnet v4 --subnet v6` lists it: an IPAM config of each family.
+func dualStackNetwork(name string, id int, subnet, gw, subnet6, gw6 string, opts map[string]string) network.Summary {
+	n := bridgeNetwork(name, id, subnet, gw, opts)
+	n.EnableIPv6 = true
+	n.IPAM.Config = append(n.IPAM.Config, network.IPAMConfig{Subnet: subnet6, Gateway: gw6})
+	return n
+}
+
+// TestBuildDualStack: a network with IPv6 gets its IPv6 subnet and
+// gateway (from IPAM, else from the bridge), host_ipv6, its endpoints
+// their GlobalIPv6Address, and the bindings on :: (and on "", both
+// families) IPv6 mappings to the container's IPv6 address; an IPv4-only
+// network's :: binding (Docker's userland proxy's) is left out, and so is
+// an IPv6 config of a network without EnableIPv6, and the IPv6 half of a
+// network whose IPv6 gateway is nowhere.
+func TestBuildDualStack(t *testing.T) {
+	nets := []network.Summary{
+		dualStackNetwork("v6net", 1, "172.30.1.0/24", "172.30.1.1", "fd00:251::/64", "fd00:251::1",
+			map[string]string{optHostIPv6: "2001:db8::5", optGatewayModeIPv6: "nat-unprotected"}),
+		dualStackNetwork("v6nogw", 2, "172.30.2.0/24", "172.30.2.1", "fd00:252::/64", "", nil),
+		bridgeNetwork("v4net", 3, "172.30.3.0/24", "172.30.3.1", nil),
+		dualStackNetwork("disabled", 4, "172.30.4.0/24", "172.30.4.1", "fd00:254::/64", "fd00:254::1", nil),
+		dualStackNetwork("badhost6", 5, "172.30.5.0/24", "172.30.5.1", "fd00:255::/64", "fd00:255::1", map[string]string{optHostIPv6: "192.0.2.1"}),
+		// No IPv6 gateway in IPAM nor on the bridge: IPv4 only.
+		dualStackNetwork("v6lost", 6, "172.30.6.0/24", "172.30.6.1", "fd00:256::/64", "", nil),
+	}
+	nets[3].EnableIPv6 = false
+	k := &fakeKernel{bridges: map[string]fakeBridge{}, veths: map[string]fakeVeth{}}
+	for i, n := range nets {
+		k.bridges["br-"+n.ID[:12]] = fakeBridge{index: 20 + i}
+	}
+	k.bridges["br-"+nets[1].ID[:12]] = fakeBridge{index: 21, addrs: []netip.Prefix{pfx("172.30.2.1/24"), pfx("fe80::1/64"), pfx("fd00:252::1/64")}}
+	k.veths["100/02:42:ac:1e:01:02"] = fakeVeth{"veth6a", 20}
+	k.veths["200/02:42:ac:1e:02:02"] = fakeVeth{"veth6b", 21}
+	k.veths["300/02:42:ac:1e:03:02"] = fakeVeth{"veth4", 22}
+	k.veths["400/02:42:ac:1e:04:02"] = fakeVeth{"vethd", 23}
+	ports := nat.PortMap{
+		"80/tcp": {{HostIP: "0.0.0.0", HostPort: "8080"}, {HostIP: "::", HostPort: "8080"}},
+		"53/udp": {{HostIP: "", HostPort: "5353"}},
+		"81/tcp": {{HostIP: "2001:db8::5", HostPort: "8081"}},
+		"82/tcp": {{HostIP: "fe80::1%eth0", HostPort: "8082"}},
+	}
+	ctr := func(name string, pid int, net, addr, addr6, m string, p nat.PortMap) container.InspectResponse {
+		c := runningContainer(name, pid, nil, p, attach{net: net, addr: addr, mac: m})
+		c.NetworkSettings.Networks[net].GlobalIPv6Address = addr6
+		c.NetworkSettings.Networks[net].GlobalIPv6PrefixLen = 64
+		return c
+	}
+	ctrs := []container.InspectResponse{
+		ctr("a", 100, "v6net", "172.30.1.2", "fd00:251::2", "02:42:ac:1e:01:02", ports),
+		ctr("b", 200, "v6nogw", "172.30.2.2", "fd00:252::2", "02:42:ac:1e:02:02", nil),
+		ctr("c", 300, "v4net", "172.30.3.2", "", "02:42:ac:1e:03:02", nat.PortMap{"80/tcp": {{HostIP: "0.0.0.0", HostPort: "9080"}, {HostIP: "::", HostPort: "9080"}}}),
+		ctr("d", 400, "disabled", "172.30.4.2", "fd00:254::2", "02:42:ac:1e:04:02", nil),
+	}
+	snap, err := build(k, testLogger(t), true, nets, ctrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, n := range snap.Networks {
+		got = append(got, fmt.Sprintf("%s %s %s %s %s host6=%s gw6mode=%s", n.Name, n.Subnet, n.Gateway, n.Subnet6, n.Gateway6, n.HostIPv6, n.GatewayModeIPv6))
+	}
+	want := []string{
+		"disabled 172.30.4.0/24 172.30.4.1 invalid Prefix invalid IP host6=invalid IP gw6mode=nat",
+		"v4net 172.30.3.0/24 172.30.3.1 invalid Prefix invalid IP host6=invalid IP gw6mode=nat",
+		"v6lost 172.30.6.0/24 172.30.6.1 invalid Prefix invalid IP host6=invalid IP gw6mode=nat",
+		"v6net 172.30.1.0/24 172.30.1.1 fd00:251::/64 fd00:251::1 host6=2001:db8::5 gw6mode=nat-unprotected",
+		"v6nogw 172.30.2.0/24 172.30.2.1 fd00:252::/64 fd00:252::1 host6=invalid IP gw6mode=nat",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("networks:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	got = nil
+	for _, e := range snap.Endpoints {
+		got = append(got, fmt.Sprintf("%s %s %s %s", e.Container, e.Network, e.Addr, e.Addr6))
+	}
+	want = []string{
+		"a v6net 172.30.1.2 fd00:251::2",
+		"b v6nogw 172.30.2.2 fd00:252::2",
+		"c v4net 172.30.3.2 invalid IP",
+		"d disabled 172.30.4.2 invalid IP",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("endpoints:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	got = nil
+	for _, m := range snap.Ports {
+		got = append(got, m.String())
+	}
+	want = []string{
+		"8080->172.30.1.2:80/tcp",
+		"8080->[fd00:251::2]:80/tcp",
+		"[2001:db8::5]:8081->[fd00:251::2]:81/tcp",
+		"9080->172.30.3.2:80/tcp",
+		"5353->172.30.1.2:53/udp",
+		"5353->[fd00:251::2]:53/udp",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("ports:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	st := snap.State()
+	st.HostAddrs = []netip.Addr{ip("2001:db8::5")}
+	if err := st.Validate(); err != nil {
+		t.Errorf("the dual-stack state is refused: %v", err)
+	}
+	if len(snap.Warnings) != 0 {
+		t.Errorf("warnings %q", snap.Warnings)
+	}
+	for _, m := range snap.Ports {
+		if m.ContainerIP.Is6() && m.HostIP != netip.IPv6Unspecified() && m.HostIP != ip("2001:db8::5") {
+			t.Errorf("%s: IPv6 mapping's host address %s, want :: or the binding's", m, m.HostIP)
+		}
+	}
+}
