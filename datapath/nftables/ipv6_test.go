@@ -104,6 +104,12 @@ const golden6 = `table ip6 docker-bridges {
 		type filter hook forward priority filter - 1; policy accept;
 		ip6 daddr fd00:30::2 tcp dport 82 ct state new ct status dnat ct original proto-dst 8082 counter drop comment "PORT ALLOWLIST"
 	}
+	chain user-input-isolated {
+		type filter hook input priority filter; policy accept;
+	}
+	chain user-output-isolated {
+		type filter hook output priority filter; policy accept;
+	}
 	chain nat-prerouting-and-output {
 		ip6 saddr != fe80::/10 tcp dport 8080 counter dnat to [fd00:30::2]:80 comment "DNAT"
 		ip6 saddr != fe80::/10 ip6 daddr ::1 udp dport 8081 counter dnat to [fd00:30::2]:81 comment "DNAT"
