@@ -5,9 +5,11 @@ package docker
 // TestDockerTable is the table of Docker's network options end to end:
 // one dockerd of the test's own, and for each datapath (ebpf, iptables,
 // nftables) in turn the real daemon, `bpfnet run --docker --datapath X`,
-// serving the same networks and containers, made anew for each. Two
-// external namespaces reach the host, each through an uplink of its own;
-// the second uplink is a trusted host interface of the nat network. Each
+// serving the same networks and containers, made anew for each. Three
+// external namespaces reach the host: ext and trusted each through an
+// uplink of the daemon's (--uplink), other through an interface that is
+// none; trusted's and other's are trusted_host_interfaces of the nat
+// network. Each
 // row is a connection from a namespace (an external one, the host, a
 // container) to an address and port, and what Docker 28/29 make of it:
 //
@@ -22,16 +24,22 @@ package docker
 //   - egress: a server in the external namespace sees the connection
 //     from that source address.
 //
-// A probe that cannot run (its namespace gone, a dial that fails other
-// than by a timeout) fails its row. The phases: the networks as made;
-// one container connected to a second network, then disconnected from
-// it; the daemon restarted with --allow-direct-routing. After each
+// A probe that cannot run (a source or destination that is not there,
+// its namespace gone, ping or a send that errs) fails its row, pending or
+// not; a blocked TCP row wants a timeout, nothing else (or the host's
+// refusal, where it says so). The phases: the networks as made; one
+// container connected to a second network, then disconnected from it;
+// the daemon restarted with --allow-direct-routing. After each
 // datapath the containers and networks go, the daemon stops, `bpfnet
 // down` runs, and the host namespace's rules (iptables-save, nft list
 // ruleset) and BPF attachments must be what they were before it started.
 //
 // knownDifferences lists the rows where a datapath is known to differ
 // from Docker; nothing else is excused.
+//
+// Not in the table, as bpfnet does not claim them: published host ports
+// and masquerade on an interface that is no uplink (Docker's DNAT and
+// MASQUERADE apply on every interface; bpfnet serves its uplinks only).
 
 import (
 	"context"
