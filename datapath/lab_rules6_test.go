@@ -17,8 +17,8 @@ import (
 // Addresses of the IPv6 half of the dual-stack lab (lab.Config is IPv4
 // only: the test adds them).
 const (
-	v6Br0, v6C0   = "fd00:30::1", "fd00:30::2"
-	v6Br1, v6C1   = "fd00:31::1", "fd00:31::2"
+	v6Br0, v6C0           = "fd00:30::1", "fd00:30::2"
+	v6Br1, v6C1           = "fd00:31::1", "fd00:31::2"
 	v6HostAddr, v6ExtAddr = "fd00:99::1", "fd00:99::2"
 )
 

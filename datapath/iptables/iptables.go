@@ -784,7 +784,15 @@ func (d *Datapath) Apply(ctx context.Context, s datapath.State) error {
 	if d.no6 != nil && hasIPv6(s) {
 		return d.no6
 	}
-	want, err := d.opts.allTables(s, d.families())
+	// The IPv6 tables are written only for a state with IPv6: Docker's
+	// jumps would otherwise create ip6tables tables on a host that has
+	// none. What an earlier state left there is in the snapshot, and
+	// write removes it.
+	fams := []rules.Family{rules.IPv4}
+	if hasIPv6(s) {
+		fams = d.families()
+	}
+	want, err := d.opts.allTables(s, fams)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/bpfnet/bpfnet/datapath"
+	"github.com/bpfnet/bpfnet/datapath/rules"
 )
 
 var _ datapath.PortPublisher = (*Datapath)(nil)
@@ -45,11 +46,16 @@ func (d *Datapath) changePorts(edit func(datapath.State) (datapath.State, error)
 	if d.no6 != nil && hasIPv6(next) {
 		return d.no6
 	}
-	have, err := d.opts.allTables(*d.applied, d.families())
+	// IPv4 only unless either state has IPv6, as Apply writes them.
+	fams := []rules.Family{rules.IPv4}
+	if hasIPv6(*d.applied) || hasIPv6(next) {
+		fams = d.families()
+	}
+	have, err := d.opts.allTables(*d.applied, fams)
 	if err != nil {
 		return err
 	}
-	want, err := d.opts.allTables(next, d.families())
+	want, err := d.opts.allTables(next, fams)
 	if err != nil {
 		return err
 	}
