@@ -165,9 +165,13 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	var req Request
 	var resp Response
 	lr := &io.LimitedReader{R: c, N: MaxRequest + 1}
+	// The request is read (bounded) before the peer is checked, so that
+	// a refusal reaches the client rather than a reset.
+	derr := json.NewDecoder(lr).Decode(&req)
 	if err := s.peerAllowed(c); err != nil {
+		req = Request{}
 		resp.Error = &Error{Code: CodeNotPermitted, Msg: "refused", Details: err.Error()}
-	} else if err := json.NewDecoder(lr).Decode(&req); err != nil && lr.N <= 0 {
+	} else if err := derr; err != nil && lr.N <= 0 {
 		resp.Error = errorf(CodeDecodingFailure, "the request is larger than %d bytes", MaxRequest)
 	} else if err != nil {
 		resp.Error = errorf(CodeDecodingFailure, "decoding the request: %v", err)

@@ -127,8 +127,8 @@ func newNodeVersion(t *testing.T, version string) *node {
 	conf := fmt.Sprintf(`{"cniVersion":%q,"name":"pods","plugins":[
 	{"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":false,"hairpinMode":true,
 	 "ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]],"routes":[{"dst":"0.0.0.0/0"}]}},
-	{"type":"bpfnet","capabilities":{"portMappings":true},"pinPath":%q,"socket":%q}]}`,
-		version, n.bridge, n.ipam, podSubnet, n.pin, n.socket)
+	{"type":"bpfnet","capabilities":{"portMappings":true},"pinPath":%q,"socket":%q,"stateDir":%q}]}`,
+		version, n.bridge, n.ipam, podSubnet, n.pin, n.socket, n.state)
 	n.conf = conf
 	var err error
 	if n.list, err = libcni.ConfListFromBytes([]byte(conf)); err != nil {
