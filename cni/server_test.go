@@ -308,7 +308,9 @@ func TestServerShutdown(t *testing.T) {
 	ts.put(t, testAttachment("abc"))
 	ts.fake.block, ts.fake.entered = make(chan struct{}), make(chan struct{}, 1)
 	answered := make(chan error, 1)
-	go func() { answered <- ts.call(Request{Command: CmdDel, Attachment: Attachment{ContainerID: "abc", IfName: "eth0", Network: "pods"}}) }()
+	go func() {
+		answered <- ts.call(Request{Command: CmdDel, Attachment: Attachment{ContainerID: "abc", IfName: "eth0", Network: "pods"}})
+	}()
 	select {
 	case <-ts.fake.entered:
 	case <-time.After(10 * time.Second):

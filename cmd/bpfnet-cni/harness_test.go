@@ -398,7 +398,8 @@ func (n *node) scrape() string {
 	return body
 }
 
-// stateFiles are the agent's attachment files.
+// stateFiles are the agent's attachment files (not the folder's lock,
+// .lock, nor a temporary file).
 func (n *node) stateFiles() []string {
 	ents, err := os.ReadDir(n.state)
 	if err != nil && !os.IsNotExist(err) {
@@ -406,7 +407,9 @@ func (n *node) stateFiles() []string {
 	}
 	var out []string
 	for _, e := range ents {
-		out = append(out, e.Name())
+		if !strings.HasPrefix(e.Name(), ".") {
+			out = append(out, e.Name())
+		}
 	}
 	return out
 }
