@@ -3,6 +3,7 @@
 package cni
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,10 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/bpfnet/bpfnet/datapath"
 	"github.com/bpfnet/bpfnet/metrics"
@@ -159,8 +164,91 @@ func (a Attachment) Check() error {
 
 // Store keeps attachments as one JSON file each in a folder, written
 // whole (a temporary file renamed over the old), so that a crash leaves
-// either the old attachment or the new one.
+// either the old attachment or the new one. Who changes the folder holds
+// its Lock: the agent for each request, the plugin when it deletes an
+// attachment itself (DeleteOffline).
 type Store struct{ Dir string }
+
+// Prepare makes the folder, private to its owner, and refuses one that
+// another user owns or may write: its files are the state the agent
+// serves.
+func (s Store) Prepare() error {
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return err
+	}
+	return CheckPrivateDir(s.Dir)
+}
+
+// CheckPrivateDir refuses a folder that is not this process's user's, or
+// that others may write to (and so swap the files in it).
+func CheckPrivateDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok {
+		return fmt.Errorf("%s is not a folder", dir)
+	}
+	if int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%s belongs to uid %d, not to this agent's uid %d", dir, st.Uid, os.Geteuid())
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("%s may be written by others (mode %v): want it writable by its owner only", dir, fi.Mode().Perm())
+	}
+	return nil
+}
+
+// Lock takes the folder's lock (an flock of its file .lock), waiting
+// until ctx is done; unlock releases it.
+func (s Store) Lock(ctx context.Context) (unlock func(), err error) {
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(s.Dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			f.Close()
+			return nil, fmt.Errorf("locking %s: %w", s.Dir, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("locking %s: %w", s.Dir, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// DeleteOffline is DEL without the agent: under the folder's lock, it
+// removes the attachment of k when it is network's, so that the agent,
+// when it starts, does not serve it again. removed says whether there
+// was one. The datapath keeps serving it until then.
+func (s Store) DeleteOffline(ctx context.Context, k Key, network string) (removed bool, err error) {
+	if err := CheckKey(k); err != nil {
+		return false, err
+	}
+	if _, err := os.Stat(s.Dir); errors.Is(err, os.ErrNotExist) {
+		return false, nil // no agent ever kept an attachment here
+	}
+	unlock, err := s.Lock(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	a, had, err := s.Get(k)
+	if err != nil || !had || a.Network != network {
+		return false, err
+	}
+	return true, s.Delete(k)
+}
 
 func (s Store) path(k Key) string { return filepath.Join(s.Dir, k.ContainerID+"_"+k.IfName+".json") }
 

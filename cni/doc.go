@@ -32,8 +32,17 @@
 //     so it does not depend on the runtime's cache. STATUS (CNI 1.1) is
 //     answered by the agent: when no agent answers, the plugin says
 //     error 50 (the plugin is not available).
-//   - Requests are served one at a time, so the concurrent ADDs and DELs
-//     that runtimes issue are safe.
+//   - Requests are served one at a time, under the folder's lock (an
+//     flock of its .lock), so the concurrent ADDs and DELs that runtimes
+//     issue are safe. A DEL that finds no agent removes the attachment's
+//     file under that lock itself and succeeds, as the spec wants a DEL
+//     to; the next agent does not serve it.
+//   - Only root's connections are served (SO_PEERCRED, on a socket of
+//     mode 0600 in a folder only its owner may write, as is the state
+//     folder); a request is at most MaxRequest bytes; a DEL removes only
+//     its own network's attachment of the key; a GC without a
+//     well-formed valid list removes nothing; the requests begun when the
+//     agent stops are answered before it closes the datapath.
 //
 // What it does not do: IPv6 (the IPv4 address of each attachment is
 // served, others are ignored), address management or the bridge (the

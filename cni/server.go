@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -17,8 +18,18 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/bpfnet/bpfnet/datapath"
 )
+
+// MaxRequest bounds a request: a pod's attachment with its ports, or a
+// GC's list of valid attachments, is far smaller.
+const MaxRequest = 1 << 20
+
+// requestTimeout bounds the work of one request. It does not end with
+// the agent's shutdown: a request begun is finished and answered.
+const requestTimeout = 2 * time.Minute
 
 // Applier is the daemon as the server drives it: daemon.Daemon.
 type Applier interface {
@@ -49,15 +60,23 @@ type Server struct {
 	// PinPath is the datapath's bpffs folder.
 	PinPath string
 	Log     *slog.Logger
+	// AllowedUIDs are the users whose connections are served (checked
+	// with SO_PEERCRED); nil is root alone, as runtimes run the plugin.
+	AllowedUIDs []uint32
 
-	mu sync.Mutex // one request at a time
+	mu       sync.Mutex // one request at a time
+	inflight sync.WaitGroup
 }
 
 // Listen makes the socket at path, replacing one a previous agent left,
-// reachable by root only.
+// reachable by its owner (root) only, in a folder that no other user may
+// write to (where one could put a socket of their own in its place).
 func Listen(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
+	}
+	if err := CheckPrivateDir(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("the CNI socket's folder: %w", err)
 	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
@@ -77,22 +96,58 @@ func Listen(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-// Serve answers on ln until ctx is done, then closes it.
+// Serve answers on ln until ctx is done, then closes it and returns once
+// the requests begun are answered: the caller may then close the
+// datapath. A request that comes later finds no agent (the plugin's DEL
+// then removes the attachment itself).
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	go func() {
 		<-ctx.Done()
 		ln.Close()
 	}()
+	defer s.inflight.Wait()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			return err
 		}
-		go s.serveConn(ctx, c)
+		s.inflight.Add(1)
+		go func() {
+			defer s.inflight.Done()
+			s.serveConn(context.WithoutCancel(ctx), c)
+		}()
 	}
+}
+
+// peerAllowed checks the connecting process's user with SO_PEERCRED.
+func (s *Server) peerAllowed(c net.Conn) error {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return errors.New("not a unix socket connection")
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) { cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
+		return err
+	}
+	if credErr != nil {
+		return fmt.Errorf("reading the peer's credentials: %w", credErr)
+	}
+	allowed := s.AllowedUIDs
+	if allowed == nil {
+		allowed = []uint32{0}
+	}
+	if !slices.Contains(allowed, cred.Uid) {
+		return fmt.Errorf("uid %d (pid %d) may not use the bpfnet agent", cred.Uid, cred.Pid)
+	}
+	return nil
 }
 
 func (s *Server) log() *slog.Logger {
@@ -104,11 +159,22 @@ func (s *Server) log() *slog.Logger {
 
 func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Minute))
+	c.SetDeadline(time.Now().Add(requestTimeout + time.Minute))
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
 	var req Request
 	var resp Response
-	if err := json.NewDecoder(c).Decode(&req); err != nil {
-		resp.Error = errorf(6, "decoding the request: %v", err)
+	lr := &io.LimitedReader{R: c, N: MaxRequest + 1}
+	// The request is read (bounded) before the peer is checked, so that
+	// a refusal reaches the client rather than a reset.
+	derr := json.NewDecoder(lr).Decode(&req)
+	if err := s.peerAllowed(c); err != nil {
+		req = Request{}
+		resp.Error = &Error{Code: CodeNotPermitted, Msg: "refused", Details: err.Error()}
+	} else if err := derr; err != nil && lr.N <= 0 {
+		resp.Error = errorf(CodeDecodingFailure, "the request is larger than %d bytes", MaxRequest)
+	} else if err != nil {
+		resp.Error = errorf(CodeDecodingFailure, "decoding the request: %v", err)
 	} else {
 		resp = s.Handle(ctx, req)
 	}
@@ -135,13 +201,19 @@ func (s *Server) Handle(ctx context.Context, req Request) Response {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// The plugin's DEL without the agent changes the folder too.
+	unlock, lerr := s.Source.Store.Lock(ctx)
+	if lerr != nil {
+		return Response{Error: errorf(CodeTryAgainLater, "%v", lerr)}
+	}
+	defer unlock()
 	var err *Error
 	var resp Response
 	switch req.Command {
 	case CmdAdd:
 		err = s.add(ctx, req.Attachment)
 	case CmdDel:
-		err = s.del(ctx, req.Attachment.Key())
+		err = s.del(ctx, req.Attachment.Key(), req.Attachment.Network)
 	case CmdCheck:
 		err = s.check(req.Attachment)
 	case CmdGC:
@@ -161,6 +233,13 @@ func (s *Server) add(ctx context.Context, a Attachment) *Error {
 	if err := a.Check(); err != nil {
 		return errorf(CodeInvalidConfig, "%v", err)
 	}
+	prev, had, err := s.Source.Store.Get(a.Key())
+	if err != nil {
+		return errorf(CodeIOFailure, "%v", err)
+	}
+	if had && prev.Network != a.Network {
+		return errorf(CodeInvalidConfig, "attachment %s is network %s's, not %s's", a.Key(), prev.Network, a.Network)
+	}
 	if _, err := s.Source.With(ctx, a); err != nil {
 		code := uint(CodeApply)
 		if strings.Contains(err.Error(), "already published") {
@@ -168,12 +247,8 @@ func (s *Server) add(ctx context.Context, a Attachment) *Error {
 		}
 		return &Error{Code: code, Msg: "bpfnet cannot serve this attachment", Details: err.Error()}
 	}
-	prev, had, err := s.Source.Store.Get(a.Key())
-	if err != nil {
-		return errorf(5, "%v", err)
-	}
 	if err := s.Source.Store.Put(a); err != nil {
-		return errorf(5, "%v", err)
+		return errorf(CodeIOFailure, "%v", err)
 	}
 	undo := func() {
 		if had {
@@ -210,16 +285,22 @@ func (s *Server) add(ctx context.Context, a Attachment) *Error {
 	return nil
 }
 
-func (s *Server) del(ctx context.Context, k Key) *Error {
+// del removes the attachment of k in network. One that is not there, or
+// is another network's, is left as it is with success: DEL is
+// idempotent, and removes only what that network's ADD made.
+func (s *Server) del(ctx context.Context, k Key, network string) *Error {
 	if err := CheckKey(k); err != nil {
 		return errorf(CodeInvalidConfig, "%v", err)
 	}
+	if network == "" {
+		return errorf(CodeInvalidConfig, "DEL needs the network's name")
+	}
 	a, had, err := s.Source.Store.Get(k)
 	if err != nil {
-		return errorf(5, "%v", err)
+		return errorf(CodeIOFailure, "%v", err)
 	}
-	if !had {
-		return nil // DEL is idempotent
+	if !had || a.Network != network {
+		return nil
 	}
 	if err := s.remove(ctx, []Attachment{a}); err != nil {
 		return err
@@ -233,7 +314,7 @@ func (s *Server) del(ctx context.Context, k Key) *Error {
 func (s *Server) remove(ctx context.Context, as []Attachment) *Error {
 	for _, a := range as {
 		if err := s.Source.Store.Delete(a.Key()); err != nil {
-			return errorf(5, "%v", err)
+			return errorf(CodeIOFailure, "%v", err)
 		}
 	}
 	if _, err := s.Daemon.Reconcile(ctx, "cni del"); err != nil {
@@ -261,7 +342,7 @@ func (s *Server) check(a Attachment) *Error {
 	}
 	kept, had, err := s.Source.Store.Get(a.Key())
 	if err != nil {
-		return errorf(5, "%v", err)
+		return errorf(CodeIOFailure, "%v", err)
 	}
 	if !had {
 		return errorf(CodeNotServed, "bpfnet keeps no attachment %s", a.Key())
@@ -286,14 +367,14 @@ func (s *Server) check(a Attachment) *Error {
 	}
 	eps, err := m.Endpoints()
 	if err != nil {
-		return errorf(5, "%v", err)
+		return errorf(CodeIOFailure, "%v", err)
 	}
 	if !slices.ContainsFunc(eps, func(e datapath.EndpointInfo) bool { return e.Addr == a.Addr }) {
 		return errorf(CodeNotServed, "attachment %s: %s is not in the endpoints map", a.Key(), a.Addr)
 	}
 	pub, err := m.Published()
 	if err != nil {
-		return errorf(5, "%v", err)
+		return errorf(CodeIOFailure, "%v", err)
 	}
 	for _, w := range want {
 		hip := w.HostIP
@@ -310,14 +391,24 @@ func (s *Server) check(a Attachment) *Error {
 	return nil
 }
 
-// gc removes the attachments of network that are not in valid.
+// gc removes the attachments of network that are not in valid. A list
+// that is missing (null) or names something that is no attachment is
+// refused whole: it would remove pods that are still running.
 func (s *Server) gc(ctx context.Context, network string, valid []Key) ([]Key, *Error) {
 	if network == "" {
 		return nil, errorf(CodeInvalidConfig, "GC needs the network's name")
 	}
+	if valid == nil {
+		return nil, errorf(CodeInvalidConfig, "GC without a list of valid attachments (an empty list removes every attachment of %s)", network)
+	}
+	for i, k := range valid {
+		if err := CheckKey(k); err != nil {
+			return nil, errorf(CodeInvalidConfig, "GC's valid attachment %d: %v", i, err)
+		}
+	}
 	all, err := s.Source.Store.List()
 	if err != nil {
-		return nil, errorf(5, "%v", err)
+		return nil, errorf(CodeIOFailure, "%v", err)
 	}
 	var doomed []Attachment
 	var keys []Key

@@ -27,8 +27,9 @@ type Request struct {
 	// Network).
 	Attachment Attachment `json:"attachment"`
 	// Valid is GC's cni.dev/valid-attachments; GC removes the other
-	// attachments of Attachment.Network.
-	Valid []Key `json:"valid,omitempty"`
+	// attachments of Attachment.Network. GC refuses null: say [] for
+	// none.
+	Valid []Key `json:"valid"`
 	// PinPath is the conflist's pinPath: when set, the agent refuses to
 	// serve a network configured for another datapath.
 	PinPath string `json:"pinPath,omitempty"`
@@ -58,6 +59,8 @@ func (e *Error) Error() string {
 // CNI error codes the agent answers with (SPEC.md "Error"), and
 // bpfnet's own, from 100 as the spec reserves them for plugins.
 const (
+	CodeIOFailure          = 5
+	CodeDecodingFailure    = 6
 	CodeInvalidConfig      = 7
 	CodeTryAgainLater      = 11
 	CodePluginNotAvailable = 50
@@ -67,6 +70,8 @@ const (
 	CodeNotServed = 101
 	// CodeApply: the datapath refused the state with the attachment.
 	CodeApply = 102
+	// CodeNotPermitted: the connecting user may not use the agent.
+	CodeNotPermitted = 103
 )
 
 // Call sends req to the agent at socket and reads its answer. An agent

@@ -394,14 +394,32 @@ func TestCNIGC(t *testing.T) {
 // TestCNIStatus: STATUS passes while the agent runs; with the agent
 // stopped, the plugin's own answer is CNI error 50, through libcni and
 // read from the plugin's JSON on its stdout.
+//
+// DEL with the agent stopped succeeds (SPEC.md: DEL completes as far as
+// it can; kubelet would retry it and keep the pod terminating): the
+// plugin removes the attachment's file, so that the next agent serves
+// the pod no more, while the pod DEL left alone is served again.
 func TestCNIStatus(t *testing.T) {
 	n := newNode(t)
 	if err := n.status(); err != nil {
 		t.Fatalf("STATUS with the agent running: %v", err)
 	}
+	gone := n.newPod("gone", port(8080, 80, "tcp", ""))
+	kept := n.newPod("kept", port(8081, 80, "tcp", ""))
+	n.mustAdd(gone)
+	n.mustAdd(kept)
 	n.stopAgent()
 	if err := n.status(); cniCode(err) != 50 {
 		t.Errorf("STATUS with the agent stopped: %v, want CNI error 50", err)
+	}
+	if err := n.add(n.newPod("late")); cniCode(err) != 50 {
+		t.Errorf("ADD with the agent stopped: %v, want CNI error 50", err)
+	}
+	if err := n.del(gone); err != nil {
+		t.Errorf("DEL with the agent stopped: %v", err)
+	}
+	if f := n.stateFiles(); len(f) != 1 || !strings.HasPrefix(f[0], kept.rt.ContainerID+"_") {
+		t.Errorf("state files after DEL with the agent stopped: %v, want only %s's", f, kept.name)
 	}
 	// The plugin run by hand, as libcni runs it.
 	conf := n.list.Plugins[1].Bytes
@@ -425,6 +443,13 @@ func TestCNIStatus(t *testing.T) {
 	if err := n.status(); err != nil {
 		t.Errorf("STATUS with the agent started again: %v", err)
 	}
+	if ps := n.portsJSON(); len(ps) != 1 || ps[0]["host_port"] != 8081.0 {
+		t.Errorf("bpfnet ports after the restart: %v, want only %s's 8081", ps, kept.name)
+	}
+	greet(t, &gone.Namespace, ":80")
+	greet(t, &kept.Namespace, ":80")
+	wantGreeting(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8081", n.ext.Addr.String())
+	wantNoAnswer(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8080")
 }
 
 // TestCNIAgentRestart: a connection through a pod's hostPort lives on

@@ -127,8 +127,8 @@ func newNodeVersion(t *testing.T, version string) *node {
 	conf := fmt.Sprintf(`{"cniVersion":%q,"name":"pods","plugins":[
 	{"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":false,"hairpinMode":true,
 	 "ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]],"routes":[{"dst":"0.0.0.0/0"}]}},
-	{"type":"bpfnet","capabilities":{"portMappings":true},"pinPath":%q,"socket":%q}]}`,
-		version, n.bridge, n.ipam, podSubnet, n.pin, n.socket)
+	{"type":"bpfnet","capabilities":{"portMappings":true},"pinPath":%q,"socket":%q,"stateDir":%q}]}`,
+		version, n.bridge, n.ipam, podSubnet, n.pin, n.socket, n.state)
 	n.conf = conf
 	var err error
 	if n.list, err = libcni.ConfListFromBytes([]byte(conf)); err != nil {
@@ -398,7 +398,8 @@ func (n *node) scrape() string {
 	return body
 }
 
-// stateFiles are the agent's attachment files.
+// stateFiles are the agent's attachment files (not the folder's lock,
+// .lock, nor a temporary file).
 func (n *node) stateFiles() []string {
 	ents, err := os.ReadDir(n.state)
 	if err != nil && !os.IsNotExist(err) {
@@ -406,7 +407,9 @@ func (n *node) stateFiles() []string {
 	}
 	var out []string
 	for _, e := range ents {
-		out = append(out, e.Name())
+		if !strings.HasPrefix(e.Name(), ".") {
+			out = append(out, e.Name())
+		}
 	}
 	return out
 }

@@ -19,11 +19,17 @@
 // request to the node agent, `bpfnet run --cni`, over its unix socket
 // (conflist key "socket", default /run/bpfnet/cni.sock), and the agent
 // checks, keeps and applies it (package cni says how). When no agent
-// answers, every command fails with CNI error 50, so STATUS tells the
-// runtime that the network is not ready.
+// answers, STATUS fails with CNI error 50 and so tells the runtime that
+// the network is not ready.
+//
+// When no agent answers, every command fails with error 50 except DEL,
+// which removes the attachment's file from the agent's folder itself and
+// succeeds (SPEC.md: DEL completes as far as it can; kubelet would retry
+// it and keep the pod terminating); the next agent does not serve it.
 //
 // Conflist keys besides the standard ones: "pinPath" (the agent refuses
-// a network configured for another datapath folder) and "socket".
+// a network configured for another datapath folder), "socket" and
+// "stateDir" (the agent's --cni-state-dir, default /var/lib/bpfnet/cni).
 // CNI_ARGS K8S_POD_NAME and K8S_POD_NAMESPACE name the pod in `bpfnet
 // status` and the metrics; other CNI_ARGS are ignored.
 package main

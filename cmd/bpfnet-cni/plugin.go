@@ -21,8 +21,11 @@ import (
 // netConf is the plugin's part of the network configuration.
 type netConf struct {
 	types.PluginConf
-	PinPath       string `json:"pinPath,omitempty"`
-	Socket        string `json:"socket,omitempty"`
+	PinPath string `json:"pinPath,omitempty"`
+	Socket  string `json:"socket,omitempty"`
+	// StateDir is the agent's --cni-state-dir, where DEL removes the
+	// attachment itself when no agent answers.
+	StateDir      string `json:"stateDir,omitempty"`
 	RuntimeConfig struct {
 		PortMappings []cni.Port `json:"portMappings,omitempty"`
 	} `json:"runtimeConfig,omitempty"`
@@ -42,6 +45,9 @@ func parseConf(args *skel.CmdArgs) (*netConf, error) {
 	}
 	if conf.Socket == "" {
 		conf.Socket = cni.DefaultSocket
+	}
+	if conf.StateDir == "" {
+		conf.StateDir = cni.DefaultStateDir
 	}
 	return conf, nil
 }
@@ -156,7 +162,21 @@ func cmdDel(args *skel.CmdArgs) error {
 		return err
 	}
 	_, err = call(conf, cni.Request{Command: cni.CmdDel, Attachment: a})
-	return err
+	var te *types.Error
+	if !errors.As(err, &te) || te.Code != cni.CodePluginNotAvailable {
+		return err
+	}
+	// No agent answers (stopped, or between two runs). DEL succeeds as
+	// far as it can (SPEC.md, DEL), or kubelet retries it and the pod
+	// stays terminating: the attachment's file goes, under the folder's
+	// lock, so that the next agent does not serve it; that agent's first
+	// apply removes its ports and endpoint from the datapath.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, derr := (cni.Store{Dir: conf.StateDir}).DeleteOffline(ctx, a.Key(), a.Network); derr != nil {
+		return types.NewError(cni.CodeTryAgainLater, "no bpfnet agent answers, and removing the attachment without it failed", derr.Error())
+	}
+	return nil
 }
 
 func cmdCheck(args *skel.CmdArgs) error {
@@ -176,6 +196,16 @@ func cmdGC(args *skel.CmdArgs) error {
 	conf, err := parseConf(args)
 	if err != nil {
 		return err
+	}
+	// GC without the list would remove every pod of the network: a
+	// configuration without the key is refused (libcni always sets it,
+	// null when no attachment is valid).
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(args.StdinData, &keys); err != nil {
+		return types.NewError(types.ErrDecodingFailure, "parsing the network configuration", err.Error())
+	}
+	if _, ok := keys["cni.dev/valid-attachments"]; !ok {
+		return types.NewError(types.ErrInvalidNetworkConfig, "GC without cni.dev/valid-attachments", "")
 	}
 	req := cni.Request{Command: cni.CmdGC, Attachment: cni.Attachment{Network: conf.Name}}
 	for _, v := range conf.ValidAttachments {

@@ -359,6 +359,11 @@ func runDaemon(ctx context.Context, f *runFlags) error {
 		"endpoints", len(state.Endpoints), "ports", len(state.Ports), "pin_path", f.pinPath, "fast_path", f.fastPath,
 		"cgroup_endpoints", len(state.CgroupEndpoints), "shared_netns", len(state.Shared), "no_network", len(state.NoNetwork))
 	err = d.Run(ctx)
+	if cniSrv != nil {
+		// The datapath is closed after the requests begun are answered.
+		cniSrv.close()
+		cniSrv.wait()
+	}
 	slog.Info("stopping; the datapath stays (bpfnet down removes it)", "datapath", dp.Name())
 	return err
 }

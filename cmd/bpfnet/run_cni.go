@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 
@@ -36,25 +37,40 @@ type cniServer struct {
 	src     *cni.Source
 	ln      net.Listener
 	pinPath string
+	done    chan struct{}
 }
 
 func newCNIServer(f *cniFlags, base daemon.Source, uplinks []string, pinPath string) (*cniServer, error) {
+	store := cni.Store{Dir: f.stateDir}
+	if err := store.Prepare(); err != nil {
+		return nil, fmt.Errorf("the CNI state folder: %w", err)
+	}
 	ln, err := cni.Listen(f.socket)
 	if err != nil {
 		return nil, err
 	}
-	return &cniServer{src: &cni.Source{Store: cni.Store{Dir: f.stateDir}, Base: base, Uplinks: uplinks}, ln: ln, pinPath: pinPath}, nil
+	return &cniServer{src: &cni.Source{Store: store, Base: base, Uplinks: uplinks}, ln: ln, pinPath: pinPath}, nil
 }
 
-// serve answers the plugin until ctx is done.
+// serve answers the plugin until ctx is done; wait waits for the requests
+// begun to be answered.
 func (s *cniServer) serve(ctx context.Context, d *daemon.Daemon, dp datapath.Datapath) {
 	srv := &cni.Server{Source: s.src, Daemon: d, Datapath: dp, PinPath: s.pinPath}
+	s.done = make(chan struct{})
 	go func() {
+		defer close(s.done)
 		if err := srv.Serve(ctx, s.ln); err != nil {
 			slog.Error("serving the CNI plugin", "error", err)
 		}
 	}()
 	slog.Info("serving the CNI plugin", "socket", s.ln.Addr().String())
+}
+
+// wait returns once serve's requests are answered, after ctx is done.
+func (s *cniServer) wait() {
+	if s.done != nil {
+		<-s.done
+	}
 }
 
 func (s *cniServer) close() { s.ln.Close() }
