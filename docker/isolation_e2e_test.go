@@ -330,7 +330,6 @@ func TestDockerIsolationE2E(t *testing.T) {
 			{"normal network out, masqueraded", b1, extAddr, "external", host},
 			{"network without masquerade out, with its own address", m1, extAddr, "external", m1.addr.String()},
 			{"another network's published port, through the host", b1, host + ":8080", "a1", b1.addr.String()},
-			{"a no-ICC neighbour's published port, through the host", n2, host + ":8082", "n1", n2.addr.String()},
 		} {
 			line, err := p.from.ns.Greeting(p.to)
 			f := strings.Fields(line)
@@ -359,7 +358,10 @@ func TestDockerIsolationE2E(t *testing.T) {
 			{datapath.DropICC, []struct {
 				from *isoCtr
 				to   string
-			}{{n1, to(n2, 80)}, {n2, to(n1, 80)}}},
+			// A neighbour's published port through the host too: Docker
+			// drops the DNATed packet by its ICC rule (-i br -o br).
+			// The twin is another network's port, reached above.
+			}{{n1, to(n2, 80)}, {n2, to(n1, 80)}, {n2, host + ":8082"}}},
 			{datapath.DropInternal, []struct {
 				from *isoCtr
 				to   string
