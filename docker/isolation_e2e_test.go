@@ -358,9 +358,9 @@ func TestDockerIsolationE2E(t *testing.T) {
 			{datapath.DropICC, []struct {
 				from *isoCtr
 				to   string
-			// A neighbour's published port through the host too: Docker
-			// drops the DNATed packet by its ICC rule (-i br -o br).
-			// The twin is another network's port, reached above.
+				// A neighbour's published port through the host too: Docker
+				// drops the DNATed packet by its ICC rule (-i br -o br).
+				// The twin is another network's port, reached above.
 			}{{n1, to(n2, 80)}, {n2, to(n1, 80)}, {n2, host + ":8082"}}},
 			{datapath.DropInternal, []struct {
 				from *isoCtr
