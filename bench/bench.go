@@ -286,8 +286,9 @@ type env struct {
 	// state is the datapath's discovered state without ports.
 	state datapath.State
 	// target is the address the external host sends to: the host's
-	// uplink address through published ports, or the container's.
-	target netip.Addr
+	// uplink address through published ports, or the container's;
+	// target6 its IPv6 counterpart.
+	target, target6 netip.Addr
 	// servers to stop when the lab closes.
 	servers []*exec.Cmd
 }
@@ -363,6 +364,24 @@ func measureMode(ctx context.Context, opts *Options, run int, m Mode) RunResult 
 		}
 	}
 
+	// The same over IPv6: a published [::] port of the host's IPv6
+	// address (routing and ebpf-redirect: the container's).
+	var rr6 RRResult
+	if err := e.perf(ctx, &e.ext.Namespace, "rr", netip.AddrPortFrom(e.target6, perfPort), d, &rr6); err != nil {
+		fail(err, KeyRR6)
+	} else {
+		set(KeyRR6, rr6.Rate)
+	}
+	var crr6 CRRResult
+	if err := e.perf(ctx, &e.ext.Namespace, "crr", netip.AddrPortFrom(e.target6, perfPort), d, &crr6); err != nil {
+		fail(err, KeyCRR6)
+	} else {
+		set(KeyCRR6, crr6.Rate)
+		if crr6.Failures > 0 {
+			r.Notes[KeyCRR6] = fmt.Sprintf("%d connections failed", crr6.Failures)
+		}
+	}
+
 	// Egress: the container reaches the external host through masquerade
 	// (routing and ebpf-redirect: by route, untranslated).
 	extAddr := addrOf(e.ext.Addr)
@@ -434,9 +453,11 @@ func addrOf(ip net.IP) netip.Addr {
 func (e *env) cAddr() netip.Addr { return addrOf(e.c.Addr) }
 
 // basePorts are what every lab publishes; the perf server's TCP port
-// comes last, so that it is the last inserted whatever else is there.
+// comes last, so that it is the last inserted whatever else is there (its
+// IPv6 mapping, on [::], another table's, comes first).
 func basePorts(c netip.Addr) []datapath.PortMapping {
 	return []datapath.PortMapping{
+		{Proto: datapath.TCP, HostPort: perfPort, ContainerIP: ctr6, ContainerPort: perfPort, Container: "c0"},
 		{Proto: datapath.TCP, HostPort: iperfPort, ContainerIP: c, ContainerPort: iperfPort, Container: "c0"},
 		{Proto: datapath.UDP, HostPort: perfPort, ContainerIP: c, ContainerPort: perfPort, Container: "c0"},
 		{Proto: datapath.TCP, HostPort: perfPort, ContainerIP: c, ContainerPort: perfPort, Container: "c0"},
@@ -659,20 +680,28 @@ func newEnv(ctx context.Context, opts *Options, m Mode, ctSize uint32) (*env, er
 			return e, err
 		}
 	}
-	switch m {
-	case ModeRouting, ModeRedirect:
-		e.target = e.cAddr()
+	routed := m == ModeRouting || m == ModeRedirect
+	if err := e.addIPv6(routed); err != nil {
+		return e, err
+	}
+	if routed {
+		e.target, e.target6 = e.cAddr(), ctr6
 		if err := e.routeToContainers(); err != nil {
 			return e, err
 		}
-	default:
-		e.target = addrOf(e.ext.HostAddr)
+	} else {
+		e.target, e.target6 = addrOf(e.ext.HostAddr), host6
 	}
 	if m != ModeRouting {
 		err := topo.Host.Do(func() error {
 			s, err := datapath.Discover([]string{topo.Bridges[0].Name}, nil, nil)
 			if err != nil {
 				return err
+			}
+			for i := range s.Endpoints {
+				if s.Endpoints[i].HostVeth == e.c.HostVeth {
+					s.Endpoints[i].Addr6 = ctr6
+				}
 			}
 			e.state = s
 			// The same checks as bpfnet run's, on the state with its ports.
@@ -714,6 +743,9 @@ func newEnv(ctx context.Context, opts *Options, m Mode, ctSize uint32) (*env, er
 		}
 	}
 	if err := e.startPerfServer(ctx, &e.c.Namespace, netip.AddrPortFrom(netip.IPv4Unspecified(), perfPort)); err != nil {
+		return e, err
+	}
+	if err := e.startPerfServer(ctx, &e.c.Namespace, netip.AddrPortFrom(netip.IPv6Unspecified(), perfPort)); err != nil {
 		return e, err
 	}
 	if err := e.startPerfServer(ctx, &e.ext.Namespace, netip.AddrPortFrom(netip.IPv4Unspecified(), egressPerfPort)); err != nil {

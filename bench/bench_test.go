@@ -263,13 +263,28 @@ func TestParseProcStat(t *testing.T) {
 }
 
 // TestPerfLoopback runs the RR, CRR and UDP tools against a server on
-// loopback: no root and no namespaces needed. It checks that they count,
-// never how fast.
+// loopback, IPv4 and IPv6: no root and no namespaces needed. It checks
+// that they count, never how fast. The IPv6 server takes the IPv4 one's
+// port: its sockets are IPv6 only, so the two serve side by side, as the
+// benchmark's container runs them.
 func TestPerfLoopback(t *testing.T) {
-	s, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"))
+	s4, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	s6, err := Listen(netip.AddrPortFrom(netip.IPv6Loopback(), s4.Addr().Port()))
+	if err != nil {
+		t.Fatalf("IPv6 server on the IPv4 server's port: %v", err)
+	}
+	for _, s := range []*Server{s4, s6} {
+		t.Run(s.Addr().String(), func(t *testing.T) { testPerf(t, s) })
+	}
+	if _, err := Listen(netip.MustParseAddrPort("[::ffff:127.0.0.1]:0")); err == nil {
+		t.Error("Listen took an IPv4-mapped IPv6 address")
+	}
+}
+
+func testPerf(t *testing.T, s *Server) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx) }()

@@ -76,11 +76,46 @@ type UDPReport struct {
 	Nanos    int64  `json:"nanos"`
 }
 
-func sockaddr(ap netip.AddrPort) (*unix.SockaddrInet4, error) {
-	if !ap.Addr().Is4() {
-		return nil, fmt.Errorf("%s is not an IPv4 address", ap)
+// sockAddr is an address of either family as the socket calls take it,
+// and its raw form for rawConnect, built once per run.
+type sockAddr struct {
+	ap     netip.AddrPort
+	family int
+	sa     unix.Sockaddr
+	r4     unix.RawSockaddrInet4
+	r6     unix.RawSockaddrInet6
+}
+
+func sockaddr(ap netip.AddrPort) (*sockAddr, error) {
+	a := ap.Addr()
+	switch {
+	case a.Is4():
+		s := &sockAddr{ap: ap, family: unix.AF_INET, sa: &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.As4()}}
+		s.r4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
+		putPort(&s.r4.Port, ap.Port())
+		return s, nil
+	case a.Is6() && !a.Is4In6() && a.Zone() == "":
+		s := &sockAddr{ap: ap, family: unix.AF_INET6, sa: &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}}
+		s.r6 = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16()}
+		putPort(&s.r6.Port, ap.Port())
+		return s, nil
 	}
-	return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}, nil
+	return nil, fmt.Errorf("%s is not an IPv4 or IPv6 address", ap)
+}
+
+// socket opens a socket of the address's family; an IPv6 one is IPv6
+// only, so that a server on [::]:port and one on 0.0.0.0:port can serve
+// side by side.
+func (s *sockAddr) socket(typ int) (int, error) {
+	fd, err := unix.Socket(s.family, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil || s.family != unix.AF_INET6 {
+		return fd, err
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("setting IPV6_V6ONLY: %w", err)
+	}
+	return fd, nil
 }
 
 func retryEINTR[T any](f func() (T, error)) (T, error) {
@@ -107,8 +142,8 @@ func setTimeouts(fd int, d time.Duration) error {
 
 // dialTCP opens a blocking TCP connection with Nagle off. A connect that
 // takes longer than timeout fails.
-func dialTCP(sa *unix.SockaddrInet4, timeout time.Duration) (int, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+func dialTCP(sa *sockAddr, timeout time.Duration) (int, error) {
+	fd, err := sa.socket(unix.SOCK_STREAM)
 	if err != nil {
 		return -1, fmt.Errorf("creating TCP socket: %w", err)
 	}
@@ -137,7 +172,7 @@ func dialTCP(sa *unix.SockaddrInet4, timeout time.Duration) (int, error) {
 		if errors.Is(err, unix.EINPROGRESS) {
 			err = unix.ETIMEDOUT
 		}
-		return -1, fmt.Errorf("connecting to %d.%d.%d.%d:%d: %w", sa.Addr[0], sa.Addr[1], sa.Addr[2], sa.Addr[3], sa.Port, err)
+		return -1, fmt.Errorf("connecting to %s: %w", sa.ap, err)
 	}
 	return fd, nil
 }
@@ -305,12 +340,12 @@ func UDP(target netip.AddrPort, d time.Duration, size int) (UDPResult, error) {
 		return UDPResult{}, fmt.Errorf("control connection: %w", err)
 	}
 	defer unix.Close(ctl)
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	fd, err := sa.socket(unix.SOCK_DGRAM)
 	if err != nil {
 		return UDPResult{}, fmt.Errorf("creating UDP socket: %w", err)
 	}
 	defer unix.Close(fd)
-	if err := unix.Connect(fd, sa); err != nil {
+	if err := unix.Connect(fd, sa.sa); err != nil {
 		return UDPResult{}, fmt.Errorf("connecting UDP socket to %s: %w", target, err)
 	}
 	hdrs, _, _ := newBatch(size)
@@ -394,7 +429,7 @@ func Listen(addr netip.AddrPort) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	lfd, err := sa.socket(unix.SOCK_STREAM)
 	if err != nil {
 		return nil, fmt.Errorf("creating TCP socket: %w", err)
 	}
@@ -406,7 +441,7 @@ func Listen(addr netip.AddrPort) (*Server, error) {
 	if err := unix.SetsockoptInt(lfd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
 		return fail("SO_REUSEADDR on", err)
 	}
-	if err := unix.Bind(lfd, sa); err != nil {
+	if err := unix.Bind(lfd, sa.sa); err != nil {
 		return fail("binding TCP to", err)
 	}
 	if err := unix.Listen(lfd, 4096); err != nil {
@@ -416,9 +451,18 @@ func Listen(addr netip.AddrPort) (*Server, error) {
 	if err != nil {
 		return fail("reading the address of", err)
 	}
-	sa.Port = la.(*unix.SockaddrInet4).Port
-	s.addr = netip.AddrPortFrom(addr.Addr(), uint16(sa.Port))
-	if s.ufd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+	var port int
+	switch la := la.(type) {
+	case *unix.SockaddrInet4:
+		port = la.Port
+	case *unix.SockaddrInet6:
+		port = la.Port
+	}
+	if sa, err = sockaddr(netip.AddrPortFrom(addr.Addr(), uint16(port))); err != nil {
+		return fail("reading the address of", err)
+	}
+	s.addr = sa.ap
+	if s.ufd, err = sa.socket(unix.SOCK_DGRAM); err != nil {
 		return fail("creating UDP socket for", err)
 	}
 	// A large receive queue absorbs scheduling hiccups of the receiver, so
@@ -426,7 +470,7 @@ func Listen(addr netip.AddrPort) (*Server, error) {
 	if err := unix.SetsockoptInt(s.ufd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20); err != nil {
 		_ = unix.SetsockoptInt(s.ufd, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
 	}
-	if err := unix.Bind(s.ufd, sa); err != nil {
+	if err := unix.Bind(s.ufd, sa.sa); err != nil {
 		return fail("binding UDP to", err)
 	}
 	return s, nil

@@ -41,12 +41,19 @@ func rawIO(trap uintptr, fd int, p []byte) (int, error) {
 	return int(n), nil
 }
 
-// rawConnect is connect(2) to an IPv4 address.
-func rawConnect(fd int, sa *unix.SockaddrInet4) error {
-	rsa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: sa.Addr}
-	p := (*[2]byte)(unsafe.Pointer(&rsa.Port))
-	p[0], p[1] = byte(sa.Port>>8), byte(sa.Port)
-	_, _, errno := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), unix.SizeofSockaddrInet4)
+// putPort writes port in network byte order into a raw sockaddr's port.
+func putPort(dst *uint16, port uint16) {
+	p := (*[2]byte)(unsafe.Pointer(dst))
+	p[0], p[1] = byte(port>>8), byte(port)
+}
+
+// rawConnect is connect(2) to an IPv4 or IPv6 address.
+func rawConnect(fd int, sa *sockAddr) error {
+	ptr, n := unsafe.Pointer(&sa.r4), uintptr(unix.SizeofSockaddrInet4)
+	if sa.family == unix.AF_INET6 {
+		ptr, n = unsafe.Pointer(&sa.r6), unix.SizeofSockaddrInet6
+	}
+	_, _, errno := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(ptr), n)
 	if errno != 0 {
 		return errno
 	}

@@ -68,6 +68,8 @@ const (
 	KeyRRp50       = "tcp_rr_p50"
 	KeyRRp99       = "tcp_rr_p99"
 	KeyCRR         = "tcp_crr"
+	KeyRR6         = "tcp_rr_ipv6"
+	KeyCRR6        = "tcp_crr_ipv6"
 	KeyEgressBulk  = "egress_bulk"
 	KeyEgressCRR   = "egress_crr"
 	KeyInstall     = "cp_install_10k"
@@ -105,6 +107,8 @@ func Scenarios() []Scenario {
 		{Key: KeyRRp50, Name: "TCP_RR p50 latency", Unit: "us", LowerIsBetter: true},
 		{Key: KeyRRp99, Name: "TCP_RR p99 latency", Unit: "us", LowerIsBetter: true},
 		{Key: KeyCRR, Name: "TCP_CRR", Unit: "conn/s"},
+		{Key: KeyRR6, Name: "TCP_RR, IPv6", Unit: "trans/s"},
+		{Key: KeyCRR6, Name: "TCP_CRR, IPv6", Unit: "conn/s"},
 		{Key: KeyEgressBulk, Name: "egress (masquerade) bulk", Unit: "Gbit/s"},
 		{Key: KeyEgressCRR, Name: "egress (masquerade) TCP_CRR", Unit: "conn/s"},
 	}
