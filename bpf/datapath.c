@@ -289,7 +289,7 @@ static __always_inline int handle_from_netdev(struct __sk_buff *ctx)
 	int r;
 
 	if (ctx->protocol == bpf_htons(ETH_P_IPV6))
-		return CONFIG.redirect_only ? TC_ACT_OK : to_v6(ctx, TC6_FROM_NETDEV);
+		return to_v6(ctx, TC6_FROM_NETDEV);
 	r = parse(ctx, &p);
 	if (r < 0)
 		return r;
@@ -553,7 +553,7 @@ static __always_inline int handle_from_container(struct __sk_buff *ctx)
 
 	count_if(ifindex, ctx->len, 0);
 	if (ctx->protocol == bpf_htons(ETH_P_IPV6))
-		return CONFIG.redirect_only ? TC_ACT_OK : to_v6(ctx, TC6_FROM_CONTAINER);
+		return to_v6(ctx, TC6_FROM_CONTAINER);
 	r = parse(ctx, &p);
 	if (r < 0)
 		return r;

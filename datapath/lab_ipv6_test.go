@@ -68,6 +68,13 @@ func addRoute6(ns *lab.Namespace, dev string, dst netip.Prefix, gw netip.Addr) e
 // families.
 func dualStackLab(t *testing.T, ports []PortMapping) (*labDatapath, *lab.External) {
 	t.Helper()
+	return dualStackLabWith(t, ports, Options{})
+}
+
+// dualStackLabWith is dualStackLab with the datapath's options (the pin
+// path is the lab's).
+func dualStackLabWith(t *testing.T, ports []PortMapping, opts Options) (*labDatapath, *lab.External) {
+	t.Helper()
 	l := newLabDatapath(t, lab.Config{Containers: []lab.ContainerConfig{{Bridge: 0}, {Bridge: 0}}})
 	topo := l.topo
 	ext := topo.Externals[0]
@@ -104,7 +111,8 @@ func dualStackLab(t *testing.T, ports []PortMapping) (*labDatapath, *lab.Externa
 				}
 			}
 		}
-		dp, err := NewEBPF(Options{PinPath: l.pin})
+		opts.PinPath = l.pin
+		dp, err := NewEBPF(opts)
 		if err != nil {
 			return err
 		}
@@ -122,15 +130,22 @@ func dualStackLab(t *testing.T, ports []PortMapping) (*labDatapath, *lab.Externa
 // client's own address; straight to the container's IPv6 address is
 // refused (its twin, through the published port, gets in); hairpin from
 // the other container and from itself; the container's IPv6 egress reaches the outside with the uplink's address,
-// TCP and ping -6 alike, and the flows show in ct6.
+// TCP and ping -6 alike, and the flows show in ct6. Through the stack and
+// with the fast path (bpfnet run's default), whose redirects must have
+// carried the traffic.
 func TestLabIPv6DualStack(t *testing.T) {
 	lab.RequireTools(t, "busybox")
+	t.Run("stack", func(t *testing.T) { testLabIPv6DualStack(t, false) })
+	t.Run("fast_path", func(t *testing.T) { testLabIPv6DualStack(t, true) })
+}
+
+func testLabIPv6DualStack(t *testing.T, fast bool) {
 	c4 := netip.MustParseAddr("172.30.0.2")
 	ports := []PortMapping{
 		{Proto: TCP, HostPort: 8080, ContainerIP: c4, ContainerPort: 80},
 		{Proto: TCP, HostPort: 8080, ContainerIP: labCtr6[0], ContainerPort: 80},
 	}
-	l, ext := dualStackLab(t, ports)
+	l, ext := dualStackLabWith(t, ports, Options{FastPath: fast})
 	c0 := l.topo.Containers[0]
 	if got := c0.Addr.String(); got != c4.String() {
 		t.Fatalf("container 0 has %s, the test publishes %s", got, c4)
@@ -224,5 +239,13 @@ func TestLabIPv6DualStack(t *testing.T) {
 	}
 	if !dnat || !snat || !echo {
 		t.Errorf("ct6 entries: published %v, masqueraded TCP %v, echo %v; want all", dnat, snat, echo)
+	}
+	ev := mustRead(t, l.dp.Events)
+	peer, neigh := ev[EventRedirectPeer], ev[EventRedirectNeigh]
+	if fast && (peer == 0 || neigh == 0) {
+		t.Errorf("fast path: redirect_peer %d, redirect_neigh %d; want both used", peer, neigh)
+	}
+	if !fast && peer+neigh != 0 {
+		t.Errorf("through the stack: redirect_peer %d, redirect_neigh %d; want none", peer, neigh)
 	}
 }

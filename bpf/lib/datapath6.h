@@ -15,7 +15,8 @@
  * egress; hairpin, the isolation of networks, enable_icc=false and
  * internal networks; the gateway modes' judgement of direct access from
  * the outside.
- * Packets go through the stack (no fast path for IPv6 yet). */
+ * With the fast path, packets between an uplink and a container bypass
+ * the stack (lib/fast6.h). */
 #pragma once
 
 #include "common.h"
@@ -23,6 +24,7 @@
 #include "maps6.h"
 #include "conntrack6.h"
 #include "icmp6.h"
+#include "fast6.h"
 
 /* frag6_ports gives a later fragment the ports its first fragment had. */
 static __always_inline void frag6_ports(struct pkt6 *p)
@@ -192,6 +194,8 @@ static __always_inline int handle6_from_netdev(struct __sk_buff *ctx)
 		return r;
 	if (r == PARSE_PASS)
 		return TC_ACT_OK;
+	if (CONFIG.redirect_only)
+		return deliver6(ctx, &p);
 	orig = p.t;
 	if (p.icmp == ICMP_K_ERROR) {
 		r = icmp6_error_xlate(ctx, &p, CT_AT_FROM_NETDEV, now);
@@ -245,7 +249,7 @@ static __always_inline int handle6_from_netdev(struct __sk_buff *ctx)
 			ct6_touch(&orig, e, &p, now);
 	}
 	frag6_record(&p, &orig);
-	return TC_ACT_OK;
+	return deliver6(ctx, &p);
 
 unknown:
 	/* Not a translated flow: straight to a container is what the
@@ -265,6 +269,7 @@ unknown:
 			if (r < 0)
 				return r;
 			frag6_record(&p, &orig);
+			return deliver6(ctx, &p);
 		}
 	}
 	return TC_ACT_OK;
@@ -427,7 +432,7 @@ static __always_inline int handle6_from_container(struct __sk_buff *ctx)
 	struct ct6_key orig;
 	struct ct6_entry *e;
 	struct pkt6 p = {};
-	int r = parse6_flow(ctx, &p);
+	int to_host, r = parse6_flow(ctx, &p);
 
 	if (r < 0)
 		return r;
@@ -438,7 +443,8 @@ static __always_inline int handle6_from_container(struct __sk_buff *ctx)
 	if (!src || !src6_allowed(src, p.t.saddr))
 		return -DROP_SPOOFED;
 	orig = p.t;
-	if (p.icmp == ICMP_K_ERROR || (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport))
+	if (CONFIG.redirect_only || p.icmp == ICMP_K_ERROR ||
+	    (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport))
 		goto plain;
 
 	e = bpf_map_lookup_elem(&ct6, &p.t);
@@ -449,7 +455,7 @@ static __always_inline int handle6_from_container(struct __sk_buff *ctx)
 		 * published port, a masqueraded or routed connection): it goes
 		 * out, but for an internal network's. */
 		if ((e->flags & CT_AT_TO_NETDEV) && !(src->flags & NET_F_INTERNAL))
-			return TC_ACT_OK;
+			return forward_out6(ctx, &p, src->bridge_ifindex);
 		e = 0;
 	}
 	if (e && p.t.proto == IPPROTO_TCP && (p.tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN &&
@@ -513,8 +519,15 @@ static __always_inline int handle6_from_container(struct __sk_buff *ctx)
 
 plain:
 	dst = bpf_map_lookup_elem(&endpoints6, p.t.daddr);
-	r = iso6_verdict(&p, src, dst, bpf_map_lookup_elem(&host_addrs6, p.t.daddr) != 0, now);
-	return r < 0 ? r : TC_ACT_OK;
+	to_host = bpf_map_lookup_elem(&host_addrs6, p.t.daddr) != 0;
+	r = iso6_verdict(&p, src, dst, to_host, now);
+	if (r < 0)
+		return r;
+	/* Out of the host (no container, no host address): the fast path;
+	 * to_netdev6 masquerades it there. */
+	if (dst || to_host || container_net6(p.t.daddr))
+		return TC_ACT_OK;
+	return forward_out6(ctx, &p, src->bridge_ifindex);
 }
 
 /* handle6_to_container: the body of to_container6, to_container for IPv6:
