@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -242,7 +241,7 @@ func (s *Server) add(ctx context.Context, a Attachment) *Error {
 	}
 	if _, err := s.Source.With(ctx, a); err != nil {
 		code := uint(CodeApply)
-		if strings.Contains(err.Error(), "already published") {
+		if errors.Is(err, datapath.ErrPortTaken) {
 			code = CodePortTaken
 		}
 		return &Error{Code: code, Msg: "bpfnet cannot serve this attachment", Details: err.Error()}

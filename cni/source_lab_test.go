@@ -4,6 +4,7 @@ package cni
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -40,7 +41,7 @@ func TestSourceBesideDocker(t *testing.T) {
 
 	err := topo.Host.Do(func() error {
 		_, err := src.With(context.Background(), pod)
-		if err == nil || !strings.Contains(err.Error(), "already published") {
+		if !errors.Is(err, datapath.ErrPortTaken) {
 			t.Errorf("a pod on Docker's 8080: %v, want it refused", err)
 		}
 		srv := &Server{Source: src}
