@@ -59,6 +59,10 @@ type Server struct {
 	// PinPath is the datapath's bpffs folder.
 	PinPath string
 	Log     *slog.Logger
+	// HostSockets lists the host's sockets that hold ports, which an
+	// ADD's hostPorts must not take; nil is the agent's network
+	// namespace's (HostSockets).
+	HostSockets func() ([]HostSocket, error)
 	// AllowedUIDs are the users whose connections are served (checked
 	// with SO_PEERCRED); nil is root alone, as runtimes run the plugin.
 	AllowedUIDs []uint32
@@ -246,6 +250,9 @@ func (s *Server) add(ctx context.Context, a Attachment) *Error {
 		}
 		return &Error{Code: code, Msg: "bpfnet cannot serve this attachment", Details: err.Error()}
 	}
+	if err := s.checkHostSockets(a, prev, had); err != nil {
+		return err
+	}
 	if err := s.Source.Store.Put(a); err != nil {
 		return errorf(CodeIOFailure, "%v", err)
 	}
@@ -281,6 +288,35 @@ func (s *Server) add(ctx context.Context, a Attachment) *Error {
 		}
 	}
 	s.changed()
+	return nil
+}
+
+// checkHostSockets refuses the hostPorts of a that a host process holds
+// (hostsock.go); those the attachment had already (prev) are its own.
+func (s *Server) checkHostSockets(a, prev Attachment, had bool) *Error {
+	want, _ := a.Mappings()
+	if had {
+		old, _ := prev.Mappings()
+		want = slices.DeleteFunc(want, func(m datapath.PortMapping) bool {
+			return slices.ContainsFunc(old, func(o datapath.PortMapping) bool {
+				return o.Proto == m.Proto && o.HostIP == m.HostIP && o.HostPort == m.HostPort
+			})
+		})
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	list := s.HostSockets
+	if list == nil {
+		list = HostSockets
+	}
+	socks, err := list()
+	if err != nil {
+		return errorf(CodeTryAgainLater, "%v", err)
+	}
+	if err := checkHostSockets(want, socks); err != nil {
+		return &Error{Code: CodePortTaken, Msg: "bpfnet cannot serve this attachment", Details: err.Error()}
+	}
 	return nil
 }
 

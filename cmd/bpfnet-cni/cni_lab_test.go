@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -514,5 +515,54 @@ func TestCNIVersions(t *testing.T) {
 				t.Errorf("state files after DEL: %v", f)
 			}
 		})
+	}
+}
+
+// TestCNIHostSocket: a hostPort that a process of the host holds (a TCP
+// listener on every address, a UDP socket on the hostIP) is refused with
+// a CNI error and nothing kept, and the host's process keeps serving the
+// port; its twins, a free port and the same ports in the other protocol,
+// are accepted and served.
+func TestCNIHostSocket(t *testing.T) {
+	n := newNode(t)
+	hostIP := n.ext.HostAddr.String()
+	ln := n.topo.Host.ServeTCP(t, "0.0.0.0:8080", func(c net.Conn) { fmt.Fprintln(c, "host") })
+	defer ln.Close()
+	udp, err := n.topo.Host.ListenUDP(hostIP + ":5353")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	for _, p := range []*pod{
+		n.newPod("tcp", port(8080, 80, "tcp", "")),
+		n.newPod("udp", port(5353, 53, "udp", hostIP)),
+		n.newPod("udpall", port(9000, 90, "tcp", ""), port(5353, 53, "udp", "")),
+	} {
+		err := n.add(p)
+		if cniCode(err) != cni.CodePortTaken || !strings.Contains(err.Error(), "process of the host") {
+			t.Errorf("ADD of %s on a host socket's port: %v, want CNI error %d naming the host's process", p.name, err, cni.CodePortTaken)
+		} else {
+			t.Logf("refused as wanted: %v", err)
+		}
+		if err := n.del(p); err != nil {
+			t.Errorf("DEL of the refused pod %s: %v", p.name, err)
+		}
+	}
+	if f := n.stateFiles(); len(f) != 0 {
+		t.Errorf("refused ADDs kept %v", f)
+	}
+	if ps := n.portsJSON(); len(ps) != 0 {
+		t.Errorf("refused ADDs published %v", ps)
+	}
+	wantGreeting(t, &n.ext.Namespace, hostIP+":8080", "host")
+
+	p := n.newPod("free", port(8081, 80, "tcp", ""), port(8080, 80, "udp", ""), port(5353, 80, "tcp", hostIP))
+	n.mustAdd(p)
+	greet(t, &p.Namespace, ":80")
+	wantGreeting(t, &n.ext.Namespace, hostIP+":8081", n.ext.Addr.String())
+	wantGreeting(t, &n.ext.Namespace, hostIP+":5353", n.ext.Addr.String())
+	wantGreeting(t, &n.ext.Namespace, hostIP+":8080", "host")
+	if err := n.check(p); err != nil {
+		t.Errorf("CHECK of the pod on free ports: %v", err)
 	}
 }
