@@ -53,6 +53,19 @@ func TestSourceBesideDocker(t *testing.T) {
 			t.Errorf("a refused ADD kept %v", l)
 		}
 
+		// A pod claiming the Docker container's address (its bridge
+		// plugin put it in Docker's subnet) is refused too.
+		claim := pod
+		claim.Ports = nil
+		claim.Addr, claim.Subnet, claim.Gateway = addr(dockerCtr.Addr), netip.MustParsePrefix("172.30.0.0/24"), addr(br0.Gateway)
+		if _, err := src.With(context.Background(), claim); err == nil || !strings.Contains(err.Error(), "overlaps network bridge") {
+			t.Errorf("a pod with Docker's container's address %s: %v, want it refused", claim.Addr, err)
+		}
+		claim.Bridge, claim.HostVeth = br0.Name, dockerCtr.HostVeth
+		if _, err := src.With(context.Background(), claim); err == nil {
+			t.Errorf("a pod on Docker's bridge and veth with its container's address: accepted")
+		}
+
 		pod.Ports[0].HostPort = 8081
 		st, err := src.With(context.Background(), pod)
 		if err != nil {

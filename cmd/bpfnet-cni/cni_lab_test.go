@@ -16,7 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
+
 	"github.com/bpfnet/bpfnet/cni"
+	"github.com/bpfnet/bpfnet/lab"
 )
 
 // agentCheck is CHECK as the agent answers it, without libcni's cache
@@ -564,5 +567,133 @@ func TestCNIHostSocket(t *testing.T) {
 	wantGreeting(t, &n.ext.Namespace, hostIP+":8080", "host")
 	if err := n.check(p); err != nil {
 		t.Errorf("CHECK of the pod on free ports: %v", err)
+	}
+}
+
+// TestCNIAddressClaimed: an ADD whose prevResult claims an address that
+// another pod's attachment holds (here from a second host-local store
+// that hands the same address out again) is refused, and the first pod
+// keeps its address, port and state through the refused pod's DEL; its
+// twin, a pod with an address of its own from the first store, is
+// served.
+func TestCNIAddressClaimed(t *testing.T) {
+	n := newNode(t)
+	a := n.newPod("first", port(8080, 80, "tcp", ""))
+	n.mustAdd(a)
+	greet(t, &a.Namespace, ":80")
+
+	other := strings.Replace(n.conf, fmt.Sprintf("%q", n.ipam), fmt.Sprintf("%q", filepath.Join(t.TempDir(), "ipam")), 1)
+	list, err := libcni.ConfListFromBytes([]byte(other))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := n.newPod("claimer", port(8081, 80, "tcp", ""))
+	err = n.inHost(func(ctx context.Context) error {
+		_, err := n.cfg.AddNetworkList(ctx, list, b.rt)
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), a.addr.String()) || !strings.Contains(err.Error(), "default/first") {
+		t.Errorf("ADD of a pod given %s again: %v, want a refusal naming the address and default/first", a.addr, err)
+	} else {
+		t.Logf("refused as wanted: %v", err)
+	}
+	if err := n.inHost(func(ctx context.Context) error { return n.cfg.DelNetworkList(ctx, list, b.rt) }); err != nil {
+		t.Errorf("DEL of the refused pod: %v", err)
+	}
+	if f := n.stateFiles(); len(f) != 1 {
+		t.Errorf("agent state files %v, want the first pod's alone", f)
+	}
+	if err := n.check(a); err != nil {
+		t.Errorf("CHECK of the first pod after the refused claim: %v", err)
+	}
+	wantGreeting(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8080", n.ext.Addr.String())
+
+	c := n.newPod("third", port(8081, 80, "tcp", ""))
+	n.mustAdd(c)
+	greet(t, &c.Namespace, ":80")
+	wantGreeting(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8081", n.ext.Addr.String())
+}
+
+// TestCNISpoofedSource: a pod that sends with another pod's address (a
+// raw socket keeps the source as given) is dropped at its veth, counted
+// as spoofed, to a pod of its network and to the outside alike; its
+// twin, the same datagrams from its own address, arrive.
+func TestCNISpoofedSource(t *testing.T) {
+	n := newNode(t)
+	a, b, c := n.newPod("victim"), n.newPod("forger"), n.newPod("target")
+	for _, p := range []*pod{a, b, c} {
+		n.mustAdd(p)
+	}
+	addrOf := func(p *pod) netip.Addr { ip, _ := netip.AddrFromSlice(p.addr.To4()); return ip }
+	spoofed := func() float64 {
+		var st struct {
+			Drops map[string]float64 `json:"drops"`
+		}
+		if err := json.Unmarshal(n.bpfnet("status", "--json"), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Drops["spoofed"]
+	}
+	ext := netip.MustParseAddr(n.ext.Addr.String())
+	for _, to := range []struct {
+		ns   *lab.Namespace
+		addr netip.Addr
+	}{{&c.Namespace, addrOf(c)}, {&n.ext.Namespace, ext}} {
+		conn, err := to.ns.ListenUDP(netip.AddrPortFrom(to.addr, 5000).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan string, 64)
+		go func() {
+			buf := make([]byte, 64)
+			for {
+				k, _, err := conn.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					close(got)
+					return
+				}
+				got <- string(buf[:k])
+			}
+		}()
+		count := func(what string, want int) int {
+			deadline := time.After(2 * time.Second)
+			seen := 0
+			for {
+				select {
+				case m := <-got:
+					if m == what {
+						seen++
+					}
+					if seen == want {
+						return seen
+					}
+				case <-deadline:
+					return seen
+				}
+			}
+		}
+		before := spoofed()
+		forged := make([][]byte, 10)
+		own := make([][]byte, 10)
+		for i := range forged {
+			forged[i] = lab.UDPv4(addrOf(a), to.addr, 40000, 5000, []byte("forged"))
+			own[i] = lab.UDPv4(addrOf(b), to.addr, 40000, 5000, []byte("own"))
+		}
+		if err := b.SendIPv4(to.addr, forged...); err != nil {
+			t.Fatal(err)
+		}
+		if k := count("forged", 1); k != 0 {
+			t.Errorf("%s received %d datagrams from %s with %s's address, want none", to.addr, k, b.name, a.name)
+		}
+		if d := spoofed() - before; d != 10 {
+			t.Errorf("%v drops counted spoofed after 10 forged datagrams to %s, want 10", d, to.addr)
+		}
+		if err := b.SendIPv4(to.addr, own...); err != nil {
+			t.Fatal(err)
+		}
+		if k := count("own", 10); k != 10 {
+			t.Errorf("%s received %d of %s's 10 datagrams from its own address", to.addr, k, b.name)
+		}
+		conn.Close()
 	}
 }
