@@ -360,11 +360,13 @@ func (s *Server) remove(ctx context.Context, as []Attachment) *Error {
 	}
 	if f, ok := s.Datapath.(Flusher); ok {
 		for _, a := range as {
-			if slices.ContainsFunc(s.Daemon.Current().Endpoints, func(e datapath.Endpoint) bool { return e.Addr == a.Addr }) {
-				continue // the address is someone else's already
-			}
-			if _, err := f.FlushAddr(a.Addr); err != nil {
-				s.log().Warn("dropping the flows of a removed attachment", "addr", a.Addr, "error", err)
+			for _, addr := range []netip.Addr{a.Addr, a.Addr6} {
+				if !addr.IsValid() || slices.ContainsFunc(s.Daemon.Current().Endpoints, func(e datapath.Endpoint) bool { return e.Addr == addr || e.Addr6 == addr }) {
+					continue // none, or the address is someone else's already
+				}
+				if _, err := f.FlushAddr(addr); err != nil {
+					s.log().Warn("dropping the flows of a removed attachment", "addr", addr, "error", err)
+				}
 			}
 		}
 	}
@@ -382,13 +384,15 @@ func (s *Server) check(a Attachment) *Error {
 	if !had {
 		return errorf(CodeNotServed, "bpfnet keeps no attachment %s", a.Key())
 	}
-	if kept.Addr != a.Addr || kept.HostVeth != a.HostVeth || !slices.Equal(kept.Ports, a.Ports) {
+	if kept.Addr != a.Addr || kept.Addr6 != a.Addr6 || kept.HostVeth != a.HostVeth || !slices.Equal(kept.Ports, a.Ports) {
 		return errorf(CodeNotServed, "attachment %s: bpfnet keeps %s on %s with %d ports, the runtime says %s on %s with %d",
-			a.Key(), kept.Addr, kept.HostVeth, len(kept.Ports), a.Addr, a.HostVeth, len(a.Ports))
+			a.Key(), addrs(kept), kept.HostVeth, len(kept.Ports), addrs(a), a.HostVeth, len(a.Ports))
 	}
 	cur := s.Daemon.Current()
-	if !slices.ContainsFunc(cur.Endpoints, func(e datapath.Endpoint) bool { return e.Addr == a.Addr && e.HostVeth == a.HostVeth }) {
-		return errorf(CodeNotServed, "attachment %s: %s on %s is not in the applied state", a.Key(), a.Addr, a.HostVeth)
+	if !slices.ContainsFunc(cur.Endpoints, func(e datapath.Endpoint) bool {
+		return e.Addr == a.Addr && e.Addr6 == a.Addr6 && e.HostVeth == a.HostVeth
+	}) {
+		return errorf(CodeNotServed, "attachment %s: %s on %s is not in the applied state", a.Key(), addrs(a), a.HostVeth)
 	}
 	want, _ := kept.Mappings()
 	for _, m := range want {
@@ -404,8 +408,10 @@ func (s *Server) check(a Attachment) *Error {
 	if err != nil {
 		return errorf(CodeIOFailure, "%v", err)
 	}
-	if !slices.ContainsFunc(eps, func(e datapath.EndpointInfo) bool { return e.Addr == a.Addr }) {
-		return errorf(CodeNotServed, "attachment %s: %s is not in the endpoints map", a.Key(), a.Addr)
+	for _, addr := range []netip.Addr{a.Addr, a.Addr6} {
+		if addr.IsValid() && !slices.ContainsFunc(eps, func(e datapath.EndpointInfo) bool { return e.Addr == addr }) {
+			return errorf(CodeNotServed, "attachment %s: %s is not in the endpoints map", a.Key(), addr)
+		}
 	}
 	pub, err := m.Published()
 	if err != nil {
@@ -416,6 +422,9 @@ func (s *Server) check(a Attachment) *Error {
 		if !hip.IsValid() {
 			hip = netip.IPv4Unspecified()
 		}
+		if w.ContainerIP.Is6() && hip.IsUnspecified() {
+			hip = netip.IPv6Unspecified()
+		}
 		if !slices.ContainsFunc(pub, func(p datapath.PublishedPort) bool {
 			return p.Binding.Proto == w.Proto && p.Binding.HostPort == w.HostPort && p.Binding.HostIP == hip &&
 				p.ContainerIP == w.ContainerIP && p.ContainerPort == w.ContainerPort
@@ -424,6 +433,14 @@ func (s *Server) check(a Attachment) *Error {
 		}
 	}
 	return nil
+}
+
+// addrs are a's addresses, as errors show them.
+func addrs(a Attachment) string {
+	if a.Addr6.IsValid() {
+		return a.Addr.String() + " and " + a.Addr6.String()
+	}
+	return a.Addr.String()
 }
 
 // gc removes the attachments of network that are not in valid. A list
