@@ -697,3 +697,110 @@ func TestCNISpoofedSource(t *testing.T) {
 		conn.Close()
 	}
 }
+
+// TestCNIDualStack: a dual-stack conflist (host-local with an IPv6
+// range) gives the pod an IPv6 address, which bpfnet serves beside the
+// IPv4 one: a hostPort on every address ("" or ::) answers on both
+// families with the client's address kept, one on 0.0.0.0 on IPv4 alone
+// (its IPv6 twin gets no answer); the pod's IPv6 egress leaves with the
+// uplink's IPv6 address; CHECK passes; status, ports and ct show the IPv6
+// endpoint, ports and flows named by the pod. DEL takes the IPv6 port and
+// flows away too.
+func TestCNIDualStack(t *testing.T) {
+	n := newDualStackNode(t)
+	p := n.newPod("web", port(8080, 80, "tcp", ""), port(8081, 80, "tcp", "::"), port(8082, 80, "tcp", "0.0.0.0"))
+	n.mustAdd(p)
+	if !podSubnet6.Contains(p.addr6) {
+		t.Fatalf("the pod's IPv6 address %s is not in %s", p.addr6, podSubnet6)
+	}
+	greet(t, &p.Namespace, ":80")
+	v6 := func(port int) string { return netip.AddrPortFrom(host6, uint16(port)).String() }
+	v4 := func(port int) string { return fmt.Sprintf("%s:%d", n.ext.HostAddr, port) }
+	for _, hp := range []int{8080, 8081} {
+		wantGreeting(t, &n.ext.Namespace, v6(hp), ext6.String())
+		wantGreeting(t, &n.ext.Namespace, v4(hp), n.ext.Addr.String())
+	}
+	wantGreeting(t, &n.ext.Namespace, v4(8082), n.ext.Addr.String())
+	wantNoAnswer(t, &n.ext.Namespace, v6(8082))
+
+	// Egress over IPv6 leaves with the uplink's address.
+	greet(t, &n.ext.Namespace, "[::]:9000")
+	wantGreeting(t, &p.Namespace, netip.AddrPortFrom(ext6, 9000).String(), host6.String())
+	if err := n.check(p); err != nil {
+		t.Errorf("CHECK of the dual-stack pod: %v", err)
+	}
+
+	const name = "default/web"
+	id := p.rt.ContainerID
+	var v6ports []string
+	for _, pj := range n.portsJSON() {
+		if pj["container_ip"] == p.addr6.String() {
+			if pj["container"] != name || pj["container_id"] != id || pj["host_ip"] != "::" {
+				t.Errorf("bpfnet ports --json: %v, want [::] to %s named %s (%s)", pj, p.addr6, name, id)
+			}
+			v6ports = append(v6ports, fmt.Sprint(pj["host_port"]))
+		}
+	}
+	if strings.Join(v6ports, " ") != "8080 8081" {
+		t.Errorf("bpfnet ports --json: IPv6 host ports %v, want 8080 and 8081", v6ports)
+	}
+	var st struct {
+		Endpoints []struct {
+			Addr        string `json:"address"`
+			Container   string `json:"container"`
+			ContainerID string `json:"container_id"`
+		} `json:"endpoints"`
+	}
+	if err := json.Unmarshal(n.bpfnet("status", "--json"), &st); err != nil {
+		t.Fatal(err)
+	}
+	named := map[string]string{}
+	for _, e := range st.Endpoints {
+		named[e.Addr] = e.Container + " " + e.ContainerID
+	}
+	for _, a := range []string{p.addr.String(), p.addr6.String()} {
+		if named[a] != name+" "+id {
+			t.Errorf("bpfnet status --json names %s %q, want %q (endpoints %+v)", a, named[a], name+" "+id, st.Endpoints)
+		}
+	}
+	type flow struct {
+		Kind        string `json:"kind"`
+		Reply       bool   `json:"reply"`
+		Src         string `json:"src"`
+		NewSrc      string `json:"translated_src"`
+		NewDst      string `json:"translated_dst"`
+		Container   string `json:"container"`
+		ContainerID string `json:"container_id"`
+	}
+	var flows []flow
+	if err := json.Unmarshal(n.bpfnet("ct", "--json", "--addr", p.addr6.String()), &flows); err != nil {
+		t.Fatal(err)
+	}
+	var dnat, snat int
+	for _, f := range flows {
+		switch {
+		case f.Reply || f.Container != name || f.ContainerID != id:
+		case f.Kind == "dnat" && f.NewDst == netip.AddrPortFrom(p.addr6, 80).String():
+			dnat++
+		case f.Kind == "snat" && strings.HasPrefix(f.Src, "["+p.addr6.String()+"]:") && strings.HasPrefix(f.NewSrc, "["+host6.String()+"]:"):
+			snat++
+		}
+	}
+	if dnat < 2 || snat < 1 {
+		t.Errorf("bpfnet ct --json --addr %s: %d dnat flows to [%s]:80 and %d masqueraded ones named %s, want 2 and 1: %+v", p.addr6, dnat, p.addr6, snat, name, flows)
+	}
+	if out := grepLines(string(n.bpfnet("ports")), p.addr6.String()); !strings.Contains(out, name) {
+		t.Errorf("bpfnet ports: the lines of %s are %q, want them to name %s", p.addr6, out, name)
+	}
+
+	if err := n.del(p); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	wantNoAnswer(t, &n.ext.Namespace, v6(8080))
+	if err := json.Unmarshal(n.bpfnet("ct", "--json", "--addr", p.addr6.String()), &flows); err != nil || len(flows) != 0 {
+		t.Errorf("bpfnet ct --addr %s after DEL: %+v (%v), want none", p.addr6, flows, err)
+	}
+	if ps := n.portsJSON(); len(ps) != 0 {
+		t.Errorf("bpfnet ports after DEL: %v", ps)
+	}
+}
