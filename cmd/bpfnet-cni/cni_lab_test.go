@@ -408,6 +408,24 @@ func TestCNIStatus(t *testing.T) {
 	if err := n.status(); err != nil {
 		t.Fatalf("STATUS with the agent running: %v", err)
 	}
+	// The plugin run by hand, as libcni runs it, in the node's host
+	// namespace: with the agent running, it exits 0 and prints nothing.
+	statusByHand := func() ([]byte, error) {
+		conf := n.list.Plugins[1].Bytes
+		var m map[string]any
+		if err := json.Unmarshal(conf, &m); err != nil {
+			t.Fatal(err)
+		}
+		m["name"], m["cniVersion"] = n.list.Name, n.list.CNIVersion
+		conf, _ = json.Marshal(m)
+		cmd := n.topo.Host.Command(context.Background(), filepath.Join(binDir, "bpfnet"))
+		cmd.Env = append(os.Environ(), "CNI_COMMAND=STATUS", "CNI_PATH="+binDir)
+		cmd.Stdin = strings.NewReader(string(conf))
+		return cmd.Output()
+	}
+	if out, err := statusByHand(); err != nil || len(strings.TrimSpace(string(out))) != 0 {
+		t.Errorf("the plugin's STATUS with the agent running: exit %v, stdout %q, want success and no output", err, out)
+	}
 	gone := n.newPod("gone", port(8080, 80, "tcp", ""))
 	kept := n.newPod("kept", port(8081, 80, "tcp", ""))
 	n.mustAdd(gone)
@@ -425,16 +443,7 @@ func TestCNIStatus(t *testing.T) {
 	if f := n.stateFiles(); len(f) != 1 || !strings.HasPrefix(f[0], kept.rt.ContainerID+"_") {
 		t.Errorf("state files after DEL with the agent stopped: %v, want only %s's", f, kept.name)
 	}
-	// The plugin run by hand, as libcni runs it.
-	conf := n.list.Plugins[1].Bytes
-	var m map[string]any
-	json.Unmarshal(conf, &m)
-	m["name"], m["cniVersion"] = n.list.Name, n.list.CNIVersion
-	conf, _ = json.Marshal(m)
-	cmd := exec.Command(filepath.Join(binDir, "bpfnet"))
-	cmd.Env = append(os.Environ(), "CNI_COMMAND=STATUS", "CNI_PATH="+binDir)
-	cmd.Stdin = strings.NewReader(string(conf))
-	out, err := cmd.Output()
+	out, err := statusByHand()
 	var answer struct {
 		CNIVersion string `json:"cniVersion"`
 		Code       int    `json:"code"`
