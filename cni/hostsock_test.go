@@ -23,6 +23,13 @@ func TestHostSocketHolds(t *testing.T) {
 		}
 		return pm
 	}
+	m6 := func(hostIP string, port uint16) datapath.PortMapping {
+		pm := datapath.PortMapping{Proto: datapath.TCP, HostIP: netip.IPv6Unspecified(), HostPort: port, ContainerIP: netip.MustParseAddr("fd00:88::2"), ContainerPort: 80}
+		if hostIP != "" {
+			pm.HostIP = netip.MustParseAddr(hostIP)
+		}
+		return pm
+	}
 	sock := func(addr string, proto datapath.Proto, v6only bool) HostSocket {
 		return HostSocket{Proto: proto, Addr: netip.MustParseAddrPort(addr), V6Only: v6only}
 	}
@@ -37,7 +44,15 @@ func TestHostSocketHolds(t *testing.T) {
 		{sock("192.0.2.1:8080", datapath.TCP, false), m("192.0.2.1", 8080, datapath.TCP), true},
 		{sock("[::]:8080", datapath.TCP, false), m("", 8080, datapath.TCP), true},
 		{sock("[::ffff:192.0.2.1]:53", datapath.UDP, false), m("192.0.2.1", 53, datapath.UDP), true},
+		// An IPv6 hostPort (the container's IPv6 address): IPv6 sockets
+		// hold it, a v6-only one too.
+		{sock("[::]:8080", datapath.TCP, true), m6("", 8080), true},
+		{sock("[2001:db8::1]:8080", datapath.TCP, false), m6("", 8080), true},
+		{sock("[2001:db8::1]:8080", datapath.TCP, true), m6("2001:db8::1", 8080), true},
+		{sock("[::]:8080", datapath.TCP, true), m6("2001:db8::1", 8080), true},
 		// Its twins: another address, port, protocol or family.
+		{sock("0.0.0.0:8080", datapath.TCP, false), m6("", 8080), false},
+		{sock("[2001:db8::2]:8080", datapath.TCP, false), m6("2001:db8::1", 8080), false},
 		{sock("192.0.2.2:8080", datapath.TCP, false), m("192.0.2.1", 8080, datapath.TCP), false},
 		{sock("0.0.0.0:8081", datapath.TCP, false), m("", 8080, datapath.TCP), false},
 		{sock("0.0.0.0:8080", datapath.UDP, false), m("", 8080, datapath.TCP), false},

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"golang.org/x/sys/unix"
 
 	"github.com/bpfnet/bpfnet/cni"
 	"github.com/bpfnet/bpfnet/lab"
@@ -713,8 +715,11 @@ func TestCNISpoofedSource(t *testing.T) {
 // families with the client's address kept, one on 0.0.0.0 on IPv4 alone
 // (its IPv6 twin gets no answer); the pod's IPv6 egress leaves with the
 // uplink's IPv6 address; CHECK passes; status, ports and ct show the IPv6
-// endpoint, ports and flows named by the pod. DEL takes the IPv6 port and
-// flows away too.
+// endpoint, ports and flows named by the pod. Another pod reaches the
+// hostPort through the host's IPv6 address (hairpin) and cannot send
+// with the first pod's IPv6 address (its own arrives). An IPv6-only host
+// listener refuses a hostPort on both families, not one on 0.0.0.0. DEL
+// takes the IPv6 port and flows away too.
 func TestCNIDualStack(t *testing.T) {
 	n := newDualStackNode(t)
 	p := n.newPod("web", port(8080, 80, "tcp", ""), port(8081, 80, "tcp", "::"), port(8082, 80, "tcp", "0.0.0.0"))
@@ -802,6 +807,58 @@ func TestCNIDualStack(t *testing.T) {
 		t.Errorf("bpfnet ports: the lines of %s are %q, want them to name %s", p.addr6, out, name)
 	}
 
+	// Another pod: hairpin through the host's IPv6 address, seen with its
+	// own address; its datagrams with the first pod's IPv6 address are
+	// dropped as spoofed, its own arrive (masqueraded).
+	q := n.newPod("client")
+	n.mustAdd(q)
+	wantGreeting(t, &q.Namespace, v6(8080), q.addr6.String())
+	spoofed := func() float64 {
+		var st struct {
+			Drops map[string]float64 `json:"drops"`
+		}
+		if err := json.Unmarshal(n.bpfnet("status", "--json"), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Drops["spoofed"]
+	}
+	got := listenUDP6(t, &n.ext.Namespace, netip.AddrPortFrom(ext6, 5000))
+	before := spoofed()
+	if err := sendUDP6(&q.Namespace, p.addr6, netip.AddrPortFrom(ext6, 5000), "forged", 10); err != nil {
+		t.Fatal(err)
+	}
+	if k := got("forged", 1); k != 0 {
+		t.Errorf("the outside received %d IPv6 datagrams forged with %s's address", k, p.name)
+	}
+	if d := spoofed() - before; d != 10 {
+		t.Errorf("%v drops counted spoofed after 10 forged IPv6 datagrams, want 10", d)
+	}
+	if err := sendUDP6(&q.Namespace, q.addr6, netip.AddrPortFrom(ext6, 5000), "own", 10); err != nil {
+		t.Fatal(err)
+	}
+	if k := got("own", 10); k != 10 {
+		t.Errorf("the outside received %d of 10 IPv6 datagrams from %s's own address", k, q.name)
+	}
+
+	// A host socket on [::] that is IPv6-only holds the IPv6 half of a
+	// hostPort on every address, not an IPv4 one.
+	var ln net.Listener
+	if err := n.topo.Host.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp6", "[::]:8090") // Go's tcp6 sets IPV6_V6ONLY
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := n.add(n.newPod("both", port(8090, 80, "tcp", ""))); cniCode(err) != cni.CodePortTaken {
+		t.Errorf("ADD of 8090 on both families beside an IPv6 listener on it: %v, want CNI error %d", err, cni.CodePortTaken)
+	}
+	four := n.newPod("four", port(8090, 80, "tcp", "0.0.0.0"))
+	n.mustAdd(four)
+	greet(t, &four.Namespace, ":80")
+	wantGreeting(t, &n.ext.Namespace, v4(8090), n.ext.Addr.String())
+
 	if err := n.del(p); err != nil {
 		t.Fatalf("DEL: %v", err)
 	}
@@ -809,7 +866,102 @@ func TestCNIDualStack(t *testing.T) {
 	if err := json.Unmarshal(n.bpfnet("ct", "--json", "--addr", p.addr6.String()), &flows); err != nil || len(flows) != 0 {
 		t.Errorf("bpfnet ct --addr %s after DEL: %+v (%v), want none", p.addr6, flows, err)
 	}
-	if ps := n.portsJSON(); len(ps) != 0 {
-		t.Errorf("bpfnet ports after DEL: %v", ps)
+	for _, pj := range n.portsJSON() {
+		if pj["container"] == name {
+			t.Errorf("bpfnet ports after DEL: %v is still %s's", pj, name)
+		}
 	}
+	wantGreeting(t, &n.ext.Namespace, v4(8090), n.ext.Addr.String())
+}
+
+// listenUDP6 receives datagrams on addr in ns; the function it returns
+// counts those whose payload is what, up to want, waiting two seconds at
+// most.
+func listenUDP6(t *testing.T, ns *lab.Namespace, addr netip.AddrPort) func(what string, want int) int {
+	t.Helper()
+	conn, err := ns.ListenUDP(addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	got := make(chan string, 64)
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			k, _, err := conn.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			got <- string(buf[:k])
+		}
+	}()
+	return func(what string, want int) int {
+		deadline := time.After(2 * time.Second)
+		seen := 0
+		for {
+			select {
+			case m := <-got:
+				if m == what {
+					seen++
+				}
+				if seen == want {
+					return seen
+				}
+			case <-deadline:
+				return seen
+			}
+		}
+	}
+}
+
+// sendUDP6 sends count UDP datagrams from src to dst out of a raw socket
+// of ns (IPPROTO_RAW implies IPV6_HDRINCL), so that the source is kept as
+// given; the UDP checksum, which IPv6 requires, is computed here.
+func sendUDP6(ns *lab.Namespace, src netip.Addr, dst netip.AddrPort, payload string, count int) error {
+	d := make([]byte, 40+8+len(payload))
+	d[0] = 0x60
+	binary.BigEndian.PutUint16(d[4:], uint16(8+len(payload)))
+	d[6], d[7] = unix.IPPROTO_UDP, 64
+	s16, d16 := src.As16(), dst.Addr().As16()
+	copy(d[8:], s16[:])
+	copy(d[24:], d16[:])
+	u := d[40:]
+	binary.BigEndian.PutUint16(u[0:], 40000)
+	binary.BigEndian.PutUint16(u[2:], dst.Port())
+	binary.BigEndian.PutUint16(u[4:], uint16(len(u)))
+	copy(u[8:], payload)
+	// The pseudo-header (addresses, length, next header) and the datagram.
+	var sum uint32
+	add := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(binary.BigEndian.Uint16(b[i:]))
+		}
+		if len(b)%2 == 1 {
+			sum += uint32(b[len(b)-1]) << 8
+		}
+	}
+	add(d[8:40])
+	sum += uint32(len(u)) + unix.IPPROTO_UDP
+	add(u)
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	csum := ^uint16(sum)
+	if csum == 0 {
+		csum = 0xffff
+	}
+	binary.BigEndian.PutUint16(u[6:], csum)
+	return ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW, unix.IPPROTO_RAW)
+		if err != nil {
+			return fmt.Errorf("raw IPv6 socket in namespace %s: %w", ns.Name, err)
+		}
+		defer unix.Close(fd)
+		for range count {
+			if err := unix.Sendto(fd, d, 0, &unix.SockaddrInet6{Addr: d16}); err != nil {
+				return fmt.Errorf("sending to %s from namespace %s: %w", dst, ns.Name, err)
+			}
+		}
+		return nil
+	})
 }
