@@ -807,6 +807,15 @@ func TestCNIDualStack(t *testing.T) {
 		t.Errorf("bpfnet ports: the lines of %s are %q, want them to name %s", p.addr6, out, name)
 	}
 
+	// One series per pod, not one per address family.
+	body := n.scrape()
+	if !strings.HasPrefix(body, "HTTP/1.0 200") && !strings.HasPrefix(body, "HTTP/1.1 200") {
+		t.Errorf("/metrics of a dual-stack pod: %.200s", body)
+	}
+	if k := strings.Count(body, `bpfnet_container_receive_bytes_total{compose_project="",compose_service="",container="default/web"`); k != 1 {
+		t.Errorf("/metrics has %d receive series of default/web, want 1:\n%s", k, grepLines(body, "bpfnet_container_receive"))
+	}
+
 	// Another pod: hairpin through the host's IPv6 address, seen with its
 	// own address; its datagrams with the first pod's IPv6 address are
 	// dropped as spoofed, its own arrive (masqueraded).
