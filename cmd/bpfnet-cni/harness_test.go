@@ -47,6 +47,12 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// Go probes once per process whether the system has IPv6 (a bind of
+	// [::1]): probed here, not first in a lab namespace whose lo is down,
+	// where it would make every later wildcard listener IPv4-only.
+	if ln, err := net.Listen("tcp", "[::1]:0"); err == nil {
+		ln.Close()
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)

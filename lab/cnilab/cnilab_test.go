@@ -20,6 +20,18 @@ import (
 	"github.com/bpfnet/bpfnet/lab"
 )
 
+// TestMain settles how the net package opens sockets before a test
+// runs in a lab namespace: Go probes once per process whether the
+// system has IPv6 (a bind of [::1]), and a probe made first in a pod's
+// namespace whose lo is down would make every later wildcard listener
+// IPv4-only.
+func TestMain(m *testing.M) {
+	if ln, err := net.Listen("tcp", "[::1]:0"); err == nil {
+		ln.Close()
+	}
+	os.Exit(m.Run())
+}
+
 func goCmd() string {
 	if p, err := exec.LookPath("go"); err == nil {
 		return p
@@ -200,8 +212,7 @@ func TestNodesDualStack(t *testing.T) {
 			if !p.Addr6.Is6() {
 				t.Fatalf("the pod has no IPv6 address (%s)", p.Addr6)
 			}
-			// IPv6 delivers to the pod's own addresses through lo, which
-			// a runtime's loopback plugin brings up.
+			// lo up, as a runtime's loopback plugin brings it.
 			if out, err := p.Run(ctx, "ip", "link", "set", "lo", "up"); err != nil {
 				t.Fatalf("%v: %s", err, out)
 			}
