@@ -19,8 +19,12 @@ import (
 // packet, so a host process that serves the same port would silently
 // stop receiving what it served. Docker refuses such a port: it binds
 // the host port itself before it programs the NAT (moby's
-// bridge/port_mapping_linux.go, bindHostPorts), and the bind fails with
-// EADDRINUSE. The agent does not hold sockets for pods (it would have to
+// libnetwork/drivers/bridge/port_mapping_linux.go, bindTCPOrUDP, with
+// SO_REUSEADDR and, for IPv6, IPV6_V6ONLY), and the bind fails with
+// EADDRINUSE. For TCP that is a listener's port, as here. For UDP,
+// Docker's bind passes beside a socket that set SO_REUSEADDR too; bpfnet
+// refuses every bound UDP socket's port, since its datagrams would reach
+// the pod instead. The agent does not hold sockets for pods (it would have to
 // hand them to its next version on an upgrade); it reads the host's
 // sockets with sock_diag instead, as ss(8) does, and refuses an ADD whose
 // hostPort one of them holds. Only the sockets there at the ADD are seen:
