@@ -47,6 +47,12 @@ type Attachment struct {
 	Subnet  netip.Prefix `json:"subnet"`
 	Gateway netip.Addr   `json:"gateway"`
 	MAC     string       `json:"mac,omitempty"`
+	// Addr6, Subnet6 and Gateway6 are their IPv6 twins on a dual-stack
+	// network (host-local with an IPv6 range); the zero values on an
+	// IPv4 one.
+	Addr6    netip.Addr   `json:"addr6,omitzero"`
+	Subnet6  netip.Prefix `json:"subnet6,omitzero"`
+	Gateway6 netip.Addr   `json:"gateway6,omitzero"`
 	// Ports are runtimeConfig.portMappings.
 	Ports []Port `json:"ports,omitempty"`
 	// Pod and Namespace are K8S_POD_NAME and K8S_POD_NAMESPACE from
@@ -114,7 +120,10 @@ func CheckKey(k Key) error {
 }
 
 // Mappings are a's ports as the datapath takes them. A hostIP of "" or
-// 0.0.0.0 is every host address; IPv6 host addresses are refused.
+// :: is every host address of both families, as the portmap plugin has
+// it: one mapping to the IPv4 address and, on a dual-stack network, one
+// to the IPv6 address; 0.0.0.0 is every IPv4 address, and a specific
+// host address maps its family's container address.
 func (a Attachment) Mappings() ([]datapath.PortMapping, error) {
 	var out []datapath.PortMapping
 	for _, p := range a.Ports {
@@ -125,17 +134,43 @@ func (a Attachment) Mappings() ([]datapath.PortMapping, error) {
 		if p.HostPort < 1 || p.HostPort > 65535 || p.ContainerPort < 1 || p.ContainerPort > 65535 {
 			return nil, fmt.Errorf("port mapping %d:%d: ports must be within 1-65535", p.HostPort, p.ContainerPort)
 		}
+		m := datapath.PortMapping{Proto: proto, HostPort: uint16(p.HostPort), ContainerPort: uint16(p.ContainerPort), Container: a.Name()}
+		v4, v6 := true, a.Addr6.IsValid()
 		var hip netip.Addr
 		if p.HostIP != "" {
-			if hip, err = netip.ParseAddr(p.HostIP); err != nil || !hip.Is4() {
-				return nil, fmt.Errorf("port mapping %d: host address %q is not IPv4", p.HostPort, p.HostIP)
+			if hip, err = netip.ParseAddr(p.HostIP); err != nil || hip.Is4In6() || hip.Zone() != "" {
+				return nil, fmt.Errorf("port mapping %d: host address %q is not an IPv4 or IPv6 address", p.HostPort, p.HostIP)
 			}
-			if hip.IsUnspecified() {
+			switch {
+			case hip == netip.IPv6Unspecified():
 				hip = netip.Addr{}
+			case hip.Is4():
+				v6 = false
+			default:
+				if !a.Addr6.IsValid() {
+					return nil, fmt.Errorf("port mapping %d: host address %s is IPv6, and the container has no IPv6 address", p.HostPort, hip)
+				}
+				v4 = false
 			}
 		}
-		out = append(out, datapath.PortMapping{Proto: proto, HostIP: hip, HostPort: uint16(p.HostPort),
-			ContainerIP: a.Addr, ContainerPort: uint16(p.ContainerPort), Container: a.Name()})
+		if v4 {
+			m4 := m
+			m4.ContainerIP = a.Addr
+			if hip.Is4() && !hip.IsUnspecified() {
+				m4.HostIP = hip
+			}
+			out = append(out, m4)
+		}
+		if v6 {
+			// The datapath takes the wildcard of IPv6 as ::, as the
+			// Docker source writes it.
+			m6 := m
+			m6.ContainerIP, m6.HostIP = a.Addr6, netip.IPv6Unspecified()
+			if hip.Is6() {
+				m6.HostIP = hip
+			}
+			out = append(out, m6)
+		}
 	}
 	return out, nil
 }
@@ -153,10 +188,18 @@ func (a Attachment) Check() error {
 		return errors.New("no bridge and host veth: bpfnet must be chained after the bridge plugin")
 	}
 	if !a.Addr.Is4() || !a.Subnet.IsValid() || !a.Subnet.Addr().Is4() || !a.Subnet.Contains(a.Addr) {
-		return fmt.Errorf("address %s in %s: want an IPv4 address in its subnet", a.Addr, a.Subnet)
+		return fmt.Errorf("address %s in %s: want an IPv4 address in its subnet (an IPv6-only pod is not served)", a.Addr, a.Subnet)
 	}
 	if a.Gateway.IsValid() && !a.Subnet.Contains(a.Gateway) {
 		return fmt.Errorf("gateway %s is outside %s", a.Gateway, a.Subnet)
+	}
+	if a.Addr6.IsValid() || a.Subnet6.IsValid() || a.Gateway6.IsValid() {
+		if !a.Addr6.Is6() || a.Addr6.Is4In6() || a.Addr6.Zone() != "" || !a.Subnet6.IsValid() || !a.Subnet6.Addr().Is6() || !a.Subnet6.Contains(a.Addr6) {
+			return fmt.Errorf("IPv6 address %s in %s: want an IPv6 address in its subnet", a.Addr6, a.Subnet6)
+		}
+		if a.Gateway6.IsValid() && !a.Subnet6.Contains(a.Gateway6) {
+			return fmt.Errorf("IPv6 gateway %s is outside %s", a.Gateway6, a.Subnet6)
+		}
 	}
 	_, err := a.Mappings()
 	return err

@@ -71,6 +71,79 @@ func TestMappings(t *testing.T) {
 	}
 }
 
+// TestMappingsDualStack: on a dual-stack network, a hostPort on every
+// address ("" or ::) maps both families, as the portmap plugin does;
+// 0.0.0.0 or an IPv4 host address maps IPv4 alone, an IPv6 one IPv6
+// alone. Without an IPv6 address, :: maps IPv4 and an IPv6 host address
+// is refused; an IPv6 address outside its subnet is refused.
+func TestMappingsDualStack(t *testing.T) {
+	a := testAttachment("abc")
+	a.Addr6, a.Subnet6, a.Gateway6 = netip.MustParseAddr("fd00:88::2"), netip.MustParsePrefix("fd00:88::/64"), netip.MustParseAddr("fd00:88::1")
+	host6 := netip.MustParseAddr("2001:db8::1")
+	a.Ports = []Port{
+		{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"},
+		{HostPort: 8081, ContainerPort: 81, Protocol: "tcp", HostIP: "::"},
+		{HostPort: 8082, ContainerPort: 82, Protocol: "udp", HostIP: "0.0.0.0"},
+		{HostPort: 8083, ContainerPort: 83, Protocol: "tcp", HostIP: "192.0.2.1"},
+		{HostPort: 8084, ContainerPort: 84, Protocol: "tcp", HostIP: host6.String()},
+	}
+	if err := a.Check(); err != nil {
+		t.Fatalf("a dual-stack attachment: %v", err)
+	}
+	ms, err := a.Mappings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v4, v6 := a.Addr, a.Addr6
+	pm := func(proto datapath.Proto, hip netip.Addr, hp uint16, ctr netip.Addr, cp uint16) datapath.PortMapping {
+		return datapath.PortMapping{Proto: proto, HostIP: hip, HostPort: hp, ContainerIP: ctr, ContainerPort: cp, Container: "shop/web"}
+	}
+	want := []datapath.PortMapping{
+		pm(datapath.TCP, netip.Addr{}, 8080, v4, 80), pm(datapath.TCP, netip.IPv6Unspecified(), 8080, v6, 80),
+		pm(datapath.TCP, netip.Addr{}, 8081, v4, 81), pm(datapath.TCP, netip.IPv6Unspecified(), 8081, v6, 81),
+		pm(datapath.UDP, netip.Addr{}, 8082, v4, 82),
+		pm(datapath.TCP, netip.MustParseAddr("192.0.2.1"), 8083, v4, 83),
+		pm(datapath.TCP, host6, 8084, v6, 84),
+	}
+	if len(ms) != len(want) {
+		t.Fatalf("%v, want %v", ms, want)
+	}
+	for i := range want {
+		if !ms[i].Equal(want[i]) {
+			t.Errorf("mapping %d: %v, want %v", i, ms[i], want[i])
+		}
+	}
+	// The state takes them: both families of one port are two bindings.
+	st := datapath.State{
+		Networks:  []datapath.Network{{Name: "pods", Bridge: "cni0", Subnet: a.Subnet, Gateway: a.Gateway, Subnet6: a.Subnet6, Gateway6: a.Gateway6}},
+		Endpoints: []datapath.Endpoint{{Container: "shop/web", Network: "pods", Addr: v4, Addr6: v6, HostVeth: "veth1"}},
+		Ports:     ms,
+	}
+	if err := st.Validate(); err != nil {
+		t.Errorf("the state of a dual-stack pod: %v", err)
+	}
+
+	v4only := testAttachment("abc")
+	v4only.Ports = []Port{{HostPort: 8081, ContainerPort: 81, Protocol: "tcp", HostIP: "::"}}
+	if ms, err := v4only.Mappings(); err != nil || len(ms) != 1 || ms[0].ContainerIP != v4only.Addr || ms[0].HostIP.IsValid() {
+		t.Errorf("hostIP :: of an IPv4 pod: %v %v, want the IPv4 mapping alone", ms, err)
+	}
+	v4only.Ports[0].HostIP = host6.String()
+	if err := v4only.Check(); err == nil {
+		t.Error("an IPv6 host address for a pod without IPv6: accepted")
+	}
+	bad := a
+	bad.Addr6 = netip.MustParseAddr("fd00:99::2")
+	if err := bad.Check(); err == nil {
+		t.Error("an IPv6 address outside its subnet: accepted")
+	}
+	bad = a
+	bad.Subnet6 = netip.Prefix{}
+	if err := bad.Check(); err == nil {
+		t.Error("an IPv6 address without its subnet: accepted")
+	}
+}
+
 // TestStore: one file per attachment, read back, listed in key order,
 // deleted idempotently; a key that is no file name is refused.
 func TestStore(t *testing.T) {

@@ -16,7 +16,10 @@
 //
 //   - It checks the request against its whole state, Docker's and CNI's
 //     together (a host port already mapped by another pod or by a Docker
-//     container is refused with a CNI error, never taken over), keeps the
+//     container is refused with a CNI error, never taken over, and so is
+//     one that a socket of the host holds, read with sock_diag:
+//     hostsock.go; an address another endpoint holds is refused too),
+//     keeps the
 //     attachment durably as one JSON file in its state folder
 //     (DefaultStateDir, /var/lib/bpfnet/cni), and applies through the
 //     daemon's one reconcile path (daemon.Daemon.Reconcile, the Source
@@ -44,8 +47,13 @@
 //     well-formed valid list removes nothing; the requests begun when the
 //     agent stops are answered before it closes the datapath.
 //
-// What it does not do: IPv6 (the IPv4 address of each attachment is
-// served, others are ignored), address management or the bridge (the
+// A dual-stack attachment (an IPv6 address in prevResult too) is served
+// on both families: a hostPort on every address ("" or ::) is published
+// for each, as the portmap plugin does, and the IPv6 subnet is
+// masqueraded as the IPv4 one.
+//
+// What it does not do: IPv6-only pods (an attachment needs its IPv4
+// address), address management or the bridge (the
 // bridge and host-local plugins before it do), and the interfaces of the
 // datapath on the uplinks, which the agent finds from the default routes
 // as `bpfnet run` always does. It needs what the agent needs: root in the

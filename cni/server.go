@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -60,6 +59,10 @@ type Server struct {
 	// PinPath is the datapath's bpffs folder.
 	PinPath string
 	Log     *slog.Logger
+	// HostSockets lists the host's sockets that hold ports, which an
+	// ADD's hostPorts must not take; nil is the agent's network
+	// namespace's (HostSockets).
+	HostSockets func() ([]HostSocket, error)
 	// AllowedUIDs are the users whose connections are served (checked
 	// with SO_PEERCRED); nil is root alone, as runtimes run the plugin.
 	AllowedUIDs []uint32
@@ -242,10 +245,13 @@ func (s *Server) add(ctx context.Context, a Attachment) *Error {
 	}
 	if _, err := s.Source.With(ctx, a); err != nil {
 		code := uint(CodeApply)
-		if strings.Contains(err.Error(), "already published") {
+		if errors.Is(err, datapath.ErrPortTaken) {
 			code = CodePortTaken
 		}
 		return &Error{Code: code, Msg: "bpfnet cannot serve this attachment", Details: err.Error()}
+	}
+	if err := s.checkHostSockets(a, prev, had); err != nil {
+		return err
 	}
 	if err := s.Source.Store.Put(a); err != nil {
 		return errorf(CodeIOFailure, "%v", err)
@@ -282,6 +288,35 @@ func (s *Server) add(ctx context.Context, a Attachment) *Error {
 		}
 	}
 	s.changed()
+	return nil
+}
+
+// checkHostSockets refuses the hostPorts of a that a host process holds
+// (hostsock.go); those the attachment had already (prev) are its own.
+func (s *Server) checkHostSockets(a, prev Attachment, had bool) *Error {
+	want, _ := a.Mappings()
+	if had {
+		old, _ := prev.Mappings()
+		want = slices.DeleteFunc(want, func(m datapath.PortMapping) bool {
+			return slices.ContainsFunc(old, func(o datapath.PortMapping) bool {
+				return o.Proto == m.Proto && o.HostIP == m.HostIP && o.HostPort == m.HostPort
+			})
+		})
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	list := s.HostSockets
+	if list == nil {
+		list = HostSockets
+	}
+	socks, err := list()
+	if err != nil {
+		return errorf(CodeTryAgainLater, "%v", err)
+	}
+	if err := checkHostSockets(want, socks); err != nil {
+		return &Error{Code: CodePortTaken, Msg: "bpfnet cannot serve this attachment", Details: err.Error()}
+	}
 	return nil
 }
 
@@ -325,11 +360,13 @@ func (s *Server) remove(ctx context.Context, as []Attachment) *Error {
 	}
 	if f, ok := s.Datapath.(Flusher); ok {
 		for _, a := range as {
-			if slices.ContainsFunc(s.Daemon.Current().Endpoints, func(e datapath.Endpoint) bool { return e.Addr == a.Addr }) {
-				continue // the address is someone else's already
-			}
-			if _, err := f.FlushAddr(a.Addr); err != nil {
-				s.log().Warn("dropping the flows of a removed attachment", "addr", a.Addr, "error", err)
+			for _, addr := range []netip.Addr{a.Addr, a.Addr6} {
+				if !addr.IsValid() || slices.ContainsFunc(s.Daemon.Current().Endpoints, func(e datapath.Endpoint) bool { return e.Addr == addr || e.Addr6 == addr }) {
+					continue // none, or the address is someone else's already
+				}
+				if _, err := f.FlushAddr(addr); err != nil {
+					s.log().Warn("dropping the flows of a removed attachment", "addr", addr, "error", err)
+				}
 			}
 		}
 	}
@@ -347,13 +384,15 @@ func (s *Server) check(a Attachment) *Error {
 	if !had {
 		return errorf(CodeNotServed, "bpfnet keeps no attachment %s", a.Key())
 	}
-	if kept.Addr != a.Addr || kept.HostVeth != a.HostVeth || !slices.Equal(kept.Ports, a.Ports) {
+	if kept.Addr != a.Addr || kept.Addr6 != a.Addr6 || kept.HostVeth != a.HostVeth || !slices.Equal(kept.Ports, a.Ports) {
 		return errorf(CodeNotServed, "attachment %s: bpfnet keeps %s on %s with %d ports, the runtime says %s on %s with %d",
-			a.Key(), kept.Addr, kept.HostVeth, len(kept.Ports), a.Addr, a.HostVeth, len(a.Ports))
+			a.Key(), addrs(kept), kept.HostVeth, len(kept.Ports), addrs(a), a.HostVeth, len(a.Ports))
 	}
 	cur := s.Daemon.Current()
-	if !slices.ContainsFunc(cur.Endpoints, func(e datapath.Endpoint) bool { return e.Addr == a.Addr && e.HostVeth == a.HostVeth }) {
-		return errorf(CodeNotServed, "attachment %s: %s on %s is not in the applied state", a.Key(), a.Addr, a.HostVeth)
+	if !slices.ContainsFunc(cur.Endpoints, func(e datapath.Endpoint) bool {
+		return e.Addr == a.Addr && e.Addr6 == a.Addr6 && e.HostVeth == a.HostVeth
+	}) {
+		return errorf(CodeNotServed, "attachment %s: %s on %s is not in the applied state", a.Key(), addrs(a), a.HostVeth)
 	}
 	want, _ := kept.Mappings()
 	for _, m := range want {
@@ -369,8 +408,10 @@ func (s *Server) check(a Attachment) *Error {
 	if err != nil {
 		return errorf(CodeIOFailure, "%v", err)
 	}
-	if !slices.ContainsFunc(eps, func(e datapath.EndpointInfo) bool { return e.Addr == a.Addr }) {
-		return errorf(CodeNotServed, "attachment %s: %s is not in the endpoints map", a.Key(), a.Addr)
+	for _, addr := range []netip.Addr{a.Addr, a.Addr6} {
+		if addr.IsValid() && !slices.ContainsFunc(eps, func(e datapath.EndpointInfo) bool { return e.Addr == addr }) {
+			return errorf(CodeNotServed, "attachment %s: %s is not in the endpoints map", a.Key(), addr)
+		}
 	}
 	pub, err := m.Published()
 	if err != nil {
@@ -381,6 +422,9 @@ func (s *Server) check(a Attachment) *Error {
 		if !hip.IsValid() {
 			hip = netip.IPv4Unspecified()
 		}
+		if w.ContainerIP.Is6() && hip.IsUnspecified() {
+			hip = netip.IPv6Unspecified()
+		}
 		if !slices.ContainsFunc(pub, func(p datapath.PublishedPort) bool {
 			return p.Binding.Proto == w.Proto && p.Binding.HostPort == w.HostPort && p.Binding.HostIP == hip &&
 				p.ContainerIP == w.ContainerIP && p.ContainerPort == w.ContainerPort
@@ -389,6 +433,14 @@ func (s *Server) check(a Attachment) *Error {
 		}
 	}
 	return nil
+}
+
+// addrs are a's addresses, as errors show them.
+func addrs(a Attachment) string {
+	if a.Addr6.IsValid() {
+		return a.Addr.String() + " and " + a.Addr6.String()
+	}
+	return a.Addr.String()
 }
 
 // gc removes the attachments of network that are not in valid. A list

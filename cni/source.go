@@ -103,26 +103,32 @@ func add(st *datapath.State, a Attachment) error {
 		return fmt.Errorf("host veth %s is not a port of bridge %s", a.HostVeth, a.Bridge)
 	}
 	n := datapath.Network{Name: a.Network, Bridge: a.Bridge, Subnet: a.Subnet.Masked(), Gateway: a.Gateway, Masquerade: true}
+	if a.Addr6.IsValid() {
+		n.Subnet6, n.Gateway6 = a.Subnet6.Masked(), a.Gateway6
+	}
 	known := false
 	for _, o := range st.Networks {
 		switch {
 		case o.Name == n.Name && o != n:
-			return fmt.Errorf("network %s is %s on %s, this attachment says %s on %s", n.Name, o.Subnet, o.Bridge, n.Subnet, n.Bridge)
+			return fmt.Errorf("network %s is %s on %s, this attachment says %s on %s", n.Name, subnets(o), o.Bridge, subnets(n), n.Bridge)
 		case o.Name == n.Name:
 			known = true
-		case o.Bridge == n.Bridge || o.Subnet.Overlaps(n.Subnet):
-			return fmt.Errorf("network %s (%s on %s) overlaps network %s (%s on %s)", n.Name, n.Subnet, n.Bridge, o.Name, o.Subnet, o.Bridge)
+		case o.Bridge == n.Bridge || o.Subnet.Overlaps(n.Subnet) || (n.Subnet6.IsValid() && o.Subnet6.Overlaps(n.Subnet6)):
+			return fmt.Errorf("network %s (%s on %s) overlaps network %s (%s on %s)", n.Name, subnets(n), n.Bridge, o.Name, subnets(o), o.Bridge)
 		}
 	}
 	for _, e := range st.Endpoints {
 		if e.Addr == a.Addr {
 			return fmt.Errorf("address %s is %s's already", a.Addr, e.Container)
 		}
+		if a.Addr6.IsValid() && e.Addr6 == a.Addr6 {
+			return fmt.Errorf("address %s is %s's already", a.Addr6, e.Container)
+		}
 		if e.HostVeth == a.HostVeth {
 			return fmt.Errorf("host veth %s is %s's already", a.HostVeth, e.Container)
 		}
 	}
-	ep := datapath.Endpoint{Container: a.Name(), ContainerID: a.ContainerID, Network: a.Network, Addr: a.Addr, HostVeth: a.HostVeth}
+	ep := datapath.Endpoint{Container: a.Name(), ContainerID: a.ContainerID, Network: a.Network, Addr: a.Addr, Addr6: a.Addr6, HostVeth: a.HostVeth}
 	if a.MAC != "" {
 		if ep.MAC, err = net.ParseMAC(a.MAC); err != nil {
 			return fmt.Errorf("mac %q: %w", a.MAC, err)
@@ -137,6 +143,14 @@ func add(st *datapath.State, a Attachment) error {
 	st.Endpoints = append(st.Endpoints, ep)
 	st.Ports = append(st.Ports, maps...)
 	return nil
+}
+
+// subnets are n's prefixes, as an error shows them.
+func subnets(n datapath.Network) string {
+	if n.Subnet6.IsValid() {
+		return n.Subnet.String() + " and " + n.Subnet6.String()
+	}
+	return n.Subnet.String()
 }
 
 // Watch follows Base, and calls changed after each change of the

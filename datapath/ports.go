@@ -85,7 +85,7 @@ func (d *EBPF) checkPublish(m PortMapping, others map[bpfPortKey]bpfPortTarget) 
 		}
 	}
 	if collides {
-		return fmt.Errorf("port %s: host port already published on another address (a port on 0.0.0.0 takes it on every address)", m)
+		return fmt.Errorf("port %s: %w on another address (a port on 0.0.0.0 takes it on every address)", m, ErrPortTaken)
 	}
 	return nil
 }

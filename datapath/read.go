@@ -46,6 +46,9 @@ func BindingOf(nets []Network, m PortMapping) PortBinding {
 }
 
 // Published lists the published ports in the datapath, sorted.
+//
+// The IPv6 ports of published6 are among them; they carry no allowlist
+// (an IPv6 port with one is closed: ebpf.go).
 func (d *EBPF) Published() ([]PublishedPort, error) {
 	var out []PublishedPort
 	var k bpfPortKey
@@ -82,6 +85,21 @@ func (d *EBPF) Published() ([]PublishedPort, error) {
 			return nil, fmt.Errorf("reading routed ports: %w", err)
 		}
 	}
+	if d.objs.Published6 != nil { // (nil: pinned by a version without IPv6)
+		var k6 bpfPort6Key
+		var v6 bpfPort6Target
+		it6 := d.objs.Published6.Iterate()
+		for it6.Next(&k6, &v6) {
+			out = append(out, PublishedPort{
+				Binding:       PortBinding{Proto: Proto(k6.Proto), HostIP: addr6From(k6.Addr), HostPort: port16(k6.Port)},
+				ContainerIP:   addr6From(v6.Addr),
+				ContainerPort: port16(v6.Port),
+			})
+		}
+		if err := it6.Err(); err != nil {
+			return nil, fmt.Errorf("reading IPv6 published ports: %w", err)
+		}
+	}
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i].Binding, out[j].Binding
 		if a.HostPort != b.HostPort {
@@ -105,7 +123,8 @@ type EndpointInfo struct {
 	AllowForeignSource bool
 }
 
-// Endpoints lists the container endpoints in the datapath.
+// Endpoints lists the container endpoints in the datapath, IPv4 then
+// IPv6 (a dual-stack container has one of each).
 func (d *EBPF) Endpoints() ([]EndpointInfo, error) {
 	var out []EndpointInfo
 	var k uint32
@@ -117,6 +136,18 @@ func (d *EBPF) Endpoints() ([]EndpointInfo, error) {
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading endpoints: %w", err)
+	}
+	if d.objs.Endpoints6 != nil {
+		var k6 bpfIn6Key
+		var v6 bpfEndpoint6
+		it6 := d.objs.Endpoints6.Iterate()
+		for it6.Next(&k6, &v6) {
+			out = append(out, EndpointInfo{Addr: addr6From(k6.A), Ifindex: v6.Ep.Ifindex, BridgeIfindex: v6.Ep.BridgeIfindex,
+				MAC: net.HardwareAddr(v6.Ep.Mac[:]), AllowForeignSource: v6.Ep.EpFlags&epFForeignSrc != 0})
+		}
+		if err := it6.Err(); err != nil {
+			return nil, fmt.Errorf("reading IPv6 endpoints: %w", err)
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Addr.Less(out[j].Addr) })
 	return out, nil

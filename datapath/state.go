@@ -515,9 +515,9 @@ func (t portTable) add(nets []Network, m PortMapping) error {
 		switch {
 		case ohip.Is4() != hip.Is4():
 		case ohip == hip:
-			return fmt.Errorf("port %s: host port already published by %s", m, o)
+			return fmt.Errorf("port %s: %w by %s", m, ErrPortTaken, o)
 		case ohip.IsUnspecified() || hip.IsUnspecified():
-			return fmt.Errorf("port %s: host port already published by %s (a port on %s takes it on every address)", m, o, unspecifiedOf(hip))
+			return fmt.Errorf("port %s: %w by %s (a port on %s takes it on every address)", m, ErrPortTaken, o, unspecifiedOf(hip))
 		}
 	}
 	t[k] = append(t[k], m)

@@ -4,8 +4,10 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -15,7 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
+	"golang.org/x/sys/unix"
+
 	"github.com/bpfnet/bpfnet/cni"
+	"github.com/bpfnet/bpfnet/lab"
 )
 
 // agentCheck is CHECK as the agent answers it, without libcni's cache
@@ -404,6 +410,24 @@ func TestCNIStatus(t *testing.T) {
 	if err := n.status(); err != nil {
 		t.Fatalf("STATUS with the agent running: %v", err)
 	}
+	// The plugin run by hand, as libcni runs it, in the node's host
+	// namespace: with the agent running, it exits 0 and prints nothing.
+	statusByHand := func() ([]byte, error) {
+		conf := n.list.Plugins[1].Bytes
+		var m map[string]any
+		if err := json.Unmarshal(conf, &m); err != nil {
+			t.Fatal(err)
+		}
+		m["name"], m["cniVersion"] = n.list.Name, n.list.CNIVersion
+		conf, _ = json.Marshal(m)
+		cmd := n.topo.Host.Command(context.Background(), filepath.Join(binDir, "bpfnet"))
+		cmd.Env = append(os.Environ(), "CNI_COMMAND=STATUS", "CNI_PATH="+binDir)
+		cmd.Stdin = strings.NewReader(string(conf))
+		return cmd.Output()
+	}
+	if out, err := statusByHand(); err != nil || len(strings.TrimSpace(string(out))) != 0 {
+		t.Errorf("the plugin's STATUS with the agent running: exit %v, stdout %q, want success and no output", err, out)
+	}
 	gone := n.newPod("gone", port(8080, 80, "tcp", ""))
 	kept := n.newPod("kept", port(8081, 80, "tcp", ""))
 	n.mustAdd(gone)
@@ -421,16 +445,7 @@ func TestCNIStatus(t *testing.T) {
 	if f := n.stateFiles(); len(f) != 1 || !strings.HasPrefix(f[0], kept.rt.ContainerID+"_") {
 		t.Errorf("state files after DEL with the agent stopped: %v, want only %s's", f, kept.name)
 	}
-	// The plugin run by hand, as libcni runs it.
-	conf := n.list.Plugins[1].Bytes
-	var m map[string]any
-	json.Unmarshal(conf, &m)
-	m["name"], m["cniVersion"] = n.list.Name, n.list.CNIVersion
-	conf, _ = json.Marshal(m)
-	cmd := exec.Command(filepath.Join(binDir, "bpfnet"))
-	cmd.Env = append(os.Environ(), "CNI_COMMAND=STATUS", "CNI_PATH="+binDir)
-	cmd.Stdin = strings.NewReader(string(conf))
-	out, err := cmd.Output()
+	out, err := statusByHand()
 	var answer struct {
 		CNIVersion string `json:"cniVersion"`
 		Code       int    `json:"code"`
@@ -515,4 +530,447 @@ func TestCNIVersions(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCNIHostSocket: a hostPort that a process of the host holds (a TCP
+// listener on every address, a UDP socket on the hostIP) is refused with
+// a CNI error and nothing kept, and the host's process keeps serving the
+// port; its twins, a free port and the same ports in the other protocol,
+// are accepted and served.
+func TestCNIHostSocket(t *testing.T) {
+	n := newNode(t)
+	hostIP := n.ext.HostAddr.String()
+	ln := n.topo.Host.ServeTCP(t, "0.0.0.0:8080", func(c net.Conn) { fmt.Fprintln(c, "host") })
+	defer ln.Close()
+	udp, err := n.topo.Host.ListenUDP(hostIP + ":5353")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	for _, p := range []*pod{
+		n.newPod("tcp", port(8080, 80, "tcp", "")),
+		n.newPod("udp", port(5353, 53, "udp", hostIP)),
+		n.newPod("udpall", port(9000, 90, "tcp", ""), port(5353, 53, "udp", "")),
+	} {
+		err := n.add(p)
+		if cniCode(err) != cni.CodePortTaken || !strings.Contains(err.Error(), "process of the host") {
+			t.Errorf("ADD of %s on a host socket's port: %v, want CNI error %d naming the host's process", p.name, err, cni.CodePortTaken)
+		} else {
+			t.Logf("refused as wanted: %v", err)
+		}
+		if err := n.del(p); err != nil {
+			t.Errorf("DEL of the refused pod %s: %v", p.name, err)
+		}
+	}
+	if f := n.stateFiles(); len(f) != 0 {
+		t.Errorf("refused ADDs kept %v", f)
+	}
+	if ps := n.portsJSON(); len(ps) != 0 {
+		t.Errorf("refused ADDs published %v", ps)
+	}
+	wantGreeting(t, &n.ext.Namespace, hostIP+":8080", "host")
+
+	p := n.newPod("free", port(8081, 80, "tcp", ""), port(8080, 80, "udp", ""), port(5353, 80, "tcp", hostIP))
+	n.mustAdd(p)
+	greet(t, &p.Namespace, ":80")
+	wantGreeting(t, &n.ext.Namespace, hostIP+":8081", n.ext.Addr.String())
+	wantGreeting(t, &n.ext.Namespace, hostIP+":5353", n.ext.Addr.String())
+	wantGreeting(t, &n.ext.Namespace, hostIP+":8080", "host")
+	if err := n.check(p); err != nil {
+		t.Errorf("CHECK of the pod on free ports: %v", err)
+	}
+}
+
+// TestCNIAddressClaimed: an ADD whose prevResult claims an address that
+// another pod's attachment holds (here from a second host-local store
+// that hands the same address out again) is refused, and the first pod
+// keeps its address, port and state through the refused pod's DEL; its
+// twin, a pod with an address of its own from the first store, is
+// served.
+func TestCNIAddressClaimed(t *testing.T) {
+	n := newNode(t)
+	a := n.newPod("first", port(8080, 80, "tcp", ""))
+	n.mustAdd(a)
+	greet(t, &a.Namespace, ":80")
+
+	other := strings.Replace(n.conf, fmt.Sprintf("%q", n.ipam), fmt.Sprintf("%q", filepath.Join(t.TempDir(), "ipam")), 1)
+	list, err := libcni.ConfListFromBytes([]byte(other))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := n.newPod("claimer", port(8081, 80, "tcp", ""))
+	err = n.inHost(func(ctx context.Context) error {
+		_, err := n.cfg.AddNetworkList(ctx, list, b.rt)
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), a.addr.String()) || !strings.Contains(err.Error(), "default/first") {
+		t.Errorf("ADD of a pod given %s again: %v, want a refusal naming the address and default/first", a.addr, err)
+	} else {
+		t.Logf("refused as wanted: %v", err)
+	}
+	if err := n.inHost(func(ctx context.Context) error { return n.cfg.DelNetworkList(ctx, list, b.rt) }); err != nil {
+		t.Errorf("DEL of the refused pod: %v", err)
+	}
+	if f := n.stateFiles(); len(f) != 1 {
+		t.Errorf("agent state files %v, want the first pod's alone", f)
+	}
+	if err := n.check(a); err != nil {
+		t.Errorf("CHECK of the first pod after the refused claim: %v", err)
+	}
+	wantGreeting(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8080", n.ext.Addr.String())
+
+	c := n.newPod("third", port(8081, 80, "tcp", ""))
+	n.mustAdd(c)
+	greet(t, &c.Namespace, ":80")
+	wantGreeting(t, &n.ext.Namespace, n.ext.HostAddr.String()+":8081", n.ext.Addr.String())
+}
+
+// TestCNISpoofedSource: a pod that sends with another pod's address (a
+// raw socket keeps the source as given) is dropped at its veth, counted
+// as spoofed, to a pod of its network and to the outside alike; its
+// twin, the same datagrams from its own address, arrive.
+func TestCNISpoofedSource(t *testing.T) {
+	n := newNode(t)
+	a, b, c := n.newPod("victim"), n.newPod("forger"), n.newPod("target")
+	for _, p := range []*pod{a, b, c} {
+		n.mustAdd(p)
+	}
+	addrOf := func(p *pod) netip.Addr { ip, _ := netip.AddrFromSlice(p.addr.To4()); return ip }
+	spoofed := func() float64 {
+		var st struct {
+			Drops map[string]float64 `json:"drops"`
+		}
+		if err := json.Unmarshal(n.bpfnet("status", "--json"), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Drops["spoofed"]
+	}
+	ext := netip.MustParseAddr(n.ext.Addr.String())
+	for _, to := range []struct {
+		ns   *lab.Namespace
+		addr netip.Addr
+	}{{&c.Namespace, addrOf(c)}, {&n.ext.Namespace, ext}} {
+		conn, err := to.ns.ListenUDP(netip.AddrPortFrom(to.addr, 5000).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan string, 64)
+		go func() {
+			buf := make([]byte, 64)
+			for {
+				k, _, err := conn.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					close(got)
+					return
+				}
+				got <- string(buf[:k])
+			}
+		}()
+		count := func(what string, want int) int {
+			deadline := time.After(2 * time.Second)
+			seen := 0
+			for {
+				select {
+				case m := <-got:
+					if m == what {
+						seen++
+					}
+					if seen == want {
+						return seen
+					}
+				case <-deadline:
+					return seen
+				}
+			}
+		}
+		before := spoofed()
+		forged := make([][]byte, 10)
+		own := make([][]byte, 10)
+		for i := range forged {
+			forged[i] = lab.UDPv4(addrOf(a), to.addr, 40000, 5000, []byte("forged"))
+			own[i] = lab.UDPv4(addrOf(b), to.addr, 40000, 5000, []byte("own"))
+		}
+		if err := b.SendIPv4(to.addr, forged...); err != nil {
+			t.Fatal(err)
+		}
+		if k := count("forged", 1); k != 0 {
+			t.Errorf("%s received %d datagrams from %s with %s's address, want none", to.addr, k, b.name, a.name)
+		}
+		if d := spoofed() - before; d != 10 {
+			t.Errorf("%v drops counted spoofed after 10 forged datagrams to %s, want 10", d, to.addr)
+		}
+		if err := b.SendIPv4(to.addr, own...); err != nil {
+			t.Fatal(err)
+		}
+		if k := count("own", 10); k != 10 {
+			t.Errorf("%s received %d of %s's 10 datagrams from its own address", to.addr, k, b.name)
+		}
+		conn.Close()
+	}
+}
+
+// TestCNIDualStack: a dual-stack conflist (host-local with an IPv6
+// range) gives the pod an IPv6 address, which bpfnet serves beside the
+// IPv4 one: a hostPort on every address ("" or ::) answers on both
+// families with the client's address kept, one on 0.0.0.0 on IPv4 alone
+// (its IPv6 twin gets no answer); the pod's IPv6 egress leaves with the
+// uplink's IPv6 address; CHECK passes; status, ports and ct show the IPv6
+// endpoint, ports and flows named by the pod. Another pod reaches the
+// hostPort through the host's IPv6 address (hairpin) and cannot send
+// with the first pod's IPv6 address (its own arrives). An IPv6-only host
+// listener refuses a hostPort on both families, not one on 0.0.0.0. DEL
+// takes the IPv6 port and flows away too.
+func TestCNIDualStack(t *testing.T) {
+	n := newDualStackNode(t)
+	p := n.newPod("web", port(8080, 80, "tcp", ""), port(8081, 80, "tcp", "::"), port(8082, 80, "tcp", "0.0.0.0"))
+	n.mustAdd(p)
+	if !podSubnet6.Contains(p.addr6) {
+		t.Fatalf("the pod's IPv6 address %s is not in %s", p.addr6, podSubnet6)
+	}
+	greet(t, &p.Namespace, ":80")
+	v6 := func(port int) string { return netip.AddrPortFrom(host6, uint16(port)).String() }
+	v4 := func(port int) string { return fmt.Sprintf("%s:%d", n.ext.HostAddr, port) }
+	for _, hp := range []int{8080, 8081} {
+		wantGreeting(t, &n.ext.Namespace, v6(hp), ext6.String())
+		wantGreeting(t, &n.ext.Namespace, v4(hp), n.ext.Addr.String())
+	}
+	wantGreeting(t, &n.ext.Namespace, v4(8082), n.ext.Addr.String())
+	wantNoAnswer(t, &n.ext.Namespace, v6(8082))
+
+	// Egress over IPv6 leaves with the uplink's address.
+	greet(t, &n.ext.Namespace, "[::]:9000")
+	wantGreeting(t, &p.Namespace, netip.AddrPortFrom(ext6, 9000).String(), host6.String())
+	if err := n.check(p); err != nil {
+		t.Errorf("CHECK of the dual-stack pod: %v", err)
+	}
+
+	const name = "default/web"
+	id := p.rt.ContainerID
+	var v6ports []string
+	for _, pj := range n.portsJSON() {
+		if pj["container_ip"] == p.addr6.String() {
+			if pj["container"] != name || pj["container_id"] != id || pj["host_ip"] != "::" {
+				t.Errorf("bpfnet ports --json: %v, want [::] to %s named %s (%s)", pj, p.addr6, name, id)
+			}
+			v6ports = append(v6ports, fmt.Sprint(pj["host_port"]))
+		}
+	}
+	if strings.Join(v6ports, " ") != "8080 8081" {
+		t.Errorf("bpfnet ports --json: IPv6 host ports %v, want 8080 and 8081", v6ports)
+	}
+	var st struct {
+		Endpoints []struct {
+			Addr        string `json:"address"`
+			Container   string `json:"container"`
+			ContainerID string `json:"container_id"`
+		} `json:"endpoints"`
+	}
+	if err := json.Unmarshal(n.bpfnet("status", "--json"), &st); err != nil {
+		t.Fatal(err)
+	}
+	named := map[string]string{}
+	for _, e := range st.Endpoints {
+		named[e.Addr] = e.Container + " " + e.ContainerID
+	}
+	for _, a := range []string{p.addr.String(), p.addr6.String()} {
+		if named[a] != name+" "+id {
+			t.Errorf("bpfnet status --json names %s %q, want %q (endpoints %+v)", a, named[a], name+" "+id, st.Endpoints)
+		}
+	}
+	type flow struct {
+		Kind        string `json:"kind"`
+		Reply       bool   `json:"reply"`
+		Src         string `json:"src"`
+		NewSrc      string `json:"translated_src"`
+		NewDst      string `json:"translated_dst"`
+		Container   string `json:"container"`
+		ContainerID string `json:"container_id"`
+	}
+	var flows []flow
+	if err := json.Unmarshal(n.bpfnet("ct", "--json", "--addr", p.addr6.String()), &flows); err != nil {
+		t.Fatal(err)
+	}
+	var dnat, snat int
+	for _, f := range flows {
+		switch {
+		case f.Reply || f.Container != name || f.ContainerID != id:
+		case f.Kind == "dnat" && f.NewDst == netip.AddrPortFrom(p.addr6, 80).String():
+			dnat++
+		case f.Kind == "snat" && strings.HasPrefix(f.Src, "["+p.addr6.String()+"]:") && strings.HasPrefix(f.NewSrc, "["+host6.String()+"]:"):
+			snat++
+		}
+	}
+	if dnat < 2 || snat < 1 {
+		t.Errorf("bpfnet ct --json --addr %s: %d dnat flows to [%s]:80 and %d masqueraded ones named %s, want 2 and 1: %+v", p.addr6, dnat, p.addr6, snat, name, flows)
+	}
+	if out := grepLines(string(n.bpfnet("ports")), p.addr6.String()); !strings.Contains(out, name) {
+		t.Errorf("bpfnet ports: the lines of %s are %q, want them to name %s", p.addr6, out, name)
+	}
+
+	// One series per pod, not one per address family.
+	body := n.scrape()
+	if !strings.HasPrefix(body, "HTTP/1.0 200") && !strings.HasPrefix(body, "HTTP/1.1 200") {
+		t.Errorf("/metrics of a dual-stack pod: %.200s", body)
+	}
+	if k := strings.Count(body, `bpfnet_container_receive_bytes_total{compose_project="",compose_service="",container="default/web"`); k != 1 {
+		t.Errorf("/metrics has %d receive series of default/web, want 1:\n%s", k, grepLines(body, "bpfnet_container_receive"))
+	}
+
+	// Another pod: hairpin through the host's IPv6 address, seen with its
+	// own address; its datagrams with the first pod's IPv6 address are
+	// dropped as spoofed, its own arrive (masqueraded).
+	q := n.newPod("client")
+	n.mustAdd(q)
+	wantGreeting(t, &q.Namespace, v6(8080), q.addr6.String())
+	spoofed := func() float64 {
+		var st struct {
+			Drops map[string]float64 `json:"drops"`
+		}
+		if err := json.Unmarshal(n.bpfnet("status", "--json"), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Drops["spoofed"]
+	}
+	got := listenUDP6(t, &n.ext.Namespace, netip.AddrPortFrom(ext6, 5000))
+	before := spoofed()
+	if err := sendUDP6(&q.Namespace, p.addr6, netip.AddrPortFrom(ext6, 5000), "forged", 10); err != nil {
+		t.Fatal(err)
+	}
+	if k := got("forged", 1); k != 0 {
+		t.Errorf("the outside received %d IPv6 datagrams forged with %s's address", k, p.name)
+	}
+	if d := spoofed() - before; d != 10 {
+		t.Errorf("%v drops counted spoofed after 10 forged IPv6 datagrams, want 10", d)
+	}
+	if err := sendUDP6(&q.Namespace, q.addr6, netip.AddrPortFrom(ext6, 5000), "own", 10); err != nil {
+		t.Fatal(err)
+	}
+	if k := got("own", 10); k != 10 {
+		t.Errorf("the outside received %d of 10 IPv6 datagrams from %s's own address", k, q.name)
+	}
+
+	// A host socket on [::] that is IPv6-only holds the IPv6 half of a
+	// hostPort on every address, not an IPv4 one.
+	var ln net.Listener
+	if err := n.topo.Host.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp6", "[::]:8090") // Go's tcp6 sets IPV6_V6ONLY
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := n.add(n.newPod("both", port(8090, 80, "tcp", ""))); cniCode(err) != cni.CodePortTaken {
+		t.Errorf("ADD of 8090 on both families beside an IPv6 listener on it: %v, want CNI error %d", err, cni.CodePortTaken)
+	}
+	four := n.newPod("four", port(8090, 80, "tcp", "0.0.0.0"))
+	n.mustAdd(four)
+	greet(t, &four.Namespace, ":80")
+	wantGreeting(t, &n.ext.Namespace, v4(8090), n.ext.Addr.String())
+
+	if err := n.del(p); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	wantNoAnswer(t, &n.ext.Namespace, v6(8080))
+	if err := json.Unmarshal(n.bpfnet("ct", "--json", "--addr", p.addr6.String()), &flows); err != nil || len(flows) != 0 {
+		t.Errorf("bpfnet ct --addr %s after DEL: %+v (%v), want none", p.addr6, flows, err)
+	}
+	for _, pj := range n.portsJSON() {
+		if pj["container"] == name {
+			t.Errorf("bpfnet ports after DEL: %v is still %s's", pj, name)
+		}
+	}
+	wantGreeting(t, &n.ext.Namespace, v4(8090), n.ext.Addr.String())
+}
+
+// listenUDP6 receives datagrams on addr in ns; the function it returns
+// counts those whose payload is what, up to want, waiting two seconds at
+// most.
+func listenUDP6(t *testing.T, ns *lab.Namespace, addr netip.AddrPort) func(what string, want int) int {
+	t.Helper()
+	conn, err := ns.ListenUDP(addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	got := make(chan string, 64)
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			k, _, err := conn.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			got <- string(buf[:k])
+		}
+	}()
+	return func(what string, want int) int {
+		deadline := time.After(2 * time.Second)
+		seen := 0
+		for {
+			select {
+			case m := <-got:
+				if m == what {
+					seen++
+				}
+				if seen == want {
+					return seen
+				}
+			case <-deadline:
+				return seen
+			}
+		}
+	}
+}
+
+// sendUDP6 sends count UDP datagrams from src to dst out of a raw socket
+// of ns (IPPROTO_RAW implies IPV6_HDRINCL), so that the source is kept as
+// given; the UDP checksum, which IPv6 requires, is computed here.
+func sendUDP6(ns *lab.Namespace, src netip.Addr, dst netip.AddrPort, payload string, count int) error {
+	d := make([]byte, 40+8+len(payload))
+	d[0] = 0x60
+	binary.BigEndian.PutUint16(d[4:], uint16(8+len(payload)))
+	d[6], d[7] = unix.IPPROTO_UDP, 64
+	s16, d16 := src.As16(), dst.Addr().As16()
+	copy(d[8:], s16[:])
+	copy(d[24:], d16[:])
+	u := d[40:]
+	binary.BigEndian.PutUint16(u[0:], 40000)
+	binary.BigEndian.PutUint16(u[2:], dst.Port())
+	binary.BigEndian.PutUint16(u[4:], uint16(len(u)))
+	copy(u[8:], payload)
+	// The pseudo-header (addresses, length, next header) and the datagram.
+	var sum uint32
+	add := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(binary.BigEndian.Uint16(b[i:]))
+		}
+		if len(b)%2 == 1 {
+			sum += uint32(b[len(b)-1]) << 8
+		}
+	}
+	add(d[8:40])
+	sum += uint32(len(u)) + unix.IPPROTO_UDP
+	add(u)
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	csum := ^uint16(sum)
+	if csum == 0 {
+		csum = 0xffff
+	}
+	binary.BigEndian.PutUint16(u[6:], csum)
+	return ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW, unix.IPPROTO_RAW)
+		if err != nil {
+			return fmt.Errorf("raw IPv6 socket in namespace %s: %w", ns.Name, err)
+		}
+		defer unix.Close(fd)
+		for range count {
+			if err := unix.Sendto(fd, d, 0, &unix.SockaddrInet6{Addr: d16}); err != nil {
+				return fmt.Errorf("sending to %s from namespace %s: %w", dst, ns.Name, err)
+			}
+		}
+		return nil
+	})
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +23,8 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/bpfnet/bpfnet/cni"
 	"github.com/bpfnet/bpfnet/lab"
@@ -44,6 +47,12 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// Go probes once per process whether the system has IPv6 (a bind of
+	// [::1]): probed here, not first in a lab namespace whose lo is down,
+	// where it would make every later wildcard listener IPv4-only.
+	if ln, err := net.Listen("tcp", "[::1]:0"); err == nil {
+		ln.Close()
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)
@@ -111,6 +120,28 @@ func newNode(t *testing.T) *node {
 // newNodeVersion is newNode with a conflist of cniVersion version.
 func newNodeVersion(t *testing.T, version string) *node {
 	t.Helper()
+	return newNodeWith(t, version, false)
+}
+
+// The dual-stack node's IPv6 addresses: host-local's range for the pods,
+// the host's uplink and the external namespace on it.
+var (
+	podSubnet6 = netip.MustParsePrefix("fd00:88::/64")
+	host6      = netip.MustParseAddr("2001:db8:231::1")
+	ext6       = netip.MustParseAddr("2001:db8:231::2")
+)
+
+// newDualStackNode is newNode whose conflist gives each pod an IPv6
+// address of podSubnet6 too (a second host-local range, as kubelet's
+// dual-stack pod CIDRs), with the host's uplink and the external
+// namespace on host6 and ext6.
+func newDualStackNode(t *testing.T) *node {
+	t.Helper()
+	return newNodeWith(t, "1.1.0", true)
+}
+
+func newNodeWith(t *testing.T, version string, dualStack bool) *node {
+	t.Helper()
 	lab.RequireRoot(t)
 	lab.RequireTools(t, "nsenter", "ip")
 	plugins(t)
@@ -124,11 +155,24 @@ func newNodeVersion(t *testing.T, version string) *node {
 		topo.Host.Command(context.Background(), agentBin, "down", "--pin-path", n.pin).Run()
 		os.RemoveAll(n.pin)
 	})
+	ranges, routes := fmt.Sprintf(`[[{"subnet":%q}]]`, podSubnet), `[{"dst":"0.0.0.0/0"}]`
+	if dualStack {
+		ranges, routes = fmt.Sprintf(`[[{"subnet":%q}],[{"subnet":%q}]]`, podSubnet, podSubnet6), `[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]`
+		for _, step := range []func() error{
+			func() error { return topo.Host.WriteSysctl("net/ipv6/conf/all/forwarding", "1") },
+			func() error { return addAddr6(topo.Host, n.ext.Uplink, host6, 64) },
+			func() error { return addAddr6(&n.ext.Namespace, "eth0", ext6, 64) },
+		} {
+			if err := step(); err != nil {
+				t.Fatalf("setting up IPv6: %v", err)
+			}
+		}
+	}
 	conf := fmt.Sprintf(`{"cniVersion":%q,"name":"pods","plugins":[
 	{"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":false,"hairpinMode":true,
-	 "ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]],"routes":[{"dst":"0.0.0.0/0"}]}},
+	 "ipam":{"type":"host-local","dataDir":%q,"ranges":%s,"routes":%s}},
 	{"type":"bpfnet","capabilities":{"portMappings":true},"pinPath":%q,"socket":%q,"stateDir":%q}]}`,
-		version, n.bridge, n.ipam, podSubnet, n.pin, n.socket, n.state)
+		version, n.bridge, n.ipam, ranges, routes, n.pin, n.socket, n.state)
 	n.conf = conf
 	var err error
 	if n.list, err = libcni.ConfListFromBytes([]byte(conf)); err != nil {
@@ -140,6 +184,21 @@ func newNodeVersion(t *testing.T, version string) *node {
 	n.cfg = libcni.NewCNIConfigWithCacheDir([]string{binDir}, n.cache, nil)
 	n.startAgent()
 	return n
+}
+
+// addAddr6 puts a/bits on dev of the namespace, without duplicate address
+// detection (nothing else on the lab's links has it).
+func addAddr6(ns *lab.Namespace, dev string, a netip.Addr, bits int) error {
+	h, err := ns.Handle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		return err
+	}
+	return h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(bits, 128)}, Flags: unix.IFA_F_NODAD})
 }
 
 // startAgent starts `bpfnet run --cni` and waits until it answers STATUS.
@@ -200,6 +259,7 @@ type pod struct {
 	name  string
 	rt    *libcni.RuntimeConf
 	addr  net.IP
+	addr6 netip.Addr // on a dual-stack node
 	ports []map[string]any
 }
 
@@ -261,6 +321,11 @@ func (n *node) add(p *pod) error {
 		}
 		ip, _, err := net.ParseCIDR(r.IPs[0].Address)
 		p.addr = ip
+		for _, a := range r.IPs[1:] {
+			if pre, perr := netip.ParsePrefix(a.Address); perr == nil && pre.Addr().Is6() {
+				p.addr6 = pre.Addr()
+			}
+		}
 		return err
 	})
 }

@@ -12,7 +12,7 @@
 //	  {"type":"bpfnet","capabilities":{"portMappings":true},"pinPath":"/sys/fs/bpf/bpfnet"}]}
 //
 // It speaks CNI 0.4.0 to 1.1.0. ADD reads the container's IPv4 address
-// and the host end of its veth (the interface of prevResult with no
+// (and its IPv6 one on a dual-stack network) and the host end of its veth (the interface of prevResult with no
 // sandbox that is a port of the bridge) from prevResult, and the ports
 // from runtimeConfig.portMappings; it returns prevResult unchanged. The
 // plugin holds no state and touches no BPF map: every command is one

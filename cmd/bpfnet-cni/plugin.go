@@ -81,14 +81,12 @@ func attachment(args *skel.CmdArgs, conf *netConf, needResult bool) (cni.Attachm
 	return a, nil
 }
 
-// fromResult finds the container's IPv4 address, its MAC, the host veth
+// fromResult finds the container's IPv4 address (and its IPv6 one on a
+// dual-stack network, the first of each family), its MAC, the host veth
 // and its bridge in the previous plugins' result: the host veth is an
 // interface with no sandbox whose link is a port of a bridge.
 func fromResult(a *cni.Attachment, res *current.Result) error {
 	for _, ip := range res.IPs {
-		if ip.Address.IP.To4() == nil {
-			continue
-		}
 		if ip.Interface != nil {
 			i := *ip.Interface
 			if i < 0 || i >= len(res.Interfaces) || res.Interfaces[i].Sandbox == "" {
@@ -96,16 +94,31 @@ func fromResult(a *cni.Attachment, res *current.Result) error {
 			}
 			a.MAC = res.Interfaces[i].Mac
 		}
-		addr, _ := netip.AddrFromSlice(ip.Address.IP.To4())
-		ones, _ := ip.Address.Mask.Size()
-		a.Addr, a.Subnet = addr, netip.PrefixFrom(addr, ones).Masked()
-		if gw, ok := netip.AddrFromSlice(ip.Gateway.To4()); ok {
-			a.Gateway = gw
+		addr, ok := netip.AddrFromSlice(ip.Address.IP)
+		if !ok {
+			continue
 		}
-		break
+		addr = addr.Unmap()
+		ones, _ := ip.Address.Mask.Size()
+		gw, _ := netip.AddrFromSlice(ip.Gateway)
+		switch {
+		case addr.Is4() && !a.Addr.IsValid():
+			if ones > 32 { // a 16-byte mask of an IPv4 address
+				ones -= 96
+			}
+			a.Addr, a.Subnet = addr, netip.PrefixFrom(addr, ones).Masked()
+			if gw.Unmap().Is4() {
+				a.Gateway = gw.Unmap()
+			}
+		case addr.Is6() && !a.Addr6.IsValid() && !addr.IsLinkLocalUnicast():
+			a.Addr6, a.Subnet6 = addr, netip.PrefixFrom(addr, ones).Masked()
+			if gw.Is6() && !gw.Is4In6() {
+				a.Gateway6 = gw
+			}
+		}
 	}
 	if !a.Addr.IsValid() {
-		return errors.New("no IPv4 address of the container")
+		return errors.New("no IPv4 address of the container (an IPv6-only pod is not served)")
 	}
 	for _, i := range res.Interfaces {
 		if i.Sandbox != "" {

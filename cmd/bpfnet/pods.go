@@ -30,7 +30,8 @@ func addCNIStateDirFlag(cmd *cobra.Command, dir *string) {
 // endpointNames names the endpoints eps. A pod's attachment names its
 // endpoint only while its host veth is the endpoint's interface, so a file
 // left behind never names another container. A state folder that cannot
-// be read is a warning: the endpoints are then named by their veths.
+// be read is a warning: the endpoints are then named by their veths. A
+// dual-stack pod names both its endpoints, IPv4 and IPv6.
 func endpointNames(eps []datapath.EndpointInfo, stateDir string) (map[netip.Addr]endpointName, []string) {
 	out := map[netip.Addr]endpointName{}
 	for _, e := range eps {
@@ -44,7 +45,7 @@ func endpointNames(eps []datapath.EndpointInfo, stateDir string) (map[netip.Addr
 	}
 	for _, a := range atts {
 		for _, e := range eps {
-			if e.Addr == a.Addr && ifName(int(e.Ifindex)) == a.HostVeth {
+			if (e.Addr == a.Addr || (a.Addr6.IsValid() && e.Addr == a.Addr6)) && ifName(int(e.Ifindex)) == a.HostVeth {
 				out[e.Addr] = endpointName{Name: a.Name(), ContainerID: a.ContainerID}
 			}
 		}

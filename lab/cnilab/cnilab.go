@@ -82,6 +82,9 @@ type Config struct {
 	Dir string
 	// Subnet of the pods; default 10.88.0.0/22.
 	Subnet string
+	// Subnet6, when set, is a second host-local range, an IPv6 prefix:
+	// the pods are dual-stack.
+	Subnet6 string
 }
 
 // Node is a CNI node in a lab's host namespace.
@@ -108,7 +111,9 @@ type PortMapping struct {
 type Pod struct {
 	lab.Namespace
 	Addr netip.Addr
-	rt   *libcni.RuntimeConf
+	// Addr6 is the pod's IPv6 address on a dual-stack node.
+	Addr6 netip.Addr
+	rt    *libcni.RuntimeConf
 }
 
 // Start writes the node's conflist and, for Bpfnet, starts the agent and
@@ -119,9 +124,14 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, Pin: lab.PinDir(cfg.Topo.Prefix, "cni"), Socket: filepath.Join(cfg.Dir, "cni.sock"),
 		State: filepath.Join(cfg.Dir, "attachments")}
+	ranges, routes := fmt.Sprintf(`[[{"subnet":%q}]]`, cfg.Subnet), `[{"dst":"0.0.0.0/0"}]`
+	if cfg.Subnet6 != "" {
+		ranges = fmt.Sprintf(`[[{"subnet":%q}],[{"subnet":%q}]]`, cfg.Subnet, cfg.Subnet6)
+		routes = `[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]`
+	}
 	bridge := fmt.Sprintf(`{"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":%t,"hairpinMode":true,
-	 "ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]],"routes":[{"dst":"0.0.0.0/0"}]}}`,
-		cfg.Topo.Prefix+"-cni", cfg.Plugin == Portmap, filepath.Join(cfg.Dir, "ipam"), cfg.Subnet)
+	 "ipam":{"type":"host-local","dataDir":%q,"ranges":%s,"routes":%s}}`,
+		cfg.Topo.Prefix+"-cni", cfg.Plugin == Portmap, filepath.Join(cfg.Dir, "ipam"), ranges, routes)
 	var chained string
 	switch cfg.Plugin {
 	case Portmap:
@@ -236,6 +246,11 @@ func (n *Node) AddPod(ctx context.Context, name string, ports ...PortMapping) (*
 			return err
 		}
 		p.Addr, _ = netip.AddrFromSlice(ip.To4())
+		for _, a := range r.IPs[1:] {
+			if pre, err := netip.ParsePrefix(a.Address); err == nil && pre.Addr().Is6() {
+				p.Addr6 = pre.Addr()
+			}
+		}
 		return nil
 	})
 	if err != nil {

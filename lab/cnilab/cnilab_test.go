@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,8 +14,23 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/bpfnet/bpfnet/lab"
 )
+
+// TestMain settles how the net package opens sockets before a test
+// runs in a lab namespace: Go probes once per process whether the
+// system has IPv6 (a bind of [::1]), and a probe made first in a pod's
+// namespace whose lo is down would make every later wildcard listener
+// IPv4-only.
+func TestMain(m *testing.M) {
+	if ln, err := net.Listen("tcp", "[::1]:0"); err == nil {
+		ln.Close()
+	}
+	os.Exit(m.Run())
+}
 
 func goCmd() string {
 	if p, err := exec.LookPath("go"); err == nil {
@@ -146,4 +162,105 @@ func TestNodesManyPods(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestNodesDualStack: both ways of serving pods on a dual-stack node
+// (host-local with an IPv6 range too) behave alike on IPv6: the pod's
+// hostPort answers at the host's IPv6 address with the client's address
+// kept, a hostPort on 0.0.0.0 does not answer there (and does on IPv4),
+// and the pod's IPv6 connection out leaves with the host's IPv6 address.
+func TestNodesDualStack(t *testing.T) {
+	lab.RequireRoot(t)
+	lab.RequireTools(t, "ip", "nsenter", "iptables", "ip6tables")
+	bin := t.TempDir()
+	if err := BuildPlugins(goCmd(), bin); err != nil {
+		t.Fatal(err)
+	}
+	agent := lab.BuildBpfnet(t)
+	host6, ext6 := netip.MustParseAddr("2001:db8:231::1"), netip.MustParseAddr("2001:db8:231::2")
+	for _, plugin := range []Plugin{Portmap, Bpfnet} {
+		t.Run(string(plugin), func(t *testing.T) {
+			topo := lab.Setup(t, lab.Config{})
+			ext := topo.Externals[0]
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := topo.Host.WriteSysctl("net/ipv6/conf/all/forwarding", "1"); err != nil {
+				t.Fatal(err)
+			}
+			if err := addAddr6(topo.Host, ext.Uplink, host6); err != nil {
+				t.Fatal(err)
+			}
+			if err := addAddr6(&ext.Namespace, "eth0", ext6); err != nil {
+				t.Fatal(err)
+			}
+			n, err := Start(Config{Topo: topo, Plugin: plugin, BinDir: bin, Agent: agent, Dir: t.TempDir(), Subnet6: "fd00:88::/64"})
+			if n != nil {
+				t.Cleanup(func() {
+					if err := n.Close(); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := n.AddPod(ctx, "web", PortMapping{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"},
+				PortMapping{HostPort: 8081, ContainerPort: 80, Protocol: "tcp", HostIP: "0.0.0.0"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !p.Addr6.Is6() {
+				t.Fatalf("the pod has no IPv6 address (%s)", p.Addr6)
+			}
+			// lo up, as a runtime's loopback plugin brings it.
+			if out, err := p.Run(ctx, "ip", "link", "set", "lo", "up"); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			greet := func(c net.Conn) { fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP) }
+			p.ServeTCP(t, ":80", greet)
+			ext.ServeTCP(t, "[::]:9000", greet)
+			greeting := func(ns *lab.Namespace, addr string) (string, error) {
+				var got string
+				var err error
+				for i := 0; i < 30; i++ {
+					if got, err = ns.Greeting(addr); err == nil {
+						break
+					}
+					time.Sleep(200 * time.Millisecond)
+				}
+				return got, err
+			}
+			at := func(a netip.Addr, port uint16) string { return netip.AddrPortFrom(a, port).String() }
+			if got, err := greeting(&ext.Namespace, at(host6, 8080)); got != ext6.String() {
+				t.Errorf("hostPort from outside over IPv6: greeting %q (%v), want the client's %s", got, err, ext6)
+			}
+			if got, err := greeting(&ext.Namespace, ext.HostAddr.String()+":8081"); got != ext.Addr.String() {
+				t.Errorf("hostPort on 0.0.0.0 over IPv4: greeting %q (%v), want the client's %s", got, err, ext.Addr)
+			}
+			if got, err := ext.Greeting(at(host6, 8081)); err == nil {
+				t.Errorf("hostPort on 0.0.0.0 answered over IPv6 (%q)", got)
+			}
+			if got, err := greeting(&p.Namespace, at(ext6, 9000)); got != host6.String() {
+				t.Errorf("the pod's IPv6 connection out: seen as %q (%v), want the host's %s", got, err, host6)
+			}
+			if err := n.DelPod(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// addAddr6 puts a/64 on dev of the namespace, without duplicate address
+// detection (nothing else on the lab's links has it).
+func addAddr6(ns *lab.Namespace, dev string, a netip.Addr) error {
+	h, err := ns.Handle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		return err
+	}
+	return h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(64, 128)}, Flags: unix.IFA_F_NODAD})
 }
