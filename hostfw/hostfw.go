@@ -17,7 +17,7 @@
 //     separate kernel state). It counts the rules of DOCKER-USER other
 //     than a bare "-j RETURN" (which Docker itself installs) and the
 //     rules of ufw's forward chains (ufw-before-forward, ufw-user-forward,
-//     ...);
+//     ufw6-user-forward, ...);
 //   - nftables through netlink (github.com/google/nftables, no nft binary
 //     needed): base chains hooked at forward, in the ip, ip6, inet and
 //     bridge families, that have rules or a drop policy, except the tables
@@ -171,9 +171,11 @@ func save(ctx context.Context, netnsPath, bin string) ([]byte, error) {
 }
 
 // watched reports whether rules in an iptables filter chain of this name
-// filter forwarded packets that the fast path takes around them.
+// filter forwarded packets that the fast path takes around them (ufw names
+// its ip6tables chains ufw6-*).
 func watched(chain string) bool {
-	return chain == "DOCKER-USER" || (strings.HasPrefix(chain, "ufw-") && strings.HasSuffix(chain, "-forward"))
+	ufw := strings.HasPrefix(chain, "ufw-") || strings.HasPrefix(chain, "ufw6-")
+	return chain == "DOCKER-USER" || (ufw && strings.HasSuffix(chain, "-forward"))
 }
 
 // ParseSave returns the watched chains with rules in the filter table of

@@ -52,6 +52,17 @@ COMMIT
 			{Source: "x", Table: "filter", Chain: "ufw-before-forward", Rules: 2},
 			{Source: "x", Table: "filter", Chain: "ufw-user-forward", Rules: 1},
 		}},
+		// ufw's ip6tables chains, as ip6tables-save prints them.
+		{"ufw6", `*filter
+-A ufw6-before-forward -p ipv6-icmp -m icmp6 --icmpv6-type 128 -j ACCEPT
+-A ufw6-before-forward -j ufw6-user-forward
+-A ufw6-user-forward -p tcp --dport 80 -j ACCEPT
+-A ufw6-before-input -j ACCEPT
+COMMIT
+`, []Chain{
+			{Source: "x", Table: "filter", Chain: "ufw6-before-forward", Rules: 2},
+			{Source: "x", Table: "filter", Chain: "ufw6-user-forward", Rules: 1},
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := ParseSave("x", []byte(tc.out)); !slices.Equal(got, tc.want) {
@@ -119,13 +130,13 @@ func TestDetectLab(t *testing.T) {
 	run("ip6tables-nft", "-A", "DOCKER-USER", "-j", "RETURN")
 	detect(ufw, dockerUser)
 	run("ip6tables-nft", "-I", "DOCKER-USER", "-s", "2001:db8::9", "-j", "DROP")
-	run("ip6tables-legacy", "-N", "ufw-before-forward")
-	run("ip6tables-legacy", "-A", "ufw-before-forward", "-p", "ipv6-icmp", "-j", "ACCEPT")
+	run("ip6tables-legacy", "-N", "ufw6-before-forward")
+	run("ip6tables-legacy", "-A", "ufw6-before-forward", "-p", "ipv6-icmp", "-j", "ACCEPT")
 	dockerUser6 := Chain{Source: SourceIp6tablesNft, Table: "filter", Chain: "DOCKER-USER", Rules: 1}
-	ufw6 := Chain{Source: SourceIp6tablesLegacy, Table: "filter", Chain: "ufw-before-forward", Rules: 1}
+	ufw6 := Chain{Source: SourceIp6tablesLegacy, Table: "filter", Chain: "ufw6-before-forward", Rules: 1}
 	detect(ufw6, dockerUser6, ufw, dockerUser)
 	run("ip6tables-nft", "-D", "DOCKER-USER", "-s", "2001:db8::9", "-j", "DROP")
-	run("ip6tables-legacy", "-F", "ufw-before-forward")
+	run("ip6tables-legacy", "-F", "ufw6-before-forward")
 	detect(ufw, dockerUser)
 
 	// A table of nftables' own: a forward base chain counts once it has a
