@@ -34,10 +34,12 @@ func TestLabPublishPortsIPv6(t *testing.T) {
 	}
 	up := "[" + labHost6.String() + "]"
 	// The applied port answers first, retried as the other lab tests do.
-	// It also has the host and the container learn each other's link
-	// addresses: in the lab's first second, datagrams sent while Neighbour
-	// Discovery runs were seen lost (also with Apply alone; the cause was
-	// not pinned down), and the UDP checks below try only three times.
+	// It also has the host learn the container's link address: in the
+	// lab's first second the new bridge's link-local address is still
+	// tentative (DAD), and the host sends no Neighbour Solicitation for a
+	// forwarded packet (whose source is not the host's) until it is, so
+	// the first datagrams from the outside wait a second, longer than the
+	// UDP checks below try.
 	var err error
 	for try := 0; try < 20; try++ {
 		var got string
