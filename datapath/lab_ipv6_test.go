@@ -68,6 +68,13 @@ func addRoute6(ns *lab.Namespace, dev string, dst netip.Prefix, gw netip.Addr) e
 // families.
 func dualStackLab(t *testing.T, ports []PortMapping) (*labDatapath, *lab.External) {
 	t.Helper()
+	return dualStackLabWith(t, ports, Options{})
+}
+
+// dualStackLabWith is dualStackLab with the datapath's options (the pin
+// path is the lab's).
+func dualStackLabWith(t *testing.T, ports []PortMapping, opts Options) (*labDatapath, *lab.External) {
+	t.Helper()
 	l := newLabDatapath(t, lab.Config{Containers: []lab.ContainerConfig{{Bridge: 0}, {Bridge: 0}}})
 	topo := l.topo
 	ext := topo.Externals[0]
@@ -104,7 +111,8 @@ func dualStackLab(t *testing.T, ports []PortMapping) (*labDatapath, *lab.Externa
 				}
 			}
 		}
-		dp, err := NewEBPF(Options{PinPath: l.pin})
+		opts.PinPath = l.pin
+		dp, err := NewEBPF(opts)
 		if err != nil {
 			return err
 		}

@@ -152,16 +152,20 @@ func upload(t *testing.T, ns *lab.Namespace, addr string) (int, error) {
 // address, is translated to the container, which lowers its path MTU, and
 // both transfers complete. Its twin with MTU 1500 everywhere completes
 // with no Packet Too Big at all, so the first is not a transfer that never
-// needed one.
+// needed one. Through the stack and with the fast path.
 func TestLabPMTU6(t *testing.T) {
 	lab.RequireTools(t, "ip")
+	forBothPaths(t, testLabPMTU6)
+}
+
+func testLabPMTU6(t *testing.T, fast bool) {
 	for _, c := range []struct {
 		mtu     int
 		tooBig  bool
 		pathMTU string
 	}{{1280, true, "1280"}, {1500, false, "none"}} {
 		t.Run(fmt.Sprintf("router_mtu=%d", c.mtu), func(t *testing.T) {
-			l, _ := dualStackLab(t, []PortMapping{{Proto: TCP, HostPort: 8080, ContainerIP: labCtr6[0], ContainerPort: 80}})
+			l, _ := dualStackLabWith(t, []PortMapping{{Proto: TCP, HostPort: 8080, ContainerIP: labCtr6[0], ContainerPort: 80}}, Options{FastPath: fast})
 			c0 := l.topo.Containers[0]
 			far := farHost6(t, l.topo, c.mtu)
 			c0.ServeTCP(t, "[::]:80", func(conn net.Conn) {
