@@ -27,8 +27,8 @@ import (
 )
 
 var (
-	labRouter6 = netip.MustParseAddr("2001:db8:232::1") // the external namespace, routing to far
-	labFar6    = netip.MustParseAddr("2001:db8:232::2") // a host behind it
+	labRouter6 = netip.MustParseAddr("2001:db8:2ff::1") // the external namespace, routing to far
+	labFar6    = netip.MustParseAddr("2001:db8:2ff::2") // a host behind it
 )
 
 // farHost6 adds, behind the external namespace of a dual-stack lab, a far
