@@ -153,8 +153,8 @@ type FirewallVerdict struct {
 //
 // Refused (a conflict): Docker's NAT rules, IPv4 or IPv6, for a bridge
 // bpfnet serves in its namespace (bpfnet translates both families), and a
-// dockerd in that namespace running with iptables or ip6tables on (it
-// installs them with its next network or container, and again at each
+// dockerd in that namespace running with iptables on, or ip6tables set on
+// (it installs them with its next network or container, and again at each
 // restart).
 //
 // Warned: the userland proxy (on in dockerd's settings or /info, or
@@ -190,7 +190,11 @@ func Decide(f FirewallFacts) FirewallVerdict {
 		if d.IPTables.On {
 			v.Conflicts = append(v.Conflicts, fmt.Sprintf("dockerd (pid %d) runs with iptables %s: it installs NAT rules for every network and published port", d.PID, d.IPTables))
 		}
-		if d.IP6Tables.On {
+		// ip6tables needs iptables (Docker 20.10 refuses to start with
+		// ip6tables on and iptables off): Docker's default of ip6tables
+		// (on since 27.0) next to iptables off is not judged a conflict,
+		// only an ip6tables set on. Rules it made are refused above.
+		if d.IP6Tables.On && (d.IPTables.On || d.IP6Tables.From != "default") {
 			v.Conflicts = append(v.Conflicts, fmt.Sprintf("dockerd (pid %d) runs with ip6tables %s: it installs IPv6 NAT rules for every IPv6 network and published port", d.PID, d.IP6Tables))
 		}
 		proxy = proxy || d.UserlandProxy.On

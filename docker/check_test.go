@@ -373,8 +373,11 @@ func TestDecide(t *testing.T) {
 			f.DaemonErr = "no dockerd process in this PID namespace"
 			f.FirewallBackend = &system.FirewallInfo{Driver: "nftables", Info: [][2]string{{"EnableUserlandProxy", "true"}}}
 		}, warnings: []string{"not checked (no dockerd process", "dockerd runs docker-proxy"}},
-		{name: "ip6tables", facts: func(f *FirewallFacts) { f.Daemon.IP6Tables = on },
-			conflicts: []string{"runs with ip6tables true (Docker's default): it installs IPv6 NAT rules"}},
+		{name: "ip6tables_default_iptables_on", facts: func(f *FirewallFacts) { f.Daemon.IPTables = on; f.Daemon.IP6Tables = on },
+			conflicts: []string{"runs with iptables true", "runs with ip6tables true (Docker's default): it installs IPv6 NAT rules"}},
+		// Docker 27+'s default ip6tables with iptables off: not judged
+		// (ip6tables needs iptables); the twin of the explicit one below.
+		{name: "ip6tables_default_iptables_off", facts: func(f *FirewallFacts) { f.Daemon.IP6Tables = on }},
 		{name: "ip6tables_flag", facts: func(f *FirewallFacts) { f.Daemon.IP6Tables = Setting{On: true, From: "--ip6tables=true"} },
 			conflicts: []string{"ip6tables true (--ip6tables=true)"}},
 		{name: "other_netns_ip6tables", facts: func(f *FirewallFacts) { f.Daemon.OtherNetns = true; f.Daemon.IP6Tables = on },
