@@ -63,7 +63,8 @@ func PortsDiff(have, want datapath.State) (unpublish, publish []datapath.PortMap
 	// bindings (datapath.GatewayRouted): only Apply writes them.
 	for _, m := range slices.Concat(unpublish, publish) {
 		for _, n := range want.Networks {
-			if n.GatewayMode == datapath.GatewayRouted && n.Subnet.Contains(m.ContainerIP) {
+			if n.GatewayMode == datapath.GatewayRouted && n.Subnet.Contains(m.ContainerIP) ||
+				n.GatewayModeIPv6 == datapath.GatewayRouted && n.Subnet6.Contains(m.ContainerIP) {
 				return nil, nil, false
 			}
 		}

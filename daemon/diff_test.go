@@ -102,8 +102,16 @@ func TestPortsDiffRouted(t *testing.T) {
 			Gateway: netip.MustParseAddr("172.30.1.1"), GatewayMode: datapath.GatewayRouted})
 		return s
 	}
+	st6 := func(ports ...datapath.PortMapping) datapath.State {
+		s := st(ports...)
+		s.Networks[0].Subnet6 = netip.MustParsePrefix("fd00:30::/64")
+		s.Networks[1].Subnet6, s.Networks[1].GatewayModeIPv6 = netip.MustParsePrefix("fd00:31::/64"), datapath.GatewayRouted
+		return s
+	}
 	a80 := pm(datapath.TCP, "", 8080, "172.30.0.2", 80)
 	r80 := pm(datapath.TCP, "", 0, "172.30.1.2", 80)
+	a6 := pm(datapath.TCP, "::", 8080, "fd00:30::2", 80)
+	r6 := pm(datapath.TCP, "", 0, "fd00:31::2", 80)
 	for _, tc := range []struct {
 		name       string
 		have, want datapath.State
@@ -112,6 +120,9 @@ func TestPortsDiffRouted(t *testing.T) {
 		{"nat port published", st(r80), st(r80, a80), true},
 		{"routed port published", st(a80), st(a80, r80), false},
 		{"routed port removed", st(a80, r80), st(a80), false},
+		{"IPv6 nat port published", st6(r6), st6(r6, a6), true},
+		{"IPv6 routed port published", st6(a6), st6(a6, r6), false},
+		{"IPv6 routed port removed", st6(a6, r6), st6(a6), false},
 	} {
 		if _, _, ok := PortsDiff(tc.have, tc.want); ok != tc.ok {
 			t.Errorf("%s: incremental %v, want %v", tc.name, ok, tc.ok)

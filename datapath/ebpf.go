@@ -341,6 +341,8 @@ type resolved struct {
 	// specific counts the bindings of ports to a specific host address,
 	// by protocol and port (ports.go); nil until needed.
 	specific map[bpfPortKey]int
+	// specific6 is specific's twin for ports6.
+	specific6 map[bpfPort6Key]int
 	// allow holds the source allowlists that ports name (allow.go).
 	allow *allowLists
 
@@ -660,14 +662,10 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 		}
 	}
 
-	type backend6 struct {
-		addr [4]uint32
-		port uint16
-	}
-	gone6 := map[backend6]bool{}
+	var gone6 []bpfPort6Target
 	for k, v := range prev.ports6 {
 		if nv, ok := r.ports6[k]; !ok || nv.Addr != v.Addr || nv.Port != v.Port {
-			gone6[backend6{v.Addr, v.Port}] = true
+			gone6 = append(gone6, v)
 		}
 	}
 
@@ -707,15 +705,7 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 		}
 	}
 	if len(gone6) > 0 {
-		if _, err := d.deleteCT6(func(k bpfCt6Key, v bpfCt6Entry) bool {
-			if v.Kind != bpfCtKind(KindDNAT) && v.Kind != bpfCtKind(KindHairpin) {
-				return false
-			}
-			if v.Flags&ctReply != 0 {
-				return gone6[backend6{k.Saddr, k.Sport}]
-			}
-			return gone6[backend6{v.Ndaddr, v.Ndport}]
-		}); err != nil {
+		if _, err := d.flushBackends6(gone6); err != nil {
 			return err
 		}
 	}

@@ -7,14 +7,18 @@ package datapath
 // calls of fuzzed protocol, family, source binding, address and port, in a
 // namespace of its own whose sockets the programs translate, attached to
 // the test process's cgroup. The namespace has only lo, and every IPv4
-// address is local there (a local route for 0.0.0.0/0), so each call's first packet stays
-// in it and is read back from raw sockets. Per input:
+// and IPv6 address is local there (local routes for 0.0.0.0/0 and ::/0), so
+// each call's first packet stays in it and is read back from raw sockets
+// (IPv4) or a packet socket on lo (IPv6). The families: IPv4, IPv6
+// reaching IPv4 through mapped addresses, and IPv6 to IPv6 published ports.
+// Per input:
 //
 //   - the packet goes to the address and port asked for (0.0.0.0 being
-//     the socket's own address or 127.0.0.1), or, when they are a
-//     published port that the socket may use (an exact binding first, then
-//     one to every address; the address loopback, a host address or
-//     0.0.0.0; the socket not bound to loopback), to its target;
+//     the socket's own address or 127.0.0.1, :: being ::1), or, when they
+//     are a published port of the destination's family that the socket may
+//     use (an exact binding first, then one to every address; the address
+//     loopback, a host address or the unspecified one; the socket not
+//     bound to loopback), to its target;
 //   - a connected socket's peer is what it asked for, translated or not;
 //   - the reverse translation recorded is the one of that socket, and
 //     nothing else is recorded; the published ports and host addresses are
@@ -40,9 +44,50 @@ type sockFuzzEnv struct {
 	ns        *netnsRunner
 	dp        bpfObjects
 	rev       *ebpf.Map
+	rev6      *ebpf.Map
 	published map[bpfPortKey]bpfPortTarget
 	hostAddrs map[uint32]uint32
 	raw       map[int]int // protocol -> raw socket in the namespace
+	// The IPv6 half: published6 and host_addrs6 as written, and a packet
+	// socket on lo that sees every IPv6 packet of the namespace.
+	published6 map[bpfPort6Key]bpfPort6Target
+	hostAddrs6 map[bpfIn6Key]uint32
+	pkt6       int
+}
+
+// The IPv6 topology of the sock target: host addresses (on lo, so that
+// sockets can bind them), containers, and IPv6 published ports of every
+// kind: to every address, to one host address, to ::1 only.
+var (
+	sockHost6  = netip.MustParseAddr("2001:db8:99::1")
+	sockHost6b = netip.MustParseAddr("2001:db8:99::2")
+	sockGw6    = netip.MustParseAddr("fd00:99::1")
+	sockCtr6A  = netip.MustParseAddr("fd00:99::2")
+	sockCtr6B  = netip.MustParseAddr("fd00:99::3")
+	sockFar6   = netip.MustParseAddr("2001:db8:77::9")
+)
+
+type sockPub6 struct {
+	proto  uint8
+	host   netip.Addr // invalid: every address
+	hport  uint16
+	target netip.AddrPort
+}
+
+var sockFuzzPorts6 = []sockPub6{
+	{unix.IPPROTO_TCP, netip.Addr{}, 8080, netip.AddrPortFrom(sockCtr6A, 80)},
+	{unix.IPPROTO_UDP, netip.Addr{}, 5353, netip.AddrPortFrom(sockCtr6B, 53)},
+	{unix.IPPROTO_TCP, sockHost6b, 8081, netip.AddrPortFrom(sockCtr6A, 81)},
+	{unix.IPPROTO_TCP, netip.IPv6Loopback(), 8082, netip.AddrPortFrom(sockCtr6B, 82)},
+	{unix.IPPROTO_UDP, netip.IPv6Loopback(), 9100, netip.AddrPortFrom(sockCtr6A, 53)},
+}
+
+func port6Key(proto uint8, host netip.Addr, port uint16) bpfPort6Key {
+	k := bpfPort6Key{Port: be16(port), Proto: proto}
+	if host.IsValid() && !host.IsUnspecified() {
+		k.Addr = be128(host)
+	}
+	return k
 }
 
 func newSockFuzzEnv(f testing.TB) *sockFuzzEnv {
@@ -67,6 +112,26 @@ func newSockFuzzEnv(f testing.TB) *sockFuzzEnv {
 		if err := netlink.RouteAdd(&anyIP); err != nil {
 			return fmt.Errorf("adding the local route for every address: %w", err)
 		}
+		anyIP6 := netlink.Route{Dst: &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}, LinkIndex: lo.Attrs().Index,
+			Type: unix.RTN_LOCAL, Table: unix.RT_TABLE_LOCAL, Scope: unix.RT_SCOPE_HOST}
+		if err := netlink.RouteAdd(&anyIP6); err != nil {
+			return fmt.Errorf("adding the local route for every IPv6 address: %w", err)
+		}
+		// IPv6 binds only addresses of an interface, the route is not enough.
+		for _, a := range []netip.Addr{sockHost6, sockHost6b, sockGw6} {
+			ipn := &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(128, 128)}
+			if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: ipn, Flags: unix.IFA_F_NODAD}); err != nil {
+				return fmt.Errorf("adding %s to lo: %w", a, err)
+			}
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_IPV6)))
+		if err != nil {
+			return fmt.Errorf("opening a packet socket: %w", err)
+		}
+		e.pkt6 = fd
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IPV6), Ifindex: lo.Attrs().Index}); err != nil {
+			return fmt.Errorf("binding the packet socket to lo: %w", err)
+		}
 		for _, proto := range []int{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
 			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
 			if err != nil {
@@ -80,6 +145,9 @@ func newSockFuzzEnv(f testing.TB) *sockFuzzEnv {
 	f.Cleanup(func() {
 		for _, fd := range e.raw {
 			unix.Close(fd)
+		}
+		if e.pkt6 > 0 {
+			unix.Close(e.pkt6)
 		}
 	})
 
@@ -100,6 +168,23 @@ func newSockFuzzEnv(f testing.TB) *sockFuzzEnv {
 	if e.hostAddrs, err = readMap[uint32, uint32](e.dp.HostAddrs); err != nil {
 		f.Fatal(err)
 	}
+	for _, p := range sockFuzzPorts6 {
+		t := bpfPort6Target{Addr: be128(p.target.Addr()), Port: be16(p.target.Port()), Id: uint32(p.hport)}
+		if err := e.dp.Published6.Put(port6Key(p.proto, p.host, p.hport), t); err != nil {
+			f.Fatal(err)
+		}
+	}
+	for _, a := range []netip.Addr{sockHost6, sockHost6b, sockGw6} {
+		if err := e.dp.HostAddrs6.Put(bpfIn6Key{A: be128(a)}, uint32(1)); err != nil {
+			f.Fatal(err)
+		}
+	}
+	if e.published6, err = readMap[bpfPort6Key, bpfPort6Target](e.dp.Published6); err != nil {
+		f.Fatal(err)
+	}
+	if e.hostAddrs6, err = readMap[bpfIn6Key, uint32](e.dp.HostAddrs6); err != nil {
+		f.Fatal(err)
+	}
 
 	sspec, err := SockSpec(cookie, false)
 	if err != nil {
@@ -111,12 +196,13 @@ func newSockFuzzEnv(f testing.TB) *sockFuzzEnv {
 	}
 	co := ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 		"published": e.dp.Published, "host_addrs": e.dp.HostAddrs, "port_conns": e.dp.PortConns,
+		"published6": e.dp.Published6, "host_addrs6": e.dp.HostAddrs6,
 	}}
 	if err := sspec.LoadAndAssign(&objs, &co); err != nil {
 		f.Fatalf("loading the sock programs: %v", err)
 	}
 	f.Cleanup(func() { objs.sockPrograms.Close(); objs.sockOwnMaps.Close() })
-	e.rev = objs.SockRev4
+	e.rev, e.rev6 = objs.SockRev4, objs.SockRev6
 
 	cgroup, err := ProcessCgroup("", os.Getpid())
 	if err != nil {
@@ -152,13 +238,49 @@ func (e *sockFuzzEnv) sockTarget(proto uint8, addr netip.Addr, port uint16) (net
 	return netip.AddrPortFrom(addrFrom(t.Addr), port16(t.Port)), true
 }
 
-// Binding choices of a fuzzed socket.
-var sockFuzzBinds = []netip.Addr{{}, netip.MustParseAddr("127.0.0.1"), hostIP, netip.MustParseAddr("127.0.0.5"), gwIP}
+// sockTarget6 is sockTarget's twin for an IPv6 destination.
+func (e *sockFuzzEnv) sockTarget6(proto uint8, addr netip.Addr, port uint16) (netip.AddrPort, bool) {
+	if proto != unix.IPPROTO_TCP && proto != unix.IPPROTO_UDP {
+		return netip.AddrPort{}, false
+	}
+	if !addr.IsUnspecified() && !addr.IsLoopback() && e.hostAddrs6[bpfIn6Key{A: be128(addr)}] == 0 {
+		return netip.AddrPort{}, false
+	}
+	t, ok := e.published6[port6Key(proto, addr, port)]
+	if !ok || addr.IsUnspecified() {
+		t, ok = e.published6[port6Key(proto, netip.Addr{}, port)]
+	}
+	if !ok {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(addr6From(t.Addr), port16(t.Port)), true
+}
+
+// Binding choices of a fuzzed socket, IPv4 (and mapped) and IPv6.
+var (
+	sockFuzzBinds  = []netip.Addr{{}, netip.MustParseAddr("127.0.0.1"), hostIP, netip.MustParseAddr("127.0.0.5"), gwIP}
+	sockFuzzBinds6 = []netip.Addr{{}, netip.IPv6Loopback(), sockHost6, sockGw6}
+)
+
+// sockFuzzAddrs6 are the IPv6 destinations a fuzzed address picks from.
+var sockFuzzAddrs6 = []netip.Addr{netip.IPv6Loopback(), netip.IPv6Unspecified(), sockHost6, sockHost6b, sockGw6, sockCtr6A, sockFar6,
+	netip.MustParseAddr("::2"), netip.MustParseAddr("::ffff:0:1")}
+
+// fuzzAddr6 makes an IPv6 destination of a fuzzed word: one of
+// sockFuzzAddrs6, its last byte replaced when the top bit is set.
+func fuzzAddr6(w uint32) netip.Addr {
+	a := sockFuzzAddrs6[int(w&0xffff)%len(sockFuzzAddrs6)].As16()
+	if w&0x80000000 != 0 {
+		a[15] = byte(w >> 16)
+	}
+	return netip.AddrFrom16(a)
+}
 
 // sockCall is one fuzzed socket call.
 type sockCall struct {
-	proto  int // unix.IPPROTO_TCP or unix.IPPROTO_UDP
-	six    bool
+	proto  int  // unix.IPPROTO_TCP or unix.IPPROTO_UDP
+	six    bool // an IPv6 socket
+	v6     bool // ... to an IPv6 destination (else a mapped IPv4 one)
 	sendto bool
 	bind   netip.Addr
 	dst    netip.AddrPort
@@ -168,6 +290,9 @@ func (c sockCall) String() string {
 	fam, how := "IPv4", "connect"
 	if c.six {
 		fam = "IPv6 (mapped)"
+	}
+	if c.v6 {
+		fam = "IPv6"
 	}
 	if c.sendto {
 		how = "sendto"
@@ -196,6 +321,29 @@ func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
 		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
 	}
 	return netip.AddrPort{}
+}
+
+// firstFrom6 is firstFrom for the packet socket: the destination of the
+// first IPv6 packet of protocol proto from local port sport.
+func firstFrom6(fd int, proto int, sport uint16, d time.Duration) (netip.AddrPort, bool) {
+	buf := make([]byte, 4096)
+	deadline := time.Now().Add(d)
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err == nil {
+			if n < 44 || buf[0]>>4 != 6 || int(buf[6]) != proto || binary.BigEndian.Uint16(buf[40:]) != sport {
+				continue
+			}
+			dst := netip.AddrFrom16([16]byte(buf[24:40]))
+			return netip.AddrPortFrom(dst, binary.BigEndian.Uint16(buf[42:])), true
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return netip.AddrPort{}, false
+		}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		unix.Poll(pfd, int(left.Milliseconds())+1)
+	}
 }
 
 // sockResult is what a call did, as seen from the namespace.
@@ -252,6 +400,9 @@ func (e *sockFuzzEnv) call(c sockCall) sockResult {
 	var r sockResult
 	e.ns.do(func() {
 		raw := e.raw[c.proto]
+		if c.v6 {
+			raw = e.pkt6
+		}
 		drain(raw)
 		fam, typ := unix.AF_INET, unix.SOCK_STREAM
 		if c.six {
@@ -298,7 +449,11 @@ func (e *sockFuzzEnv) call(c sockCall) sockResult {
 			r.local = addrPortOf(ls)
 		}
 		if r.err == nil && r.local.Port() != 0 {
-			r.sent, r.seen = firstFrom(raw, r.local.Port(), 200*time.Millisecond)
+			if c.v6 {
+				r.sent, r.seen = firstFrom6(raw, c.proto, r.local.Port(), 200*time.Millisecond)
+			} else {
+				r.sent, r.seen = firstFrom(raw, r.local.Port(), 200*time.Millisecond)
+			}
 		}
 	})
 	return r
@@ -315,6 +470,19 @@ func sockFuzzSeeds() [][4]uint64 {
 		for j, p := range ports {
 			op := uint64(i*len(ports) + j)
 			out = append(out, [4]uint64{op % 8, op % uint64(len(sockFuzzBinds)), uint64(be32(a)), uint64(p)})
+		}
+	}
+	// IPv6 destinations (op bit 3): each address of sockFuzzAddrs6 and a
+	// near miss of each, to the IPv6 published ports and others.
+	ports6 := []uint16{8080, 8081, 8082, 5353, 9100, 80, 1}
+	for i := range sockFuzzAddrs6 {
+		for j, p := range ports6 {
+			op := uint64(i*len(ports6) + j)
+			w := uint64(i)
+			if j == len(ports6)-1 {
+				w |= 0x80ff0000
+			}
+			out = append(out, [4]uint64{8 | op%8, op % uint64(len(sockFuzzBinds6)), w, uint64(p)})
 		}
 	}
 	return out
@@ -335,6 +503,14 @@ func FuzzSockAddr(f *testing.F) {
 		}
 		c.bind = sockFuzzBinds[int(bind)%len(sockFuzzBinds)]
 		c.dst = netip.AddrPortFrom(addrFrom(addr), port)
+		if op&8 != 0 {
+			c.six, c.v6 = true, true
+			c.bind = sockFuzzBinds6[int(bind)%len(sockFuzzBinds6)]
+			c.dst = netip.AddrPortFrom(fuzzAddr6(addr), port)
+			if c.dst.Addr().Is4In6() {
+				return // a mapped destination: the IPv4 inputs' case
+			}
+		}
 		if c.dst.Addr().IsMulticast() || c.dst.Addr() == netip.MustParseAddr("255.255.255.255") {
 			return // not a destination a port is published at; routed apart
 		}
@@ -342,31 +518,67 @@ func FuzzSockAddr(f *testing.F) {
 		if r.setupErr != nil {
 			t.Fatalf("%s: %v", c, r.setupErr)
 		}
-		revs, err := readMap[sockSockRevKey, sockSockRevVal](e.rev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for k := range revs {
-			if err := e.rev.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				t.Fatal(err)
-			}
-		}
-		e.check(t, c, r, revs)
+		e.check(t, c, r, e.takeRevs(t))
 	})
 }
 
-func (e *sockFuzzEnv) check(t *testing.T, c sockCall, r sockResult, revs map[sockSockRevKey]sockSockRevVal) {
+// sockRev is a recorded reverse translation of either family.
+type sockRev struct {
+	cookie uint64
+	proto  uint8
+	xlated netip.AddrPort // the container's address and port
+	asked  netip.AddrPort // what the application sent to
+}
+
+// takeRevs reads and empties sock_rev4 and sock_rev6.
+func (e *sockFuzzEnv) takeRevs(t testing.TB) []sockRev {
+	t.Helper()
+	var out []sockRev
+	revs, err := readMap[sockSockRevKey, sockSockRevVal](e.rev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range revs {
+		out = append(out, sockRev{k.Cookie, k.Proto, netip.AddrPortFrom(addrFrom(k.Addr), port16(k.Port)), netip.AddrPortFrom(addrFrom(v.Addr), port16(v.Port))})
+		if err := e.rev.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			t.Fatal(err)
+		}
+	}
+	revs6, err := readMap[sockSockRev6Key, sockSockRev6Val](e.rev6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range revs6 {
+		out = append(out, sockRev{k.Cookie, k.Proto, netip.AddrPortFrom(addr6From(k.Addr), port16(k.Port)), netip.AddrPortFrom(addr6From(v.Addr), port16(v.Port))})
+		if err := e.rev6.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+func (e *sockFuzzEnv) check(t *testing.T, c sockCall, r sockResult, revs []sockRev) {
 	t.Helper()
 	asked := c.dst
 	own := asked
+	lo := netip.MustParseAddr("127.0.0.1")
+	if c.v6 {
+		lo = netip.IPv6Loopback()
+	}
 	if asked.Addr().IsUnspecified() {
-		a := netip.MustParseAddr("127.0.0.1")
-		if c.bind.IsValid() {
+		a := lo
+		if c.bind.IsValid() && !c.v6 {
 			a = c.bind
 		}
 		own = netip.AddrPortFrom(a, asked.Port())
 	}
-	target, published := e.sockTarget(uint8(c.proto), asked.Addr(), asked.Port())
+	var target netip.AddrPort
+	var published bool
+	if c.v6 {
+		target, published = e.sockTarget6(uint8(c.proto), asked.Addr(), asked.Port())
+	} else {
+		target, published = e.sockTarget(uint8(c.proto), asked.Addr(), asked.Port())
+	}
 	translates := published && !(c.bind.IsValid() && c.bind.IsLoopback())
 	if r.seen {
 		switch {
@@ -382,26 +594,25 @@ func (e *sockFuzzEnv) check(t *testing.T, c sockCall, r sockResult, revs map[soc
 		t.Errorf("%s: the socket's address became %s", c, r.local)
 	}
 	if !c.sendto && r.err == nil && r.peerErr == nil {
-		okPeer := r.peer == asked || r.peer == own || (asked.Addr().IsUnspecified() && r.peer == netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), asked.Port()))
+		okPeer := r.peer == asked || r.peer == own || (asked.Addr().IsUnspecified() && r.peer == netip.AddrPortFrom(lo, asked.Port()))
 		if !okPeer {
 			t.Errorf("%s: getpeername %s, want %s", c, r.peer, asked)
 		}
 	}
-	for k, v := range revs {
-		if k.Cookie != r.cookie {
-			t.Errorf("%s: reverse translation of another socket (cookie %d, ours %d)", c, k.Cookie, r.cookie)
+	for _, rv := range revs {
+		if rv.cookie != r.cookie {
+			t.Errorf("%s: reverse translation of another socket (cookie %d, ours %d)", c, rv.cookie, r.cookie)
 			continue
 		}
-		got := netip.AddrPortFrom(addrFrom(k.Addr), port16(k.Port))
-		if !translates || got != target || k.Proto != uint8(c.proto) {
-			t.Errorf("%s: reverse translation recorded for %s proto %d", c, got, k.Proto)
+		if !translates || rv.xlated != target || rv.proto != uint8(c.proto) {
+			t.Errorf("%s: reverse translation recorded for %s proto %d", c, rv.xlated, rv.proto)
 		}
 		want := asked
 		if asked.Addr().IsUnspecified() {
-			want = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), asked.Port())
+			want = netip.AddrPortFrom(lo, asked.Port())
 		}
-		if back := netip.AddrPortFrom(addrFrom(v.Addr), port16(v.Port)); back != want {
-			t.Errorf("%s: reverse translation gives back %s, want %s", c, back, want)
+		if rv.asked != want {
+			t.Errorf("%s: reverse translation gives back %s, want %s", c, rv.asked, want)
 		}
 	}
 	if len(revs) > 1 {
@@ -412,6 +623,12 @@ func (e *sockFuzzEnv) check(t *testing.T, c sockCall, r sockResult, revs map[soc
 	}
 	if ha, err := readMap[uint32, uint32](e.dp.HostAddrs); err != nil || !mapsEqual(ha, e.hostAddrs) {
 		t.Errorf("%s: host addresses changed (%v): %v", c, err, ha)
+	}
+	if pub, err := readMap[bpfPort6Key, bpfPort6Target](e.dp.Published6); err != nil || !mapsEqual(pub, e.published6) {
+		t.Errorf("%s: IPv6 published ports changed (%v): %v", c, err, pub)
+	}
+	if ha, err := readMap[bpfIn6Key, uint32](e.dp.HostAddrs6); err != nil || !mapsEqual(ha, e.hostAddrs6) {
+		t.Errorf("%s: IPv6 host addresses changed (%v): %v", c, err, ha)
 	}
 }
 
@@ -433,7 +650,7 @@ func mapsEqual[K, V comparable](a, b map[K]V) bool {
 // destination, and a socket bound to loopback is left alone.
 func TestSockFuzzHarness(t *testing.T) {
 	e := newSockFuzzEnv(t)
-	lo := netip.MustParseAddr("127.0.0.1")
+	lo, lo6 := netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()
 	for _, c := range []struct {
 		call sockCall
 		want netip.AddrPort
@@ -445,6 +662,18 @@ func TestSockFuzzHarness(t *testing.T) {
 		{sockCall{proto: unix.IPPROTO_TCP, dst: netip.AddrPortFrom(lo, 8079)}, netip.AddrPortFrom(lo, 8079)},
 		{sockCall{proto: unix.IPPROTO_UDP, sendto: true, dst: netip.AddrPortFrom(hostIP, 5354)}, netip.AddrPortFrom(hostIP, 5354)},
 		{sockCall{proto: unix.IPPROTO_TCP, bind: lo, dst: netip.AddrPortFrom(lo, 8080)}, netip.AddrPortFrom(lo, 8080)},
+		// IPv6 destinations: published ports to every address, to a host
+		// address and to ::1; their twins unpublished or bound to ::1.
+		{sockCall{proto: unix.IPPROTO_TCP, six: true, v6: true, dst: netip.AddrPortFrom(lo6, 8080)}, netip.AddrPortFrom(sockCtr6A, 80)},
+		{sockCall{proto: unix.IPPROTO_TCP, six: true, v6: true, dst: netip.AddrPortFrom(sockHost6b, 8081)}, netip.AddrPortFrom(sockCtr6A, 81)},
+		{sockCall{proto: unix.IPPROTO_TCP, six: true, v6: true, dst: netip.AddrPortFrom(sockHost6, 8081)}, netip.AddrPortFrom(sockHost6, 8081)},
+		{sockCall{proto: unix.IPPROTO_TCP, six: true, v6: true, dst: netip.AddrPortFrom(lo6, 8082)}, netip.AddrPortFrom(sockCtr6B, 82)},
+		{sockCall{proto: unix.IPPROTO_TCP, six: true, v6: true, dst: netip.AddrPortFrom(sockHost6, 8082)}, netip.AddrPortFrom(sockHost6, 8082)},
+		{sockCall{proto: unix.IPPROTO_UDP, six: true, v6: true, sendto: true, dst: netip.AddrPortFrom(sockHost6, 5353)}, netip.AddrPortFrom(sockCtr6B, 53)},
+		{sockCall{proto: unix.IPPROTO_UDP, six: true, v6: true, sendto: true, dst: netip.AddrPortFrom(sockFar6, 5353)}, netip.AddrPortFrom(sockFar6, 5353)},
+		{sockCall{proto: unix.IPPROTO_UDP, six: true, v6: true, dst: netip.AddrPortFrom(netip.IPv6Unspecified(), 9100)}, netip.AddrPortFrom(lo6, 9100)},
+		{sockCall{proto: unix.IPPROTO_UDP, six: true, v6: true, dst: netip.AddrPortFrom(lo6, 9100)}, netip.AddrPortFrom(sockCtr6A, 53)},
+		{sockCall{proto: unix.IPPROTO_TCP, six: true, v6: true, bind: lo6, dst: netip.AddrPortFrom(lo6, 8080)}, netip.AddrPortFrom(lo6, 8080)},
 	} {
 		r := e.call(c.call)
 		if r.setupErr != nil || r.err != nil {
@@ -453,13 +682,9 @@ func TestSockFuzzHarness(t *testing.T) {
 		if !r.seen || r.sent != c.want {
 			t.Errorf("%s: seen %v, sent to %s, want %s", c.call, r.seen, r.sent, c.want)
 		}
-		revs, err := readMap[sockSockRevKey, sockSockRevVal](e.rev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for k := range revs {
-			e.rev.Delete(k)
-		}
-		e.check(t, c.call, r, revs)
+		e.check(t, c.call, r, e.takeRevs(t))
 	}
 }
+
+// htons is the network order of a packet socket's protocol.
+func htons(v uint16) uint16 { return v<<8 | v>>8 }

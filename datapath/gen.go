@@ -20,4 +20,4 @@ package datapath
 // own sockets (bpf/sock.c). A separate object from the TC datapath: it is
 // loaded and attached on its own and shares the published-port maps
 // (bpf/lib/ports.h) with it by name.
-//go:generate go tool bpf2go -go-package datapath -target bpfel -type sock_rev_key -type sock_rev_val -type sock_stat sock ../bpf/sock.c -- -I../bpf
+//go:generate go tool bpf2go -go-package datapath -target bpfel -type sock_rev_key -type sock_rev_val -type sock_rev6_key -type sock_rev6_val -type sock_stat sock ../bpf/sock.c -- -I../bpf

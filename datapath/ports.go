@@ -34,6 +34,24 @@ func (d *EBPF) portKey(m PortMapping) bpfPortKey {
 	return k
 }
 
+// portKey6 is portKey's twin for an IPv6 mapping (mappingIs6).
+func (d *EBPF) portKey6(m PortMapping) bpfPort6Key {
+	k := bpfPort6Key{Port: be16(m.HostPort), Proto: uint8(m.Proto)}
+	if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
+		k.Addr = be128(m.HostIP)
+	}
+	return k
+}
+
+// mappingIs6 tells whether m is a binding of IPv6: its host address, or
+// without one its container's, is IPv6 (as bindingOf reads it).
+func mappingIs6(m PortMapping) bool {
+	if m.HostIP.IsValid() {
+		return m.HostIP.Is6()
+	}
+	return m.ContainerIP.Is6()
+}
+
 func checkMapping(m PortMapping) error {
 	if m.Proto != TCP && m.Proto != UDP {
 		return fmt.Errorf("port %s: protocol must be tcp or udp", m)
@@ -41,8 +59,9 @@ func checkMapping(m PortMapping) error {
 	if m.HostPort == 0 || m.ContainerPort == 0 {
 		return fmt.Errorf("port %s: port 0 cannot be published", m)
 	}
-	if !m.ContainerIP.Is4() || (m.HostIP.IsValid() && !m.HostIP.Is4()) {
-		return fmt.Errorf("port %s: addresses must be IPv4", m)
+	c := m.ContainerIP
+	if !c.IsValid() || c.Is4In6() || c.Zone() != "" || (m.HostIP.IsValid() && (m.HostIP.Is4In6() || m.HostIP.Zone() != "" || m.HostIP.Is6() != c.Is6())) {
+		return fmt.Errorf("port %s: the host and container addresses must be both IPv4 or both IPv6", m)
 	}
 	return nil
 }
@@ -55,6 +74,9 @@ func checkMapping(m PortMapping) error {
 func (d *EBPF) checkPublish(m PortMapping, others map[bpfPortKey]bpfPortTarget) error {
 	if err := checkMapping(m); err != nil {
 		return err
+	}
+	if mappingIs6(m) {
+		return errors.New("internal: an IPv6 mapping given to checkPublish")
 	}
 	in := false
 	for k, n := range d.applied.nets {
@@ -90,6 +112,84 @@ func (d *EBPF) checkPublish(m PortMapping, others map[bpfPortKey]bpfPortTarget) 
 	return nil
 }
 
+// checkPublish6 is checkPublish's twin for an IPv6 mapping. A mapping
+// with an allowlist is refused: the IPv6 datapath judges no allowlist yet,
+// and only Apply knows how such a mapping is closed to IPv6 (the daemon
+// applies the whole state on this error).
+func (d *EBPF) checkPublish6(m PortMapping, others map[bpfPort6Key]bpfPort6Target) error {
+	if err := checkMapping(m); err != nil {
+		return err
+	}
+	if len(m.Allow) > 0 {
+		return fmt.Errorf("port %s: an IPv6 mapping with an allowlist is published with the whole state only", m)
+	}
+	in := false
+	for k, n := range d.applied.nets6 {
+		if netip.PrefixFrom(addr6From(k.Addr), int(k.Prefixlen)).Contains(m.ContainerIP) {
+			if n.Flags&netFRouted != 0 {
+				return fmt.Errorf("port %s: the IPv6 network of %s is routed: no host port is published there", m, m.ContainerIP)
+			}
+			in = true
+			break
+		}
+	}
+	if !in {
+		return fmt.Errorf("port %s: container address %s is in none of the networks' IPv6 subnets", m, m.ContainerIP)
+	}
+	k := d.portKey6(m)
+	wild := bpfPort6Key{Port: k.Port, Proto: k.Proto}
+	collides := false
+	if k.Addr != wild.Addr {
+		_, a := d.applied.ports6[wild]
+		_, b := others[wild]
+		collides = a || b
+	} else {
+		collides = d.specificCounts6()[wild] > 0
+		for o := range others {
+			collides = collides || (o.Addr != wild.Addr && o.Port == k.Port && o.Proto == k.Proto)
+		}
+	}
+	if collides {
+		return fmt.Errorf("port %s: host port already published on another address (a port on [::] takes it on every IPv6 address)", m)
+	}
+	return nil
+}
+
+// specificCounts6 is specificCounts' twin for the IPv6 bindings.
+func (d *EBPF) specificCounts6() map[bpfPort6Key]int {
+	if d.applied.specific6 == nil {
+		d.applied.specific6 = map[bpfPort6Key]int{}
+		for k := range d.applied.ports6 {
+			if k.Addr != ([4]uint32{}) {
+				d.applied.specific6[bpfPort6Key{Port: k.Port, Proto: k.Proto}]++
+			}
+		}
+	}
+	return d.applied.specific6
+}
+
+// flushBackends6 is flushBackends' twin: it drops the IPv6 flows
+// translated to any of the given container addresses and ports.
+func (d *EBPF) flushBackends6(gone []bpfPort6Target) (int, error) {
+	type be struct {
+		addr [4]uint32
+		port uint16
+	}
+	set := map[be]bool{}
+	for _, g := range gone {
+		set[be{g.Addr, g.Port}] = true
+	}
+	return d.deleteCT6(func(k bpfCt6Key, v bpfCt6Entry) bool {
+		if v.Kind != bpfCtKind(KindDNAT) && v.Kind != bpfCtKind(KindHairpin) {
+			return false
+		}
+		if v.Flags&ctReply != 0 {
+			return set[be{k.Saddr, k.Sport}]
+		}
+		return set[be{v.Ndaddr, v.Ndport}]
+	})
+}
+
 // specificCounts counts, by protocol and port, the published bindings to a
 // specific host address; built when first needed after an Apply, then
 // kept up to date by PublishPorts and UnpublishPorts.
@@ -113,7 +213,19 @@ func (d *EBPF) PublishPorts(ms ...PortMapping) error {
 		return ErrNotApplied
 	}
 	want := map[bpfPortKey]bpfPortTarget{}
+	want6 := map[bpfPort6Key]bpfPort6Target{}
 	for _, m := range ms {
+		if mappingIs6(m) {
+			if err := d.checkPublish6(m, want6); err != nil {
+				return err
+			}
+			k := d.portKey6(m)
+			if _, dup := want6[k]; dup {
+				return fmt.Errorf("port %s: given twice", m)
+			}
+			want6[k] = bpfPort6Target{Addr: be128(m.ContainerIP), Port: be16(m.ContainerPort)}
+			continue
+		}
 		if err := d.checkPublish(m, want); err != nil {
 			return err
 		}
@@ -134,7 +246,7 @@ func (d *EBPF) PublishPorts(ms ...PortMapping) error {
 		}
 	}
 	for _, m := range ms {
-		if len(m.Allow) == 0 {
+		if len(m.Allow) == 0 || mappingIs6(m) {
 			continue
 		}
 		k := d.portKey(m)
@@ -167,6 +279,22 @@ func (d *EBPF) PublishPorts(ms ...PortMapping) error {
 		forget()
 		return errors.Join(fmt.Errorf("publishing ports: %w", err), undo.run())
 	}
+	// The IPv6 bindings: port_conns counts no IPv6 port, so a replaced
+	// one's flows are always looked for.
+	have6 := map[bpfPort6Key]bpfPort6Target{}
+	var gone6 []bpfPort6Target
+	for k, v := range want6 {
+		if old, ok := d.applied.ports6[k]; ok {
+			have6[k] = old
+			if old.Addr != v.Addr || old.Port != v.Port {
+				gone6 = append(gone6, old)
+			}
+		}
+	}
+	if err := syncMapPart(&undo, d.objs.Published6, have6, want6); err != nil {
+		forget()
+		return errors.Join(fmt.Errorf("publishing IPv6 ports: %w", err), undo.run())
+	}
 	counts := d.specificCounts()
 	for k, v := range want {
 		if _, had := d.applied.ports[k]; !had && k.Addr != 0 {
@@ -177,6 +305,13 @@ func (d *EBPF) PublishPorts(ms ...PortMapping) error {
 			lists.refs[v.AllowId]++
 		}
 	}
+	counts6 := d.specificCounts6()
+	for k, v := range want6 {
+		if _, had := d.applied.ports6[k]; !had && k.Addr != ([4]uint32{}) {
+			counts6[bpfPort6Key{Port: k.Port, Proto: k.Proto}]++
+		}
+		d.applied.ports6[k] = v
+	}
 	for _, old := range have {
 		if err := d.releaseAllow(old.AllowId); err != nil {
 			return err
@@ -184,6 +319,11 @@ func (d *EBPF) PublishPorts(ms ...PortMapping) error {
 	}
 	if len(gone) > 0 {
 		if _, err := d.flushBackends(gone); err != nil {
+			return err
+		}
+	}
+	if len(gone6) > 0 {
+		if _, err := d.flushBackends6(gone6); err != nil {
 			return err
 		}
 	}
@@ -200,7 +340,23 @@ func (d *EBPF) UnpublishPorts(ms ...PortMapping) error {
 	var gone []bpfPortTarget
 	var keys []bpfPortKey
 	var released []uint32
+	var gone6 []bpfPort6Target
+	var keys6 []bpfPort6Key
 	for _, m := range ms {
+		if mappingIs6(m) {
+			k := d.portKey6(m)
+			old, ok := d.applied.ports6[k]
+			if !ok {
+				continue
+			}
+			if err := ignoreMissing(d.objs.Published6.Delete(k)); err != nil {
+				return errors.Join(fmt.Errorf("unpublishing %s: %w", m, err), undo.run())
+			}
+			undo = append(undo, func() error { return d.objs.Published6.Put(k, old) })
+			gone6 = append(gone6, old)
+			keys6 = append(keys6, k)
+			continue
+		}
 		k := d.portKey(m)
 		old, ok := d.applied.ports[k]
 		if !ok {
@@ -231,8 +387,20 @@ func (d *EBPF) UnpublishPorts(ms ...PortMapping) error {
 			return err
 		}
 	}
+	counts6 := d.specificCounts6()
+	for _, k := range keys6 {
+		delete(d.applied.ports6, k)
+		if k.Addr != ([4]uint32{}) {
+			counts6[bpfPort6Key{Port: k.Port, Proto: k.Proto}]--
+		}
+	}
 	if len(gone) > 0 {
 		if _, err := d.flushBackends(gone); err != nil {
+			return err
+		}
+	}
+	if len(gone6) > 0 {
+		if _, err := d.flushBackends6(gone6); err != nil {
 			return err
 		}
 	}

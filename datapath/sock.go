@@ -23,8 +23,10 @@ const (
 	ProgSockSendmsg4     = "sock_sendmsg4"
 	ProgSockRecvmsg4     = "sock_recvmsg4"
 	ProgSockGetpeername4 = "sock_getpeername4"
-	// Dual-stack IPv6 sockets reaching IPv4 through mapped addresses.
+	// IPv6 sockets: to IPv6 published ports, and to IPv4 ones through
+	// mapped addresses (whose unconnected datagrams take sendmsg4).
 	ProgSockConnect6     = "sock_connect6"
+	ProgSockSendmsg6     = "sock_sendmsg6"
 	ProgSockRecvmsg6     = "sock_recvmsg6"
 	ProgSockGetpeername6 = "sock_getpeername6"
 )
@@ -39,6 +41,7 @@ var sockHooks = []struct {
 	{ProgSockRecvmsg4, ebpf.AttachCGroupUDP4Recvmsg},
 	{ProgSockGetpeername4, ebpf.AttachCgroupInet4GetPeername},
 	{ProgSockConnect6, ebpf.AttachCGroupInet6Connect},
+	{ProgSockSendmsg6, ebpf.AttachCGroupUDP6Sendmsg},
 	{ProgSockRecvmsg6, ebpf.AttachCGroupUDP6Recvmsg},
 	{ProgSockGetpeername6, ebpf.AttachCgroupInet6GetPeername},
 }
@@ -100,11 +103,12 @@ type Sock struct {
 // maps they read are those of the EBPF they are started from.
 type sockOwnMaps struct {
 	SockRev4  *ebpf.Map `ebpf:"sock_rev4"`
+	SockRev6  *ebpf.Map `ebpf:"sock_rev6"`
 	SockStats *ebpf.Map `ebpf:"sock_stats"`
 }
 
 func (m *sockOwnMaps) Close() error {
-	return errors.Join(m.SockRev4.Close(), m.SockStats.Close())
+	return errors.Join(m.SockRev4.Close(), m.SockRev6.Close(), m.SockStats.Close())
 }
 
 // NetnsCookie returns the cookie of the calling thread's network namespace,
@@ -182,9 +186,11 @@ func (d *EBPF) StartSock(opts SockOptions) (_ *Sock, err error) {
 		return nil, err
 	}
 	co := ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
-		"published":  d.objs.Published,
-		"host_addrs": d.objs.HostAddrs,
-		"port_conns": d.objs.PortConns,
+		"published":   d.objs.Published,
+		"host_addrs":  d.objs.HostAddrs,
+		"port_conns":  d.objs.PortConns,
+		"published6":  d.objs.Published6,
+		"host_addrs6": d.objs.HostAddrs6,
 	}}
 	if pinPath != "" {
 		co.Maps.PinPath = loader.GlobalsDir(pinPath)
@@ -227,6 +233,7 @@ func sockProgramMap(p *sockPrograms) map[string]*ebpf.Program {
 		ProgSockRecvmsg4:     p.SockRecvmsg4,
 		ProgSockGetpeername4: p.SockPeername4,
 		ProgSockConnect6:     p.SockConnect6,
+		ProgSockSendmsg6:     p.SockSendmsg6,
 		ProgSockRecvmsg6:     p.SockRecvmsg6,
 		ProgSockGetpeername6: p.SockPeername6,
 	}
@@ -345,7 +352,7 @@ func (s *Sock) Remove() error {
 	s.links = map[string]link.Link{}
 	if s.pinPath != "" {
 		errs = append(errs, RemoveSockPins(s.pinPath))
-		for _, m := range []*ebpf.Map{s.maps.SockRev4, s.maps.SockStats} {
+		for _, m := range []*ebpf.Map{s.maps.SockRev4, s.maps.SockRev6, s.maps.SockStats} {
 			if m != nil && m.IsPinned() {
 				if err := m.Unpin(); err != nil {
 					errs = append(errs, err)

@@ -13,6 +13,28 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type sockIn6Key struct {
+	_ structs.HostLayout
+	A [4]uint32
+}
+
+type sockPort6Key struct {
+	_     structs.HostLayout
+	Addr  [4]uint32
+	Port  uint16
+	Proto uint8
+	Pad   uint8
+}
+
+type sockPort6Target struct {
+	_       structs.HostLayout
+	Addr    [4]uint32
+	Port    uint16
+	Pad     uint16
+	Id      uint32
+	AllowId uint32
+}
+
 type sockPortKey struct {
 	_     structs.HostLayout
 	Addr  uint32
@@ -28,6 +50,23 @@ type sockPortTarget struct {
 	Pad     uint16
 	Id      uint32
 	AllowId uint32
+}
+
+type sockSockRev6Key struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Addr   [4]uint32
+	Port   uint16
+	Proto  uint8
+	Pad    uint8
+	_      [4]byte
+}
+
+type sockSockRev6Val struct {
+	_    structs.HostLayout
+	Addr [4]uint32
+	Port uint16
+	Pad  uint16
 }
 
 type sockSockRevKey struct {
@@ -62,9 +101,12 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	sockMapHostAddrs         = "host_addrs"
+	sockMapHostAddrs6        = "host_addrs6"
 	sockMapPortConns         = "port_conns"
 	sockMapPublished         = "published"
+	sockMapPublished6        = "published6"
 	sockMapSockRev4          = "sock_rev4"
+	sockMapSockRev6          = "sock_rev6"
 	sockMapSockStats         = "sock_stats"
 	sockProgSockConnect4     = "sock_connect4"
 	sockProgSockConnect6     = "sock_connect6"
@@ -73,6 +115,7 @@ const (
 	sockProgSockRecvmsg4     = "sock_recvmsg4"
 	sockProgSockRecvmsg6     = "sock_recvmsg6"
 	sockProgSockSendmsg4     = "sock_sendmsg4"
+	sockProgSockSendmsg6     = "sock_sendmsg6"
 	sockVarSOCK_NETNS_COOKIE = "SOCK_NETNS_COOKIE"
 )
 
@@ -125,17 +168,21 @@ type sockProgramSpecs struct {
 	SockRecvmsg4  *ebpf.ProgramSpec `ebpf:"sock_recvmsg4"`
 	SockRecvmsg6  *ebpf.ProgramSpec `ebpf:"sock_recvmsg6"`
 	SockSendmsg4  *ebpf.ProgramSpec `ebpf:"sock_sendmsg4"`
+	SockSendmsg6  *ebpf.ProgramSpec `ebpf:"sock_sendmsg6"`
 }
 
 // sockMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockMapSpecs struct {
-	HostAddrs *ebpf.MapSpec `ebpf:"host_addrs"`
-	PortConns *ebpf.MapSpec `ebpf:"port_conns"`
-	Published *ebpf.MapSpec `ebpf:"published"`
-	SockRev4  *ebpf.MapSpec `ebpf:"sock_rev4"`
-	SockStats *ebpf.MapSpec `ebpf:"sock_stats"`
+	HostAddrs  *ebpf.MapSpec `ebpf:"host_addrs"`
+	HostAddrs6 *ebpf.MapSpec `ebpf:"host_addrs6"`
+	PortConns  *ebpf.MapSpec `ebpf:"port_conns"`
+	Published  *ebpf.MapSpec `ebpf:"published"`
+	Published6 *ebpf.MapSpec `ebpf:"published6"`
+	SockRev4   *ebpf.MapSpec `ebpf:"sock_rev4"`
+	SockRev6   *ebpf.MapSpec `ebpf:"sock_rev6"`
+	SockStats  *ebpf.MapSpec `ebpf:"sock_stats"`
 }
 
 // sockVariableSpecs contains global variables before they are loaded into the kernel.
@@ -165,19 +212,25 @@ func (o *sockObjects) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockMaps struct {
-	HostAddrs *ebpf.Map `ebpf:"host_addrs"`
-	PortConns *ebpf.Map `ebpf:"port_conns"`
-	Published *ebpf.Map `ebpf:"published"`
-	SockRev4  *ebpf.Map `ebpf:"sock_rev4"`
-	SockStats *ebpf.Map `ebpf:"sock_stats"`
+	HostAddrs  *ebpf.Map `ebpf:"host_addrs"`
+	HostAddrs6 *ebpf.Map `ebpf:"host_addrs6"`
+	PortConns  *ebpf.Map `ebpf:"port_conns"`
+	Published  *ebpf.Map `ebpf:"published"`
+	Published6 *ebpf.Map `ebpf:"published6"`
+	SockRev4   *ebpf.Map `ebpf:"sock_rev4"`
+	SockRev6   *ebpf.Map `ebpf:"sock_rev6"`
+	SockStats  *ebpf.Map `ebpf:"sock_stats"`
 }
 
 func (m *sockMaps) Close() error {
 	return _SockClose(
 		m.HostAddrs,
+		m.HostAddrs6,
 		m.PortConns,
 		m.Published,
+		m.Published6,
 		m.SockRev4,
+		m.SockRev6,
 		m.SockStats,
 	)
 }
@@ -200,6 +253,7 @@ type sockPrograms struct {
 	SockRecvmsg4  *ebpf.Program `ebpf:"sock_recvmsg4"`
 	SockRecvmsg6  *ebpf.Program `ebpf:"sock_recvmsg6"`
 	SockSendmsg4  *ebpf.Program `ebpf:"sock_sendmsg4"`
+	SockSendmsg6  *ebpf.Program `ebpf:"sock_sendmsg6"`
 }
 
 func (p *sockPrograms) Close() error {
@@ -211,6 +265,7 @@ func (p *sockPrograms) Close() error {
 		p.SockRecvmsg4,
 		p.SockRecvmsg6,
 		p.SockSendmsg4,
+		p.SockSendmsg6,
 	)
 }
 

@@ -458,7 +458,7 @@ func TestSockRestart(t *testing.T) {
 	if _, err := os.Stat(SockDir(l.pin)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s still there after Remove: %v", SockDir(l.pin), err)
 	}
-	for _, name := range []string{"sock_rev4", "sock_stats"} {
+	for _, name := range []string{"sock_rev4", "sock_rev6", "sock_stats"} {
 		if _, err := os.Stat(l.pin + "/globals/" + name); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("map pin %s still there after Remove: %v", name, err)
 		}

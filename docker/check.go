@@ -45,9 +45,10 @@ import (
 //     Docker's defaults for what neither sets;
 //   - the network namespace bpfnet runs in (the caller's thread's):
 //     Docker's NAT rules there, in the nat table of both iptables backends
-//     (its DOCKER chain, and MASQUERADE or SNAT in POSTROUTING from a
-//     bridge's subnet) and its nftables tables (ip and ip6 docker-bridges),
-//     and docker-proxy processes in that namespace.
+//     of both families, iptables and ip6tables (its DOCKER chain, and
+//     MASQUERADE or SNAT in POSTROUTING from a bridge's subnet, IPv4 or
+//     IPv6) and its nftables tables (ip and ip6 docker-bridges), and
+//     docker-proxy processes in that namespace.
 //
 // A dockerd in another network namespace (as in the tests, or a second
 // dockerd on the host) installs its rules there, not here: its settings
@@ -97,7 +98,8 @@ type DaemonConfig struct {
 // NATRule is a rule of Docker's NAT found in the caller's network
 // namespace, for a network bpfnet serves.
 type NATRule struct {
-	// Source is iptables-nft, iptables-legacy or nftables.
+	// Source is iptables-nft, iptables-legacy, ip6tables-nft,
+	// ip6tables-legacy or nftables.
 	Source string `json:"source"`
 	// Rule is the iptables-save line (in the nat table), or the nftables
 	// table ("table ip docker-bridges").
@@ -149,20 +151,19 @@ type FirewallVerdict struct {
 
 // Decide judges facts.
 //
-// Refused (a conflict): Docker's IPv4 NAT rules for a bridge bpfnet
-// serves in its namespace, and a dockerd in that namespace running with
-// iptables on (it installs them with its next network or container, and
-// again at each restart).
+// Refused (a conflict): Docker's NAT rules, IPv4 or IPv6, for a bridge
+// bpfnet serves in its namespace (bpfnet translates both families), and a
+// dockerd in that namespace running with iptables on, or ip6tables set on
+// (it installs them with its next network or container, and again at each
+// restart).
 //
 // Warned: the userland proxy (on in dockerd's settings or /info, or
 // docker-proxy processes here). It binds the published host ports, but
 // bpfnet answers them first, in TC for remote clients and in the cgroup
-// connect hook for the host's own, so it only idles, one process per
-// port, except where bpfnet does not serve: IPv6 bindings, and the
-// host's clients under --host-sockets=false, which it answers with the
-// client's address hidden. ip6tables on and Docker's IPv6 NAT: bpfnet
-// translates IPv4 only, so they do not clash yet. A dockerd not found
-// or in another namespace: its settings cannot be judged, the rules are.
+// connect hooks for the host's own, so it only idles, one process per
+// port, except under --host-sockets=false, where it answers the host's
+// clients with the client's address hidden. A dockerd not found or in
+// another namespace: its settings cannot be judged, the rules are.
 func Decide(f FirewallFacts) FirewallVerdict {
 	var v FirewallVerdict
 	for _, r := range f.Rules {
@@ -170,11 +171,11 @@ func Decide(f FirewallFacts) FirewallVerdict {
 		if r.Bridge != "" {
 			where += ", bridge " + r.Bridge
 		}
+		what := "NAT rule"
 		if r.IPv6 {
-			v.Warnings = append(v.Warnings, fmt.Sprintf("Docker's IPv6 NAT is on (%s): %s; bpfnet does not translate IPv6 yet, so it does not clash", where, r.Rule))
-			continue
+			what = "IPv6 NAT rule"
 		}
-		v.Conflicts = append(v.Conflicts, fmt.Sprintf("Docker's NAT rule (%s): %s", where, r.Rule))
+		v.Conflicts = append(v.Conflicts, fmt.Sprintf("Docker's %s (%s): %s", what, where, r.Rule))
 	}
 	d := f.Daemon
 	proxy := f.userlandProxyInfo()
@@ -182,15 +183,19 @@ func Decide(f FirewallFacts) FirewallVerdict {
 	case d == nil:
 		v.Warnings = append(v.Warnings, fmt.Sprintf("dockerd's settings are not checked (%s): only the rules of this network namespace are", f.DaemonErr))
 	case d.OtherNetns:
-		if d.IPTables.On || d.UserlandProxy.On {
-			v.Warnings = append(v.Warnings, fmt.Sprintf("dockerd (pid %d) runs in another network namespace, with iptables %s and userland-proxy %s: its rules and proxies are there, not in bpfnet's", d.PID, d.IPTables, d.UserlandProxy))
+		if d.IPTables.On || d.IP6Tables.On || d.UserlandProxy.On {
+			v.Warnings = append(v.Warnings, fmt.Sprintf("dockerd (pid %d) runs in another network namespace, with iptables %s, ip6tables %s and userland-proxy %s: its rules and proxies are there, not in bpfnet's", d.PID, d.IPTables, d.IP6Tables, d.UserlandProxy))
 		}
 	default:
 		if d.IPTables.On {
 			v.Conflicts = append(v.Conflicts, fmt.Sprintf("dockerd (pid %d) runs with iptables %s: it installs NAT rules for every network and published port", d.PID, d.IPTables))
 		}
-		if d.IP6Tables.On {
-			v.Warnings = append(v.Warnings, fmt.Sprintf("dockerd (pid %d) runs with ip6tables %s: bpfnet does not translate IPv6 yet, so it does not clash; set \"ip6tables\": false", d.PID, d.IP6Tables))
+		// ip6tables needs iptables (Docker 20.10 refuses to start with
+		// ip6tables on and iptables off): Docker's default of ip6tables
+		// (on since 27.0) next to iptables off is not judged a conflict,
+		// only an ip6tables set on. Rules it made are refused above.
+		if d.IP6Tables.On && (d.IPTables.On || d.IP6Tables.From != "default") {
+			v.Conflicts = append(v.Conflicts, fmt.Sprintf("dockerd (pid %d) runs with ip6tables %s: it installs IPv6 NAT rules for every IPv6 network and published port", d.PID, d.IP6Tables))
 		}
 		proxy = proxy || d.UserlandProxy.On
 	}
@@ -202,7 +207,7 @@ func Decide(f FirewallFacts) FirewallVerdict {
 		if len(f.Proxies) > 0 {
 			what += fmt.Sprintf(" (%d docker-proxy processes here)", len(f.Proxies))
 		}
-		v.Warnings = append(v.Warnings, what+`: bpfnet answers published ports before docker-proxy does, so it idles, one process per port, but for IPv6 bindings and, with --host-sockets=false, the host's own clients, which it serves with the client's address hidden; set "userland-proxy": false`)
+		v.Warnings = append(v.Warnings, what+`: bpfnet answers published ports before docker-proxy does, so it idles, one process per port, but with --host-sockets=false for the host's own clients, which it serves with the client's address hidden; set "userland-proxy": false`)
 	}
 	if len(f.Errors) > 0 {
 		v.Warnings = append(v.Warnings, "Docker's NAT rules could not all be read: "+strings.Join(f.Errors, "; "))
@@ -233,7 +238,7 @@ func (e *FirewallError) Error() string {
 	fmt.Fprintf(&b, "Put this in %s (and drop any --iptables, --ip6tables or --userland-proxy flag from dockerd's command line: dockerd refuses a setting given both ways):\n", file)
 	fmt.Fprintf(&b, "  %s\n", DaemonJSON)
 	b.WriteString("then restart Docker (systemctl restart docker) and bpfnet.\n")
-	b.WriteString("Docker leaves the rules it made before in place: rules listed above that remain after the restart are leftovers; remove them (iptables -t nat, nft delete table ip docker-bridges) or reboot.\n")
+	b.WriteString("Docker leaves the rules it made before in place: rules listed above that remain after the restart are leftovers; remove them (iptables -t nat, ip6tables -t nat, nft delete table ip docker-bridges, nft delete table ip6 docker-bridges) or reboot.\n")
 	b.WriteString("--ignore-docker-firewall starts bpfnet anyway (for rules of your own that look like Docker's).")
 	return b.String()
 }
@@ -284,7 +289,7 @@ func (h hostFirewall) facts(ctx context.Context, host string, info system.Info, 
 	}
 	outs, tables, errs := save(ctx)
 	f.Errors = errs
-	for _, src := range []string{"iptables-legacy", "iptables-nft"} {
+	for _, src := range []string{"iptables-legacy", "iptables-nft", "ip6tables-legacy", "ip6tables-nft"} {
 		f.Rules = append(f.Rules, parseNATSave(src, outs[src], nets)...)
 	}
 	if len(nets) > 0 {
@@ -461,16 +466,18 @@ func parseDockerdArgs(args []string) (dockerdFlags, error) {
 	return fl, nil
 }
 
-// readNAT reads the nat table of both iptables backends (whichever is
-// installed; without -t, iptables-save dumps only the tables that exist,
-// so reading creates none) and the names of Docker's nftables tables, in
-// the calling thread's network namespace.
+// readNAT reads the nat table of both iptables backends, IPv4 and IPv6
+// (whichever is installed; without -t, iptables-save dumps only the tables
+// that exist, so reading creates none) and the names of Docker's nftables
+// tables, in the calling thread's network namespace.
 func readNAT(ctx context.Context) (map[string][]byte, []string, []string) {
 	outs := map[string][]byte{}
 	var errs []string
 	for _, src := range []struct{ name, bin string }{
 		{"iptables-legacy", "iptables-legacy-save"},
 		{"iptables-nft", "iptables-nft-save"},
+		{"ip6tables-legacy", "ip6tables-legacy-save"},
+		{"ip6tables-nft", "ip6tables-nft-save"},
 	} {
 		if _, err := exec.LookPath(src.bin); err != nil {
 			continue
@@ -513,10 +520,13 @@ func readNAT(ctx context.Context) (map[string][]byte, []string, []string) {
 // output that are Docker's NAT for one of nets: in chain DOCKER, a rule
 // naming the network's bridge (-i, -o) or translating to its subnet
 // (--to-destination); in POSTROUTING, a MASQUERADE or SNAT from an
-// address of its subnet. The rules of bpfnet's iptables comparator
-// datapath, which has chains of its own (BPFNET-DOCKER) and marks its
-// POSTROUTING rules with the comment "bpfnet", are not Docker's.
+// address of its subnet. For ip6tables-save output (a source named
+// ip6tables-*) the subnet is the network's IPv6 one, and the rules are
+// IPv6. The rules of bpfnet's iptables comparator datapath, which has
+// chains of its own (BPFNET-DOCKER) and marks its POSTROUTING rules with
+// the comment "bpfnet", are not Docker's.
 func parseNATSave(source string, out []byte, nets []datapath.Network) []NATRule {
+	v6 := strings.HasPrefix(source, "ip6tables")
 	var rules []NATRule
 	table := ""
 	sc := bufio.NewScanner(bytes.NewReader(out))
@@ -547,31 +557,47 @@ func parseNATSave(source string, out []byte, nets []datapath.Network) []NATRule 
 			continue // the iptables comparator datapath's own
 		}
 		for _, n := range nets {
+			subnet := n.Subnet
+			if v6 {
+				subnet = n.Subnet6
+			}
 			var match bool
 			switch f[1] {
 			case "DOCKER":
 				match = opt("-i") == n.Bridge || opt("-o") == n.Bridge
 				if to := opt("--to-destination"); to != "" {
-					host, _, _ := strings.Cut(to, ":")
-					host, _, _ = strings.Cut(host, "-")
-					a, err := netip.ParseAddr(host)
-					match = match || err == nil && n.Subnet.Contains(a)
+					a, err := netip.ParseAddr(natDestinationHost(to))
+					match = match || err == nil && subnet.IsValid() && subnet.Contains(a)
 				}
 			case "POSTROUTING":
-				if target == "MASQUERADE" || target == "SNAT" {
+				if (target == "MASQUERADE" || target == "SNAT") && subnet.IsValid() {
 					src := opt("-s")
 					if p, err := netip.ParsePrefix(src); err == nil {
-						match = p.Overlaps(n.Subnet)
+						match = p.Overlaps(subnet)
 					} else if a, err := netip.ParseAddr(src); err == nil {
-						match = n.Subnet.Contains(a)
+						match = subnet.Contains(a)
 					}
 				}
 			}
 			if match {
-				rules = append(rules, NATRule{Source: source, Rule: line, Bridge: n.Bridge})
+				rules = append(rules, NATRule{Source: source, Rule: line, Bridge: n.Bridge, IPv6: v6})
 				break
 			}
 		}
 	}
 	return rules
+}
+
+// natDestinationHost is the (first) address of a --to-destination:
+// 172.17.0.2:80, 172.17.0.2-172.17.0.9:80-90, [fd00::2]:80, fd00::2.
+func natDestinationHost(to string) string {
+	if rest, ok := strings.CutPrefix(to, "["); ok {
+		host, _, _ := strings.Cut(rest, "]")
+		return host
+	}
+	host, _, _ := strings.Cut(to, "-")
+	if strings.Count(host, ":") == 1 {
+		host, _, _ = strings.Cut(host, ":")
+	}
+	return host
 }

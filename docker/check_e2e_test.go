@@ -233,6 +233,76 @@ func TestDockerFirewallCheck(t *testing.T) {
 		}
 	})
 
+	// Docker's IPv6 NAT for the bridge's IPv6 subnet is refused as its
+	// IPv4 NAT is (bpfnet translates IPv6 too). Docker 20.10 makes IPv6
+	// NAT only with iptables on as well, and leaves its rules behind when
+	// it stops: a first dockerd with both on makes them, its IPv4 rules
+	// are removed, and the dockerd bpfnet then follows runs as
+	// documented, on the same IPv6 network, so that the IPv6 rules alone
+	// refuse the start. Its twin is iptables_off below: no rules there.
+	t.Run("ip6tables_rules", func(t *testing.T) {
+		sweepStale(t)
+		topo := lab.Setup(t, lab.Config{Bridges: []lab.BridgeConfig{{Subnet: "172.30.0.0/24"}}})
+		ext := topo.Externals[0]
+		bridge := topo.Bridges[0].Name
+		pin := filepath.Join("/sys/fs/bpf", pinPrefix+topo.Prefix+"-check")
+		t.Cleanup(func() {
+			topo.Host.Command(context.Background(), bin, "down", "--pin-path", pin).Run()
+			os.RemoveAll(pin)
+		})
+		// Docker 20.10 has ip6tables behind --experimental (27.0 on has it
+		// on by default).
+		first := startDockerdWith(t, topo.Host, bridge, topo.Prefix, []string{"--userland-proxy=false",
+			"--experimental", "--ip6tables=true", "--ipv6", "--fixed-cidr-v6=fd00:30::/64"})
+		first.Stop()
+		nat6, err := topo.Host.Command(context.Background(), "ip6tables-save", "-t", "nat").CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip6tables-save: %v\n%s", err, nat6)
+		}
+		masq := "-A POSTROUTING -s fd00:30::/64 ! -o " + bridge + " -j MASQUERADE"
+		if !strings.Contains(string(nat6), masq) {
+			t.Fatalf("dockerd with ip6tables on left no IPv6 MASQUERADE for %s:\n%s", bridge, nat6)
+		}
+		for _, c := range [][]string{{"iptables", "-t", "nat", "-F"}, {"iptables", "-t", "nat", "-X"}} {
+			if out, err := topo.Host.Command(context.Background(), c[0], c[1:]...).CombinedOutput(); err != nil {
+				t.Fatalf("%v: %v\n%s", c, err, out)
+			}
+		}
+		if nat := lab.IptablesSave(t, topo.Host, "-t", "nat"); strings.Contains(nat, "DOCKER") || strings.Contains(nat, "MASQUERADE") {
+			t.Fatalf("IPv4 NAT rules left:\n%s", nat)
+		}
+		d := startDockerdWith(t, topo.Host, bridge, topo.Prefix, []string{"--iptables=false", "--ip6tables=false", "--userland-proxy=false",
+			"--ipv6", "--fixed-cidr-v6=fd00:30::/64"})
+		args := []string{"run", "--pin-path", pin, "--docker=unix://" + d.sock, "--uplink", ext.Uplink, "--metrics-addr", ""}
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		out, err := topo.Host.Command(ctx, bin, args...).CombinedOutput()
+		t.Logf("bpfnet run next to Docker's IPv6 NAT rules:\n%s", out)
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != ExitConfig {
+			t.Fatalf("run: %v, want exit status %d", err, ExitConfig)
+		}
+		for _, want := range []string{
+			"does NAT itself",
+			"Docker's IPv6 NAT rule (ip6tables-",
+			masq,
+			DaemonJSON,
+		} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("the refusal does not say %q", want)
+			}
+		}
+		if strings.Contains(string(out), "runs with ip") || strings.Contains(string(out), "Docker's NAT rule") {
+			t.Errorf("the refusal blames a setting or an IPv4 rule: only the IPv6 rules are left")
+		}
+		if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the refused start left %s: %v", pin, err)
+		}
+		if progs := bpfPrograms(t, topo.Host); progs != "" {
+			t.Errorf("the refused start left programs attached:\n%s", progs)
+		}
+	})
+
 	t.Run("iptables_off", func(t *testing.T) {
 		sweepStale(t)
 		topo := lab.Setup(t, lab.Config{Bridges: []lab.BridgeConfig{{Subnet: "172.30.0.0/24"}}})

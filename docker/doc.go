@@ -38,7 +38,10 @@
 //     its default route and its published ports go to: the highest
 //     gw-priority, then not internal, then the first by name; none when
 //     that network is internal. docker network connect and disconnect can
-//     move it, and the ports follow. IPv6 bindings are left out.
+//     move it, and the ports follow. IPv6 bindings (HostIp "::" or an
+//     IPv6 address) go to the container's IPv6 address on that network,
+//     and are left out for a container without one (Docker's userland
+//     proxy serves those) and on a routed IPv6 network.
 //   - Containers without a veth on such a network (modes.go): in host mode
 //     or on macvlan and ipvlan networks, their cgroup v2 folder (from
 //     /proc/<pid>/cgroup) and, for macvlan and ipvlan, their device in

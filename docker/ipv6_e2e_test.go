@@ -5,15 +5,18 @@ package docker
 // A dual-stack network end to end on a dockerd of the test's own:
 // docker network create --ipv6 with a subnet of each family, a container
 // publishing ports on both, and the State Source builds from it; then
-// that state on each comparator (iptables, nftables), with IPv6 traffic
-// from an external host. The eBPF datapath's IPv6 traffic waits for its
-// IPv6 programs (issue 14).
+// that state on the eBPF datapath and on each comparator (iptables,
+// nftables), with IPv6 traffic from an external host; under eBPF, the
+// host's own IPv6 sockets reach the published port too ([::1], through
+// the cgroup sock programs).
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -150,7 +153,7 @@ func TestDockerIPv6StateE2E(t *testing.T) {
 		}
 	}
 	isoServe(t, &e.ext.Namespace, "[fd00:99::2]:9000", "external")
-	for _, name := range []string{"iptables", "nftables"} {
+	for _, name := range []string{"ebpf", "iptables", "nftables"} {
 		t.Run(name, func(t *testing.T) { ipv6Traffic(t, e, name, st, web, addr6) })
 	}
 }
@@ -162,7 +165,19 @@ func TestDockerIPv6StateE2E(t *testing.T) {
 func ipv6Traffic(t *testing.T, e *e2e, name string, st datapath.State, web *isoCtr, addr6 netip.Addr) {
 	var dp datapath.Datapath
 	var err error
+	// Apply and Remove run in the host namespace: the comparators are
+	// given it, the eBPF datapath takes the calling thread's.
+	inHost := func(fn func() error) error { return fn() }
 	switch name {
+	case "ebpf":
+		pin := filepath.Join("/sys/fs/bpf", pinPrefix+e.topo.Prefix+"-v6")
+		t.Cleanup(func() { os.RemoveAll(pin) })
+		inHost = e.topo.Host.Do
+		err = inHost(func() error {
+			var err error
+			dp, err = datapath.NewEBPF(datapath.Options{PinPath: pin, HostSockets: true})
+			return err
+		})
 	case "iptables":
 		dp, err = iptables.New(iptables.Options{Netns: e.topo.Host.Path})
 	case "nftables":
@@ -172,11 +187,11 @@ func ipv6Traffic(t *testing.T, e *e2e, name string, st datapath.State, web *isoC
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := dp.Remove(); err != nil {
+		if err := inHost(dp.Remove); err != nil {
 			t.Errorf("removing the %s datapath: %v", name, err)
 		}
 	})
-	if err := dp.Apply(context.Background(), st); err != nil {
+	if err := inHost(func() error { return dp.Apply(context.Background(), st) }); err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
 	greet := func(ns *lab.Namespace, to string) ([]string, error) {
@@ -209,6 +224,20 @@ func ipv6Traffic(t *testing.T, e *e2e, name string, st datapath.State, web *isoC
 	// Egress over IPv6, SNATed to host_ipv6 (the uplink's address).
 	if f, err := greet(web.ns, "[fd00:99::2]:9000"); err != nil || len(f) != 2 || !strings.HasPrefix(f[0], "[fd00:99::1]:") {
 		t.Errorf("web6 to the outside over IPv6: %q %v, want seen as [fd00:99::1]", f, err)
+	}
+	if name != "ebpf" {
+		return
+	}
+	// The host's own IPv6 sockets, with nothing listening on the host
+	// (no docker-proxy): the sock programs take them to web6, from the
+	// bridge's address. Its twin, a port not published, finds nothing.
+	for _, to := range []string{"[::1]:8080", "[fd00:99::1]:8080"} {
+		if f, err := greet(e.topo.Host, to); err != nil || len(f) != 2 || f[1] != "web6" || !strings.HasPrefix(f[0], "[fd00:251::1]:") {
+			t.Errorf("%s from the host: %q %v, want web6 seeing the bridge's [fd00:251::1]", to, f, err)
+		}
+	}
+	if line, err := e.topo.Host.Greeting("[::1]:8090"); err == nil {
+		t.Errorf("[::1]:8090 (not published) from the host answered %q", line)
 	}
 }
 

@@ -11,11 +11,13 @@
 // daemon can say so; it changes nothing.
 //
 // What it reads, in the network namespace it is given:
-//   - the filter table of iptables, both backends: iptables-legacy-save and
-//     iptables-nft-save (whichever is installed; they are separate kernel
-//     state). It counts the rules of DOCKER-USER other than a bare
-//     "-j RETURN" (which Docker itself installs) and the rules of ufw's
-//     forward chains (ufw-before-forward, ufw-user-forward, ...);
+//   - the filter table of iptables and ip6tables (bpfnet translates both
+//     families), both backends: iptables-legacy-save, iptables-nft-save
+//     and their ip6tables twins (whichever is installed; they are
+//     separate kernel state). It counts the rules of DOCKER-USER other
+//     than a bare "-j RETURN" (which Docker itself installs) and the
+//     rules of ufw's forward chains (ufw-before-forward, ufw-user-forward,
+//     ufw6-user-forward, ...);
 //   - nftables through netlink (github.com/google/nftables, no nft binary
 //     needed): base chains hooked at forward, in the ip, ip6, inet and
 //     bridge families, that have rules or a drop policy, except the tables
@@ -26,8 +28,7 @@
 // What it needs: CAP_NET_ADMIN in the namespace, nsenter(1) for a
 // namespace other than the caller's. What it does not do: it does not
 // judge what the rules match (a rule for traffic bpfnet never handles is
-// reported too), and it reads IPv4 iptables only (ip6tables is not read:
-// bpfnet translates IPv4 only).
+// reported too).
 package hostfw
 
 import (
@@ -48,15 +49,18 @@ import (
 
 // Sources of a Chain.
 const (
-	SourceIptablesLegacy = "iptables-legacy"
-	SourceIptablesNft    = "iptables-nft"
-	SourceNftables       = "nftables"
+	SourceIptablesLegacy  = "iptables-legacy"
+	SourceIptablesNft     = "iptables-nft"
+	SourceIp6tablesLegacy = "ip6tables-legacy"
+	SourceIp6tablesNft    = "ip6tables-nft"
+	SourceNftables        = "nftables"
 )
 
 // Chain is a chain whose rules forwarded packets would pass through
 // netfilter.
 type Chain struct {
-	// Source is iptables-legacy, iptables-nft or nftables.
+	// Source is iptables-legacy, iptables-nft, ip6tables-legacy,
+	// ip6tables-nft or nftables.
 	Source string `json:"source"`
 	// Table is "filter" for iptables, "<family> <name>" for nftables.
 	Table string `json:"table"`
@@ -126,6 +130,8 @@ func Detect(ctx context.Context, netnsPath string) (Report, error) {
 	for _, src := range []struct{ name, bin string }{
 		{SourceIptablesLegacy, "iptables-legacy-save"},
 		{SourceIptablesNft, "iptables-nft-save"},
+		{SourceIp6tablesLegacy, "ip6tables-legacy-save"},
+		{SourceIp6tablesNft, "ip6tables-nft-save"},
 	} {
 		if _, err := exec.LookPath(src.bin); err != nil {
 			continue
@@ -165,9 +171,11 @@ func save(ctx context.Context, netnsPath, bin string) ([]byte, error) {
 }
 
 // watched reports whether rules in an iptables filter chain of this name
-// filter forwarded packets that the fast path takes around them.
+// filter forwarded packets that the fast path takes around them (ufw names
+// its ip6tables chains ufw6-*).
 func watched(chain string) bool {
-	return chain == "DOCKER-USER" || (strings.HasPrefix(chain, "ufw-") && strings.HasSuffix(chain, "-forward"))
+	ufw := strings.HasPrefix(chain, "ufw-") || strings.HasPrefix(chain, "ufw6-")
+	return chain == "DOCKER-USER" || (ufw && strings.HasSuffix(chain, "-forward"))
 }
 
 // ParseSave returns the watched chains with rules in the filter table of

@@ -52,6 +52,17 @@ COMMIT
 			{Source: "x", Table: "filter", Chain: "ufw-before-forward", Rules: 2},
 			{Source: "x", Table: "filter", Chain: "ufw-user-forward", Rules: 1},
 		}},
+		// ufw's ip6tables chains, as ip6tables-save prints them.
+		{"ufw6", `*filter
+-A ufw6-before-forward -p ipv6-icmp -m icmp6 --icmpv6-type 128 -j ACCEPT
+-A ufw6-before-forward -j ufw6-user-forward
+-A ufw6-user-forward -p tcp --dport 80 -j ACCEPT
+-A ufw6-before-input -j ACCEPT
+COMMIT
+`, []Chain{
+			{Source: "x", Table: "filter", Chain: "ufw6-before-forward", Rules: 2},
+			{Source: "x", Table: "filter", Chain: "ufw6-user-forward", Rules: 1},
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := ParseSave("x", []byte(tc.out)); !slices.Equal(got, tc.want) {
@@ -66,7 +77,8 @@ COMMIT
 // without rules is not reported.
 func TestDetectLab(t *testing.T) {
 	lab.RequireRoot(t)
-	lab.RequireTools(t, "iptables-legacy", "iptables-nft", "iptables-legacy-save", "iptables-nft-save", "nsenter")
+	lab.RequireTools(t, "iptables-legacy", "iptables-nft", "iptables-legacy-save", "iptables-nft-save",
+		"ip6tables-legacy", "ip6tables-nft", "ip6tables-legacy-save", "ip6tables-nft-save", "nsenter")
 	topo := lab.Setup(t, lab.Config{})
 	ctx := context.Background()
 	path := topo.Host.Path
@@ -109,6 +121,22 @@ func TestDetectLab(t *testing.T) {
 	run("iptables-legacy", "-A", "ufw-user-forward", "-p", "tcp", "--dport", "80", "-j", "ACCEPT")
 	run("iptables-legacy", "-A", "ufw-user-forward", "-p", "tcp", "--dport", "443", "-j", "ACCEPT")
 	ufw := Chain{Source: SourceIptablesLegacy, Table: "filter", Chain: "ufw-user-forward", Rules: 2}
+	detect(ufw, dockerUser)
+
+	// ip6tables, both backends, are read too (the IPv6 fast path takes
+	// packets around them as well); IPv4's chains of the same names are
+	// counted apart.
+	run("ip6tables-nft", "-N", "DOCKER-USER")
+	run("ip6tables-nft", "-A", "DOCKER-USER", "-j", "RETURN")
+	detect(ufw, dockerUser)
+	run("ip6tables-nft", "-I", "DOCKER-USER", "-s", "2001:db8::9", "-j", "DROP")
+	run("ip6tables-legacy", "-N", "ufw6-before-forward")
+	run("ip6tables-legacy", "-A", "ufw6-before-forward", "-p", "ipv6-icmp", "-j", "ACCEPT")
+	dockerUser6 := Chain{Source: SourceIp6tablesNft, Table: "filter", Chain: "DOCKER-USER", Rules: 1}
+	ufw6 := Chain{Source: SourceIp6tablesLegacy, Table: "filter", Chain: "ufw6-before-forward", Rules: 1}
+	detect(ufw6, dockerUser6, ufw, dockerUser)
+	run("ip6tables-nft", "-D", "DOCKER-USER", "-s", "2001:db8::9", "-j", "DROP")
+	run("ip6tables-legacy", "-F", "ufw6-before-forward")
 	detect(ufw, dockerUser)
 
 	// A table of nftables' own: a forward base chain counts once it has a

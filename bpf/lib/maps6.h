@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Maps of the IPv6 datapath (datapath6.h): the twins of maps.h's and
- * ports.h's, keyed by IPv6 addresses. The IPv4 maps keep their layout, so
+/* Maps of the IPv6 datapath (datapath6.h): the twins of maps.h's (ports.h's are
+ * in ports6.h), keyed by IPv6 addresses. The IPv4 maps keep their layout, so
  * pinned IPv4 state survives an upgrade to a version with these. */
 #pragma once
 
 #include "common.h"
 #include "maps.h"
 #include "ipv6.h"
+#include "ports6.h"
 
 /* One direction of a translated IPv6 flow: ct_entry's twin. */
 struct ct6_entry {
@@ -33,44 +34,6 @@ struct {
 	__uint(max_entries, 262144);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ct6 SEC(".maps");
-
-/* A published port on an IPv6 host address (all zero: every one). */
-struct port6_key {
-	__be32 addr[4];
-	__be16 port;
-	__u8 proto;
-	__u8 pad;
-};
-
-struct port6_target {
-	__be32 addr[4]; /* container IPv6 address */
-	__be16 port;	/* container port */
-	__u16 pad;
-	__u32 id;	/* mapping id */
-	__u32 allow_id; /* nonzero: the mapping has an (IPv4) allowlist; closed to IPv6 */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct port6_key);
-	__type(value, struct port6_target);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} published6 SEC(".maps");
-
-struct in6_key {
-	__be32 a[4];
-};
-
-/* IPv6 addresses of the host (not loopback, not link-local). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct in6_key);
-	__type(value, __u32);
-	__uint(max_entries, 1024);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} host_addrs6 SEC(".maps");
 
 /* Endpoints by container IPv6 address (struct endpoint's addr and
  * gw_addr are its IPv4 ones; gw6 is here). */

@@ -17,7 +17,7 @@ import (
 // of the datapath is loaded: a dockerd that does NAT itself, on the
 // bridges of state, refuses the start with a *docker.FirewallError
 // (exit status docker.ExitConfig) that says what to put in daemon.json;
-// what does not clash (the userland proxy, ip6tables, settings that
+// what does not clash (the userland proxy, settings that
 // could not be read) is logged as a warning. With ignore, the conflicts
 // are logged as errors and the start goes on: for rules of the user's
 // own that look like Docker's (a MASQUERADE of a Docker subnet), which
