@@ -150,7 +150,7 @@ func (d *EBPF) checkPublish6(m PortMapping, others map[bpfPort6Key]bpfPort6Targe
 		}
 	}
 	if collides {
-		return fmt.Errorf("port %s: host port already published on another address (a port on [::] takes it on every IPv6 address)", m)
+		return fmt.Errorf("port %s: %w on another address (a port on [::] takes it on every IPv6 address)", m, ErrPortTaken)
 	}
 	return nil
 }
