@@ -38,11 +38,7 @@ func BindingOf(nets []Network, m PortMapping) PortBinding {
 	if isRouted(nets, m) {
 		return RoutedBinding(m)
 	}
-	ip := m.HostIP
-	if !ip.IsValid() {
-		ip = netip.IPv4Unspecified()
-	}
-	return PortBinding{Proto: m.Proto, HostIP: ip.Unmap(), HostPort: m.HostPort}
+	return PortBinding{Proto: m.Proto, HostIP: wildcardOf(m).Unmap(), HostPort: m.HostPort}
 }
 
 // Published lists the published ports in the datapath, sorted.
@@ -65,6 +61,22 @@ func (d *EBPF) Published() ([]PublishedPort, error) {
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading published ports: %w", err)
+	}
+	if d.objs.Published6 != nil {
+		var k6 bpfPort6Key
+		var v6 bpfPort6Target
+		it6 := d.objs.Published6.Iterate()
+		for it6.Next(&k6, &v6) {
+			out = append(out, PublishedPort{
+				Binding:       PortBinding{Proto: Proto(k6.Proto), HostIP: addr6From(k6.Addr), HostPort: port16(k6.Port)},
+				ContainerIP:   addr6From(v6.Addr),
+				ContainerPort: port16(v6.Port),
+				Allow:         lists[v6.AllowId],
+			})
+		}
+		if err := it6.Err(); err != nil {
+			return nil, fmt.Errorf("reading IPv6 published ports: %w", err)
+		}
 	}
 	// (Pinned by a version whose routed_ports held the id alone: no lists.)
 	if d.objs.RoutedPorts != nil && d.objs.RoutedPorts.ValueSize() == uint32(binary.Size(v)) {

@@ -222,7 +222,30 @@ func (d *EBPF) Traffic() (map[uint32]Traffic, error) {
 // PortConnections returns the new connections counted per published port
 // binding (host address, zero for every address, port and protocol).
 func (d *EBPF) PortConnections() (map[PortBinding]uint64, error) {
-	return sumPortCounters(d.objs.PortConns, "port counters")
+	out, err := sumPortCounters(d.objs.PortConns, "port counters")
+	if err != nil || d.objs.PortConns6 == nil {
+		return out, err
+	}
+	return out, sumPort6Counters(out, d.objs.PortConns6, "IPv6 port counters")
+}
+
+// sumPort6Counters adds to out the counts of m, a per-CPU counter map
+// keyed by IPv6 host binding (:: for every address), summed over CPUs.
+func sumPort6Counters(out map[PortBinding]uint64, m *ebpf.Map, what string) error {
+	var k bpfPort6Key
+	var vals []uint64
+	it := m.Iterate()
+	for it.Next(&k, &vals) {
+		var n uint64
+		for _, v := range vals {
+			n += v
+		}
+		out[PortBinding{Proto: Proto(k.Proto), HostIP: addr6From(k.Addr), HostPort: port16(k.Port)}] = n
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading %s: %w", what, err)
+	}
+	return nil
 }
 
 // sumPortCounters reads a per-CPU counter map keyed by host binding,

@@ -158,12 +158,17 @@ static __always_inline struct ct_entry *ct_lookup_flow(const struct pkt *p, __u8
  * ever goes one way stays unassured: it is made again from its next packet
  * if it is evicted, and loses nothing, as a published port's translation
  * is fixed. */
+static __always_inline int ct_assured_by(__u8 proto, __u8 tcp_flags, __u8 re_seen, __u64 re_packets)
+{
+	if (proto == IPPROTO_TCP)
+		return (tcp_flags & (TCPF_SYN | TCPF_ACK | TCPF_RST)) == TCPF_ACK &&
+		       (re_seen & TCPF_ACK) && !(re_seen & TCPF_RST);
+	return re_packets > 0;
+}
+
 static __always_inline int ct_assured(const struct pkt *p, const struct ct_entry *re)
 {
-	if (p->t.proto == IPPROTO_TCP)
-		return (p->tcp_flags & (TCPF_SYN | TCPF_ACK | TCPF_RST)) == TCPF_ACK &&
-		       (re->tcp_seen & TCPF_ACK) && !(re->tcp_seen & TCPF_RST);
-	return re->packets > 0;
+	return ct_assured_by(p->t.proto, p->tcp_flags, re->tcp_seen, re->packets);
 }
 
 /* ct_promote moves an assured flow, e at k and its peer pe at pk, from
