@@ -33,13 +33,14 @@ func TestJoinHostPort(t *testing.T) {
 }
 
 // TestPrintPortsIPv6: the ports table of both families, IPv6 addresses
-// in brackets where a port follows; JSON keeps the address and the port
+// in brackets where a port follows, an allowlist's IPv6 prefixes beside
+// its IPv4 ones; JSON keeps the address and the port
 // apart, without brackets.
 func TestPrintPortsIPv6(t *testing.T) {
 	ports := []portJSON{
 		{Proto: "tcp", HostIP: "0.0.0.0", HostPort: 8080, ContainerIP: "172.30.0.2", ContainerPort: 80, Container: "web", Connections: 3, Allow: []string{}},
 		{Proto: "tcp", HostIP: "::", HostPort: 8080, ContainerIP: "fd00:251::2", ContainerPort: 80, Container: "web", Connections: 2, Allow: []string{}},
-		{Proto: "udp", HostIP: "fd00:252::100", HostPort: 8081, ContainerIP: "fd00:251::3", ContainerPort: 81, Allow: []string{"192.0.2.0/24"}, Denied: 1},
+		{Proto: "udp", HostIP: "fd00:252::100", HostPort: 8081, ContainerIP: "fd00:251::3", ContainerPort: 81, Allow: []string{"192.0.2.0/24", "2001:db8::/32"}, Denied: 1},
 	}
 	var b bytes.Buffer
 	if err := printPorts(&b, ports); err != nil {
@@ -50,7 +51,7 @@ func TestPrintPortsIPv6(t *testing.T) {
 		{"PROTO", "HOST", "CONTAINER", "NAME", "CONNECTIONS", "ALLOW", "DENIED"},
 		{"tcp", "0.0.0.0:8080", "172.30.0.2:80", "web", "3", "all", "0"},
 		{"tcp", "[::]:8080", "[fd00:251::2]:80", "web", "2", "all", "0"},
-		{"udp", "[fd00:252::100]:8081", "[fd00:251::3]:81", "0", "192.0.2.0/24", "1"},
+		{"udp", "[fd00:252::100]:8081", "[fd00:251::3]:81", "0", "192.0.2.0/24,2001:db8::/32", "1"},
 	}
 	if len(lines) != len(want) {
 		t.Fatalf("table:\n%s", b.String())
