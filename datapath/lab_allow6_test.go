@@ -3,8 +3,10 @@
 package datapath
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -103,6 +105,56 @@ func TestLabIPv6Allow(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+
+	// 8080's list changed to the other source: new connections obey it
+	// at once, and the tries keep only the lists in use.
+	apply := func(ports []PortMapping) {
+		t.Helper()
+		if err := l.topo.Host.Do(func() error {
+			s, err := labState6(l.topo, ports)
+			if err != nil {
+				return err
+			}
+			return l.dp.Apply(context.Background(), s)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	trie6 := func() int {
+		t.Helper()
+		n := 0
+		if err := l.topo.Host.Do(func() error {
+			keys, err := readMap[bpfAllow6Key, uint32](l.dp.objs.PortAllow6)
+			n = len(keys)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// x0's /128, x1's /64, the network's /64.
+	if n := trie6(); n != 3 {
+		t.Errorf("port_allow6 holds %d entries, want 3", n)
+	}
+	moved := slices.Clone(ports)
+	moved[0].Allow = []netip.Prefix{netip.PrefixFrom(x1v6, 128)}
+	apply(moved)
+	expectGreeting(t, &x1.Namespace, dial(1, 8080), x1v6.String())
+	expectDenied(t, &x0.Namespace, dial(0, 8080))
+	if n := trie6(); n != 3 {
+		t.Errorf("port_allow6 holds %d entries after the change, want 3 (x0's gone, x1's /128 new)", n)
+	}
+	// No lists: every port open to both sources, nothing in the tries.
+	open := slices.Clone(ports)
+	for i := range open {
+		open[i].Allow = nil
+	}
+	apply(open)
+	expectGreeting(t, &x0.Namespace, dial(0, 8082), x0v6.String())
+	expectGreeting(t, &x1.Namespace, dial(1, 8080), x1v6.String())
+	if n := trie6(); n != 0 {
+		t.Errorf("port_allow6 holds %d entries with no list left, want none", n)
 	}
 }
 

@@ -118,22 +118,9 @@ func dualStackLabWith(t *testing.T, cfg lab.Config, ports []PortMapping) (*labDa
 		}
 	}
 	err := topo.Host.Do(func() error {
-		s, err := discoverLab(topo, ports)
+		s, err := labState6(topo, ports)
 		if err != nil {
 			return err
-		}
-		s.Networks[0].Subnet6, s.Networks[0].Gateway6 = labSub6, labGw6
-		// The uplinks of the externals but the first are no default
-		// route.
-		for _, x := range topo.Externals[1:] {
-			s.Uplinks = append(s.Uplinks, Uplink{Name: x.Uplink})
-		}
-		for i := range s.Endpoints {
-			for j, c := range topo.Containers {
-				if s.Endpoints[i].HostVeth == c.HostVeth {
-					s.Endpoints[i].Addr6 = labCtr6[j]
-				}
-			}
 		}
 		dp, err := NewEBPF(Options{PinPath: l.pin})
 		if err != nil {
@@ -146,6 +133,28 @@ func dualStackLabWith(t *testing.T, cfg lab.Config, ports []PortMapping) (*labDa
 		t.Fatalf("starting datapath: %v", err)
 	}
 	return l, ext
+}
+
+// labState6 is the state of a dualStackLabWith topology with ports
+// published, read in the host's namespace.
+func labState6(topo *lab.Topology, ports []PortMapping) (State, error) {
+	s, err := discoverLab(topo, ports)
+	if err != nil {
+		return s, err
+	}
+	s.Networks[0].Subnet6, s.Networks[0].Gateway6 = labSub6, labGw6
+	// The uplinks of the externals but the first are no default route.
+	for _, x := range topo.Externals[1:] {
+		s.Uplinks = append(s.Uplinks, Uplink{Name: x.Uplink})
+	}
+	for i := range s.Endpoints {
+		for j, c := range topo.Containers {
+			if s.Endpoints[i].HostVeth == c.HostVeth {
+				s.Endpoints[i].Addr6 = labCtr6[j]
+			}
+		}
+	}
+	return s, nil
 }
 
 // TestLabIPv6DualStack: on one dual-stack network, the IPv4 and the IPv6
