@@ -141,41 +141,33 @@ func readAllowLists(m, m6 *ebpf.Map) (*allowLists, error) {
 // use, reusing the ids of prev for lists it has.
 func (d *EBPF) assignAllow(prev *allowLists, s State, ports, routed map[bpfPortKey]bpfPortTarget, ports6 map[bpfPort6Key]bpfPort6Target) *allowLists {
 	l := newAllowLists()
+	// name gives a mapping list ps, counting the use.
+	name := func(ps []netip.Prefix) uint32 {
+		id, _ := l.id(ps, prev)
+		l.refs[id]++
+		return id
+	}
 	for _, m := range s.Ports {
 		if len(m.Allow) == 0 || isRouted(s.Networks, m) {
 			continue
 		}
 		if is6(m.ContainerIP) {
-			k := port6Key(m)
-			t, ok := ports6[k]
-			if !ok {
-				continue
+			if t, ok := ports6[port6Key(m)]; ok {
+				t.AllowId = name(canonAllow(m.Allow))
+				ports6[port6Key(m)] = t
 			}
-			id, _ := l.id(canonAllow(m.Allow), prev)
-			t.AllowId = id
-			ports6[k] = t
-			l.refs[id]++
 			continue
 		}
-		k := d.portKey(m)
-		t, ok := ports[k]
-		if !ok {
-			continue
+		if t, ok := ports[d.portKey(m)]; ok {
+			t.AllowId = name(canonAllow(m.Allow))
+			ports[d.portKey(m)] = t
 		}
-		id, _ := l.id(canonAllow(m.Allow), prev)
-		t.AllowId = id
-		ports[k] = t
-		l.refs[id]++
 	}
 	for k, ps := range routedAllow(s) {
-		t, ok := routed[k]
-		if !ok || len(ps) == 0 {
-			continue
+		if t, ok := routed[k]; ok && len(ps) > 0 {
+			t.AllowId = name(ps)
+			routed[k] = t
 		}
-		id, _ := l.id(ps, prev)
-		t.AllowId = id
-		routed[k] = t
-		l.refs[id]++
 	}
 	return l
 }

@@ -109,9 +109,11 @@ static __always_inline void ct_delete_pair(const struct ct_key *k, const struct 
 }
 
 /* ct_insert writes both halves of a flow into one table, e at k and pe at
- * pk: both or neither. Returns 0 or -DROP_CT_FULL. */
-static __always_inline int ct_insert(void *table, const struct ct_key *k, const struct ct_entry *e,
-				     const struct ct_key *pk, const struct ct_entry *pe)
+ * pk: both or neither. Returns 0 or -DROP_CT_FULL. The keys and entries are
+ * those of the table's family (ct_key and ct_entry, or their IPv6 twins:
+ * conntrack6.h uses it too). */
+static __always_inline int ct_insert(void *table, const void *k, const void *e, const void *pk,
+				     const void *pe)
 {
 	if (bpf_map_update_elem(table, pk, pe, BPF_ANY) < 0)
 		return -DROP_CT_FULL;

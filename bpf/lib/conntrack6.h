@@ -109,21 +109,6 @@ static __always_inline struct ct6_entry *ct6_lookup_flow(const struct pkt6 *p, _
 	return e;
 }
 
-/* ct6_insert is ct_insert for IPv6: both halves of a flow into one table,
- * e at k and pe at pk, or neither. Returns 0 or -DROP_CT_FULL. */
-static __always_inline int ct6_insert(void *table, const struct ct6_key *k,
-				      const struct ct6_entry *e, const struct ct6_key *pk,
-				      const struct ct6_entry *pe)
-{
-	if (bpf_map_update_elem(table, pk, pe, BPF_ANY) < 0)
-		return -DROP_CT_FULL;
-	if (bpf_map_update_elem(table, k, e, BPF_ANY) < 0) {
-		bpf_map_delete_elem(table, pk);
-		return -DROP_CT_FULL;
-	}
-	return 0;
-}
-
 /* ct6_promote is ct_promote for IPv6: an assured flow, e at k and its peer
  * pe at pk, moves from ct6_syn into ct6; the ct6_syn entries go last, so a
  * failure leaves the flow where it was. pe is the caller's copy, and
@@ -140,7 +125,7 @@ static __always_inline void ct6_promote(const struct ct6_key *k, const struct ct
 	pe->flags &= ~CT_UNASSURED;
 	pe->peer_flags &= ~CT_UNASSURED;
 	pe->expires = now + ct6_lifetime(k->proto, pe->tcp_seen);
-	if (ct6_insert(&ct6, k, &ne, pk, pe) < 0)
+	if (ct_insert(&ct6, k, &ne, pk, pe) < 0)
 		return;
 	bpf_map_delete_elem(&ct6_syn, pk);
 	bpf_map_delete_elem(&ct6_syn, k);
@@ -193,7 +178,7 @@ static __always_inline int ct6_create(const struct ct6_key *k, struct ct6_entry 
 	ct6_peer_key(e, k->proto, &pk);
 	ct6_peer_entry(k, e, &pe);
 	pe.expires = e->expires;
-	return ct6_insert(&ct6, k, e, &pk, &pe);
+	return ct_insert(&ct6, k, e, &pk, &pe);
 }
 
 /* ct6_create_unassured is ct_create_unassured for IPv6: both halves of a
@@ -212,7 +197,7 @@ static __always_inline int ct6_create_unassured(const struct ct6_key *k, struct 
 	ct6_peer_key(e, k->proto, &pk);
 	ct6_peer_entry(k, e, &pe);
 	pe.expires = e->expires;
-	r = ct6_insert(&ct6_syn, k, e, &pk, &pe);
+	r = ct_insert(&ct6_syn, k, e, &pk, &pe);
 	if (r < 0)
 		return r;
 	count_event(EV_CT_HALF_OPEN);
