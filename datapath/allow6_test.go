@@ -379,3 +379,25 @@ func TestPacketIPv6FloodKeepsEstablished(t *testing.T) {
 	expectRun("last flood SYN|ACK", v, out, host6, 8080, src(flood-1), uint16(1024+flood-1))
 	e.expectDrops(nil)
 }
+
+// TestBindingOfIPv6: an IPv6 mapping without a host address counts under
+// ::, where port_conns6 and port_denied6 have it, not under 0.0.0.0 with
+// the IPv4 binding of the same port (Docker's -p 8080:80 makes both); one
+// with a host address under that address.
+func TestBindingOfIPv6(t *testing.T) {
+	nets := []Network{{Name: "dual", Subnet: netip.MustParsePrefix("172.31.0.0/24"), Subnet6: netip.MustParsePrefix("fd00:31::/64"), Masquerade: true}}
+	c4, c6 := netip.MustParseAddr("172.31.0.2"), netip.MustParseAddr("fd00:31::2")
+	for _, tc := range []struct {
+		m    PortMapping
+		want PortBinding
+	}{
+		{PortMapping{Proto: TCP, HostPort: 8080, ContainerIP: c6, ContainerPort: 80}, PortBinding{TCP, netip.IPv6Unspecified(), 8080}},
+		{PortMapping{Proto: TCP, HostPort: 8080, ContainerIP: c4, ContainerPort: 80}, PortBinding{TCP, netip.IPv4Unspecified(), 8080}},
+		{PortMapping{Proto: UDP, HostIP: netip.MustParseAddr("2001:db8::1"), HostPort: 53, ContainerIP: c6, ContainerPort: 53},
+			PortBinding{UDP, netip.MustParseAddr("2001:db8::1"), 53}},
+	} {
+		if got := BindingOf(nets, tc.m); got != tc.want {
+			t.Errorf("%s: %+v, want %+v", tc.m, got, tc.want)
+		}
+	}
+}

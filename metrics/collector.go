@@ -297,6 +297,9 @@ func (c *Collector) ports(st datapath.State, desc *prometheus.Desc, what string,
 	byAddr := make(map[netip.Addr]string, len(st.Endpoints))
 	for _, e := range st.Endpoints {
 		byAddr[e.Addr] = e.Container
+		if e.Addr6.IsValid() {
+			byAddr[e.Addr6] = e.Container
+		}
 	}
 	seen := make(map[datapath.PortBinding]bool, len(st.Ports))
 	out := make([]prometheus.Metric, 0, len(st.Ports))
