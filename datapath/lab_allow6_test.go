@@ -5,6 +5,7 @@ package datapath
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/netip"
 	"slices"
 	"strings"
@@ -21,7 +22,9 @@ import (
 // prefixes only keeps the IPv6 port closed to both, while the same list on
 // the IPv4 port lets its source in; a container reaching an IPv6 port
 // through the hairpin is judged by the list too. Published shows the
-// lists' IPv6 prefixes.
+// lists' IPv6 prefixes. A changed list judges new connections at once and
+// leaves an established one alone; with no list left, port_allow6 is
+// empty.
 func TestLabIPv6Allow(t *testing.T) {
 	cfg := lab.Config{Containers: []lab.ContainerConfig{{Bridge: 0}, {Bridge: 0}}, Externals: []lab.ExternalConfig{{}, {}}}
 	c4 := netip.MustParseAddr("172.30.0.2")
@@ -137,9 +140,30 @@ func TestLabIPv6Allow(t *testing.T) {
 	if n := trie6(); n != 3 {
 		t.Errorf("port_allow6 holds %d entries, want 3", n)
 	}
+	// An established connection of x0's outlives the change, as over
+	// IPv4 (TestLabAllow).
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := x0.DialTCP(ctx, dial(0, 8080))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	greeting := make([]byte, len(x0v6.String())+1)
+	if _, err := io.ReadFull(conn, greeting); err != nil {
+		t.Fatal(err)
+	}
 	moved := slices.Clone(ports)
 	moved[0].Allow = []netip.Prefix{netip.PrefixFrom(x1v6, 128)}
 	apply(moved)
+	if _, err := conn.Write([]byte("still here")); err != nil {
+		t.Fatalf("writing on the established connection: %v", err)
+	}
+	buf := make([]byte, len("still here"))
+	if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "still here" {
+		t.Errorf("established IPv6 connection after its list changed: %q, %v", buf, err)
+	}
 	expectGreeting(t, &x1.Namespace, dial(1, 8080), x1v6.String())
 	expectDenied(t, &x0.Namespace, dial(0, 8080))
 	if n := trie6(); n != 3 {
