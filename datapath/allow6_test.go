@@ -263,6 +263,10 @@ func TestPacketIPv6FloodHandshake(t *testing.T) {
 	if n := e.event(EventCTHalfOpen); n != 1 {
 		t.Errorf("ct_half_open = %d, want 1", n)
 	}
+	dp := &EBPF{objs: e.objs}
+	if n, c, err := dp.HalfOpen6Usage(); err != nil || n != 2 || c != int(e.objs.Ct6Syn.MaxEntries()) {
+		t.Errorf("HalfOpen6Usage = %d / %d, %v; want 2 / %d", n, c, err, e.objs.Ct6Syn.MaxEntries())
+	}
 	synAck := tcp6(ctrA6, 80, client6, 40000)
 	synAck.ack = true
 	v, out = e.toNetdev(synAck.fromCtr(upMAC, routerMAC).frame())
@@ -293,13 +297,15 @@ func TestPacketIPv6FloodHandshake(t *testing.T) {
 	if n := e.event(EventCTPromoted); n != 1 {
 		t.Errorf("ct_promoted = %d, want 1", n)
 	}
+	if n, _, err := dp.CT6Usage(); err != nil || n != 2 {
+		t.Errorf("CT6Usage = %d entries, %v; want 2", n, err)
+	}
 	data := tcp6(ctrA6, 80, client6, 40000)
 	data.syn, data.ack = false, true
 	v, out = e.toNetdev(data.fromCtr(upMAC, routerMAC).frame())
 	expectVerdict(t, v, TC_ACT_OK)
 	expectTuple6(t, "data from ct6", parse6Frame(t, "data", out), host6, 8080, client6, 40000)
-	d := &EBPF{objs: e.objs}
-	entries, err := d.Conntrack()
+	entries, err := dp.Conntrack()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -296,6 +296,26 @@ func (d *EBPF) HalfOpenUsage() (entries, capacity int, err error) {
 	return tableUsage(d.objs.Ct4Syn)
 }
 
+// CT6Usage is CTUsage for ct6, the table of established IPv6 flows
+// (zero for a datapath pinned by a version without it).
+func (d *EBPF) CT6Usage() (entries, capacity int, err error) {
+	return table6Usage(d.objs.Ct6)
+}
+
+// HalfOpen6Usage is HalfOpenUsage for ct6_syn, the table of unassured
+// IPv6 flows (zero for a datapath pinned by a version without it).
+func (d *EBPF) HalfOpen6Usage() (entries, capacity int, err error) {
+	return table6Usage(d.objs.Ct6Syn)
+}
+
+func table6Usage(m *ebpf.Map) (entries, capacity int, err error) {
+	if m == nil {
+		return 0, 0, nil
+	}
+	err = walkCT6(m, func(bpfCt6Key, bpfCt6Entry) { entries++ })
+	return entries, int(m.MaxEntries()), err
+}
+
 func tableUsage(m *ebpf.Map) (entries, capacity int, err error) {
 	err = walkCT(m, func(bpfCtKey, bpfCtEntry) { entries++ })
 	return entries, int(m.MaxEntries()), err

@@ -109,25 +109,27 @@ func TestPrintCTIPv6(t *testing.T) {
 	}
 }
 
-// TestPrintStatusIPv6: status counts the IPv6 ports and lists the
-// endpoints of both families.
+// TestPrintStatusIPv6: status counts the IPv6 ports, shows the IPv6
+// conntrack tables and lists the endpoints of both families.
 func TestPrintStatusIPv6(t *testing.T) {
 	r := statusReport{PinPath: "/sys/fs/bpf/x", Ports: 3, PortsIPv6: 1,
+		CT6Entries: 4, CT6Capacity: 1024, HalfOpen6Entries: 2, HalfOpen6Capacity: 128,
 		Endpoints: []endpointJSON{{Addr: netip.MustParseAddr("172.30.0.2"), Ifindex: 7}, {Addr: netip.MustParseAddr("fd00:251::2"), Ifindex: 7}}}
 	var b bytes.Buffer
 	if err := printStatus(&b, r); err != nil {
 		t.Fatal(err)
 	}
 	out := b.String()
-	for _, want := range []string{"published ports  3 (1 IPv6)", "\nfd00:251::2 ", "\n172.30.0.2 "} {
+	for _, want := range []string{"published ports  3 (1 IPv6)", "conntrack IPv6   4 / 1024 entries, 2 / 128 unassured", "\nfd00:251::2 ", "\n172.30.0.2 "} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status has no %q:\n%s", want, out)
 		}
 	}
 	r.PortsIPv6 = 0
+	r.CT6Capacity = 0 // pinned by a version without ct6
 	b.Reset()
 	printStatus(&b, r)
-	if !strings.Contains(b.String(), "published ports  3\n") {
+	if !strings.Contains(b.String(), "published ports  3\n") || strings.Contains(b.String(), "IPv6") {
 		t.Errorf("IPv4-only status:\n%s", b.String())
 	}
 }
