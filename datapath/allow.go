@@ -211,7 +211,9 @@ func routedAllow(s State) map[bpfPortKey][]netip.Prefix {
 	out := map[bpfPortKey][]netip.Prefix{}
 	open := map[bpfPortKey]bool{}
 	for _, m := range s.Ports {
-		if !isRouted(s.Networks, m) {
+		// IPv6 routed ports have no routed_ports entry to name a list
+		// yet: their lists are not enforced.
+		if !isRouted(s.Networks, m) || is6(m.ContainerIP) {
 			continue
 		}
 		k := bpfPortKey{Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}

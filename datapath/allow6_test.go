@@ -407,3 +407,39 @@ func TestBindingOfIPv6(t *testing.T) {
 		}
 	}
 }
+
+// TestAssignAllowIPv6: an IPv6 port of a nat network gets its list's id in
+// its published6 target, the id shared with the IPv4 port of the same
+// list; an IPv6 port of a network routed for IPv6 (and nat for IPv4) gets
+// none and is no routed IPv4 entry (no routed_ports6 yet), and nothing
+// panics on its address.
+func TestAssignAllowIPv6(t *testing.T) {
+	nets := []Network{
+		{Name: "nat", Subnet: netip.MustParsePrefix("172.31.0.0/24"), Subnet6: netip.MustParsePrefix("fd00:31::/64"), Masquerade: true},
+		{Name: "r6", Subnet: netip.MustParsePrefix("172.32.0.0/24"), Subnet6: netip.MustParsePrefix("fd00:32::/64"), Masquerade: true, GatewayModeIPv6: GatewayRouted},
+	}
+	list := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00:1::/64")}
+	s := State{Networks: nets, Ports: []PortMapping{
+		{Proto: TCP, HostPort: 8080, ContainerIP: netip.MustParseAddr("172.31.0.2"), ContainerPort: 80, Allow: list},
+		{Proto: TCP, HostPort: 8080, ContainerIP: netip.MustParseAddr("fd00:31::2"), ContainerPort: 80, Allow: list},
+		{Proto: TCP, HostPort: 8081, ContainerIP: netip.MustParseAddr("fd00:32::2"), ContainerPort: 81, Allow: list},
+	}}
+	d := &EBPF{}
+	ports := map[bpfPortKey]bpfPortTarget{d.portKey(s.Ports[0]): {}}
+	ports6 := map[bpfPort6Key]bpfPort6Target{port6Key(s.Ports[1]): {}}
+	routed := map[bpfPortKey]bpfPortTarget{}
+	l := d.assignAllow(newAllowLists(), s, ports, routed, ports6)
+	id4, id6 := ports[d.portKey(s.Ports[0])].AllowId, ports6[port6Key(s.Ports[1])].AllowId
+	if id4 == 0 || id6 != id4 {
+		t.Errorf("list ids: IPv4 port %d, IPv6 port %d; want one nonzero id", id4, id6)
+	}
+	if l.refs[id4] != 2 || len(l.prefixes) != 1 {
+		t.Errorf("lists %v, refs %v; want one list named twice", l.prefixes, l.refs)
+	}
+	if len(routed) != 0 {
+		t.Errorf("routed entries %v for an IPv6 routed port", routed)
+	}
+	if got := routedAllow(s); len(got) != 0 {
+		t.Errorf("routedAllow = %v, want nothing for IPv6", got)
+	}
+}
