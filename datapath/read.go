@@ -44,54 +44,44 @@ func BindingOf(nets []Network, m PortMapping) PortBinding {
 // Published lists the published ports in the datapath, sorted.
 func (d *EBPF) Published() ([]PublishedPort, error) {
 	var out []PublishedPort
-	var k bpfPortKey
-	var v bpfPortTarget
 	lists, err := d.allowOf()
 	if err != nil {
 		return nil, err
 	}
-	it := d.objs.Published.Iterate()
-	for it.Next(&k, &v) {
-		out = append(out, PublishedPort{
-			Binding:       PortBinding{Proto: Proto(k.Proto), HostIP: addrFrom(k.Addr), HostPort: port16(k.Port)},
-			ContainerIP:   addrFrom(v.Addr),
-			ContainerPort: port16(v.Port),
-			Allow:         lists[v.AllowId],
-		})
+	// of is the entry of a port_target at k.
+	of := func(k bpfPortKey, v bpfPortTarget, routed bool) PublishedPort {
+		return PublishedPort{
+			Binding:     PortBinding{Proto: Proto(k.Proto), HostIP: addrFrom(k.Addr), HostPort: port16(k.Port)},
+			ContainerIP: addrFrom(v.Addr), ContainerPort: port16(v.Port), Allow: lists[v.AllowId], Routed: routed,
+		}
 	}
-	if err := it.Err(); err != nil {
+	ports, err := readMap[bpfPortKey, bpfPortTarget](d.objs.Published)
+	if err != nil {
 		return nil, fmt.Errorf("reading published ports: %w", err)
 	}
+	for k, v := range ports {
+		out = append(out, of(k, v, false))
+	}
 	if d.objs.Published6 != nil {
-		var k6 bpfPort6Key
-		var v6 bpfPort6Target
-		it6 := d.objs.Published6.Iterate()
-		for it6.Next(&k6, &v6) {
-			out = append(out, PublishedPort{
-				Binding:       PortBinding{Proto: Proto(k6.Proto), HostIP: addr6From(k6.Addr), HostPort: port16(k6.Port)},
-				ContainerIP:   addr6From(v6.Addr),
-				ContainerPort: port16(v6.Port),
-				Allow:         lists[v6.AllowId],
-			})
-		}
-		if err := it6.Err(); err != nil {
+		ports6, err := readMap[bpfPort6Key, bpfPort6Target](d.objs.Published6)
+		if err != nil {
 			return nil, fmt.Errorf("reading IPv6 published ports: %w", err)
+		}
+		for k, v := range ports6 {
+			out = append(out, PublishedPort{
+				Binding:     PortBinding{Proto: Proto(k.Proto), HostIP: addr6From(k.Addr), HostPort: port16(k.Port)},
+				ContainerIP: addr6From(v.Addr), ContainerPort: port16(v.Port), Allow: lists[v.AllowId],
+			})
 		}
 	}
 	// (Pinned by a version whose routed_ports held the id alone: no lists.)
-	if d.objs.RoutedPorts != nil && d.objs.RoutedPorts.ValueSize() == uint32(binary.Size(v)) {
-		it = d.objs.RoutedPorts.Iterate()
-		for it.Next(&k, &v) {
-			out = append(out, PublishedPort{
-				Binding:       PortBinding{Proto: Proto(k.Proto), HostIP: addrFrom(k.Addr), HostPort: port16(k.Port)},
-				ContainerIP:   addrFrom(v.Addr),
-				ContainerPort: port16(v.Port),
-				Allow:         lists[v.AllowId],
-				Routed:        true,
-			})
-		}
-		if err := it.Err(); err != nil {
+	if d.objs.RoutedPorts != nil && d.objs.RoutedPorts.ValueSize() == uint32(binary.Size(bpfPortTarget{})) {
+		routed, err := readMap[bpfPortKey, bpfPortTarget](d.objs.RoutedPorts)
+		if err != nil {
 			return nil, fmt.Errorf("reading routed ports: %w", err)
+		}
+		for k, v := range routed {
+			out = append(out, of(k, v, true))
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {
