@@ -5,6 +5,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"strings"
 
@@ -12,7 +13,9 @@ import (
 )
 
 // allowLists are the source allowlists of published ports as the
-// port_allow trie holds them (bpf/lib/allow.h): one list per distinct
+// port_allow and port_allow6 tries hold them (bpf/lib/allow.h), a list's
+// IPv4 prefixes in the first, its IPv6 ones in the second, under one id
+// (a list without prefixes of a family lets no source of it in): one list per distinct
 // content, shared by the mappings that have it, under an id that
 // bpfPortTarget.AllowId names. A changed list gets a new id, written in
 // full before a mapping names it and deleted after none does, so a new
@@ -36,21 +39,35 @@ func allowKeyOf(ps []netip.Prefix) string {
 	return b.String()
 }
 
-// entries are the trie's entries of every list.
-func (l *allowLists) entries() map[bpfAllowKey]uint32 {
-	out := map[bpfAllowKey]uint32{}
+// entries are the tries' entries of every list: port_allow's, then
+// port_allow6's.
+func (l *allowLists) entries() (map[bpfAllowKey]uint32, map[bpfAllow6Key]uint32) {
+	v4, v6 := map[bpfAllowKey]uint32{}, map[bpfAllow6Key]uint32{}
 	for id, ps := range l.prefixes {
-		for k, v := range allowEntries(id, ps) {
-			out[k] = v
+		maps.Copy(v4, allowEntries(id, ps))
+		maps.Copy(v6, allowEntries6(id, ps))
+	}
+	return v4, v6
+}
+
+// allowEntries are the port_allow entries of list id: its IPv4 prefixes.
+func allowEntries(id uint32, ps []netip.Prefix) map[bpfAllowKey]uint32 {
+	out := make(map[bpfAllowKey]uint32, len(ps))
+	for _, p := range ps {
+		if p.Addr().Is4() {
+			out[bpfAllowKey{Prefixlen: 32 + uint32(p.Bits()), List: id, Addr: be32(p.Addr())}] = 1
 		}
 	}
 	return out
 }
 
-func allowEntries(id uint32, ps []netip.Prefix) map[bpfAllowKey]uint32 {
-	out := make(map[bpfAllowKey]uint32, len(ps))
+// allowEntries6 are the port_allow6 entries of list id: its IPv6 prefixes.
+func allowEntries6(id uint32, ps []netip.Prefix) map[bpfAllow6Key]uint32 {
+	out := map[bpfAllow6Key]uint32{}
 	for _, p := range ps {
-		out[bpfAllowKey{Prefixlen: 32 + uint32(p.Bits()), List: id, Addr: be32(p.Addr())}] = 1
+		if !p.Addr().Is4() {
+			out[bpfAllow6Key{Prefixlen: 32 + uint32(p.Bits()), List: id, Addr: be128(p.Addr())}] = 1
+		}
 	}
 	return out
 }
@@ -78,8 +95,9 @@ func (l *allowLists) id(ps []netip.Prefix, taken *allowLists) (id uint32, added 
 	return id, true
 }
 
-// readAllowLists reads the lists a previous process wrote.
-func readAllowLists(m *ebpf.Map) (*allowLists, error) {
+// readAllowLists reads the lists a previous process wrote, from the IPv4
+// trie m and the IPv6 one m6 (nil when pinned by a version without it).
+func readAllowLists(m, m6 *ebpf.Map) (*allowLists, error) {
 	l := newAllowLists()
 	if m == nil {
 		return l, nil
@@ -96,6 +114,19 @@ func readAllowLists(m *ebpf.Map) (*allowLists, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading allowlists: %w", err)
 	}
+	if m6 != nil {
+		var k6 bpfAllow6Key
+		it6 := m6.Iterate()
+		for it6.Next(&k6, &v) {
+			if k6.Prefixlen < 32 || k6.Prefixlen > 32+128 {
+				continue
+			}
+			l.prefixes[k6.List] = append(l.prefixes[k6.List], netip.PrefixFrom(addr6From(k6.Addr), int(k6.Prefixlen-32)))
+		}
+		if err := it6.Err(); err != nil {
+			return nil, fmt.Errorf("reading IPv6 allowlists: %w", err)
+		}
+	}
 	for id, ps := range l.prefixes {
 		ps = canonAllow(ps)
 		l.prefixes[id] = ps
@@ -105,42 +136,62 @@ func readAllowLists(m *ebpf.Map) (*allowLists, error) {
 }
 
 // assignAllow gives the mappings of s their list ids: those of nat
-// networks in ports (keyed as resolve keys them), those of routed networks
-// in routed (see routedAllow). It returns the lists they use, reusing the
-// ids of prev for lists it has.
-func (d *EBPF) assignAllow(prev *allowLists, s State, ports, routed map[bpfPortKey]bpfPortTarget) *allowLists {
+// networks in ports and ports6 (keyed as resolve keys them), those of
+// routed networks in routed (see routedAllow). It returns the lists they
+// use, reusing the ids of prev for lists it has.
+func (d *EBPF) assignAllow(prev *allowLists, s State, ports, routed map[bpfPortKey]bpfPortTarget, ports6 map[bpfPort6Key]bpfPort6Target) *allowLists {
 	l := newAllowLists()
+	// name gives a mapping list ps, counting the use.
+	name := func(ps []netip.Prefix) uint32 {
+		id, _ := l.id(ps, prev)
+		l.refs[id]++
+		return id
+	}
 	for _, m := range s.Ports {
 		if len(m.Allow) == 0 || isRouted(s.Networks, m) {
 			continue
 		}
-		k := d.portKey(m)
-		t, ok := ports[k]
-		if !ok {
+		if is6(m.ContainerIP) {
+			if t, ok := ports6[port6Key(m)]; ok {
+				t.AllowId = name(canonAllow(m.Allow))
+				ports6[port6Key(m)] = t
+			}
 			continue
 		}
-		id, _ := l.id(canonAllow(m.Allow), prev)
-		t.AllowId = id
-		ports[k] = t
-		l.refs[id]++
+		if t, ok := ports[d.portKey(m)]; ok {
+			t.AllowId = name(canonAllow(m.Allow))
+			ports[d.portKey(m)] = t
+		}
 	}
 	for k, ps := range routedAllow(s) {
-		t, ok := routed[k]
-		if !ok || len(ps) == 0 {
-			continue
+		if t, ok := routed[k]; ok && len(ps) > 0 {
+			t.AllowId = name(ps)
+			routed[k] = t
 		}
-		id, _ := l.id(ps, prev)
-		t.AllowId = id
-		routed[k] = t
-		l.refs[id]++
 	}
 	return l
 }
 
-// isRouted tells whether m publishes a container port of a routed network.
+// isRouted tells whether m publishes a container port of a routed network
+// (of its family's gateway mode).
 func isRouted(nets []Network, m PortMapping) bool {
 	n, ok := networkOf(nets, m.ContainerIP)
+	if is6(m.ContainerIP) {
+		return ok && n.GatewayModeIPv6 == GatewayRouted
+	}
 	return ok && n.GatewayMode == GatewayRouted
+}
+
+// is6 tells whether a is an IPv6 address (not an IPv4-mapped one).
+func is6(a netip.Addr) bool { return a.Is6() && !a.Is4In6() }
+
+// port6Key is the published6 key of m, an IPv6 mapping of a nat network.
+func port6Key(m PortMapping) bpfPort6Key {
+	k := bpfPort6Key{Port: be16(m.HostPort), Proto: uint8(m.Proto)}
+	if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
+		k.Addr = be128(m.HostIP)
+	}
+	return k
 }
 
 // routedAllow gives the allowlist of each published container port of a
@@ -160,7 +211,9 @@ func routedAllow(s State) map[bpfPortKey][]netip.Prefix {
 	out := map[bpfPortKey][]netip.Prefix{}
 	open := map[bpfPortKey]bool{}
 	for _, m := range s.Ports {
-		if !isRouted(s.Networks, m) {
+		// IPv6 routed ports have no routed_ports entry to name a list
+		// yet: their lists are not enforced.
+		if !isRouted(s.Networks, m) || is6(m.ContainerIP) {
 			continue
 		}
 		k := bpfPortKey{Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}
@@ -179,18 +232,41 @@ func routedAllow(s State) map[bpfPortKey][]netip.Prefix {
 	return out
 }
 
-// syncAllowAdd writes the entries of want's lists that have lacks:
-// before the published ports name them.
-func syncAllowAdd(undo *undoLog, m *ebpf.Map, have, want *allowLists) error {
-	return syncMapPart(undo, m, have.entries(), want.entries())
+// syncAllowAdd writes the entries of want's lists that have lacks, into
+// both tries: before the published ports name them.
+func (d *EBPF) syncAllowAdd(undo *undoLog, have, want *allowLists) error {
+	h4, h6 := have.entries()
+	w4, w6 := want.entries()
+	if err := syncMapPart(undo, d.objs.PortAllow, h4, w4); err != nil {
+		return err
+	}
+	return syncMapPart(undo, d.objs.PortAllow6, h6, w6)
 }
 
-// syncAllowDelete deletes the entries of have that want has not: after
-// the published ports stopped naming them.
-func syncAllowDelete(undo *undoLog, m *ebpf.Map, have, want *allowLists) error {
-	w := want.entries()
-	for k, v := range have.entries() {
-		if _, ok := w[k]; ok {
+// writeAllow writes list id, new to the tries, into both.
+func (d *EBPF) writeAllow(undo *undoLog, id uint32, ps []netip.Prefix) error {
+	if err := syncMapPart(undo, d.objs.PortAllow, nil, allowEntries(id, ps)); err != nil {
+		return err
+	}
+	return syncMapPart(undo, d.objs.PortAllow6, nil, allowEntries6(id, ps))
+}
+
+// syncAllowDelete deletes the entries of have that want has not, from
+// both tries: after the published ports stopped naming them.
+func (d *EBPF) syncAllowDelete(undo *undoLog, have, want *allowLists) error {
+	h4, h6 := have.entries()
+	w4, w6 := want.entries()
+	if err := deleteMissing(undo, d.objs.PortAllow, h4, w4); err != nil {
+		return err
+	}
+	return deleteMissing(undo, d.objs.PortAllow6, h6, w6)
+}
+
+// deleteMissing deletes from m the entries of have that want has not,
+// logging how to put them back.
+func deleteMissing[K comparable, V any](undo *undoLog, m *ebpf.Map, have, want map[K]V) error {
+	for k, v := range have {
+		if _, ok := want[k]; ok {
 			continue
 		}
 		if err := ignoreMissing(m.Delete(k)); err != nil {
@@ -221,6 +297,11 @@ func (d *EBPF) releaseAllow(id uint32) error {
 			return fmt.Errorf("deleting allowlist %d: %w", id, err)
 		}
 	}
+	for k := range allowEntries6(id, ps) {
+		if err := ignoreMissing(d.objs.PortAllow6.Delete(k)); err != nil {
+			return fmt.Errorf("deleting allowlist %d: %w", id, err)
+		}
+	}
 	return nil
 }
 
@@ -237,9 +318,18 @@ func allowRefs(maps ...map[bpfPortKey]bpfPortTarget) map[uint32]int {
 	return out
 }
 
+// addAllowRefs6 counts into refs the IPv6 mappings naming each list.
+func addAllowRefs6(refs map[uint32]int, ports6 map[bpfPort6Key]bpfPort6Target) {
+	for _, t := range ports6 {
+		if t.AllowId != 0 {
+			refs[t.AllowId]++
+		}
+	}
+}
+
 // allowOf gives a list's prefixes by id, as the pinned trie holds them.
 func (d *EBPF) allowOf() (map[uint32][]netip.Prefix, error) {
-	l, err := readAllowLists(d.objs.PortAllow)
+	l, err := readAllowLists(d.objs.PortAllow, d.objs.PortAllow6)
 	if err != nil {
 		return nil, err
 	}
@@ -254,7 +344,11 @@ func (d *EBPF) PortDenied() (map[PortBinding]uint64, error) {
 	if d.objs.PortDenied == nil {
 		return map[PortBinding]uint64{}, nil
 	}
-	return sumPortCounters(d.objs.PortDenied, "denied-flow counters")
+	out, err := sumPortCounters(d.objs.PortDenied, "denied-flow counters")
+	if err != nil || d.objs.PortDenied6 == nil {
+		return out, err
+	}
+	return out, sumPort6Counters(out, d.objs.PortDenied6, "IPv6 denied-flow counters")
 }
 
 // deletePortCounters forgets the counters of a published binding.
@@ -265,6 +359,20 @@ func (d *EBPF) deletePortCounters(k bpfPortKey) error {
 	}
 	if err != nil {
 		return fmt.Errorf("dropping port counters: %w", err)
+	}
+	return nil
+}
+
+// deletePort6Counters forgets the counters of an IPv6 published binding.
+func (d *EBPF) deletePort6Counters(k bpfPort6Key) error {
+	var err error
+	for _, m := range []*ebpf.Map{d.objs.PortConns6, d.objs.PortDenied6} {
+		if m != nil {
+			err = errors.Join(err, ignoreMissing(m.Delete(k)))
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("dropping IPv6 port counters: %w", err)
 	}
 	return nil
 }

@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfAllow6Key struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	List      uint32
+	Addr      [4]uint32
+}
+
 type bpfAllowKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -309,6 +316,7 @@ const (
 	bpfMapCt4             = "ct4"
 	bpfMapCt4Syn          = "ct4_syn"
 	bpfMapCt6             = "ct6"
+	bpfMapCt6Syn          = "ct6_syn"
 	bpfMapDirectTrusted   = "direct_trusted"
 	bpfMapDrops           = "drops"
 	bpfMapEndpoints       = "endpoints"
@@ -322,8 +330,11 @@ const (
 	bpfMapNets            = "nets"
 	bpfMapNets6           = "nets6"
 	bpfMapPortAllow       = "port_allow"
+	bpfMapPortAllow6      = "port_allow6"
 	bpfMapPortConns       = "port_conns"
+	bpfMapPortConns6      = "port_conns6"
 	bpfMapPortDenied      = "port_denied"
+	bpfMapPortDenied6     = "port_denied6"
 	bpfMapPublished       = "published"
 	bpfMapPublished6      = "published6"
 	bpfMapRoutedPorts     = "routed_ports"
@@ -401,6 +412,7 @@ type bpfMapSpecs struct {
 	Ct4           *ebpf.MapSpec `ebpf:"ct4"`
 	Ct4Syn        *ebpf.MapSpec `ebpf:"ct4_syn"`
 	Ct6           *ebpf.MapSpec `ebpf:"ct6"`
+	Ct6Syn        *ebpf.MapSpec `ebpf:"ct6_syn"`
 	DirectTrusted *ebpf.MapSpec `ebpf:"direct_trusted"`
 	Drops         *ebpf.MapSpec `ebpf:"drops"`
 	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
@@ -414,8 +426,11 @@ type bpfMapSpecs struct {
 	Nets          *ebpf.MapSpec `ebpf:"nets"`
 	Nets6         *ebpf.MapSpec `ebpf:"nets6"`
 	PortAllow     *ebpf.MapSpec `ebpf:"port_allow"`
+	PortAllow6    *ebpf.MapSpec `ebpf:"port_allow6"`
 	PortConns     *ebpf.MapSpec `ebpf:"port_conns"`
+	PortConns6    *ebpf.MapSpec `ebpf:"port_conns6"`
 	PortDenied    *ebpf.MapSpec `ebpf:"port_denied"`
+	PortDenied6   *ebpf.MapSpec `ebpf:"port_denied6"`
 	Published     *ebpf.MapSpec `ebpf:"published"`
 	Published6    *ebpf.MapSpec `ebpf:"published6"`
 	RoutedPorts   *ebpf.MapSpec `ebpf:"routed_ports"`
@@ -455,6 +470,7 @@ type bpfMaps struct {
 	Ct4           *ebpf.Map `ebpf:"ct4"`
 	Ct4Syn        *ebpf.Map `ebpf:"ct4_syn"`
 	Ct6           *ebpf.Map `ebpf:"ct6"`
+	Ct6Syn        *ebpf.Map `ebpf:"ct6_syn"`
 	DirectTrusted *ebpf.Map `ebpf:"direct_trusted"`
 	Drops         *ebpf.Map `ebpf:"drops"`
 	Endpoints     *ebpf.Map `ebpf:"endpoints"`
@@ -468,8 +484,11 @@ type bpfMaps struct {
 	Nets          *ebpf.Map `ebpf:"nets"`
 	Nets6         *ebpf.Map `ebpf:"nets6"`
 	PortAllow     *ebpf.Map `ebpf:"port_allow"`
+	PortAllow6    *ebpf.Map `ebpf:"port_allow6"`
 	PortConns     *ebpf.Map `ebpf:"port_conns"`
+	PortConns6    *ebpf.Map `ebpf:"port_conns6"`
 	PortDenied    *ebpf.Map `ebpf:"port_denied"`
+	PortDenied6   *ebpf.Map `ebpf:"port_denied6"`
 	Published     *ebpf.Map `ebpf:"published"`
 	Published6    *ebpf.Map `ebpf:"published6"`
 	RoutedPorts   *ebpf.Map `ebpf:"routed_ports"`
@@ -484,6 +503,7 @@ func (m *bpfMaps) Close() error {
 		m.Ct4,
 		m.Ct4Syn,
 		m.Ct6,
+		m.Ct6Syn,
 		m.DirectTrusted,
 		m.Drops,
 		m.Endpoints,
@@ -497,8 +517,11 @@ func (m *bpfMaps) Close() error {
 		m.Nets,
 		m.Nets6,
 		m.PortAllow,
+		m.PortAllow6,
 		m.PortConns,
+		m.PortConns6,
 		m.PortDenied,
+		m.PortDenied6,
 		m.Published,
 		m.Published6,
 		m.RoutedPorts,

@@ -97,18 +97,34 @@ func tupleOf(proto uint8, saddr, daddr uint32, sport, dport uint16) Tuple {
 
 // Conntrack lists every entry of the connection-tracking tables: the
 // established flows of ct4, then the unassured ones of ct4_syn, then the
-// IPv6 flows of ct6.
+// IPv6 flows of ct6 and ct6_syn.
 func (d *EBPF) Conntrack() ([]CTEntry, error) {
 	out, err := readConntrack(d.ctTables()...)
-	if err != nil || d.objs.Ct6 == nil {
+	if err != nil {
 		return out, err
 	}
 	now, err := monotonicNow()
 	if err != nil {
 		return out, err
 	}
-	err = walkCT6(d.objs.Ct6, func(k bpfCt6Key, v bpfCt6Entry) { out = append(out, ct6EntryOf(k, v, now)) })
-	return out, err
+	for _, m := range d.ct6Tables() {
+		if err := walkCT6(m, func(k bpfCt6Key, v bpfCt6Entry) { out = append(out, ct6EntryOf(k, v, now)) }); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// ct6Tables are the IPv6 connection-tracking tables, ct6 first; a
+// datapath pinned by a version without them has none or only ct6.
+func (d *EBPF) ct6Tables() []*ebpf.Map {
+	var out []*ebpf.Map
+	for _, m := range []*ebpf.Map{d.objs.Ct6, d.objs.Ct6Syn} {
+		if m != nil {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 func tuple6Of(proto uint8, saddr, daddr [4]uint32, sport, dport uint16) Tuple {
@@ -123,6 +139,7 @@ func ct6EntryOf(k bpfCt6Key, v bpfCt6Entry, now uint64) CTEntry {
 	return CTEntry{
 		Kind:       FlowKind(v.Kind),
 		Reply:      v.Flags&ctReply != 0,
+		Unassured:  v.Flags&ctUnassured != 0,
 		Key:        tuple6Of(k.Proto, k.Saddr, k.Daddr, k.Sport, k.Dport),
 		Translated: tuple6Of(k.Proto, v.Nsaddr, v.Ndaddr, v.Nsport, v.Ndport),
 		TCPFlags:   v.TcpSeen,
@@ -148,28 +165,27 @@ func walkCT6(m *ebpf.Map, fn func(bpfCt6Key, bpfCt6Entry)) error {
 	return nil
 }
 
-// deleteCT6 deletes the entries of ct6 that match, and the other half of
-// each.
+// deleteCT6 deletes the entries of ct6 and ct6_syn that match, and the
+// other half of each (from the same table).
 func (d *EBPF) deleteCT6(match func(bpfCt6Key, bpfCt6Entry) bool) (int, error) {
-	if d.objs.Ct6 == nil {
-		return 0, nil
-	}
-	var doomed []bpfCt6Key
-	err := walkCT6(d.objs.Ct6, func(k bpfCt6Key, v bpfCt6Entry) {
-		if match(k, v) {
-			doomed = append(doomed, k, bpfCt6Key{Saddr: v.Ndaddr, Daddr: v.Nsaddr, Sport: v.Ndport, Dport: v.Nsport, Proto: k.Proto})
-		}
-	})
-	if err != nil {
-		return 0, err
-	}
 	n := 0
-	for _, k := range doomed {
-		err := d.objs.Ct6.Delete(k)
-		if err == nil {
-			n++
-		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return n, fmt.Errorf("deleting IPv6 conntrack entry: %w", err)
+	for _, m := range d.ct6Tables() {
+		var doomed []bpfCt6Key
+		err := walkCT6(m, func(k bpfCt6Key, v bpfCt6Entry) {
+			if match(k, v) {
+				doomed = append(doomed, k, bpfCt6Key{Saddr: v.Ndaddr, Daddr: v.Nsaddr, Sport: v.Ndport, Dport: v.Nsport, Proto: k.Proto})
+			}
+		})
+		if err != nil {
+			return n, err
+		}
+		for _, k := range doomed {
+			err := m.Delete(k)
+			if err == nil {
+				n++
+			} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return n, fmt.Errorf("deleting IPv6 conntrack entry: %w", err)
+			}
 		}
 	}
 	return n, nil
@@ -250,7 +266,7 @@ func walkCT(m *ebpf.Map, fn func(bpfCtKey, bpfCtEntry)) error {
 	return nil
 }
 
-// GC deletes the expired entries of every table (ct4, ct4_syn, ct6) and
+// GC deletes the expired entries of every table (ct4, ct4_syn, ct6, ct6_syn) and
 // returns how many it deleted.
 func (d *EBPF) GC() (int, error) {
 	now, err := monotonicNow()
@@ -278,6 +294,26 @@ func (d *EBPF) HalfOpenUsage() (entries, capacity int, err error) {
 		return 0, 0, nil
 	}
 	return tableUsage(d.objs.Ct4Syn)
+}
+
+// CT6Usage is CTUsage for ct6, the table of established IPv6 flows
+// (zero for a datapath pinned by a version without it).
+func (d *EBPF) CT6Usage() (entries, capacity int, err error) {
+	return table6Usage(d.objs.Ct6)
+}
+
+// HalfOpen6Usage is HalfOpenUsage for ct6_syn, the table of unassured
+// IPv6 flows (zero for a datapath pinned by a version without it).
+func (d *EBPF) HalfOpen6Usage() (entries, capacity int, err error) {
+	return table6Usage(d.objs.Ct6Syn)
+}
+
+func table6Usage(m *ebpf.Map) (entries, capacity int, err error) {
+	if m == nil {
+		return 0, 0, nil
+	}
+	err = walkCT6(m, func(bpfCt6Key, bpfCt6Entry) { entries++ })
+	return entries, int(m.MaxEntries()), err
 }
 
 func tableUsage(m *ebpf.Map) (entries, capacity int, err error) {

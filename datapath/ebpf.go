@@ -188,6 +188,7 @@ func Spec(opts Options) (*ebpf.CollectionSpec, error) {
 	spec.Maps["ct4_syn"].MaxEntries = opts.halfOpenSize(spec.Maps["ct4"].MaxEntries)
 	// IPv6 flows get a table of their own, as big as ct4.
 	spec.Maps["ct6"].MaxEntries = spec.Maps["ct4"].MaxEntries
+	spec.Maps["ct6_syn"].MaxEntries = spec.Maps["ct4_syn"].MaxEntries
 	if opts.mutateSpec != nil {
 		opts.mutateSpec(spec)
 	}
@@ -555,16 +556,8 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 			if n, _ := networkOf(s.Networks, m.ContainerIP); n.GatewayModeIPv6 == GatewayRouted {
 				continue
 			}
-			k := bpfPort6Key{Port: be16(m.HostPort), Proto: uint8(m.Proto)}
-			if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
-				k.Addr = be128(m.HostIP)
-			}
-			t := bpfPort6Target{Addr: be128(m.ContainerIP), Port: be16(m.ContainerPort), Id: uint32(i + 1)}
-			if len(m.Allow) > 0 {
-				// Allowlists hold IPv4 prefixes: closed to IPv6.
-				t.AllowId = 1
-			}
-			r.ports6[k] = t
+			// Its allowlist's id comes with assignAllow.
+			r.ports6[port6Key(m)] = bpfPort6Target{Addr: be128(m.ContainerIP), Port: be16(m.ContainerPort), Id: uint32(i + 1)}
 			continue
 		}
 		if n, _ := networkOf(s.Networks, m.ContainerIP); n.GatewayMode == GatewayRouted {
@@ -651,7 +644,7 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 			return err
 		}
 	}
-	r.allow = d.assignAllow(prev.allow, s, r.ports, r.routedPorts)
+	r.allow = d.assignAllow(prev.allow, s, r.ports, r.routedPorts, r.ports6)
 	// Flows of mappings whose container moved or went away are dropped,
 	// so the next packet of such a flow finds the new mapping at once.
 	// A changed allowlist drops none: it judges new flows only.
@@ -679,16 +672,17 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 		{"veths", func() error { return syncMap(&undo, d.objs.Veths, prev.veths, r.veths) }},
 		{"uplinks", func() error { return syncMap(&undo, d.objs.Uplinks, prev.uplinks, r.uplinks) }},
 		{"host addresses", func() error { return syncMap(&undo, d.objs.HostAddrs, prev.hostAddrs, r.hostAddrs) }},
-		{"allowlists", func() error { return syncAllowAdd(&undo, d.objs.PortAllow, prev.allow, r.allow) }},
+		{"allowlists", func() error { return d.syncAllowAdd(&undo, prev.allow, r.allow) }},
 		{"published ports", func() error { return syncMap(&undo, d.objs.Published, prev.ports, r.ports) }},
 		{"routed ports", func() error { return syncMap(&undo, d.objs.RoutedPorts, prev.routedPorts, r.routedPorts) }},
-		{"old allowlists", func() error { return syncAllowDelete(&undo, d.objs.PortAllow, prev.allow, r.allow) }},
 		{"trusted interfaces", func() error { return syncMap(&undo, d.objs.DirectTrusted, prev.trusted, r.trusted) }},
 		{"IPv6 networks", func() error { return syncMap(&undo, d.objs.Nets6, prev.nets6, r.nets6) }},
 		{"IPv6 endpoints", func() error { return syncMap(&undo, d.objs.Endpoints6, prev.endpoints6, r.endpoints6) }},
 		{"IPv6 uplinks", func() error { return syncMap(&undo, d.objs.Uplinks6, prev.uplinks6, r.uplinks6) }},
 		{"IPv6 host addresses", func() error { return syncMap(&undo, d.objs.HostAddrs6, prev.hostAddrs6, r.hostAddrs6) }},
 		{"IPv6 published ports", func() error { return syncMap(&undo, d.objs.Published6, prev.ports6, r.ports6) }},
+		// After every port map: no mapping of either family names them.
+		{"old allowlists", func() error { return d.syncAllowDelete(&undo, prev.allow, r.allow) }},
 	}
 	for _, st := range steps {
 		if err := st.fn(); err != nil {
@@ -747,7 +741,7 @@ func (d *EBPF) readApplied() (*resolved, error) {
 	if r.nets, err = readMap[bpfNetKey, bpfNetInfo](d.objs.Nets); err != nil {
 		return nil, fmt.Errorf("reading networks: %w", err)
 	}
-	if r.allow, err = readAllowLists(d.objs.PortAllow); err != nil {
+	if r.allow, err = readAllowLists(d.objs.PortAllow, d.objs.PortAllow6); err != nil {
 		return nil, err
 	}
 	if r.trusted, err = readMap[bpfTrustedKey, uint32](d.objs.DirectTrusted); err != nil {
@@ -772,6 +766,7 @@ func (d *EBPF) readApplied() (*resolved, error) {
 		return nil, fmt.Errorf("reading IPv6 networks: %w", err)
 	}
 	r.allow.refs = allowRefs(r.ports, r.routedPorts)
+	addAllowRefs6(r.allow.refs, r.ports6)
 	return r, nil
 }
 
@@ -840,6 +835,7 @@ func (d *EBPF) dropStaleCounters(prev, r *resolved, first bool) error {
 	}
 	var staleIfs []uint32
 	var stalePorts []bpfPortKey
+	var stalePorts6 []bpfPort6Key
 	if first {
 		var ifk uint32
 		var vals []bpfTraffic
@@ -867,6 +863,19 @@ func (d *EBPF) dropStaleCounters(prev, r *resolved, first bool) error {
 				return fmt.Errorf("reading port counters: %w", err)
 			}
 		}
+		for _, m := range []*ebpf.Map{d.objs.PortConns6, d.objs.PortDenied6} {
+			var pk bpfPort6Key
+			var counts []uint64
+			pit := m.Iterate()
+			for pit.Next(&pk, &counts) {
+				if _, ok := r.ports6[pk]; !ok {
+					stalePorts6 = append(stalePorts6, pk)
+				}
+			}
+			if err := pit.Err(); err != nil {
+				return fmt.Errorf("reading IPv6 port counters: %w", err)
+			}
+		}
 	} else {
 		for _, dev := range prev.devs {
 			if !live[uint32(dev.ifindex)] {
@@ -888,6 +897,11 @@ func (d *EBPF) dropStaleCounters(prev, r *resolved, first bool) error {
 				stalePorts = append(stalePorts, k)
 			}
 		}
+		for k := range prev.ports6 {
+			if _, ok := r.ports6[k]; !ok {
+				stalePorts6 = append(stalePorts6, k)
+			}
+		}
 	}
 	for _, k := range staleIfs {
 		if err := ignoreMissing(d.objs.IfStats.Delete(k)); err != nil {
@@ -896,6 +910,11 @@ func (d *EBPF) dropStaleCounters(prev, r *resolved, first bool) error {
 	}
 	for _, k := range stalePorts {
 		if err := d.deletePortCounters(k); err != nil {
+			return err
+		}
+	}
+	for _, k := range stalePorts6 {
+		if err := d.deletePort6Counters(k); err != nil {
 			return err
 		}
 	}
@@ -1053,6 +1072,8 @@ func OpenPinned(pinPath string) (*EBPF, error) {
 		"direct_trusted": &d.objs.DirectTrusted, "routed_ports": &d.objs.RoutedPorts,
 		"ct6": &d.objs.Ct6, "published6": &d.objs.Published6, "host_addrs6": &d.objs.HostAddrs6,
 		"endpoints6": &d.objs.Endpoints6, "uplinks6": &d.objs.Uplinks6, "nets6": &d.objs.Nets6,
+		"ct6_syn": &d.objs.Ct6Syn, "port_allow6": &d.objs.PortAllow6, "port_denied6": &d.objs.PortDenied6,
+		"port_conns6": &d.objs.PortConns6,
 	}
 	for name, dst := range maps {
 		if spec.Maps[name].Pinning != ebpf.PinByName {
@@ -1074,13 +1095,15 @@ func OpenPinned(pinPath string) (*EBPF, error) {
 
 // counterMaps only count: when a new version changes their layout, the
 // pinned ones are dropped and the counts start again.
-var counterMaps = map[string]bool{"drops": true, "events": true, "if_stats": true, "port_conns": true, "port_denied": true}
+var counterMaps = map[string]bool{"drops": true, "events": true, "if_stats": true, "port_conns": true, "port_denied": true,
+	"port_conns6": true, "port_denied6": true}
 
 // optionalPins are maps that an older version did not pin: a reader of
 // such a version's pins (OpenPinned) goes without them.
 var optionalPins = map[string]bool{
 	"port_allow": true, "port_denied": true, "direct_trusted": true, "routed_ports": true,
 	"ct6": true, "published6": true, "host_addrs6": true, "endpoints6": true, "uplinks6": true, "nets6": true,
+	"ct6_syn": true, "port_allow6": true, "port_denied6": true, "port_conns6": true,
 }
 
 // rebuiltMaps are written whole from the State by every first Apply of a
@@ -1092,12 +1115,13 @@ var rebuiltMaps = map[string]bool{
 	"endpoints": true, "veths": true, "nets": true, "published": true, "host_addrs": true, "uplinks": true,
 	"port_allow": true, "direct_trusted": true, "routed_ports": true,
 	"published6": true, "host_addrs6": true, "endpoints6": true, "uplinks6": true, "nets6": true,
+	"port_allow6": true,
 }
 
 // transientMaps hold state that is rebuilt by itself: a new layout (a new
 // --ct-half-open-size) replaces the pinned one. Unassured flows lost that
 // way are made again by the client's next packet.
-var transientMaps = map[string]bool{"ct4_syn": true}
+var transientMaps = map[string]bool{"ct4_syn": true, "ct6_syn": true}
 
 // migratePins checks the pinned maps in dir against spec before loading.
 // Nothing is replaced unless every map can be kept or replaced: a refusal

@@ -82,7 +82,7 @@ var sockFuzzPorts6 = []sockPub6{
 	{unix.IPPROTO_UDP, netip.IPv6Loopback(), 9100, netip.AddrPortFrom(sockCtr6A, 53)},
 }
 
-func port6Key(proto uint8, host netip.Addr, port uint16) bpfPort6Key {
+func fuzzPort6Key(proto uint8, host netip.Addr, port uint16) bpfPort6Key {
 	k := bpfPort6Key{Port: be16(port), Proto: proto}
 	if host.IsValid() && !host.IsUnspecified() {
 		k.Addr = be128(host)
@@ -170,7 +170,7 @@ func newSockFuzzEnv(f testing.TB) *sockFuzzEnv {
 	}
 	for _, p := range sockFuzzPorts6 {
 		t := bpfPort6Target{Addr: be128(p.target.Addr()), Port: be16(p.target.Port()), Id: uint32(p.hport)}
-		if err := e.dp.Published6.Put(port6Key(p.proto, p.host, p.hport), t); err != nil {
+		if err := e.dp.Published6.Put(fuzzPort6Key(p.proto, p.host, p.hport), t); err != nil {
 			f.Fatal(err)
 		}
 	}
@@ -246,9 +246,9 @@ func (e *sockFuzzEnv) sockTarget6(proto uint8, addr netip.Addr, port uint16) (ne
 	if !addr.IsUnspecified() && !addr.IsLoopback() && e.hostAddrs6[bpfIn6Key{A: be128(addr)}] == 0 {
 		return netip.AddrPort{}, false
 	}
-	t, ok := e.published6[port6Key(proto, addr, port)]
+	t, ok := e.published6[fuzzPort6Key(proto, addr, port)]
 	if !ok || addr.IsUnspecified() {
-		t, ok = e.published6[port6Key(proto, netip.Addr{}, port)]
+		t, ok = e.published6[fuzzPort6Key(proto, netip.Addr{}, port)]
 	}
 	if !ok {
 		return netip.AddrPort{}, false

@@ -68,14 +68,29 @@ func addRoute6(ns *lab.Namespace, dev string, dst netip.Prefix, gw netip.Addr) e
 // families.
 func dualStackLab(t *testing.T, ports []PortMapping) (*labDatapath, *lab.External) {
 	t.Helper()
-	return dualStackLabWith(t, ports, Options{})
+	return dualStackLabWith(t, lab.Config{Containers: []lab.ContainerConfig{{Bridge: 0}, {Bridge: 0}}}, ports, Options{})
 }
 
-// dualStackLabWith is dualStackLab with the datapath's options (the pin
-// path is the lab's).
-func dualStackLabWith(t *testing.T, ports []PortMapping, opts Options) (*labDatapath, *lab.External) {
+// labExt6Of is the IPv6 address of external i (labExt6 for the first) and
+// labHost6Of the host's on its uplink: each external has a /64 of its own,
+// 2001:db8:231::/64, 2001:db8:232::/64 and so on.
+func labExt6Of(i int) netip.Addr  { return lab6Addr(i, 2) }
+func labHost6Of(i int) netip.Addr { return lab6Addr(i, 1) }
+
+func lab6Addr(i int, last byte) netip.Addr {
+	a := labHost6.As16()
+	a[5] += byte(i)
+	a[15] = last
+	return netip.AddrFrom16(a)
+}
+
+// dualStackLabWith is dualStackLab on the topology of cfg (one bridge),
+// with the datapath's options (the pin path is the lab's): every external
+// gets its uplink's /64 (labExt6Of, labHost6Of), and each uplink is one of
+// the state's.
+func dualStackLabWith(t *testing.T, cfg lab.Config, ports []PortMapping, opts Options) (*labDatapath, *lab.External) {
 	t.Helper()
-	l := newLabDatapath(t, lab.Config{Containers: []lab.ContainerConfig{{Bridge: 0}, {Bridge: 0}}})
+	l := newLabDatapath(t, cfg)
 	topo := l.topo
 	ext := topo.Externals[0]
 	steps := []func() error{
@@ -93,23 +108,20 @@ func dualStackLabWith(t *testing.T, ports []PortMapping, opts Options) (*labData
 			func() error { return addAddr6(&c.Namespace, "eth0", labCtr6[i], 64) },
 			func() error { return addRoute6(&c.Namespace, "eth0", netip.Prefix{}, labGw6) })
 	}
+	for i, x := range topo.Externals[1:] {
+		steps = append(steps,
+			func() error { return addAddr6(topo.Host, x.Uplink, labHost6Of(i+1), 64) },
+			func() error { return addAddr6(&x.Namespace, "eth0", labExt6Of(i+1), 64) })
+	}
 	for _, st := range steps {
 		if err := st(); err != nil {
 			t.Fatalf("adding IPv6 to the lab: %v", err)
 		}
 	}
 	err := topo.Host.Do(func() error {
-		s, err := discoverLab(topo, ports)
+		s, err := labState6(topo, ports)
 		if err != nil {
 			return err
-		}
-		s.Networks[0].Subnet6, s.Networks[0].Gateway6 = labSub6, labGw6
-		for i := range s.Endpoints {
-			for j, c := range topo.Containers {
-				if s.Endpoints[i].HostVeth == c.HostVeth {
-					s.Endpoints[i].Addr6 = labCtr6[j]
-				}
-			}
 		}
 		opts.PinPath = l.pin
 		dp, err := NewEBPF(opts)
@@ -123,6 +135,28 @@ func dualStackLabWith(t *testing.T, ports []PortMapping, opts Options) (*labData
 		t.Fatalf("starting datapath: %v", err)
 	}
 	return l, ext
+}
+
+// labState6 is the state of a dualStackLabWith topology with ports
+// published, read in the host's namespace.
+func labState6(topo *lab.Topology, ports []PortMapping) (State, error) {
+	s, err := discoverLab(topo, ports)
+	if err != nil {
+		return s, err
+	}
+	s.Networks[0].Subnet6, s.Networks[0].Gateway6 = labSub6, labGw6
+	// The uplinks of the externals but the first are no default route.
+	for _, x := range topo.Externals[1:] {
+		s.Uplinks = append(s.Uplinks, Uplink{Name: x.Uplink})
+	}
+	for i := range s.Endpoints {
+		for j, c := range topo.Containers {
+			if s.Endpoints[i].HostVeth == c.HostVeth {
+				s.Endpoints[i].Addr6 = labCtr6[j]
+			}
+		}
+	}
+	return s, nil
 }
 
 // TestLabIPv6DualStack: on one dual-stack network, the IPv4 and the IPv6
@@ -145,7 +179,7 @@ func testLabIPv6DualStack(t *testing.T, fast bool) {
 		{Proto: TCP, HostPort: 8080, ContainerIP: c4, ContainerPort: 80},
 		{Proto: TCP, HostPort: 8080, ContainerIP: labCtr6[0], ContainerPort: 80},
 	}
-	l, ext := dualStackLabWith(t, ports, Options{FastPath: fast})
+	l, ext := dualStackLabWith(t, lab.Config{Containers: []lab.ContainerConfig{{Bridge: 0}, {Bridge: 0}}}, ports, Options{FastPath: fast})
 	c0 := l.topo.Containers[0]
 	if got := c0.Addr.String(); got != c4.String() {
 		t.Fatalf("container 0 has %s, the test publishes %s", got, c4)

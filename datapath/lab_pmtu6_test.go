@@ -165,7 +165,7 @@ func testLabPMTU6(t *testing.T, fast bool) {
 		pathMTU string
 	}{{1280, true, "1280"}, {1500, false, "none"}} {
 		t.Run(fmt.Sprintf("router_mtu=%d", c.mtu), func(t *testing.T) {
-			l, _ := dualStackLabWith(t, []PortMapping{{Proto: TCP, HostPort: 8080, ContainerIP: labCtr6[0], ContainerPort: 80}}, Options{FastPath: fast})
+			l, _ := dualStackLabWith(t, lab.Config{Containers: []lab.ContainerConfig{{Bridge: 0}, {Bridge: 0}}}, []PortMapping{{Proto: TCP, HostPort: 8080, ContainerIP: labCtr6[0], ContainerPort: 80}}, Options{FastPath: fast})
 			c0 := l.topo.Containers[0]
 			far := farHost6(t, l.topo, c.mtu)
 			c0.ServeTCP(t, "[::]:80", func(conn net.Conn) {

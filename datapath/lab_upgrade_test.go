@@ -417,7 +417,7 @@ func TestPinMigrationRebuiltMaps(t *testing.T) {
 		"port_allow": old.objs.PortAllow, "direct_trusted": old.objs.DirectTrusted,
 		"routed_ports": old.objs.RoutedPorts,
 		"published6":   old.objs.Published6, "host_addrs6": old.objs.HostAddrs6, "endpoints6": old.objs.Endpoints6,
-		"uplinks6": old.objs.Uplinks6, "nets6": old.objs.Nets6,
+		"uplinks6": old.objs.Uplinks6, "nets6": old.objs.Nets6, "port_allow6": old.objs.PortAllow6,
 	}
 	if len(objs) != len(rebuiltMaps) {
 		t.Fatalf("the test knows %d rebuilt maps, the datapath %d", len(objs), len(rebuiltMaps))
@@ -430,7 +430,7 @@ func TestPinMigrationRebuiltMaps(t *testing.T) {
 			k[0] = 24 // prefix length
 		case "nets6":
 			k[0] = 64 // prefix length
-		case "port_allow":
+		case "port_allow", "port_allow6":
 			k[0] = 40 // prefix length: the list id and 8 bits
 		}
 		if err := m.Put(k, make([]byte, m.ValueSize())); err != nil {
@@ -457,7 +457,7 @@ func TestPinMigrationRebuiltMaps(t *testing.T) {
 		"published": d.objs.Published, "host_addrs": d.objs.HostAddrs, "uplinks": d.objs.Uplinks,
 		"port_allow": d.objs.PortAllow,
 		"published6": d.objs.Published6, "host_addrs6": d.objs.HostAddrs6, "endpoints6": d.objs.Endpoints6,
-		"uplinks6": d.objs.Uplinks6, "nets6": d.objs.Nets6,
+		"uplinks6": d.objs.Uplinks6, "nets6": d.objs.Nets6, "port_allow6": d.objs.PortAllow6,
 	}
 	for name, m := range news {
 		if m.ValueSize() == oldSizes[name] {

@@ -260,7 +260,7 @@ func (d *EBPF) PublishPorts(ms ...PortMapping) error {
 	}
 	var undo undoLog
 	for _, id := range added {
-		if err := syncMapPart(&undo, d.objs.PortAllow, nil, allowEntries(id, lists.prefixes[id])); err != nil {
+		if err := d.writeAllow(&undo, id, lists.prefixes[id]); err != nil {
 			forget()
 			return errors.Join(fmt.Errorf("writing allowlists: %w", err), undo.run())
 		}

@@ -38,66 +38,51 @@ func BindingOf(nets []Network, m PortMapping) PortBinding {
 	if isRouted(nets, m) {
 		return RoutedBinding(m)
 	}
-	ip := m.HostIP
-	if !ip.IsValid() {
-		ip = netip.IPv4Unspecified()
-	}
-	return PortBinding{Proto: m.Proto, HostIP: ip.Unmap(), HostPort: m.HostPort}
+	return PortBinding{Proto: m.Proto, HostIP: wildcardOf(m).Unmap(), HostPort: m.HostPort}
 }
 
-// Published lists the published ports in the datapath, sorted.
-//
-// The IPv6 ports of published6 are among them; they carry no allowlist
-// (an IPv6 port with one is closed: ebpf.go).
+// Published lists the published ports in the datapath, IPv4 and IPv6,
+// sorted.
 func (d *EBPF) Published() ([]PublishedPort, error) {
 	var out []PublishedPort
-	var k bpfPortKey
-	var v bpfPortTarget
 	lists, err := d.allowOf()
 	if err != nil {
 		return nil, err
 	}
-	it := d.objs.Published.Iterate()
-	for it.Next(&k, &v) {
-		out = append(out, PublishedPort{
-			Binding:       PortBinding{Proto: Proto(k.Proto), HostIP: addrFrom(k.Addr), HostPort: port16(k.Port)},
-			ContainerIP:   addrFrom(v.Addr),
-			ContainerPort: port16(v.Port),
-			Allow:         lists[v.AllowId],
-		})
+	// of is the entry of a port_target at k.
+	of := func(k bpfPortKey, v bpfPortTarget, routed bool) PublishedPort {
+		return PublishedPort{
+			Binding:     PortBinding{Proto: Proto(k.Proto), HostIP: addrFrom(k.Addr), HostPort: port16(k.Port)},
+			ContainerIP: addrFrom(v.Addr), ContainerPort: port16(v.Port), Allow: lists[v.AllowId], Routed: routed,
+		}
 	}
-	if err := it.Err(); err != nil {
+	ports, err := readMap[bpfPortKey, bpfPortTarget](d.objs.Published)
+	if err != nil {
 		return nil, fmt.Errorf("reading published ports: %w", err)
 	}
-	// (Pinned by a version whose routed_ports held the id alone: no lists.)
-	if d.objs.RoutedPorts != nil && d.objs.RoutedPorts.ValueSize() == uint32(binary.Size(v)) {
-		it = d.objs.RoutedPorts.Iterate()
-		for it.Next(&k, &v) {
-			out = append(out, PublishedPort{
-				Binding:       PortBinding{Proto: Proto(k.Proto), HostIP: addrFrom(k.Addr), HostPort: port16(k.Port)},
-				ContainerIP:   addrFrom(v.Addr),
-				ContainerPort: port16(v.Port),
-				Allow:         lists[v.AllowId],
-				Routed:        true,
-			})
-		}
-		if err := it.Err(); err != nil {
-			return nil, fmt.Errorf("reading routed ports: %w", err)
-		}
+	for k, v := range ports {
+		out = append(out, of(k, v, false))
 	}
 	if d.objs.Published6 != nil { // (nil: pinned by a version without IPv6)
-		var k6 bpfPort6Key
-		var v6 bpfPort6Target
-		it6 := d.objs.Published6.Iterate()
-		for it6.Next(&k6, &v6) {
+		ports6, err := readMap[bpfPort6Key, bpfPort6Target](d.objs.Published6)
+		if err != nil {
+			return nil, fmt.Errorf("reading IPv6 published ports: %w", err)
+		}
+		for k, v := range ports6 {
 			out = append(out, PublishedPort{
-				Binding:       PortBinding{Proto: Proto(k6.Proto), HostIP: addr6From(k6.Addr), HostPort: port16(k6.Port)},
-				ContainerIP:   addr6From(v6.Addr),
-				ContainerPort: port16(v6.Port),
+				Binding:     PortBinding{Proto: Proto(k.Proto), HostIP: addr6From(k.Addr), HostPort: port16(k.Port)},
+				ContainerIP: addr6From(v.Addr), ContainerPort: port16(v.Port), Allow: lists[v.AllowId],
 			})
 		}
-		if err := it6.Err(); err != nil {
-			return nil, fmt.Errorf("reading IPv6 published ports: %w", err)
+	}
+	// (Pinned by a version whose routed_ports held the id alone: no lists.)
+	if d.objs.RoutedPorts != nil && d.objs.RoutedPorts.ValueSize() == uint32(binary.Size(bpfPortTarget{})) {
+		routed, err := readMap[bpfPortKey, bpfPortTarget](d.objs.RoutedPorts)
+		if err != nil {
+			return nil, fmt.Errorf("reading routed ports: %w", err)
+		}
+		for k, v := range routed {
+			out = append(out, of(k, v, true))
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {

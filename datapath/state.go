@@ -4,6 +4,7 @@ package datapath
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -89,9 +90,13 @@ func (m PortMapping) Equal(o PortMapping) bool {
 		m.Container == o.Container && slices.Equal(m.Allow, o.Allow)
 }
 
-// ParseAllow parses a source allowlist: CIDR prefixes (a bare address is
-// a /32) separated by sep. An empty list, an empty item or an IPv6 prefix
-// is an error, so that a mistyped list never leaves a port open.
+// ParseAllow parses a source allowlist: IPv4 and IPv6 CIDR prefixes (a
+// bare address is a /32 or a /128) separated by sep. An empty list, an
+// empty item, an IPv4-mapped IPv6 prefix (::ffff:10.0.0.0/104: which
+// family it would let in is unclear) or one with a zone is an error, so
+// that a mistyped list never leaves a port open. A port's list applies to
+// the sources of the port's family: a list of IPv4 prefixes only keeps an
+// IPv6 port closed, and the other way round.
 func ParseAllow(s string, sep string) ([]netip.Prefix, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, fmt.Errorf("empty allowlist")
@@ -105,10 +110,14 @@ func ParseAllow(s string, sep string) ([]netip.Prefix, error) {
 			if aerr != nil {
 				return nil, fmt.Errorf("allowlist item %q is not a CIDR prefix or an address", item)
 			}
+			if a.Zone() != "" {
+				// PrefixFrom would drop it silently.
+				return nil, fmt.Errorf("allowlist item %q: a prefix with a zone", item)
+			}
 			p = netip.PrefixFrom(a, a.BitLen())
 		}
-		if !p.Addr().Is4() {
-			return nil, fmt.Errorf("allowlist item %q: only IPv4 prefixes are supported", item)
+		if err := checkAllowPrefix(p); err != nil {
+			return nil, fmt.Errorf("allowlist item %q: %w", item, err)
 		}
 		out = append(out, p)
 	}
@@ -541,13 +550,27 @@ func unspecifiedOf(a netip.Addr) netip.Addr {
 	return netip.IPv4Unspecified()
 }
 
-// checkAllow checks the allowlist of a mapping: IPv4 prefixes only, for
-// now (IPv6 sources will get a trie of their own, bpf/lib/allow.h).
+// checkAllow checks the allowlist of a mapping: IPv4 and IPv6 prefixes
+// (ParseAllow).
 func checkAllow(m PortMapping) error {
 	for _, p := range m.Allow {
-		if !p.IsValid() || !p.Addr().Is4() {
-			return fmt.Errorf("port %s: allowlist entry %s is not an IPv4 prefix", m, p)
+		if err := checkAllowPrefix(p); err != nil {
+			return fmt.Errorf("port %s: allowlist entry %s: %w", m, p, err)
 		}
+	}
+	return nil
+}
+
+// checkAllowPrefix refuses what an allowlist may not hold: an invalid
+// prefix, an IPv4-mapped IPv6 one, one with a zone.
+func checkAllowPrefix(p netip.Prefix) error {
+	switch {
+	case !p.IsValid():
+		return errors.New("not a valid prefix")
+	case p.Addr().Is4In6():
+		return errors.New("an IPv4-mapped IPv6 prefix: write the IPv4 prefix")
+	case p.Addr().Zone() != "":
+		return errors.New("a prefix with a zone")
 	}
 	return nil
 }
@@ -597,7 +620,7 @@ type Datapath interface {
 // IPv6 addresses in brackets as Docker writes them
 // ([::]:8080:[fd00::2]:80), then options after commas, as in Docker's
 // --mount: allow=CIDR[+CIDR...] is the port's source allowlist
-// (PortMapping.Allow, IPv4 prefixes only for now).
+// (PortMapping.Allow, IPv4 and IPv6 prefixes).
 // A range gives one mapping per port; both ranges must have one length,
 // or the container side a single port. The host and container addresses
 // are of one family; without a host address, an IPv6 container's port is

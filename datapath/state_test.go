@@ -28,6 +28,8 @@ func TestParsePublish(t *testing.T) {
 			{Proto: TCP, HostPort: 8000, ContainerIP: c, ContainerPort: 80, Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
 			{Proto: TCP, HostPort: 8001, ContainerIP: c, ContainerPort: 80, Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
 		}},
+		{"8080:172.17.0.2:80,allow=10.0.0.0/8+fd00:1::/64+2001:db8::7", []PortMapping{{Proto: TCP, HostPort: 8080, ContainerIP: c, ContainerPort: 80,
+			Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00:1::/64"), netip.MustParsePrefix("2001:db8::7/128")}}}},
 		{"8000-8001:172.17.0.2:80/tcp", []PortMapping{
 			{Proto: TCP, HostPort: 8000, ContainerIP: c, ContainerPort: 80},
 			{Proto: TCP, HostPort: 8001, ContainerIP: c, ContainerPort: 80},
@@ -64,7 +66,9 @@ func TestParsePublishErrors(t *testing.T) {
 		"8080:172.17.0.2:80,allow=":                        "empty allowlist",
 		"8080:172.17.0.2:80,allow=10.0.0.0/33":             "not a CIDR prefix",
 		"8080:172.17.0.2:80,allow=10.0.0.0/8+":             "not a CIDR prefix",
-		"8080:172.17.0.2:80,allow=2001:db8::/32":           "only IPv4",
+		"8080:172.17.0.2:80,allow=::ffff:10.0.0.0/104":     "IPv4-mapped",
+		"8080:172.17.0.2:80,allow=2001:db8::/129":          "not a CIDR prefix",
+		"8080:172.17.0.2:80,allow=fe80::1%eth0":            "zone",
 		"8080:172.17.0.2:80,allow=10.0.0.1,allow=10.0.0.2": "given twice",
 		"8080:172.17.0.2:80,deny=10.0.0.1":                 "unknown option",
 	} {
@@ -90,14 +94,15 @@ func TestStateValidate(t *testing.T) {
 	for name, mutate := range map[string]func(*State){
 		"unknown network": func(s *State) { s.Endpoints[0].Network = "nope" },
 		"outside subnet":  func(s *State) { s.Endpoints[0].Addr = netip.MustParseAddr("10.0.0.2") },
-		"ipv6 allowlist": func(s *State) {
-			s.Ports[0].Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("2001:db8::/32")}
+		"IPv4-mapped allowlist": func(s *State) {
+			s.Ports[0].Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("::ffff:192.0.2.0/120")}
 		},
-		"duplicate binding": func(s *State) { s.Ports = append(s.Ports, s.Ports[0]) },
-		"port zero":         func(s *State) { s.Ports[0].HostPort = 0 },
-		"bad proto":         func(s *State) { s.Ports[0].Proto = 1 },
-		"ipv6 subnet":       func(s *State) { s.Networks[0].Subnet = netip.MustParsePrefix("fd00::/64") },
-		"no veth":           func(s *State) { s.Endpoints[0].HostVeth = "" },
+		"invalid allowlist prefix": func(s *State) { s.Ports[0].Allow = []netip.Prefix{{}} },
+		"duplicate binding":        func(s *State) { s.Ports = append(s.Ports, s.Ports[0]) },
+		"port zero":                func(s *State) { s.Ports[0].HostPort = 0 },
+		"bad proto":                func(s *State) { s.Ports[0].Proto = 1 },
+		"ipv6 subnet":              func(s *State) { s.Networks[0].Subnet = netip.MustParsePrefix("fd00::/64") },
+		"no veth":                  func(s *State) { s.Endpoints[0].HostVeth = "" },
 	} {
 		s := good()
 		mutate(&s)

@@ -222,14 +222,35 @@ func (d *EBPF) Traffic() (map[uint32]Traffic, error) {
 // PortConnections returns the new connections counted per published port
 // binding (host address, zero for every address, port and protocol).
 func (d *EBPF) PortConnections() (map[PortBinding]uint64, error) {
-	return sumPortCounters(d.objs.PortConns, "port counters")
+	out, err := sumPortCounters(d.objs.PortConns, "port counters")
+	if err != nil || d.objs.PortConns6 == nil {
+		return out, err
+	}
+	return out, sumPort6Counters(out, d.objs.PortConns6, "IPv6 port counters")
+}
+
+// sumPort6Counters adds to out the counts of m, a per-CPU counter map
+// keyed by IPv6 host binding (:: for every address), summed over CPUs.
+func sumPort6Counters(out map[PortBinding]uint64, m *ebpf.Map, what string) error {
+	return addPortCounters(out, m, what, func(k bpfPort6Key) PortBinding {
+		return PortBinding{Proto: Proto(k.Proto), HostIP: addr6From(k.Addr), HostPort: port16(k.Port)}
+	})
 }
 
 // sumPortCounters reads a per-CPU counter map keyed by host binding,
 // summed over CPUs.
 func sumPortCounters(m *ebpf.Map, what string) (map[PortBinding]uint64, error) {
 	out := map[PortBinding]uint64{}
-	var k bpfPortKey
+	err := addPortCounters(out, m, what, func(k bpfPortKey) PortBinding {
+		return PortBinding{Proto: Proto(k.Proto), HostIP: addrFrom(k.Addr), HostPort: port16(k.Port)}
+	})
+	return out, err
+}
+
+// addPortCounters adds to out the counts of m, a per-CPU counter map
+// whose key of type K names the binding bindingOf gives.
+func addPortCounters[K any](out map[PortBinding]uint64, m *ebpf.Map, what string, bindingOf func(K) PortBinding) error {
+	var k K
 	var vals []uint64
 	it := m.Iterate()
 	for it.Next(&k, &vals) {
@@ -237,12 +258,12 @@ func sumPortCounters(m *ebpf.Map, what string) (map[PortBinding]uint64, error) {
 		for _, v := range vals {
 			n += v
 		}
-		out[PortBinding{Proto: Proto(k.Proto), HostIP: addrFrom(k.Addr), HostPort: port16(k.Port)}] = n
+		out[bindingOf(k)] = n
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("reading %s: %w", what, err)
+		return fmt.Errorf("reading %s: %w", what, err)
 	}
-	return out, nil
+	return nil
 }
 
 // PortBinding is the host side of a published port.

@@ -79,7 +79,7 @@ func TestBuildAllowLabels(t *testing.T) {
 	ctrs := []container.InspectResponse{
 		runningContainer("good", 100, map[string]string{
 			LabelAllow:                   "192.0.2.0/24, 203.0.113.9",
-			LabelAllowPort + "8081/tcp":  "198.51.100.7/32",
+			LabelAllowPort + "8081/tcp":  "198.51.100.7/32, fd00:1::/64",
 			LabelAllowPort + "5353/udp":  "198.51.100.0/24",
 			LabelAllowPort + "9999/tcp":  "10.0.0.0/8", // no such port: a warning
 			LabelAllowForeignSource:      "false",      // not an allowlist
@@ -97,7 +97,7 @@ func TestBuildAllowLabels(t *testing.T) {
 		runningContainer("badport", 300, map[string]string{
 			LabelAllowPort + "7000/tcp": "10.0.0.0/33",
 			LabelAllowPort + "7002/tcp": "",
-			LabelAllowPort + "7003/tcp": "2001:db8::/32",
+			LabelAllowPort + "7003/tcp": "::ffff:10.0.0.0/104",
 		}, nat.PortMap{"80/tcp": bind("7000"), "81/tcp": bind("7001"), "82/tcp": bind("7002"), "83/tcp": bind("7003")},
 			on("172.17.0.4", "02:42:ac:11:00:04")),
 		runningContainer("open", 400, nil, nat.PortMap{"80/tcp": bind("6000")}, on("172.17.0.5", "02:42:ac:11:00:05")),
@@ -115,7 +115,7 @@ func TestBuildAllowLabels(t *testing.T) {
 	}
 	want := map[string]string{
 		"8080/tcp": "192.0.2.0/24,203.0.113.9/32",
-		"8081/tcp": "198.51.100.7/32",
+		"8081/tcp": "198.51.100.7/32,fd00:1::/64",
 		"8082/tcp": "10.1.0.0/16", // no protocol in the label: tcp
 		"5353/udp": "198.51.100.0/24",
 		"5354/udp": "192.0.2.0/24,203.0.113.9/32",
@@ -130,7 +130,7 @@ func TestBuildAllowLabels(t *testing.T) {
 		`level=ERROR msg="docker port not published: its allowlist label is invalid, so the port stays closed rather than open to all" container=badall host_port=9000 protocol=tcp label=bpfnet.allow`,
 		`container=badport host_port=7000 protocol=tcp label=bpfnet.allow.7000/tcp value=10.0.0.0/33 error="allowlist item \"10.0.0.0/33\" is not a CIDR prefix or an address"`,
 		`container=badport host_port=7002 protocol=tcp label=bpfnet.allow.7002/tcp value="" error="empty allowlist"`,
-		`container=badport host_port=7003 protocol=tcp label=bpfnet.allow.7003/tcp value=2001:db8::/32 error="allowlist item \"2001:db8::/32\": only IPv4 prefixes are supported"`,
+		`container=badport host_port=7003 protocol=tcp label=bpfnet.allow.7003/tcp value=::ffff:10.0.0.0/104 error="allowlist item \"::ffff:10.0.0.0/104\": an IPv4-mapped IPv6 prefix: write the IPv4 prefix"`,
 		`container label ignored: it names no published host port (want bpfnet.allow.<hostPort>/<proto>)" container=good label=bpfnet.allow.9999/tcp`,
 		`container=good label=bpfnet.allow.8083/tcp/`,
 	} {

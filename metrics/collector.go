@@ -34,6 +34,15 @@ type Reader interface {
 
 var _ Reader = (*datapath.EBPF)(nil)
 
+// IPv6Reader is a Reader with the IPv6 connection-tracking tables, ct6
+// and ct6_syn (the eBPF datapath): the gauges get their rows too.
+type IPv6Reader interface {
+	CT6Usage() (entries, capacity int, err error)
+	HalfOpen6Usage() (entries, capacity int, err error)
+}
+
+var _ IPv6Reader = (*datapath.EBPF)(nil)
+
 // BuildInfo labels bpfnet_build_info.
 type BuildInfo struct {
 	Version string
@@ -124,7 +133,8 @@ func NewCollector(r Reader, state func() datapath.State, attachments func() ([]l
 			[]string{"protocol", "host_ip", "host_port", "container"}, nil),
 		ctEntries: prometheus.NewDesc(name("conntrack_entries"),
 			"Entries in the connection-tracking table (two per flow, one per direction), counted at scrape time. "+
-				"table=\"ct4\": established flows; table=\"ct4_syn\": published-port flows whose client has not answered the container yet (where a SYN flood stays).",
+				"table=\"ct4\": established flows; table=\"ct4_syn\": published-port flows whose client has not answered the container yet (where a SYN flood stays); "+
+				"table=\"ct6\" and \"ct6_syn\": the same for IPv6.",
 			[]string{"table"}, nil),
 		ctCapacity: prometheus.NewDesc(name("conntrack_capacity"),
 			"Capacity of the connection-tracking table (entries). The table is an LRU hash: when full, the least recently used entries are evicted.",
@@ -297,6 +307,9 @@ func (c *Collector) ports(st datapath.State, desc *prometheus.Desc, what string,
 	byAddr := make(map[netip.Addr]string, len(st.Endpoints))
 	for _, e := range st.Endpoints {
 		byAddr[e.Addr] = e.Container
+		if e.Addr6.IsValid() {
+			byAddr[e.Addr6] = e.Container
+		}
 	}
 	seen := make(map[datapath.PortBinding]bool, len(st.Ports))
 	out := make([]prometheus.Metric, 0, len(st.Ports))
@@ -319,8 +332,10 @@ func (c *Collector) ports(st datapath.State, desc *prometheus.Desc, what string,
 // The tables that label the connection-tracking gauges: established
 // flows, and unassured ones.
 const (
-	ctTable       = "ct4"
-	ctTableHalfOp = "ct4_syn"
+	ctTable        = "ct4"
+	ctTableHalfOp  = "ct4_syn"
+	ct6Table       = "ct6"
+	ct6TableHalfOp = "ct6_syn"
 )
 
 func (c *Collector) conntrack() ([]prometheus.Metric, error) {
@@ -332,12 +347,29 @@ func (c *Collector) conntrack() ([]prometheus.Metric, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading conntrack usage: %w", err)
 	}
-	return []prometheus.Metric{
+	out := []prometheus.Metric{
 		prometheus.MustNewConstMetric(c.ctEntries, prometheus.GaugeValue, float64(entries), ctTable),
 		prometheus.MustNewConstMetric(c.ctCapacity, prometheus.GaugeValue, float64(capacity), ctTable),
 		prometheus.MustNewConstMetric(c.ctEntries, prometheus.GaugeValue, float64(hEntries), ctTableHalfOp),
 		prometheus.MustNewConstMetric(c.ctCapacity, prometheus.GaugeValue, float64(hCapacity), ctTableHalfOp),
-	}, nil
+	}
+	r6, ok := c.r.(IPv6Reader)
+	if !ok {
+		return out, nil
+	}
+	for _, tb := range []struct {
+		name  string
+		usage func() (int, int, error)
+	}{{ct6Table, r6.CT6Usage}, {ct6TableHalfOp, r6.HalfOpen6Usage}} {
+		n, capacity, err := tb.usage()
+		if err != nil {
+			return nil, fmt.Errorf("reading conntrack usage: %w", err)
+		}
+		out = append(out,
+			prometheus.MustNewConstMetric(c.ctEntries, prometheus.GaugeValue, float64(n), tb.name),
+			prometheus.MustNewConstMetric(c.ctCapacity, prometheus.GaugeValue, float64(capacity), tb.name))
+	}
+	return out, nil
 }
 
 // newFlowEvents maps the events counting new flows to their kind label.

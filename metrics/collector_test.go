@@ -38,7 +38,9 @@ type fakeReader struct {
 	ctCap     int
 	// the table of unassured flows
 	halfEntries, halfCap int
-	failing              string // method name
+	// ct6 and ct6_syn, as big as ct4 and ct4_syn.
+	ct6Entries, half6Entries int
+	failing                  string // method name
 }
 
 var errFake = errors.New("map read failed")
@@ -94,6 +96,20 @@ func (f *fakeReader) CTUsage() (int, int, error) {
 	return f.ctEntries, f.ctCap, nil
 }
 
+func (f *fakeReader) CT6Usage() (int, int, error) {
+	if err := f.fail("CT6Usage"); err != nil {
+		return 0, 0, err
+	}
+	return f.ct6Entries, f.ctCap, nil
+}
+
+func (f *fakeReader) HalfOpen6Usage() (int, int, error) {
+	if err := f.fail("HalfOpen6Usage"); err != nil {
+		return 0, 0, err
+	}
+	return f.half6Entries, f.halfCap, nil
+}
+
 func (f *fakeReader) HalfOpenUsage() (int, int, error) {
 	if err := f.fail("HalfOpenUsage"); err != nil {
 		return 0, 0, err
@@ -127,9 +143,10 @@ func newFixture(t *testing.T) *fixture {
 	ip := netip.MustParseAddr
 	f := &fixture{loIdx: lo.Index}
 	f.state = datapath.State{
-		Networks: []datapath.Network{{Name: "bridge", Bridge: "docker0", Subnet: netip.MustParsePrefix("172.17.0.0/16"), Gateway: ip("172.17.0.1")}},
+		Networks: []datapath.Network{{Name: "bridge", Bridge: "docker0", Subnet: netip.MustParsePrefix("172.17.0.0/16"), Gateway: ip("172.17.0.1"),
+			Subnet6: netip.MustParsePrefix("fd00:17::/64"), Gateway6: ip("fd00:17::1")}},
 		Endpoints: []datapath.Endpoint{
-			{Container: "/shop-web-1", ContainerID: webID, Network: "bridge", Addr: ip("172.17.0.2"), HostVeth: "veth1a2b3c",
+			{Container: "/shop-web-1", ContainerID: webID, Network: "bridge", Addr: ip("172.17.0.2"), Addr6: ip("fd00:17::2"), HostVeth: "veth1a2b3c",
 				Labels: map[string]string{LabelComposeProject: "shop", LabelComposeService: "web", "other": "x"}},
 			{Container: "/db", ContainerID: dbID, Network: "bridge", Addr: ip("172.17.0.3"), HostVeth: "veth9f8e7d"},
 			{Container: "lo", Network: "bridge", Addr: ip("172.17.0.4"), HostVeth: "lo"},
@@ -137,6 +154,9 @@ func newFixture(t *testing.T) *fixture {
 		},
 		Ports: []datapath.PortMapping{
 			{Proto: datapath.TCP, HostPort: 8080, ContainerIP: ip("172.17.0.2"), ContainerPort: 80},
+			// Docker's second binding of -p 8080:80 on a network with
+			// IPv6: counted apart, under ::, named by its IPv6 address.
+			{Proto: datapath.TCP, HostPort: 8080, ContainerIP: ip("fd00:17::2"), ContainerPort: 80},
 			{Proto: datapath.UDP, HostIP: ip("127.0.0.1"), HostPort: 5353, ContainerIP: ip("172.17.0.3"), ContainerPort: 53, Container: "/db"},
 		},
 	}
@@ -158,16 +178,20 @@ func newFixture(t *testing.T) *fixture {
 		events: map[datapath.Event]uint64{datapath.EventCTNewDNAT: 7, datapath.EventCTNewSNAT: 4, datapath.EventCTNewHairpin: 1, datapath.EventCTRecreated: 2, datapath.EventCTPeerRestored: 3, datapath.EventRedirectPeer: 100, datapath.EventCTHalfOpen: 9, datapath.EventCTPromoted: 6, datapath.EventNATHostSocket: 2, datapath.EventNATHostRemap: 1},
 		ports: map[datapath.PortBinding]uint64{
 			{Proto: datapath.TCP, HostIP: ip("0.0.0.0"), HostPort: 8080}: 7,
+			{Proto: datapath.TCP, HostIP: ip("::"), HostPort: 8080}:      2,
 			{Proto: datapath.TCP, HostIP: ip("0.0.0.0"), HostPort: 9999}: 5, // unpublished since
 		},
 		denied: map[datapath.PortBinding]uint64{
 			{Proto: datapath.TCP, HostIP: ip("0.0.0.0"), HostPort: 8080}: 3,
+			{Proto: datapath.TCP, HostIP: ip("::"), HostPort: 8080}:      1,
 			{Proto: datapath.TCP, HostIP: ip("0.0.0.0"), HostPort: 9999}: 1, // unpublished since
 		},
-		ctEntries:   24,
-		ctCap:       262144,
-		halfEntries: 6,
-		halfCap:     32768,
+		ctEntries:    24,
+		ctCap:        262144,
+		halfEntries:  6,
+		ct6Entries:   4,
+		half6Entries: 2,
+		halfCap:      32768,
 	}
 	return f
 }
@@ -211,19 +235,25 @@ bpfnet_container_transmit_packets_total{%[1]s} %[5]d
 const otherFamilies = `# HELP bpfnet_published_port_connections_total New connections (TCP) or flows (UDP) translated to a published port's container. host_ip is 0.0.0.0 for a port published on every host address.
 # TYPE bpfnet_published_port_connections_total counter
 bpfnet_published_port_connections_total{container="shop-web-1",host_ip="0.0.0.0",host_port="8080",protocol="tcp"} 7
+bpfnet_published_port_connections_total{container="shop-web-1",host_ip="::",host_port="8080",protocol="tcp"} 2
 bpfnet_published_port_connections_total{container="db",host_ip="127.0.0.1",host_port="5353",protocol="udp"} 0
 # HELP bpfnet_published_port_denied_total New connections (TCP) or flows (UDP) to a published port dropped because their source is not in the port's allowlist (labels bpfnet.allow, bpfnet.allow.<port>/<proto>; --publish ...,allow=). host_ip is 0.0.0.0 for a port published on every host address.
 # TYPE bpfnet_published_port_denied_total counter
 bpfnet_published_port_denied_total{container="shop-web-1",host_ip="0.0.0.0",host_port="8080",protocol="tcp"} 3
+bpfnet_published_port_denied_total{container="shop-web-1",host_ip="::",host_port="8080",protocol="tcp"} 1
 bpfnet_published_port_denied_total{container="db",host_ip="127.0.0.1",host_port="5353",protocol="udp"} 0
-# HELP bpfnet_conntrack_entries Entries in the connection-tracking table (two per flow, one per direction), counted at scrape time. table="ct4": established flows; table="ct4_syn": published-port flows whose client has not answered the container yet (where a SYN flood stays).
+# HELP bpfnet_conntrack_entries Entries in the connection-tracking table (two per flow, one per direction), counted at scrape time. table="ct4": established flows; table="ct4_syn": published-port flows whose client has not answered the container yet (where a SYN flood stays); table="ct6" and "ct6_syn": the same for IPv6.
 # TYPE bpfnet_conntrack_entries gauge
 bpfnet_conntrack_entries{table="ct4"} 24
 bpfnet_conntrack_entries{table="ct4_syn"} 6
+bpfnet_conntrack_entries{table="ct6"} 4
+bpfnet_conntrack_entries{table="ct6_syn"} 2
 # HELP bpfnet_conntrack_capacity Capacity of the connection-tracking table (entries). The table is an LRU hash: when full, the least recently used entries are evicted.
 # TYPE bpfnet_conntrack_capacity gauge
 bpfnet_conntrack_capacity{table="ct4"} 262144
 bpfnet_conntrack_capacity{table="ct4_syn"} 32768
+bpfnet_conntrack_capacity{table="ct6"} 262144
+bpfnet_conntrack_capacity{table="ct6_syn"} 32768
 # HELP bpfnet_conntrack_evictions_total Connection-tracking entries found missing while their flow was still active, i.e. evictions the datapath noticed: TCP flows re-created mid-stream (event ct_recreated) plus flow halves restored from the other half (event ct_peer_restored). An evicted entry whose flow never sends again is not counted.
 # TYPE bpfnet_conntrack_evictions_total counter
 bpfnet_conntrack_evictions_total 5
@@ -337,6 +367,8 @@ func TestCollectorReadErrors(t *testing.T) {
 		{"PortConnections", "reading published port connections: map read failed", all[4:5]},
 		{"CTUsage", "reading conntrack usage: map read failed", all[5:7]},
 		{"HalfOpenUsage", "reading conntrack usage: map read failed", all[5:7]},
+		{"CT6Usage", "reading conntrack usage: map read failed", all[5:7]},
+		{"HalfOpen6Usage", "reading conntrack usage: map read failed", all[5:7]},
 		{"Events", "reading datapath events: map read failed", all[7:12]},
 		{"Drops", "reading drop counters: map read failed", all[12:13]},
 		{"attachments", "listing attachments: map read failed", all[13:14]},

@@ -11,13 +11,17 @@
  * A list is a set of prefixes in an LPM trie keyed by (list id, prefix):
  * the loader writes a new list under a fresh id before a port_target
  * names it and deletes the old one after, so a change is atomic for new
- * flows. IPv6 gets a trie of its own (port_allow6, same ids). The host's
- * own sockets (sock.c) are trusted and not checked, as Docker trusts the
- * host. */
+ * flows. IPv6 sources have a trie of their own, port_allow6, under the
+ * same ids: a list's IPv4 prefixes go to port_allow and its IPv6 ones to
+ * port_allow6, so a list without prefixes of a family lets no source of
+ * that family in (it fails closed, as the comparators' rules do). The
+ * host's own sockets (sock.c) are trusted and not checked, as Docker
+ * trusts the host. */
 #pragma once
 
 #include "common.h"
 #include "ports.h"
+#include "maps6.h"
 
 /* An entry of a list: prefixlen counts the 32 bits of list, then those
  * of addr. */
@@ -47,15 +51,7 @@ struct {
 
 static __always_inline void count_port_denied(const struct port_key *k)
 {
-	__u64 *v = bpf_map_lookup_elem(&port_denied, k);
-
-	if (v) {
-		*v += 1;
-	} else {
-		__u64 one = 1;
-
-		bpf_map_update_elem(&port_denied, k, &one, BPF_NOEXIST);
-	}
+	count_key(&port_denied, k);
 }
 
 /* port_allowed tells whether saddr may open a flow to the published port
@@ -69,5 +65,57 @@ static __always_inline int port_allowed(const struct port_key *k, const struct p
 	if (!t->allow_id || bpf_map_lookup_elem(&port_allow, &ak))
 		return 0;
 	count_port_denied(k);
+	return -DROP_PORT_DENIED;
+}
+
+/* An entry of a list's IPv6 prefixes: allow_key's twin, prefixlen counting
+ * the 32 bits of list, then those of addr. */
+struct allow6_key {
+	__u32 prefixlen;
+	__u32 list; /* port6_target.allow_id */
+	__be32 addr[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct allow6_key);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} port_allow6 SEC(".maps");
+
+/* New flows refused per IPv6 published port (key as in port_conns6). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, struct port6_key);
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} port_denied6 SEC(".maps");
+
+/* New flows per IPv6 published port: port_conns' twin. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, struct port6_key);
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} port_conns6 SEC(".maps");
+
+/* port6_allowed is port_allowed for an IPv6 source: 0 when saddr may open
+ * a flow to the IPv6 published port k maps to t, else -DROP_PORT_DENIED,
+ * counted for the port. */
+static __always_inline int port6_allowed(const struct port6_key *k, const struct port6_target *t,
+					 const __be32 *saddr)
+{
+	struct allow6_key ak = {.prefixlen = 32 + 128, .list = t->allow_id};
+
+	if (!t->allow_id)
+		return 0;
+	ip6_copy(ak.addr, saddr);
+	if (bpf_map_lookup_elem(&port_allow6, &ak))
+		return 0;
+	count_key(&port_denied6, k);
 	return -DROP_PORT_DENIED;
 }

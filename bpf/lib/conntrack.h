@@ -109,9 +109,11 @@ static __always_inline void ct_delete_pair(const struct ct_key *k, const struct 
 }
 
 /* ct_insert writes both halves of a flow into one table, e at k and pe at
- * pk: both or neither. Returns 0 or -DROP_CT_FULL. */
-static __always_inline int ct_insert(void *table, const struct ct_key *k, const struct ct_entry *e,
-				     const struct ct_key *pk, const struct ct_entry *pe)
+ * pk: both or neither. Returns 0 or -DROP_CT_FULL. The keys and entries are
+ * those of the table's family (ct_key and ct_entry, or their IPv6 twins:
+ * conntrack6.h uses it too). */
+static __always_inline int ct_insert(void *table, const void *k, const void *e, const void *pk,
+				     const void *pe)
 {
 	if (bpf_map_update_elem(table, pk, pe, BPF_ANY) < 0)
 		return -DROP_CT_FULL;
@@ -158,12 +160,17 @@ static __always_inline struct ct_entry *ct_lookup_flow(const struct pkt *p, __u8
  * ever goes one way stays unassured: it is made again from its next packet
  * if it is evicted, and loses nothing, as a published port's translation
  * is fixed. */
+static __always_inline int ct_assured_by(__u8 proto, __u8 tcp_flags, __u8 re_seen, __u64 re_packets)
+{
+	if (proto == IPPROTO_TCP)
+		return (tcp_flags & (TCPF_SYN | TCPF_ACK | TCPF_RST)) == TCPF_ACK &&
+		       (re_seen & TCPF_ACK) && !(re_seen & TCPF_RST);
+	return re_packets > 0;
+}
+
 static __always_inline int ct_assured(const struct pkt *p, const struct ct_entry *re)
 {
-	if (p->t.proto == IPPROTO_TCP)
-		return (p->tcp_flags & (TCPF_SYN | TCPF_ACK | TCPF_RST)) == TCPF_ACK &&
-		       (re->tcp_seen & TCPF_ACK) && !(re->tcp_seen & TCPF_RST);
-	return re->packets > 0;
+	return ct_assured_by(p->t.proto, p->tcp_flags, re->tcp_seen, re->packets);
 }
 
 /* ct_promote moves an assured flow, e at k and its peer pe at pk, from

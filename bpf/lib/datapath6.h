@@ -8,7 +8,8 @@
  * the 512 bytes a program may have).
  *
  * What IPv6 has so far: published ports (DNAT at from_netdev, its
- * reverse at to_netdev) and masquerade of container egress (TCP, UDP,
+ * reverse at to_netdev; source allowlists, new flows unassured in ct6_syn
+ * until the client answers, as for IPv4) and masquerade of container egress (TCP, UDP,
  * ICMPv6 echo by identifier, ports allocated as for IPv4, never one a host
  * socket or another flow holds), tracked in ct6; later fragments follow
  * their first by fragment identification; the sender check of container
@@ -25,6 +26,7 @@
 #include "conntrack6.h"
 #include "icmp6.h"
 #include "fast6.h"
+#include "allow.h"
 
 /* frag6_ports gives a later fragment the ports its first fragment had. */
 static __always_inline void frag6_ports(struct pkt6 *p)
@@ -210,10 +212,12 @@ static __always_inline int handle6_from_netdev(struct __sk_buff *ctx)
 
 	e = ct6_lookup_flow(&p, CT_AT_FROM_NETDEV, now);
 	if (e) {
+		/* Rewrite first: touching an unassured entry may move it to
+		 * ct6 and free it. */
 		r = apply6(ctx, &p, e);
 		if (r < 0)
 			return r;
-		ct6_touch(&orig, e, &p, now);
+		ct6_touch_client(&orig, e, &p, now);
 	} else {
 		struct port6_key pk = {.port = p.t.dport, .proto = p.t.proto};
 		struct ct6_entry ne = {};
@@ -223,10 +227,9 @@ static __always_inline int handle6_from_netdev(struct __sk_buff *ctx)
 		ip6_copy(pk.addr, p.t.daddr);
 		if (!has_ports(p.t.proto) || p.frag == FRAG_LATER || !(t = published6_lookup(&pk)))
 			goto unknown;
-		/* Allowlists are IPv4 prefixes: a port restricted to some
-		 * IPv4 sources is closed to IPv6. */
-		if (t->allow_id)
-			return -DROP_PORT_DENIED;
+		r = port6_allowed(&pk, t, p.t.saddr);
+		if (r < 0)
+			return r;
 		ip6_copy(ne.nsaddr, p.t.saddr);
 		ip6_copy(ne.ndaddr, t->addr);
 		ne.nsport = p.t.sport;
@@ -237,16 +240,20 @@ static __always_inline int handle6_from_netdev(struct __sk_buff *ctx)
 		ep = bpf_map_lookup_elem(&endpoints6, t->addr);
 		if (ep)
 			ne.ifindex = ep->ep.ifindex;
-		r = ct6_create(&p.t, &ne, now);
+		/* As for IPv4, every new flow from the outside starts
+		 * unassured: a forged source's lands in ct6_syn only. */
+		r = ct6_create_unassured(&p.t, &ne, now);
 		if (r < 0)
 			return r;
-		count_event(EV_CT_NEW_DNAT);
+		e = bpf_map_lookup_elem(&ct6_syn, &p.t);
+		if (e)
+			ct6_touch_client(&p.t, e, &p, now);
+		count_event(p.t.proto == IPPROTO_TCP && !(p.tcp_flags & TCPF_SYN) ? EV_CT_RECREATED
+										  : EV_CT_NEW_DNAT);
+		count_key(&port_conns6, &pk);
 		r = apply6(ctx, &p, &ne);
 		if (r < 0)
 			return r;
-		e = bpf_map_lookup_elem(&ct6, &orig);
-		if (e)
-			ct6_touch(&orig, e, &p, now);
 	}
 	frag6_record(&p, &orig);
 	return deliver6(ctx, &p);
@@ -479,8 +486,9 @@ static __always_inline int handle6_from_container(struct __sk_buff *ctx)
 		r = iso6_hairpin(src, t->addr);
 		if (r)
 			return r;
-		if (t->allow_id)
-			return -DROP_PORT_DENIED;
+		r = port6_allowed(&pk, t, p.t.saddr);
+		if (r < 0)
+			return r;
 		ip6_copy(ne.nsaddr, p.t.saddr);
 		ip6_copy(ne.ndaddr, t->addr);
 		ne.nsport = p.t.sport;
@@ -506,6 +514,7 @@ static __always_inline int handle6_from_container(struct __sk_buff *ctx)
 		if (r < 0)
 			return r;
 		count_event(EV_CT_NEW_HAIRPIN);
+		count_key(&port_conns6, &pk);
 		e = bpf_map_lookup_elem(&ct6, &p.t);
 		if (!e)
 			return -DROP_CT_FULL;

@@ -51,16 +51,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } port_conns SEC(".maps");
 
-/* count_port_conn counts a new flow of a published port. */
-static __always_inline void count_port_conn(const struct port_key *k)
+/* count_key adds one to the per-CPU counter at k of map, making it on the
+ * first count (port_conns, port_denied and their IPv6 twins). */
+static __always_inline void count_key(void *map, const void *k)
 {
-	__u64 *v = bpf_map_lookup_elem(&port_conns, k);
+	__u64 *v = bpf_map_lookup_elem(map, k);
 
 	if (v) {
 		*v += 1;
 	} else {
 		__u64 one = 1;
 
-		bpf_map_update_elem(&port_conns, k, &one, BPF_NOEXIST);
+		bpf_map_update_elem(map, k, &one, BPF_NOEXIST);
 	}
+}
+
+/* count_port_conn counts a new flow of a published port. */
+static __always_inline void count_port_conn(const struct port_key *k)
+{
+	count_key(&port_conns, k);
 }

@@ -19,7 +19,7 @@ struct port6_target {
 	__be16 port;	/* container port */
 	__u16 pad;
 	__u32 id;	/* mapping id */
-	__u32 allow_id; /* nonzero: the mapping has an (IPv4) allowlist; closed to IPv6 */
+	__u32 allow_id; /* source allowlist (allow.h, port_allow6), 0: open to every source */
 };
 
 struct {

@@ -33,13 +33,14 @@ func TestJoinHostPort(t *testing.T) {
 }
 
 // TestPrintPortsIPv6: the ports table of both families, IPv6 addresses
-// in brackets where a port follows; JSON keeps the address and the port
+// in brackets where a port follows, an allowlist's IPv6 prefixes beside
+// its IPv4 ones; JSON keeps the address and the port
 // apart, without brackets.
 func TestPrintPortsIPv6(t *testing.T) {
 	ports := []portJSON{
 		{Proto: "tcp", HostIP: "0.0.0.0", HostPort: 8080, ContainerIP: "172.30.0.2", ContainerPort: 80, Container: "web", Connections: 3, Allow: []string{}},
 		{Proto: "tcp", HostIP: "::", HostPort: 8080, ContainerIP: "fd00:251::2", ContainerPort: 80, Container: "web", Connections: 2, Allow: []string{}},
-		{Proto: "udp", HostIP: "fd00:252::100", HostPort: 8081, ContainerIP: "fd00:251::3", ContainerPort: 81, Allow: []string{"192.0.2.0/24"}, Denied: 1},
+		{Proto: "udp", HostIP: "fd00:252::100", HostPort: 8081, ContainerIP: "fd00:251::3", ContainerPort: 81, Allow: []string{"192.0.2.0/24", "2001:db8::/32"}, Denied: 1},
 	}
 	var b bytes.Buffer
 	if err := printPorts(&b, ports); err != nil {
@@ -50,7 +51,7 @@ func TestPrintPortsIPv6(t *testing.T) {
 		{"PROTO", "HOST", "CONTAINER", "NAME", "CONNECTIONS", "ALLOW", "DENIED"},
 		{"tcp", "0.0.0.0:8080", "172.30.0.2:80", "web", "3", "all", "0"},
 		{"tcp", "[::]:8080", "[fd00:251::2]:80", "web", "2", "all", "0"},
-		{"udp", "[fd00:252::100]:8081", "[fd00:251::3]:81", "0", "192.0.2.0/24", "1"},
+		{"udp", "[fd00:252::100]:8081", "[fd00:251::3]:81", "0", "192.0.2.0/24,2001:db8::/32", "1"},
 	}
 	if len(lines) != len(want) {
 		t.Fatalf("table:\n%s", b.String())
@@ -108,25 +109,27 @@ func TestPrintCTIPv6(t *testing.T) {
 	}
 }
 
-// TestPrintStatusIPv6: status counts the IPv6 ports and lists the
-// endpoints of both families.
+// TestPrintStatusIPv6: status counts the IPv6 ports, shows the IPv6
+// conntrack tables and lists the endpoints of both families.
 func TestPrintStatusIPv6(t *testing.T) {
 	r := statusReport{PinPath: "/sys/fs/bpf/x", Ports: 3, PortsIPv6: 1,
+		CT6Entries: 4, CT6Capacity: 1024, HalfOpen6Entries: 2, HalfOpen6Capacity: 128,
 		Endpoints: []endpointJSON{{Addr: netip.MustParseAddr("172.30.0.2"), Ifindex: 7}, {Addr: netip.MustParseAddr("fd00:251::2"), Ifindex: 7}}}
 	var b bytes.Buffer
 	if err := printStatus(&b, r); err != nil {
 		t.Fatal(err)
 	}
 	out := b.String()
-	for _, want := range []string{"published ports  3 (1 IPv6)", "\nfd00:251::2 ", "\n172.30.0.2 "} {
+	for _, want := range []string{"published ports  3 (1 IPv6)", "conntrack IPv6   4 / 1024 entries, 2 / 128 unassured", "\nfd00:251::2 ", "\n172.30.0.2 "} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status has no %q:\n%s", want, out)
 		}
 	}
 	r.PortsIPv6 = 0
+	r.CT6Capacity = 0 // pinned by a version without ct6
 	b.Reset()
 	printStatus(&b, r)
-	if !strings.Contains(b.String(), "published ports  3\n") {
+	if !strings.Contains(b.String(), "published ports  3\n") || strings.Contains(b.String(), "IPv6") {
 		t.Errorf("IPv4-only status:\n%s", b.String())
 	}
 }

@@ -39,11 +39,16 @@ type statusReport struct {
 	CTEntries  int `json:"conntrack_entries"`
 	CTCapacity int `json:"conntrack_capacity"`
 	// HalfOpen* are the table of unassured published-port flows.
-	HalfOpenEntries  int                    `json:"conntrack_half_open_entries"`
-	HalfOpenCapacity int                    `json:"conntrack_half_open_capacity"`
-	Drops            map[string]uint64      `json:"drops"`
-	Events           map[string]uint64      `json:"events"`
-	Traffic          map[string]trafficJSON `json:"traffic"`
+	HalfOpenEntries  int `json:"conntrack_half_open_entries"`
+	HalfOpenCapacity int `json:"conntrack_half_open_capacity"`
+	// CT6* and HalfOpen6* are their IPv6 twins, ct6 and ct6_syn.
+	CT6Entries        int                    `json:"conntrack_ipv6_entries"`
+	CT6Capacity       int                    `json:"conntrack_ipv6_capacity"`
+	HalfOpen6Entries  int                    `json:"conntrack_ipv6_half_open_entries"`
+	HalfOpen6Capacity int                    `json:"conntrack_ipv6_half_open_capacity"`
+	Drops             map[string]uint64      `json:"drops"`
+	Events            map[string]uint64      `json:"events"`
+	Traffic           map[string]trafficJSON `json:"traffic"`
 	// Containers without a veth of their own (status_modes.go).
 	Containers []containerJSON `json:"containers"`
 	// HostFirewall is the daemon's last check of the host firewall
@@ -175,6 +180,12 @@ func newStatusCmd() *cobra.Command {
 			if r.HalfOpenEntries, r.HalfOpenCapacity, err = dp.HalfOpenUsage(); err != nil {
 				return err
 			}
+			if r.CT6Entries, r.CT6Capacity, err = dp.CT6Usage(); err != nil {
+				return err
+			}
+			if r.HalfOpen6Entries, r.HalfOpen6Capacity, err = dp.HalfOpen6Usage(); err != nil {
+				return err
+			}
 			drops, err := dp.Drops()
 			if err != nil {
 				return err
@@ -227,6 +238,9 @@ func printStatus(out io.Writer, r statusReport) error {
 		fmt.Fprintf(w, "published ports\t%d\n", r.Ports)
 	}
 	fmt.Fprintf(w, "conntrack\t%d / %d entries, %d / %d unassured\n", r.CTEntries, r.CTCapacity, r.HalfOpenEntries, r.HalfOpenCapacity)
+	if r.CT6Capacity > 0 {
+		fmt.Fprintf(w, "conntrack IPv6\t%d / %d entries, %d / %d unassured\n", r.CT6Entries, r.CT6Capacity, r.HalfOpen6Entries, r.HalfOpen6Capacity)
+	}
 	printHostFirewall(w, r.HostFirewall)
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "INTERFACE\tHOOK\tPROGRAM\tMODE\tID")
