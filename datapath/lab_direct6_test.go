@@ -1,0 +1,152 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package datapath
+
+// The IPv6 half of the protection of container addresses from direct
+// access and of the routed gateway mode, with real IPv6 traffic in the
+// lab: directConfig's namespaces get IPv6 on every link, x1 behind a veth
+// that is not an uplink, x0 behind the uplink.
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+
+	"github.com/bpfnet/bpfnet/lab"
+)
+
+// Addresses of the IPv6 side of directConfig.
+var (
+	direct6Gw    = netip.MustParseAddr("fd00:31::1")
+	direct6C0    = netip.MustParseAddr("fd00:31::2")
+	direct6C1    = netip.MustParseAddr("fd00:31::3")
+	direct6Sub   = netip.MustParsePrefix("fd00:31::/64")
+	direct6Up    = netip.MustParseAddr("2001:db8:232::1") // the host on the uplink
+	direct6X0    = netip.MustParseAddr("2001:db8:232::2")
+	direct6Other = netip.MustParseAddr("2001:db8:233::1") // the host on the plain veth
+	direct6X1    = netip.MustParseAddr("2001:db8:233::2")
+)
+
+// TestLabIPv6DirectAccess: from a namespace routed in through a veth that
+// is not an uplink, a container's IPv6 address is dropped (direct_access)
+// while the host, the container's neighbour and the published host port
+// from the uplink reach it; as a trusted host interface that veth reaches
+// the published container port and not an unpublished one; with
+// --allow-direct-routing the same holds without the trust. On a routed
+// IPv6 network the published container port answers the uplink's
+// namespace by the container's address, with its own address seen, and
+// an unpublished one is dropped (not_published).
+func TestLabIPv6DirectAccess(t *testing.T) {
+	ports := []PortMapping{
+		{Proto: TCP, HostPort: 8080, ContainerIP: netip.MustParseAddr(directC0), ContainerPort: 80},
+		{Proto: TCP, HostPort: 8080, ContainerIP: direct6C0, ContainerPort: 80},
+	}
+	l := newLabDatapath(t, directConfig())
+	topo := l.topo
+	c0, c1 := topo.Containers[0], topo.Containers[1]
+	x0, x1 := topo.Externals[0], topo.Externals[1]
+	steps := []func() error{
+		func() error { return topo.Host.WriteSysctl("net/ipv6/conf/all/forwarding", "1") },
+		func() error { return addAddr6(topo.Host, topo.Bridges[0].Name, direct6Gw, 64) },
+		func() error { return addAddr6(topo.Host, x0.Uplink, direct6Up, 64) },
+		func() error { return addAddr6(topo.Host, x1.Uplink, direct6Other, 64) },
+		func() error { return addAddr6(&x0.Namespace, "eth0", direct6X0, 64) },
+		func() error { return addAddr6(&x1.Namespace, "eth0", direct6X1, 64) },
+		func() error { return addRoute6(topo.Host, x0.Uplink, netip.Prefix{}, direct6X0) },
+		// Both reach the containers' prefix through the host.
+		func() error { return addRoute6(&x0.Namespace, "eth0", direct6Sub, direct6Up) },
+		func() error { return addRoute6(&x1.Namespace, "eth0", direct6Sub, direct6Other) },
+	}
+	for i, c := range []*lab.Container{c0, c1} {
+		a := []netip.Addr{direct6C0, direct6C1}[i]
+		steps = append(steps,
+			func() error { return addAddr6(&c.Namespace, "eth0", a, 64) },
+			func() error { return addRoute6(&c.Namespace, "eth0", netip.Prefix{}, direct6Gw) })
+	}
+	for _, st := range steps {
+		if err := st(); err != nil {
+			t.Fatalf("adding IPv6 to the lab: %v", err)
+		}
+	}
+	apply := func(what string, edit func(s *State)) {
+		t.Helper()
+		err := topo.Host.Do(func() error {
+			s, err := discoverLab(topo, ports)
+			if err != nil {
+				return err
+			}
+			s.Networks[0].Subnet6, s.Networks[0].Gateway6 = direct6Sub, direct6Gw
+			for i := range s.Endpoints {
+				switch s.Endpoints[i].HostVeth {
+				case c0.HostVeth:
+					s.Endpoints[i].Addr6 = direct6C0
+				case c1.HostVeth:
+					s.Endpoints[i].Addr6 = direct6C1
+				}
+			}
+			edit(&s)
+			if l.dp == nil {
+				dp, err := NewEBPF(Options{PinPath: l.pin})
+				if err != nil {
+					return err
+				}
+				l.dp = dp
+			}
+			return l.dp.Apply(context.Background(), s)
+		})
+		if err != nil {
+			t.Fatalf("applying %s: %v", what, err)
+		}
+	}
+	dropped := func(t *testing.T, r DropReason) uint64 { return l.drops(t)[r] }
+	reaches := func(ns *lab.Namespace, addr string, want netip.Addr, msg string) {
+		t.Helper()
+		if got := tcpExchange(t, ns, addr, 1000); got != want.String() {
+			t.Errorf("%s: %s saw the client as %s, want %s", msg, addr, got, want)
+		}
+	}
+	at := func(a netip.Addr, port string) string { return "[" + a.String() + "]:" + port }
+	echoTCP(t, &c0.Namespace, "[::]:80")
+	echoTCP(t, &c0.Namespace, "[::]:81")
+
+	t.Run("protected", func(t *testing.T) {
+		apply("the lab's state", func(*State) {})
+		mustBeDropped(t, dropped, &x1.Namespace, at(direct6C0, "80"), DropDirectAccess, "a published container port from a plain veth")
+		mustBeDropped(t, dropped, &x1.Namespace, at(direct6C0, "81"), DropDirectAccess, "an unpublished container port from a plain veth")
+		// The twins: the host, the neighbour and the published host
+		// port from the uplink reach c0.
+		if _, err := topo.Host.Greeting(at(direct6C0, "81")); err != nil {
+			t.Errorf("the host does not reach [%s]:81: %v", direct6C0, err)
+		}
+		reaches(&c1.Namespace, at(direct6C0, "81"), direct6C1, "the neighbour")
+		reaches(&x0.Namespace, at(direct6Up, "8080"), direct6X0, "the published port from the uplink")
+		mustBeDropped(t, dropped, &x0.Namespace, at(direct6C0, "80"), DropNotPublished, "a published container port from the uplink")
+	})
+	t.Run("trusted", func(t *testing.T) {
+		apply("a trusted host interface", func(s *State) { s.Networks[0].TrustedHostInterfaces = x1.Uplink })
+		reaches(&x1.Namespace, at(direct6C0, "80"), direct6X1, "the published container port from the trusted veth")
+		mustBeDropped(t, dropped, &x1.Namespace, at(direct6C0, "81"), DropDirectAccess, "an unpublished container port from the trusted veth")
+	})
+	t.Run("trusted_uplink", func(t *testing.T) {
+		apply("a trusted uplink", func(s *State) { s.Networks[0].TrustedHostInterfaces = x0.Uplink })
+		reaches(&x0.Namespace, at(direct6C0, "80"), direct6X0, "the published container port from the trusted uplink")
+		mustBeDropped(t, dropped, &x0.Namespace, at(direct6C0, "81"), DropNotPublished, "an unpublished container port from the trusted uplink")
+	})
+	t.Run("allow_direct_routing", func(t *testing.T) {
+		apply("--allow-direct-routing", func(s *State) { s.AllowDirectRouting = true })
+		reaches(&x1.Namespace, at(direct6C0, "80"), direct6X1, "the published container port with --allow-direct-routing")
+		mustBeDropped(t, dropped, &x1.Namespace, at(direct6C0, "81"), DropDirectAccess, "an unpublished container port with --allow-direct-routing")
+		apply("the lab's state", func(*State) {})
+		mustBeDropped(t, dropped, &x1.Namespace, at(direct6C0, "80"), DropDirectAccess, "a published container port from a plain veth, protected again")
+	})
+	t.Run("routed", func(t *testing.T) {
+		apply("gateway_mode_ipv6=routed", func(s *State) { s.Networks[0].GatewayModeIPv6 = GatewayRouted })
+		reaches(&x0.Namespace, at(direct6C0, "80"), direct6X0, "the published container port of a routed network")
+		mustBeDropped(t, dropped, &x0.Namespace, at(direct6C0, "81"), DropNotPublished, "an unpublished container port of a routed network")
+		reaches(&x1.Namespace, at(direct6C0, "80"), direct6X1, "the published container port of a routed network from a plain veth")
+		mustBeDropped(t, dropped, &x1.Namespace, at(direct6C0, "81"), DropNotPublished, "an unpublished container port of a routed network from a plain veth")
+		// Egress keeps the container's address.
+		echoTCP(t, &x0.Namespace, "[::]:9000")
+		reaches(&c0.Namespace, at(direct6X0, "9000"), direct6C0, "egress of a routed network")
+	})
+}
