@@ -19,9 +19,9 @@ func direct6State(t *testing.T) datapath.State {
 	t.Helper()
 	n := func(name, br string, i int) datapath.Network {
 		return datapath.Network{Name: name, Bridge: br, Masquerade: true,
-			Subnet:  netip.MustParsePrefix("172.30." + string(rune('0'+i)) + ".0/24"),
-			Gateway: netip.MustParseAddr("172.30." + string(rune('0'+i)) + ".1"),
-			Subnet6: netip.MustParsePrefix("fd00:3" + string(rune('0'+i)) + "::/64"),
+			Subnet:   netip.MustParsePrefix("172.30." + string(rune('0'+i)) + ".0/24"),
+			Gateway:  netip.MustParseAddr("172.30." + string(rune('0'+i)) + ".1"),
+			Subnet6:  netip.MustParsePrefix("fd00:3" + string(rune('0'+i)) + "::/64"),
 			Gateway6: netip.MustParseAddr("fd00:3" + string(rune('0'+i)) + "::1")}
 	}
 	net0, net1, iso := n("net0", "br0", 0), n("net1", "br1", 1), n("iso", "brI", 2)
