@@ -378,3 +378,45 @@ func TestPacketIPv6Isolated(t *testing.T) {
 		})
 	}
 }
+
+// TestPacketIPv6RoutedFromOtherNetwork: a container of a nat network
+// reaches a routed IPv6 network's published container port and pings its
+// container, as Docker lets another bridge into a routed network through
+// its DOCKER chain; the flow is tracked both ways, so the answer goes
+// back and to_container6 lets both directions through. An unpublished
+// port is dropped (not_published), and with the network not routed the
+// isolation of networks drops the same packet.
+func TestPacketIPv6RoutedFromOtherNetwork(t *testing.T) {
+	tcp := uint8(layers.IPProtocolTCP)
+	e := newPacketEnv(t, Options{})
+	e.installTopology6()
+	e.setNet6Flags(net6b, netFRouted)
+	e.routedPort6(tcp, ctrC6, 80, 1, 0)
+
+	v, _ := e.fromContainer("vetha", tcp6(ctrA6, 40000, ctrC6, 80).fromCtr(macA, gwMAC).frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	if _, ok := e.ct6()[ct6Key(tcp, ctrC6, 80, ctrA6, 40000)]; !ok || len(e.ct6()) != 2 {
+		t.Fatalf("ct6 holds %d entries, want the flow's 2", len(e.ct6()))
+	}
+	v, _ = e.toContainer6From("vethc", "br0", tcp6(ctrA6, 40000, ctrC6, 80).frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	ans := tcp6(ctrC6, 80, ctrA6, 40000)
+	ans.ack = true
+	v, out := e.fromContainer("vethc", ans.fromCtr(macC, gw2MAC).frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	expectTuple6(t, "answer", parse6Frame(t, "answer", out), ctrC6, 80, ctrA6, 40000)
+	v, _ = e.toContainer6From("vetha", "br1", ans.frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	v, _ = e.fromContainer("vetha", echo6(ctrA6, ctrC6, 5, false).fromCtr(macA, gwMAC).frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	e.dropsOnly(DropNotPublished, 0)
+
+	v, _ = e.fromContainer("vetha", tcp6(ctrA6, 40001, ctrC6, 81).fromCtr(macA, gwMAC).frame())
+	expectVerdict(t, v, TC_ACT_SHOT)
+	e.dropsOnly(DropNotPublished, 1)
+
+	e.setNet6Flags(net6b, 0)
+	v, _ = e.fromContainer("vetha", tcp6(ctrA6, 40002, ctrC6, 80).fromCtr(macA, gwMAC).frame())
+	expectVerdict(t, v, TC_ACT_SHOT)
+	e.expectDrops(map[DropReason]uint64{DropNotPublished: 1, DropIsolation: 1})
+}

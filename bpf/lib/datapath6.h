@@ -509,6 +509,9 @@ plain:
 	r = gw6_isolated_from_container(&p, to_host);
 	if (r)
 		return r;
+	r = to_host ? 0 : gw6_routed_from_other_net(&p, src, now);
+	if (r)
+		return r < 0 ? r : TC_ACT_OK;
 	r = iso6_verdict(&p, src, dst, to_host, now);
 	return r < 0 ? r : TC_ACT_OK;
 }

@@ -29,6 +29,7 @@
 #include "isolation.h"
 #include "allow.h"
 #include "maps6.h"
+#include "conntrack6.h"
 
 /* Published container ports of routed networks, keyed by container
  * address, container port and protocol (port_key with the container's
@@ -310,4 +311,44 @@ static __always_inline int gw6_isolated_to_container(const struct pkt6 *p)
 	if (!src || src->net_id != dst->net_id || bpf_map_lookup_elem(&host_addrs6, p->t.saddr))
 		return -DROP_INTERNAL;
 	return 0;
+}
+
+/* gw6_routed_from_other_net is gw_routed_from_other_net for IPv6: a
+ * packet a container sends to a container of another network whose IPv6
+ * gateway mode is routed, filtered as from the outside (a published
+ * container port or ICMPv6) and tracked both ways, so that the answers
+ * cross back. 1 when it may go on, 0 when this is no such packet (the
+ * isolation rules judge it), or a negative drop reason. */
+static __always_inline int gw6_routed_from_other_net(const struct pkt6 *p, const struct endpoint *src,
+						     __u64 now)
+{
+	struct net6_info *d = container_net6(p->t.daddr);
+	struct ct6_entry ne = {};
+	struct ct6_entry *e;
+	int r;
+
+	if (!d || !(d->flags & NET_F_ROUTED) || d->net_id == src->net_id ||
+	    (src->flags & NET_F_INTERNAL))
+		return 0;
+	r = gw6_direct_allowed(p, d->flags);
+	if (r < 0)
+		return r;
+	if (p->frag == FRAG_LATER || (!has_ports(p->t.proto) && p->icmp != ICMP_K_ECHO_REQ))
+		return 1;
+	ip6_copy(ne.nsaddr, p->t.saddr);
+	ip6_copy(ne.ndaddr, p->t.daddr);
+	ne.nsport = p->t.sport;
+	ne.ndport = p->t.dport;
+	ne.flags = CT_AT_FROM_CONTAINER;
+	ne.peer_flags = CT_AT_FROM_CONTAINER | CT_REPLY;
+	ne.kind = CT_ROUTED;
+	ne.ifindex = src->ifindex;
+	r = ct6_create(&p->t, &ne, now);
+	if (r < 0)
+		return r;
+	e = bpf_map_lookup_elem(&ct6, &p->t);
+	if (e)
+		ct6_touch(&p->t, e, p, now);
+	count_event(EV_CT_NEW_DIRECT);
+	return 1;
 }
