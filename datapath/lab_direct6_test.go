@@ -8,7 +8,6 @@ package datapath
 // that is not an uplink, x0 behind the uplink.
 
 import (
-	"context"
 	"net/netip"
 	"testing"
 
@@ -27,7 +26,7 @@ var (
 	direct6X1    = netip.MustParseAddr("2001:db8:233::2")
 )
 
-// TestLabIPv6DirectAccess: from a namespace routed in through a veth that
+// TestLabIPv6DirectAccess, against every datapath: from a namespace routed in through a veth that
 // is not an uplink, a container's IPv6 address is dropped (direct_access)
 // while the host, the container's neighbour and the published host port
 // from the uplink reach it; as a trusted host interface that veth reaches
@@ -37,12 +36,18 @@ var (
 // namespace by the container's address, with its own address seen, and
 // an unpublished one is dropped (not_published).
 func TestLabIPv6DirectAccess(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) { labIPv6DirectAccess(t, mode) })
+	}
+}
+
+func labIPv6DirectAccess(t *testing.T, mode string) {
 	ports := []PortMapping{
 		{Proto: TCP, HostPort: 8080, ContainerIP: netip.MustParseAddr(directC0), ContainerPort: 80},
 		{Proto: TCP, HostPort: 8080, ContainerIP: direct6C0, ContainerPort: 80},
 	}
-	l := newLabDatapath(t, directConfig())
-	topo := l.topo
+	m := startMode(t, mode, directConfig(), "8080:"+directC0+":80")
+	topo := m.topo
 	c0, c1 := topo.Containers[0], topo.Containers[1]
 	x0, x1 := topo.Externals[0], topo.Externals[1]
 	steps := []func() error{
@@ -70,11 +75,7 @@ func TestLabIPv6DirectAccess(t *testing.T) {
 	}
 	apply := func(what string, edit func(s *State)) {
 		t.Helper()
-		err := topo.Host.Do(func() error {
-			s, err := discoverLab(topo, ports)
-			if err != nil {
-				return err
-			}
+		err := m.applyWith(ports, func(s *State) {
 			s.Networks[0].Subnet6, s.Networks[0].Gateway6 = direct6Sub, direct6Gw
 			for i := range s.Endpoints {
 				switch s.Endpoints[i].HostVeth {
@@ -84,21 +85,13 @@ func TestLabIPv6DirectAccess(t *testing.T) {
 					s.Endpoints[i].Addr6 = direct6C1
 				}
 			}
-			edit(&s)
-			if l.dp == nil {
-				dp, err := NewEBPF(Options{PinPath: l.pin})
-				if err != nil {
-					return err
-				}
-				l.dp = dp
-			}
-			return l.dp.Apply(context.Background(), s)
+			edit(s)
 		})
 		if err != nil {
 			t.Fatalf("applying %s: %v", what, err)
 		}
 	}
-	dropped := func(t *testing.T, r DropReason) uint64 { return l.drops(t)[r] }
+	dropped := m.dropped
 	reaches := func(ns *lab.Namespace, addr string, want netip.Addr, msg string) {
 		t.Helper()
 		if got := tcpExchange(t, ns, addr, 1000); got != want.String() {
