@@ -34,7 +34,9 @@ var (
 // --allow-direct-routing the same holds without the trust. On a routed
 // IPv6 network the published container port answers the uplink's
 // namespace by the container's address, with its own address seen, and
-// an unpublished one is dropped (not_published).
+// an unpublished one is dropped (not_published). On an internal network
+// isolated in IPv6 only, the host and its containers do not reach each
+// other by IPv6 (by IPv4 they do), while its containers reach each other.
 func TestLabIPv6DirectAccess(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode, func(t *testing.T) { labIPv6DirectAccess(t, mode) })
@@ -73,7 +75,7 @@ func labIPv6DirectAccess(t *testing.T, mode string) {
 			t.Fatalf("adding IPv6 to the lab: %v", err)
 		}
 	}
-	apply := func(what string, edit func(s *State)) {
+	applyPorts := func(what string, ports []PortMapping, edit func(s *State)) {
 		t.Helper()
 		err := m.applyWith(ports, func(s *State) {
 			s.Networks[0].Subnet6, s.Networks[0].Gateway6 = direct6Sub, direct6Gw
@@ -91,6 +93,7 @@ func labIPv6DirectAccess(t *testing.T, mode string) {
 			t.Fatalf("applying %s: %v", what, err)
 		}
 	}
+	apply := func(what string, edit func(s *State)) { t.Helper(); applyPorts(what, ports, edit) }
 	dropped := m.dropped
 	reaches := func(ns *lab.Namespace, addr string, want netip.Addr, msg string) {
 		t.Helper()
@@ -104,15 +107,17 @@ func labIPv6DirectAccess(t *testing.T, mode string) {
 
 	t.Run("protected", func(t *testing.T) {
 		apply("the lab's state", func(*State) {})
-		mustBeDropped(t, dropped, &x1.Namespace, at(direct6C0, "80"), DropDirectAccess, "a published container port from a plain veth")
-		mustBeDropped(t, dropped, &x1.Namespace, at(direct6C0, "81"), DropDirectAccess, "an unpublished container port from a plain veth")
-		// The twins: the host, the neighbour and the published host
-		// port from the uplink reach c0.
+		// The twins first (which also resolve the neighbours on the
+		// way): the host, the neighbour and the published host port
+		// from the uplink reach c0, x1 the host's address on its link.
 		if _, err := topo.Host.Greeting(at(direct6C0, "81")); err != nil {
 			t.Errorf("the host does not reach [%s]:81: %v", direct6C0, err)
 		}
 		reaches(&c1.Namespace, at(direct6C0, "81"), direct6C1, "the neighbour")
 		reaches(&x0.Namespace, at(direct6Up, "8080"), direct6X0, "the published port from the uplink")
+		mustPing(t, &x1.Namespace, direct6Other.String(), true, "x1 to the host")
+		mustBeDropped(t, dropped, &x1.Namespace, at(direct6C0, "80"), DropDirectAccess, "a published container port from a plain veth")
+		mustBeDropped(t, dropped, &x1.Namespace, at(direct6C0, "81"), DropDirectAccess, "an unpublished container port from a plain veth")
 		mustBeDropped(t, dropped, &x0.Namespace, at(direct6C0, "80"), DropNotPublished, "a published container port from the uplink")
 	})
 	t.Run("trusted", func(t *testing.T) {
@@ -141,5 +146,29 @@ func labIPv6DirectAccess(t *testing.T, mode string) {
 		// Egress keeps the container's address.
 		echoTCP(t, &x0.Namespace, "[::]:9000")
 		reaches(&c0.Namespace, at(direct6X0, "9000"), direct6C0, "egress of a routed network")
+	})
+	t.Run("isolated", func(t *testing.T) {
+		// An internal network, isolated in IPv6 only: the host is cut
+		// off from its IPv6 addresses, not from its IPv4 ones.
+		for _, mode6 := range []GatewayMode{GatewayNAT, GatewayIsolated} {
+			isolated := mode6 == GatewayIsolated
+			applyPorts("an internal network, gateway_mode_ipv6="+mode6.String(), nil, func(s *State) {
+				s.Networks[0].Internal, s.Networks[0].Masquerade, s.Networks[0].GatewayModeIPv6 = true, false, mode6
+			})
+			what := mode6.String() + ": "
+			mustPing(t, &c0.Namespace, direct6C1.String(), true, what+"c0 to c1")
+			mustPing(t, &c1.Namespace, direct6C0.String(), true, what+"c1 to c0")
+			m.mustPingFromHost(t, direct6C0.String(), !isolated, what+"host to c0's IPv6 address")
+			mustPing(t, &c0.Namespace, direct6Gw.String(), !isolated, what+"c0 to its IPv6 gateway")
+			mustPing(t, &c0.Namespace, direct6Up.String(), !isolated, what+"c0 to the host's uplink IPv6 address")
+			// IPv4 is only internal: the host is still there.
+			m.mustPingFromHost(t, directC0, true, what+"host to c0's IPv4 address")
+			mustPing(t, &c0.Namespace, topo.Bridges[0].Gateway.String(), true, what+"c0 to its IPv4 gateway")
+		}
+		if _, ok := m.dp.(*EBPF); ok {
+			if n := m.dropped(t, DropInternal); n == 0 {
+				t.Errorf("no drop counted as internal")
+			}
+		}
 	})
 }

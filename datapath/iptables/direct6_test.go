@@ -41,7 +41,9 @@ func direct6State(t *testing.T) datapath.State {
 // of direct access to net0's IPv6 container after the trusted interface's
 // ACCEPT (none with --allow-direct-routing), the routed IPv6 network's
 // container port and ICMPv6 accepted with no DNAT and no raw drop, and
-// the isolated IPv6 network cut off from the host in INPUT and OUTPUT;
+// the isolated IPv6 network cut off from the host in INPUT and OUTPUT,
+// its internal drops those of Docker's IPv6 rules (not of what is bridged
+// between its containers);
 // the IPv4 tables, where iso is only internal, cut off nothing.
 func TestIp6tablesDirectAccessAndGatewayModes(t *testing.T) {
 	o := Options{}.withDefaults()
@@ -95,6 +97,12 @@ func TestIp6tablesDirectAccessAndGatewayModes(t *testing.T) {
 		"BPFNET-DOCKER ! -i br1 -o br1 -j DROP",
 		"INPUT -i brI -m comment --comment bpfnet -j DROP",
 		"OUTPUT -o brI -m comment --comment bpfnet -j DROP")
+	// The internal network's drops spare what is bridged between its
+	// containers (Neighbour Discovery, link-local), as Docker's IPv6
+	// rules do; the IPv4 ones keep their form.
+	has(v6["filter"],
+		"BPFNET-ISOLATION-STAGE-1 ! -s fd00:32::/64 ! -i brI -o brI -j DROP",
+		"BPFNET-ISOLATION-STAGE-1 ! -d fd00:32::/64 -i brI ! -o brI -j DROP")
 	// The routed port is no host port: no DNAT, no hairpin masquerade.
 	hasNone(v6["nat"], "fd00:31::2")
 	has(v6["nat"], "BPFNET-DOCKER ! -s fe80::/10 -p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00:30::2]:80")
@@ -103,6 +111,9 @@ func TestIp6tablesDirectAccessAndGatewayModes(t *testing.T) {
 	v4 := lines(s, rules.IPv4)
 	hasNone(v4["filter"], "INPUT -i brI", "OUTPUT -o brI", "-p icmp -j ACCEPT")
 	hasNone(v4["raw"], "fd00:")
+	has(v4["filter"],
+		"BPFNET-ISOLATION-STAGE-1 ! -s 172.30.2.0/24 -o brI -j DROP",
+		"BPFNET-ISOLATION-STAGE-1 ! -d 172.30.2.0/24 -i brI -j DROP")
 
 	// --allow-direct-routing: no raw drop; the filter table still lets
 	// only the published container port in.
