@@ -6,33 +6,15 @@ package datapath
 // from direct access (bpf/lib/direct.h: to_container6 judges by the
 // interface a packet arrived on, from_netdev6 lets a trusted uplink in)
 // and of the IPv6 gateway modes (bpf/lib/gwmode.h: routed_ports6, the
-// isolated mode's cut-off of the host).
+// isolated mode's cut-off of the host). toContainerFrom runs to_container,
+// which hands IPv6 frames to to_container6.
 
 import (
 	"net/netip"
 	"testing"
 
-	"github.com/cilium/ebpf"
 	"github.com/google/gopacket/layers"
 )
-
-// toContainer6From runs to_container (which tail-calls to_container6) on
-// the host veth veth with an IPv6 frame that arrived on the interface in.
-func (e *packetEnv) toContainer6From(veth, in string, frame []byte) (uint32, []byte) {
-	e.t.Helper()
-	opts := ebpf.RunOptions{
-		Data:    frame,
-		DataOut: make([]byte, len(frame)+256),
-		Context: skbContext{Ifindex: e.idx[veth], IngressIfindex: e.ingressIndex(in)},
-	}
-	var ret uint32
-	var err error
-	e.ns.do(func() { ret, err = e.objs.ToContainer.Run(&opts) })
-	if err != nil {
-		e.t.Fatalf("running to_container on %s from %s: %v", veth, in, err)
-	}
-	return ret, opts.DataOut
-}
 
 // trust6 lets the interface in reach port of container IPv6 address a.
 func (e *packetEnv) trust6(in string, proto uint8, a netip.Addr, port uint16) {
@@ -191,7 +173,7 @@ func TestPacketIPv6DirectAccess6(t *testing.T) {
 			if c.setup != nil {
 				c.setup(e)
 			}
-			v, out := e.toContainer6From(c.veth, c.in, c.p.frame())
+			v, out := e.toContainerFrom(c.veth, c.in, c.p.frame())
 			expectVerdict(t, v, c.want.verdict)
 			e.dropsOnly(c.want.reason, c.want.n)
 			if c.want.verdict == TC_ACT_OK {
@@ -362,9 +344,9 @@ func TestPacketIPv6Isolated(t *testing.T) {
 			check("to a host address", v, cut)
 			v, _ = e.fromContainer("vetha", tcp6(ctrA6, 40001, gw6, 53).fromCtr(macA, gwMAC).frame())
 			check("to its gateway", v, cut)
-			v, _ = e.toContainer6From("vetha", "host", tcp6(host6, 40002, ctrA6, 80).frame())
+			v, _ = e.toContainerFrom("vetha", "host", tcp6(host6, 40002, ctrA6, 80).frame())
 			check("from the host", v, cut)
-			v, _ = e.toContainer6From("vetha", "host", tcp6(gw6, 40003, ctrA6, 80).frame())
+			v, _ = e.toContainerFrom("vetha", "host", tcp6(gw6, 40003, ctrA6, 80).frame())
 			check("from its gateway", v, cut)
 			if isolated {
 				n = 4
@@ -372,7 +354,7 @@ func TestPacketIPv6Isolated(t *testing.T) {
 			// Its own containers reach each other either way.
 			v, _ = e.fromContainer("vetha", tcp6(ctrA6, 40004, ctrB6, 80).fromCtr(macA, macB).frame())
 			check("to a container of its own", v, TC_ACT_OK)
-			v, _ = e.toContainer6From("vetha", "vethb", tcp6(ctrB6, 40005, ctrA6, 80).frame())
+			v, _ = e.toContainerFrom("vetha", "vethb", tcp6(ctrB6, 40005, ctrA6, 80).frame())
 			check("from a container of its own", v, TC_ACT_OK)
 			e.dropsOnly(DropInternal, n)
 		})
@@ -398,14 +380,14 @@ func TestPacketIPv6RoutedFromOtherNetwork(t *testing.T) {
 	if _, ok := e.ct6()[ct6Key(tcp, ctrC6, 80, ctrA6, 40000)]; !ok || len(e.ct6()) != 2 {
 		t.Fatalf("ct6 holds %d entries, want the flow's 2", len(e.ct6()))
 	}
-	v, _ = e.toContainer6From("vethc", "br0", tcp6(ctrA6, 40000, ctrC6, 80).frame())
+	v, _ = e.toContainerFrom("vethc", "br0", tcp6(ctrA6, 40000, ctrC6, 80).frame())
 	expectVerdict(t, v, TC_ACT_OK)
 	ans := tcp6(ctrC6, 80, ctrA6, 40000)
 	ans.ack = true
 	v, out := e.fromContainer("vethc", ans.fromCtr(macC, gw2MAC).frame())
 	expectVerdict(t, v, TC_ACT_OK)
 	expectTuple6(t, "answer", parse6Frame(t, "answer", out), ctrC6, 80, ctrA6, 40000)
-	v, _ = e.toContainer6From("vetha", "br1", ans.frame())
+	v, _ = e.toContainerFrom("vetha", "br1", ans.frame())
 	expectVerdict(t, v, TC_ACT_OK)
 	v, _ = e.fromContainer("vetha", echo6(ctrA6, ctrC6, 5, false).fromCtr(macA, gwMAC).frame())
 	expectVerdict(t, v, TC_ACT_OK)
