@@ -58,8 +58,9 @@ func (e *packetEnv) dropsOnly(reason DropReason, n uint64) {
 // direct_access, as IPv4's. --allow-direct-routing trusts every interface
 // with the published container ports only; networks without masquerade,
 // internal and nat-unprotected ones are not protected this way; a routed
-// network lets in its published container ports and ICMPv6; Neighbour
-// Discovery and link-local traffic always pass.
+// network lets in its published container ports and ICMPv6; ICMPv6
+// errors are judged as the rest; Neighbour Discovery and link-local
+// traffic always pass.
 func TestPacketIPv6DirectAccess6(t *testing.T) {
 	outside := netip.MustParseAddr("2001:db8:77::5") // behind other0, not an uplink
 	tcp, udp := uint8(layers.IPProtocolTCP), uint8(layers.IPProtocolUDP)
@@ -77,6 +78,11 @@ func TestPacketIPv6DirectAccess6(t *testing.T) {
 	routed := func(e *packetEnv) {
 		e.setNet6Flags(net6b, netFRouted)
 		e.routedPort6(tcp, ctrC6, 80, 1, 0)
+	}
+	// unreach6 is a Destination Unreachable from src about a datagram
+	// ctr sent it.
+	unreach6 := func(src, ctr netip.Addr) packet6 {
+		return icmp6Error(src, ctr, 1, 4, 0, udp6(ctr, 53, src, 40000).datagram())
 	}
 	tracked := func(expires uint64) func(e *packetEnv) {
 		// The entry of the answers of a flow from ctrC6 a hook of ours
@@ -99,6 +105,9 @@ func TestPacketIPv6DirectAccess6(t *testing.T) {
 		{name: "second NIC, echo", veth: "vetha", in: "other0", p: echo6(outside, ctrA6, 7, false), want: drop},
 		{name: "second NIC, neighbour solicitation", veth: "vetha", in: "other0", p: nd6(outside, ctrA6, 135), want: pass},
 		{name: "second NIC, link-local", veth: "vetha", in: "other0", p: tcp6(linkLoc6, 40000, netip.MustParseAddr("fe80::2"), 80), want: pass},
+		{name: "second NIC, an ICMPv6 error", veth: "vetha", in: "other0", p: unreach6(outside, ctrA6), want: drop},
+		{name: "its bridge, an ICMPv6 error", veth: "vetha", in: "br0", p: unreach6(outside, ctrA6), want: pass},
+		{name: "routed, an ICMPv6 error", setup: routed, veth: "vethc", in: "other0", p: unreach6(outside, ctrC6), want: pass},
 		{name: "its bridge", veth: "vetha", in: "br0", p: tcp6(outside, 40000, ctrA6, 80), want: pass},
 		{name: "a port of its bridge", veth: "vetha", in: "vethb", p: tcp6(ctrB6, 40000, ctrA6, 80), want: pass},
 		{name: "the host", veth: "vetha", in: "host", p: tcp6(gw6, 40000, ctrA6, 80), want: pass},

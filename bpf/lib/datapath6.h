@@ -518,8 +518,9 @@ plain:
 
 /* handle6_to_container: the body of to_container6, to_container for IPv6:
  * the isolated gateway mode, the reverse of a hairpin, then direct access
- * from other interfaces (lib/direct.h). ND and link-local traffic never
- * get past parse6; ICMPv6 errors pass. */
+ * from other interfaces (lib/direct.h), which judges ICMPv6 errors too,
+ * by their own addresses, as Docker's raw drop does. ND and link-local
+ * traffic never get past parse6. */
 static __always_inline int handle6_to_container(struct __sk_buff *ctx)
 {
 	__u64 now = bpf_ktime_get_ns();
@@ -530,13 +531,13 @@ static __always_inline int handle6_to_container(struct __sk_buff *ctx)
 
 	if (r < 0)
 		return r;
-	if (r == PARSE_PASS || p.icmp == ICMP_K_ERROR)
+	if (r == PARSE_PASS)
 		return TC_ACT_OK;
 	r = gw6_isolated_to_container(&p);
 	if (r)
 		return r;
 	orig = p.t;
-	if (p.frag != FRAG_LATER || p.t.sport || p.t.dport) {
+	if (p.icmp != ICMP_K_ERROR && (p.frag != FRAG_LATER || p.t.sport || p.t.dport)) {
 		e = ct6_lookup(&p.t, CT_AT_TO_CONTAINER, now);
 		if (e) {
 			ct6_touch(&orig, e, &p, now);
