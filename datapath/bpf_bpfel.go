@@ -289,6 +289,15 @@ type bpfTraffic struct {
 	TxBytes   uint64
 }
 
+type bpfTrusted6Key struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Addr    [4]uint32
+	Port    uint16
+	Proto   uint8
+	Pad     uint8
+}
+
 type bpfTrustedKey struct {
 	_       structs.HostLayout
 	Ifindex uint32
@@ -318,6 +327,7 @@ const (
 	bpfMapCt6             = "ct6"
 	bpfMapCt6Syn          = "ct6_syn"
 	bpfMapDirectTrusted   = "direct_trusted"
+	bpfMapDirectTrusted6  = "direct_trusted6"
 	bpfMapDrops           = "drops"
 	bpfMapEndpoints       = "endpoints"
 	bpfMapEndpoints6      = "endpoints6"
@@ -338,6 +348,7 @@ const (
 	bpfMapPublished       = "published"
 	bpfMapPublished6      = "published6"
 	bpfMapRoutedPorts     = "routed_ports"
+	bpfMapRoutedPorts6    = "routed_ports6"
 	bpfMapTc6             = "tc6"
 	bpfMapUplinks         = "uplinks"
 	bpfMapUplinks6        = "uplinks6"
@@ -409,35 +420,37 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	Ct4           *ebpf.MapSpec `ebpf:"ct4"`
-	Ct4Syn        *ebpf.MapSpec `ebpf:"ct4_syn"`
-	Ct6           *ebpf.MapSpec `ebpf:"ct6"`
-	Ct6Syn        *ebpf.MapSpec `ebpf:"ct6_syn"`
-	DirectTrusted *ebpf.MapSpec `ebpf:"direct_trusted"`
-	Drops         *ebpf.MapSpec `ebpf:"drops"`
-	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
-	Endpoints6    *ebpf.MapSpec `ebpf:"endpoints6"`
-	Events        *ebpf.MapSpec `ebpf:"events"`
-	Frags4        *ebpf.MapSpec `ebpf:"frags4"`
-	Frags6        *ebpf.MapSpec `ebpf:"frags6"`
-	HostAddrs     *ebpf.MapSpec `ebpf:"host_addrs"`
-	HostAddrs6    *ebpf.MapSpec `ebpf:"host_addrs6"`
-	IfStats       *ebpf.MapSpec `ebpf:"if_stats"`
-	Nets          *ebpf.MapSpec `ebpf:"nets"`
-	Nets6         *ebpf.MapSpec `ebpf:"nets6"`
-	PortAllow     *ebpf.MapSpec `ebpf:"port_allow"`
-	PortAllow6    *ebpf.MapSpec `ebpf:"port_allow6"`
-	PortConns     *ebpf.MapSpec `ebpf:"port_conns"`
-	PortConns6    *ebpf.MapSpec `ebpf:"port_conns6"`
-	PortDenied    *ebpf.MapSpec `ebpf:"port_denied"`
-	PortDenied6   *ebpf.MapSpec `ebpf:"port_denied6"`
-	Published     *ebpf.MapSpec `ebpf:"published"`
-	Published6    *ebpf.MapSpec `ebpf:"published6"`
-	RoutedPorts   *ebpf.MapSpec `ebpf:"routed_ports"`
-	Tc6           *ebpf.MapSpec `ebpf:"tc6"`
-	Uplinks       *ebpf.MapSpec `ebpf:"uplinks"`
-	Uplinks6      *ebpf.MapSpec `ebpf:"uplinks6"`
-	Veths         *ebpf.MapSpec `ebpf:"veths"`
+	Ct4            *ebpf.MapSpec `ebpf:"ct4"`
+	Ct4Syn         *ebpf.MapSpec `ebpf:"ct4_syn"`
+	Ct6            *ebpf.MapSpec `ebpf:"ct6"`
+	Ct6Syn         *ebpf.MapSpec `ebpf:"ct6_syn"`
+	DirectTrusted  *ebpf.MapSpec `ebpf:"direct_trusted"`
+	DirectTrusted6 *ebpf.MapSpec `ebpf:"direct_trusted6"`
+	Drops          *ebpf.MapSpec `ebpf:"drops"`
+	Endpoints      *ebpf.MapSpec `ebpf:"endpoints"`
+	Endpoints6     *ebpf.MapSpec `ebpf:"endpoints6"`
+	Events         *ebpf.MapSpec `ebpf:"events"`
+	Frags4         *ebpf.MapSpec `ebpf:"frags4"`
+	Frags6         *ebpf.MapSpec `ebpf:"frags6"`
+	HostAddrs      *ebpf.MapSpec `ebpf:"host_addrs"`
+	HostAddrs6     *ebpf.MapSpec `ebpf:"host_addrs6"`
+	IfStats        *ebpf.MapSpec `ebpf:"if_stats"`
+	Nets           *ebpf.MapSpec `ebpf:"nets"`
+	Nets6          *ebpf.MapSpec `ebpf:"nets6"`
+	PortAllow      *ebpf.MapSpec `ebpf:"port_allow"`
+	PortAllow6     *ebpf.MapSpec `ebpf:"port_allow6"`
+	PortConns      *ebpf.MapSpec `ebpf:"port_conns"`
+	PortConns6     *ebpf.MapSpec `ebpf:"port_conns6"`
+	PortDenied     *ebpf.MapSpec `ebpf:"port_denied"`
+	PortDenied6    *ebpf.MapSpec `ebpf:"port_denied6"`
+	Published      *ebpf.MapSpec `ebpf:"published"`
+	Published6     *ebpf.MapSpec `ebpf:"published6"`
+	RoutedPorts    *ebpf.MapSpec `ebpf:"routed_ports"`
+	RoutedPorts6   *ebpf.MapSpec `ebpf:"routed_ports6"`
+	Tc6            *ebpf.MapSpec `ebpf:"tc6"`
+	Uplinks        *ebpf.MapSpec `ebpf:"uplinks"`
+	Uplinks6       *ebpf.MapSpec `ebpf:"uplinks6"`
+	Veths          *ebpf.MapSpec `ebpf:"veths"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -467,35 +480,37 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	Ct4           *ebpf.Map `ebpf:"ct4"`
-	Ct4Syn        *ebpf.Map `ebpf:"ct4_syn"`
-	Ct6           *ebpf.Map `ebpf:"ct6"`
-	Ct6Syn        *ebpf.Map `ebpf:"ct6_syn"`
-	DirectTrusted *ebpf.Map `ebpf:"direct_trusted"`
-	Drops         *ebpf.Map `ebpf:"drops"`
-	Endpoints     *ebpf.Map `ebpf:"endpoints"`
-	Endpoints6    *ebpf.Map `ebpf:"endpoints6"`
-	Events        *ebpf.Map `ebpf:"events"`
-	Frags4        *ebpf.Map `ebpf:"frags4"`
-	Frags6        *ebpf.Map `ebpf:"frags6"`
-	HostAddrs     *ebpf.Map `ebpf:"host_addrs"`
-	HostAddrs6    *ebpf.Map `ebpf:"host_addrs6"`
-	IfStats       *ebpf.Map `ebpf:"if_stats"`
-	Nets          *ebpf.Map `ebpf:"nets"`
-	Nets6         *ebpf.Map `ebpf:"nets6"`
-	PortAllow     *ebpf.Map `ebpf:"port_allow"`
-	PortAllow6    *ebpf.Map `ebpf:"port_allow6"`
-	PortConns     *ebpf.Map `ebpf:"port_conns"`
-	PortConns6    *ebpf.Map `ebpf:"port_conns6"`
-	PortDenied    *ebpf.Map `ebpf:"port_denied"`
-	PortDenied6   *ebpf.Map `ebpf:"port_denied6"`
-	Published     *ebpf.Map `ebpf:"published"`
-	Published6    *ebpf.Map `ebpf:"published6"`
-	RoutedPorts   *ebpf.Map `ebpf:"routed_ports"`
-	Tc6           *ebpf.Map `ebpf:"tc6"`
-	Uplinks       *ebpf.Map `ebpf:"uplinks"`
-	Uplinks6      *ebpf.Map `ebpf:"uplinks6"`
-	Veths         *ebpf.Map `ebpf:"veths"`
+	Ct4            *ebpf.Map `ebpf:"ct4"`
+	Ct4Syn         *ebpf.Map `ebpf:"ct4_syn"`
+	Ct6            *ebpf.Map `ebpf:"ct6"`
+	Ct6Syn         *ebpf.Map `ebpf:"ct6_syn"`
+	DirectTrusted  *ebpf.Map `ebpf:"direct_trusted"`
+	DirectTrusted6 *ebpf.Map `ebpf:"direct_trusted6"`
+	Drops          *ebpf.Map `ebpf:"drops"`
+	Endpoints      *ebpf.Map `ebpf:"endpoints"`
+	Endpoints6     *ebpf.Map `ebpf:"endpoints6"`
+	Events         *ebpf.Map `ebpf:"events"`
+	Frags4         *ebpf.Map `ebpf:"frags4"`
+	Frags6         *ebpf.Map `ebpf:"frags6"`
+	HostAddrs      *ebpf.Map `ebpf:"host_addrs"`
+	HostAddrs6     *ebpf.Map `ebpf:"host_addrs6"`
+	IfStats        *ebpf.Map `ebpf:"if_stats"`
+	Nets           *ebpf.Map `ebpf:"nets"`
+	Nets6          *ebpf.Map `ebpf:"nets6"`
+	PortAllow      *ebpf.Map `ebpf:"port_allow"`
+	PortAllow6     *ebpf.Map `ebpf:"port_allow6"`
+	PortConns      *ebpf.Map `ebpf:"port_conns"`
+	PortConns6     *ebpf.Map `ebpf:"port_conns6"`
+	PortDenied     *ebpf.Map `ebpf:"port_denied"`
+	PortDenied6    *ebpf.Map `ebpf:"port_denied6"`
+	Published      *ebpf.Map `ebpf:"published"`
+	Published6     *ebpf.Map `ebpf:"published6"`
+	RoutedPorts    *ebpf.Map `ebpf:"routed_ports"`
+	RoutedPorts6   *ebpf.Map `ebpf:"routed_ports6"`
+	Tc6            *ebpf.Map `ebpf:"tc6"`
+	Uplinks        *ebpf.Map `ebpf:"uplinks"`
+	Uplinks6       *ebpf.Map `ebpf:"uplinks6"`
+	Veths          *ebpf.Map `ebpf:"veths"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -505,6 +520,7 @@ func (m *bpfMaps) Close() error {
 		m.Ct6,
 		m.Ct6Syn,
 		m.DirectTrusted,
+		m.DirectTrusted6,
 		m.Drops,
 		m.Endpoints,
 		m.Endpoints6,
@@ -525,6 +541,7 @@ func (m *bpfMaps) Close() error {
 		m.Published,
 		m.Published6,
 		m.RoutedPorts,
+		m.RoutedPorts6,
 		m.Tc6,
 		m.Uplinks,
 		m.Uplinks6,

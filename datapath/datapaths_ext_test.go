@@ -58,6 +58,10 @@ func init() {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// And the ip6 table, which a state with IPv6 has.
+		if out6, err := ns.Run(context.Background(), "nft", "list", "table", "ip6", "bpfnet-bridges"); err == nil {
+			out = append(out, out6...)
+		}
 		var n uint64
 		for _, line := range strings.Split(string(out), "\n") {
 			if !strings.Contains(line, `comment "`+kind+`"`) && !strings.Contains(line, `comment "DROP DIRECT ACCESS"`) {

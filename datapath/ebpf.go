@@ -339,6 +339,10 @@ type resolved struct {
 	// (routed_ports, bpf/lib/gwmode.h), one for all the bindings of a
 	// container port.
 	routedPorts map[bpfPortKey]bpfPortTarget
+	// trusted6 and routedPorts6 are trusted and routedPorts for IPv6
+	// container addresses (direct_trusted6, routed_ports6).
+	trusted6     map[bpfTrusted6Key]uint32
+	routedPorts6 map[bpfPort6Key]bpfPort6Target
 	// specific counts the bindings of ports to a specific host address,
 	// by protocol and port (ports.go); nil until needed.
 	specific map[bpfPortKey]int
@@ -368,6 +372,9 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 		trusted:   map[bpfTrustedKey]uint32{},
 
 		routedPorts: map[bpfPortKey]bpfPortTarget{},
+
+		trusted6:     map[bpfTrusted6Key]uint32{},
+		routedPorts6: map[bpfPort6Key]bpfPort6Target{},
 
 		ports6:     map[bpfPort6Key]bpfPort6Target{},
 		endpoints6: map[bpfIn6Key]bpfEndpoint6{},
@@ -551,9 +558,18 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 	}
 	for i, m := range s.Ports {
 		if m.ContainerIP.Is6() {
-			// IPv6 routed networks publish nothing on the host; their
-			// container ports are not opened yet (routed_ports is IPv4).
 			if n, _ := networkOf(s.Networks, m.ContainerIP); n.GatewayModeIPv6 == GatewayRouted {
+				// As for IPv4: no host port, the container port open
+				// by the container's IPv6 address.
+				k := bpfPort6Key{Addr: be128(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}
+				if _, ok := r.routedPorts6[k]; !ok {
+					t := bpfPort6Target{Addr: k.Addr, Port: k.Port, Id: uint32(i + 1)}
+					if len(m.Allow) > 0 {
+						// Allowlists hold IPv4 prefixes: closed to IPv6.
+						t.AllowId = 1
+					}
+					r.routedPorts6[k] = t
+				}
 				continue
 			}
 			// Its allowlist's id comes with assignAllow.
@@ -585,9 +601,17 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 // With AllowDirectRouting every interface is trusted: each published
 // container port has one entry, of ifindex 0.
 func (r *resolved) resolveTrusted(s State) error {
+	// trust adds the entry of ifindex for m, in the map of its family.
+	trust := func(ifindex int, m PortMapping) {
+		if m.ContainerIP.Is6() && !m.ContainerIP.Is4In6() {
+			r.trusted6[bpfTrusted6Key{Ifindex: uint32(ifindex), Addr: be128(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}] = 1
+			return
+		}
+		r.trusted[bpfTrustedKey{Ifindex: uint32(ifindex), Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}] = 1
+	}
 	if s.AllowDirectRouting {
 		for _, m := range s.Ports {
-			r.trusted[bpfTrustedKey{Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}] = 1
+			trust(0, m)
 		}
 		return nil
 	}
@@ -616,7 +640,7 @@ func (r *resolved) resolveTrusted(s State) error {
 		}
 		for _, name := range n.Trusted() {
 			if idx := ifindexes[name]; idx != 0 {
-				r.trusted[bpfTrustedKey{Ifindex: uint32(idx), Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}] = 1
+				trust(idx, m)
 			}
 		}
 	}
@@ -683,6 +707,8 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 		{"IPv6 published ports", func() error { return syncMap(&undo, d.objs.Published6, prev.ports6, r.ports6) }},
 		// After every port map: no mapping of either family names them.
 		{"old allowlists", func() error { return d.syncAllowDelete(&undo, prev.allow, r.allow) }},
+		{"IPv6 routed ports", func() error { return syncMap(&undo, d.objs.RoutedPorts6, prev.routedPorts6, r.routedPorts6) }},
+		{"IPv6 trusted interfaces", func() error { return syncMap(&undo, d.objs.DirectTrusted6, prev.trusted6, r.trusted6) }},
 	}
 	for _, st := range steps {
 		if err := st.fn(); err != nil {
@@ -764,6 +790,12 @@ func (d *EBPF) readApplied() (*resolved, error) {
 	}
 	if r.nets6, err = readMap[bpfNet6Key, bpfNet6Info](d.objs.Nets6); err != nil {
 		return nil, fmt.Errorf("reading IPv6 networks: %w", err)
+	}
+	if r.trusted6, err = readMap[bpfTrusted6Key, uint32](d.objs.DirectTrusted6); err != nil {
+		return nil, fmt.Errorf("reading IPv6 trusted interfaces: %w", err)
+	}
+	if r.routedPorts6, err = readMap[bpfPort6Key, bpfPort6Target](d.objs.RoutedPorts6); err != nil {
+		return nil, fmt.Errorf("reading IPv6 routed ports: %w", err)
 	}
 	r.allow.refs = allowRefs(r.ports, r.routedPorts)
 	addAllowRefs6(r.allow.refs, r.ports6)
@@ -1073,7 +1105,8 @@ func OpenPinned(pinPath string) (*EBPF, error) {
 		"ct6": &d.objs.Ct6, "published6": &d.objs.Published6, "host_addrs6": &d.objs.HostAddrs6,
 		"endpoints6": &d.objs.Endpoints6, "uplinks6": &d.objs.Uplinks6, "nets6": &d.objs.Nets6,
 		"ct6_syn": &d.objs.Ct6Syn, "port_allow6": &d.objs.PortAllow6, "port_denied6": &d.objs.PortDenied6,
-		"port_conns6": &d.objs.PortConns6,
+		"port_conns6":     &d.objs.PortConns6,
+		"direct_trusted6": &d.objs.DirectTrusted6, "routed_ports6": &d.objs.RoutedPorts6,
 	}
 	for name, dst := range maps {
 		if spec.Maps[name].Pinning != ebpf.PinByName {
@@ -1104,6 +1137,7 @@ var optionalPins = map[string]bool{
 	"port_allow": true, "port_denied": true, "direct_trusted": true, "routed_ports": true,
 	"ct6": true, "published6": true, "host_addrs6": true, "endpoints6": true, "uplinks6": true, "nets6": true,
 	"ct6_syn": true, "port_allow6": true, "port_denied6": true, "port_conns6": true,
+	"direct_trusted6": true, "routed_ports6": true,
 }
 
 // rebuiltMaps are written whole from the State by every first Apply of a
@@ -1115,7 +1149,8 @@ var rebuiltMaps = map[string]bool{
 	"endpoints": true, "veths": true, "nets": true, "published": true, "host_addrs": true, "uplinks": true,
 	"port_allow": true, "direct_trusted": true, "routed_ports": true,
 	"published6": true, "host_addrs6": true, "endpoints6": true, "uplinks6": true, "nets6": true,
-	"port_allow6": true,
+	"port_allow6":     true,
+	"direct_trusted6": true, "routed_ports6": true,
 }
 
 // transientMaps hold state that is rebuilt by itself: a new layout (a new

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -266,6 +267,15 @@ func iptablesDropCount(t *testing.T, ns *lab.Namespace, chain string) (n uint64,
 	out, err := ns.Run(context.Background(), "iptables-save", "-c", "-t", table)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// And the IPv6 rules, which a state with IPv6 has (the iptables
+	// datapath refuses one without ip6tables).
+	if _, err := exec.LookPath("ip6tables-save"); err == nil {
+		out6, err := ns.Run(context.Background(), "ip6tables-save", "-c", "-t", table)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, out6...)
 	}
 	for _, line := range strings.Split(string(out), "\n") {
 		counters, rule, ok := strings.Cut(line, "] ")

@@ -418,6 +418,7 @@ func TestPinMigrationRebuiltMaps(t *testing.T) {
 		"routed_ports": old.objs.RoutedPorts,
 		"published6":   old.objs.Published6, "host_addrs6": old.objs.HostAddrs6, "endpoints6": old.objs.Endpoints6,
 		"uplinks6": old.objs.Uplinks6, "nets6": old.objs.Nets6, "port_allow6": old.objs.PortAllow6,
+		"direct_trusted6": old.objs.DirectTrusted6, "routed_ports6": old.objs.RoutedPorts6,
 	}
 	if len(objs) != len(rebuiltMaps) {
 		t.Fatalf("the test knows %d rebuilt maps, the datapath %d", len(objs), len(rebuiltMaps))
@@ -458,6 +459,7 @@ func TestPinMigrationRebuiltMaps(t *testing.T) {
 		"port_allow": d.objs.PortAllow,
 		"published6": d.objs.Published6, "host_addrs6": d.objs.HostAddrs6, "endpoints6": d.objs.Endpoints6,
 		"uplinks6": d.objs.Uplinks6, "nets6": d.objs.Nets6, "port_allow6": d.objs.PortAllow6,
+		"direct_trusted6": d.objs.DirectTrusted6, "routed_ports6": d.objs.RoutedPorts6,
 	}
 	for name, m := range news {
 		if m.ValueSize() == oldSizes[name] {

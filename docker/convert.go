@@ -455,12 +455,6 @@ func convertContainer(k kernel, log *slog.Logger, byID, byName map[string]*bridg
 					if !target6.IsValid() {
 						continue
 					}
-					if att[0].net.GatewayModeIPv6 == datapath.GatewayRouted {
-						// A routed IPv6 network publishes container
-						// ports, which the datapath does not do for
-						// IPv6 yet.
-						continue
-					}
 					cip = target6
 				}
 				if m, ok := portMapping(log, name, labels, usedLabels, att[0].net, proto, hip, uint16(hport), cip, uint16(cport)); ok && !seen[keyOf(m)] {
@@ -490,10 +484,11 @@ func portMapping(log *slog.Logger, name string, labels map[string]string, usedLa
 			"container", name, "host_port", hport, "protocol", proto.String(), "label", label, "value", labels[label], "error", err)
 		return datapath.PortMapping{}, false
 	}
-	if cip.Is4() && n.GatewayMode == datapath.GatewayRouted {
+	if (cip.Is4() && n.GatewayMode == datapath.GatewayRouted) || (cip.Is6() && n.GatewayModeIPv6 == datapath.GatewayRouted) {
 		// Docker 28 maps nothing on the host for a routed network (its
-		// routed port mapper ignores the host port): the binding
-		// publishes the container port.
+		// routed port mapper ignores the host port), in either family
+		// (gateway_mode_ipv4, gateway_mode_ipv6): the binding publishes
+		// the container port.
 		hip, hport = netip.Addr{}, 0
 	}
 	return datapath.PortMapping{

@@ -129,3 +129,59 @@ func TestBuildDualStack(t *testing.T) {
 		}
 	}
 }
+
+// TestBuildRoutedIPv6: on a network whose IPv6 gateway mode is routed
+// (and IPv4's nat), the IPv6 bindings publish the container's IPv6 ports
+// only, without a host address or port, while the IPv4 ones keep their
+// host ports; two containers may bind one host port there.
+func TestBuildRoutedIPv6(t *testing.T) {
+	nets := []network.Summary{
+		dualStackNetwork("r6", 1, "172.30.1.0/24", "172.30.1.1", "fd00:251::/64", "fd00:251::1",
+			map[string]string{optGatewayModeIPv6: "routed"}),
+	}
+	k := &fakeKernel{bridges: map[string]fakeBridge{"br-" + nets[0].ID[:12]: {index: 20}}, veths: map[string]fakeVeth{}}
+	k.veths["100/02:42:ac:1e:01:02"] = fakeVeth{"veth6a", 20}
+	k.veths["200/02:42:ac:1e:01:03"] = fakeVeth{"veth6b", 20}
+	ctr := func(name string, pid int, addr, addr6, m string, p nat.PortMap) container.InspectResponse {
+		c := runningContainer(name, pid, nil, p, attach{net: "r6", addr: addr, mac: m})
+		c.NetworkSettings.Networks["r6"].GlobalIPv6Address = addr6
+		c.NetworkSettings.Networks["r6"].GlobalIPv6PrefixLen = 64
+		return c
+	}
+	ctrs := []container.InspectResponse{
+		ctr("a", 100, "172.30.1.2", "fd00:251::2", "02:42:ac:1e:01:02", nat.PortMap{
+			"80/tcp": {{HostIP: "0.0.0.0", HostPort: "8080"}, {HostIP: "::", HostPort: "8080"}},
+			"53/udp": {{HostIP: "", HostPort: "5353"}},
+		}),
+		ctr("b", 200, "172.30.1.3", "fd00:251::3", "02:42:ac:1e:01:03", nat.PortMap{
+			"80/tcp": {{HostIP: "::", HostPort: "8080"}},
+		}),
+	}
+	snap, err := build(k, testLogger(t), true, nets, ctrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range snap.Ports {
+		got = append(got, m.String())
+		if m.ContainerIP.Is6() && (m.HostPort != 0 || m.HostIP.IsValid()) {
+			t.Errorf("%s: a routed IPv6 binding took host %s port %d", m, m.HostIP, m.HostPort)
+		}
+	}
+	want := []string{
+		"0->[fd00:251::2]:80/tcp",
+		"0->[fd00:251::3]:80/tcp",
+		"8080->172.30.1.2:80/tcp",
+		"0->[fd00:251::2]:53/udp",
+		"5353->172.30.1.2:53/udp",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("ports:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if st := snap.State(); st.Validate() != nil {
+		t.Errorf("the state is refused: %v", st.Validate())
+	}
+	if len(snap.Warnings) != 0 {
+		t.Errorf("warnings %q", snap.Warnings)
+	}
+}

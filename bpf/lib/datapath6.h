@@ -168,21 +168,6 @@ static __always_inline int src6_allowed(const struct endpoint *ep, const __be32 
 	return ni && ni->net_id == ep->net_id;
 }
 
-/* v6_direct_allowed is gw_direct_allowed (lib/gwmode.h) for IPv6: a packet
- * from the outside straight to a container address that no tracked flow
- * claims. Routed networks let in ICMPv6 only (IPv6 routed_ports are still
- * to come). */
-static __always_inline int v6_direct_allowed(const struct pkt6 *p, __u32 flags)
-{
-	if (flags & NET_F_INTERNAL)
-		return -DROP_INTERNAL;
-	if (flags & NET_F_UNPROTECTED)
-		return 0;
-	if ((flags & NET_F_ROUTED) && p->t.proto == IPPROTO_ICMPV6)
-		return 0;
-	return -DROP_NOT_PUBLISHED;
-}
-
 /* handle6_from_netdev: the body of from_netdev6, from_netdev for IPv6. */
 static __always_inline int handle6_from_netdev(struct __sk_buff *ctx)
 {
@@ -265,7 +250,13 @@ unknown:
 		struct net6_info *net = container_net6(p.t.daddr);
 
 		if (net && !bpf_map_lookup_elem(&host_addrs6, p.t.daddr)) {
-			r = v6_direct_allowed(&p, net->flags);
+			/* The network's gateway mode decides (lib/gwmode.h); on
+			 * a nat network a trusted uplink may still reach a
+			 * published container port (lib/direct.h). */
+			r = gw6_direct_allowed(&p, net->flags);
+			if (r == -DROP_NOT_PUBLISHED && (net->flags & NET_F_MASQ) &&
+			    direct6_trusted(&p, net->flags, ctx->ifindex))
+				r = GW_OPEN;
 			if (r < 0)
 				return r;
 			/* Tracked untranslated, so that the container's answers
@@ -529,18 +520,33 @@ static __always_inline int handle6_from_container(struct __sk_buff *ctx)
 plain:
 	dst = bpf_map_lookup_elem(&endpoints6, p.t.daddr);
 	to_host = bpf_map_lookup_elem(&host_addrs6, p.t.daddr) != 0;
+	r = gw6_isolated_from_container(&p, to_host);
+	if (r)
+		return r;
+	/* (Redirect-only mode tracks nothing: there, networks stay apart.) */
+	r = (to_host || CONFIG.redirect_only) ? 0 : gw6_routed_from_other_net(&p, src, now);
+	if (r)
+		return r < 0 ? r : TC_ACT_OK;
 	r = iso6_verdict(&p, src, dst, to_host, now);
 	if (r < 0)
 		return r;
 	/* Out of the host (no container, no host address): the fast path;
 	 * to_netdev6 masquerades it there. */
-	if (dst || to_host || container_net6(p.t.daddr))
+	if (to_host)
+		return TC_ACT_OK;
+	/* (Tested apart: clang would or the pointer into to_host, which the
+	 * verifier refuses.) */
+	asm volatile("" : "+r"(dst));
+	if (dst || container_net6(p.t.daddr))
 		return TC_ACT_OK;
 	return forward_out6(ctx, &p, src->bridge_ifindex);
 }
 
 /* handle6_to_container: the body of to_container6, to_container for IPv6:
- * the reverse of a hairpin. */
+ * the isolated gateway mode, the reverse of a hairpin, then direct access
+ * from other interfaces (lib/direct.h), which judges ICMPv6 errors too,
+ * by their own addresses, as Docker's raw drop does. ND and link-local
+ * traffic never get past parse6. */
 static __always_inline int handle6_to_container(struct __sk_buff *ctx)
 {
 	__u64 now = bpf_ktime_get_ns();
@@ -551,18 +557,21 @@ static __always_inline int handle6_to_container(struct __sk_buff *ctx)
 
 	if (r < 0)
 		return r;
-	if (r == PARSE_PASS || p.icmp == ICMP_K_ERROR)
+	if (r == PARSE_PASS)
 		return TC_ACT_OK;
-	if (p.frag == FRAG_LATER && !p.t.sport && !p.t.dport)
-		return TC_ACT_OK;
-	orig = p.t;
-	e = ct6_lookup(&p.t, CT_AT_TO_CONTAINER, now);
-	if (!e)
-		return TC_ACT_OK;
-	ct6_touch(&orig, e, &p, now);
-	r = apply6(ctx, &p, e);
-	if (r < 0)
+	r = gw6_isolated_to_container(&p);
+	if (r)
 		return r;
-	frag6_record(&p, &orig);
-	return TC_ACT_OK;
+	orig = p.t;
+	if (p.icmp != ICMP_K_ERROR && (p.frag != FRAG_LATER || p.t.sport || p.t.dport)) {
+		e = ct6_lookup(&p.t, CT_AT_TO_CONTAINER, now);
+		if (e) {
+			ct6_touch(&orig, e, &p, now);
+			r = apply6(ctx, &p, e);
+			if (r < 0)
+				return r;
+			frag6_record(&p, &orig);
+		}
+	}
+	return direct6_verdict(&p, ctx->ifindex, ctx->ingress_ifindex, now);
 }

@@ -79,6 +79,23 @@ static __always_inline int direct_tracked(const struct pkt *p, __u64 now)
 	return e && e->expires >= now;
 }
 
+/* direct_inside tells whether a packet to the container behind the host
+ * veth ifindex that arrived on in_ifindex comes from where Docker's raw
+ * drop lets it: the container's bridge or a port of it, or an uplink
+ * (which from_netdev judges). Both families ask it. */
+static __always_inline int direct_inside(__u32 ifindex, __u32 in_ifindex)
+{
+	struct endpoint *ep, *from;
+
+	ep = bpf_map_lookup_elem(&veths, &ifindex);
+	if (!ep || in_ifindex == ep->bridge_ifindex)
+		return 1;
+	if (bpf_map_lookup_elem(&uplinks, &in_ifindex))
+		return 1;
+	from = bpf_map_lookup_elem(&veths, &in_ifindex);
+	return from && from->bridge_ifindex == ep->bridge_ifindex;
+}
+
 /* direct_verdict judges a packet to_container hands to the container whose
  * host veth is ifindex, which arrived on in_ifindex, after to_container's
  * own translation: 0 when it may go on, else -DROP_DIRECT_ACCESS (for a
@@ -88,7 +105,6 @@ static __always_inline int direct_tracked(const struct pkt *p, __u64 now)
 static __always_inline int direct_verdict(const struct pkt *p, __u32 ifindex, __u32 in_ifindex,
 					  __u64 now)
 {
-	struct endpoint *ep, *from;
 	struct net_info *net;
 
 	if (in_ifindex == 0 || in_ifindex == LOOPBACK_IFINDEX)
@@ -100,13 +116,7 @@ static __always_inline int direct_verdict(const struct pkt *p, __u32 ifindex, __
 	if (!net || (net->flags & (NET_F_INTERNAL | NET_F_UNPROTECTED)) ||
 	    !(net->flags & (NET_F_MASQ | NET_F_ROUTED)))
 		return 0;
-	ep = bpf_map_lookup_elem(&veths, &ifindex);
-	if (!ep || in_ifindex == ep->bridge_ifindex)
-		return 0;
-	if (bpf_map_lookup_elem(&uplinks, &in_ifindex))
-		return 0;
-	from = bpf_map_lookup_elem(&veths, &in_ifindex);
-	if (from && from->bridge_ifindex == ep->bridge_ifindex)
+	if (direct_inside(ifindex, in_ifindex))
 		return 0;
 	if (direct_tracked(p, now))
 		return 0;
@@ -149,4 +159,72 @@ static __always_inline int direct_trusted_uplink(const struct pkt *p, const stru
 
 	return (net->flags & NET_F_MASQ) && has_ports(p->t.proto) && p->frag != FRAG_LATER &&
 	       bpf_map_lookup_elem(&direct_trusted, &tk);
+}
+
+/* The IPv6 half, judged the same way by interface: Docker 28's ip6tables
+ * raw table holds the same drops for a container's IPv6 address. */
+
+/* trusted_key's twin for a container IPv6 address. */
+struct trusted6_key {
+	__u32 ifindex; /* the trusted interface; 0: every one (--allow-direct-routing) */
+	__be32 addr[4];
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct trusted6_key);
+	__type(value, __u32);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} direct_trusted6 SEC(".maps");
+
+/* direct6_trusted tells whether the interface ifindex (any one with
+ * NET_F_DIRECT_OPEN in flags) may reach the container port p goes to. A
+ * later fragment carries no port of its own: only its first passes. */
+static __always_inline int direct6_trusted(const struct pkt6 *p, __u32 flags, __u32 ifindex)
+{
+	struct trusted6_key tk = {.ifindex = (flags & NET_F_DIRECT_OPEN) ? 0 : ifindex,
+				  .port = p->t.dport,
+				  .proto = p->t.proto};
+
+	if (!has_ports(p->t.proto) || p->frag == FRAG_LATER)
+		return 0;
+	ip6_copy(tk.addr, p->t.daddr);
+	return bpf_map_lookup_elem(&direct_trusted6, &tk) != 0;
+}
+
+/* direct6_verdict is direct_verdict for IPv6: 0 when a packet to_container6
+ * hands to the container behind ifindex, which arrived on in_ifindex, may
+ * go on, else the negative drop reason. */
+static __always_inline int direct6_verdict(const struct pkt6 *p, __u32 ifindex, __u32 in_ifindex,
+					   __u64 now)
+{
+	struct net6_info *net;
+	struct ct6_key rk = {.sport = p->t.dport, .dport = p->t.sport, .proto = p->t.proto};
+	struct ct6_entry *e;
+
+	if (in_ifindex == 0 || in_ifindex == LOOPBACK_IFINDEX)
+		return 0;
+	net = container_net6(p->t.daddr);
+	if (!net || (net->flags & (NET_F_INTERNAL | NET_F_UNPROTECTED)) ||
+	    !(net->flags & (NET_F_MASQ | NET_F_ROUTED)))
+		return 0;
+	if (direct_inside(ifindex, in_ifindex))
+		return 0;
+	/* A live flow a hook of ours tracks: the entry of its answers. */
+	ip6_copy(rk.saddr, p->t.daddr);
+	ip6_copy(rk.daddr, p->t.saddr);
+	e = bpf_map_lookup_elem(&ct6, &rk);
+	if (e && e->expires >= now)
+		return 0;
+	if (net->flags & NET_F_ROUTED) {
+		int r = gw6_direct_allowed(p, net->flags);
+
+		return r < 0 ? r : 0;
+	}
+	return direct6_trusted(p, net->flags, in_ifindex) ? 0 : -DROP_DIRECT_ACCESS;
 }

@@ -28,6 +28,8 @@
 #include "conntrack.h"
 #include "isolation.h"
 #include "allow.h"
+#include "maps6.h"
+#include "conntrack6.h"
 
 /* Published container ports of routed networks, keyed by container
  * address, container port and protocol (port_key with the container's
@@ -228,5 +230,125 @@ static __always_inline int gw_routed_from_other_net(const struct pkt *p, const s
 
 		count_port_conn(&k);
 	}
+	return 1;
+}
+
+/* The IPv6 half: gateway_mode_ipv6, whose flags nets6 holds. */
+
+/* routed_ports' twin for the published container ports of IPv6 routed
+ * networks, keyed by container IPv6 address, container port and protocol
+ * (port6_key with the container's address), valued as routed_ports is. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct port6_key);
+	__type(value, struct port6_target);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} routed_ports6 SEC(".maps");
+
+/* gw6_routed_port is gw_routed_port for IPv6: GW_PUBLISHED when the
+ * container port is published, else -DROP_NOT_PUBLISHED. A port with an
+ * allowlist is closed (-DROP_PORT_DENIED), as published6's are, until the
+ * IPv6 allowlists judge it. */
+static __always_inline int gw6_routed_port(const struct pkt6 *p)
+{
+	struct port6_key k = {.port = p->t.dport, .proto = p->t.proto};
+	struct port6_target *t;
+
+	if (!has_ports(p->t.proto))
+		return -DROP_NOT_PUBLISHED;
+	ip6_copy(k.addr, p->t.daddr);
+	t = bpf_map_lookup_elem(&routed_ports6, &k);
+	if (!t)
+		return -DROP_NOT_PUBLISHED;
+	return t->allow_id ? -DROP_PORT_DENIED : GW_PUBLISHED;
+}
+
+/* gw6_direct_allowed is gw_direct_allowed for IPv6: a routed network lets
+ * in ICMPv6 (Docker's "-o br -p icmpv6 -j ACCEPT") and its published
+ * container ports. */
+static __always_inline int gw6_direct_allowed(const struct pkt6 *p, __u32 flags)
+{
+	if (flags & NET_F_INTERNAL)
+		return -DROP_INTERNAL;
+	if (flags & NET_F_UNPROTECTED)
+		return GW_OPEN;
+	if (!(flags & NET_F_ROUTED))
+		return -DROP_NOT_PUBLISHED;
+	if (p->t.proto == IPPROTO_ICMPV6)
+		return GW_OPEN;
+	return gw6_routed_port(p);
+}
+
+/* gw6_isolated_from_container is gw_isolated_from_container for IPv6: a
+ * container of a network whose IPv6 gateway mode is isolated reaches no
+ * host address (to_host), its gateway's included. 0 or -DROP_INTERNAL. */
+static __always_inline int gw6_isolated_from_container(const struct pkt6 *p, int to_host)
+{
+	struct net6_info *ni = container_net6(p->t.saddr);
+	struct endpoint6 *me;
+
+	if (!ni || !(ni->flags & NET_F_ISOLATED))
+		return 0;
+	if (to_host)
+		return -DROP_INTERNAL;
+	me = bpf_map_lookup_elem(&endpoints6, p->t.saddr);
+	return me && ip6_eq(me->gw6, p->t.daddr) ? -DROP_INTERNAL : 0;
+}
+
+/* gw6_isolated_to_container is gw_isolated_to_container for IPv6: into a
+ * network whose IPv6 gateway mode is isolated only its own containers
+ * send. 0 or -DROP_INTERNAL. */
+static __always_inline int gw6_isolated_to_container(const struct pkt6 *p)
+{
+	struct net6_info *dst = container_net6(p->t.daddr);
+	struct net6_info *src;
+
+	if (!dst || !(dst->flags & NET_F_ISOLATED))
+		return 0;
+	src = container_net6(p->t.saddr);
+	if (!src || src->net_id != dst->net_id || bpf_map_lookup_elem(&host_addrs6, p->t.saddr))
+		return -DROP_INTERNAL;
+	return 0;
+}
+
+/* gw6_routed_from_other_net is gw_routed_from_other_net for IPv6: a
+ * packet a container sends to a container of another network whose IPv6
+ * gateway mode is routed, filtered as from the outside (a published
+ * container port or ICMPv6) and tracked both ways, so that the answers
+ * cross back. 1 when it may go on, 0 when this is no such packet (the
+ * isolation rules judge it), or a negative drop reason. */
+static __always_inline int gw6_routed_from_other_net(const struct pkt6 *p, const struct endpoint *src,
+						     __u64 now)
+{
+	struct net6_info *d = container_net6(p->t.daddr);
+	struct ct6_entry ne = {};
+	struct ct6_entry *e;
+	int r;
+
+	if (!d || !(d->flags & NET_F_ROUTED) || d->net_id == src->net_id ||
+	    (src->flags & NET_F_INTERNAL))
+		return 0;
+	r = gw6_direct_allowed(p, d->flags);
+	if (r < 0)
+		return r;
+	if (p->frag == FRAG_LATER || (!has_ports(p->t.proto) && p->icmp != ICMP_K_ECHO_REQ))
+		return 1;
+	ip6_copy(ne.nsaddr, p->t.saddr);
+	ip6_copy(ne.ndaddr, p->t.daddr);
+	ne.nsport = p->t.sport;
+	ne.ndport = p->t.dport;
+	ne.flags = CT_AT_FROM_CONTAINER;
+	ne.peer_flags = CT_AT_FROM_CONTAINER | CT_REPLY;
+	ne.kind = CT_ROUTED;
+	ne.ifindex = src->ifindex;
+	r = ct6_create(&p->t, &ne, now);
+	if (r < 0)
+		return r;
+	e = bpf_map_lookup_elem(&ct6, &p->t);
+	if (e)
+		ct6_touch(&p->t, e, p, now);
+	count_event(EV_CT_NEW_DIRECT);
 	return 1;
 }

@@ -416,7 +416,15 @@ func (o *Options) familyTables(s datapath.State, fam rules.Family) (map[string]*
 						ipRule{"FORWARD", fmt.Sprintf("-o %s %s -j %s", br, mark, docker)})
 				}
 			case rules.KindInternalIngress:
-				isoIn = append(isoIn, ipRule{iso1, fmt.Sprintf("! -s %s -o %s -j DROP", n.Subnet.Masked(), br)})
+				// IPv6: Docker's "! -i br -o br" (moby
+				// setupInternalNetworkRules), so that Neighbour
+				// Discovery and link-local traffic bridged between
+				// the network's containers is not dropped.
+				in := ""
+				if fam == rules.IPv6 {
+					in = "! -i " + br + " "
+				}
+				isoIn = append(isoIn, ipRule{iso1, fmt.Sprintf("! -s %s %s-o %s -j DROP", n.Subnet.Masked(), in, br)})
 			case rules.KindPublished:
 				published = append(published, r)
 			case rules.KindIsolation:
@@ -428,7 +436,11 @@ func (o *Options) familyTables(s datapath.State, fam rules.Family) (map[string]*
 			case rules.KindOutgoing:
 				leaving = append(leaving, ipRule{"FORWARD", fmt.Sprintf("-i %s ! -o %s %s -j ACCEPT", br, br, mark)})
 			case rules.KindInternalEgress:
-				isoIn = append(isoIn, ipRule{iso1, fmt.Sprintf("! -d %s -i %s -j DROP", n.Subnet.Masked(), br)})
+				out := ""
+				if fam == rules.IPv6 {
+					out = " ! -o " + br
+				}
+				isoIn = append(isoIn, ipRule{iso1, fmt.Sprintf("! -d %s -i %s%s -j DROP", n.Subnet.Masked(), br, out)})
 			}
 		}
 		for _, r := range plan.Chain(rules.ForwardIn, br).Rules {
