@@ -137,9 +137,9 @@ func readAllowLists(m, m6 *ebpf.Map) (*allowLists, error) {
 
 // assignAllow gives the mappings of s their list ids: those of nat
 // networks in ports and ports6 (keyed as resolve keys them), those of
-// routed networks in routed (see routedAllow). It returns the lists they
+// routed networks in routed and routed6 (see routedAllow). It returns the lists they
 // use, reusing the ids of prev for lists it has.
-func (d *EBPF) assignAllow(prev *allowLists, s State, ports, routed map[bpfPortKey]bpfPortTarget, ports6 map[bpfPort6Key]bpfPort6Target) *allowLists {
+func (d *EBPF) assignAllow(prev *allowLists, s State, ports, routed map[bpfPortKey]bpfPortTarget, ports6, routed6 map[bpfPort6Key]bpfPort6Target) *allowLists {
 	l := newAllowLists()
 	// name gives a mapping list ps, counting the use.
 	name := func(ps []netip.Prefix) uint32 {
@@ -167,6 +167,12 @@ func (d *EBPF) assignAllow(prev *allowLists, s State, ports, routed map[bpfPortK
 		if t, ok := routed[k]; ok && len(ps) > 0 {
 			t.AllowId = name(ps)
 			routed[k] = t
+		}
+	}
+	for k, ps := range routedAllow6(s) {
+		if t, ok := routed6[k]; ok && len(ps) > 0 {
+			t.AllowId = name(ps)
+			routed6[k] = t
 		}
 	}
 	return l
@@ -208,15 +214,28 @@ func port6Key(m PortMapping) bpfPort6Key {
 // if any binding publishes it; the intersection would close a port to a
 // source a binding names.)
 func routedAllow(s State) map[bpfPortKey][]netip.Prefix {
-	out := map[bpfPortKey][]netip.Prefix{}
-	open := map[bpfPortKey]bool{}
+	return routedAllowOf(s, false, func(m PortMapping) bpfPortKey {
+		return bpfPortKey{Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}
+	})
+}
+
+// routedAllow6 is routedAllow for the IPv6 container ports of routed IPv6
+// networks, keyed as routed_ports6 is.
+func routedAllow6(s State) map[bpfPort6Key][]netip.Prefix {
+	return routedAllowOf(s, true, func(m PortMapping) bpfPort6Key {
+		return bpfPort6Key{Addr: be128(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}
+	})
+}
+
+// routedAllowOf is routedAllow for the mappings of one family, keyed by key.
+func routedAllowOf[K comparable](s State, v6 bool, key func(PortMapping) K) map[K][]netip.Prefix {
+	out := map[K][]netip.Prefix{}
+	open := map[K]bool{}
 	for _, m := range s.Ports {
-		// IPv6 routed ports have no routed_ports entry to name a list
-		// yet: their lists are not enforced.
-		if !isRouted(s.Networks, m) || is6(m.ContainerIP) {
+		if !isRouted(s.Networks, m) || is6(m.ContainerIP) != v6 {
 			continue
 		}
-		k := bpfPortKey{Addr: be32(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}
+		k := key(m)
 		if len(m.Allow) == 0 {
 			open[k] = true
 		}

@@ -428,7 +428,7 @@ func TestAssignAllowIPv6(t *testing.T) {
 	ports := map[bpfPortKey]bpfPortTarget{d.portKey(s.Ports[0]): {}}
 	ports6 := map[bpfPort6Key]bpfPort6Target{port6Key(s.Ports[1]): {}}
 	routed := map[bpfPortKey]bpfPortTarget{}
-	l := d.assignAllow(newAllowLists(), s, ports, routed, ports6)
+	l := d.assignAllow(newAllowLists(), s, ports, routed, ports6, nil)
 	id4, id6 := ports[d.portKey(s.Ports[0])].AllowId, ports6[port6Key(s.Ports[1])].AllowId
 	if id4 == 0 || id6 != id4 {
 		t.Errorf("list ids: IPv4 port %d, IPv6 port %d; want one nonzero id", id4, id6)

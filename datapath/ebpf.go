@@ -563,12 +563,8 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 				// by the container's IPv6 address.
 				k := bpfPort6Key{Addr: be128(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}
 				if _, ok := r.routedPorts6[k]; !ok {
-					t := bpfPort6Target{Addr: k.Addr, Port: k.Port, Id: uint32(i + 1)}
-					if len(m.Allow) > 0 {
-						// Allowlists hold IPv4 prefixes: closed to IPv6.
-						t.AllowId = 1
-					}
-					r.routedPorts6[k] = t
+					// Its allowlist's id comes with assignAllow.
+					r.routedPorts6[k] = bpfPort6Target{Addr: k.Addr, Port: k.Port, Id: uint32(i + 1)}
 				}
 				continue
 			}
@@ -668,7 +664,7 @@ func (d *EBPF) Apply(ctx context.Context, s State) error {
 			return err
 		}
 	}
-	r.allow = d.assignAllow(prev.allow, s, r.ports, r.routedPorts, r.ports6)
+	r.allow = d.assignAllow(prev.allow, s, r.ports, r.routedPorts, r.ports6, r.routedPorts6)
 	// Flows of mappings whose container moved or went away are dropped,
 	// so the next packet of such a flow finds the new mapping at once.
 	// A changed allowlist drops none: it judges new flows only.
@@ -799,6 +795,7 @@ func (d *EBPF) readApplied() (*resolved, error) {
 	}
 	r.allow.refs = allowRefs(r.ports, r.routedPorts)
 	addAllowRefs6(r.allow.refs, r.ports6)
+	addAllowRefs6(r.allow.refs, r.routedPorts6)
 	return r, nil
 }
 

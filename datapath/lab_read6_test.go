@@ -3,6 +3,7 @@
 package datapath
 
 import (
+	"context"
 	"net/netip"
 	"slices"
 	"testing"
@@ -88,5 +89,46 @@ func TestLabReadIPv6(t *testing.T) {
 	}
 	if flowsOf(labCtr6[1]) == 0 {
 		t.Errorf("FlushAddr(%s) dropped the flows of %s too", labCtr6[0], labCtr6[1])
+	}
+}
+
+// TestLabReadIPv6Routed: on a routed IPv6 network a binding opens its
+// container port by the container's address (routed_ports6), which
+// Published lists as routed with its allowlist; back on a nat network the
+// same binding is a host port again, with no routed entry left.
+func TestLabReadIPv6Routed(t *testing.T) {
+	allow := []netip.Prefix{netip.MustParsePrefix("2001:db8:99::/64")}
+	ports := []PortMapping{{Proto: TCP, HostPort: 8080, ContainerIP: labCtr6[0], ContainerPort: 80, Allow: allow}}
+	l, _ := dualStackLab(t, ports)
+	apply := func(mode GatewayMode) {
+		t.Helper()
+		err := l.topo.Host.Do(func() error {
+			s, err := labState6(l.topo, ports)
+			if err != nil {
+				return err
+			}
+			s.Networks[0].GatewayModeIPv6 = mode
+			return l.dp.Apply(context.Background(), s)
+		})
+		if err != nil {
+			t.Fatalf("applying gateway_mode_ipv6=%s: %v", mode, err)
+		}
+	}
+	for _, mode := range []GatewayMode{GatewayRouted, GatewayNAT} {
+		apply(mode)
+		pub := mustRead(t, l.dp.Published)
+		if len(pub) != 1 {
+			t.Fatalf("%s: Published %+v, want one port", mode, pub)
+		}
+		p := pub[0]
+		routed := mode == GatewayRouted
+		wantHost, wantPort := netip.IPv6Unspecified(), uint16(8080)
+		if routed {
+			wantHost, wantPort = labCtr6[0], 80
+		}
+		if p.Routed != routed || p.Binding.HostIP != wantHost || p.Binding.HostPort != wantPort || p.ContainerIP != labCtr6[0] ||
+			!slices.Equal(p.Allow, allow) {
+			t.Errorf("%s: Published %+v, want routed %v on [%s]:%d to [%s]:80 with the list %v", mode, p, routed, wantHost, wantPort, labCtr6[0], allow)
+		}
 	}
 }

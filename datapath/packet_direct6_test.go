@@ -256,7 +256,8 @@ func TestPacketIPv6DirectTrustedUplink(t *testing.T) {
 // from_netdev6 lets a published container port in by the container's
 // address, TCP and UDP, and ICMPv6, tracked untranslated so the answers
 // leave unmasqueraded; an unpublished port, the other protocol, and a
-// port with an (IPv4) allowlist are dropped.
+// port with an allowlist from a source it does not list are dropped (its
+// twin, a listed source, gets in).
 func TestPacketIPv6Routed(t *testing.T) {
 	tcp, udp := uint8(layers.IPProtocolTCP), uint8(layers.IPProtocolUDP)
 	cases := []struct {
@@ -270,7 +271,8 @@ func TestPacketIPv6Routed(t *testing.T) {
 		{"unpublished tcp", tcp6(remote6, 40002, ctrC6, 81), DropNotPublished},
 		{"tcp of a udp port", tcp6(remote6, 40003, ctrC6, 53), DropNotPublished},
 		{"another container's port", tcp6(remote6, 40004, netip.MustParseAddr("fd00:18::9"), 80), DropNotPublished},
-		{"a port with an allowlist", tcp6(remote6, 40005, ctrC6, 8443), DropPortDenied},
+		{"a port with an allowlist, an unlisted source", tcp6(remote6, 40005, ctrC6, 8443), DropPortDenied},
+		{"a port with an allowlist, a listed source", tcp6(client6, 40006, ctrC6, 8443), 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -280,6 +282,9 @@ func TestPacketIPv6Routed(t *testing.T) {
 			e.routedPort6(tcp, ctrC6, 80, 1, 0)
 			e.routedPort6(udp, ctrC6, 53, 2, 0)
 			e.routedPort6(tcp, ctrC6, 8443, 3, 1)
+			// List 1: client6's /64 and an IPv4 prefix, which no IPv6
+			// source matches.
+			e.allowListBoth(1, "2001:db8:99::/64", "192.0.2.0/24")
 			v, out := e.fromNetdev(c.p.frame())
 			if c.reason != 0 {
 				expectVerdict(t, v, TC_ACT_SHOT)

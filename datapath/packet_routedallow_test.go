@@ -236,7 +236,7 @@ func TestRoutedAllowUnion(t *testing.T) {
 	for k := range want {
 		routed[k] = bpfPortTarget{Addr: k.Addr, Port: k.Port}
 	}
-	l := d.assignAllow(newAllowLists(), s, ports, routed, nil)
+	l := d.assignAllow(newAllowLists(), s, ports, routed, nil, nil)
 	for k, w := range want {
 		id := routed[k].AllowId
 		if (id == 0) != (w == nil) {

@@ -85,6 +85,18 @@ func (d *EBPF) Published() ([]PublishedPort, error) {
 			out = append(out, of(k, v, true))
 		}
 	}
+	if d.objs.RoutedPorts6 != nil {
+		routed6, err := readMap[bpfPort6Key, bpfPort6Target](d.objs.RoutedPorts6)
+		if err != nil {
+			return nil, fmt.Errorf("reading IPv6 routed ports: %w", err)
+		}
+		for k, v := range routed6 {
+			out = append(out, PublishedPort{
+				Binding:     PortBinding{Proto: Proto(k.Proto), HostIP: addr6From(k.Addr), HostPort: port16(k.Port)},
+				ContainerIP: addr6From(v.Addr), ContainerPort: port16(v.Port), Allow: lists[v.AllowId], Routed: true,
+			})
+		}
+	}
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i].Binding, out[j].Binding
 		if a.HostPort != b.HostPort {

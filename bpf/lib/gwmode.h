@@ -248,13 +248,14 @@ struct {
 } routed_ports6 SEC(".maps");
 
 /* gw6_routed_port is gw_routed_port for IPv6: GW_PUBLISHED when the
- * container port is published, else -DROP_NOT_PUBLISHED. A port with an
- * allowlist is closed (-DROP_PORT_DENIED), as published6's are, until the
- * IPv6 allowlists judge it. */
+ * container port is published and its allowlist (port_allow6, the union
+ * of its bindings' lists) lets the source in, else -DROP_NOT_PUBLISHED or
+ * -DROP_PORT_DENIED (counted under the routed_ports6 key). */
 static __always_inline int gw6_routed_port(const struct pkt6 *p)
 {
 	struct port6_key k = {.port = p->t.dport, .proto = p->t.proto};
 	struct port6_target *t;
+	int r;
 
 	if (!has_ports(p->t.proto))
 		return -DROP_NOT_PUBLISHED;
@@ -262,7 +263,8 @@ static __always_inline int gw6_routed_port(const struct pkt6 *p)
 	t = bpf_map_lookup_elem(&routed_ports6, &k);
 	if (!t)
 		return -DROP_NOT_PUBLISHED;
-	return t->allow_id ? -DROP_PORT_DENIED : GW_PUBLISHED;
+	r = port6_allowed(&k, t, p->t.saddr);
+	return r < 0 ? r : GW_PUBLISHED;
 }
 
 /* gw6_direct_allowed is gw_direct_allowed for IPv6: a routed network lets
