@@ -33,6 +33,8 @@ type bpfConfig struct {
 	UdpTimeout      uint64
 	IcmpTimeout     uint64
 	HalfOpenTimeout uint64
+	Nat64Pool       uint32
+	Nat64Mask       uint32
 }
 
 type bpfCt6Entry struct {
@@ -125,7 +127,8 @@ const (
 	bpfDropReasonDROP_DIRECT_ACCESS bpfDropReason = 13
 	bpfDropReasonDROP_PORT_DENIED   bpfDropReason = 14
 	bpfDropReasonDROP_IPV6EXTHDR    bpfDropReason = 15
-	bpfDropReasonDROP_MAX           bpfDropReason = 16
+	bpfDropReasonDROP_NAT64         bpfDropReason = 18
+	bpfDropReasonDROP_MAX           bpfDropReason = 19
 )
 
 type bpfEndpoint struct {
@@ -170,6 +173,7 @@ const (
 	bpfEventKindEV_CT_HALF_OPEN     bpfEventKind = 10
 	bpfEventKindEV_CT_PROMOTED      bpfEventKind = 11
 	bpfEventKindEV_CT_NEW_DIRECT    bpfEventKind = 12
+	bpfEventKindEV_CT_NEW_NAT64     bpfEventKind = 13
 	bpfEventKindEV_MAX              bpfEventKind = 16
 )
 
@@ -200,6 +204,28 @@ type bpfFragPorts struct {
 type bpfIn6Key struct {
 	_ structs.HostLayout
 	A [4]uint32
+}
+
+type bpfNat64FwdEntry struct {
+	_       structs.HostLayout
+	T4      bpfCtKey
+	Ifindex uint32
+	TcpSeen uint8
+	Pad     [3]uint8
+	Expires uint64
+	Packets uint64
+	Bytes   uint64
+}
+
+type bpfNat64RevEntry struct {
+	_       structs.HostLayout
+	T6      bpfCt6Key
+	TcpSeen uint8
+	Pad     [3]uint8
+	Pad2    uint32
+	Expires uint64
+	Packets uint64
+	Bytes   uint64
 }
 
 type bpfNet6Info struct {
@@ -319,6 +345,8 @@ const (
 	bpfMapHostAddrs       = "host_addrs"
 	bpfMapHostAddrs6      = "host_addrs6"
 	bpfMapIfStats         = "if_stats"
+	bpfMapNat64Fwd        = "nat64_fwd"
+	bpfMapNat64Rev        = "nat64_rev"
 	bpfMapNets            = "nets"
 	bpfMapNets6           = "nets6"
 	bpfMapPortAllow       = "port_allow"
@@ -335,6 +363,7 @@ const (
 	bpfProgFromContainer6 = "from_container6"
 	bpfProgFromNetdev     = "from_netdev"
 	bpfProgFromNetdev6    = "from_netdev6"
+	bpfProgNat64Out       = "nat64_out"
 	bpfProgToContainer    = "to_container"
 	bpfProgToContainer6   = "to_container6"
 	bpfProgToNetdev       = "to_netdev"
@@ -388,6 +417,7 @@ type bpfProgramSpecs struct {
 	FromContainer6 *ebpf.ProgramSpec `ebpf:"from_container6"`
 	FromNetdev     *ebpf.ProgramSpec `ebpf:"from_netdev"`
 	FromNetdev6    *ebpf.ProgramSpec `ebpf:"from_netdev6"`
+	Nat64Out       *ebpf.ProgramSpec `ebpf:"nat64_out"`
 	ToContainer    *ebpf.ProgramSpec `ebpf:"to_container"`
 	ToContainer6   *ebpf.ProgramSpec `ebpf:"to_container6"`
 	ToNetdev       *ebpf.ProgramSpec `ebpf:"to_netdev"`
@@ -411,6 +441,8 @@ type bpfMapSpecs struct {
 	HostAddrs     *ebpf.MapSpec `ebpf:"host_addrs"`
 	HostAddrs6    *ebpf.MapSpec `ebpf:"host_addrs6"`
 	IfStats       *ebpf.MapSpec `ebpf:"if_stats"`
+	Nat64Fwd      *ebpf.MapSpec `ebpf:"nat64_fwd"`
+	Nat64Rev      *ebpf.MapSpec `ebpf:"nat64_rev"`
 	Nets          *ebpf.MapSpec `ebpf:"nets"`
 	Nets6         *ebpf.MapSpec `ebpf:"nets6"`
 	PortAllow     *ebpf.MapSpec `ebpf:"port_allow"`
@@ -465,6 +497,8 @@ type bpfMaps struct {
 	HostAddrs     *ebpf.Map `ebpf:"host_addrs"`
 	HostAddrs6    *ebpf.Map `ebpf:"host_addrs6"`
 	IfStats       *ebpf.Map `ebpf:"if_stats"`
+	Nat64Fwd      *ebpf.Map `ebpf:"nat64_fwd"`
+	Nat64Rev      *ebpf.Map `ebpf:"nat64_rev"`
 	Nets          *ebpf.Map `ebpf:"nets"`
 	Nets6         *ebpf.Map `ebpf:"nets6"`
 	PortAllow     *ebpf.Map `ebpf:"port_allow"`
@@ -494,6 +528,8 @@ func (m *bpfMaps) Close() error {
 		m.HostAddrs,
 		m.HostAddrs6,
 		m.IfStats,
+		m.Nat64Fwd,
+		m.Nat64Rev,
 		m.Nets,
 		m.Nets6,
 		m.PortAllow,
@@ -524,6 +560,7 @@ type bpfPrograms struct {
 	FromContainer6 *ebpf.Program `ebpf:"from_container6"`
 	FromNetdev     *ebpf.Program `ebpf:"from_netdev"`
 	FromNetdev6    *ebpf.Program `ebpf:"from_netdev6"`
+	Nat64Out       *ebpf.Program `ebpf:"nat64_out"`
 	ToContainer    *ebpf.Program `ebpf:"to_container"`
 	ToContainer6   *ebpf.Program `ebpf:"to_container6"`
 	ToNetdev       *ebpf.Program `ebpf:"to_netdev"`
@@ -536,6 +573,7 @@ func (p *bpfPrograms) Close() error {
 		p.FromContainer6,
 		p.FromNetdev,
 		p.FromNetdev6,
+		p.Nat64Out,
 		p.ToContainer,
 		p.ToContainer6,
 		p.ToNetdev,

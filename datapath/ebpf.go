@@ -65,6 +65,10 @@ type Options struct {
 	// CgroupPath is the cgroup v2 folder of those programs; "" is the
 	// root (DefaultCgroupPath).
 	CgroupPath string
+	// NAT64Pool is the IPv4 range the clients of NAT64 ports (a host
+	// IPv6 port of an IPv4 container, bpf/lib/nat64.h) appear from;
+	// the zero Prefix is DefaultNAT64Pool.
+	NAT64Pool netip.Prefix
 
 	// mutateSpec lets tests break or change the programs before loading.
 	mutateSpec func(*ebpf.CollectionSpec)
@@ -118,6 +122,7 @@ func (o *Options) config() bpfConfig {
 	if c.NatPortMax == 0 {
 		c.NatPortMax = DefaultNATPortMax
 	}
+	c.Nat64Pool, c.Nat64Mask = nat64Config(o.nat64Pool())
 	return c
 }
 
@@ -204,6 +209,9 @@ func Spec(opts Options) (*ebpf.CollectionSpec, error) {
 func NewEBPF(opts Options) (*EBPF, error) {
 	if c := opts.config(); c.NatPortMax < c.NatPortMin {
 		return nil, fmt.Errorf("NAT port range %d-%d is reversed", c.NatPortMin, c.NatPortMax)
+	}
+	if err := CheckNAT64Pool(opts.nat64Pool()); err != nil {
+		return nil, err
 	}
 	spec, err := Spec(opts)
 	if err != nil {
@@ -543,11 +551,20 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 	if err := CheckHostIPv4(s.Networks, hostAddrs); err != nil {
 		return nil, err
 	}
+	{
+		addrs := hostAddrs
+		for _, u := range r.uplinks {
+			addrs = append(addrs, addrFrom(u.Addr))
+		}
+		if err := checkNAT64Overlap(d.opts.nat64Pool(), s, addrs); err != nil {
+			return nil, err
+		}
+	}
 	if err := r.resolveTrusted(s); err != nil {
 		return nil, err
 	}
 	for i, m := range s.Ports {
-		if m.ContainerIP.Is6() {
+		if m.ContainerIP.Is6() || m.IsNAT64() {
 			// IPv6 routed networks publish nothing on the host; their
 			// container ports are not opened yet (routed_ports is IPv4).
 			if n, _ := networkOf(s.Networks, m.ContainerIP); n.GatewayModeIPv6 == GatewayRouted {
@@ -1063,6 +1080,7 @@ func OpenPinned(pinPath string) (*EBPF, error) {
 		"direct_trusted": &d.objs.DirectTrusted, "routed_ports": &d.objs.RoutedPorts,
 		"ct6": &d.objs.Ct6, "published6": &d.objs.Published6, "host_addrs6": &d.objs.HostAddrs6,
 		"endpoints6": &d.objs.Endpoints6, "uplinks6": &d.objs.Uplinks6, "nets6": &d.objs.Nets6,
+		"nat64_fwd": &d.objs.Nat64Fwd, "nat64_rev": &d.objs.Nat64Rev,
 	}
 	for name, dst := range maps {
 		if spec.Maps[name].Pinning != ebpf.PinByName {
@@ -1091,6 +1109,7 @@ var counterMaps = map[string]bool{"drops": true, "events": true, "if_stats": tru
 var optionalPins = map[string]bool{
 	"port_allow": true, "port_denied": true, "direct_trusted": true, "routed_ports": true,
 	"ct6": true, "published6": true, "host_addrs6": true, "endpoints6": true, "uplinks6": true, "nets6": true,
+	"nat64_fwd": true, "nat64_rev": true,
 }
 
 // rebuiltMaps are written whole from the State by every first Apply of a

@@ -257,6 +257,7 @@ bpfnet_drops_total{reason="spoofed"} 0
 bpfnet_drops_total{reason="direct_access"} 0
 bpfnet_drops_total{reason="port_denied"} 0
 bpfnet_drops_total{reason="ipv6_ext_headers"} 0
+bpfnet_drops_total{reason="nat64"} 0
 # HELP bpfnet_attached A program bpfnet attached: 1 when the kernel runs it, 0 when it is recorded but the kernel no longer runs it (its interface went away).
 # TYPE bpfnet_attached gauge
 bpfnet_attached{hook="ingress",interface="veth1a2b3c",mode="tcx",program="from_container"} 1

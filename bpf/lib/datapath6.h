@@ -25,6 +25,7 @@
 #include "conntrack6.h"
 #include "icmp6.h"
 #include "fast6.h"
+#include "nat64.h"
 
 /* frag6_ports gives a later fragment the ports its first fragment had. */
 static __always_inline void frag6_ports(struct pkt6 *p)
@@ -227,6 +228,8 @@ static __always_inline int handle6_from_netdev(struct __sk_buff *ctx)
 		 * IPv4 sources is closed to IPv6. */
 		if (t->allow_id)
 			return -DROP_PORT_DENIED;
+		if (nat64_target(t))
+			return nat64_from_netdev(ctx, &p, t, now);
 		ip6_copy(ne.nsaddr, p.t.saddr);
 		ip6_copy(ne.ndaddr, t->addr);
 		ne.nsport = p.t.sport;

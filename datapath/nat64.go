@@ -1,0 +1,125 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package datapath
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+)
+
+// NAT64 of a published port (bpf/lib/nat64.h): a host IPv6 port published
+// to an IPv4-only container. Docker serves such a binding only through
+// docker-proxy, and the container sees the proxy; here the datapath
+// translates the flow, and the container sees, for each client, an
+// address of the NAT64 pool.
+
+// DefaultNAT64Pool is the IPv4 range NAT64 clients appear from: RFC 2544
+// benchmarking space, never on the Internet (bpfnet run --nat64-pool).
+var DefaultNAT64Pool = netip.MustParsePrefix("198.19.0.0/16")
+
+// IsNAT64 tells whether m is a NAT64 mapping: a host IPv6 binding (`::` or
+// an IPv6 host address) of an IPv4 container address.
+func (m PortMapping) IsNAT64() bool {
+	return m.ContainerIP.Is4() && m.HostIP.Is6() && !m.HostIP.Is4In6()
+}
+
+// CheckNAT64Pool checks a NAT64 pool on its own: an IPv4 prefix of at
+// least four addresses (the first and the last are never handed out).
+func CheckNAT64Pool(p netip.Prefix) error {
+	if !p.IsValid() || !p.Addr().Is4() {
+		return fmt.Errorf("NAT64 pool %s is not an IPv4 prefix", p)
+	}
+	if p.Bits() > 30 || p.Bits() < 8 {
+		return fmt.Errorf("NAT64 pool %s: want a prefix length from 8 to 30", p)
+	}
+	if p.Masked() != p {
+		return fmt.Errorf("NAT64 pool %s has host bits set (want %s)", p, p.Masked())
+	}
+	return nil
+}
+
+// nat64Pool is o's pool, the default filled in.
+func (o *Options) nat64Pool() netip.Prefix {
+	if o.NAT64Pool.IsValid() {
+		return o.NAT64Pool
+	}
+	return DefaultNAT64Pool
+}
+
+// nat64Config is the pool and its mask as CONFIG holds them (network
+// byte order).
+func nat64Config(p netip.Prefix) (pool, mask uint32) {
+	var m [4]byte
+	for i := 0; i < p.Bits(); i++ {
+		m[i/8] |= 0x80 >> (i % 8)
+	}
+	return be32(p.Masked().Addr()), be32(netip.AddrFrom4(m))
+}
+
+// checkNAT64Overlap refuses a pool that overlaps an address the host
+// reaches otherwise: a network's subnet, an uplink's address, the
+// destination of a route of the host (but for a default route). Only a
+// state with a NAT64 mapping uses the pool, and only then is it checked.
+func checkNAT64Overlap(pool netip.Prefix, s State, uplinkAddrs []netip.Addr) error {
+	if !hasNAT64(s) {
+		return nil
+	}
+	for _, n := range s.Networks {
+		if n.Subnet.IsValid() && n.Subnet.Overlaps(pool) {
+			return fmt.Errorf("NAT64 pool %s overlaps network %s's subnet %s (choose another with --nat64-pool)", pool, n.Name, n.Subnet)
+		}
+	}
+	for _, a := range uplinkAddrs {
+		if pool.Contains(a) {
+			return fmt.Errorf("NAT64 pool %s holds uplink address %s (choose another with --nat64-pool)", pool, a)
+		}
+	}
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("listing routes for the NAT64 pool: %w", err)
+	}
+	for _, rt := range routes {
+		if rt.Dst == nil {
+			continue
+		}
+		ones, _ := rt.Dst.Mask.Size()
+		a, ok := netip.AddrFromSlice(rt.Dst.IP.To4())
+		if !ok || ones == 0 {
+			continue
+		}
+		if dst := netip.PrefixFrom(a, ones).Masked(); dst.Overlaps(pool) {
+			return fmt.Errorf("NAT64 pool %s overlaps the host's route to %s (choose another with --nat64-pool)", pool, dst)
+		}
+	}
+	return nil
+}
+
+func hasNAT64(s State) bool {
+	for _, m := range s.Ports {
+		if m.IsNAT64() {
+			return true
+		}
+	}
+	return false
+}
+
+// checkNAT64Mapping refuses a NAT64 mapping where it makes no sense: on a
+// routed network (which publishes container ports, not host ones), on a
+// loopback or link-local host address (never reached from the outside),
+// or with an allowlist (IPv4 prefixes, and a NAT64 port's clients are
+// IPv6).
+func checkNAT64Mapping(n Network, m PortMapping) error {
+	switch {
+	case n.GatewayMode == GatewayRouted:
+		return fmt.Errorf("port %s: network %s is routed: it publishes no host port to translate (NAT64 needs a nat network)", m, n.Name)
+	case n.GatewayMode == GatewayIsolated:
+		return fmt.Errorf("port %s: network %s is isolated and cannot publish ports", m, n.Name)
+	case m.HostIP.IsLoopback() || m.HostIP.IsLinkLocalUnicast():
+		return fmt.Errorf("port %s: NAT64 of host address %s: the datapath translates what arrives from outside, never a loopback or link-local address", m, m.HostIP)
+	case len(m.Allow) > 0:
+		return fmt.Errorf("port %s: a NAT64 port has IPv6 clients; its allowlist of IPv4 prefixes would shut them all out", m)
+	}
+	return nil
+}
