@@ -109,6 +109,7 @@ const (
 	bpfCtKindCT_SNAT    bpfCtKind = 2
 	bpfCtKindCT_HAIRPIN bpfCtKind = 3
 	bpfCtKindCT_ROUTED  bpfCtKind = 4
+	bpfCtKindCT_NAT64   bpfCtKind = 5
 )
 
 type bpfDropReason uint32

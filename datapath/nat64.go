@@ -5,6 +5,7 @@ package datapath
 import (
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 )
@@ -122,4 +123,54 @@ func checkNAT64Mapping(n Network, m PortMapping) error {
 		return fmt.Errorf("port %s: a NAT64 port has IPv6 clients; its allowlist of IPv4 prefixes would shut them all out", m)
 	}
 	return nil
+}
+
+// nat64Flows lists the live NAT64 flows as conntrack entries of kind
+// KindNAT64: the client's direction ([client]:port -> [host]:port,
+// translated pool:port -> container:port) and the container's (reply).
+// Expired entries, which no collector deletes (the LRU maps evict them
+// when full), are left out.
+func (d *EBPF) nat64Flows(now uint64) ([]CTEntry, error) {
+	var out []CTEntry
+	if d.objs.Nat64Fwd != nil {
+		var k bpfCt6Key
+		var v bpfNat64FwdEntry
+		it := d.objs.Nat64Fwd.Iterate()
+		for it.Next(&k, &v) {
+			if v.Expires < now {
+				continue
+			}
+			out = append(out, CTEntry{
+				Kind:       KindNAT64,
+				Key:        tuple6Of(k.Proto, k.Saddr, k.Daddr, k.Sport, k.Dport),
+				Translated: tupleOf(k.Proto, v.T4.Saddr, v.T4.Daddr, v.T4.Sport, v.T4.Dport),
+				TCPFlags:   v.TcpSeen, Ifindex: v.Ifindex, Packets: v.Packets, Bytes: v.Bytes,
+				Expires: time.Duration(int64(v.Expires) - int64(now)),
+			})
+		}
+		if err := it.Err(); err != nil {
+			return out, fmt.Errorf("reading NAT64 flows: %w", err)
+		}
+	}
+	if d.objs.Nat64Rev != nil {
+		var k bpfCtKey
+		var v bpfNat64RevEntry
+		it := d.objs.Nat64Rev.Iterate()
+		for it.Next(&k, &v) {
+			if v.Expires < now {
+				continue
+			}
+			out = append(out, CTEntry{
+				Kind: KindNAT64, Reply: true,
+				Key:        tupleOf(k.Proto, k.Saddr, k.Daddr, k.Sport, k.Dport),
+				Translated: tuple6Of(k.Proto, v.T6.Saddr, v.T6.Daddr, v.T6.Sport, v.T6.Dport),
+				TCPFlags:   v.TcpSeen, Packets: v.Packets, Bytes: v.Bytes,
+				Expires: time.Duration(int64(v.Expires) - int64(now)),
+			})
+		}
+		if err := it.Err(); err != nil {
+			return out, fmt.Errorf("reading NAT64 answers: %w", err)
+		}
+	}
+	return out, nil
 }

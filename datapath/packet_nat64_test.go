@@ -127,6 +127,30 @@ func TestPacketNAT64(t *testing.T) {
 	if !ok || addr6From(r.T6.Saddr) != host6 || addr6From(r.T6.Daddr) != client6 || port16(r.T6.Sport) != 8080 || r.Packets != 1 {
 		t.Errorf("reverse entry of the TCP flow: %+v, %v", r, ok)
 	}
+	// Conntrack lists both directions of each as nat64 flows.
+	entries, err := (&EBPF{objs: e.objs}).Conntrack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var orig, reply int
+	for _, c := range entries {
+		if c.Kind != KindNAT64 {
+			continue
+		}
+		if c.Reply {
+			reply++
+			continue
+		}
+		orig++
+		if c.Key.Src == netip.AddrPortFrom(client6, 40000) && c.Key.Proto == tcp &&
+			(c.Key.Dst != netip.AddrPortFrom(host6, 8080) || c.Translated.Src != netip.AddrPortFrom(pool1, 40000) ||
+				c.Translated.Dst != netip.AddrPortFrom(ctrA, 80) || c.Kind.String() != "nat64" || c.Expires <= 0) {
+			t.Errorf("Conntrack's TCP NAT64 flow: %s %s as %s, expires %v", c.Kind, c.Key, c.Translated, c.Expires)
+		}
+	}
+	if orig != 3 || reply != 3 {
+		t.Errorf("Conntrack: %d NAT64 flows and %d answers, want 3 each", orig, reply)
+	}
 	if n := e.event(EventCTNewNAT64); n != 3 {
 		t.Errorf("%d new NAT64 flows counted, want 3", n)
 	}
