@@ -174,3 +174,30 @@ func (d *EBPF) nat64Flows(now uint64) ([]CTEntry, error) {
 	}
 	return out, nil
 }
+
+// nat64Ports lists the NAT64 mappings of published6 (those whose target
+// is an IPv4-mapped address), the host address `::` for a binding to
+// every one.
+func (d *EBPF) nat64Ports() ([]PublishedPort, error) {
+	if d.objs.Published6 == nil {
+		return nil, nil
+	}
+	var out []PublishedPort
+	var k bpfPort6Key
+	var v bpfPort6Target
+	it := d.objs.Published6.Iterate()
+	for it.Next(&k, &v) {
+		c := addr6From(v.Addr)
+		if !c.Is4In6() {
+			continue
+		}
+		out = append(out, PublishedPort{
+			Binding:     PortBinding{Proto: Proto(k.Proto), HostIP: addr6From(k.Addr), HostPort: port16(k.Port)},
+			ContainerIP: c.Unmap(), ContainerPort: port16(v.Port), NAT64: true,
+		})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading NAT64 ports: %w", err)
+	}
+	return out, nil
+}
