@@ -201,3 +201,40 @@ func (d *EBPF) nat64Ports() ([]PublishedPort, error) {
 	}
 	return out, nil
 }
+
+// NAT64Publisher is a Datapath that says whether it serves NAT64
+// mappings (PortMapping.IsNAT64). The eBPF datapath does; the rule-based
+// comparators do not (Docker has docker-proxy for them), and are given a
+// state without them, with a warning each (DropNAT64Ports).
+type NAT64Publisher interface {
+	PublishesNAT64() bool
+}
+
+// PublishesNAT64 tells whether dp serves NAT64 mappings.
+func PublishesNAT64(dp Datapath) bool {
+	p, ok := dp.(NAT64Publisher)
+	return ok && p.PublishesNAT64()
+}
+
+// PublishesNAT64 is true: bpf/lib/nat64.h translates them.
+func (d *EBPF) PublishesNAT64() bool { return true }
+
+// DropNAT64Ports removes the NAT64 mappings from s and says, for each,
+// that datapath name does not serve it.
+func (s *State) DropNAT64Ports(name string) []string {
+	var warnings []string
+	kept := s.Ports[:0:0]
+	for _, m := range s.Ports {
+		if m.IsNAT64() {
+			who := m.Container
+			if who == "" {
+				who = m.ContainerIP.String()
+			}
+			warnings = append(warnings, fmt.Sprintf("container %s: port %s: the %s datapath does not translate an IPv6 host port to an IPv4 container (NAT64)", who, m, name))
+			continue
+		}
+		kept = append(kept, m)
+	}
+	s.Ports = kept
+	return warnings
+}

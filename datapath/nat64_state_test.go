@@ -109,3 +109,18 @@ func TestNAT64Pool(t *testing.T) {
 		t.Errorf("without a NAT64 mapping the pool is not judged: %v", err)
 	}
 }
+
+// TestDropNAT64Ports: a datapath without NAT64 gets the state without
+// those mappings, a warning each; the other ports stay.
+func TestDropNAT64Ports(t *testing.T) {
+	m4, _ := ParsePublish("8080:172.17.0.2:80")
+	m64, _ := ParsePublish("[::]:8080:172.17.0.2:80")
+	s := State{Ports: append(m4, m64...)}
+	w := s.DropNAT64Ports("iptables")
+	if len(s.Ports) != 1 || s.Ports[0].IsNAT64() || len(w) != 1 || !strings.Contains(w[0], "NAT64") {
+		t.Errorf("ports %v, warnings %q", s.Ports, w)
+	}
+	if !PublishesNAT64(&EBPF{}) {
+		t.Error("the eBPF datapath serves NAT64")
+	}
+}
