@@ -4,8 +4,11 @@ package datapath
 
 import (
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
+
+	"github.com/bpfnet/bpfnet/loader"
 )
 
 // TestParsePublishNAT64: an IPv6 host address of an IPv4 container is a
@@ -122,5 +125,53 @@ func TestDropNAT64Ports(t *testing.T) {
 	}
 	if !PublishesNAT64(&EBPF{}) {
 		t.Error("the eBPF datapath serves NAT64")
+	}
+}
+
+// TestNAT64OlderPins: the pins of a version without the NAT64 maps are
+// adopted: a reader (bpfnet ct, bpfnet ports) goes without them, and a
+// new datapath loaded over them pins them afresh. The positive twin is
+// the reader of the new version's pins, which has them.
+func TestNAT64OlderPins(t *testing.T) {
+	requireRoot(t)
+	pin := bpffsDir(t, "bpfnet-nat64-")
+	d, err := NewEBPF(Options{PinPath: pin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	r, err := OpenPinned(pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.objs.Nat64Fwd == nil || r.objs.Nat64Rev == nil {
+		t.Fatalf("the new version's pins: no NAT64 maps")
+	}
+	r.Close()
+	for _, name := range []string{"nat64_fwd", "nat64_rev"} {
+		if err := os.Remove(loader.GlobalPin(pin, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err = OpenPinned(pin)
+	if err != nil {
+		t.Fatalf("reading an older version's pins: %v", err)
+	}
+	if _, err := r.Conntrack(); err != nil {
+		t.Errorf("Conntrack of an older version's pins: %v", err)
+	}
+	if _, err := r.Published(); err != nil {
+		t.Errorf("Published of an older version's pins: %v", err)
+	}
+	r.Close()
+	d, err = NewEBPF(Options{PinPath: pin})
+	if err != nil {
+		t.Fatalf("loading over an older version's pins: %v", err)
+	}
+	d.Close()
+	for _, name := range []string{"nat64_fwd", "nat64_rev"} {
+		if _, err := os.Stat(loader.GlobalPin(pin, name)); err != nil {
+			t.Errorf("%s not pinned by the new version: %v", name, err)
+		}
 	}
 }
