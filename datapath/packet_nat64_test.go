@@ -8,6 +8,7 @@ package datapath
 import (
 	"encoding/binary"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/google/gopacket/layers"
@@ -232,5 +233,31 @@ func TestPacketNAT64Refused(t *testing.T) {
 	e.expectDrops(map[DropReason]uint64{DropNotPublished: 1, DropMalformed: 2, DropNAT64: 5})
 	if fwd := e.nat64Fwd(); len(fwd) != 2 {
 		t.Errorf("%d NAT64 flows, want the 2 translated ones: %v", len(fwd), fwd)
+	}
+}
+
+// TestNAT64PoolRoutes: in the packet tests' namespace, whose routes
+// include one to 198.18.0.0/15 (and a default route, which never
+// counts), the default pool is refused for a state with a NAT64 mapping;
+// a pool apart from every route, and the default pool for a state
+// without NAT64 mappings, are accepted.
+func TestNAT64PoolRoutes(t *testing.T) {
+	e := newPacketEnv(t, Options{})
+	nat64 := PortMapping{Proto: TCP, HostIP: netip.IPv6Unspecified(), HostPort: 8080, ContainerIP: ctrA, ContainerPort: 80}
+	s := State{Networks: []Network{{Name: "br", Bridge: "br0", Subnet: net1}}, Ports: []PortMapping{nat64}}
+	var refused, apart, unused error
+	e.ns.do(func() {
+		refused = checkNAT64Overlap(DefaultNAT64Pool, s, nil)
+		apart = checkNAT64Overlap(netip.MustParsePrefix("100.64.0.0/16"), s, nil)
+		unused = checkNAT64Overlap(DefaultNAT64Pool, State{Networks: s.Networks}, nil)
+	})
+	if refused == nil || !strings.Contains(refused.Error(), "route to 198.18.0.0/15") {
+		t.Errorf("the default pool beside a route to 198.18.0.0/15: %v, want refused", refused)
+	}
+	if apart != nil {
+		t.Errorf("a pool apart from every route: %v", apart)
+	}
+	if unused != nil {
+		t.Errorf("the pool of a state without NAT64: %v", unused)
 	}
 }
