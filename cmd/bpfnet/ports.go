@@ -105,7 +105,7 @@ func printPorts(out io.Writer, ports []portJSON) error {
 		}
 		ctr := joinHostPort(p.ContainerIP, p.ContainerPort)
 		if p.NAT64 {
-			ctr += " (nat64)"
+			ctr += "(nat64)"
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%d\n", p.Proto, host, ctr,
 			p.Container, p.Connections, allow, p.Denied)
