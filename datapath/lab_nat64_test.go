@@ -14,8 +14,9 @@ import (
 	"github.com/bpfnet/bpfnet/lab"
 )
 
-// TestLabNAT64: [::]:8080 published to an IPv4-only container's port 80;
-// the external namespace's IPv6 connection gets the container's answer,
+// TestLabNAT64: [::]:8080 published to an IPv4-only container's port 80
+// (and [host6]:5353/udp to its port 53); the external namespace's IPv6
+// connection gets the container's answer,
 // the container sees the client as an address of the NAT64 pool, and
 // Conntrack lists the flow both ways. Its twin: the container's port 81,
 // which it serves but nothing publishes, is refused on the host's IPv6
@@ -41,7 +42,10 @@ func testLabNAT64(t *testing.T, fast bool) {
 			t.Fatalf("adding IPv6 to the lab: %v", err)
 		}
 	}
-	ports := []PortMapping{{Proto: TCP, HostIP: netip.IPv6Unspecified(), HostPort: 8080, ContainerIP: c4, ContainerPort: 80}}
+	ports := []PortMapping{
+		{Proto: TCP, HostIP: netip.IPv6Unspecified(), HostPort: 8080, ContainerIP: c4, ContainerPort: 80},
+		{Proto: UDP, HostIP: labHost6, HostPort: 5353, ContainerIP: c4, ContainerPort: 53},
+	}
 	err := topo.Host.Do(func() error {
 		s, err := discoverLab(topo, ports)
 		if err != nil {
@@ -59,6 +63,7 @@ func testLabNAT64(t *testing.T, fast bool) {
 	}
 	echoTCP(t, &c0.Namespace, "0.0.0.0:80")
 	echoTCP(t, &c0.Namespace, "0.0.0.0:81")
+	echoUDP(t, &c0.Namespace, "0.0.0.0:53")
 
 	dial := "[" + labHost6.String() + "]:8080"
 	var got string
@@ -74,6 +79,21 @@ func testLabNAT64(t *testing.T, fast bool) {
 	seen, perr := netip.ParseAddr(got)
 	if perr != nil || !DefaultNAT64Pool.Contains(seen) {
 		t.Fatalf("the container saw the IPv6 client as %q, want an address of %s", got, DefaultNAT64Pool)
+	}
+
+	// UDP, on the host address: the answer carries its checksum over.
+	if got := udpExchange(t, &ext.Namespace, "["+labHost6.String()+"]:5353", "nat64 over udp"); got != seen.String() {
+		t.Errorf("the container saw the UDP client as %s, the TCP one as %s (one pool address a client)", got, seen)
+	}
+	// bpfnet ports: both mappings, marked.
+	var listed int
+	for _, p := range mustRead(t, l.dp.Published) {
+		if p.NAT64 && p.ContainerIP == c4 && p.Binding.HostIP.Is6() {
+			listed++
+		}
+	}
+	if listed != 2 {
+		t.Errorf("Published lists %d NAT64 mappings, want 2: %v", listed, mustRead(t, l.dp.Published))
 	}
 
 	var orig, reply bool
@@ -92,8 +112,13 @@ func testLabNAT64(t *testing.T, fast bool) {
 	if !orig || !reply {
 		t.Errorf("Conntrack has the NAT64 flow %v, its answer %v: %v", orig, reply, mustRead(t, l.dp.Conntrack))
 	}
-	if n := l.events(t)[EventCTNewNAT64]; n == 0 {
-		t.Errorf("no new NAT64 flow counted")
+	ev := l.events(t)
+	if ev[EventCTNewNAT64] == 0 || ev[EventRedirectPeer] == 0 {
+		t.Errorf("new NAT64 flows %d, redirects into the container %d: want some of each", ev[EventCTNewNAT64], ev[EventRedirectPeer])
+	}
+	// With the fast path, the answers went straight to the uplink.
+	if fast && ev[EventRedirectNeigh] == 0 {
+		t.Errorf("fast path: no answer redirected to the uplink")
 	}
 
 	// The twin: a port the container serves (81) but nothing publishes,
