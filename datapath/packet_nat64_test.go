@@ -261,3 +261,27 @@ func TestNAT64PoolRoutes(t *testing.T) {
 		t.Errorf("the pool of a state without NAT64: %v", unused)
 	}
 }
+
+// TestPacketNAT64Hairpin: an IPv6 container's connection to a NAT64 port
+// of the host is no hairpin (NAT64 is for clients from the outside): it
+// goes to the host untranslated, and no flow is recorded. Its twin, an
+// IPv6 published port of the same host address, is translated.
+func TestPacketNAT64Hairpin(t *testing.T) {
+	e := newPacketEnv(t, Options{})
+	e.installTopology6()
+	tcp := uint8(layers.IPProtocolTCP)
+	e.publish6(tcp, netip.Addr{}, 8080, ctrA, 80, 1)
+	e.publish6(tcp, netip.Addr{}, 8090, ctrB6, 90, 2)
+
+	in := tcp6(ctrA6, 41000, host6, 8080).fromCtr(macA, gwMAC).frame()
+	v, out := e.fromContainer("vetha", in)
+	expectVerdict(t, v, TC_ACT_OK)
+	expectUnchanged(t, in, out)
+	v, out = e.fromContainer("vetha", tcp6(ctrA6, 41001, host6, 8090).fromCtr(macA, gwMAC).frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	expectTuple6(t, "hairpin to an IPv6 port", parse6Frame(t, "hairpin", out), ctrA6, 41001, ctrB6, 90)
+	if n := len(e.nat64Fwd()); n != 0 {
+		t.Errorf("%d NAT64 flows from a container, want none", n)
+	}
+	e.expectDrops(nil)
+}

@@ -479,6 +479,9 @@ static __always_inline int handle6_from_container(struct __sk_buff *ctx)
 		ip6_copy(pk.addr, p.t.daddr);
 		if (!has_ports(p.t.proto) || p.frag == FRAG_LATER || !(t = published6_lookup(&pk)))
 			goto plain;
+		/* NAT64 is for clients from the outside (lib/nat64.h). */
+		if (nat64_target(t))
+			goto plain;
 		r = iso6_hairpin(src, t->addr);
 		if (r)
 			return r;
