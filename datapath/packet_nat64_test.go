@@ -285,3 +285,26 @@ func TestPacketNAT64Hairpin(t *testing.T) {
 	}
 	e.expectDrops(nil)
 }
+
+// TestPacketNAT64SameTuple: one client, one source port, to the NAT64
+// port on two host addresses: two flows whose IPv4 tuples would be the
+// same on one pool address, so the second takes the next address, and
+// each answer goes back from the host address its flow came to.
+func TestPacketNAT64SameTuple(t *testing.T) {
+	e := newPacketEnv(t, Options{})
+	e.installTopology6()
+	e.publish6(uint8(layers.IPProtocolTCP), netip.Addr{}, 8080, ctrA, 80, 1)
+	p1 := e.nat64In("to host6", tcp6(client6, 40010, host6, 8080), 80)
+	p2 := e.nat64In("to host6b", tcp6(client6, 40010, host6b, 8080), 80)
+	if p1 == p2 {
+		t.Fatalf("two live flows on one IPv4 tuple: %s:40010 -> %s:80", p1, ctrA)
+	}
+	for _, c := range []struct {
+		pool, host netip.Addr
+	}{{p1, host6}, {p2, host6b}} {
+		a := tcpPacket(ctrA, 80, c.pool, 40010)
+		a.ack = true
+		e.nat64Out("answer from "+c.pool.String(), a, c.host, 8080, client6)
+	}
+	e.expectDrops(nil)
+}

@@ -160,7 +160,11 @@ static __always_inline int nat64_create(struct pkt6 *p, const struct port6_targe
 		if (!rk.daddr)
 			break;
 		o = bpf_map_lookup_elem(&nat64_rev, &rk);
-		if (o && o->expires >= now && !ip6_eq(o->t6.daddr, p->t.saddr))
+		/* Held by another live flow (another client, or this one to
+		 * another host address or port). */
+		if (o && o->expires >= now &&
+		    (!ip6_eq(o->t6.daddr, rv.t6.daddr) || !ip6_eq(o->t6.saddr, rv.t6.saddr) ||
+		     o->t6.sport != rv.t6.sport))
 			continue;
 		if (bpf_map_update_elem(&nat64_rev, &rk, &rv, BPF_ANY) < 0)
 			return -DROP_CT_FULL;
