@@ -34,6 +34,7 @@
 #include "lib/gwmode.h"
 #include "lib/direct.h"
 #include "lib/datapath6.h"
+#include "lib/nat64.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -56,6 +57,8 @@ enum tc6_index {
 	TC6_TO_NETDEV,
 	TC6_FROM_CONTAINER,
 	TC6_TO_CONTAINER,
+	TC6_NAT64_OUT, /* an IPv4 answer of a NAT64 flow (lib/nat64.h) */
+	TC6_NAT64_IN,  /* a client's packet to a NAT64 port (lib/nat64.h) */
 	TC6_MAX,
 };
 
@@ -63,6 +66,8 @@ int from_netdev6(struct __sk_buff *ctx);
 int to_netdev6(struct __sk_buff *ctx);
 int from_container6(struct __sk_buff *ctx);
 int to_container6(struct __sk_buff *ctx);
+int nat64_out(struct __sk_buff *ctx);
+int nat64_in(struct __sk_buff *ctx);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
@@ -76,6 +81,8 @@ struct {
 			[TC6_TO_NETDEV] = (void *)&to_netdev6,
 			[TC6_FROM_CONTAINER] = (void *)&from_container6,
 			[TC6_TO_CONTAINER] = (void *)&to_container6,
+			[TC6_NAT64_OUT] = (void *)&nat64_out,
+			[TC6_NAT64_IN] = (void *)&nat64_in,
 		},
 };
 
@@ -109,6 +116,48 @@ SEC("tc")
 int to_container6(struct __sk_buff *ctx)
 {
 	return verdict(handle6_to_container(ctx));
+}
+
+SEC("tc")
+int nat64_out(struct __sk_buff *ctx)
+{
+	return verdict(handle_nat64_out(ctx));
+}
+
+static __always_inline int nat64_in_tail(struct __sk_buff *ctx)
+{
+	bpf_tail_call(ctx, &tc6, TC6_NAT64_IN);
+	return -DROP_NAT64;
+}
+
+/* handle_nat64_in: the body of nat64_in, which from_netdev6 tail-calls
+ * for a packet to a NAT64 port whose allowlist let it in: the mapping
+ * looked up again, then the translation (lib/nat64.h). */
+static __always_inline int handle_nat64_in(struct __sk_buff *ctx)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct port6_key pk = {};
+	struct port6_target *t;
+	struct pkt6 p = {};
+	int r = parse6_flow(ctx, &p);
+
+	if (r < 0)
+		return r;
+	if (r == PARSE_PASS)
+		return TC_ACT_OK;
+	pk.port = p.t.dport;
+	pk.proto = p.t.proto;
+	ip6_copy(pk.addr, p.t.daddr);
+	t = published6_lookup(&pk);
+	if (!t || !nat64_target(t))
+		return -DROP_NAT64;
+	return nat64_from_netdev(ctx, &p, t, now);
+}
+
+SEC("tc")
+int nat64_in(struct __sk_buff *ctx)
+{
+	return verdict(handle_nat64_in(ctx));
 }
 
 static __always_inline int is_loopback(__be32 a)
@@ -563,6 +612,13 @@ static __always_inline int handle_from_container(struct __sk_buff *ctx)
 	src = bpf_map_lookup_elem(&veths, &ifindex);
 	if (!src || !src_allowed(src, p.t.saddr))
 		return -DROP_SPOOFED;
+	/* The answer of a NAT64 flow (lib/nat64.h); anything else to the
+	 * pool goes on as before (the pool is RFC 2544 space, which the flood
+	 * benchmark's forged sources share). */
+	if (nat64_pool_has(p.t.daddr) && bpf_map_lookup_elem(&nat64_rev, &p.t)) {
+		bpf_tail_call(ctx, &tc6, TC6_NAT64_OUT);
+		return -DROP_NAT64;
+	}
 	orig = p.t;
 	if (!CONFIG.redirect_only && p.icmp == ICMP_K_ERROR) {
 		/* An error about a flow this hook translates: a hairpin answer

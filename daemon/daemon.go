@@ -110,8 +110,15 @@ func (d *Daemon) Start(ctx context.Context, s datapath.State) error {
 }
 
 // servable leaves out of s the ports the datapath cannot publish (those
-// of IPv6 containers, for a datapath without IPv6), each with a warning.
+// of IPv6 containers, for a datapath without IPv6; NAT64 mappings, for
+// one without NAT64), each with a warning.
 func (d *Daemon) servable(s *datapath.State) {
+	if !datapath.PublishesNAT64(d.cfg.Datapath) {
+		for _, w := range s.DropNAT64Ports(d.cfg.Datapath.Name()) {
+			d.log.Warn("port left out", "reason", w)
+			s.Warnings = append(s.Warnings, w)
+		}
+	}
 	if datapath.PublishesIPv6(d.cfg.Datapath) {
 		return
 	}

@@ -151,7 +151,7 @@ func (d *EBPF) assignAllow(prev *allowLists, s State, ports, routed map[bpfPortK
 		if len(m.Allow) == 0 || isRouted(s.Networks, m) {
 			continue
 		}
-		if is6(m.ContainerIP) {
+		if is6(m.ContainerIP) || m.IsNAT64() {
 			if t, ok := ports6[port6Key(m)]; ok {
 				t.AllowId = name(canonAllow(m.Allow))
 				ports6[port6Key(m)] = t

@@ -40,6 +40,8 @@ type bpfConfig struct {
 	UdpTimeout      uint64
 	IcmpTimeout     uint64
 	HalfOpenTimeout uint64
+	Nat64Pool       uint32
+	Nat64Mask       uint32
 }
 
 type bpfCt6Entry struct {
@@ -114,6 +116,7 @@ const (
 	bpfCtKindCT_SNAT    bpfCtKind = 2
 	bpfCtKindCT_HAIRPIN bpfCtKind = 3
 	bpfCtKindCT_ROUTED  bpfCtKind = 4
+	bpfCtKindCT_NAT64   bpfCtKind = 5
 )
 
 type bpfDropReason uint32
@@ -132,7 +135,8 @@ const (
 	bpfDropReasonDROP_DIRECT_ACCESS bpfDropReason = 13
 	bpfDropReasonDROP_PORT_DENIED   bpfDropReason = 14
 	bpfDropReasonDROP_IPV6EXTHDR    bpfDropReason = 15
-	bpfDropReasonDROP_MAX           bpfDropReason = 16
+	bpfDropReasonDROP_NAT64         bpfDropReason = 18
+	bpfDropReasonDROP_MAX           bpfDropReason = 19
 )
 
 type bpfEndpoint struct {
@@ -177,6 +181,7 @@ const (
 	bpfEventKindEV_CT_HALF_OPEN     bpfEventKind = 10
 	bpfEventKindEV_CT_PROMOTED      bpfEventKind = 11
 	bpfEventKindEV_CT_NEW_DIRECT    bpfEventKind = 12
+	bpfEventKindEV_CT_NEW_NAT64     bpfEventKind = 13
 	bpfEventKindEV_MAX              bpfEventKind = 16
 )
 
@@ -207,6 +212,28 @@ type bpfFragPorts struct {
 type bpfIn6Key struct {
 	_ structs.HostLayout
 	A [4]uint32
+}
+
+type bpfNat64FwdEntry struct {
+	_       structs.HostLayout
+	T4      bpfCtKey
+	Ifindex uint32
+	TcpSeen uint8
+	Pad     [3]uint8
+	Expires uint64
+	Packets uint64
+	Bytes   uint64
+}
+
+type bpfNat64RevEntry struct {
+	_       structs.HostLayout
+	T6      bpfCt6Key
+	TcpSeen uint8
+	Pad     [3]uint8
+	Pad2    uint32
+	Expires uint64
+	Packets uint64
+	Bytes   uint64
 }
 
 type bpfNet6Info struct {
@@ -337,6 +364,8 @@ const (
 	bpfMapHostAddrs       = "host_addrs"
 	bpfMapHostAddrs6      = "host_addrs6"
 	bpfMapIfStats         = "if_stats"
+	bpfMapNat64Fwd        = "nat64_fwd"
+	bpfMapNat64Rev        = "nat64_rev"
 	bpfMapNets            = "nets"
 	bpfMapNets6           = "nets6"
 	bpfMapPortAllow       = "port_allow"
@@ -357,6 +386,8 @@ const (
 	bpfProgFromContainer6 = "from_container6"
 	bpfProgFromNetdev     = "from_netdev"
 	bpfProgFromNetdev6    = "from_netdev6"
+	bpfProgNat64In        = "nat64_in"
+	bpfProgNat64Out       = "nat64_out"
 	bpfProgToContainer    = "to_container"
 	bpfProgToContainer6   = "to_container6"
 	bpfProgToNetdev       = "to_netdev"
@@ -410,6 +441,8 @@ type bpfProgramSpecs struct {
 	FromContainer6 *ebpf.ProgramSpec `ebpf:"from_container6"`
 	FromNetdev     *ebpf.ProgramSpec `ebpf:"from_netdev"`
 	FromNetdev6    *ebpf.ProgramSpec `ebpf:"from_netdev6"`
+	Nat64In        *ebpf.ProgramSpec `ebpf:"nat64_in"`
+	Nat64Out       *ebpf.ProgramSpec `ebpf:"nat64_out"`
 	ToContainer    *ebpf.ProgramSpec `ebpf:"to_container"`
 	ToContainer6   *ebpf.ProgramSpec `ebpf:"to_container6"`
 	ToNetdev       *ebpf.ProgramSpec `ebpf:"to_netdev"`
@@ -435,6 +468,8 @@ type bpfMapSpecs struct {
 	HostAddrs      *ebpf.MapSpec `ebpf:"host_addrs"`
 	HostAddrs6     *ebpf.MapSpec `ebpf:"host_addrs6"`
 	IfStats        *ebpf.MapSpec `ebpf:"if_stats"`
+	Nat64Fwd       *ebpf.MapSpec `ebpf:"nat64_fwd"`
+	Nat64Rev       *ebpf.MapSpec `ebpf:"nat64_rev"`
 	Nets           *ebpf.MapSpec `ebpf:"nets"`
 	Nets6          *ebpf.MapSpec `ebpf:"nets6"`
 	PortAllow      *ebpf.MapSpec `ebpf:"port_allow"`
@@ -495,6 +530,8 @@ type bpfMaps struct {
 	HostAddrs      *ebpf.Map `ebpf:"host_addrs"`
 	HostAddrs6     *ebpf.Map `ebpf:"host_addrs6"`
 	IfStats        *ebpf.Map `ebpf:"if_stats"`
+	Nat64Fwd       *ebpf.Map `ebpf:"nat64_fwd"`
+	Nat64Rev       *ebpf.Map `ebpf:"nat64_rev"`
 	Nets           *ebpf.Map `ebpf:"nets"`
 	Nets6          *ebpf.Map `ebpf:"nets6"`
 	PortAllow      *ebpf.Map `ebpf:"port_allow"`
@@ -530,6 +567,8 @@ func (m *bpfMaps) Close() error {
 		m.HostAddrs,
 		m.HostAddrs6,
 		m.IfStats,
+		m.Nat64Fwd,
+		m.Nat64Rev,
 		m.Nets,
 		m.Nets6,
 		m.PortAllow,
@@ -564,6 +603,8 @@ type bpfPrograms struct {
 	FromContainer6 *ebpf.Program `ebpf:"from_container6"`
 	FromNetdev     *ebpf.Program `ebpf:"from_netdev"`
 	FromNetdev6    *ebpf.Program `ebpf:"from_netdev6"`
+	Nat64In        *ebpf.Program `ebpf:"nat64_in"`
+	Nat64Out       *ebpf.Program `ebpf:"nat64_out"`
 	ToContainer    *ebpf.Program `ebpf:"to_container"`
 	ToContainer6   *ebpf.Program `ebpf:"to_container6"`
 	ToNetdev       *ebpf.Program `ebpf:"to_netdev"`
@@ -576,6 +617,8 @@ func (p *bpfPrograms) Close() error {
 		p.FromContainer6,
 		p.FromNetdev,
 		p.FromNetdev6,
+		p.Nat64In,
+		p.Nat64Out,
 		p.ToContainer,
 		p.ToContainer6,
 		p.ToNetdev,

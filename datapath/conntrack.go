@@ -34,6 +34,10 @@ const (
 	// KindRouted is an untranslated flow from a network without
 	// masquerade, tracked so that its answers get in.
 	KindRouted = FlowKind(bpfCtKindCT_ROUTED)
+	// KindNAT64 is a flow of a host IPv6 port of an IPv4 container
+	// (bpf/lib/nat64.h): the client's IPv6 tuple as an IPv4 one from the
+	// NAT64 pool.
+	KindNAT64 = FlowKind(bpfCtKindCT_NAT64)
 )
 
 func (k FlowKind) String() string {
@@ -46,6 +50,8 @@ func (k FlowKind) String() string {
 		return "hairpin"
 	case KindRouted:
 		return "routed"
+	case KindNAT64:
+		return "nat64"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -97,7 +103,7 @@ func tupleOf(proto uint8, saddr, daddr uint32, sport, dport uint16) Tuple {
 
 // Conntrack lists every entry of the connection-tracking tables: the
 // established flows of ct4, then the unassured ones of ct4_syn, then the
-// IPv6 flows of ct6 and ct6_syn.
+// IPv6 flows of ct6 and ct6_syn, then the live NAT64 flows (nat64Flows).
 func (d *EBPF) Conntrack() ([]CTEntry, error) {
 	out, err := readConntrack(d.ctTables()...)
 	if err != nil {
@@ -112,7 +118,8 @@ func (d *EBPF) Conntrack() ([]CTEntry, error) {
 			return out, err
 		}
 	}
-	return out, nil
+	nat64, err := d.nat64Flows(now)
+	return append(out, nat64...), err
 }
 
 // ct6Tables are the IPv6 connection-tracking tables, ct6 first; a

@@ -65,6 +65,10 @@ type Options struct {
 	// CgroupPath is the cgroup v2 folder of those programs; "" is the
 	// root (DefaultCgroupPath).
 	CgroupPath string
+	// NAT64Pool is the IPv4 range the clients of NAT64 ports (a host
+	// IPv6 port of an IPv4 container, bpf/lib/nat64.h) appear from;
+	// the zero Prefix is DefaultNAT64Pool.
+	NAT64Pool netip.Prefix
 
 	// mutateSpec lets tests break or change the programs before loading.
 	mutateSpec func(*ebpf.CollectionSpec)
@@ -118,6 +122,7 @@ func (o *Options) config() bpfConfig {
 	if c.NatPortMax == 0 {
 		c.NatPortMax = DefaultNATPortMax
 	}
+	c.Nat64Pool, c.Nat64Mask = nat64Config(o.nat64Pool())
 	return c
 }
 
@@ -205,6 +210,9 @@ func Spec(opts Options) (*ebpf.CollectionSpec, error) {
 func NewEBPF(opts Options) (*EBPF, error) {
 	if c := opts.config(); c.NatPortMax < c.NatPortMin {
 		return nil, fmt.Errorf("NAT port range %d-%d is reversed", c.NatPortMin, c.NatPortMax)
+	}
+	if err := CheckNAT64Pool(opts.nat64Pool()); err != nil {
+		return nil, err
 	}
 	spec, err := Spec(opts)
 	if err != nil {
@@ -553,12 +561,21 @@ func (d *EBPF) resolve(s State) (*resolved, error) {
 	if err := CheckHostIPv4(s.Networks, hostAddrs); err != nil {
 		return nil, err
 	}
+	{
+		addrs := hostAddrs
+		for _, u := range r.uplinks {
+			addrs = append(addrs, addrFrom(u.Addr))
+		}
+		if err := checkNAT64Overlap(d.opts.nat64Pool(), s, addrs); err != nil {
+			return nil, err
+		}
+	}
 	if err := r.resolveTrusted(s); err != nil {
 		return nil, err
 	}
 	for i, m := range s.Ports {
-		if m.ContainerIP.Is6() {
-			if n, _ := networkOf(s.Networks, m.ContainerIP); n.GatewayModeIPv6 == GatewayRouted {
+		if m.ContainerIP.Is6() || m.IsNAT64() {
+			if n, _ := networkOf(s.Networks, m.ContainerIP); !m.IsNAT64() && n.GatewayModeIPv6 == GatewayRouted {
 				// As for IPv4: no host port, the container port open
 				// by the container's IPv6 address.
 				k := bpfPort6Key{Addr: be128(m.ContainerIP), Port: be16(m.ContainerPort), Proto: uint8(m.Proto)}
@@ -1104,6 +1121,7 @@ func OpenPinned(pinPath string) (*EBPF, error) {
 		"ct6_syn": &d.objs.Ct6Syn, "port_allow6": &d.objs.PortAllow6, "port_denied6": &d.objs.PortDenied6,
 		"port_conns6":     &d.objs.PortConns6,
 		"direct_trusted6": &d.objs.DirectTrusted6, "routed_ports6": &d.objs.RoutedPorts6,
+		"nat64_fwd": &d.objs.Nat64Fwd, "nat64_rev": &d.objs.Nat64Rev,
 	}
 	for name, dst := range maps {
 		if spec.Maps[name].Pinning != ebpf.PinByName {
@@ -1135,6 +1153,7 @@ var optionalPins = map[string]bool{
 	"ct6": true, "published6": true, "host_addrs6": true, "endpoints6": true, "uplinks6": true, "nets6": true,
 	"ct6_syn": true, "port_allow6": true, "port_denied6": true, "port_conns6": true,
 	"direct_trusted6": true, "routed_ports6": true,
+	"nat64_fwd": true, "nat64_rev": true,
 }
 
 // rebuiltMaps are written whole from the State by every first Apply of a

@@ -9,7 +9,7 @@ package datapath
 // flags, sock counters) are generated with the structs: -type names them.
 
 // The TC datapath (bpf/datapath.c).
-//go:generate go tool bpf2go -go-package datapath -target bpfel -type ct_key -type ct_entry -type ct_flags -type ct_kind -type port_key -type port_target -type allow_key -type allow6_key -type endpoint -type ep_flags -type net_flags -type uplink -type net_key -type net_info -type trusted_key -type traffic -type drop_reason -type event_kind -type ct6_key -type ct6_entry -type port6_key -type port6_target -type in6_key -type endpoint6 -type uplink6 -type net6_key -type net6_info -type frag6_key bpf ../bpf/datapath.c -- -I../bpf
+//go:generate go tool bpf2go -go-package datapath -target bpfel -type ct_key -type ct_entry -type ct_flags -type ct_kind -type port_key -type port_target -type allow_key -type allow6_key -type endpoint -type ep_flags -type net_flags -type uplink -type net_key -type net_info -type trusted_key -type traffic -type drop_reason -type event_kind -type ct6_key -type ct6_entry -type port6_key -type port6_target -type in6_key -type endpoint6 -type uplink6 -type net6_key -type net6_info -type frag6_key -type nat64_fwd_entry -type nat64_rev_entry bpf ../bpf/datapath.c -- -I../bpf
 
 // The cgroup skb programs that count the traffic of containers without a
 // veth of their own (bpf/cgroup_skb.c): host mode, macvlan, ipvlan. A

@@ -66,7 +66,7 @@ func (e *packetEnv) ct6In(m *ebpf.Map) map[bpfCt6Key]bpfCt6Entry {
 }
 
 // expectTuple6 checks what parse6Frame read against a tuple.
-func expectTuple6(t *testing.T, what string, got parsed6, src netip.Addr, sport uint16, dst netip.Addr, dport uint16) {
+func expectTuple6(t testing.TB, what string, got parsed6, src netip.Addr, sport uint16, dst netip.Addr, dport uint16) {
 	t.Helper()
 	if got.src != src || got.dst != dst || got.sport != sport || got.dport != dport {
 		t.Errorf("%s: [%s]:%d -> [%s]:%d, want [%s]:%d -> [%s]:%d", what, got.src, got.sport, got.dst, got.dport, src, sport, dst, dport)

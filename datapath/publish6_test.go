@@ -55,7 +55,6 @@ func TestParsePublishIPv6(t *testing.T) {
 
 func TestParsePublishIPv6Errors(t *testing.T) {
 	for spec, want := range map[string]string{
-		"[::]:8080:172.17.0.2:80":                        "different families",
 		"0.0.0.0:8080:[fd00:251::2]:80":                  "different families",
 		"127.0.0.1:8080:[fd00:251::2]:80":                "different families",
 		"[::]:8080:fd00:251::2:80":                       "want [hostIP:]",

@@ -22,6 +22,9 @@ type PublishedPort struct {
 	// container address and port), one for all the bindings of the
 	// port, and Allow the union of their lists (routedAllow).
 	Routed bool
+	// NAT64: a host IPv6 port of an IPv4 container (bpf/lib/nat64.h),
+	// its clients seen from addresses of the NAT64 pool.
+	NAT64 bool
 }
 
 // RoutedBinding is the binding under which the datapath counts the flows of
@@ -97,6 +100,11 @@ func (d *EBPF) Published() ([]PublishedPort, error) {
 			})
 		}
 	}
+	nat64, err := d.nat64Ports()
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, nat64...)
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i].Binding, out[j].Binding
 		if a.HostPort != b.HostPort {

@@ -63,7 +63,7 @@ type PortMapping struct {
 
 func (m PortMapping) String() string {
 	host := ""
-	if m.HostIP.IsValid() && !m.HostIP.IsUnspecified() {
+	if m.HostIP.IsValid() && (!m.HostIP.IsUnspecified() || m.IsNAT64()) {
 		host = BracketAddr(m.HostIP) + ":"
 	}
 	s := fmt.Sprintf("%s%d->%s:%d/%s", host, m.HostPort, BracketAddr(m.ContainerIP), m.ContainerPort, m.Proto)
@@ -497,6 +497,11 @@ func (t portTable) add(nets []Network, m PortMapping) error {
 	if n.Internal {
 		return fmt.Errorf("port %s: network %s is internal and cannot publish ports", m, n.Name)
 	}
+	if m.IsNAT64() {
+		if err := checkNAT64Mapping(n, m); err != nil {
+			return err
+		}
+	}
 	if routed {
 		// Docker maps nothing on the host for a routed network: the
 		// host port is ignored (moby's routed port mapper), so it takes
@@ -507,7 +512,7 @@ func (t portTable) add(nets []Network, m PortMapping) error {
 	if hip.Is4In6() || hip.Zone() != "" {
 		return fmt.Errorf("port %s: host address must be IPv4 or IPv6, without a zone", m)
 	}
-	if hip.Is4() != m.ContainerIP.Is4() {
+	if hip.Is4() != m.ContainerIP.Is4() && !m.IsNAT64() {
 		return fmt.Errorf("port %s: host address %s and container address %s are of different families", m, hip, m.ContainerIP)
 	}
 	// A binding to every address takes the port on each address of its
@@ -623,8 +628,9 @@ type Datapath interface {
 // (PortMapping.Allow, IPv4 and IPv6 prefixes).
 // A range gives one mapping per port; both ranges must have one length,
 // or the container side a single port. The host and container addresses
-// are of one family; without a host address, an IPv6 container's port is
-// published on [::].
+// are of one family, but for an IPv6 host address of an IPv4 container
+// (NAT64: [::]:8080:172.17.0.2:80, bpf/lib/nat64.h); without a host
+// address, an IPv6 container's port is published on [::].
 func ParsePublish(spec string) ([]PortMapping, error) {
 	bad := func(format string, a ...any) ([]PortMapping, error) {
 		return nil, fmt.Errorf("invalid --publish %q: %s", spec, fmt.Sprintf(format, a...))
@@ -676,7 +682,7 @@ func ParsePublish(spec string) ([]PortMapping, error) {
 	if err != nil {
 		return bad("container address: %v", err)
 	}
-	if hostIP.IsValid() && hostIP.Is4() != cip.Is4() {
+	if hostIP.IsValid() && hostIP.Is4() && !cip.Is4() {
 		return bad("host address %s and container address %s are of different families", hostIP, cip)
 	}
 	if !hostIP.IsValid() && cip.Is6() {

@@ -272,8 +272,10 @@ func TestStateValidatePortsIPv6(t *testing.T) {
 			"port 8080->[fd00:17::2]:80/tcp: host port already published by 8080->[fd00:17::2]:80/tcp"},
 		{"IPv4 host, IPv6 container", []PortMapping{port("10.0.0.1", 8080, c6)},
 			"port 10.0.0.1:8080->[fd00:17::2]:80/tcp: host address 10.0.0.1 and container address fd00:17::2 are of different families"},
-		{"IPv6 host, IPv4 container", []PortMapping{port("2001:db8::1", 8080, c4)},
-			"port [2001:db8::1]:8080->172.17.0.2:80/tcp: host address 2001:db8::1 and container address 172.17.0.2 are of different families"},
+		// NAT64 (nat64_test.go has the rest).
+		{"IPv6 host, IPv4 container", []PortMapping{port("2001:db8::1", 8080, c4)}, ""},
+		{"NAT64 :: beside an IPv6 ::", []PortMapping{port("::", 8080, c6), port("::", 8080, c4)},
+			"port [::]:8080->172.17.0.2:80/tcp: host port already published by 8080->[fd00:17::2]:80/tcp"},
 		{"0.0.0.0, IPv6 container", []PortMapping{port("0.0.0.0", 8080, c6)},
 			"port 8080->[fd00:17::2]:80/tcp: host address 0.0.0.0 and container address fd00:17::2 are of different families"},
 	} {

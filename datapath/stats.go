@@ -43,7 +43,12 @@ const (
 	// datapath walks (IPV6_EXT_MAX in bpf/lib/ipv6.h), whose flow it
 	// therefore cannot tell.
 	DropIPv6ExtHdr = DropReason(bpfDropReasonDROP_IPV6EXTHDR)
-	dropMax        = int(bpfDropReasonDROP_MAX)
+	// DropNAT64: a packet of a NAT64 port (an IPv6 host port of an
+	// IPv4 container, bpf/lib/nat64.h) that is not translated: a
+	// fragment, IPv6 extension headers, IPv4 options, a hop limit spent,
+	// an IPv4 UDP answer without a checksum.
+	DropNAT64 = DropReason(bpfDropReasonDROP_NAT64)
+	dropMax   = int(bpfDropReasonDROP_MAX)
 
 	// dropMalformedOld is the number that malformed drops had before
 	// they moved to DropMalformed, so that no drop reason is 0 (the
@@ -67,6 +72,7 @@ var dropNames = map[DropReason]string{
 	DropDirectAccess: "direct_access",
 	DropPortDenied:   "port_denied",
 	DropIPv6ExtHdr:   "ipv6_ext_headers",
+	DropNAT64:        "nat64",
 }
 
 func (r DropReason) String() string {
@@ -78,7 +84,7 @@ func (r DropReason) String() string {
 
 // DropReasons lists every reason the datapath knows.
 func DropReasons() []DropReason {
-	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropRewrite, DropCTMiss, DropIsolation, DropICC, DropInternal, DropSpoofed, DropDirectAccess, DropPortDenied, DropIPv6ExtHdr}
+	return []DropReason{DropMalformed, DropNotPublished, DropCTFull, DropNATExhausted, DropRewrite, DropCTMiss, DropIsolation, DropICC, DropInternal, DropSpoofed, DropDirectAccess, DropPortDenied, DropIPv6ExtHdr, DropNAT64}
 }
 
 // Event is a counted datapath event: enum event_kind of
@@ -111,7 +117,9 @@ const (
 	// nat-unprotected network (the outside, or for a routed one another
 	// network's container) straight to its container's address.
 	EventCTNewDirect = Event(bpfEventKindEV_CT_NEW_DIRECT)
-	eventMax         = int(bpfEventKindEV_MAX)
+	// EventCTNewNAT64: a new NAT64 flow of a published port.
+	EventCTNewNAT64 = Event(bpfEventKindEV_CT_NEW_NAT64)
+	eventMax        = int(bpfEventKindEV_MAX)
 )
 
 var eventNames = map[Event]string{
@@ -128,6 +136,7 @@ var eventNames = map[Event]string{
 	EventCTHalfOpen:     "ct_half_open",
 	EventCTPromoted:     "ct_promoted",
 	EventCTNewDirect:    "ct_new_direct",
+	EventCTNewNAT64:     "ct_new_nat64",
 }
 
 func (e Event) String() string {
@@ -139,7 +148,7 @@ func (e Event) String() string {
 
 // Events lists every event the datapath counts.
 func Events() []Event {
-	return []Event{EventCTNewDNAT, EventCTNewSNAT, EventCTNewHairpin, EventCTRecreated, EventCTPeerRestored, EventRedirectPeer, EventRedirectNeigh, EventFragTracked, EventNATHostSocket, EventNATHostRemap, EventCTHalfOpen, EventCTPromoted, EventCTNewDirect}
+	return []Event{EventCTNewDNAT, EventCTNewSNAT, EventCTNewHairpin, EventCTRecreated, EventCTPeerRestored, EventRedirectPeer, EventRedirectNeigh, EventFragTracked, EventNATHostSocket, EventNATHostRemap, EventCTHalfOpen, EventCTPromoted, EventCTNewDirect, EventCTNewNAT64}
 }
 
 // Traffic is what a container sent and received, summed over CPUs.

@@ -145,7 +145,7 @@ func NewCollector(r Reader, state func() datapath.State, attachments func() ([]l
 				"An evicted entry whose flow never sends again is not counted.",
 			nil, nil),
 		ctNew: prometheus.NewDesc(name("conntrack_new_total"),
-			"Flows the datapath started tracking, by translation kind: dnat (published port), snat (masquerade), hairpin.",
+			"Flows the datapath started tracking, by translation kind: dnat (published port), snat (masquerade), hairpin, nat64 (an IPv6 host port of an IPv4 container).",
 			[]string{"kind"}, nil),
 		ctHalfOpen: prometheus.NewDesc(name("conntrack_half_open_total"),
 			"Published-port flows that started unassured, in table ct4_syn, until their client answers the container: under a SYN flood, one per forged SYN.",
@@ -380,6 +380,7 @@ var newFlowEvents = []struct {
 	{datapath.EventCTNewDNAT, datapath.KindDNAT},
 	{datapath.EventCTNewSNAT, datapath.KindSNAT},
 	{datapath.EventCTNewHairpin, datapath.KindHairpin},
+	{datapath.EventCTNewNAT64, datapath.KindNAT64},
 }
 
 func (c *Collector) events() ([]prometheus.Metric, error) {

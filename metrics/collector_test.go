@@ -175,7 +175,7 @@ func newFixture(t *testing.T) *fixture {
 			uint32(lo.Index + 1000): {RxPackets: 5},
 		},
 		drops:  map[datapath.DropReason]uint64{datapath.DropNotPublished: 3, datapath.DropMalformed: 1},
-		events: map[datapath.Event]uint64{datapath.EventCTNewDNAT: 7, datapath.EventCTNewSNAT: 4, datapath.EventCTNewHairpin: 1, datapath.EventCTRecreated: 2, datapath.EventCTPeerRestored: 3, datapath.EventRedirectPeer: 100, datapath.EventCTHalfOpen: 9, datapath.EventCTPromoted: 6, datapath.EventNATHostSocket: 2, datapath.EventNATHostRemap: 1},
+		events: map[datapath.Event]uint64{datapath.EventCTNewDNAT: 7, datapath.EventCTNewSNAT: 4, datapath.EventCTNewHairpin: 1, datapath.EventCTNewNAT64: 5, datapath.EventCTRecreated: 2, datapath.EventCTPeerRestored: 3, datapath.EventRedirectPeer: 100, datapath.EventCTHalfOpen: 9, datapath.EventCTPromoted: 6, datapath.EventNATHostSocket: 2, datapath.EventNATHostRemap: 1},
 		ports: map[datapath.PortBinding]uint64{
 			{Proto: datapath.TCP, HostIP: ip("0.0.0.0"), HostPort: 8080}: 7,
 			{Proto: datapath.TCP, HostIP: ip("::"), HostPort: 8080}:      2,
@@ -257,11 +257,12 @@ bpfnet_conntrack_capacity{table="ct6_syn"} 32768
 # HELP bpfnet_conntrack_evictions_total Connection-tracking entries found missing while their flow was still active, i.e. evictions the datapath noticed: TCP flows re-created mid-stream (event ct_recreated) plus flow halves restored from the other half (event ct_peer_restored). An evicted entry whose flow never sends again is not counted.
 # TYPE bpfnet_conntrack_evictions_total counter
 bpfnet_conntrack_evictions_total 5
-# HELP bpfnet_conntrack_new_total Flows the datapath started tracking, by translation kind: dnat (published port), snat (masquerade), hairpin.
+# HELP bpfnet_conntrack_new_total Flows the datapath started tracking, by translation kind: dnat (published port), snat (masquerade), hairpin, nat64 (an IPv6 host port of an IPv4 container).
 # TYPE bpfnet_conntrack_new_total counter
 bpfnet_conntrack_new_total{kind="dnat"} 7
 bpfnet_conntrack_new_total{kind="snat"} 4
 bpfnet_conntrack_new_total{kind="hairpin"} 1
+bpfnet_conntrack_new_total{kind="nat64"} 5
 # HELP bpfnet_conntrack_half_open_total Published-port flows that started unassured, in table ct4_syn, until their client answers the container: under a SYN flood, one per forged SYN.
 # TYPE bpfnet_conntrack_half_open_total counter
 bpfnet_conntrack_half_open_total 9
@@ -287,6 +288,7 @@ bpfnet_drops_total{reason="spoofed"} 0
 bpfnet_drops_total{reason="direct_access"} 0
 bpfnet_drops_total{reason="port_denied"} 0
 bpfnet_drops_total{reason="ipv6_ext_headers"} 0
+bpfnet_drops_total{reason="nat64"} 0
 # HELP bpfnet_attached A program bpfnet attached: 1 when the kernel runs it, 0 when it is recorded but the kernel no longer runs it (its interface went away).
 # TYPE bpfnet_attached gauge
 bpfnet_attached{hook="ingress",interface="veth1a2b3c",mode="tcx",program="from_container"} 1

@@ -76,7 +76,9 @@ enum drop_reason {
 		14, /* a new flow to a published port from a source its allowlist leaves out */
 	DROP_IPV6_EXTHDR =
 		15, /* an IPv6 extension-header chain longer than the datapath walks (lib/ipv6.h) */
-	DROP_MAX = 16,
+	/* 16, 17: reserved (v6direct, v6allow) */
+	DROP_NAT64 = 18, /* a NAT64 packet that cannot be translated (lib/nat64.h) */
+	DROP_MAX = 19,
 };
 
 /* Things worth counting that are not drops: the key of the events map. */
@@ -99,5 +101,6 @@ enum event_kind {
 	EV_CT_PROMOTED = 11,  /* unassured flow moved into ct4 */
 	EV_CT_NEW_DIRECT =
 		12, /* new flow from outside a routed or nat-unprotected network straight to its container */
+	EV_CT_NEW_NAT64 = 13, /* new NAT64 flow of a published port (lib/nat64.h) */
 	EV_MAX = 16,
 };

@@ -18,6 +18,8 @@ struct config {
 	__u64 udp_timeout;	 /* ns: UDP */
 	__u64 icmp_timeout;	 /* ns: ICMP echo */
 	__u64 half_open_timeout; /* ns: unassured flow (ct4_syn), refreshed by each of its packets */
+	__be32 nat64_pool;	 /* NAT64 pool (lib/nat64.h), network byte order */
+	__be32 nat64_mask;	 /* its netmask; 0: no NAT64 */
 };
 
 volatile const struct config CONFIG = {};

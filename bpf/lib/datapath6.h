@@ -27,6 +27,11 @@
 #include "icmp6.h"
 #include "fast6.h"
 #include "allow.h"
+#include "nat64.h"
+
+/* nat64_in_tail hands a packet to a NAT64 port to the nat64_in program
+ * (datapath.c), whose stack the translation needs. */
+static __always_inline int nat64_in_tail(struct __sk_buff *ctx);
 
 /* frag6_ports gives a later fragment the ports its first fragment had. */
 static __always_inline void frag6_ports(struct pkt6 *p)
@@ -215,6 +220,8 @@ static __always_inline int handle6_from_netdev(struct __sk_buff *ctx)
 		r = port6_allowed(&pk, t, p.t.saddr);
 		if (r < 0)
 			return r;
+		if (nat64_target(t))
+			return nat64_in_tail(ctx);
 		ip6_copy(ne.nsaddr, p.t.saddr);
 		ip6_copy(ne.ndaddr, t->addr);
 		ne.nsport = p.t.sport;
@@ -473,6 +480,9 @@ static __always_inline int handle6_from_container(struct __sk_buff *ctx)
 
 		ip6_copy(pk.addr, p.t.daddr);
 		if (!has_ports(p.t.proto) || p.frag == FRAG_LATER || !(t = published6_lookup(&pk)))
+			goto plain;
+		/* NAT64 is for clients from the outside (lib/nat64.h). */
+		if (nat64_target(t))
 			goto plain;
 		r = iso6_hairpin(src, t->addr);
 		if (r)

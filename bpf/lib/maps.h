@@ -37,6 +37,7 @@ enum ct_kind : __u8 {
 	CT_HAIRPIN = 3, /* container to a published port of the host */
 	CT_ROUTED =
 		4, /* untranslated: from a network without masquerade, tracked so its answers get in */
+	CT_NAT64 = 5, /* a NAT64 flow (lib/nat64.h: its own maps, never in ct4 or ct6) */
 };
 
 /* One direction of a translated flow: a packet whose tuple is the key is

@@ -32,6 +32,9 @@ type portJSON struct {
 	// container's address; host_ip and host_port are then that address
 	// and port (no host port is published).
 	Routed bool `json:"routed,omitempty"`
+	// NAT64: a host IPv6 port of an IPv4 container, its clients seen
+	// from addresses of the NAT64 pool (bpfnet run --nat64-pool).
+	NAT64 bool `json:"nat64,omitempty"`
 }
 
 func newPortsCmd() *cobra.Command {
@@ -71,7 +74,7 @@ func newPortsCmd() *cobra.Command {
 					Proto: p.Binding.Proto.String(), HostIP: p.Binding.HostIP.String(), HostPort: p.Binding.HostPort,
 					ContainerIP: p.ContainerIP.String(), ContainerPort: p.ContainerPort,
 					Container: names[p.ContainerIP].Name, ContainerID: names[p.ContainerIP].ContainerID, Connections: conns[p.Binding],
-					Allow: allowStrings(p.Allow), Denied: denied[p.Binding], Routed: p.Routed,
+					Allow: allowStrings(p.Allow), Denied: denied[p.Binding], Routed: p.Routed, NAT64: p.NAT64,
 				})
 			}
 			if asJSON {
@@ -100,7 +103,11 @@ func printPorts(out io.Writer, ports []portJSON) error {
 		if p.Routed {
 			host = "routed" // no host port: the container's own address
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%d\n", p.Proto, host, joinHostPort(p.ContainerIP, p.ContainerPort),
+		ctr := joinHostPort(p.ContainerIP, p.ContainerPort)
+		if p.NAT64 {
+			ctr += "(nat64)"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%d\n", p.Proto, host, ctr,
 			p.Container, p.Connections, allow, p.Denied)
 	}
 	return w.Flush()

@@ -34,6 +34,7 @@ type runFlags struct {
 	pinPath     string
 	fastPath    bool
 	natPorts    string
+	nat64Pool   string
 	ctSize      uint32
 	halfOpen    uint32
 	attach      string
@@ -82,6 +83,7 @@ the bridges. Stopping it (SIGTERM, Ctrl-C) leaves the datapath forwarding;
 	fl.StringVar(&f.pinPath, "pin-path", defaultPinPath, "bpffs folder of the datapath's state")
 	fl.BoolVar(&f.fastPath, "fast-path", true, "redirect translated packets around the bridge, routing and netfilter")
 	fl.StringVar(&f.natPorts, "nat-ports", fmt.Sprintf("%d-%d", datapath.DefaultNATPortMin, datapath.DefaultNATPortMax), "source ports masquerade may choose from")
+	fl.StringVar(&f.nat64Pool, "nat64-pool", datapath.DefaultNAT64Pool.String(), "IPv4 range the clients of a host IPv6 port published to an IPv4 container (--publish [::]:8080:172.17.0.2:80) appear from; must not overlap a network, an uplink address or a route of the host")
 	fl.Uint32Var(&f.ctSize, "ct-size", datapath.DefaultCTSize, "connection-tracking table capacity (entries; two per flow)")
 	fl.Uint32Var(&f.halfOpen, "ct-half-open-size", 0, "capacity of the table of unassured published-port flows, where a SYN flood stays (entries; default: --ct-size/8)")
 	fl.StringVar(&f.attach, "attach", "auto", "attach mechanism: auto (tcx, else clsact), tcx or legacy")
@@ -116,6 +118,14 @@ func (f *runFlags) options() (datapath.Options, []datapath.PortMapping, error) {
 		return opts, nil, fmt.Errorf("invalid --nat-ports %q: want MIN-MAX within 1-65535", f.natPorts)
 	}
 	opts.NATPortMin, opts.NATPortMax = uint16(min), uint16(max)
+	pool, err := netip.ParsePrefix(f.nat64Pool)
+	if err != nil {
+		return opts, nil, fmt.Errorf("invalid --nat64-pool %q: want an IPv4 CIDR", f.nat64Pool)
+	}
+	if err := datapath.CheckNAT64Pool(pool); err != nil {
+		return opts, nil, fmt.Errorf("invalid --nat64-pool: %w", err)
+	}
+	opts.NAT64Pool = pool
 	if f.hostFWInterval < 0 {
 		return opts, nil, fmt.Errorf("invalid --host-firewall-interval %s: must not be negative", f.hostFWInterval)
 	}
