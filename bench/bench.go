@@ -694,16 +694,9 @@ func newEnv(ctx context.Context, opts *Options, m Mode, ctSize uint32) (*env, er
 	}
 	if m != ModeRouting {
 		err := topo.Host.Do(func() error {
-			s, err := datapath.Discover([]string{topo.Bridges[0].Name}, nil, nil)
-			if err != nil {
+			if err := e.discover(); err != nil {
 				return err
 			}
-			for i := range s.Endpoints {
-				if s.Endpoints[i].HostVeth == e.c.HostVeth {
-					s.Endpoints[i].Addr6 = ctr6
-				}
-			}
-			e.state = s
 			// The same checks as bpfnet run's, on the state with its ports.
 			if m != ModeIptables && m != ModeNftables {
 				e.pin = lab.PinDir(topo.Prefix, "bench")
@@ -752,6 +745,23 @@ func newEnv(ctx context.Context, opts *Options, m Mode, ctSize uint32) (*env, er
 		return e, err
 	}
 	return e, nil
+}
+
+// discover reads the lab's state in the calling thread's namespace (the
+// lab's host): its network, dual stack (addIPv6), and container, whose
+// IPv6 address Discover does not read.
+func (e *env) discover() error {
+	s, err := datapath.Discover([]string{e.topo.Bridges[0].Name}, nil, nil)
+	if err != nil {
+		return err
+	}
+	for i := range s.Endpoints {
+		if s.Endpoints[i].HostVeth == e.c.HostVeth {
+			s.Endpoints[i].Addr6 = ctr6
+		}
+	}
+	e.state = s
+	return nil
 }
 
 // routeToContainers gives the external host a route to the container

@@ -27,12 +27,10 @@ func TestControlPlane(t *testing.T) {
 		t.Run(string(mode), func(t *testing.T) {
 			topo := lab.Setup(t, lab.Config{Containers: []lab.ContainerConfig{{Name: "c0"}}})
 			e := &env{opts: &Options{Progress: io.Discard, PublishOneRepeats: 2}, mode: mode, topo: topo, c: topo.Containers[0], ext: topo.Externals[0]}
-			err := topo.Host.Do(func() error {
-				s, err := datapath.Discover([]string{topo.Bridges[0].Name}, nil, nil)
-				e.state = s
-				return err
-			})
-			if err != nil {
+			if err := e.addIPv6(false); err != nil {
+				t.Fatal(err)
+			}
+			if err := topo.Host.Do(e.discover); err != nil {
 				t.Fatal(err)
 			}
 			switch mode {
