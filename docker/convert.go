@@ -24,6 +24,13 @@ import (
 // "true" sets datapath.Endpoint.AllowForeignSource on its endpoints.
 const LabelAllowForeignSource = "bpfnet.allow-foreign-source"
 
+// LabelNAT64 "true" on a container without an IPv6 address makes its
+// IPv6 bindings (Docker's `::` half of `-p 8080:80`) NAT64 mappings of its
+// IPv4 address (datapath.PortMapping.IsNAT64), which Docker without its
+// userland proxy does not serve at all; without it they are left to
+// docker-proxy, as before. Only on nat and nat-unprotected networks.
+const LabelNAT64 = "bpfnet.nat64"
+
 // The container labels of published ports' source allowlists
 // (datapath.PortMapping.Allow): LabelAllow=CIDR[,CIDR...] for every
 // published port of the container, LabelAllowPort+"<hostPort>/<proto>"
@@ -452,10 +459,17 @@ func convertContainer(k kernel, log *slog.Logger, byID, byName map[string]*bridg
 					// address is Docker's userland proxy's (it
 					// forwards to the IPv4 address, losing the
 					// client's): nothing the datapath translates.
-					if !target6.IsValid() {
+					switch {
+					case target6.IsValid():
+						cip = target6
+					case labels[LabelNAT64] == "true" && target.IsValid() &&
+						(att[0].net.GatewayMode == datapath.GatewayNAT || att[0].net.GatewayMode == datapath.GatewayNATUnprotected):
+						// Translated in the datapath instead,
+						// the client's address kept (in the NAT64
+						// pool's form).
+					default:
 						continue
 					}
-					cip = target6
 				}
 				if m, ok := portMapping(log, name, labels, usedLabels, att[0].net, proto, hip, uint16(hport), cip, uint16(cport)); ok && !seen[keyOf(m)] {
 					seen[keyOf(m)] = true

@@ -185,3 +185,57 @@ func TestBuildRoutedIPv6(t *testing.T) {
 		t.Errorf("warnings %q", snap.Warnings)
 	}
 }
+
+// TestBuildNAT64Label: on an IPv4-only network, a container labelled
+// bpfnet.nat64=true gets its :: binding as a NAT64 mapping of its IPv4
+// address beside the IPv4 one, and the state is valid; without the label
+// (or with another value) the :: binding is left to docker-proxy, as on a
+// routed network even with the label.
+func TestBuildNAT64Label(t *testing.T) {
+	nets := []network.Summary{
+		bridgeNetwork("v4net", 1, "172.30.1.0/24", "172.30.1.1", nil),
+		bridgeNetwork("routed", 2, "172.30.2.0/24", "172.30.2.1", map[string]string{optGatewayModeIPv4: "routed"}),
+	}
+	k := &fakeKernel{bridges: map[string]fakeBridge{}, veths: map[string]fakeVeth{}}
+	for i, n := range nets {
+		k.bridges["br-"+n.ID[:12]] = fakeBridge{index: 20 + i}
+	}
+	k.veths["100/02:42:ac:1e:01:02"] = fakeVeth{"vetha", 20}
+	k.veths["200/02:42:ac:1e:01:03"] = fakeVeth{"vethb", 20}
+	k.veths["300/02:42:ac:1e:01:04"] = fakeVeth{"vethc", 20}
+	k.veths["400/02:42:ac:1e:02:02"] = fakeVeth{"vethd", 21}
+	bind := func(port string) nat.PortMap {
+		return nat.PortMap{"80/tcp": {{HostIP: "0.0.0.0", HostPort: port}, {HostIP: "::", HostPort: port}}}
+	}
+	yes := map[string]string{LabelNAT64: "true"}
+	ctrs := []container.InspectResponse{
+		runningContainer("a", 100, yes, bind("8080"), attach{net: "v4net", addr: "172.30.1.2", mac: "02:42:ac:1e:01:02"}),
+		runningContainer("b", 200, nil, bind("8081"), attach{net: "v4net", addr: "172.30.1.3", mac: "02:42:ac:1e:01:03"}),
+		runningContainer("c", 300, map[string]string{LabelNAT64: "yes"}, bind("8082"), attach{net: "v4net", addr: "172.30.1.4", mac: "02:42:ac:1e:01:04"}),
+		runningContainer("d", 400, yes, bind("8083"), attach{net: "routed", addr: "172.30.2.2", mac: "02:42:ac:1e:02:02"}),
+	}
+	snap, err := build(k, testLogger(t), true, nets, ctrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range snap.Ports {
+		got = append(got, fmt.Sprintf("%s nat64=%v", m, m.IsNAT64()))
+	}
+	want := []string{
+		"8080->172.30.1.2:80/tcp nat64=false",
+		"[::]:8080->172.30.1.2:80/tcp nat64=true",
+		"8081->172.30.1.3:80/tcp nat64=false",
+		"8082->172.30.1.4:80/tcp nat64=false",
+		"0->172.30.2.2:80/tcp nat64=false",
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("ports:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	st := snap.State()
+	if err := st.Validate(); err != nil {
+		t.Errorf("the state with a NAT64 mapping is refused: %v", err)
+	}
+}
