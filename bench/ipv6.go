@@ -4,13 +4,7 @@ package bench
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
-
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-
-	"github.com/bpfnet/bpfnet/lab"
 )
 
 // The lab is dual stack: the IPv6 figures (TCP_RR and TCP_CRR, IPv6) run
@@ -33,64 +27,20 @@ var (
 func (e *env) addIPv6(routed bool) error {
 	steps := []func() error{
 		func() error { return e.topo.Host.WriteSysctl("net/ipv6/conf/all/forwarding", "1") },
-		func() error { return addAddr6(e.topo.Host, e.ext.Uplink, host6) },
-		func() error { return addAddr6(e.topo.Host, e.topo.Bridges[0].Name, gw6) },
-		func() error { return addAddr6(&e.ext.Namespace, "eth0", ext6) },
-		func() error { return addAddr6(&e.c.Namespace, "eth0", ctr6) },
-		func() error { return addRoute6(&e.c.Namespace, "eth0", netip.Prefix{}, gw6) },
-		func() error { return addRoute6(e.topo.Host, e.ext.Uplink, netip.Prefix{}, ext6) },
+		func() error { return e.topo.Host.AddAddr6(e.ext.Uplink, host6, 64) },
+		func() error { return e.topo.Host.AddAddr6(e.topo.Bridges[0].Name, gw6, 64) },
+		func() error { return e.ext.Namespace.AddAddr6("eth0", ext6, 64) },
+		func() error { return e.c.Namespace.AddAddr6("eth0", ctr6, 64) },
+		func() error { return e.c.Namespace.AddRoute6("eth0", netip.Prefix{}, gw6) },
+		func() error { return e.topo.Host.AddRoute6(e.ext.Uplink, netip.Prefix{}, ext6) },
 	}
 	if routed {
-		steps = append(steps, func() error { return addRoute6(&e.ext.Namespace, "eth0", subnet6, host6) })
+		steps = append(steps, func() error { return e.ext.Namespace.AddRoute6("eth0", subnet6, host6) })
 	}
 	for _, st := range steps {
 		if err := st(); err != nil {
 			return fmt.Errorf("adding IPv6 to the lab: %w", err)
 		}
-	}
-	return nil
-}
-
-// addAddr6 puts a/64 on dev of ns without duplicate address detection
-// (nothing else on the lab's links has the address, and DAD would hold
-// it tentative for a second).
-func addAddr6(ns *lab.Namespace, dev string, a netip.Addr) error {
-	h, err := ns.Handle()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(dev)
-	if err != nil {
-		return fmt.Errorf("finding %s in %s: %w", dev, ns.Name, err)
-	}
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(64, 128)}, Flags: unix.IFA_F_NODAD}
-	if err := h.AddrAdd(l, addr); err != nil {
-		return fmt.Errorf("adding %s to %s in %s: %w", a, dev, ns.Name, err)
-	}
-	return nil
-}
-
-// addRoute6 routes dst (the default route when dst is the zero prefix)
-// through gw on dev of ns.
-func addRoute6(ns *lab.Namespace, dev string, dst netip.Prefix, gw netip.Addr) error {
-	h, err := ns.Handle()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(dev)
-	if err != nil {
-		return fmt.Errorf("finding %s in %s: %w", dev, ns.Name, err)
-	}
-	r := &netlink.Route{LinkIndex: l.Attrs().Index, Gw: gw.AsSlice()}
-	if dst.IsValid() {
-		r.Dst = &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), 128)}
-	} else {
-		r.Dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
-	}
-	if err := h.RouteAdd(r); err != nil {
-		return fmt.Errorf("adding the IPv6 route to %v via %s in %s: %w", dst, gw, ns.Name, err)
 	}
 	return nil
 }

@@ -54,21 +54,21 @@ func labIPv6DirectAccess(t *testing.T, mode string) {
 	x0, x1 := topo.Externals[0], topo.Externals[1]
 	steps := []func() error{
 		func() error { return topo.Host.WriteSysctl("net/ipv6/conf/all/forwarding", "1") },
-		func() error { return addAddr6(topo.Host, topo.Bridges[0].Name, direct6Gw, 64) },
-		func() error { return addAddr6(topo.Host, x0.Uplink, direct6Up, 64) },
-		func() error { return addAddr6(topo.Host, x1.Uplink, direct6Other, 64) },
-		func() error { return addAddr6(&x0.Namespace, "eth0", direct6X0, 64) },
-		func() error { return addAddr6(&x1.Namespace, "eth0", direct6X1, 64) },
-		func() error { return addRoute6(topo.Host, x0.Uplink, netip.Prefix{}, direct6X0) },
+		func() error { return topo.Host.AddAddr6(topo.Bridges[0].Name, direct6Gw, 64) },
+		func() error { return topo.Host.AddAddr6(x0.Uplink, direct6Up, 64) },
+		func() error { return topo.Host.AddAddr6(x1.Uplink, direct6Other, 64) },
+		func() error { return x0.Namespace.AddAddr6("eth0", direct6X0, 64) },
+		func() error { return x1.Namespace.AddAddr6("eth0", direct6X1, 64) },
+		func() error { return topo.Host.AddRoute6(x0.Uplink, netip.Prefix{}, direct6X0) },
 		// Both reach the containers' prefix through the host.
-		func() error { return addRoute6(&x0.Namespace, "eth0", direct6Sub, direct6Up) },
-		func() error { return addRoute6(&x1.Namespace, "eth0", direct6Sub, direct6Other) },
+		func() error { return x0.Namespace.AddRoute6("eth0", direct6Sub, direct6Up) },
+		func() error { return x1.Namespace.AddRoute6("eth0", direct6Sub, direct6Other) },
 	}
 	for i, c := range []*lab.Container{c0, c1} {
 		a := []netip.Addr{direct6C0, direct6C1}[i]
 		steps = append(steps,
-			func() error { return addAddr6(&c.Namespace, "eth0", a, 64) },
-			func() error { return addRoute6(&c.Namespace, "eth0", netip.Prefix{}, direct6Gw) })
+			func() error { return c.Namespace.AddAddr6("eth0", a, 64) },
+			func() error { return c.Namespace.AddRoute6("eth0", netip.Prefix{}, direct6Gw) })
 	}
 	for _, st := range steps {
 		if err := st(); err != nil {

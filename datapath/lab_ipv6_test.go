@@ -10,15 +10,12 @@ package datapath
 
 import (
 	"context"
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/bpfnet/bpfnet/lab"
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 var (
@@ -29,38 +26,6 @@ var (
 	labSub6   = netip.MustParsePrefix("fd00:30::/64")
 	labUplnk6 = netip.MustParsePrefix("2001:db8:231::/64")
 )
-
-// addAddr6 puts a/bits on dev of the namespace, without duplicate address
-// detection (nothing else on the lab's links has it).
-func addAddr6(ns *lab.Namespace, dev string, a netip.Addr, bits int) error {
-	h, err := ns.Handle()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(dev)
-	if err != nil {
-		return err
-	}
-	return h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(bits, 128)}, Flags: unix.IFA_F_NODAD})
-}
-
-func addRoute6(ns *lab.Namespace, dev string, dst netip.Prefix, gw netip.Addr) error {
-	h, err := ns.Handle()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(dev)
-	if err != nil {
-		return err
-	}
-	r := &netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.IP(gw.AsSlice())}
-	if dst.Bits() > 0 {
-		r.Dst = &net.IPNet{IP: net.IP(dst.Addr().AsSlice()), Mask: net.CIDRMask(dst.Bits(), 128)}
-	}
-	return h.RouteAdd(r)
-}
 
 // dualStackLab is a lab of one bridge with two containers and one
 // external namespace, IPv6 added on every link, and the datapath running
@@ -95,23 +60,23 @@ func dualStackLabWith(t *testing.T, cfg lab.Config, ports []PortMapping, opts Op
 	ext := topo.Externals[0]
 	steps := []func() error{
 		func() error { return topo.Host.WriteSysctl("net/ipv6/conf/all/forwarding", "1") },
-		func() error { return addAddr6(topo.Host, ext.Uplink, labHost6, 64) },
-		func() error { return addAddr6(topo.Host, topo.Bridges[0].Name, labGw6, 64) },
-		func() error { return addAddr6(&ext.Namespace, "eth0", labExt6, 64) },
+		func() error { return topo.Host.AddAddr6(ext.Uplink, labHost6, 64) },
+		func() error { return topo.Host.AddAddr6(topo.Bridges[0].Name, labGw6, 64) },
+		func() error { return ext.Namespace.AddAddr6("eth0", labExt6, 64) },
 		// Only for the negative: with a route to the containers, a
 		// packet straight to one reaches the host, which must refuse it.
-		func() error { return addRoute6(&ext.Namespace, "eth0", labSub6, labHost6) },
-		func() error { return addRoute6(topo.Host, ext.Uplink, netip.Prefix{}, labExt6) },
+		func() error { return ext.Namespace.AddRoute6("eth0", labSub6, labHost6) },
+		func() error { return topo.Host.AddRoute6(ext.Uplink, netip.Prefix{}, labExt6) },
 	}
 	for i, c := range topo.Containers {
 		steps = append(steps,
-			func() error { return addAddr6(&c.Namespace, "eth0", labCtr6[i], 64) },
-			func() error { return addRoute6(&c.Namespace, "eth0", netip.Prefix{}, labGw6) })
+			func() error { return c.Namespace.AddAddr6("eth0", labCtr6[i], 64) },
+			func() error { return c.Namespace.AddRoute6("eth0", netip.Prefix{}, labGw6) })
 	}
 	for i, x := range topo.Externals[1:] {
 		steps = append(steps,
-			func() error { return addAddr6(topo.Host, x.Uplink, labHost6Of(i+1), 64) },
-			func() error { return addAddr6(&x.Namespace, "eth0", labExt6Of(i+1), 64) })
+			func() error { return topo.Host.AddAddr6(x.Uplink, labHost6Of(i+1), 64) },
+			func() error { return x.Namespace.AddAddr6("eth0", labExt6Of(i+1), 64) })
 	}
 	for _, st := range steps {
 		if err := st(); err != nil {

@@ -35,8 +35,8 @@ func testLabNAT64(t *testing.T, fast bool) {
 	c4 := addrOf(c0.Addr)
 	for _, st := range []func() error{
 		func() error { return topo.Host.WriteSysctl("net/ipv6/conf/all/forwarding", "1") },
-		func() error { return addAddr6(topo.Host, ext.Uplink, labHost6, 64) },
-		func() error { return addAddr6(&ext.Namespace, "eth0", labExt6, 64) },
+		func() error { return topo.Host.AddAddr6(ext.Uplink, labHost6, 64) },
+		func() error { return ext.Namespace.AddAddr6("eth0", labExt6, 64) },
 	} {
 		if err := st(); err != nil {
 			t.Fatalf("adding IPv6 to the lab: %v", err)

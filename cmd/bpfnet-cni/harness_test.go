@@ -23,8 +23,6 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/bpfnet/bpfnet/cni"
 	"github.com/bpfnet/bpfnet/lab"
@@ -160,8 +158,8 @@ func newNodeWith(t *testing.T, version string, dualStack bool) *node {
 		ranges, routes = fmt.Sprintf(`[[{"subnet":%q}],[{"subnet":%q}]]`, podSubnet, podSubnet6), `[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]`
 		for _, step := range []func() error{
 			func() error { return topo.Host.WriteSysctl("net/ipv6/conf/all/forwarding", "1") },
-			func() error { return addAddr6(topo.Host, n.ext.Uplink, host6, 64) },
-			func() error { return addAddr6(&n.ext.Namespace, "eth0", ext6, 64) },
+			func() error { return topo.Host.AddAddr6(n.ext.Uplink, host6, 64) },
+			func() error { return n.ext.Namespace.AddAddr6("eth0", ext6, 64) },
 		} {
 			if err := step(); err != nil {
 				t.Fatalf("setting up IPv6: %v", err)
@@ -184,21 +182,6 @@ func newNodeWith(t *testing.T, version string, dualStack bool) *node {
 	n.cfg = libcni.NewCNIConfigWithCacheDir([]string{binDir}, n.cache, nil)
 	n.startAgent()
 	return n
-}
-
-// addAddr6 puts a/bits on dev of the namespace, without duplicate address
-// detection (nothing else on the lab's links has it).
-func addAddr6(ns *lab.Namespace, dev string, a netip.Addr, bits int) error {
-	h, err := ns.Handle()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(dev)
-	if err != nil {
-		return err
-	}
-	return h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(bits, 128)}, Flags: unix.IFA_F_NODAD})
 }
 
 // startAgent starts `bpfnet run --cni` and waits until it answers STATUS.

@@ -14,9 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-
 	"github.com/bpfnet/bpfnet/lab"
 )
 
@@ -187,10 +184,10 @@ func TestNodesDualStack(t *testing.T) {
 			if err := topo.Host.WriteSysctl("net/ipv6/conf/all/forwarding", "1"); err != nil {
 				t.Fatal(err)
 			}
-			if err := addAddr6(topo.Host, ext.Uplink, host6); err != nil {
+			if err := topo.Host.AddAddr6(ext.Uplink, host6, 64); err != nil {
 				t.Fatal(err)
 			}
-			if err := addAddr6(&ext.Namespace, "eth0", ext6); err != nil {
+			if err := ext.Namespace.AddAddr6("eth0", ext6, 64); err != nil {
 				t.Fatal(err)
 			}
 			n, err := Start(Config{Topo: topo, Plugin: plugin, BinDir: bin, Agent: agent, Dir: t.TempDir(), Subnet6: "fd00:88::/64"})
@@ -248,19 +245,4 @@ func TestNodesDualStack(t *testing.T) {
 			}
 		})
 	}
-}
-
-// addAddr6 puts a/64 on dev of the namespace, without duplicate address
-// detection (nothing else on the lab's links has it).
-func addAddr6(ns *lab.Namespace, dev string, a netip.Addr) error {
-	h, err := ns.Handle()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(dev)
-	if err != nil {
-		return err
-	}
-	return h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(64, 128)}, Flags: unix.IFA_F_NODAD})
 }
