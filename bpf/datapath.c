@@ -381,6 +381,9 @@ static __always_inline int handle_from_netdev(struct __sk_buff *ctx)
 		r = port_allowed(&pk, t, p.t.saddr);
 		if (r < 0)
 			return r;
+		r = nat64_forged(&p.t, t, now);
+		if (r < 0)
+			return r;
 
 		ne.nsaddr = p.t.saddr;
 		ne.ndaddr = t->addr;
@@ -615,9 +618,13 @@ static __always_inline int handle_from_container(struct __sk_buff *ctx)
 	/* The answer of a NAT64 flow (lib/nat64.h); anything else to the
 	 * pool goes on as before (the pool is RFC 2544 space, which the flood
 	 * benchmark's forged sources share). */
-	if (nat64_pool_has(p.t.daddr) && bpf_map_lookup_elem(&nat64_rev, &p.t)) {
-		bpf_tail_call(ctx, &tc6, TC6_NAT64_OUT);
-		return -DROP_NAT64;
+	if (nat64_pool_has(p.t.daddr) && !(src->flags & NET_F_INTERNAL)) {
+		struct nat64_rev_entry *rv = bpf_map_lookup_elem(&nat64_rev, &p.t);
+
+		if (rv && rv->expires >= now) {
+			bpf_tail_call(ctx, &tc6, TC6_NAT64_OUT);
+			return -DROP_NAT64;
+		}
 	}
 	orig = p.t;
 	if (!CONFIG.redirect_only && p.icmp == ICMP_K_ERROR) {

@@ -349,7 +349,8 @@ static __always_inline int sock_xlate_v6(struct bpf_sock_addr *ctx, __be32 *dadd
 	rv.port = k.port;
 
 	t = sock_lookup6(&k);
-	if (!t)
+	/* A NAT64 port is for clients from the outside (lib/nat64.h). */
+	if (!t || (!t->addr[0] && !t->addr[1] && t->addr[2] == bpf_htonl(0xffff)))
 		return 0;
 	if (sock_is_loopback6(src)) {
 		sock_count(SOCK_ST_BOUND_LO);

@@ -230,7 +230,7 @@ type bpfNat64RevEntry struct {
 	T6      bpfCt6Key
 	TcpSeen uint8
 	Pad     [3]uint8
-	Pad2    uint32
+	Ifindex uint32
 	Expires uint64
 	Packets uint64
 	Bytes   uint64

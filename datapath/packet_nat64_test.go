@@ -328,3 +328,73 @@ func TestPacketNAT64Allow(t *testing.T) {
 		t.Errorf("%d NAT64 flows, want the listed client's alone", n)
 	}
 }
+
+// TestPacketNAT64Forgeries: what an attacker can try against a NAT64
+// flow, each beside the same packet where it is allowed. An IPv4 packet
+// from the uplink forging the flow's pool address and port to the same
+// container port over IPv4 is dropped as spoofed (another pool source
+// port, which no flow takes, is published as any); the flow's answer
+// from another container's veth is dropped as spoofed (from its own
+// container it is translated); a client's IPv6 UDP datagram without a
+// checksum, invalid in IPv6, is not turned into an IPv4 one that needs
+// none. A closed TCP flow opened again by a SYN is a new flow, and a
+// client that only sends keeps the answers' half of its flow alive.
+func TestPacketNAT64Forgeries(t *testing.T) {
+	e := newPacketEnv(t, Options{})
+	e.installTopology6()
+	tcp, udp := uint8(layers.IPProtocolTCP), uint8(layers.IPProtocolUDP)
+	e.publish6(tcp, netip.Addr{}, 8080, ctrA, 80, 1)
+	e.publish6(udp, netip.Addr{}, 8081, ctrA, 81, 2)
+	e.publish(tcp, netip.Addr{}, 8080, ctrA, 80, 3)
+
+	pool := e.nat64In("the client's SYN", tcp6(client6, 40000, host6, 8080), 80)
+	v, _ := e.fromNetdev(tcpPacket(pool, 40000, hostIP, 8080).frame())
+	expectVerdict(t, v, TC_ACT_SHOT)
+	e.dropsOnly(DropSpoofed, 1)
+	v, out := e.fromNetdev(tcpPacket(pool, 40001, hostIP, 8080).frame())
+	expectVerdict(t, v, TC_ACT_OK)
+	expectTuple(t, decode(t, out), pool, 40001, ctrA, 80)
+
+	answer := tcpPacket(ctrA, 80, pool, 40000)
+	answer.ack = true
+	v, _ = e.fromContainer("vethb", answer.fromCtr(macB, gwMAC).frame())
+	expectVerdict(t, v, TC_ACT_SHOT)
+	e.dropsOnly(DropSpoofed, 2)
+	e.nat64Out("the answer from its own container", answer, host6, 8080, client6)
+
+	noSum := udp6(client6, 5000, host6, 8081).frame()
+	noSum[14+40+6], noSum[14+40+7] = 0, 0
+	v, _ = e.fromNetdev(noSum)
+	expectVerdict(t, v, TC_ACT_SHOT)
+	e.expectDrops(map[DropReason]uint64{DropSpoofed: 2, DropNAT64: 1})
+	e.nat64In("a UDP datagram with its checksum", udp6(client6, 5000, host6, 8081), 81)
+
+	// The client only sends: its answers' half, expired, is refreshed
+	// by its next datagram, and the container's answer gets out.
+	rk := ctKey(udp, ctrA, 81, pool, 5000)
+	r, ok := e.nat64Rev()[rk]
+	if !ok {
+		t.Fatal("no reverse entry of the UDP flow")
+	}
+	r.Expires = 1
+	e.put(e.objs.Nat64Rev, rk, r)
+	e.nat64In("the client's next datagram", udp6(client6, 5000, host6, 8081), 81)
+	if r := e.nat64Rev()[rk]; r.Expires <= 1 {
+		t.Errorf("reverse entry expires at %d after the client's datagram, want refreshed", r.Expires)
+	}
+	e.nat64Out("the container's answer", udpPacket(ctrA, 81, pool, 5000), host6, 8081, client6)
+
+	// FIN, then a SYN on the same tuple: a new flow, counted.
+	fin := tcp6(client6, 40000, host6, 8080)
+	fin.syn, fin.fin, fin.ack = false, true, true
+	e.nat64In("FIN", fin, 80)
+	before := e.event(EventCTNewNAT64)
+	e.nat64In("SYN again", tcp6(client6, 40000, host6, 8080), 80)
+	if n := e.event(EventCTNewNAT64); n != before+1 {
+		t.Errorf("%d new NAT64 flows after the SYN that reopens a closed one, want %d", n, before+1)
+	}
+	f := e.nat64Fwd()[ct6Key(tcp, client6, 40000, host6, 8080)]
+	if f.TcpSeen&0x05 != 0 { // FIN, RST
+		t.Errorf("the reopened flow still has FIN or RST seen: %#x", f.TcpSeen)
+	}
+}

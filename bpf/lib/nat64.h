@@ -66,7 +66,7 @@ struct nat64_rev_entry {
 	struct ct6_key t6; /* host6:host port -> client6:client port */
 	__u8 tcp_seen;
 	__u8 pad[3];
-	__u32 pad2;
+	__u32 ifindex; /* host veth of the container: its answers come from there only */
 	__u64 expires;
 	__u64 packets;
 	__u64 bytes;
@@ -127,6 +127,34 @@ static __always_inline __be32 nat64_pool_addr(__u32 h, __u32 i)
 	return CONFIG.nat64_pool | bpf_htonl((h + i) % span + 1);
 }
 
+/* nat64_ct4_holds tells whether an IPv4 flow has tuple k live (in ct4 or,
+ * unassured, in ct4_syn). */
+static __always_inline int nat64_ct4_holds(const struct ct_key *k, __u64 now)
+{
+	struct ct_entry *e;
+
+	if (ct_lookup_live(k, now))
+		return 1;
+	e = bpf_map_lookup_elem(&ct4_syn, k);
+	return e && e->expires >= now;
+}
+
+/* nat64_forged refuses a new IPv4 flow from the uplink (tuple k, to the
+ * published target t) whose source is in the pool and whose answers a
+ * live NAT64 flow takes: the container could not tell it from that flow's
+ * client. 0 or -DROP_SPOOFED. */
+static __always_inline int nat64_forged(const struct ct_key *k, const struct port_target *t, __u64 now)
+{
+	struct ct_key rk = {.saddr = t->addr, .daddr = k->saddr, .sport = t->port, .dport = k->sport,
+			    .proto = k->proto};
+	struct nat64_rev_entry *rv;
+
+	if (!nat64_pool_has(k->saddr))
+		return 0;
+	rv = bpf_map_lookup_elem(&nat64_rev, &rk);
+	return rv && rv->expires >= now ? -DROP_SPOOFED : 0;
+}
+
 /* nat64_create records a new flow of p to the IPv4 target t (an
  * IPv4-mapped address) and fills *f. 0, or -DROP_NAT_EXHAUSTED when every
  * candidate pool address has a live flow with the same IPv4 tuple, or
@@ -144,6 +172,7 @@ static __always_inline int nat64_create(struct pkt6 *p, const struct port6_targe
 	rv.t6.dport = p->t.sport;
 	rv.t6.proto = p->t.proto;
 	rv.expires = now + ct_lifetime(p->t.proto, 0);
+	rv.ifindex = ep->ifindex;
 
 	f->t4.daddr = t->addr[3];
 	f->t4.sport = p->t.sport;
@@ -160,11 +189,25 @@ static __always_inline int nat64_create(struct pkt6 *p, const struct port6_targe
 		if (!rk.daddr)
 			break;
 		o = bpf_map_lookup_elem(&nat64_rev, &rk);
-		/* Held by another live flow (another client, or this one to
-		 * another host address or port). */
-		if (o && o->expires >= now &&
-		    (!ip6_eq(o->t6.daddr, rv.t6.daddr) || !ip6_eq(o->t6.saddr, rv.t6.saddr) ||
-		     o->t6.sport != rv.t6.sport))
+		/* Held by another flow (another client, or this one to
+		 * another host address or port): while its reverse entry
+		 * lives, or its forward one (a client that only sends). */
+		if (o && (!ip6_eq(o->t6.daddr, rv.t6.daddr) || !ip6_eq(o->t6.saddr, rv.t6.saddr) ||
+			  o->t6.sport != rv.t6.sport)) {
+			struct ct6_key ok = {.sport = o->t6.dport, .dport = o->t6.sport, .proto = o->t6.proto};
+			struct nat64_fwd_entry *of;
+
+			if (o->expires >= now)
+				continue;
+			ip6_copy(ok.saddr, o->t6.daddr);
+			ip6_copy(ok.daddr, o->t6.saddr);
+			of = bpf_map_lookup_elem(&nat64_fwd, &ok);
+			if (of && of->expires >= now && of->t4.saddr == rk.daddr)
+				continue;
+		}
+		/* Or by an IPv4 flow of the same tuple (a source of the pool
+		 * from the uplink, which from_netdev refuses from then on). */
+		if (nat64_ct4_holds(&rk, now))
 			continue;
 		if (bpf_map_update_elem(&nat64_rev, &rk, &rv, BPF_ANY) < 0)
 			return -DROP_CT_FULL;
@@ -241,6 +284,25 @@ static __always_inline int nat64_6to4(struct __sk_buff *ctx, struct pkt6 *p,
 	return 0;
 }
 
+/* nat64_flow_intact tells whether the live forward entry f of the
+ * client's packet p still has its reverse half, its own (not another
+ * flow's that took the IPv4 tuple over), and is not a closed TCP flow
+ * that p's SYN opens again: else the flow is made anew. */
+static __always_inline int nat64_flow_intact(const struct nat64_fwd_entry *f, const struct pkt6 *p,
+					     __u64 now)
+{
+	struct ct_key rk = {.saddr = f->t4.daddr, .daddr = f->t4.saddr, .sport = f->t4.dport,
+			    .dport = f->t4.sport, .proto = f->t4.proto};
+	struct nat64_rev_entry *rv;
+
+	if (p->t.proto == IPPROTO_TCP && (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN &&
+	    (f->tcp_seen & (TCPF_FIN | TCPF_RST)))
+		return 0;
+	rv = bpf_map_lookup_elem(&nat64_rev, &rk);
+	return rv && ip6_eq(rv->t6.daddr, p->t.saddr) && rv->t6.dport == p->t.sport &&
+	       ip6_eq(rv->t6.saddr, p->t.daddr) && rv->t6.sport == p->t.dport;
+}
+
 /* nat64_from_netdev translates a packet of the client to a NAT64 port
  * (t, an IPv4 container's) and puts it into the container. A TC action
  * or a negative drop reason. */
@@ -261,7 +323,19 @@ static __always_inline int nat64_from_netdev(struct __sk_buff *ctx, struct pkt6 
 	ep = bpf_map_lookup_elem(&endpoints, &a4);
 	if (!ep)
 		return -DROP_NAT64;
+	if (p->t.proto == IPPROTO_UDP) {
+		__sum16 c;
+
+		/* A zero UDP checksum is invalid in IPv6 (RFC 8200 8.1): the
+		 * stack would drop it, IPv4 would take it as none. */
+		if (bpf_skb_load_bytes(ctx, p->l4_off + offsetof(struct udphdr, check), &c, sizeof(c)) <
+			    0 ||
+		    !c)
+			return -DROP_NAT64;
+	}
 	f = bpf_map_lookup_elem(&nat64_fwd, &p->t);
+	if (f && !nat64_flow_intact(f, p, now))
+		f = 0;
 	if (!f || f->expires < now || f->t4.daddr != a4 || f->t4.dport != t->port) {
 		r = nat64_create(p, t, ep, &nf, now);
 		if (r < 0)
@@ -275,6 +349,15 @@ static __always_inline int nat64_from_netdev(struct __sk_buff *ctx, struct pkt6 
 	__sync_fetch_and_add(&f->packets, 1);
 	__sync_fetch_and_add(&f->bytes, p->len);
 	t4 = f->t4;
+	{
+		/* The client's packets keep the answers' half alive too. */
+		struct ct_key rk = {.saddr = t4.daddr, .daddr = t4.saddr, .sport = t4.dport, .dport = t4.sport,
+				    .proto = t4.proto};
+		struct nat64_rev_entry *rv = bpf_map_lookup_elem(&nat64_rev, &rk);
+
+		if (rv && rv->expires < now + ct_lifetime(p->t.proto, rv->tcp_seen | f->tcp_seen))
+			rv->expires = now + ct_lifetime(p->t.proto, rv->tcp_seen | f->tcp_seen);
+	}
 	r = nat64_6to4(ctx, p, &t4, p->hlim - 1);
 	if (r < 0)
 		return r;
@@ -309,6 +392,9 @@ static __always_inline int handle_nat64_out(struct __sk_buff *ctx)
 	rv = bpf_map_lookup_elem(&nat64_rev, &p.t);
 	if (!rv || rv->expires < now)
 		return -DROP_NAT64;
+	/* From the flow's container only. */
+	if (rv->ifindex != ctx->ifindex)
+		return -DROP_SPOOFED;
 	if (p.t.proto == IPPROTO_UDP) {
 		__sum16 c;
 
