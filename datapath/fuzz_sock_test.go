@@ -250,7 +250,9 @@ func (e *sockFuzzEnv) sockTarget6(proto uint8, addr netip.Addr, port uint16) (ne
 	if !ok || addr.IsUnspecified() {
 		t, ok = e.published6[fuzzPort6Key(proto, netip.Addr{}, port)]
 	}
-	if !ok {
+	// A NAT64 port (an IPv4-mapped target) is for clients from the
+	// outside: the hooks leave the host's sockets to it alone.
+	if !ok || addr6From(t.Addr).Is4In6() {
 		return netip.AddrPort{}, false
 	}
 	return netip.AddrPortFrom(addr6From(t.Addr), port16(t.Port)), true
